@@ -1,0 +1,167 @@
+"""The `tfllm` command line: train and evaluate (generate, finetune, ... come with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is noise on a terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# tf.data pipelines are shuffled by tfllm itself; Keras warns that its own shuffle is unused.
+warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+
+from tfllm.config import PRESETS
+from tfllm.errors import TfllmError
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _add_data_args(p, required):
+    p.add_argument("--data", required=required,
+                   help="tfds:NAME[:SPLIT] (any TFDS dataset with a text feature) or "
+                        "text:GLOB (local UTF-8 files)")
+    p.add_argument("--text-feature", help="TFDS feature holding the text "
+                   "(default: the dataset's only text feature)")
+    p.add_argument("--tfds-manual-dir", help="directory with a TFDS dataset's source files, "
+                   "for offline use (default: $TFDS_MANUAL_DIR)")
+    p.add_argument("--tfds-data-dir", help="where TFDS prepares datasets "
+                   "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tfllm.training import PRECISIONS, STRATEGIES
+
+    parser = argparse.ArgumentParser(
+        prog="tfllm", description="Train and use transformer language models in TensorFlow.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a GPT-style causal LM into a run directory",
+                       description="Train a causal LM with model.fit under tf.distribute. "
+                                   "Writes config, tokenizer, checkpoints, metrics.jsonl, "
+                                   "TensorBoard logs and model.keras to --out.")
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model preset (default shakespeare-char; on --resume the run's own)")
+    _add_data_args(t, required=False)
+    t.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    t.add_argument("--steps", type=_positive_int, help="optimizer steps (default 2000)")
+    t.add_argument("--batch-size", type=_positive_int,
+                   help="examples per replica per step (default 12)")
+    t.add_argument("--lr", type=_positive_float, help="peak learning rate (default 1e-3)")
+    t.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 100)")
+    t.add_argument("--min-lr-ratio", type=float, help="final lr / peak lr (default 0.1)")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
+    t.add_argument("--eval-interval", type=_positive_int,
+                   help="steps between evaluations and checkpoints (default 250)")
+    t.add_argument("--eval-steps", type=_positive_int,
+                   help="max validation batches per evaluation (default 100)")
+    t.add_argument("--seed", type=int, help="random seed (default 1337)")
+    t.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy "
+                   "(default auto: TPU if --tpu/TPU_NAME, multiworker if TF_CONFIG has "
+                   "several workers, mirrored with >1 GPU, else default)")
+    t.add_argument("--tpu", help="TPU name or grpc://address (default $TPU_NAME)")
+    t.add_argument("--precision", choices=PRECISIONS, help="compute precision (default float32)")
+    t.add_argument("--no-jit", action="store_true", help="do not compile steps with XLA")
+    t.add_argument("--dropout", type=float, help="override the preset's dropout")
+    t.add_argument("--vocab-size", type=_positive_int,
+                   help="override the preset's vocabulary size (bpe/unigram tokenizers)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last saved interval")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    e = sub.add_parser("evaluate", help="validation loss and perplexity of a run",
+                       description="Print validation loss and perplexity; the last line is "
+                                   "one JSON object of the metrics.")
+    e.add_argument("--run", required=True, help="run directory")
+    _add_data_args(e, required=False)
+    e.add_argument("--batch-size", type=_positive_int, help="default: the run's batch size")
+    e.add_argument("--eval-steps", type=_positive_int, help="max batches (default: all)")
+    e.add_argument("--weights", choices=("final", "best"), default="final",
+                   help="final model or best validation checkpoint")
+    return parser
+
+
+def _train(args):
+    from tfllm import runs
+    from tfllm.training import TrainSettings, train
+
+    stored = runs.read_run_config(args.out) if args.resume and \
+        os.path.isfile(os.path.join(args.out, runs.CONFIG)) else None
+    base = TrainSettings(**stored["training"]) if stored else TrainSettings()
+    given = {k: getattr(args, k) for k in (
+        "steps", "batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
+        "eval_interval", "eval_steps", "seed", "strategy", "tpu", "precision")}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if args.no_jit:
+        changes["jit_compile"] = False
+    if "steps" in changes and "eval_interval" not in changes and \
+            changes["steps"] < base.eval_interval:
+        changes["eval_interval"] = changes["steps"]
+    import dataclasses
+    settings = dataclasses.replace(base, **changes)
+    preset = args.preset or (stored["preset"] if stored else "shakespeare-char")
+    data = args.data or (stored["data"]["spec"] if stored else None)
+    if data is None:
+        raise TfllmError("--data is required (tfds:NAME[:SPLIT] or text:GLOB)")
+    text_feature = args.text_feature or (stored["data"].get("text_feature") if stored else None)
+    overrides = {"dropout": args.dropout, "vocab_size": args.vocab_size}
+    if stored:
+        overrides = {**{k: stored["model"][k] for k in ("dropout",)},
+                     **{k: v for k, v in overrides.items() if v is not None}}
+    record = train(args.out, data, preset, settings, overrides, text_feature,
+                   args.tfds_manual_dir, args.tfds_data_dir, args.resume, args.overwrite,
+                   verbose=1 if sys.stdout.isatty() else 2)
+    print(f"run directory: {args.out}")
+    print(json.dumps(record))
+
+
+def _evaluate(args):
+    from tfllm.training import evaluate
+
+    result = evaluate(args.run, args.data, args.batch_size, args.eval_steps, args.weights,
+                      args.text_feature, args.tfds_manual_dir, args.tfds_data_dir)
+    print(f"data: {result['data']}  tokens: {result['tokens']}")
+    print(f"validation loss: {result['loss']:.4f}")
+    print(f"perplexity: {result['perplexity']:.3f}")
+    print(json.dumps(result))
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except TfllmError as e:
+        print(f"tfllm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tfllm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The one model configuration dataclass and its named presets.
+
+This module imports nothing from tfllm, so every other part can depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+
+
+class TfllmError(Exception):
+    """Base of every error tfllm raises on purpose (the CLI prints these as one line)."""
+
+
+class ConfigError(TfllmError, ValueError):
+    """A configuration value is invalid; the message names it and the fix."""
+
+TOKENIZER_TYPES = ("char", "bpe", "unigram")
+ACTIVATIONS = ("gelu", "relu")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Shape and behaviour of a transformer model.
+
+    Args:
+        vocab_size: number of token ids; `None` until a tokenizer is trained
+            (character presets take their vocabulary from the corpus).
+        num_layers: transformer blocks.
+        d_model: width of the residual stream.
+        num_heads: attention heads; must divide `d_model`.
+        ffn_dim: inner width of the feed-forward block.
+        max_len: context length (position embeddings and KV cache length).
+        dropout: dropout rate used in attention and residual branches.
+        causal: True for a GPT-style decoder, False for a BERT-style encoder.
+        activation: feed-forward activation, "gelu" or "relu".
+        norm_first: pre-LayerNorm (True) or post-LayerNorm (False) blocks.
+        layer_norm_epsilon: LayerNorm epsilon.
+        tokenizer: SentencePiece model type, "char", "bpe" or "unigram".
+
+    Example:
+        >>> cfg = get_preset("shakespeare-char")
+        >>> cfg.head_dim
+        32
+    """
+
+    vocab_size: int | None = None
+    num_layers: int = 4
+    d_model: int = 128
+    num_heads: int = 4
+    ffn_dim: int = 512
+    max_len: int = 64
+    dropout: float = 0.0
+    causal: bool = True
+    activation: str = "gelu"
+    norm_first: bool = True
+    layer_norm_epsilon: float = 1e-5
+    tokenizer: str = "char"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field with a bad value."""
+        for name in ("num_layers", "d_model", "num_heads", "ffn_dim", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.vocab_size is not None and (
+            not isinstance(self.vocab_size, int) or self.vocab_size <= 1
+        ):
+            raise ConfigError(f"vocab_size must be an integer > 1, got {self.vocab_size!r}")
+        if self.d_model % self.num_heads:
+            raise ConfigError(
+                f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+            )
+        if self.tokenizer not in TOKENIZER_TYPES:
+            raise ConfigError(
+                f"tokenizer must be one of {TOKENIZER_TYPES}, got {self.tokenizer!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Named presets (see shared design notes). `vocab_size=None` means "from the trained tokenizer".
+PRESETS: dict[str, ModelConfig] = {
+    # nanoGPT's CPU shakespeare_char config: the quickstart and test model.
+    "shakespeare-char": ModelConfig(
+        num_layers=4, d_model=128, num_heads=4, ffn_dim=512, max_len=64, dropout=0.0,
+        tokenizer="char",
+    ),
+    # nanoGPT's shakespeare_char GPU config.
+    "baby-gpt": ModelConfig(
+        num_layers=6, d_model=384, num_heads=6, ffn_dim=1536, max_len=256, dropout=0.2,
+        tokenizer="char",
+    ),
+    # The classic PyTorch word-language-model example's transformer.
+    "transformer-base": ModelConfig(
+        vocab_size=10000, num_layers=6, d_model=512, num_heads=8, ffn_dim=2048, max_len=512,
+        dropout=0.5, tokenizer="unigram",
+    ),
+    # GPT-2 small, the shape of imported checkpoints.
+    "gpt2": ModelConfig(
+        vocab_size=50257, num_layers=12, d_model=768, num_heads=12, ffn_dim=3072,
+        max_len=1024, dropout=0.1, tokenizer="bpe",
+    ),
+    # A small bidirectional encoder for classification fine-tuning.
+    "bert-mini": ModelConfig(
+        vocab_size=8000, num_layers=4, d_model=256, num_heads=4, ffn_dim=1024, max_len=128,
+        dropout=0.1, causal=False, tokenizer="unigram",
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """Return a copy of the named preset.
+
+    Args:
+        name: one of `PRESETS`.
+
+    Example:
+        >>> get_preset("baby-gpt").num_layers
+        6
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name])

@@ -1,0 +1,242 @@
+"""Text corpora (TFDS datasets and local files) -> tf.data pipelines of LM training windows.
+
+A data spec names the source:
+    tfds:NAME[:SPLIT]   any TFDS dataset with a text feature (offline via a manual dir)
+    text:GLOB           local UTF-8 files; the last 10% of the text is the validation split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as globlib
+import os
+from typing import Iterator
+
+import tensorflow as tf
+
+from tfllm.errors import DataError
+
+VAL_FRACTION = 0.1
+_SHUFFLE_BUFFER = 10_000
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """A parsed `--data` value; `str(spec)` gives it back."""
+
+    kind: str  # "tfds" or "text"
+    name: str  # dataset name or glob
+    split: str | None = None
+
+    def __str__(self):
+        if self.kind == "tfds":
+            return f"tfds:{self.name}" + (f":{self.split}" if self.split else "")
+        return f"text:{self.name}"
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse `tfds:NAME[:SPLIT]` or `text:GLOB`.
+
+    Example:
+        >>> parse_data_spec("tfds:tiny_shakespeare").name
+        'tiny_shakespeare'
+    """
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest or kind not in ("tfds", "text"):
+        raise DataError(f"bad data spec {spec!r}: use tfds:NAME[:SPLIT] or text:GLOB")
+    if kind == "tfds":
+        name, _, split = rest.partition(":")
+        return DataSpec("tfds", name, split or None)
+    return DataSpec("text", rest)
+
+
+class Corpus:
+    """Train and validation text of a data spec, as tf.data datasets of scalar strings.
+
+    Args:
+        spec: a `DataSpec` or spec string.
+        text_feature: TFDS feature holding the text (default: the only text feature).
+        tfds_manual_dir: directory with manually downloaded files (default: $TFDS_MANUAL_DIR).
+        tfds_data_dir: where TFDS prepares datasets (default: $TFDS_DATA_DIR or TFDS's own).
+
+    Example:
+        >>> corpus = Corpus("text:notes/*.txt")
+        >>> next(iter(corpus.train_texts()))  # doctest: +SKIP
+    """
+
+    def __init__(self, spec, text_feature=None, tfds_manual_dir=None, tfds_data_dir=None):
+        self.spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+        self.text_feature = text_feature
+        self.tfds_manual_dir = tfds_manual_dir or os.environ.get("TFDS_MANUAL_DIR") or None
+        self.tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or None
+        if self.spec.kind == "tfds":
+            self._init_tfds()
+        else:
+            self._init_text()
+
+    # -- local files -------------------------------------------------------------------
+    def _init_text(self):
+        paths = sorted(p for p in globlib.glob(os.path.expanduser(self.spec.name),
+                                               recursive=True) if os.path.isfile(p))
+        if not paths:
+            raise DataError(f"no files match {self.spec.name!r} (data spec {self.spec})")
+        chunks = []
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    chunks.append(f.read())
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+        text = "".join(chunks)
+        if not text.strip():
+            raise DataError(f"the corpus {self.spec} is empty ({len(paths)} file(s))")
+        cut = int(len(text) * (1 - VAL_FRACTION))
+        self._train, self._val = text[:cut], text[cut:]
+        self.files = paths
+
+    # -- TFDS ----------------------------------------------------------------------------
+    def _init_tfds(self):
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(self.spec.name, data_dir=self.tfds_data_dir)
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise DataError(f"unknown TFDS dataset {self.spec.name!r}: {str(e).splitlines()[0]}") from e
+        if not builder.is_prepared():
+            config = tfds.download.DownloadConfig(manual_dir=self.tfds_manual_dir)
+            try:
+                builder.download_and_prepare(download_config=config)
+            except Exception as e:  # network errors, missing manual files: many types
+                raise DataError(
+                    f"could not prepare TFDS dataset {self.spec.name!r} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); offline, "
+                    "put its source files in a directory and pass --tfds-manual-dir DIR "
+                    "or set TFDS_MANUAL_DIR") from e
+        self._builder = builder
+        features = builder.info.features
+        text_features = [k for k, v in features.items()
+                         if isinstance(v, tfds.features.Text)
+                         or (getattr(v, "dtype", None) == tf.string and not v.shape)]
+        if self.text_feature:
+            if self.text_feature not in features:
+                raise DataError(f"TFDS dataset {self.spec.name!r} has no feature "
+                                f"{self.text_feature!r}; features: {sorted(features)}")
+        elif len(text_features) == 1:
+            self.text_feature = text_features[0]
+        else:
+            raise DataError(f"TFDS dataset {self.spec.name!r} has "
+                            f"{'no' if not text_features else 'several'} text features "
+                            f"({sorted(text_features) or sorted(features)}); "
+                            "pick one with --text-feature")
+        splits = builder.info.splits
+        self.train_split = self.spec.split or "train"
+        if self.train_split.split("[")[0] not in splits:
+            raise DataError(f"TFDS dataset {self.spec.name!r} has no split "
+                            f"{self.train_split!r}; splits: {sorted(splits)}")
+        for candidate in ("validation", "test"):
+            if candidate in splits and candidate != self.train_split:
+                self.val_split = candidate
+                break
+        else:
+            if splits[self.train_split].num_examples < 2:
+                raise DataError(f"TFDS dataset {self.spec.name!r} has no validation split and "
+                                "too few examples to hold some out")
+            pct = int(VAL_FRACTION * 100)
+            self.val_split = f"{self.train_split}[-{pct}%:]"
+            self.train_split = f"{self.train_split}[:-{pct}%]"
+
+    def _tfds_texts(self, split):
+        ds = self._builder.as_dataset(split=split, shuffle_files=False)
+        return ds.map(lambda ex: ex[self.text_feature], num_parallel_calls=tf.data.AUTOTUNE)
+
+    # -- public --------------------------------------------------------------------------
+    def train_texts(self) -> tf.data.Dataset:
+        if self.spec.kind == "tfds":
+            return self._tfds_texts(self.train_split)
+        return tf.data.Dataset.from_tensors(self._train)
+
+    def val_texts(self) -> tf.data.Dataset:
+        if self.spec.kind == "tfds":
+            return self._tfds_texts(self.val_split)
+        return tf.data.Dataset.from_tensors(self._val)
+
+    def sample_texts(self, max_chars: int = 50_000_000) -> Iterator[str]:
+        """Training texts as Python strings, up to `max_chars` (for tokenizer training)."""
+        seen = 0
+        for t in self.train_texts().as_numpy_iterator():
+            text = t.decode("utf-8", errors="replace")
+            yield text[: max_chars - seen]
+            seen += len(text)
+            if seen >= max_chars:
+                return
+
+    def describe(self) -> dict:
+        out = {"spec": str(self.spec)}
+        if self.spec.kind == "tfds":
+            out.update(text_feature=self.text_feature, train_split=self.train_split,
+                       val_split=self.val_split)
+        return out
+
+
+def lm_windows(texts: tf.data.Dataset, tokenizer, seq_len: int, offset=0) -> tf.data.Dataset:
+    """Tokenize documents in-graph, join them (EOS between), cut into (seq_len + 1,) windows.
+
+    Args:
+        texts: dataset of scalar strings.
+        tokenizer: a `SentencePieceTokenizer`.
+        seq_len: model context; windows hold one extra token for the shifted targets.
+        offset: tokens to drop from the start (varies the window phase between passes).
+    """
+    eos = tf.constant([tokenizer.eos_id], tf.int32)
+
+    def tokenize(text):
+        return tf.concat([tokenizer.tokenize(text), eos], axis=0)
+
+    tokens = texts.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    return tokens.skip(tf.cast(offset, tf.int64)).batch(seq_len + 1, drop_remainder=True)
+
+
+def _split_xy(window):
+    return window[..., :-1], window[..., 1:]
+
+
+def check_nonempty(texts: tf.data.Dataset, tokenizer, seq_len: int, what: str) -> None:
+    """Raise DataError if `texts` yields no full window of seq_len + 1 tokens."""
+    for _ in lm_windows(texts, tokenizer, seq_len).take(1):
+        return
+    raise DataError(f"the {what} text is shorter than one window of {seq_len + 1} tokens; "
+                    "use more text or a model with a shorter context")
+
+
+def make_lm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size: int,
+                    training: bool, seed: int = 0) -> tf.data.Dataset:
+    """Batches of `(inputs, targets)`, each (batch_size, seq_len) int32, targets shifted by one.
+
+    Training data repeats forever; each pass starts at a seeded random offset below
+    `seq_len` and is shuffled, so windows differ between passes. Evaluation data is one
+    ordered pass (the last partial batch kept).
+
+    Args:
+        texts: dataset of scalar strings (see `Corpus`).
+        tokenizer: a `SentencePieceTokenizer`.
+        seq_len: model context length.
+        batch_size: global batch size.
+        training: repeat, offset and shuffle when True.
+        seed: seed for offsets and shuffling.
+    """
+    if training:
+        def one_pass(epoch):
+            offset = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), epoch]),
+                                                 maxval=seq_len, dtype=tf.int64)
+            return lm_windows(texts, tokenizer, seq_len, offset)
+
+        ds = tf.data.Dataset.range(1 << 62).flat_map(one_pass)
+        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed).batch(batch_size, drop_remainder=True)
+    else:
+        ds = lm_windows(texts, tokenizer, seq_len).batch(batch_size)
+    ds = ds.map(_split_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # Generated windows have no files to shard: multi-worker runs shard by batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return ds.with_options(options)

@@ -1,0 +1,130 @@
+"""Multi-head self-attention with a fused QKV projection, explicit masks and a KV cache.
+
+The cache layout is tfllm's own and the same everywhere (training never uses it; Python
+generation, the SavedModel and the TFLite/LiteRT-LM export do): per layer two tensors
+`(batch, heads, max_len, head_dim)`, K and V, written at absolute positions. That layout is
+what the on-device runtime expects, so one attention implementation serves every path.
+"""
+
+import keras
+from keras import ops
+
+
+def causal_mask(q_len, k_len, q_offset=0):
+    """Boolean (q_len, k_len) mask: query i (at absolute position q_offset+i) sees keys <= it.
+
+    Args:
+        q_len: number of query positions.
+        k_len: number of key positions (the cache length when decoding).
+        q_offset: absolute position of the first query (a scalar, may be a tensor).
+    """
+    q_pos = ops.arange(q_len, dtype="int32")[:, None] + ops.cast(q_offset, "int32")
+    k_pos = ops.arange(k_len, dtype="int32")[None, :]
+    return k_pos <= q_pos
+
+
+def merge_masks(causal=None, padding_mask=None):
+    """Combine a (q, k) causal mask and a (batch, k) key padding mask into (batch|1, q, k).
+
+    Either may be None; returns None when both are.
+    """
+    if padding_mask is None:
+        return None if causal is None else causal[None, :, :]
+    keys = ops.cast(padding_mask, "bool")[:, None, :]  # (batch, 1, k)
+    if causal is None:
+        return keys
+    return ops.logical_and(causal[None, :, :], keys)
+
+
+def empty_cache(batch_size, num_heads, max_len, head_dim, dtype="float32"):
+    """A zero (K, V) cache pair for one layer, each (batch, heads, max_len, head_dim)."""
+    shape = (batch_size, num_heads, max_len, head_dim)
+    return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class MultiHeadAttention(keras.layers.Layer):
+    """Scaled dot-product self-attention over `num_heads` heads.
+
+    Args:
+        d_model: input and output width; `num_heads` must divide it.
+        num_heads: number of heads.
+        dropout: dropout on attention probabilities and on the output.
+        initializer_stddev: stddev of the normal kernel initializer.
+
+    Call args:
+        x: (batch, seq, d_model).
+        attention_mask: boolean, broadcastable to (batch, seq, keys); True = may attend.
+            Keys are the `seq` inputs, or the `max_len` cache slots when `cache` is given.
+        cache: optional `(k_cache, v_cache)`, each (batch, heads, max_len, head_dim).
+        cache_index: absolute position at which this call's keys/values are written.
+
+    Returns `output`, or `(output, (k_cache, v_cache))` when a cache is passed.
+
+    Example:
+        >>> mha = MultiHeadAttention(d_model=8, num_heads=2)
+        >>> mha(ops.ones((1, 3, 8)), attention_mask=causal_mask(3, 3)[None]).shape
+        (1, 3, 8)
+    """
+
+    def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        if d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.initializer_stddev = initializer_stddev
+        self.head_dim = d_model // num_heads
+        init = keras.initializers.RandomNormal(stddev=initializer_stddev)
+        self.qkv = keras.layers.Dense(3 * d_model, kernel_initializer=init, name="qkv",
+                                      dtype=self.dtype_policy)
+        self.out = keras.layers.Dense(d_model, kernel_initializer=init, name="out",
+                                      dtype=self.dtype_policy)
+        self.attn_dropout = keras.layers.Dropout(dropout)
+        self.out_dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.qkv.build(input_shape)
+        self.out.build(tuple(input_shape[:-1]) + (self.d_model,))
+        self.built = True
+
+    def _split_heads(self, x):
+        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = ops.reshape(self.qkv(x), (batch, seq, 3, self.num_heads, self.head_dim))
+        # Three (batch, heads, seq, head_dim) tensors.
+        return [ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3)]
+
+    def call(self, x, attention_mask=None, cache=None, cache_index=None, training=None):
+        q, k, v = self._split_heads(x)
+        if cache is not None:
+            k_cache, v_cache = cache
+            start = [0, 0, ops.cast(cache_index, "int32"), 0]
+            k_cache = ops.slice_update(k_cache, start, ops.cast(k, k_cache.dtype))
+            v_cache = ops.slice_update(v_cache, start, ops.cast(v, v_cache.dtype))
+            k, v = ops.cast(k_cache, q.dtype), ops.cast(v_cache, q.dtype)
+        q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (batch, heads, seq, keys)
+        # Softmax in float32: bf16/fp16 logits lose too much precision, and -1e9 overflows fp16.
+        scores = ops.cast(scores, "float32")
+        if attention_mask is not None:
+            mask = ops.expand_dims(ops.cast(attention_mask, "bool"), 1)  # (batch, 1, seq, keys)
+            scores = ops.where(mask, scores, ops.cast(-1e9, "float32"))
+        probs = ops.cast(ops.softmax(scores, axis=-1), q.dtype)
+        probs = self.attn_dropout(probs, training=training)
+        h = ops.matmul(probs, v)  # (batch, heads, seq, head_dim)
+        h = ops.transpose(h, (0, 2, 1, 3))  # (batch, seq, heads, head_dim)
+        h = ops.reshape(h, (ops.shape(h)[0], ops.shape(h)[1], self.d_model))
+        out = self.out_dropout(self.out(h), training=training)
+        if cache is not None:
+            return out, (k_cache, v_cache)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(d_model=self.d_model, num_heads=self.num_heads, dropout=self.dropout,
+                      initializer_stddev=self.initializer_stddev)
+        return config

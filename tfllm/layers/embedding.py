@@ -1,0 +1,65 @@
+"""Token + learned position embedding whose token matrix doubles as the output projection."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TokenAndPositionEmbedding(keras.layers.Layer):
+    """Sum of a token embedding and a learned absolute position embedding.
+
+    The token matrix is tied to the output layer: `logits(hidden)` multiplies by its
+    transpose, which halves the parameters of small-vocabulary models and is what GPT-2 does.
+
+    Args:
+        vocab_size: number of token ids.
+        max_len: number of learned positions (the context length).
+        d_model: embedding width.
+        dropout: dropout applied to the summed embedding.
+        initializer_stddev: stddev of the normal initializer (GPT-2 uses 0.02).
+
+    Example:
+        >>> emb = TokenAndPositionEmbedding(vocab_size=65, max_len=64, d_model=128)
+        >>> emb(ops.zeros((2, 10), "int32")).shape
+        (2, 10, 128)
+    """
+
+    def __init__(self, vocab_size, max_len, d_model, dropout=0.0, initializer_stddev=0.02,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.d_model = d_model
+        self.dropout = dropout
+        self.initializer_stddev = initializer_stddev
+        self.dropout_layer = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape=None):
+        init = keras.initializers.RandomNormal(stddev=self.initializer_stddev)
+        self.token_embeddings = self.add_weight(
+            name="token_embeddings", shape=(self.vocab_size, self.d_model), initializer=init)
+        self.position_embeddings = self.add_weight(
+            name="position_embeddings", shape=(self.max_len, self.d_model), initializer=init)
+        self.built = True
+
+    def call(self, token_ids, positions=None, training=None):
+        """Embed `token_ids` (batch, seq) at `positions` (batch, seq) or (seq,); default 0..seq-1."""
+        tokens = ops.take(ops.cast(self.token_embeddings, self.compute_dtype), token_ids, axis=0)
+        if positions is None:
+            positions = ops.arange(ops.shape(token_ids)[1], dtype="int32")
+        pos = ops.take(ops.cast(self.position_embeddings, self.compute_dtype), positions, axis=0)
+        return self.dropout_layer(tokens + pos, training=training)
+
+    def logits(self, hidden):
+        """Project hidden states (batch, seq, d_model) to vocabulary logits (batch, seq, vocab)."""
+        kernel = ops.cast(self.token_embeddings, hidden.dtype)
+        return ops.matmul(hidden, ops.transpose(kernel))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.d_model,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, max_len=self.max_len, d_model=self.d_model,
+                      dropout=self.dropout, initializer_stddev=self.initializer_stddev)
+        return config

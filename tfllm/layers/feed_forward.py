@@ -1,0 +1,61 @@
+"""The position-wise feed-forward block: FFN(x) = act(x W1 + b1) W2 + b2."""
+
+import keras
+
+from tfllm.config import ACTIVATIONS, ConfigError
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class FeedForward(keras.layers.Layer):
+    """Two dense layers with an activation between them and dropout after.
+
+    Args:
+        d_model: input and output width.
+        ffn_dim: inner width.
+        activation: "gelu" (tanh approximation, as GPT-2) or "relu".
+        dropout: dropout on the output.
+        initializer_stddev: stddev of the normal kernel initializer.
+
+    Example:
+        >>> FeedForward(d_model=8, ffn_dim=32)(keras.ops.ones((1, 3, 8))).shape
+        (1, 3, 8)
+    """
+
+    def __init__(self, d_model, ffn_dim, activation="gelu", dropout=0.0,
+                 initializer_stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.d_model = d_model
+        self.ffn_dim = ffn_dim
+        self.activation = activation
+        self.dropout = dropout
+        self.initializer_stddev = initializer_stddev
+        init = keras.initializers.RandomNormal(stddev=initializer_stddev)
+        self.inner = keras.layers.Dense(ffn_dim, kernel_initializer=init, name="inner",
+                                        dtype=self.dtype_policy)
+        self.outer = keras.layers.Dense(d_model, kernel_initializer=init, name="outer",
+                                        dtype=self.dtype_policy)
+        self.dropout_layer = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape):
+        self.inner.build(input_shape)
+        self.outer.build(tuple(input_shape[:-1]) + (self.ffn_dim,))
+        self.built = True
+
+    def call(self, x, training=None):
+        h = self.inner(x)
+        if self.activation == "gelu":
+            h = keras.activations.gelu(h, approximate=True)
+        else:
+            h = keras.activations.relu(h)
+        return self.dropout_layer(self.outer(h), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(d_model=self.d_model, ffn_dim=self.ffn_dim, activation=self.activation,
+                      dropout=self.dropout, initializer_stddev=self.initializer_stddev)
+        return config

@@ -1,0 +1,79 @@
+"""One transformer block: attention and feed-forward, each in a residual branch."""
+
+import keras
+
+from tfllm.layers.attention import MultiHeadAttention
+from tfllm.layers.feed_forward import FeedForward
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TransformerBlock(keras.layers.Layer):
+    """Self-attention + feed-forward with residuals, pre-LayerNorm (GPT-2) or post-LN (BERT).
+
+    Args:
+        d_model: residual width.
+        num_heads: attention heads.
+        ffn_dim: feed-forward inner width.
+        dropout: dropout in both branches.
+        activation: "gelu" or "relu".
+        norm_first: True for pre-LN `x + f(LN(x))`, False for post-LN `LN(x + f(x))`.
+        layer_norm_epsilon: LayerNorm epsilon.
+        initializer_stddev: stddev of the normal kernel initializers.
+
+    Call args are those of `MultiHeadAttention`; with a cache it returns `(x, cache)`.
+
+    Example:
+        >>> TransformerBlock(d_model=8, num_heads=2, ffn_dim=16)(keras.ops.ones((1, 3, 8))).shape
+        (1, 3, 8)
+    """
+
+    def __init__(self, d_model, num_heads, ffn_dim, dropout=0.0, activation="gelu",
+                 norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.ffn_dim = ffn_dim
+        self.dropout = dropout
+        self.activation = activation
+        self.norm_first = norm_first
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_stddev = initializer_stddev
+        policy = self.dtype_policy
+        self.attention = MultiHeadAttention(d_model, num_heads, dropout, initializer_stddev,
+                                            name="attention", dtype=policy)
+        self.ffn = FeedForward(d_model, ffn_dim, activation, dropout, initializer_stddev,
+                               name="ffn", dtype=policy)
+        self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm1",
+                                                     dtype=policy)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2",
+                                                     dtype=policy)
+
+    def build(self, input_shape):
+        for layer in (self.attention, self.ffn, self.norm1, self.norm2):
+            layer.build(input_shape)
+        self.built = True
+
+    def call(self, x, attention_mask=None, cache=None, cache_index=None, training=None):
+        attn_in = self.norm1(x) if self.norm_first else x
+        attn = self.attention(attn_in, attention_mask=attention_mask, cache=cache,
+                              cache_index=cache_index, training=training)
+        if cache is not None:
+            attn, cache = attn
+        if self.norm_first:
+            x = x + attn
+            x = x + self.ffn(self.norm2(x), training=training)
+        else:
+            x = self.norm1(x + attn)
+            x = self.norm2(x + self.ffn(x, training=training))
+        return x if cache is None else (x, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(d_model=self.d_model, num_heads=self.num_heads, ffn_dim=self.ffn_dim,
+                      dropout=self.dropout, activation=self.activation,
+                      norm_first=self.norm_first, layer_norm_epsilon=self.layer_norm_epsilon,
+                      initializer_stddev=self.initializer_stddev)
+        return config

@@ -1,0 +1,140 @@
+"""The transformer backbone: embeddings and a stack of blocks, causal or bidirectional."""
+
+import keras
+from keras import ops
+
+from tfllm.config import ModelConfig
+from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
+from tfllm.layers.embedding import TokenAndPositionEmbedding
+from tfllm.layers.transformer_block import TransformerBlock
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class TransformerBackbone(keras.layers.Layer):
+    """Token ids (batch, seq) to hidden states (batch, seq, d_model).
+
+    Pre-LN stacks end with a final LayerNorm (GPT-2); post-LN stacks normalize the
+    embeddings instead (BERT). `causal=True` makes a decoder, `False` an encoder.
+
+    Args: the fields of `ModelConfig` of the same names (see `from_config_dataclass`).
+
+    Example:
+        >>> bb = TransformerBackbone.from_model_config(get_preset("shakespeare-char").replace(vocab_size=65))
+        >>> bb(ops.zeros((2, 16), "int32")).shape
+        (2, 16, 128)
+    """
+
+    def __init__(self, vocab_size, num_layers, d_model, num_heads, ffn_dim, max_len,
+                 dropout=0.0, causal=True, activation="gelu", norm_first=True,
+                 layer_norm_epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.num_layers = num_layers
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.ffn_dim = ffn_dim
+        self.max_len = max_len
+        self.dropout = dropout
+        self.causal = causal
+        self.activation = activation
+        self.norm_first = norm_first
+        self.layer_norm_epsilon = layer_norm_epsilon
+        policy = self.dtype_policy
+        self.embedding = TokenAndPositionEmbedding(vocab_size, max_len, d_model, dropout,
+                                                   name="embedding", dtype=policy)
+        self.blocks = [
+            TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation, norm_first,
+                             layer_norm_epsilon, name=f"block_{i}", dtype=policy)
+            for i in range(num_layers)
+        ]
+        # Pre-LN ends with a norm (GPT-2's ln_f); post-LN normalizes the embeddings (BERT).
+        self.norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, name="final_norm" if norm_first else "embedding_norm",
+            dtype=policy)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs):
+        """Build from a `ModelConfig` (which must have a vocab_size)."""
+        if config.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size is None: train or load a tokenizer first")
+        return cls(vocab_size=config.vocab_size, num_layers=config.num_layers,
+                   d_model=config.d_model, num_heads=config.num_heads, ffn_dim=config.ffn_dim,
+                   max_len=config.max_len, dropout=config.dropout, causal=config.causal,
+                   activation=config.activation, norm_first=config.norm_first,
+                   layer_norm_epsilon=config.layer_norm_epsilon, **kwargs)
+
+    @property
+    def head_dim(self):
+        return self.d_model // self.num_heads
+
+    def build(self, input_shape=None):
+        hidden_shape = (None, None, self.d_model)
+        self.embedding.build(input_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.norm.build(hidden_shape)
+        self.built = True
+
+    def empty_caches(self, batch_size, dtype=None):
+        """Zero KV caches for every layer: a list of (k, v), each (batch, heads, max_len, head_dim)."""
+        dtype = dtype or self.compute_dtype
+        return [empty_cache(batch_size, self.num_heads, self.max_len, self.head_dim, dtype)
+                for _ in range(self.num_layers)]
+
+    def call(self, token_ids, padding_mask=None, positions=None, caches=None, cache_index=None,
+             training=None):
+        """Run the stack.
+
+        Args:
+            token_ids: int (batch, seq).
+            padding_mask: optional bool (batch, keys), True for real tokens. Keys are the
+                inputs, or the cache slots (batch, max_len) when `caches` is given.
+            positions: optional int position ids, (seq,) or (batch, seq); default
+                `cache_index + 0..seq-1`.
+            caches: optional list of per-layer (k, v) caches (see `empty_caches`).
+            cache_index: absolute slot where this call's tokens are written in the caches.
+
+        Returns hidden states, or `(hidden, new_caches)` when `caches` is given.
+        """
+        seq_len = ops.shape(token_ids)[1]
+        if caches is None:
+            causal = causal_mask(seq_len, seq_len) if self.causal else None
+            offset = 0
+        else:
+            offset = ops.cast(cache_index, "int32")
+            if self.causal:
+                causal = causal_mask(seq_len, self.max_len, offset)
+            else:
+                # An encoder sees every written slot, but none past this call's tokens.
+                causal = ops.broadcast_to(
+                    ops.arange(self.max_len)[None, :] < offset + seq_len,
+                    (seq_len, self.max_len))
+        mask = merge_masks(causal, padding_mask)
+        if positions is None:
+            positions = ops.arange(seq_len, dtype="int32") + offset
+        x = self.embedding(token_ids, positions=positions, training=training)
+        if not self.norm_first:
+            x = self.norm(x)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            if caches is None:
+                x = block(x, attention_mask=mask, training=training)
+            else:
+                x, cache = block(x, attention_mask=mask, cache=caches[i],
+                                 cache_index=offset, training=training)
+                new_caches.append(cache)
+        if self.norm_first:
+            x = self.norm(x)
+        return x if caches is None else (x, new_caches)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.d_model,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(vocab_size=self.vocab_size, num_layers=self.num_layers,
+                      d_model=self.d_model, num_heads=self.num_heads, ffn_dim=self.ffn_dim,
+                      max_len=self.max_len, dropout=self.dropout, causal=self.causal,
+                      activation=self.activation, norm_first=self.norm_first,
+                      layer_norm_epsilon=self.layer_norm_epsilon)
+        return config

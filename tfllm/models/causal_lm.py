@@ -1,0 +1,164 @@
+"""The GPT-style causal language model task: token ids in, next-token logits out."""
+
+import keras
+from keras import ops
+
+from tfllm.config import ModelConfig
+from tfllm.models.backbone import TransformerBackbone
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class Perplexity(keras.metrics.Metric):
+    """exp(mean token cross-entropy) over everything seen since the last reset.
+
+    Unlike keras-hub's Perplexity, which averages per-batch perplexities when batches
+    are evaluated separately, this accumulates total loss and token count.
+    """
+
+    def __init__(self, name="perplexity", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total",
+                                       dtype="float32")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count",
+                                       dtype="float32")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        losses = keras.losses.sparse_categorical_crossentropy(
+            y_true, ops.cast(y_pred, "float32"), from_logits=True)
+        if sample_weight is not None:
+            weights = ops.cast(sample_weight, "float32")
+            losses = losses * weights
+            n = ops.sum(weights)
+        else:
+            n = ops.cast(ops.size(losses), "float32")
+        self.total.assign_add(ops.sum(losses))
+        self.count.assign_add(n)
+
+    def result(self):
+        return ops.exp(self.total / ops.maximum(self.count, 1.0))
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class CausalLM(keras.Model):
+    """Causal LM: `model(token_ids)` (batch, seq) -> logits (batch, seq, vocab), float32.
+
+    The output projection is the transposed token embedding (tied weights).
+    `compile()` with no arguments gives the training recipe tfllm uses: AdamW with
+    linear warmup and cosine decay, weight decay only on 2-D+ weights, gradient clipping,
+    sparse cross-entropy from logits and a perplexity metric.
+
+    Args:
+        backbone: a causal `TransformerBackbone`.
+
+    Example:
+        >>> lm = CausalLM.from_model_config(get_preset("shakespeare-char").replace(vocab_size=65))
+        >>> lm(ops.zeros((1, 8), "int32")).shape
+        (1, 8, 65)
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        if not backbone.causal:
+            raise ValueError("CausalLM needs a causal backbone (causal=True)")
+        self.backbone = backbone
+        self.tokenizer = None  # attached by tfllm.load(); not part of the saved model
+        # Built eagerly so variables exist for compile() (weight-decay exclusion) and
+        # BackupAndRestore, which refuses unbuilt models.
+        self.build((None, None))
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs):
+        return cls(TransformerBackbone.from_model_config(config, name="backbone"), **kwargs)
+
+    @property
+    def config(self) -> ModelConfig:
+        b = self.backbone
+        return ModelConfig(vocab_size=b.vocab_size, num_layers=b.num_layers, d_model=b.d_model,
+                           num_heads=b.num_heads, ffn_dim=b.ffn_dim, max_len=b.max_len,
+                           dropout=b.dropout, causal=True, activation=b.activation,
+                           norm_first=b.norm_first, layer_norm_epsilon=b.layer_norm_epsilon)
+
+    def build(self, input_shape=None):
+        if not self.backbone.built:  # a deserialized backbone arrives built
+            self.backbone.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if isinstance(inputs, dict):
+            token_ids, padding_mask = inputs["token_ids"], inputs.get("padding_mask")
+        else:
+            token_ids, padding_mask = inputs, None
+        hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
+        return ops.cast(self.backbone.embedding.logits(hidden), "float32")
+
+    def call_with_cache(self, token_ids, caches, cache_index, padding_mask=None, positions=None):
+        """One cached step: logits for `token_ids` written at `cache_index`, and new caches.
+
+        Args:
+            token_ids: int (batch, seq), the new tokens.
+            caches: per-layer (k, v) from `backbone.empty_caches` or a previous call.
+            cache_index: absolute slot of the first new token.
+            padding_mask: optional bool (batch, max_len) marking slots that hold real tokens.
+            positions: optional position ids (seq,) or (batch, seq).
+
+        Returns:
+            (logits (batch, seq, vocab) float32, new caches).
+        """
+        hidden, caches = self.backbone(token_ids, padding_mask=padding_mask, positions=positions,
+                                       caches=caches, cache_index=cache_index)
+        return ops.cast(self.backbone.embedding.logits(hidden), "float32"), caches
+
+    def compile(self, optimizer="default", loss="default", metrics="default",
+                learning_rate=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1,
+                weight_decay=0.1, beta_2=0.99, clipnorm=1.0, **kwargs):
+        """Compile with tfllm's defaults; any argument given explicitly wins.
+
+        Args:
+            optimizer: "default" for AdamW + warmup/cosine schedule, or any Keras optimizer.
+            loss: "default" for sparse cross-entropy from logits.
+            metrics: "default" for `[Perplexity()]`.
+            learning_rate: peak learning rate after warmup.
+            warmup_steps: linear warmup steps from 0.
+            total_steps: steps at which the cosine decay reaches `min_lr_ratio * learning_rate`.
+            min_lr_ratio: final learning rate as a fraction of the peak.
+            weight_decay: decoupled weight decay on 2-D+ weights only.
+            beta_2: Adam's second-moment decay (0.99 suits small batches).
+            clipnorm: global gradient-norm clip (None disables).
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
+        """
+        if optimizer == "default":
+            optimizer = make_optimizer(self, learning_rate, warmup_steps, total_steps,
+                                       min_lr_ratio, weight_decay, beta_2, clipnorm)
+        if loss == "default":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics == "default":
+            metrics = [Perplexity()]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_config(self):
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone),
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+def make_optimizer(model, learning_rate=1e-3, warmup_steps=100, total_steps=2000,
+                   min_lr_ratio=0.1, weight_decay=0.1, beta_2=0.99, clipnorm=1.0):
+    """AdamW with linear warmup then cosine decay; biases, norms excluded from weight decay."""
+    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=max(1, total_steps - warmup_steps),
+        alpha=min_lr_ratio,
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay,
+                                       beta_1=0.9, beta_2=beta_2, clipnorm=clipnorm)
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+    return optimizer

@@ -1,0 +1,128 @@
+"""SentencePiece tokenizers: trained with `sentencepiece`, applied in-graph with tf-text.
+
+The `.model` file is the tokenizer's whole state; it lives in the run directory and is
+bundled as-is into SavedModels and LiteRT-LM packages.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Iterable
+
+import sentencepiece as spm
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from tfllm.errors import TokenizerError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# Character models take every character of the corpus; this only caps the search.
+_CHAR_VOCAB_CAP = 100_000
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model that tokenizes strings to int32 ids inside TensorFlow graphs.
+
+    Special ids are fixed: pad 0, unk 1, bos 2, eos 3. Text is not normalized and newlines
+    are a token of their own, so `detokenize(tokenize(s)) == s` for text the model covers.
+
+    Args:
+        proto: the serialized SentencePiece model (the bytes of a `.model` file).
+
+    Example:
+        >>> tok = SentencePieceTokenizer.train(["hello world"], model_type="char")
+        >>> tok.detokenize(tok.tokenize("hello")).numpy()
+        b'hello'
+    """
+
+    def __init__(self, proto: bytes):
+        self.proto = proto
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=proto)
+        except Exception as e:  # sentencepiece raises bare RuntimeError/OSError
+            raise TokenizerError(f"not a valid SentencePiece model: {e}") from e
+        self._tf = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], model_type: str = "char", vocab_size: int | None = None,
+              max_sentences: int = 2_000_000) -> "SentencePieceTokenizer":
+        """Train on an iterable of texts (split into lines internally).
+
+        Args:
+            texts: documents or lines of the training corpus.
+            model_type: "char", "bpe" or "unigram".
+            vocab_size: required for bpe/unigram; ignored for char (the corpus decides).
+            max_sentences: lines sampled for training on large corpora.
+        """
+        if model_type not in ("char", "bpe", "unigram"):
+            raise TokenizerError(f"unknown model_type {model_type!r}; use char, bpe or unigram")
+        if model_type != "char" and not vocab_size:
+            raise TokenizerError(f"{model_type} tokenizers need a vocab_size")
+
+        def lines():
+            for text in texts:
+                for line in text.split("\n"):
+                    if line:
+                        yield line
+
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=lines(), model_writer=model, model_type=model_type,
+                vocab_size=_CHAR_VOCAB_CAP if model_type == "char" else vocab_size,
+                hard_vocab_limit=model_type != "char",
+                # No normalization: generated text must round-trip byte for byte.
+                normalization_rule_name="identity", remove_extra_whitespaces=False,
+                add_dummy_prefix=False, split_by_whitespace=model_type != "char",
+                allow_whitespace_only_pieces=True,
+                # Training reads line by line, so a newline would never be seen otherwise.
+                user_defined_symbols=["\n"],
+                pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                character_coverage=1.0, byte_fallback=model_type != "char",
+                input_sentence_size=max_sentences, shuffle_input_sentence=True,
+                max_sentence_length=1 << 16, num_threads=os.cpu_count() or 1, minloglevel=2)
+        except RuntimeError as e:
+            msg = str(e).splitlines()[-1] if str(e) else repr(e)
+            if "Vocabulary size" in msg or "vocab_size" in msg:
+                raise TokenizerError(
+                    f"cannot train a {model_type} tokenizer with vocab_size={vocab_size} on "
+                    f"this corpus ({msg}); use a smaller --vocab-size") from e
+            raise TokenizerError(f"SentencePiece training failed: {msg}") from e
+        if not model.getvalue():
+            raise TokenizerError("SentencePiece training produced no model: is the corpus empty?")
+        return cls(model.getvalue())
+
+    @classmethod
+    def load(cls, path: str) -> "SentencePieceTokenizer":
+        """Load a `.model` file."""
+        if not tf.io.gfile.exists(path):
+            raise TokenizerError(f"tokenizer file {path} does not exist")
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return cls(f.read())
+
+    def save(self, path: str) -> None:
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(self.proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.get_piece_size()
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def tokenize(self, text):
+        """Strings -> int32 ids, in-graph. A scalar gives (n,); a (batch,) gives ragged (batch, None)."""
+        return self._tf.tokenize(text)
+
+    def detokenize(self, ids):
+        """Int ids (n,) or (batch, n) / ragged -> strings, in-graph."""
+        return self._tf.detokenize(ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Python-side tokenization (same ids as `tokenize`)."""
+        return self._sp.encode(text)
+
+    def decode(self, ids) -> str:
+        """Python-side detokenization."""
+        return self._sp.decode([int(i) for i in ids])

@@ -1,0 +1,403 @@
+"""Training: strategy choice, precision, callbacks, checkpoints and resume.
+
+`train()` is what `tfllm train` runs. One "epoch" of `model.fit` is one evaluation
+interval, so validation, the best checkpoint, metrics.jsonl and the BackupAndRestore
+state (which Keras restores at epoch boundaries) all line up on the same steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import tensorflow as tf
+
+from tfllm import runs
+from tfllm.config import ConfigError, ModelConfig, get_preset
+from tfllm.errors import RunDirError, TfllmError
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+class StrategyError(TfllmError):
+    """The requested distribution strategy cannot be created here."""
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Everything about a training run that is not the model's shape.
+
+    Args:
+        steps: optimizer steps in total.
+        batch_size: examples per replica per step (the global batch scales with replicas).
+        lr: peak learning rate.
+        warmup_steps: linear warmup steps.
+        min_lr_ratio: final learning rate / peak (cosine decay).
+        weight_decay: AdamW decoupled weight decay (2-D+ weights only).
+        eval_interval: steps between evaluations, checkpoints and metrics lines.
+        eval_steps: at most this many validation batches per evaluation.
+        seed: seed of initialization, data order and dropout.
+        strategy: one of STRATEGIES.
+        tpu: TPU name/address for the TPU strategy (default $TPU_NAME).
+        precision: one of PRECISIONS.
+        jit_compile: compile train steps with XLA (measured faster on CPU).
+    """
+
+    steps: int = 2000
+    batch_size: int = 12
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    eval_interval: int = 250
+    eval_steps: int = 100
+    seed: int = 1337
+    strategy: str = "auto"
+    tpu: str | None = None
+    precision: str = "float32"
+    jit_compile: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_interval", "eval_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                  f"got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
+                              f"{', '.join(STRATEGIES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of "
+                              f"{', '.join(PRECISIONS)}")
+        if self.eval_interval > self.steps:
+            self.eval_interval = self.steps
+        if self.steps % self.eval_interval:
+            raise ConfigError(f"--steps ({self.steps}) must be a multiple of --eval-interval "
+                              f"({self.eval_interval})")
+
+
+# -- strategy and precision ---------------------------------------------------------------
+
+def _tf_config_workers() -> int:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        return len(json.loads(raw).get("cluster", {}).get("worker", []))
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise StrategyError(f"TF_CONFIG is not valid JSON: {e}") from e
+
+
+def resolve_strategy_name(name: str = "auto", tpu: str | None = None) -> str:
+    """What `auto` means here: tpu if one is named, multiworker if TF_CONFIG has >1 worker,
+    mirrored with >1 GPU, default otherwise."""
+    if name != "auto":
+        return name
+    if tpu or os.environ.get("TPU_NAME"):
+        return "tpu"
+    if _tf_config_workers() > 1:
+        return "multiworker"
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return "mirrored"
+    return "default"
+
+
+def choose_strategy(name: str = "auto", tpu: str | None = None, devices=None):
+    """Create the `tf.distribute` strategy for `name` (see `resolve_strategy_name`).
+
+    Args:
+        name: one of STRATEGIES.
+        tpu: TPU name or grpc address (default $TPU_NAME).
+        devices: device list for "mirrored" (default: all GPUs, else the CPU).
+
+    Example:
+        >>> choose_strategy("default").num_replicas_in_sync
+        1
+    """
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    name = resolve_strategy_name(name, tpu)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multiworker":
+        if _tf_config_workers() < 1:
+            raise StrategyError("--strategy multiworker needs TF_CONFIG naming the cluster's "
+                                "workers and this process's task")
+        from tfllm.keras_fixes import apply_multi_worker_fit_fix
+
+        apply_multi_worker_fit_fix()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    tpu = tpu or os.environ.get("TPU_NAME")
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as e:
+        raise StrategyError(f"cannot reach a TPU (--tpu {tpu!r}): "
+                            f"{str(e).splitlines()[0]}") from e
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def set_precision(precision: str) -> None:
+    """Set Keras' global dtype policy; mixed_float16 gets loss scaling from `compile`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of "
+                          f"{', '.join(PRECISIONS)}")
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG makes this process a non-chief worker."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    task = json.loads(raw).get("task", {})
+    return task.get("type", "worker") in ("chief", "worker") and int(task.get("index", 0)) == 0
+
+
+# -- callbacks ----------------------------------------------------------------------------
+
+class MetricsLogger(keras.callbacks.Callback):
+    """Appends one JSON line per evaluation interval to metrics.jsonl.
+
+    Fields: step, loss, val_loss, perplexity, val_perplexity, lr, tokens_per_sec, elapsed_sec.
+    """
+
+    def __init__(self, path, steps_per_epoch, tokens_per_step):
+        super().__init__()
+        self.path = path
+        self.steps_per_epoch = steps_per_epoch
+        self.tokens_per_step = tokens_per_step
+        self.history = []
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        elapsed = time.time() - self._epoch_start
+        record = {
+            "step": (epoch + 1) * self.steps_per_epoch,
+            "loss": _float(logs.get("loss")),
+            "val_loss": _float(logs.get("val_loss")),
+            "perplexity": _float(logs.get("perplexity")),
+            "val_perplexity": _float(logs.get("val_perplexity")),
+            "lr": _float(self.model.optimizer.learning_rate),
+            "tokens_per_sec": round(self.steps_per_epoch * self.tokens_per_step / elapsed, 1),
+            "elapsed_sec": round(time.time() - self._start, 2),
+        }
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _float(x):
+    return None if x is None else round(float(x), 6)
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, runs.METRICS)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# -- the run ------------------------------------------------------------------------------
+
+def _steps_per_execution(eval_interval: int) -> int:
+    # Several steps per host round trip cut Keras' per-step overhead; must divide the epoch.
+    return math.gcd(eval_interval, 50)
+
+
+def prepare_run_dir(out: str, resume: bool, overwrite: bool) -> None:
+    """Check `out` may be written: refuse to clobber a run unless told to."""
+    has_run = os.path.isfile(os.path.join(out, runs.CONFIG))
+    if resume:
+        if not has_run:
+            raise RunDirError(f"--resume: {out} is not a run directory to resume "
+                              f"(no {runs.CONFIG}); start a new run without --resume")
+        return
+    if os.path.exists(out) and (has_run or os.listdir(out)):
+        if not overwrite:
+            raise RunDirError(f"{out} already exists and is not empty; pass --resume to "
+                              "continue it or --overwrite to replace it")
+        shutil.rmtree(out)
+
+
+def build_model_config(preset: str, overrides: dict | None = None) -> ModelConfig:
+    cfg = get_preset(preset)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def train(out: str, data: str, preset: str = "shakespeare-char", settings: TrainSettings = None,
+          model_overrides: dict | None = None, text_feature: str | None = None,
+          tfds_manual_dir: str | None = None, tfds_data_dir: str | None = None,
+          resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
+          strategy=None) -> dict:
+    """Train a causal LM into the run directory `out`; returns the last metrics record.
+
+    Args:
+        out: run directory to create (or continue with `resume=True`).
+        data: data spec, `tfds:NAME[:SPLIT]` or `text:GLOB`.
+        preset: a preset name from `tfllm.config.PRESETS`.
+        settings: `TrainSettings` (defaults if None).
+        model_overrides: ModelConfig fields to change from the preset (e.g. dropout).
+        text_feature, tfds_manual_dir, tfds_data_dir: see `tfllm.data.Corpus`.
+        resume: continue a killed run from its last saved interval.
+        overwrite: replace an existing run directory.
+        verbose: Keras fit verbosity.
+        strategy: an existing `tf.distribute.Strategy` (else created from settings).
+
+    Example:
+        >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
+    """
+    from tfllm.data import Corpus, check_nonempty, make_lm_dataset
+    from tfllm.models import CausalLM
+    from tfllm.tokenizers import SentencePieceTokenizer
+
+    settings = settings or TrainSettings()
+    # Multi-worker strategies must exist before any other TF op runs.
+    strategy = strategy or choose_strategy(settings.strategy, settings.tpu)
+    prepare_run_dir(out, resume, overwrite)
+
+    requested = build_model_config(preset, model_overrides)
+    if resume:
+        stored = runs.read_run_config(out)
+        stored_model = ModelConfig.from_dict(stored["model"])
+        if (stored.get("preset") != preset or
+                stored_model.replace(vocab_size=requested.vocab_size) != requested):
+            raise RunDirError(f"{out} was written by another model config (preset "
+                              f"{stored.get('preset')!r}); resume it with the same --preset "
+                              "and model options, or train into a new --out")
+        if stored["data"]["spec"] != data:
+            raise RunDirError(f"{out} was trained on {stored['data']['spec']!r}, not {data!r}")
+    set_precision(settings.precision)
+    keras.utils.set_random_seed(settings.seed)
+
+    corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
+    tok_path = os.path.join(out, runs.TOKENIZER)
+    if resume:
+        tokenizer = SentencePieceTokenizer.load(tok_path)
+    else:
+        tokenizer = SentencePieceTokenizer.train(corpus.sample_texts(), requested.tokenizer,
+                                                 requested.vocab_size)
+    model_config = requested.replace(vocab_size=tokenizer.vocab_size)
+    seq_len = model_config.max_len
+    check_nonempty(corpus.train_texts(), tokenizer, seq_len, "training")
+    check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
+
+    if not resume:
+        os.makedirs(out, exist_ok=True)
+        tokenizer.save(tok_path)
+        runs.write_run_config(out, {
+            "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
+            "training": dataclasses.asdict(settings), "objective": "clm",
+            "tokenizer": runs.TOKENIZER,
+        })
+
+    replicas = strategy.num_replicas_in_sync
+    global_batch = settings.batch_size * replicas
+    train_ds = make_lm_dataset(corpus.train_texts(), tokenizer, seq_len, global_batch,
+                               training=True, seed=settings.seed)
+    val_ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
+                             training=False)
+    val_steps = sum(1 for _ in val_ds.take(settings.eval_steps))
+    # A repeated stream with a fixed step count keeps every worker in lockstep.
+    val_ds = val_ds.repeat()
+
+    with strategy.scope():
+        model = CausalLM.from_model_config(model_config, name="causal_lm")
+        model.compile(learning_rate=settings.lr, warmup_steps=settings.warmup_steps,
+                      total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
+                      weight_decay=settings.weight_decay, jit_compile=settings.jit_compile,
+                      steps_per_execution=_steps_per_execution(settings.eval_interval))
+
+    previous = read_metrics(out) if resume else []
+    best_so_far = min((r["val_loss"] for r in previous if r.get("val_loss") is not None),
+                      default=None)
+    metrics_logger = MetricsLogger(os.path.join(out, runs.METRICS), settings.eval_interval,
+                                   global_batch * seq_len)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(out, runs.BACKUP), save_freq="epoch",
+                                         delete_checkpoint=False),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint(os.path.join(out, runs.BEST_WEIGHTS),
+                                        monitor="val_loss", save_best_only=True,
+                                        save_weights_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.TensorBoard(os.path.join(out, runs.LOGS), update_freq="epoch",
+                                    write_graph=False),
+        metrics_logger,
+    ]
+    epochs = settings.steps // settings.eval_interval
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=settings.eval_interval,
+                        validation_data=val_ds, validation_steps=val_steps,
+                        callbacks=callbacks, verbose=verbose)
+    if model.stop_training and history.history.get("loss") and \
+            not math.isfinite(history.history["loss"][-1]):
+        raise TfllmError(f"training diverged (loss is NaN) before step {settings.steps}; "
+                         f"lower --lr (now {settings.lr}). The last good state is in "
+                         f"{os.path.join(out, runs.BACKUP)}")
+    model.save(os.path.join(out, runs.MODEL))
+    records = read_metrics(out)
+    return records[-1] if records else {}
+
+
+def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = None,
+             eval_steps: int | None = None, weights: str = "final", text_feature=None,
+             tfds_manual_dir=None, tfds_data_dir=None) -> dict:
+    """Validation loss and perplexity of a run's model.
+
+    Args:
+        run_dir: a run directory.
+        data: data spec to evaluate on (default: the run's own validation split).
+        batch_size: evaluation batch (default: the run's training batch size).
+        eval_steps: evaluate at most this many batches (default: all).
+        weights: "final" or "best".
+
+    Returns:
+        {"loss", "perplexity", "tokens", "data"}.
+    """
+    from tfllm.data import Corpus, check_nonempty, make_lm_dataset
+    from tfllm.models import Perplexity
+
+    stored = runs.read_run_config(run_dir)
+    model = runs.load(run_dir, weights=weights)
+    tokenizer = model.tokenizer
+    if data is None:
+        data = stored["data"]["spec"]
+        text_feature = text_feature or stored["data"].get("text_feature")
+    corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
+    seq_len = model.backbone.max_len
+    check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
+    batch_size = batch_size or stored.get("training", {}).get("batch_size", 12)
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size, training=False)
+    if eval_steps:
+        ds = ds.take(eval_steps)
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), metrics=[Perplexity()], jit_compile=True)
+    results = model.evaluate(ds, verbose=0, return_dict=True)
+    tokens = sum(int(tf.size(y)) for _, y in ds)
+    # Perplexity accumulates over all tokens; loss is the same token-weighted mean.
+    return {"loss": round(math.log(float(results["perplexity"])), 6),
+            "perplexity": round(float(results["perplexity"]), 4),
+            "tokens": tokens, "data": data}
