@@ -150,6 +150,17 @@ def choose_strategy(name: str = "auto", tpu: str | None = None, devices=None):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def jit_supported(strategy) -> bool:
+    """False where XLA cannot compile the step: replicas on several (logical) CPU devices.
+
+    XLA refuses variables placed on another CPU device than the one it compiles for
+    (https://www.tensorflow.org/xla/known_issues); GPUs and TPUs are fine.
+    """
+    if strategy.num_replicas_in_sync < 2 or not hasattr(strategy.extended, "worker_devices"):
+        return True
+    return not any("CPU" in d.upper() for d in strategy.extended.worker_devices)
+
+
 def set_precision(precision: str) -> None:
     """Set Keras' global dtype policy; mixed_float16 gets loss scaling from `compile`."""
     if precision not in PRECISIONS:
@@ -326,7 +337,8 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         model = CausalLM.from_model_config(model_config, name="causal_lm")
         model.compile(learning_rate=settings.lr, warmup_steps=settings.warmup_steps,
                       total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
-                      weight_decay=settings.weight_decay, jit_compile=settings.jit_compile,
+                      weight_decay=settings.weight_decay,
+                      jit_compile=settings.jit_compile and jit_supported(strategy),
                       steps_per_execution=_steps_per_execution(settings.eval_interval))
 
     previous = read_metrics(out) if resume else []

@@ -51,6 +51,8 @@ class MultiHeadAttention(keras.layers.Layer):
         num_heads: number of heads.
         dropout: dropout on attention probabilities and on the output.
         initializer_stddev: stddev of the normal kernel initializer.
+        output_stddev: stddev for the output projection (default `initializer_stddev`);
+            GPT-2 scales it by 1/sqrt(2 * layers) so the residual stream does not grow.
 
     Call args:
         x: (batch, seq, d_model).
@@ -67,7 +69,8 @@ class MultiHeadAttention(keras.layers.Layer):
         (1, 3, 8)
     """
 
-    def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02, **kwargs):
+    def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02,
+                 output_stddev=None, **kwargs):
         super().__init__(**kwargs)
         if d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
@@ -75,11 +78,13 @@ class MultiHeadAttention(keras.layers.Layer):
         self.num_heads = num_heads
         self.dropout = dropout
         self.initializer_stddev = initializer_stddev
+        self.output_stddev = output_stddev
         self.head_dim = d_model // num_heads
         init = keras.initializers.RandomNormal(stddev=initializer_stddev)
         self.qkv = keras.layers.Dense(3 * d_model, kernel_initializer=init, name="qkv",
                                       dtype=self.dtype_policy)
-        self.out = keras.layers.Dense(d_model, kernel_initializer=init, name="out",
+        out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
+        self.out = keras.layers.Dense(d_model, kernel_initializer=out_init, name="out",
                                       dtype=self.dtype_policy)
         self.attn_dropout = keras.layers.Dropout(dropout)
         self.out_dropout = keras.layers.Dropout(dropout)
@@ -126,5 +131,6 @@ class MultiHeadAttention(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(d_model=self.d_model, num_heads=self.num_heads, dropout=self.dropout,
-                      initializer_stddev=self.initializer_stddev)
+                      initializer_stddev=self.initializer_stddev,
+                      output_stddev=self.output_stddev)
         return config

@@ -15,6 +15,7 @@ class FeedForward(keras.layers.Layer):
         activation: "gelu" (tanh approximation, as GPT-2) or "relu".
         dropout: dropout on the output.
         initializer_stddev: stddev of the normal kernel initializer.
+        output_stddev: stddev for the second (output) kernel (default `initializer_stddev`).
 
     Example:
         >>> FeedForward(d_model=8, ffn_dim=32)(keras.ops.ones((1, 3, 8))).shape
@@ -22,7 +23,8 @@ class FeedForward(keras.layers.Layer):
     """
 
     def __init__(self, d_model, ffn_dim, activation="gelu", dropout=0.0,
-                 initializer_stddev=0.02, **kwargs):
+                 initializer_stddev=0.02,
+                 output_stddev=None, **kwargs):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -31,10 +33,12 @@ class FeedForward(keras.layers.Layer):
         self.activation = activation
         self.dropout = dropout
         self.initializer_stddev = initializer_stddev
+        self.output_stddev = output_stddev
         init = keras.initializers.RandomNormal(stddev=initializer_stddev)
         self.inner = keras.layers.Dense(ffn_dim, kernel_initializer=init, name="inner",
                                         dtype=self.dtype_policy)
-        self.outer = keras.layers.Dense(d_model, kernel_initializer=init, name="outer",
+        out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
+        self.outer = keras.layers.Dense(d_model, kernel_initializer=out_init, name="outer",
                                         dtype=self.dtype_policy)
         self.dropout_layer = keras.layers.Dropout(dropout)
 
@@ -57,5 +61,6 @@ class FeedForward(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(d_model=self.d_model, ffn_dim=self.ffn_dim, activation=self.activation,
-                      dropout=self.dropout, initializer_stddev=self.initializer_stddev)
+                      dropout=self.dropout, initializer_stddev=self.initializer_stddev,
+                      output_stddev=self.output_stddev)
         return config

@@ -19,6 +19,7 @@ class TransformerBlock(keras.layers.Layer):
         norm_first: True for pre-LN `x + f(LN(x))`, False for post-LN `LN(x + f(x))`.
         layer_norm_epsilon: LayerNorm epsilon.
         initializer_stddev: stddev of the normal kernel initializers.
+        output_stddev: stddev of the kernels that write into the residual stream.
 
     Call args are those of `MultiHeadAttention`; with a cache it returns `(x, cache)`.
 
@@ -28,7 +29,8 @@ class TransformerBlock(keras.layers.Layer):
     """
 
     def __init__(self, d_model, num_heads, ffn_dim, dropout=0.0, activation="gelu",
-                 norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02, **kwargs):
+                 norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02,
+                 output_stddev=None, **kwargs):
         super().__init__(**kwargs)
         self.d_model = d_model
         self.num_heads = num_heads
@@ -38,11 +40,12 @@ class TransformerBlock(keras.layers.Layer):
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_stddev = initializer_stddev
+        self.output_stddev = output_stddev
         policy = self.dtype_policy
         self.attention = MultiHeadAttention(d_model, num_heads, dropout, initializer_stddev,
-                                            name="attention", dtype=policy)
+                                            output_stddev, name="attention", dtype=policy)
         self.ffn = FeedForward(d_model, ffn_dim, activation, dropout, initializer_stddev,
-                               name="ffn", dtype=policy)
+                               output_stddev, name="ffn", dtype=policy)
         self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm1",
                                                      dtype=policy)
         self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2",
@@ -75,5 +78,6 @@ class TransformerBlock(keras.layers.Layer):
         config.update(d_model=self.d_model, num_heads=self.num_heads, ffn_dim=self.ffn_dim,
                       dropout=self.dropout, activation=self.activation,
                       norm_first=self.norm_first, layer_norm_epsilon=self.layer_norm_epsilon,
-                      initializer_stddev=self.initializer_stddev)
+                      initializer_stddev=self.initializer_stddev,
+                      output_stddev=self.output_stddev)
         return config

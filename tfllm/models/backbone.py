@@ -42,9 +42,12 @@ class TransformerBackbone(keras.layers.Layer):
         policy = self.dtype_policy
         self.embedding = TokenAndPositionEmbedding(vocab_size, max_len, d_model, dropout,
                                                    name="embedding", dtype=policy)
+        # GPT-2 / nanoGPT init: residual-writing projections scaled by 1/sqrt(2 * layers).
+        output_stddev = 0.02 / (2 * num_layers) ** 0.5
         self.blocks = [
             TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation, norm_first,
-                             layer_norm_epsilon, name=f"block_{i}", dtype=policy)
+                             layer_norm_epsilon, 0.02, output_stddev, name=f"block_{i}",
+                             dtype=policy)
             for i in range(num_layers)
         ]
         # Pre-LN ends with a norm (GPT-2's ln_f); post-LN normalizes the embeddings (BERT).

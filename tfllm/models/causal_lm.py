@@ -123,9 +123,14 @@ class CausalLM(keras.Model):
             min_lr_ratio: final learning rate as a fraction of the peak.
             weight_decay: decoupled weight decay on 2-D+ weights only.
             beta_2: Adam's second-moment decay (0.99 suits small batches).
-            clipnorm: global gradient-norm clip (None disables).
+            clipnorm: clip the global gradient norm (all weights together) to this; None disables.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
         """
+        recipe = dict(learning_rate=learning_rate, warmup_steps=warmup_steps,
+                      total_steps=total_steps, min_lr_ratio=min_lr_ratio,
+                      weight_decay=weight_decay, beta_2=beta_2, clipnorm=clipnorm)
+        # Only the all-defaults recipe can be rebuilt from these numbers on load.
+        self._recipe = recipe if optimizer == loss == metrics == "default" else None
         if optimizer == "default":
             optimizer = make_optimizer(self, learning_rate, warmup_steps, total_steps,
                                        min_lr_ratio, weight_decay, beta_2, clipnorm)
@@ -134,6 +139,18 @@ class CausalLM(keras.Model):
         if metrics == "default":
             metrics = [Perplexity()]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        if getattr(self, "_recipe", None) is not None:
+            return {"tfllm_recipe": self._recipe}
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        if "tfllm_recipe" not in config:
+            return super().compile_from_config(config)
+        self.compile(**config["tfllm_recipe"])
+        # Built now so the saved optimizer state (moments, iterations) loads into it.
+        self.optimizer.build(self.trainable_variables)
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),
@@ -144,6 +161,44 @@ class CausalLM(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfllm")
+class AdamW(keras.optimizers.AdamW):
+    """Keras AdamW whose global-norm clipping sees the *aggregated* gradient.
+
+    Keras 3.15 clips in each replica before the cross-replica sum, so under
+    MirroredStrategy the norm is that of a partial gradient and training differs from
+    one device on the same global batch. Here clipping happens after the all-reduce;
+    with one replica the result is the same as Keras'.
+
+    Args:
+        global_clipnorm: clip the global gradient norm to this (None: no clipping).
+        **kwargs: as `keras.optimizers.AdamW` (its own clip arguments are not allowed).
+    """
+
+    def __init__(self, global_clipnorm=None, **kwargs):
+        super().__init__(**kwargs)
+        self.aggregated_clipnorm = global_clipnorm
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if self.aggregated_clipnorm is None or keras.backend.backend() != "tensorflow":
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        import tensorflow as tf
+
+        variables = [v.value if isinstance(v, keras.Variable) else v
+                     for v in trainable_variables]
+        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
+        clipped, _ = tf.clip_by_global_norm([g for g, _ in grads_and_vars],
+                                            self.aggregated_clipnorm)
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_tf_update_step, self._distribution_strategy,
+            list(zip(clipped, variables)), learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config["global_clipnorm"] = self.aggregated_clipnorm
+        return config
 
 
 def make_optimizer(model, learning_rate=1e-3, warmup_steps=100, total_steps=2000,
@@ -157,8 +212,8 @@ def make_optimizer(model, learning_rate=1e-3, warmup_steps=100, total_steps=2000
         warmup_target=learning_rate if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay,
-                                       beta_1=0.9, beta_2=beta_2, clipnorm=clipnorm)
+    optimizer = AdamW(learning_rate=schedule, weight_decay=weight_decay, beta_1=0.9,
+                      beta_2=beta_2, global_clipnorm=clipnorm)
     optimizer.exclude_from_weight_decay(
         var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
     return optimizer

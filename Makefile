@@ -1,0 +1,36 @@
+# `make demo` and `make test` each create .venv when missing and install tfllm into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Shared data lives beside the repo; TFDS reads tiny_shakespeare from there offline.
+SHARED_DATA ?= $(abspath $(CURDIR)/../shared/data)
+export TFDS_MANUAL_DIR ?= $(SHARED_DATA)/tiny_shakespeare
+export TFLLM_SHARED_DATA ?= $(SHARED_DATA)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+DEMO_RUN ?= runs/demo
+DEMO_STEPS ?= 2000
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Reinstall when the install metadata changes.
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,export]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/tfllm train --preset shakespeare-char --data tfds:tiny_shakespeare \
+		--steps $(DEMO_STEPS) --out $(DEMO_RUN) --overwrite
+	$(BIN)/tfllm evaluate --run $(DEMO_RUN)
+	@echo "Demo run directory: $(DEMO_RUN)"
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

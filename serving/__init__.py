@@ -1,0 +1,1 @@
+"""TF Serving assets, a REST/gRPC client and a local development server."""

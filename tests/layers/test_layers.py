@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+from keras import ops
+
+from tests.harness import run_layer_test
+from tfllm.layers import (FeedForward, MultiHeadAttention, TokenAndPositionEmbedding,
+                          TransformerBlock, causal_mask, merge_masks)
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(2, 6, 16)).astype("float32")
+IDS = RNG.integers(0, 20, size=(2, 6)).astype("int32")
+
+
+def test_embedding(tmp_path):
+    layer = run_layer_test(TokenAndPositionEmbedding,
+                           dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
+                                initializer_stddev=0.02),
+                           IDS, (2, 6, 16), tmp_path)
+    # Tied output projection: logits are hidden @ token_embeddings^T.
+    h = RNG.normal(size=(2, 6, 16)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.logits(h)),
+                               h @ ops.convert_to_numpy(layer.token_embeddings).T, rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_feed_forward(tmp_path, activation):
+    layer = run_layer_test(FeedForward, dict(d_model=16, ffn_dim=32, activation=activation,
+                                             dropout=0.0, initializer_stddev=0.02, output_stddev=0.01),
+                           X, (2, 6, 16), tmp_path)
+    # FFN(x) = act(x W1 + b1) W2 + b2, checked against NumPy.
+    w1, b1 = (ops.convert_to_numpy(v) for v in layer.inner.weights)
+    w2, b2 = (ops.convert_to_numpy(v) for v in layer.outer.weights)
+    h = X @ w1 + b1
+    if activation == "relu":
+        h = np.maximum(h, 0)
+    else:
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(X)), h @ w2 + b2, atol=1e-5)
+
+
+def test_attention(tmp_path):
+    run_layer_test(MultiHeadAttention, dict(d_model=16, num_heads=4, dropout=0.0,
+                                            initializer_stddev=0.02, output_stddev=0.01), X, (2, 6, 16), tmp_path)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_transformer_block(tmp_path, norm_first):
+    run_layer_test(TransformerBlock, dict(d_model=16, num_heads=2, ffn_dim=32, dropout=0.0,
+                                          activation="gelu", norm_first=norm_first,
+                                          layer_norm_epsilon=1e-5, initializer_stddev=0.02, output_stddev=0.01),
+                   X, (2, 6, 16), tmp_path)
+
+
+def test_attention_matches_numpy_reference():
+    layer = MultiHeadAttention(d_model=16, num_heads=4)
+    mask = merge_masks(causal_mask(6, 6), np.array([[1] * 6, [1] * 4 + [0] * 2], bool))
+    out = ops.convert_to_numpy(layer(X, attention_mask=mask))
+    wqkv, bqkv = (ops.convert_to_numpy(v) for v in layer.qkv.weights)
+    wo, bo = (ops.convert_to_numpy(v) for v in layer.out.weights)
+    qkv = (X @ wqkv + bqkv).reshape(2, 6, 3, 4, 4).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv
+    scores = q @ k.transpose(0, 1, 3, 2) / 2.0
+    m = ops.convert_to_numpy(mask)[:, None]
+    scores = np.where(m, scores, -1e9)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ref = (p @ v).transpose(0, 2, 1, 3).reshape(2, 6, 16) @ wo + bo
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_masks():
+    m = ops.convert_to_numpy(causal_mask(3, 5, q_offset=2))
+    np.testing.assert_array_equal(m, [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    merged = ops.convert_to_numpy(merge_masks(causal_mask(2, 2), np.array([[1, 0]], bool)))
+    np.testing.assert_array_equal(merged, [[[1, 0], [1, 0]]])
+    assert merge_masks(None, None) is None

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from tests.conftest import SHAKESPEARE, shakespeare_text
+from tfllm.data import Corpus, check_nonempty, make_lm_dataset, parse_data_spec
+from tfllm.errors import DataError
+from tfllm.tokenizers import SentencePieceTokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return SentencePieceTokenizer.train([shakespeare_text(100_000)], model_type="char")
+
+
+def test_parse_specs():
+    s = parse_data_spec("tfds:tiny_shakespeare:train")
+    assert (s.kind, s.name, s.split, str(s)) == ("tfds", "tiny_shakespeare", "train",
+                                                "tfds:tiny_shakespeare:train")
+    assert parse_data_spec("text:a/*.txt").name == "a/*.txt"
+    for bad in ("tiny_shakespeare", "hf:x", "text:", "tfds:"):
+        with pytest.raises(DataError, match="bad data spec"):
+            parse_data_spec(bad)
+
+
+def test_text_corpus_holds_out_the_tail(tmp_path):
+    (tmp_path / "a.txt").write_text("a" * 900)
+    (tmp_path / "b.txt").write_text("b" * 100)
+    c = Corpus(f"text:{tmp_path}/*.txt")
+    train = b"".join(c.train_texts().as_numpy_iterator())
+    val = b"".join(c.val_texts().as_numpy_iterator())
+    assert train == b"a" * 900 and val == b"b" * 100
+
+
+def test_windows_are_shifted_by_one(tmp_path, tok):
+    (tmp_path / "t.txt").write_text(shakespeare_text(20_000))
+    c = Corpus(f"text:{tmp_path}/t.txt")
+    ds = make_lm_dataset(c.train_texts(), tok, seq_len=32, batch_size=4, training=True, seed=3)
+    x, y = next(iter(ds))
+    assert x.shape == (4, 32) and y.shape == (4, 32)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    # Every window is a contiguous slice of the tokenized training text.
+    ids = tok.encode(shakespeare_text(18_000))
+    text_ids = ",".join(map(str, ids))
+    for row in x.numpy():
+        assert ",".join(map(str, row)) in text_ids
+    # Seeded: the same seed gives the same batches, another seed others.
+    again = next(iter(make_lm_dataset(c.train_texts(), tok, 32, 4, True, seed=3)))[0]
+    other = next(iter(make_lm_dataset(c.train_texts(), tok, 32, 4, True, seed=4)))[0]
+    np.testing.assert_array_equal(x, again)
+    assert not np.array_equal(x, other)
+
+
+def test_eval_dataset_covers_validation_in_order(tmp_path, tok):
+    text = shakespeare_text(10_000)
+    (tmp_path / "t.txt").write_text(text)
+    c = Corpus(f"text:{tmp_path}/t.txt")
+    batches = list(make_lm_dataset(c.val_texts(), tok, 16, 8, training=False))
+    n_tokens = len(tok.encode(text[9_000:])) + 1  # + EOS
+    assert sum(len(x) for x, _ in batches) == n_tokens // 17
+    assert tok.decode(batches[0][0][0].numpy()) == text[9_000:9_016]
+
+
+def test_tfds_tiny_shakespeare_offline(tok):
+    c = Corpus("tfds:tiny_shakespeare", tfds_manual_dir=SHAKESPEARE)
+    assert c.describe() == {"spec": "tfds:tiny_shakespeare", "text_feature": "text",
+                            "train_split": "train", "val_split": "validation"}
+    text = next(c.train_texts().as_numpy_iterator()).decode()
+    assert text.startswith("First Citizen:") and len(text) == 1003854
+    with pytest.raises(DataError, match="no feature 'body'"):
+        Corpus("tfds:tiny_shakespeare", text_feature="body", tfds_manual_dir=SHAKESPEARE)
+    with pytest.raises(DataError, match="no split 'nope'"):
+        Corpus("tfds:tiny_shakespeare:nope", tfds_manual_dir=SHAKESPEARE)
+
+
+def test_data_errors(tmp_path, tok):
+    with pytest.raises(DataError, match="unknown TFDS dataset 'no_such_dataset'"):
+        Corpus("tfds:no_such_dataset")
+    with pytest.raises(DataError, match="no files match"):
+        Corpus(f"text:{tmp_path}/missing/*.txt")
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(DataError, match="empty"):
+        Corpus(f"text:{tmp_path}/empty.txt")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DataError, match="not UTF-8"):
+        Corpus(f"text:{tmp_path}/bin.txt")
+    (tmp_path / "short.txt").write_text("x" * 50)
+    c = Corpus(f"text:{tmp_path}/short.txt")
+    with pytest.raises(DataError, match="shorter than one window of 65 tokens"):
+        check_nonempty(c.train_texts(), tok, 64, "training")
