@@ -1,4 +1,4 @@
-"""The `tfllm` command line: train and evaluate (generate, finetune, ... come with their issues)."""
+"""The `tfllm` command line: train, generate, evaluate."""
 
 from __future__ import annotations
 
@@ -89,6 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last saved interval")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
+    g = sub.add_parser("generate", help="generate text from a trained run",
+                       description="Generate continuations of prompts with the KV cache. "
+                                   "Prompts come from --prompt, --prompt-file (one per line, "
+                                   "'-' for stdin) or piped stdin; an empty prompt starts from "
+                                   "BOS. One prompt streams to the terminal as it is produced.")
+    g.add_argument("--run", required=True, help="run directory")
+    g.add_argument("--prompt", action="append", help="prompt text (repeatable); \\n is a newline")
+    g.add_argument("--prompt-file", help="file with one prompt per line ('-' for stdin)")
+    g.add_argument("--max-new-tokens", type=_positive_int,
+                   help="tokens to generate (default: fill the model's context)")
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="0 for greedy decoding (default), > 0 to sample")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with mass >= p")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--num-samples", type=_positive_int, default=1,
+                   help="continuations per prompt (default 1)")
+    g.add_argument("--truncate", choices=("error", "left"), default="error",
+                   help="a prompt too long for the context: error (default) or keep its end")
+    g.add_argument("--weights", choices=("final", "best"), default="final")
+
     e = sub.add_parser("evaluate", help="validation loss and perplexity of a run",
                        description="Print validation loss and perplexity; the last line is "
                                    "one JSON object of the metrics.")
@@ -146,7 +167,71 @@ def _evaluate(args):
     print(json.dumps(result))
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate}
+def _read_prompts(args) -> list[str]:
+    prompts = [p.replace("\\n", "\n") for p in (args.prompt or [])]
+    source = args.prompt_file
+    if source is None and not prompts and not sys.stdin.isatty():
+        source = "-"
+    if source:
+        if source == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            if not os.path.isfile(source):
+                raise TfllmError(f"prompt file {source} does not exist")
+            with open(source, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        prompts += [line.replace("\\n", "\n") for line in lines if line.strip()]
+    return prompts or [""]
+
+
+def _generate(args):
+    import tfllm
+    from tfllm.generation import GenerationError, GenerationParams, encode_prompt, get_generator
+
+    # Validate sampling arguments before the (slow) model load.
+    GenerationParams(args.max_new_tokens or 1, args.temperature, args.top_k, args.top_p)
+    prompts = _read_prompts(args)
+    model = tfllm.load(args.run, weights=args.weights)
+    tok, gen = model.tokenizer, get_generator(model)
+    ids = [encode_prompt(tok, p) for p in prompts]
+    longest = max(len(p) for p in ids)
+    if args.truncate == "left":
+        keep = gen.max_len - (args.max_new_tokens or gen.max_len // 2)
+        if keep < 1:
+            raise GenerationError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a "
+                                  f"prompt in the context of {gen.max_len} tokens")
+        ids = [p[-keep:] for p in ids]
+        longest = max(len(p) for p in ids)
+    max_new = args.max_new_tokens or max(gen.max_len - longest, 0)
+    if max_new < 1:
+        raise GenerationError(f"the prompt ({longest} tokens) fills the model's context of "
+                              f"{gen.max_len}; shorten it or pass --truncate left")
+    params = GenerationParams(max_new, args.temperature, args.top_k, args.top_p, args.seed)
+    if len(ids) == 1 and args.num_samples == 1:
+        # One prompt: stream. Decode the whole continuation each time so multi-byte pieces
+        # are never printed half-way.
+        sys.stdout.write(prompts[0])
+        done_ids, shown = [], ""
+        for chunk in gen.stream_ids(ids[0], params):
+            done_ids += chunk
+            text = tok.decode(done_ids)
+            sys.stdout.write(text[len(shown):])
+            sys.stdout.flush()
+            shown = text
+        sys.stdout.write("\n")
+        return
+    rows = [p for p in ids for _ in range(args.num_samples)]
+    texts = [tok.decode(r) for r in gen.generate_ids(rows, params)]
+    for i, text in enumerate(texts):
+        prompt = prompts[i // args.num_samples]
+        header = f"=== prompt {i // args.num_samples + 1}"
+        if args.num_samples > 1:
+            header += f", sample {i % args.num_samples + 1}"
+        print(f"{header} ===")
+        print(prompt + text)
+
+
+COMMANDS = {"train": _train, "generate": _generate, "evaluate": _evaluate}
 
 
 def main(argv=None) -> int:

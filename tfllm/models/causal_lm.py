@@ -108,6 +108,20 @@ class CausalLM(keras.Model):
                                        caches=caches, cache_index=cache_index)
         return ops.cast(self.backbone.embedding.logits(hidden), "float32"), caches
 
+    def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,
+                 seed=None, stop_at_end=True, return_ids=False, truncate="error"):
+        """Generate continuations with the KV cache (see `tfllm.generation.generate`).
+
+        Example:
+            >>> lm = tfllm.load("runs/demo")  # doctest: +SKIP
+            >>> lm.generate("ROMEO:", max_new_tokens=40)  # doctest: +SKIP
+        """
+        # Imported here: generation builds on models, not the other way round.
+        from tfllm.generation import generate
+
+        return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                        stop_at_end, return_ids, truncate)
+
     def compile(self, optimizer="default", loss="default", metrics="default",
                 learning_rate=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1,
                 weight_decay=0.1, beta_2=0.99, clipnorm=1.0, **kwargs):

@@ -1,0 +1,172 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfllm
+from tests.conftest import TINY
+from tfllm.cli import main
+from tfllm.generation import (GenerationError, GenerationParams, Generator, filter_top_k,
+                              filter_top_p, sample_next)
+
+PROMPTS = ["ROMEO:", "First Citizen:\nWe are", "O"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_run):
+    return tfllm.load(tiny_run)
+
+
+def uncached_greedy(lm, prompt_ids, n):
+    ids = list(prompt_ids)
+    for _ in range(n):
+        logits = lm(np.array([ids], np.int32))[0, -1].numpy()
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt_ids):]
+
+
+def test_cached_greedy_equals_uncached_loop(lm):
+    for prompt in PROMPTS:
+        ids = lm.tokenizer.encode(prompt)
+        n = TINY["max_len"] - len(ids)
+        _, got = lm.generate(prompt, max_new_tokens=n, stop_at_end=False, return_ids=True)
+        assert got[0] == uncached_greedy(lm, ids, n)
+
+
+def test_ragged_batch_equals_one_by_one(lm):
+    batch = lm.generate(PROMPTS, max_new_tokens=10, stop_at_end=False)
+    alone = [lm.generate(p, max_new_tokens=10, stop_at_end=False) for p in PROMPTS]
+    assert batch == alone
+    # Sampling too: a row's draws depend on its own seed, not on its batch-mates.
+    kw = dict(max_new_tokens=10, temperature=1.0, top_k=20, seed=7, stop_at_end=False)
+    sampled = lm.generate(PROMPTS[:1] * 3, **kw)
+    assert sampled[0] == lm.generate(PROMPTS[:1], **kw)[0]
+
+
+def test_seeded_sampling_repeats_and_seeds_differ(lm):
+    kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.95, stop_at_end=False)
+    a = lm.generate(PROMPTS, seed=1, **kw)
+    assert a == lm.generate(PROMPTS, seed=1, **kw)
+    assert a != lm.generate(PROMPTS, seed=2, **kw)
+    # Rows of one call draw different continuations of the same prompt.
+    rows = lm.generate([PROMPTS[0]] * 4, seed=1, **kw)
+    assert len(set(rows)) > 1
+
+
+def test_top_k_one_equals_greedy(lm):
+    greedy = lm.generate(PROMPTS, max_new_tokens=10, stop_at_end=False)
+    assert lm.generate(PROMPTS, max_new_tokens=10, temperature=0.7, top_k=1, seed=5,
+                       stop_at_end=False) == greedy
+
+
+def test_filters_keep_exactly_the_right_tokens():
+    logits = tf.math.log(tf.constant([[0.05, 0.4, 0.1, 0.3, 0.15],
+                                      [0.2, 0.2, 0.2, 0.2, 0.2]]))
+    kept = filter_top_k(logits, tf.constant([2, 0])).numpy() > -1e8
+    np.testing.assert_array_equal(kept, [[0, 1, 0, 1, 0], [1, 1, 1, 1, 1]])
+    # Nucleus: 0.4 + 0.3 = 0.7 < 0.75 so 0.15 is needed too; p = 0.7 stops at 0.3.
+    kept = filter_top_p(logits, tf.constant([0.75, 1.0])).numpy() > -1e8
+    np.testing.assert_array_equal(kept, [[0, 1, 0, 1, 1], [1, 1, 1, 1, 1]])
+    kept = filter_top_p(logits[:1], tf.constant([0.7])).numpy() > -1e8
+    np.testing.assert_array_equal(kept, [[0, 1, 0, 1, 0]])
+    kept = filter_top_p(logits[:1], tf.constant([0.01])).numpy() > -1e8
+    np.testing.assert_array_equal(kept, [[0, 1, 0, 0, 0]])  # the top token always stays
+
+
+def test_sampling_follows_the_filtered_distribution():
+    probs = np.array([0.05, 0.4, 0.1, 0.3, 0.15], np.float32)
+    n = 4000
+    logits = tf.math.log(tf.tile(probs[None], [n, 1]))
+    ones = tf.ones([n])
+    draws = sample_next(logits, ones, tf.fill([n], 2), ones, tf.range(n), 0).numpy()
+    assert set(draws) == {1, 3}
+    np.testing.assert_allclose((draws == 1).mean(), 0.4 / 0.7, atol=0.03)
+    draws = sample_next(logits, ones, tf.zeros([n], tf.int32), ones, tf.range(n), 0).numpy()
+    np.testing.assert_allclose(np.bincount(draws, minlength=5) / n, probs, atol=0.03)
+    # Temperature 0 is greedy whatever the other settings.
+    greedy = sample_next(logits[:3], tf.zeros([3]), tf.fill([3], 3), ones[:3], tf.range(3), 0)
+    np.testing.assert_array_equal(greedy.numpy(), [1, 1, 1])
+
+
+def test_stop_token_ends_one_row_while_others_go_on(lm):
+    free = Generator(lm, end_token_id=lm.tokenizer.eos_id)
+    prompts = [lm.tokenizer.encode(p) for p in
+               ["ROMEO:", "O", "KING HENRY:", "zounds", "?", "Thou"]]
+    rows = free.generate_ids(prompts, GenerationParams(max_new_tokens=10, stop_at_end=False))
+    # An end token that some rows emit (after their first token) and others never do.
+    candidates = [t for r in rows for t in r[1:]
+                  if any(t not in other for other in rows) and t != lm.tokenizer.eos_id]
+    assert candidates, "every row emits the same tokens; pick other prompts"
+    end = candidates[0]
+    out = Generator(lm, end_token_id=end).generate_ids(prompts,
+                                                       GenerationParams(max_new_tokens=10))
+    stopped = 0
+    for row, got in zip(rows, out):
+        if end in row:
+            assert got == row[:row.index(end)]
+            stopped += 1
+        else:
+            assert got == row  # the others go on to max_new_tokens
+    assert 0 < stopped < len(rows)
+
+
+def test_no_retracing_for_the_same_buckets(lm):
+    gen = Generator(lm, end_token_id=lm.tokenizer.eos_id)
+    enc = lm.tokenizer.encode
+    gen.generate_ids([enc("ROMEO:")], GenerationParams(max_new_tokens=8))
+    gen.generate_ids([enc("KING:")], GenerationParams(max_new_tokens=5, temperature=0.5,
+                                                      top_k=3, seed=1))
+    assert gen.tracing_count() == 1
+    gen.generate_ids([enc("A"), enc("BC")], GenerationParams(max_new_tokens=8))
+    assert gen.tracing_count() == 2  # a new batch bucket
+
+
+def test_bad_arguments(lm):
+    with pytest.raises(GenerationError, match="exceeds the model's context of 32"):
+        lm.generate("ROMEO:", max_new_tokens=30)
+    with pytest.raises(GenerationError, match="temperature"):
+        lm.generate("x", max_new_tokens=2, temperature=-1)
+    with pytest.raises(GenerationError, match="top_p"):
+        lm.generate("x", max_new_tokens=2, top_p=0)
+    with pytest.raises(GenerationError, match="top_k"):
+        lm.generate("x", max_new_tokens=2, top_k=0)
+    # Too long a prompt: an error, or keep its end with truncate="left".
+    long_prompt = "ROMEO: " * 10
+    with pytest.raises(GenerationError, match="context"):
+        lm.generate(long_prompt, max_new_tokens=5)
+    kept = lm.tokenizer.decode(lm.tokenizer.encode(long_prompt)[-27:])
+    assert lm.generate(long_prompt, max_new_tokens=5, truncate="left", stop_at_end=False) == \
+        lm.generate(kept, max_new_tokens=5, stop_at_end=False)
+
+
+def test_empty_prompt_starts_from_bos(lm):
+    _, ids = lm.generate("", max_new_tokens=5, stop_at_end=False, return_ids=True)
+    bos = lm.tokenizer.bos_id
+    assert ids[0] == uncached_greedy(lm, [bos], 5)
+
+
+def test_cli_generate_streams_one_prompt(tiny_run, lm, capsys):
+    assert main(["generate", "--run", tiny_run, "--prompt", "ROMEO:", "--max-new-tokens",
+                 "10"]) == 0
+    out = capsys.readouterr().out
+    assert out == "ROMEO:" + lm.generate("ROMEO:", max_new_tokens=10) + "\n"
+
+
+def test_cli_generate_from_file_with_samples(tiny_run, tmp_path, capsys):
+    f = tmp_path / "prompts.txt"
+    f.write_text("KING:\n\nQUEEN:\n")
+    assert main(["generate", "--run", tiny_run, "--prompt-file", str(f), "--max-new-tokens",
+                 "8", "--temperature", "0.9", "--seed", "3", "--num-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("=== prompt") == 4 and "QUEEN:" in out and "sample 2" in out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--top-k", "0"], "top_k must be >= 1"),
+    (["--temperature", "-0.5"], "temperature must be >= 0"),
+    (["--max-new-tokens", "40"], "exceeds the model's context of 32"),
+])
+def test_cli_generate_errors(tiny_run, args, match, capsys):
+    assert main(["generate", "--run", tiny_run, "--prompt", "ROMEO:", *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,363 @@
+"""Samplers and the cached decoding loop: graph-only, from token ids to token ids.
+
+Prompts are left-padded to a common length so that every row writes its next token into
+the same KV-cache slot (one dynamic-update-slice per layer and step, the write the
+on-device runtime also uses); each row gets its own position ids and a slot mask that
+hides its padding. The prompt is processed in one prefill call, then a `tf.while_loop`
+decodes one token per step until every row has stopped or `max_new_tokens` is reached.
+
+Every argument that may change between calls is a tensor, so one traced (XLA-compiled)
+function serves each (batch bucket, prompt bucket) pair and is never retraced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfllm.errors import TfllmError
+
+_NEG_INF = -1e9
+_MIN_PROMPT_BUCKET = 8
+
+
+class GenerationError(TfllmError, ValueError):
+    """Bad generation arguments (the message names the value and its limit)."""
+
+
+# -- samplers -------------------------------------------------------------------------------
+
+def filter_top_k(logits, top_k):
+    """Keep each row's `top_k` largest logits (others -> -inf); `top_k <= 0` keeps all.
+
+    Args:
+        logits: float (batch, vocab).
+        top_k: int (batch,).
+    """
+    vocab = tf.shape(logits)[-1]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    sorted_desc = tf.sort(logits, axis=-1, direction="DESCENDING")
+    kth = tf.gather(sorted_desc, k - 1, axis=-1, batch_dims=1)[:, None]
+    return tf.where(logits >= kth, logits, _NEG_INF)
+
+
+def filter_top_p(logits, top_p):
+    """Nucleus filter: keep the smallest set of tokens whose probability reaches `top_p`.
+
+    The most likely token is always kept; `top_p >= 1` keeps all.
+
+    Args:
+        logits: float (batch, vocab).
+        top_p: float (batch,) in (0, 1].
+    """
+    sorted_desc = tf.sort(logits, axis=-1, direction="DESCENDING")
+    probs = tf.nn.softmax(sorted_desc, axis=-1)
+    # Mass strictly before each sorted token: keep it while that mass is below top_p.
+    before = tf.cumsum(probs, axis=-1, exclusive=True)
+    keep = before < top_p[:, None]
+    # The smallest kept logit is the row's threshold.
+    threshold = tf.reduce_min(tf.where(keep, sorted_desc, np.float32(np.inf)), axis=-1)
+    filtered = tf.where(logits >= threshold[:, None], logits, _NEG_INF)
+    return tf.where((top_p >= 1.0)[:, None], logits, filtered)
+
+
+def _row_uniform(seeds, step, vocab):
+    """Uniform noise (batch, vocab), row b a pure function of (seeds[b], step)."""
+    def one(seed):
+        return tf.random.stateless_uniform([vocab], seed=tf.stack([seed, step]),
+                                           minval=1e-10, maxval=1.0)
+    return tf.map_fn(one, seeds, fn_output_signature=tf.float32)
+
+
+def sample_next(logits, temperature, top_k, top_p, seeds, step):
+    """Next token per row: greedy where temperature == 0, else top-k/top-p sampling.
+
+    A pure function of its arguments: a row's choice depends only on its own logits,
+    parameters, seed and the step, never on the other rows of the batch.
+
+    Args:
+        logits: float (batch, vocab).
+        temperature: float (batch,); 0 means greedy.
+        top_k: int (batch,); <= 0 disables.
+        top_p: float (batch,); 1.0 disables.
+        seeds: int (batch,) per-row seeds.
+        step: int scalar, the decoding step (varies the noise between steps).
+
+    Returns:
+        int32 (batch,).
+    """
+    logits = tf.cast(logits, tf.float32)
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def sampled():
+        scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
+        scaled = filter_top_p(filter_top_k(scaled, top_k), top_p)
+        # Gumbel-max: argmax(logits + Gumbel noise) samples softmax(logits).
+        u = _row_uniform(tf.cast(seeds, tf.int32), tf.cast(step, tf.int32),
+                         tf.shape(logits)[-1])
+        choice = tf.argmax(scaled - tf.math.log(-tf.math.log(u)), axis=-1,
+                           output_type=tf.int32)
+        return tf.where(temperature > 0, choice, greedy)
+
+    # All-greedy batches (the default) skip the sort and the noise entirely.
+    return tf.cond(tf.reduce_any(temperature > 0), sampled, lambda: greedy)
+
+
+# -- the decoding loop ----------------------------------------------------------------------
+
+def _bucket(n, minimum, maximum):
+    b = minimum
+    while b < n:
+        b *= 2
+    return min(b, maximum)
+
+
+@dataclasses.dataclass
+class GenerationParams:
+    """Validated per-call sampling parameters."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_at_end: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, (int, np.integer)) or self.max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be a positive integer, "
+                                  f"got {self.max_new_tokens!r}")
+        if self.temperature is None or self.temperature < 0:
+            raise GenerationError(f"temperature must be >= 0 (0 = greedy), "
+                                  f"got {self.temperature!r}")
+        if self.top_k is not None and self.top_k < 1:
+            raise GenerationError(f"top_k must be >= 1, got {self.top_k!r}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+class Generator:
+    """Cached, XLA-compiled generation for a `CausalLM` (token ids in, token ids out).
+
+    Args:
+        model: a `CausalLM`.
+        end_token_id: the token that ends a row (the tokenizer's EOS).
+        jit_compile: compile the loop with XLA (measured faster on CPU).
+
+    Example:
+        >>> gen = Generator(lm, end_token_id=3)  # doctest: +SKIP
+        >>> ids, n = gen.generate_ids([[5, 6, 7]], GenerationParams(max_new_tokens=20))  # doctest: +SKIP
+    """
+
+    def __init__(self, model, end_token_id: int, jit_compile: bool = True):
+        self.model = model
+        self.end_token_id = int(end_token_id)
+        self.max_len = int(model.backbone.max_len)
+        self.jit_compile = jit_compile
+        self._generate = tf.function(self._generate_graph, jit_compile=jit_compile,
+                                     reduce_retracing=False)
+        self._prefill = tf.function(self._prefill_graph, jit_compile=jit_compile)
+        self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
+
+    # The graph functions. Shapes: ids (batch, P) left-padded, lengths (batch,).
+    def _prefill_graph(self, ids, lengths):
+        batch, prompt_len = tf.shape(ids)[0], tf.shape(ids)[1]
+        pad = prompt_len - lengths  # (batch,) leading pad slots per row
+        slots = tf.range(self.max_len)[None, :]
+        valid = slots >= pad[:, None]  # (batch, max_len): a row's pad slots stay hidden
+        positions = tf.maximum(tf.range(prompt_len)[None, :] - pad[:, None], 0)
+        caches = self.model.backbone.empty_caches(batch, dtype=self.model.backbone.compute_dtype)
+        logits, caches = self.model.call_with_cache(ids, caches, 0, padding_mask=valid,
+                                                    positions=positions)
+        return logits[:, -1, :], caches, valid, pad
+
+    def _decode_graph(self, logits, caches, valid, pad, slot, step, max_new, done, out,
+                      n_gen, temperature, top_k, top_p, seeds, stop_at_end, n_steps):
+        """Run up to `n_steps` decoding steps from the state; returns the new state."""
+        end = tf.constant(self.end_token_id, tf.int32)
+        stop_step = tf.minimum(step + n_steps, max_new)
+
+        def cond(logits, caches, slot, step, done, out, n_gen):
+            return tf.logical_and(step < stop_step, tf.logical_not(tf.reduce_all(done)))
+
+        def body(logits, caches, slot, step, done, out, n_gen):
+            token = sample_next(logits, temperature, top_k, top_p, seeds, step)
+            token = tf.where(done, end, token)
+            out = tf.tensor_scatter_nd_update(
+                out, tf.stack([tf.range(tf.shape(out)[0]), tf.fill(tf.shape(done), step)], 1),
+                token)
+            n_gen = n_gen + tf.cast(tf.logical_not(done), tf.int32)
+            done = tf.logical_or(done, tf.logical_and(stop_at_end, tf.equal(token, end)))
+            positions = (slot - pad)[:, None]  # (batch, 1)
+            new_logits, caches = self.model.call_with_cache(token[:, None], caches, slot,
+                                                            padding_mask=valid,
+                                                            positions=positions)
+            return new_logits[:, -1, :], caches, slot + 1, step + 1, done, out, n_gen
+
+        logits, caches, slot, step, done, out, n_gen = tf.while_loop(
+            cond, body, (logits, caches, slot, step, done, out, n_gen),
+            maximum_iterations=self.max_len)
+        return logits, caches, slot, step, done, out, n_gen
+
+    def _generate_graph(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
+                        stop_at_end):
+        logits, caches, valid, pad = self._prefill_graph(ids, lengths)
+        batch = tf.shape(ids)[0]
+        out = tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32))
+        state = self._decode_graph(
+            logits, caches, valid, pad, tf.shape(ids)[1], tf.constant(0), max_new,
+            tf.zeros([batch], tf.bool), out, tf.zeros([batch], tf.int32), temperature, top_k,
+            top_p, seeds, stop_at_end, max_new)
+        return state[5], state[6]
+
+    # -- host side ----------------------------------------------------------------------
+    def _pack(self, prompts: Sequence[Sequence[int]], params: GenerationParams):
+        if len(prompts) == 0:
+            raise GenerationError("no prompts given")
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths)
+        if min(lengths) < 1:
+            raise GenerationError("empty prompt: give at least one token (e.g. BOS)")
+        if longest + params.max_new_tokens > self.max_len:
+            raise GenerationError(
+                f"prompt length {longest} + max_new_tokens {params.max_new_tokens} exceeds the "
+                f"model's context of {self.max_len} tokens; lower max_new_tokens to "
+                f"{max(self.max_len - longest, 0)} or shorten the prompt")
+        # Buckets bound the number of compiled shapes; the prompt bucket must leave room.
+        prompt_len = max(longest, min(_bucket(longest, _MIN_PROMPT_BUCKET, self.max_len),
+                                      self.max_len - params.max_new_tokens))
+        batch = _bucket(len(prompts), 1, max(1, 1 << (len(prompts) - 1).bit_length()))
+        ids = np.zeros((batch, prompt_len), np.int32)
+        lens = np.ones((batch,), np.int32)
+        for i, p in enumerate(prompts):
+            ids[i, prompt_len - len(p):] = p
+            lens[i] = len(p)
+        for i in range(len(prompts), batch):  # filler rows: copies of row 0
+            ids[i], lens[i] = ids[0], lens[0]
+        base_seed = params.seed if params.seed is not None else np.random.randint(0, 2**31 - 1)
+        rows = np.arange(batch, dtype=np.int64)
+        args = dict(
+            max_new=tf.constant(params.max_new_tokens, tf.int32),
+            temperature=tf.fill([batch], tf.constant(float(params.temperature), tf.float32)),
+            top_k=tf.fill([batch], tf.constant(int(params.top_k or 0), tf.int32)),
+            top_p=tf.fill([batch], tf.constant(float(params.top_p or 1.0), tf.float32)),
+            seeds=tf.constant((base_seed + rows * 1_000_003) % (2**31 - 1), tf.int32),
+            stop_at_end=tf.constant(bool(params.stop_at_end)),
+        )
+        return tf.constant(ids), tf.constant(lens), args
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: GenerationParams):
+        """Generate for token-id prompts; returns a list of generated-id lists (no prompt).
+
+        With `stop_at_end`, a row's list ends before its end token.
+        """
+        ids, lens, args = self._pack(prompts, params)
+        out, n_gen = self._generate(ids, lens, **args)
+        out, n_gen = out.numpy(), n_gen.numpy()
+        results = []
+        for i in range(len(prompts)):
+            row = out[i, :n_gen[i]].tolist()
+            if params.stop_at_end and row and row[-1] == self.end_token_id:
+                row = row[:-1]
+            results.append(row)
+        return results
+
+    def stream_ids(self, prompt: Sequence[int], params: GenerationParams,
+                   chunk: int = 4) -> Iterator[list[int]]:
+        """Generate for one prompt, yielding new token ids a few at a time."""
+        ids, lens, args = self._pack([prompt], params)
+        logits, caches, valid, pad = self._prefill(ids, lens)
+        batch = ids.shape[0]
+        state = (logits, caches, tf.constant(ids.shape[1]), tf.constant(0),
+                 tf.zeros([batch], tf.bool),
+                 tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32)),
+                 tf.zeros([batch], tf.int32))
+        emitted = 0
+        while True:
+            logits, caches, slot, step, done, out, n_gen = state
+            state = self._decode(logits, caches, valid, pad, slot, step, args["max_new"], done,
+                                 out, n_gen, args["temperature"], args["top_k"], args["top_p"],
+                                 args["seeds"], args["stop_at_end"], tf.constant(chunk))
+            n = int(state[6][0])
+            new = state[5][0, emitted:n].numpy().tolist()
+            if params.stop_at_end and new and new[-1] == self.end_token_id:
+                new = new[:-1]
+            if new:
+                yield new
+            emitted = n
+            if bool(state[4][0]) or int(state[3]) >= params.max_new_tokens:
+                return
+
+    def tracing_count(self) -> int:
+        """How many times the whole-generation function has been traced (for tests)."""
+        return self._generate.experimental_get_tracing_count()
+
+
+def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,
+             seed=None, stop_at_end=True, return_ids=False, truncate="error"):
+    """Generate text from string (or token-id) prompts with a trained `CausalLM`.
+
+    Args:
+        model: a `CausalLM` with a tokenizer attached (`tfllm.load` attaches it).
+        prompts: a string, a list of strings, or a list of token-id lists.
+        max_new_tokens: tokens to generate per prompt at most.
+        temperature: 0 for greedy (the default), > 0 to sample.
+        top_k: sample among the k most likely tokens.
+        top_p: sample from the smallest set of tokens with probability >= top_p.
+        seed: makes sampling reproducible.
+        stop_at_end: stop a row at the tokenizer's end token.
+        return_ids: also return the generated ids.
+        truncate: "error" (prompt + max_new_tokens must fit the context) or "left"
+            (keep the prompt's last tokens that fit).
+
+    Returns:
+        The generated continuations (strings, without the prompt); a single string for a
+        single string prompt. With `return_ids`, `(texts, ids)`.
+    """
+    params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed, stop_at_end)
+    tokenizer = getattr(model, "tokenizer", None)
+    single = isinstance(prompts, str)
+    if single:
+        prompts = [prompts]
+    if prompts and isinstance(prompts[0], str):
+        if tokenizer is None:
+            raise GenerationError("string prompts need a tokenizer: load the model with "
+                                  "tfllm.load(run_dir) or pass token ids")
+        id_prompts = [encode_prompt(tokenizer, p) for p in prompts]
+    else:
+        id_prompts = [list(map(int, p)) for p in prompts]
+    gen = get_generator(model)
+    limit = gen.max_len - params.max_new_tokens
+    if params.max_new_tokens >= gen.max_len:
+        raise GenerationError(f"max_new_tokens {params.max_new_tokens} must be below the "
+                              f"model's context of {gen.max_len} tokens")
+    if truncate == "left":
+        id_prompts = [p[-limit:] for p in id_prompts]
+    elif truncate != "error":
+        raise GenerationError(f"truncate must be 'error' or 'left', got {truncate!r}")
+    ids = gen.generate_ids(id_prompts, params)
+    texts = [tokenizer.decode(r) for r in ids] if tokenizer is not None else None
+    if single and texts is not None:
+        texts = texts[0]
+    if return_ids:
+        return texts, ids
+    return texts
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt ids; an empty prompt starts from BOS (as the on-device runtime does)."""
+    return tokenizer.encode(text) if text else [tokenizer.bos_id]
+
+
+def get_generator(model) -> Generator:
+    """The model's cached Generator (one per model, so compiled functions are reused)."""
+    gen = getattr(model, "_tfllm_generator", None)
+    if gen is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        end = tokenizer.eos_id if tokenizer is not None else 3
+        gen = Generator(model, end_token_id=end)
+        object.__setattr__(model, "_tfllm_generator", gen)
+    return gen
