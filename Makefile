@@ -27,6 +27,8 @@ demo: install
 	$(BIN)/tfllm train --preset shakespeare-char --data tfds:tiny_shakespeare \
 		--steps $(DEMO_STEPS) --out $(DEMO_RUN) --overwrite
 	$(BIN)/tfllm evaluate --run $(DEMO_RUN)
+	@echo "--- a sample from the trained model:"
+	$(BIN)/tfllm generate --run $(DEMO_RUN) --prompt "ROMEO:" --temperature 0.8 --top-k 20 --seed 1
 	@echo "Demo run directory: $(DEMO_RUN)"
 
 test: install

@@ -77,7 +77,10 @@ def main():
     args = parser.parse_args()
     spe = args.steps_per_execution
 
-    models = {"tfllm": tfllm_model(args.precision, spe), "kerashub": kerashub_model(spe)}
+    # KerasHub twice: with tfllm's steps per execution (the fair, tuned comparison the
+    # target is judged on) and at its compile() default of 1 (what its users get).
+    models = {"tfllm": tfllm_model(args.precision, spe), "kerashub": kerashub_model(spe),
+              "kerashub_default": kerashub_model(1)}
     first_call = {}
     for name, (model, ds) in models.items():  # compile + warm up
         start = time.perf_counter()
@@ -98,6 +101,8 @@ def main():
         "tfllm_tokens_per_sec": round(med["tfllm"], 1),
         "kerashub_tokens_per_sec": round(med["kerashub"], 1),
         "ratio": round(med["tfllm"] / med["kerashub"], 3),
+        "kerashub_default_tokens_per_sec": round(med["kerashub_default"], 1),
+        "ratio_vs_kerashub_default": round(med["tfllm"] / med["kerashub_default"], 3),
         "reps": args.reps, "steps_per_rep": args.steps,
         "first_call_sec": first_call,
     }

@@ -51,3 +51,17 @@ def run_cli(args, env=None, timeout=600):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "tfllm.cli", *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_run):
+    """The tiny run exported by the CLI as models/tiny/1 (verified by the exporter)."""
+    import subprocess
+
+    base = tmp_path_factory.mktemp("models")
+    proc = subprocess.run([sys.executable, "-m", "export.saved_model", "--run", tiny_run,
+                           "--out", str(base), "--name", "tiny", "--version", "1"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return {"base": str(base), "model_dir": str(base / "tiny"),
+            "path": str(base / "tiny" / "1"), "stdout": proc.stdout}

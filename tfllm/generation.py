@@ -176,9 +176,14 @@ class Generator:
 
     def _decode_graph(self, logits, caches, valid, pad, slot, step, max_new, done, out,
                       n_gen, temperature, top_k, top_p, seeds, stop_at_end, n_steps):
-        """Run up to `n_steps` decoding steps from the state; returns the new state."""
+        """Run up to `n_steps` decoding steps from the state; returns the new state.
+
+        `max_new` is a scalar or per-row (batch,) budget; a row is done when it has used
+        its budget or (with `stop_at_end`) emitted the end token.
+        """
         end = tf.constant(self.end_token_id, tf.int32)
-        stop_step = tf.minimum(step + n_steps, max_new)
+        max_new = tf.broadcast_to(max_new, tf.shape(done))
+        stop_step = tf.minimum(step + n_steps, tf.reduce_max(max_new))
 
         def cond(logits, caches, slot, step, done, out, n_gen):
             return tf.logical_and(step < stop_step, tf.logical_not(tf.reduce_all(done)))
@@ -191,6 +196,7 @@ class Generator:
                 token)
             n_gen = n_gen + tf.cast(tf.logical_not(done), tf.int32)
             done = tf.logical_or(done, tf.logical_and(stop_at_end, tf.equal(token, end)))
+            done = tf.logical_or(done, n_gen >= max_new)
             positions = (slot - pad)[:, None]  # (batch, 1)
             new_logits, caches = self.model.call_with_cache(token[:, None], caches, slot,
                                                             padding_mask=valid,
@@ -210,7 +216,7 @@ class Generator:
         state = self._decode_graph(
             logits, caches, valid, pad, tf.shape(ids)[1], tf.constant(0), max_new,
             tf.zeros([batch], tf.bool), out, tf.zeros([batch], tf.int32), temperature, top_k,
-            top_p, seeds, stop_at_end, max_new)
+            top_p, seeds, stop_at_end, tf.reduce_max(max_new))
         return state[5], state[6]
 
     # -- host side ----------------------------------------------------------------------

@@ -111,6 +111,11 @@ class SentencePieceTokenizer:
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
 
+    @property
+    def tf_tokenizer(self):
+        """The tf-text SentencepieceTokenizer (a tf.Module) that exporters track and call."""
+        return self._tf
+
     def tokenize(self, text):
         """Strings -> int32 ids, in-graph. A scalar gives (n,); a (batch,) gives ragged (batch, None)."""
         return self._tf.tokenize(text)

@@ -1,0 +1,256 @@
+"""Export a run as a SavedModel that TF Serving answers with text.
+
+    python -m export.saved_model --run runs/NAME --out DIR [--name NAME] [--version N]
+
+writes DIR/NAME/N/ (TF Serving's layout) with signatures
+
+    serving_default, generate
+        inputs  prompt (string [batch]), max_new_tokens (int32 [batch]),
+                temperature (float32 [batch]; 0 = greedy), top_k (int32 [batch]; 0 = off),
+                top_p (float32 [batch]; 1 = off), seed (int32 [batch])
+        outputs text (string [batch]), token_ids (int32 [batch, max_new]),
+                num_generated (int32 [batch])
+    score
+        inputs  text (string [batch])
+        outputs log_likelihood (float32 [batch]): sum of log p(token | previous tokens)
+                over every token after the first; num_tokens (int32 [batch]): how many.
+
+Tokenization, the cached decoding loop and detokenization all run inside the graph (the
+decoding loop is the same function `CausalLM.generate` runs). Before it reports success the
+exporter loads the SavedModel in a fresh process and checks that greedy `serving_default`
+output equals `CausalLM.generate` on sample prompts.
+
+Signatures are built by `SIGNATURE_BUILDERS[task]`: a classifier run (a later issue) adds a
+`classify` builder there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from tfllm import runs  # noqa: E402
+from tfllm.errors import TfllmError  # noqa: E402
+
+SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
+_MIN_BUCKET = 8
+
+
+class ExportError(TfllmError):
+    """The export failed or its output disagrees with the Keras model."""
+
+
+def _prompt_bucket(longest, room, max_len):
+    """Smallest power of two >= longest (at least 8), capped so `room` new tokens still fit."""
+    p = tf.maximum(longest, _MIN_BUCKET)
+    p = tf.cast(2 ** tf.math.ceil(tf.math.log(tf.cast(p, tf.float32)) / tf.math.log(2.0)),
+                tf.int32)
+    return tf.maximum(longest, tf.minimum(p, max_len - room))
+
+
+def causal_lm_signatures(model, tokenizer, jit_compile=True):
+    """Endpoint functions of a causal LM: {name: (fn, input_signature)}."""
+    from tfllm.generation import Generator
+
+    gen = Generator(model, end_token_id=tokenizer.eos_id, jit_compile=jit_compile)
+    sp = tokenizer.tf_tokenizer  # tf-text SentencepieceTokenizer: its ops ship with TF Serving
+    max_len = gen.max_len
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        ids = sp.tokenize(prompt)
+        batch = tf.shape(prompt)[0]
+        # An empty prompt starts from BOS, as CausalLM.generate does.
+        empty = tf.cast(tf.equal(ids.row_lengths(), 0), tf.int64)
+        ids = tf.concat([tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.reduce_sum(empty)], bos), empty), ids], axis=1)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        longest = tf.reduce_max(lengths)
+        max_new = tf.maximum(max_new_tokens, 1)
+        room = tf.reduce_max(max_new)
+        tf.debugging.assert_less_equal(
+            longest + room, max_len,
+            message=f"prompt tokens + max_new_tokens exceed the model context of {max_len} tokens")
+        bucket = _prompt_bucket(longest, room, max_len)
+        # Left-pad into (batch, bucket): row b's tokens end in the last column.
+        right = ids.to_tensor(0, shape=tf.stack([batch, bucket]))
+        src = tf.range(bucket)[None, :] - (bucket - lengths)[:, None]
+        padded = tf.where(src >= 0, tf.gather(right, tf.maximum(src, 0), batch_dims=1), 0)
+        out, n_gen = gen._generate(padded, lengths, max_new, temperature, top_k, top_p,
+                                   seed, tf.constant(True))
+        width = tf.reduce_max(max_new)
+        new_ids = out[:, :width]
+        keep = tf.sequence_mask(n_gen, width)
+        # Drop the end token itself from the text (CausalLM.generate does the same).
+        is_end = tf.logical_and(keep, tf.equal(new_ids, eos))
+        text_len = n_gen - tf.cast(tf.reduce_any(is_end, axis=1), tf.int32)
+        text = sp.detokenize(tf.RaggedTensor.from_tensor(new_ids, lengths=text_len))
+        token_ids = tf.where(keep, new_ids, tokenizer.pad_id)
+        return {"text": text, "token_ids": token_ids, "num_generated": n_gen}
+
+    def score(text):
+        ids = sp.tokenize(text)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        tf.debugging.assert_less_equal(
+            tf.reduce_max(lengths), max_len,
+            message=f"text longer than the model context of {max_len} tokens")
+        dense = ids.to_tensor(tokenizer.pad_id)
+        mask = tf.sequence_mask(lengths, tf.shape(dense)[1])
+        logits = model({"token_ids": dense, "padding_mask": mask})
+        logp = tf.nn.log_softmax(logits[:, :-1], axis=-1)
+        target_logp = tf.gather(logp, dense[:, 1:], axis=-1, batch_dims=2)
+        scored = mask[:, 1:]
+        ll = tf.reduce_sum(tf.where(scored, target_logp, 0.0), axis=1)
+        return {"log_likelihood": ll,
+                "num_tokens": tf.reduce_sum(tf.cast(scored, tf.int32), axis=1)}
+
+    batch = [None]
+    gen_sig = [tf.TensorSpec(batch, tf.string, name="prompt"),
+               tf.TensorSpec(batch, tf.int32, name="max_new_tokens"),
+               tf.TensorSpec(batch, tf.float32, name="temperature"),
+               tf.TensorSpec(batch, tf.int32, name="top_k"),
+               tf.TensorSpec(batch, tf.float32, name="top_p"),
+               tf.TensorSpec(batch, tf.int32, name="seed")]
+    return {"serving_default": (generate, gen_sig), "generate": (generate, gen_sig),
+            "score": (score, [tf.TensorSpec(batch, tf.string, name="text")])}
+
+
+# One builder per task; the classifier issue registers "classify" here.
+SIGNATURE_BUILDERS = {"clm": causal_lm_signatures}
+
+
+def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
+                       overwrite=False):
+    """Write `out/name/version/` and return its path.
+
+    Args:
+        run_dir: a run directory.
+        out: the model base directory (TF Serving's --model_base_path parent).
+        name: model name (default: the run directory's name).
+        version: integer version directory.
+        jit_compile: XLA-compile the decoding loop (TF Serving needs
+            --xla_cpu_compilation_enabled=true to run it; see serving/README.md).
+        verify: reload in a fresh process and compare with CausalLM.generate.
+        overwrite: replace an existing version directory.
+    """
+    import keras
+
+    config = runs.read_run_config(run_dir)
+    task = config.get("objective", "clm")
+    if task not in SIGNATURE_BUILDERS:
+        raise ExportError(f"no SavedModel signatures for runs of objective {task!r}")
+    if not isinstance(version, int) or version < 1:
+        raise ExportError(f"--version must be a positive integer, got {version!r}")
+    name = name or os.path.basename(os.path.normpath(run_dir))
+    target = os.path.join(out, name, str(version))
+    if os.path.exists(target):
+        if not overwrite:
+            raise ExportError(f"{target} already exists; pass --overwrite or another --version")
+        shutil.rmtree(target)
+
+    model = runs.load(run_dir)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(model.tokenizer.tf_tokenizer)
+    for sig_name, (fn, spec) in SIGNATURE_BUILDERS[task](model, model.tokenizer,
+                                                          jit_compile).items():
+        archive.add_endpoint(sig_name, fn, input_signature=spec)
+    # The SentencePiece model travels as an asset too, for clients that tokenize themselves.
+    archive._tf_trackable.tokenizer_asset = tf.saved_model.Asset(
+        os.path.join(run_dir, runs.TOKENIZER))
+    # Written beside the target (TF Serving ignores non-numeric names) and moved into place
+    # only once verified, so a server watching the base path never loads a bad version.
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(target))
+    try:
+        archive.write_out(tmp, verbose=False)
+        if verify:
+            verify_saved_model(run_dir, tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16):
+    """Greedy text from a fresh-process reload must equal CausalLM.generate."""
+    model = runs.load(run_dir)
+    limit = model.backbone.max_len
+    max_new = min(max_new_tokens, limit - max(len(model.tokenizer.encode(p)) for p in prompts))
+    expected = model.generate(prompts, max_new_tokens=max_new)
+    code = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "p = json.loads(sys.argv[2]); n = len(p)\n"
+        "out = m.signatures['serving_default'](prompt=tf.constant(p),"
+        " max_new_tokens=tf.fill([n], int(sys.argv[3])), temperature=tf.zeros([n]),"
+        " top_k=tf.zeros([n], tf.int32), top_p=tf.ones([n]), seed=tf.zeros([n], tf.int32))\n"
+        "print(json.dumps([t.decode() for t in out['text'].numpy()]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(prompts), str(max_new)],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode != 0:
+        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
+                          + proc.stderr[-2000:])
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    if got != expected:
+        raise ExportError(f"SavedModel greedy output differs from CausalLM.generate: "
+                          f"{got!r} != {expected!r}")
+    return got
+
+
+def describe_signatures(path):
+    """Lines describing each signature's inputs and outputs."""
+    loaded = tf.saved_model.load(path)
+    lines = []
+    for name, fn in sorted(loaded.signatures.items()):
+        inputs = fn.structured_input_signature[1]
+        ins = ", ".join(f"{k} {v.dtype.name}{v.shape.as_list()}" for k, v in sorted(inputs.items()))
+        outs = ", ".join(f"{k} {v.dtype.name}{v.shape.as_list()}"
+                         for k, v in sorted(fn.structured_outputs.items()))
+        lines.append(f"  {name}({ins}) -> {outs}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m export.saved_model",
+        description="Export a tfllm run as a text-in/text-out SavedModel in TF Serving's "
+                    "layout (OUT/NAME/VERSION/).")
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--out", required=True, help="model base directory")
+    parser.add_argument("--name", help="model name (default: the run directory's name)")
+    parser.add_argument("--version", type=int, default=1, help="version number (default 1)")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="do not XLA-compile the decoding loop (slower; for TF Serving "
+                             "builds without XLA:CPU)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the fresh-process check against CausalLM.generate")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    args = parser.parse_args(argv)
+    try:
+        path = export_saved_model(args.run, args.out, args.name, args.version,
+                                  jit_compile=not args.no_jit, verify=not args.no_verify,
+                                  overwrite=args.overwrite)
+    except TfllmError as e:
+        print(f"export.saved_model: error: {e}", file=sys.stderr)
+        return 2
+    print(f"SavedModel written to {path}")
+    if not args.no_verify:
+        print("verified: a fresh process gives the same greedy text as CausalLM.generate")
+    print("signatures:")
+    print("\n".join(describe_signatures(path)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

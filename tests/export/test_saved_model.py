@@ -1,0 +1,106 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfllm
+from tests.conftest import REPO
+from export.saved_model import ExportError, export_saved_model
+
+PROMPTS = ["ROMEO:", "First Citizen:\nWe", ""]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_run):
+    return tfllm.load(tiny_run)
+
+
+def test_layout_and_printed_signatures(exported):
+    path = exported["path"]
+    for name in ("saved_model.pb", "variables", "assets/tokenizer.model"):
+        assert os.path.exists(os.path.join(path, name)), name
+    out = exported["stdout"]
+    assert "verified: a fresh process gives the same greedy text" in out
+    for sig in ("generate(", "score(", "serving_default("):
+        assert sig in out
+
+
+def test_saved_model_cli_lists_signatures(exported):
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    proc = subprocess.run([cli, "show", "--dir", exported["path"], "--all"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    for sig in ("signature_def['generate']", "signature_def['score']",
+                "signature_def['serving_default']"):
+        assert sig in text
+    for name in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "text",
+                 "token_ids", "num_generated", "log_likelihood", "num_tokens"):
+        assert f"['{name}']" in text
+
+
+def _fresh_process_generate(path, prompts, max_new, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+    code = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1]); a = json.loads(sys.argv[2])\n"
+        "n = len(a['prompts'])\n"
+        "out = m.signatures['serving_default'](prompt=tf.constant(a['prompts']),"
+        " max_new_tokens=tf.constant(a['max_new'], tf.int32),"
+        " temperature=tf.fill([n], a['temperature']), top_k=tf.fill([n], a['top_k']),"
+        " top_p=tf.fill([n], a['top_p']), seed=tf.fill([n], a['seed']))\n"
+        "print(json.dumps({'text': [t.decode() for t in out['text'].numpy()],"
+        " 'n': out['num_generated'].numpy().tolist(), 'ids': out['token_ids'].numpy().tolist()}))\n")
+    args = dict(prompts=prompts, max_new=max_new, temperature=float(temperature),
+                top_k=int(top_k), top_p=float(top_p), seed=int(seed))
+    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(args)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_fresh_process_greedy_equals_causal_lm_generate(exported, lm):
+    got = _fresh_process_generate(exported["path"], PROMPTS, [10, 10, 10])
+    expected_text, expected_ids = lm.generate(PROMPTS, max_new_tokens=10, return_ids=True)
+    assert got["text"] == expected_text
+    for row, ids, n in zip(got["ids"], expected_ids, got["n"]):
+        assert row[:len(ids)] == ids and n >= len(ids)
+
+
+def test_per_row_max_new_tokens(exported, lm):
+    got = _fresh_process_generate(exported["path"], ["ROMEO:", "ROMEO:"], [3, 8])
+    full = lm.generate("ROMEO:", max_new_tokens=8, stop_at_end=False, return_ids=True)[1][0]
+    assert got["n"][0] <= 3 and got["n"][1] <= 8
+    assert got["ids"][0][:got["n"][0]] == full[:got["n"][0]]
+    assert len(got["ids"][0]) == 8  # token_ids is as wide as the largest budget
+
+
+def test_score_matches_keras(exported, lm):
+    loaded = tf.saved_model.load(exported["path"])
+    texts = ["ROMEO:\nWhat", "O"]
+    out = loaded.signatures["score"](text=tf.constant(texts))
+    for text, ll, n in zip(texts, out["log_likelihood"].numpy(), out["num_tokens"].numpy()):
+        ids = lm.tokenizer.encode(text)
+        logp = tf.nn.log_softmax(lm(np.array([ids]))[0]).numpy()
+        expected = sum(logp[t - 1, ids[t]] for t in range(1, len(ids)))
+        assert n == len(ids) - 1
+        assert ll == pytest.approx(expected, abs=1e-4)
+
+
+def test_refuses_to_overwrite_and_bad_version(exported, tiny_run):
+    with pytest.raises(ExportError, match="already exists"):
+        export_saved_model(tiny_run, exported["base"], "tiny", 1, verify=False)
+    with pytest.raises(ExportError, match="--version"):
+        export_saved_model(tiny_run, exported["base"], "tiny", 0, verify=False)
+
+
+def test_prompt_too_long_is_a_clear_error(exported):
+    loaded = tf.saved_model.load(exported["path"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceed the model context"):
+        loaded.signatures["generate"](
+            prompt=tf.constant(["ROMEO: " * 10]), max_new_tokens=tf.constant([10]),
+            temperature=tf.zeros([1]), top_k=tf.zeros([1], tf.int32), top_p=tf.ones([1]),
+            seed=tf.zeros([1], tf.int32))

@@ -1,0 +1,145 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import tfllm
+from serving.client import ServingError, generate_grpc, generate_rest, main as client_main, \
+    predict_rest
+from tests.conftest import REPO
+
+PROMPTS = ["ROMEO:", "KING:\nO"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported, tmp_path_factory):
+    port, grpc_port = _free_port(), _free_port()
+    log = tmp_path_factory.mktemp("server") / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.dev_server", "--model-dir",
+                                 exported["model_dir"], "--port", str(port), "--grpc-port",
+                                 str(grpc_port), "--max-batch", "4", "--max-body-bytes", "4096"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    line = proc.stdout.readline()  # "serving ... on http://..." once loaded
+    assert "serving tiny" in line, log.read_text()[-3000:]
+    yield {"url": f"http://127.0.0.1:{port}", "grpc": f"127.0.0.1:{grpc_port}", "proc": proc}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_run):
+    return tfllm.load(tiny_run).generate(PROMPTS, max_new_tokens=10)
+
+
+def _post(url, path, data, headers=None):
+    req = urllib.request.Request(url + path, data=data,
+                                 headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_rest_and_grpc_give_the_keras_text(server, expected):
+    rest = generate_rest(server["url"], "tiny", PROMPTS, max_new_tokens=10)
+    assert [r["text"] for r in rest] == expected
+    grpc = generate_grpc(server["grpc"], "tiny", PROMPTS, max_new_tokens=10)
+    assert [r["text"] for r in grpc] == expected
+    assert [r["num_generated"] for r in grpc] == [r["num_generated"] for r in rest]
+
+
+def test_columnar_format_and_versions(server, expected):
+    inputs = {"prompt": PROMPTS, "max_new_tokens": [10, 10], "temperature": [0.0, 0.0],
+              "top_k": [0, 0], "top_p": [1.0, 1.0], "seed": [0, 0]}
+    out = predict_rest(server["url"], "tiny", inputs=inputs, version=1)
+    assert out["outputs"]["text"] == expected
+    scored = predict_rest(server["url"], "tiny", instances=["ROMEO:"], signature="score")
+    assert scored["predictions"][0]["num_tokens"] == 5
+
+
+def test_status_and_metadata(server):
+    with urllib.request.urlopen(server["url"] + "/v1/models/tiny", timeout=30) as r:
+        status = json.loads(r.read())
+    assert status["model_version_status"][0] == {
+        "version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    with urllib.request.urlopen(server["url"] + "/v1/models/tiny/metadata", timeout=30) as r:
+        meta = json.loads(r.read())
+    sigs = meta["metadata"]["signature_def"]["signature_def"]
+    assert set(sigs) == {"generate", "score", "serving_default"}
+    assert sigs["generate"]["inputs"]["prompt"]["dtype"] == "DT_STRING"
+
+
+def test_32_concurrent_requests(server, expected):
+    def one(i):
+        prompt = PROMPTS[i % 2]
+        return generate_rest(server["url"], "tiny", [prompt], max_new_tokens=10)[0]["text"]
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(one, range(32)))
+    assert results == [expected[i % 2] for i in range(32)]
+
+
+@pytest.mark.parametrize("path, body, status, match", [
+    ("/v1/models/tiny:predict", {"signature_name": "generate",
+                                 "instances": [{"prompt": "x", "max_new_tokens": 3}]},
+     400, "missing"),
+    ("/v1/models/tiny:predict", {"signature_name": "generate", "instances": [
+        {"prompt": "x", "max_new_tokens": "three", "temperature": 0.0, "top_k": 0,
+         "top_p": 1.0, "seed": 0}]}, 400, "expected int32"),
+    ("/v1/models/tiny:predict", {"signature_name": "generate", "instances": [
+        {"prompt": 7, "max_new_tokens": 3, "temperature": 0.0, "top_k": 0,
+         "top_p": 1.0, "seed": 0}]}, 400, "expected a string"),
+    ("/v1/models/nope:predict", {"instances": ["x"]}, 404, "Servable not found"),
+    ("/v1/models/tiny/versions/7:predict", {"instances": ["x"]}, 404, "Servable not found"),
+    ("/v1/models/tiny:predict", {"signature_name": "bogus", "instances": ["x"]}, 400,
+     "not found in signature def"),
+    ("/v1/models/tiny:predict", {"signature_name": "score", "instances": ["a"] * 5}, 400,
+     "exceeds this server's limit of 4"),
+    ("/v1/models/tiny:predict", {"signature_name": "generate", "instances": [
+        {"prompt": "ROMEO: " * 10, "max_new_tokens": 10, "temperature": 0.0, "top_k": 0,
+         "top_p": 1.0, "seed": 0}]}, 400, "exceed the model context"),
+])
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, path, body, status, match,
+                                                          expected):
+    code, answer = _post(server["url"], path, json.dumps(body).encode())
+    assert code == status and match in answer["error"]
+    assert generate_rest(server["url"], "tiny", PROMPTS[:1], max_new_tokens=10)[0]["text"] == \
+        expected[0]
+
+
+def test_non_json_and_oversized_bodies(server, expected):
+    code, answer = _post(server["url"], "/v1/models/tiny:predict", b"{not json")
+    assert code == 400 and "JSON" in answer["error"]
+    code, answer = _post(server["url"], "/v1/models/tiny:predict",
+                         json.dumps({"instances": ["x" * 5000]}).encode())
+    assert code == 413 and "exceeds the limit" in answer["error"]
+    assert generate_rest(server["url"], "tiny", PROMPTS[:1], max_new_tokens=10)[0]["text"] == \
+        expected[0]
+    with pytest.raises(ServingError, match="INVALID_ARGUMENT"):
+        generate_grpc(server["grpc"], "tiny", ["ROMEO: " * 10], max_new_tokens=10)
+
+
+def test_client_cli(server, expected, capsys):
+    assert client_main(["--url", server["url"], "--model", "tiny", "--prompt", "ROMEO:",
+                        "--max-new-tokens", "10"]) == 0
+    assert capsys.readouterr().out == "ROMEO:" + expected[0] + "\n"
+    assert client_main(["--grpc", server["grpc"], "--model", "tiny", "--prompt", "ROMEO:",
+                        "--max-new-tokens", "10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == expected[0]
+    assert client_main(["--url", server["url"], "--model", "missing", "--prompt", "x"]) == 1
+    assert "HTTP 404" in capsys.readouterr().err
