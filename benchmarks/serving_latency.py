@@ -49,7 +49,7 @@ def main():
                         top_p=tf.ones([batch]), seed=tf.zeros([batch], tf.int32))
             runners = {
                 "python": lambda: lm.generate(prompts, max_new_tokens=n),
-                "saved_model": lambda: [t.decode() for t in sig(**feed)["text"].numpy()],
+                "saved_model": lambda: [t.decode("utf-8", "replace") for t in sig(**feed)["text"].numpy()],
             }
             assert runners["python"]() == runners["saved_model"](), "paths disagree"
             times = {k: [] for k in runners}

@@ -164,9 +164,11 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     for sig_name, (fn, spec) in SIGNATURE_BUILDERS[task](model, model.tokenizer,
                                                           jit_compile).items():
         archive.add_endpoint(sig_name, fn, input_signature=spec)
-    # The SentencePiece model travels as an asset too, for clients that tokenize themselves.
-    archive._tf_trackable.tokenizer_asset = tf.saved_model.Asset(
-        os.path.join(run_dir, runs.TOKENIZER))
+    # The tokenizer files travel as assets too, for clients that tokenize themselves.
+    spec = config.get("tokenizer", runs.TOKENIZER)
+    files = [spec] if isinstance(spec, str) else [spec["vocabulary"], spec["merges"]]
+    archive._tf_trackable.tokenizer_assets = [
+        tf.saved_model.Asset(os.path.join(run_dir, f)) for f in files]
     # Written beside the target (TF Serving ignores non-numeric names) and moved into place
     # only once verified, so a server watching the base path never loads a bad version.
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -194,7 +196,7 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16)
         "out = m.signatures['serving_default'](prompt=tf.constant(p),"
         " max_new_tokens=tf.fill([n], int(sys.argv[3])), temperature=tf.zeros([n]),"
         " top_k=tf.zeros([n], tf.int32), top_p=tf.ones([n]), seed=tf.zeros([n], tf.int32))\n"
-        "print(json.dumps([t.decode() for t in out['text'].numpy()]))\n")
+        "print(json.dumps([t.decode('utf-8', 'replace') for t in out['text'].numpy()]))\n")
     proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(prompts), str(max_new)],
                           capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

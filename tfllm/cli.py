@@ -1,4 +1,4 @@
-"""The `tfllm` command line: train, generate, evaluate."""
+"""The `tfllm` command line: train, generate, evaluate, import-hf."""
 
 from __future__ import annotations
 
@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="a prompt too long for the context: error (default) or keep its end")
     g.add_argument("--weights", choices=("final", "best"), default="final")
+
+    h = sub.add_parser("import-hf", help="import a Hugging Face GPT-2 checkpoint as a run",
+                       description="Import a GPT-2 checkpoint saved by Hugging Face (a "
+                                   "directory with config.json, model.safetensors, vocab.json, "
+                                   "merges.txt) into a run directory that generate, evaluate "
+                                   "and the exporters accept. Any GPT-2 size works.")
+    h.add_argument("--checkpoint", required=True, help="checkpoint directory")
+    h.add_argument("--out", required=True, help="run directory to write, e.g. runs/gpt2")
+    h.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     e = sub.add_parser("evaluate", help="validation loss and perplexity of a run",
                        description="Print validation loss and perplexity; the last line is "
@@ -231,7 +240,19 @@ def _generate(args):
         print(prompt + text)
 
 
-COMMANDS = {"train": _train, "generate": _generate, "evaluate": _evaluate}
+def _import_hf(args):
+    from tfllm.hf_gpt2 import import_gpt2
+    from tfllm.runs import model_config_of
+
+    out = import_gpt2(args.checkpoint, args.out, args.overwrite)
+    cfg = model_config_of(out)
+    print(f"imported GPT-2 ({cfg.num_layers} layers, d_model {cfg.d_model}, "
+          f"{cfg.num_heads} heads, context {cfg.max_len}, vocabulary {cfg.vocab_size}) "
+          f"into {out}")
+
+
+COMMANDS = {"train": _train, "generate": _generate, "evaluate": _evaluate,
+            "import-hf": _import_hf}
 
 
 def main(argv=None) -> int:

@@ -66,9 +66,9 @@ def load(run_dir: str, weights: str = "final"):
     import keras
 
     import tfllm.models  # noqa: F401  (registers the serializable classes)
-    from tfllm.tokenizers import SentencePieceTokenizer
+    from tfllm.tokenizers import load_tokenizer
 
-    read_run_config(run_dir)
+    config = read_run_config(run_dir)
     model_path = os.path.join(run_dir, MODEL)
     if not os.path.isfile(model_path):
         raise RunDirError(f"{run_dir} has no trained model ({MODEL}); is training finished? "
@@ -81,5 +81,5 @@ def load(run_dir: str, weights: str = "final"):
         model.load_weights(best)
     elif weights != "final":
         raise RunDirError(f"weights must be 'final' or 'best', got {weights!r}")
-    model.tokenizer = SentencePieceTokenizer.load(os.path.join(run_dir, TOKENIZER))
+    model.tokenizer = load_tokenizer(run_dir, config.get("tokenizer", TOKENIZER))
     return model

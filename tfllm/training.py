@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 
 import keras
 import tensorflow as tf
@@ -394,6 +395,9 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
     model = runs.load(run_dir, weights=weights)
     tokenizer = model.tokenizer
     if data is None:
+        if not stored.get("data"):
+            raise TfllmError(f"{run_dir} has no data of its own (an imported model?); "
+                             "pass --data tfds:NAME or --data text:GLOB")
         data = stored["data"]["spec"]
         text_feature = text_feature or stored["data"].get("text_feature")
     corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
@@ -407,7 +411,10 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
         ds = ds.take(eval_steps)
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
         from_logits=True), metrics=[Perplexity()], jit_compile=True)
-    results = model.evaluate(ds, verbose=0, return_dict=True)
+    with warnings.catch_warnings():
+        # A finite evaluation set ends by running out of data, which Keras warns about.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        results = model.evaluate(ds, verbose=0, return_dict=True)
     tokens = sum(int(tf.size(y)) for _, y in ds)
     # Perplexity accumulates over all tokens; loss is the same token-weighted mean.
     return {"loss": round(math.log(float(results["perplexity"])), 6),

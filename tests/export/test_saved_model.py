@@ -52,7 +52,7 @@ def _fresh_process_generate(path, prompts, max_new, temperature=0.0, top_k=0, to
         " max_new_tokens=tf.constant(a['max_new'], tf.int32),"
         " temperature=tf.fill([n], a['temperature']), top_k=tf.fill([n], a['top_k']),"
         " top_p=tf.fill([n], a['top_p']), seed=tf.fill([n], a['seed']))\n"
-        "print(json.dumps({'text': [t.decode() for t in out['text'].numpy()],"
+        "print(json.dumps({'text': [t.decode('utf-8', 'replace') for t in out['text'].numpy()],"
         " 'n': out['num_generated'].numpy().tolist(), 'ids': out['token_ids'].numpy().tolist()}))\n")
     args = dict(prompts=prompts, max_new=max_new, temperature=float(temperature),
                 top_k=int(top_k), top_p=float(top_p), seed=int(seed))

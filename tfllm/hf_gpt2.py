@@ -1,0 +1,162 @@
+"""Import a Hugging Face GPT-2 checkpoint into a tfllm run directory.
+
+A checkpoint directory holds `config.json`, `model.safetensors`, `vocab.json` and
+`merges.txt` (as Hugging Face saves them). GPT-2 is exactly tfllm's pre-LN causal decoder
+with learned positions, tied embeddings and tanh-GELU, so every weight maps one to one;
+GPT-2 stores its projections as Conv1D kernels `[in, out]`, which is Keras' Dense layout,
+and `c_attn` fuses Q, K and V in the order tfllm's fused QKV projection uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from tfllm import runs
+from tfllm.config import ModelConfig
+from tfllm.errors import TfllmError
+
+_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
+# Non-weight buffers some GPT-2 checkpoints carry (causal-mask tables).
+_BUFFERS = (".attn.bias", ".attn.masked_bias")
+
+
+class CheckpointError(TfllmError):
+    """The checkpoint is incomplete or does not fit GPT-2's shapes."""
+
+
+def read_config(checkpoint: str) -> ModelConfig:
+    """The ModelConfig of a GPT-2 `config.json` (any size: small to xl)."""
+    path = os.path.join(checkpoint, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{checkpoint} has no config.json (is it a Hugging Face checkpoint?)")
+    with open(path) as f:
+        cfg = json.load(f)
+    if cfg.get("model_type", "gpt2") != "gpt2":
+        raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not gpt2")
+    act = cfg.get("activation_function", "gelu_new")
+    if act not in _ACTIVATIONS:
+        raise CheckpointError(f"{path}: activation_function {act!r} is not supported "
+                           f"(supported: {sorted(_ACTIVATIONS)})")
+    d_model = cfg["n_embd"]
+    return ModelConfig(vocab_size=cfg["vocab_size"], num_layers=cfg["n_layer"],
+                       d_model=d_model, num_heads=cfg["n_head"],
+                       ffn_dim=cfg.get("n_inner") or 4 * d_model,
+                       max_len=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
+                       dropout=float(cfg.get("resid_pdrop", 0.1)), causal=True,
+                       activation=_ACTIVATIONS[act], norm_first=True,
+                       layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
+                       tokenizer="bpe")
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    """Every GPT-2 tensor name (without the `transformer.` prefix) and its shape."""
+    d, f = cfg.d_model, cfg.ffn_dim
+    shapes = {"wte.weight": (cfg.vocab_size, d), "wpe.weight": (cfg.max_len, d),
+              "ln_f.weight": (d,), "ln_f.bias": (d,)}
+    for i in range(cfg.num_layers):
+        p = f"h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (d,), p + "ln_1.bias": (d,),
+            p + "attn.c_attn.weight": (d, 3 * d), p + "attn.c_attn.bias": (3 * d,),
+            p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+            p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
+            p + "mlp.c_fc.weight": (d, f), p + "mlp.c_fc.bias": (f,),
+            p + "mlp.c_proj.weight": (f, d), p + "mlp.c_proj.bias": (d,),
+        })
+    return shapes
+
+
+def read_weights(checkpoint: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """GPT-2 tensors by name, checked against the config; errors list every problem."""
+    from safetensors.numpy import load_file
+
+    path = os.path.join(checkpoint, "model.safetensors")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{checkpoint} has no model.safetensors")
+    raw = load_file(path)
+    tensors = {}
+    for key, value in raw.items():
+        name = key[len("transformer."):] if key.startswith("transformer.") else key
+        if name == "lm_head.weight" or name.endswith(_BUFFERS):
+            continue  # tied to wte / a mask buffer: nothing to load
+        tensors[name] = value
+    want = expected_shapes(cfg)
+    missing = sorted(set(want) - set(tensors))
+    extra = sorted(set(tensors) - set(want))
+    wrong = sorted(f"{k} {tuple(tensors[k].shape)} (expected {want[k]})"
+                   for k in set(want) & set(tensors) if tuple(tensors[k].shape) != want[k])
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected tensors: {', '.join(extra)}")
+    if wrong:
+        problems.append(f"mis-shaped tensors: {', '.join(wrong)}")
+    if problems:
+        raise CheckpointError(f"{path} does not match its config.json: " + "; ".join(problems))
+    return {k: v.astype(np.float32) for k, v in tensors.items()}
+
+
+def assign_weights(model, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
+    """Copy GPT-2 tensors into a tfllm CausalLM built from `cfg`."""
+    bb = model.backbone
+    bb.embedding.token_embeddings.assign(w["wte.weight"])
+    bb.embedding.position_embeddings.assign(w["wpe.weight"])
+    for i, block in enumerate(bb.blocks):
+        p = f"h.{i}."
+        pairs = [
+            (block.norm1.gamma, "ln_1.weight"), (block.norm1.beta, "ln_1.bias"),
+            (block.attention.qkv.kernel, "attn.c_attn.weight"),
+            (block.attention.qkv.bias, "attn.c_attn.bias"),
+            (block.attention.out.kernel, "attn.c_proj.weight"),
+            (block.attention.out.bias, "attn.c_proj.bias"),
+            (block.norm2.gamma, "ln_2.weight"), (block.norm2.beta, "ln_2.bias"),
+            (block.ffn.inner.kernel, "mlp.c_fc.weight"), (block.ffn.inner.bias, "mlp.c_fc.bias"),
+            (block.ffn.outer.kernel, "mlp.c_proj.weight"),
+            (block.ffn.outer.bias, "mlp.c_proj.bias"),
+        ]
+        for var, name in pairs:
+            var.assign(w[p + name])
+    bb.norm.gamma.assign(w["ln_f.weight"])
+    bb.norm.beta.assign(w["ln_f.bias"])
+
+
+def import_gpt2(checkpoint: str, out: str, overwrite: bool = False) -> str:
+    """Import the checkpoint into the run directory `out`; returns `out`.
+
+    Example:
+        >>> import_gpt2("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
+    """
+    from tfllm.models import CausalLM
+    from tfllm.tokenizers import BytePairTokenizer
+
+    if not os.path.isdir(checkpoint):
+        raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
+    if os.path.exists(out) and os.listdir(out):
+        if not overwrite:
+            raise CheckpointError(f"{out} already exists and is not empty; pass --overwrite")
+        shutil.rmtree(out)
+    cfg = read_config(checkpoint)
+    weights = read_weights(checkpoint, cfg)
+    tokenizer = BytePairTokenizer(os.path.join(checkpoint, "vocab.json"),
+                                  os.path.join(checkpoint, "merges.txt"))
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"vocab.json has {tokenizer.vocab_size} tokens but the model only "
+                           f"{cfg.vocab_size}")
+    model = CausalLM.from_model_config(cfg, name="causal_lm")
+    assign_weights(model, cfg, weights)
+    os.makedirs(out, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(checkpoint, name), os.path.join(out, name))
+    model.save(os.path.join(out, runs.MODEL))
+    runs.write_run_config(out, {
+        "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
+        "data": None, "training": None,
+        "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},
+        "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"},
+    })
+    return out
