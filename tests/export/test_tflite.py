@@ -1,0 +1,79 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfllm
+from export.tflite import TFLiteExportError, TFLiteRunner
+from tests.conftest import REPO, TINY
+
+PROMPTS = ["ROMEO:", "First Citizen:\nWe", "O", "KING HENRY:\nWhat say"]
+
+
+@pytest.fixture(scope="module")
+def tflite_file(tiny_run, tmp_path_factory):
+    # A subprocess: the TFLite converter leaks ~20 MB per convert() on TF 2.21.
+    path = str(tmp_path_factory.mktemp("tflite") / "tiny.tflite")
+    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run", tiny_run, "--out",
+                           path, "--prefill-lengths", "8", "32", "128"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "greedy tokens agree with CausalLM.generate" in proc.stdout
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_run):
+    return tfllm.load(tiny_run)
+
+
+def test_signatures_follow_the_litert_lm_contract(tflite_file):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=tflite_file)
+    sigs = interp.get_signature_list()
+    assert set(sigs) == {"decode", "prefill_8", "prefill_32"}  # 128 > the context of 32
+    caches = [f"kv_cache_{kv}_{i}" for i in range(TINY["num_layers"]) for kv in "kv"]
+    assert set(sigs["decode"]["inputs"]) == {"tokens", "input_pos", *caches}
+    assert set(sigs["decode"]["outputs"]) == {"logits", *caches}
+    assert set(sigs["prefill_8"]["outputs"]) == set(caches)
+    dec = interp.get_signature_runner("decode")
+    ins, outs = dec.get_input_details(), dec.get_output_details()
+    head_dim = TINY["d_model"] // TINY["num_heads"]
+    assert list(ins["kv_cache_k_0"]["shape"]) == [1, TINY["num_heads"], TINY["max_len"], head_dim]
+    assert list(ins["tokens"]["shape"]) == [1, 1] and ins["tokens"]["dtype"] == np.int32
+    assert list(ins["input_pos"]["shape"]) == [1]
+    assert list(outs["logits"]["shape"])[:2] == [1, 1] and len(outs["logits"]["shape"]) == 3
+    pre = interp.get_signature_runner("prefill_8").get_input_details()
+    assert list(pre["tokens"]["shape"]) == [1, 8] and list(pre["input_pos"]["shape"]) == [8]
+
+
+def test_builtin_ops_only_with_dynamic_update_slice(tflite_file):
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        tf.lite.experimental.Analyzer.analyze(model_path=tflite_file)
+    report = buf.getvalue()
+    assert "DYNAMIC_UPDATE_SLICE" in report
+    assert "Flex" not in report and "CUSTOM" not in report
+
+
+def test_greedy_generation_equals_causal_lm_generate(tflite_file, lm):
+    runner = TFLiteRunner(tflite_file)
+    for prompt in PROMPTS:
+        ids = lm.tokenizer.encode(prompt)
+        n = TINY["max_len"] - len(ids)
+        expected = lm.generate([ids], max_new_tokens=n, stop_at_end=False, return_ids=True)[1][0]
+        assert runner.generate(ids, n) == expected, prompt
+
+
+def test_runner_errors(tflite_file):
+    runner = TFLiteRunner(tflite_file)
+    with pytest.raises(TFLiteExportError, match="context"):
+        runner.generate([5] * 30, 10)
+    with pytest.raises(TFLiteExportError, match="empty prompt"):
+        runner.generate([], 3)
