@@ -30,6 +30,8 @@ demo: install
 	@echo "--- a sample from the trained model:"
 	$(BIN)/tfllm generate --run $(DEMO_RUN) --prompt "ROMEO:" --temperature 0.8 --top-k 20 --seed 1
 	$(BIN)/python -m export.saved_model --run $(DEMO_RUN) --out models --name demo --version 1 --overwrite
+	@echo "--- an on-device bundle, run once through the LiteRT-LM runtime:"
+	$(BIN)/python -m export.litertlm --run $(DEMO_RUN) --out models/demo.litertlm
 	@echo "Demo run directory: $(DEMO_RUN); SavedModel: models/demo/1"
 	@echo "Serve it with TF Serving (see serving/README.md):"
 	@echo "  docker build -t tfllm-serving serving && docker run --rm -p 8500:8500 -p 8501:8501 -v \"\$$PWD/models:/models:ro\" tfllm-serving"

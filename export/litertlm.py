@@ -1,0 +1,128 @@
+"""Pack a run into a `.litertlm` bundle that Google's on-device LLM runtime runs.
+
+    python -m export.litertlm --run runs/NAME --out FILE.litertlm [--prefill-lengths 32 128]
+
+The bundle holds the TFLite model of `export.tflite` (prefill/decode signatures, explicit
+KV cache), the run's SentencePiece model and an `LlmMetadata` (stop token = the tokenizer's
+EOS, `max_num_tokens` = the cache length, generic model type). No start token is declared:
+tfllm prompts carry none, so the runtime and `CausalLM.generate` see the same ids. Before
+it reports success the exporter loads the bundle in `litert_lm.Engine` and checks that its
+greedy continuation equals `CausalLM.generate`.
+
+float32 for now; quantized modes come with the TFLite exporter's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfllm import runs  # noqa: E402
+from tfllm.errors import TfllmError  # noqa: E402
+
+from export.tflite import DEFAULT_PREFILL, export_tflite  # noqa: E402
+
+
+class LiteRtLmExportError(TfllmError):
+    """The bundle could not be built, or the runtime disagrees with Keras."""
+
+
+def llm_metadata(stop_token_id: int, max_num_tokens: int) -> str:
+    """The LlmMetadata text proto of a generic tfllm causal LM."""
+    return (f"stop_tokens {{ token_ids {{ ids: {stop_token_id} }} }}\n"
+            f"max_num_tokens: {max_num_tokens}\n"
+            "llm_model_type { generic_model {} }\n")
+
+
+def build_bundle(tflite_path, tokenizer_path, metadata_text, out):
+    from litert_lm_builder import litertlm_builder as lb
+
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = os.path.join(tmp, "llm_metadata.textproto")
+        with open(meta, "w") as f:
+            f.write(metadata_text)
+        builder = lb.LitertLmFileBuilder()
+        builder.add_tflite_model(tflite_path, lb.TfLiteModelType.PREFILL_DECODE)
+        builder.add_sentencepiece_tokenizer(tokenizer_path)
+        builder.add_llm_metadata(meta, supports_thinking=False, supports_function_calling=False)
+        with open(out, "wb") as f:
+            builder.build(f, validate_metadata=True)
+
+
+def engine_generate(path, prompt: str, max_new_tokens: int) -> str:
+    """Greedy continuation of `prompt` by the LiteRT-LM runtime, as an app would run it."""
+    import litert_lm
+
+    engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(), cache_dir=":nocache")
+    try:
+        session = engine.create_session(
+            apply_prompt_template=False, max_output_tokens=max_new_tokens,
+            sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0))
+        session.run_prefill([prompt])
+        return "".join(session.run_decode().texts)
+    finally:
+        engine.close()
+
+
+def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt="ROMEO:",
+                    max_new_tokens=16):
+    config = runs.read_run_config(run_dir)
+    tok_file = config.get("tokenizer")
+    if not isinstance(tok_file, str):
+        raise LiteRtLmExportError("LiteRT-LM bundles need a SentencePiece tokenizer; this run "
+                                  "uses another kind")
+    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tflite = os.path.join(tmp, "model.tflite")
+        report = export_tflite(run_dir, tflite, prefill_lengths)
+        model = runs.load(run_dir)
+        max_len = model.backbone.max_len
+        metadata = llm_metadata(model.tokenizer.eos_id, max_len)
+        staging = out + ".partial.litertlm"  # the runtime reads the format from the extension
+        try:
+            build_bundle(tflite, os.path.join(run_dir, tok_file), metadata, staging)
+        except Exception as e:  # the builder validates with many exception types
+            raise LiteRtLmExportError(f"building the bundle failed: {e}") from e
+    n = min(max_new_tokens, max_len - len(model.tokenizer.encode(check_prompt)) - 1)
+    expected = model.generate(check_prompt, max_new_tokens=n)
+    try:
+        got = engine_generate(staging, check_prompt, n)
+    except Exception as e:
+        os.remove(staging)
+        raise LiteRtLmExportError(f"litert_lm.Engine could not run the bundle: {e}") from e
+    if got != expected:
+        os.remove(staging)
+        raise LiteRtLmExportError(f"LiteRT-LM greedy output {got!r} differs from "
+                                  f"CausalLM.generate {expected!r}")
+    os.replace(staging, out)
+    return {**report, "path": out, "bytes": os.path.getsize(out), "sample": got,
+            "prompt": check_prompt}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m export.litertlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--out", required=True, help="output .litertlm file")
+    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL))
+    parser.add_argument("--quantize", default="float32", choices=["float32"],
+                        help="only float32 so far")
+    parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
+    args = parser.parse_args(argv)
+    try:
+        report = export_litertlm(args.run, args.out, args.prefill_lengths, args.prompt)
+    except TfllmError as e:
+        print(f"export.litertlm: error: {e}", file=sys.stderr)
+        return 2
+    print(f"LiteRT-LM bundle written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
+    print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "
+          "the same as CausalLM.generate")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tfllm
+from export.litertlm import engine_generate, llm_metadata
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("litertlm") / "tiny.litertlm")
+    proc = subprocess.run([sys.executable, "-m", "export.litertlm", "--run", tiny_run, "--out",
+                           path, "--prefill-lengths", "8", "32"],
+                          capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the same as CausalLM.generate" in proc.stdout
+    return path
+
+
+def test_engine_greedy_equals_causal_lm_generate(bundle, tiny_run):
+    lm = tfllm.load(tiny_run)
+    for prompt in ["ROMEO:", "First Citizen:\nWe are", "KING:"]:
+        n = 32 - len(lm.tokenizer.encode(prompt)) - 1
+        assert engine_generate(bundle, prompt, n) == lm.generate(prompt, max_new_tokens=n)
+    assert not os.path.exists(bundle + ".partial.litertlm")
+
+
+def test_metadata_names_stop_token_and_cache_length():
+    text = llm_metadata(3, 256)
+    assert "stop_tokens { token_ids { ids: 3 } }" in text
+    assert "max_num_tokens: 256" in text and "generic_model" in text
