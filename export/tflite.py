@@ -10,7 +10,8 @@ Builtin ops only. It is converted from a SavedModel written by Keras' ExportArch
 tf.Module wrapper leaves uninitialized variables and NaN outputs), then run with
 ai-edge-litert and compared with the Keras model before success is reported.
 
-This covers float32; the quantized modes, LiteRT-LM bundles and ONNX are still to come.
+`--quantize float16|dynamic-int8` store weights in 16/8 bits; the exporter refuses a mode
+that loses accuracy on held-out text (see `export_tflite`).
 """
 
 from __future__ import annotations
@@ -68,10 +69,27 @@ def _signature(model, length):
     return [spec]
 
 
-def convert(run_dir, prefill_lengths=DEFAULT_PREFILL):
-    """Convert a run's CausalLM to TFLite bytes (float32) with prefill/decode signatures."""
+QUANTIZE_MODES = ("float32", "float16", "dynamic-int8", "int8")
+
+
+def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32"):
+    """Convert a run's CausalLM to TFLite bytes with prefill/decode signatures.
+
+    Args:
+        quantize: "float32"; "float16" (weights stored in float16); "dynamic-int8" (int8
+            weights, float activations). Full-integer "int8" is refused for causal LMs:
+            the KV cache passes through the signatures as float tensors.
+    """
     import keras
 
+    if quantize not in QUANTIZE_MODES:
+        raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
+                                f"{', '.join(QUANTIZE_MODES)}")
+    if quantize == "int8":
+        raise TFLiteExportError(
+            "full-integer int8 is not available for causal LMs: the LiteRT-LM contract passes "
+            "the KV cache in and out as float tensors; use --quantize dynamic-int8 (int8 "
+            "weights), which gives most of the size reduction")
     config = runs.read_run_config(run_dir)
     if config.get("objective", "clm") != "clm":
         raise TFLiteExportError("only causal LM runs have a TFLite decode export so far")
@@ -93,6 +111,10 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL):
         converter = tf.lite.TFLiteConverter.from_saved_model(
             tmp, signature_keys=["decode"] + [f"prefill_{n}" for n in lengths])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize in ("float16", "dynamic-int8"):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
         try:
             return converter.convert(), model, lengths
         except Exception as e:  # the converter raises many types, with long messages
@@ -172,38 +194,100 @@ class TFLiteRunner:
         return out
 
 
-def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompts=("ROMEO:",)):
-    """Convert, write, and check greedy tokens against CausalLM.generate; returns a report."""
-    data, model, lengths = convert(run_dir, prefill_lengths)
+def heldout_windows(run_dir, tokenizer, length, count):
+    """Up to `count` windows of `length` tokens from the run's validation text (or None)."""
+    from tfllm.data import Corpus, lm_windows
+
+    config = runs.read_run_config(run_dir)
+    if not config.get("data"):
+        return None
+    data = config["data"]
+    corpus = Corpus(data["spec"], data.get("text_feature"))
+    ds = lm_windows(corpus.val_texts(), tokenizer, length - 1).take(count)
+    return [w.numpy().tolist() for w in ds] or None
+
+
+def agreement(runner, model, windows):
+    """Top-1 next-token agreement and mean cross-entropy, TFLite (decode steps) vs Keras."""
+    same = total = 0
+    ce_tfl = ce_keras = 0.0
+    for w in windows:
+        keras_logits = model(np.array([w], np.int32))[0].numpy()
+        cache = runner.empty_cache()
+        for t in range(len(w) - 1):
+            logits, cache = runner.step(w[t], t, cache)
+            same += int(np.argmax(logits) == np.argmax(keras_logits[t]))
+            total += 1
+            for acc_logits, name in ((logits, "tfl"), (keras_logits[t], "keras")):
+                z = acc_logits - acc_logits.max()
+                ce = float(np.log(np.exp(z).sum()) - z[w[t + 1]])
+                if name == "tfl":
+                    ce_tfl += ce
+                else:
+                    ce_keras += ce
+    return same / total, ce_tfl / total, ce_keras / total
+
+
+def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float32",
+                  check_prompts=("ROMEO:",), min_agreement=0.95, max_loss_increase=0.02):
+    """Convert, write and verify; returns a report.
+
+    float32 must match Keras (logits within 1e-3, identical greedy tokens). Quantized modes
+    must agree with Keras on >= `min_agreement` of next tokens over held-out text and stay
+    within `max_loss_increase` (relative) of its loss; otherwise nothing is written.
+    """
+    data, model, lengths = convert(run_dir, prefill_lengths, quantize)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
-    runner = TFLiteRunner(tmp)
+    try:
+        report = _verify(tmp, model, check_prompts, quantize, run_dir, min_agreement,
+                         max_loss_increase)
+    except TfllmError:
+        os.remove(tmp)
+        raise
+    os.replace(tmp, out)
+    return {**report, "path": out, "bytes": len(data), "prefill_lengths": lengths,
+            "quantize": quantize}
+
+
+def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_loss_increase):
+    runner = TFLiteRunner(path)
     tok = model.tokenizer
-    # Next-token logits of one prompt, TFLite vs Keras.
     ids = tok.encode(check_prompts[0]) or [tok.bos_id]
     cache = runner.prefill(ids[:-1], runner.empty_cache())
     logits, _ = runner.step(ids[-1], len(ids) - 1, cache)
     keras_logits = model(np.array([ids], np.int32))[0, -1].numpy()
     diff = float(np.abs(logits - keras_logits).max())
-    if not np.isfinite(logits).all() or diff > 1e-3:
-        os.remove(tmp)
-        raise TFLiteExportError(f"TFLite logits differ from Keras by {diff} (NaN or over 1e-3)")
-    agree = 0
-    for prompt in check_prompts:
-        ids = tok.encode(prompt) or [tok.bos_id]
-        n = min(16, runner.max_len - len(ids))
-        expected = model.generate([ids], max_new_tokens=n, return_ids=True)[1][0]
-        got = runner.generate(ids, n, end_token_id=tok.eos_id)
-        if got != expected:
-            os.remove(tmp)
-            raise TFLiteExportError(f"TFLite greedy tokens differ from CausalLM.generate for "
-                                    f"{prompt!r}: {got} != {expected}")
-        agree += 1
-    os.replace(tmp, out)
-    return {"path": out, "bytes": len(data), "max_logit_diff": diff,
-            "prefill_lengths": lengths, "prompts_agreeing": agree}
+    if not np.isfinite(logits).all():
+        raise TFLiteExportError("the TFLite model outputs NaN/inf")
+    report = {"max_logit_diff": diff}
+    if quantize == "float32":
+        if diff > 1e-3:
+            raise TFLiteExportError(f"TFLite logits differ from Keras by {diff} (over 1e-3)")
+        for prompt in check_prompts:
+            ids = tok.encode(prompt) or [tok.bos_id]
+            n = min(16, runner.max_len - len(ids))
+            expected = model.generate([ids], max_new_tokens=n, return_ids=True)[1][0]
+            got = runner.generate(ids, n, end_token_id=tok.eos_id)
+            if got != expected:
+                raise TFLiteExportError(f"TFLite greedy tokens differ from CausalLM.generate "
+                                        f"for {prompt!r}: {got} != {expected}")
+        report["prompts_agreeing"] = len(check_prompts)
+        return report
+    windows = heldout_windows(run_dir, tok, min(runner.max_len, 64), 8)
+    if windows is None:
+        raise TFLiteExportError(f"--quantize {quantize} needs held-out text to check accuracy "
+                                "and this run has no data of its own")
+    agree, loss_q, loss_f = agreement(runner, model, windows)
+    report.update(top1_agreement=agree, loss=loss_q, keras_loss=loss_f)
+    if agree < min_agreement or loss_q > loss_f * (1 + max_loss_increase):
+        raise TFLiteExportError(
+            f"--quantize {quantize} is not accurate enough for this model: next-token "
+            f"agreement {agree:.1%} (needs >= {min_agreement:.0%}), loss {loss_q:.4f} vs "
+            f"{loss_f:.4f} (needs <= +{max_loss_increase:.0%}); refusing to write it")
+    return report
 
 
 def main(argv=None):
@@ -213,18 +297,24 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output .tflite file")
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL),
                         help="prefill signature lengths (default 32 128; capped at the context)")
-    parser.add_argument("--quantize", default="float32", choices=["float32"],
-                        help="only float32 so far")
+    parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
+                        help="float32 (default), float16 or dynamic-int8 weights; int8 "
+                             "(full integer) is refused for causal LMs")
     args = parser.parse_args(argv)
     try:
-        report = export_tflite(args.run, args.out, args.prefill_lengths)
+        report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize)
     except TfllmError as e:
         print(f"export.tflite: error: {e}", file=sys.stderr)
         return 2
     print(f"TFLite model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
           f"prefill lengths {report['prefill_lengths']})")
-    print(f"largest logit difference from Keras: {report['max_logit_diff']:.2e}; greedy tokens "
-          f"agree with CausalLM.generate on {report['prompts_agreeing']} prompt(s)")
+    print(f"largest logit difference from Keras: {report['max_logit_diff']:.2e}")
+    if "prompts_agreeing" in report:
+        print(f"greedy tokens agree with CausalLM.generate on {report['prompts_agreeing']} "
+              "prompt(s)")
+    else:
+        print(f"held-out next-token agreement with Keras {report['top1_agreement']:.1%}, "
+              f"loss {report['loss']:.4f} vs {report['keras_loss']:.4f}")
     return 0
 
 
