@@ -80,8 +80,6 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32"):
             weights, float activations). Full-integer "int8" is refused for causal LMs:
             the KV cache passes through the signatures as float tensors.
     """
-    import keras
-
     if quantize not in QUANTIZE_MODES:
         raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
                                 f"{', '.join(QUANTIZE_MODES)}")
@@ -94,6 +92,14 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32"):
     if config.get("objective", "clm") != "clm":
         raise TFLiteExportError("only causal LM runs have a TFLite decode export so far")
     model = runs.load(run_dir)
+    data, lengths = convert_model(model, prefill_lengths, quantize)
+    return data, model, lengths
+
+
+def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32"):
+    """Convert a CausalLM object (see `convert`); returns (tflite bytes, prefill lengths)."""
+    import keras
+
     max_len = model.backbone.max_len
     lengths = sorted({n for n in prefill_lengths if 1 < n <= max_len})
     if not lengths:
@@ -116,7 +122,7 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32"):
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         try:
-            return converter.convert(), model, lengths
+            return converter.convert(), lengths
         except Exception as e:  # the converter raises many types, with long messages
             raise TFLiteExportError(f"TFLite conversion failed: {str(e)[-1500:]}") from e
     finally:
