@@ -17,7 +17,7 @@ from tests.conftest import REPO, TINY, run_cli, shakespeare_text
 from tfllm.cli import main
 from tfllm.config import ConfigError
 from tfllm.training import (StrategyError, TrainSettings, evaluate, read_metrics,
-                            resolve_strategy_name, train)
+                            resolve_strategy_name)
 
 
 # -- settings and strategies --------------------------------------------------------------

@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 import tfllm
-from tests.conftest import REPO
 from export.saved_model import ExportError, export_saved_model
 
 PROMPTS = ["ROMEO:", "First Citizen:\nWe", ""]
