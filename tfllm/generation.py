@@ -235,7 +235,7 @@ class Generator:
         # Buckets bound the number of compiled shapes; the prompt bucket must leave room.
         prompt_len = max(longest, min(_bucket(longest, _MIN_PROMPT_BUCKET, self.max_len),
                                       self.max_len - params.max_new_tokens))
-        batch = _bucket(len(prompts), 1, max(1, 1 << (len(prompts) - 1).bit_length()))
+        batch = 1 << (len(prompts) - 1).bit_length()  # batch bucket: next power of two
         ids = np.zeros((batch, prompt_len), np.int32)
         lens = np.ones((batch,), np.int32)
         for i, p in enumerate(prompts):
