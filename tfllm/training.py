@@ -170,15 +170,6 @@ def set_precision(precision: str) -> None:
     keras.mixed_precision.set_global_policy(precision)
 
 
-def is_chief() -> bool:
-    """True unless TF_CONFIG makes this process a non-chief worker."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return True
-    task = json.loads(raw).get("task", {})
-    return task.get("type", "worker") in ("chief", "worker") and int(task.get("index", 0)) == 0
-
-
 # -- callbacks ----------------------------------------------------------------------------
 
 class MetricsLogger(keras.callbacks.Callback):
