@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory, small_corpus):
 
     out = str(tmp_path_factory.mktemp("runs") / "tiny")
     train(out, small_corpus, "shakespeare-char",
-          TrainSettings(steps=300, batch_size=16, eval_interval=100, eval_steps=5,
+          TrainSettings(steps=300, batch_size=16, eval_interval=100, eval_steps=7,
                         warmup_steps=20, lr=3e-3),
           model_overrides=TINY, verbose=0)
     return out

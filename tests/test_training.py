@@ -65,6 +65,10 @@ def test_run_directory_contents(tiny_run):
     # lr follows warmup + cosine: at the end it is min_lr_ratio * peak.
     assert records[-1]["lr"] == pytest.approx(3e-4, rel=1e-3)
     assert all(r["tokens_per_sec"] > 0 for r in records)
+    # The logged validation loss is exactly `evaluate` on the same held-out batches (7
+    # batches do not divide Keras' 50 steps per execution: none may be counted twice).
+    again = evaluate(tiny_run, eval_steps=7)
+    assert records[-1]["val_loss"] == pytest.approx(again["loss"], abs=2e-5)
 
 
 def test_load_attaches_tokenizer(tiny_run):

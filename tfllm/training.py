@@ -321,9 +321,19 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
                                training=True, seed=settings.seed)
     val_ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
                              training=False)
-    val_steps = sum(1 for _ in val_ds.take(settings.eval_steps))
-    # A repeated stream with a fixed step count keeps every worker in lockstep.
-    val_ds = val_ds.repeat()
+    val_ds = val_ds.take(settings.eval_steps)
+    spe = _steps_per_execution(settings.eval_interval)
+    lockstep = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+    if isinstance(strategy, lockstep):
+        # Workers must run the same number of steps (and TPUs static shapes): a repeated
+        # stream with a fixed count. Keras runs validation in whole executions of
+        # steps_per_execution, so the count is a multiple of it, or batches would be
+        # counted twice.
+        val_steps = sum(1 for _ in val_ds)
+        val_steps = max(spe, val_steps // spe * spe)
+        val_ds = val_ds.repeat()
+    else:
+        val_steps = None  # one exact pass over the held-out batches
 
     with strategy.scope():
         model = CausalLM.from_model_config(model_config, name="causal_lm")
@@ -331,7 +341,7 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
                       total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
                       weight_decay=settings.weight_decay,
                       jit_compile=settings.jit_compile and jit_supported(strategy),
-                      steps_per_execution=_steps_per_execution(settings.eval_interval))
+                      steps_per_execution=spe)
 
     previous = read_metrics(out) if resume else []
     best_so_far = min((r["val_loss"] for r in previous if r.get("val_loss") is not None),
