@@ -279,9 +279,12 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
             except Exception as e:  # a server bug must not take the server down
                 self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        # socketserver's default listen backlog of 5 resets bursts of concurrent clients.
+        request_queue_size = 128
+
+    return Server((host, port), Handler)
 
 
 def _int(s):
