@@ -79,7 +79,7 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
     with tempfile.TemporaryDirectory() as tmp:
         tflite = os.path.join(tmp, "model.tflite")
         report = export_tflite(run_dir, tflite, prefill_lengths, quantize)
-        model = runs.load(run_dir)
+        model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
         metadata = llm_metadata(model.tokenizer.eos_id, max_len)
         staging = out + ".partial.litertlm"  # the runtime reads the format from the extension

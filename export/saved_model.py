@@ -176,16 +176,19 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     try:
         archive.write_out(tmp, verbose=False)
         if verify:
-            verify_saved_model(run_dir, tmp)
+            verify_saved_model(run_dir, tmp, model=model)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16):
-    """Greedy text from a fresh-process reload must equal CausalLM.generate."""
-    model = runs.load(run_dir)
+def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16, model=None):
+    """Greedy text from a fresh-process reload must equal CausalLM.generate.
+
+    `model`: the run's already-loaded CausalLM (loaded here if None).
+    """
+    model = model if model is not None else runs.load(run_dir)
     limit = model.backbone.max_len
     max_new = min(max_new_tokens, limit - max(len(model.tokenizer.encode(p)) for p in prompts))
     expected = model.generate(prompts, max_new_tokens=max_new)

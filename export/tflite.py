@@ -255,7 +255,7 @@ def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float
         raise
     os.replace(tmp, out)
     return {**report, "path": out, "bytes": len(data), "prefill_lengths": lengths,
-            "quantize": quantize}
+            "quantize": quantize, "model": model}
 
 
 def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_loss_increase):
