@@ -20,8 +20,14 @@ decoding loop is the same function `CausalLM.generate` runs). Before it reports 
 exporter loads the SavedModel in a fresh process and checks that greedy `serving_default`
 output equals `CausalLM.generate` on sample prompts.
 
-Signatures are built by `SIGNATURE_BUILDERS[task]`: a classifier run (a later issue) adds a
-`classify` builder there.
+A classifier run (`tfllm finetune --task classify`) gets instead
+
+    serving_default, classify
+        inputs  text (string [batch])
+        outputs probabilities (float32 [batch, classes]), label (int32 [batch]),
+                label_name (string [batch])
+
+verified in a fresh process against the Keras classifier's predictions.
 """
 
 from __future__ import annotations
@@ -124,8 +130,32 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True):
             "score": (score, [tf.TensorSpec(batch, tf.string, name="text")])}
 
 
-# One builder per task; the classifier issue registers "classify" here.
-SIGNATURE_BUILDERS = {"clm": causal_lm_signatures}
+def classifier_signatures(model, tokenizer, jit_compile=True):
+    """Endpoint functions of a classifier run: text -> probabilities, label, label_name."""
+    from tfllm.finetuning import encode_texts
+
+    task = model.task_info
+    names = tf.constant(model.class_names)
+    max_len = model.backbone.max_len
+
+    def classify(text):
+        # Padded to the run's length, or the longest text's when longer (up to max_len).
+        n_tokens = tf.cast(tokenizer.tf_tokenizer.tokenize(text).row_lengths(), tf.int32)
+        longest = tf.reduce_max(tf.concat([n_tokens + int(task["add_bos"]), [0]], axis=0))
+        seq_len = tf.minimum(tf.maximum(longest, task["seq_len"]), max_len)
+        inputs = encode_texts(tokenizer.tf_tokenizer, text, seq_len, task["add_bos"],
+                              bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id)
+        probabilities = tf.nn.softmax(model(inputs), axis=-1)
+        label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"probabilities": probabilities, "label": label,
+                "label_name": tf.gather(names, label)}
+
+    spec = [tf.TensorSpec([None], tf.string, name="text")]
+    return {"serving_default": (classify, spec), "classify": (classify, spec)}
+
+
+# One builder per task (the run's config.json "objective").
+SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signatures}
 
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
@@ -158,6 +188,8 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         shutil.rmtree(target)
 
     model = runs.load(run_dir)
+    if task == "classify":
+        model.task_info = config["task"]
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(model.tokenizer.tf_tokenizer)
@@ -176,7 +208,10 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     try:
         archive.write_out(tmp, verbose=False)
         if verify:
-            verify_saved_model(run_dir, tmp, model=model)
+            if task == "classify":
+                verify_classifier(run_dir, tmp, model=model)
+            else:
+                verify_saved_model(run_dir, tmp, model=model)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,6 +245,38 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
     if got != expected:
         raise ExportError(f"SavedModel greedy output differs from CausalLM.generate: "
                           f"{got!r} != {expected!r}")
+    return got
+
+
+SAMPLE_TEXTS = ["a gripping , funny and moving film", "dull and lifeless", "x",
+                "it is what it is"]
+
+
+def verify_classifier(run_dir, path, texts=SAMPLE_TEXTS, model=None):
+    """Labels and probabilities of a fresh-process reload must match the Keras classifier."""
+    import numpy as np
+
+    from tfllm.finetuning import load_classifier, predict_proba
+
+    if model is None:
+        model, _ = load_classifier(run_dir)
+    expected = predict_proba(model, runs.read_run_config(run_dir)["task"], texts)
+    code = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "out = m.signatures['classify'](text=tf.constant(json.loads(sys.argv[2])))\n"
+        "print(json.dumps(out['probabilities'].numpy().tolist()))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(texts)],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode != 0:
+        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
+                          + proc.stderr[-2000:])
+    got = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if not np.array_equal(got.argmax(1), expected.argmax(1)) or \
+            not np.allclose(got, expected, atol=1e-4):
+        raise ExportError(f"SavedModel classify output differs from the Keras classifier: "
+                          f"{got.tolist()} != {expected.tolist()}")
     return got
 
 
@@ -251,7 +318,10 @@ def main(argv=None):
         return 2
     print(f"SavedModel written to {path}")
     if not args.no_verify:
-        print("verified: a fresh process gives the same greedy text as CausalLM.generate")
+        task = runs.read_run_config(args.run).get("objective", "clm")
+        print("verified: a fresh process gives the same "
+              + ("probabilities as the Keras classifier" if task == "classify"
+                 else "greedy text as CausalLM.generate"))
     print("signatures:")
     print("\n".join(describe_signatures(path)))
     return 0

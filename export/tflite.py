@@ -12,6 +12,12 @@ ai-edge-litert and compared with the Keras model before success is reported.
 
 `--quantize float16|dynamic-int8` store weights in 16/8 bits; the exporter refuses a mode
 that loses accuracy on held-out text (see `export_tflite`).
+
+A classifier run (`tfllm finetune --task classify`) becomes its forward pass instead: one
+signature `classify`, input `token_ids` int32 [1, seq_len] (BOS first for encoders, padded
+with the pad id 0), output `probabilities` float32 [1, classes]. Every quantization mode is
+available, including full-integer `int8` (calibrated on the run's training texts), and each
+is checked against the Keras classifier's labels on held-out rows.
 """
 
 from __future__ import annotations
@@ -90,7 +96,8 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32"):
             "weights), which gives most of the size reduction")
     config = runs.read_run_config(run_dir)
     if config.get("objective", "clm") != "clm":
-        raise TFLiteExportError("only causal LM runs have a TFLite decode export so far")
+        raise TFLiteExportError(f"runs of objective {config.get('objective')!r} have no TFLite "
+                                "decode export (classifier runs: export_classifier_tflite)")
     model = runs.load(run_dir)
     data, lengths = convert_model(model, prefill_lengths, quantize)
     return data, model, lengths
@@ -296,6 +303,119 @@ def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_lo
     return report
 
 
+# -- classifiers ------------------------------------------------------------------------
+
+def _classifier_rows(run_dir, count):
+    from tfllm.labeled import LabeledData
+
+    config = runs.read_run_config(run_dir)
+    data = config["data"]
+    rows = LabeledData(data["spec"], data.get("text_column"), data.get("label_column"),
+                       seed=config.get("finetune", {}).get("seed", 0))
+    return [t for t, _ in rows.train[:count]], [t for t, _ in rows.val[:count]]
+
+
+def _encode_one(tokenizer, task, texts):
+    from tfllm.finetuning import encode_texts
+
+    return encode_texts(tokenizer, tf.constant(texts), task["seq_len"],
+                        task["add_bos"])["token_ids"].numpy()
+
+
+def convert_classifier(run_dir, quantize="float32", calibration_rows=200):
+    """A classifier run's forward pass as TFLite bytes; returns (bytes, model, task)."""
+    import keras
+
+    from tfllm.finetuning import load_classifier
+
+    if quantize not in QUANTIZE_MODES:
+        raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
+                                f"{', '.join(QUANTIZE_MODES)}")
+    model, task = load_classifier(run_dir)
+    seq_len = task["seq_len"]
+
+    def classify(token_ids):
+        return {"probabilities": tf.nn.softmax(model(token_ids), axis=-1)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("classify", classify, input_signature=[
+        tf.TensorSpec([1, seq_len], tf.int32, name="token_ids")])
+    tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
+    try:
+        archive.write_out(tmp, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["classify"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            calibration, _ = _classifier_rows(run_dir, calibration_rows)
+            ids = _encode_one(model.tokenizer, task, calibration)
+
+            def representative():
+                for row in ids:
+                    yield {"token_ids": row[None, :]}
+
+            converter.representative_dataset = representative
+            # Integer kernels only; the int32 ids stay int32 (they index the embedding).
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            return converter.convert(), model, task
+        except Exception as e:  # the converter raises many types, with long messages
+            raise TFLiteExportError(f"TFLite conversion failed: {str(e)[-1500:]}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tflite_classify(path, token_ids):
+    """Probabilities (n, classes) of a classifier .tflite for ids (n, seq_len), row by row."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner("classify")
+    return np.concatenate([runner(token_ids=row[None, :].astype(np.int32))["probabilities"]
+                           for row in np.asarray(token_ids)])
+
+
+def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
+                             min_agreement=0.95):
+    """Convert, write and verify a classifier; returns a report.
+
+    float32 must give the Keras probabilities (within 1e-4) and labels on held-out rows;
+    quantized modes must agree with Keras' labels on >= `min_agreement` of them.
+    """
+    data, model, task = convert_classifier(run_dir, quantize)
+    _, held_out = _classifier_rows(run_dir, check_rows)
+    ids = _encode_one(model.tokenizer, task, held_out)
+    expected = tf.nn.softmax(model(ids), axis=-1).numpy()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        got = tflite_classify(tmp, ids)
+        diff = float(np.abs(got - expected).max())
+        agree = float(np.mean(got.argmax(1) == expected.argmax(1)))
+        if not np.isfinite(got).all():
+            raise TFLiteExportError("the TFLite classifier outputs NaN/inf")
+        if quantize == "float32" and (diff > 1e-4 or agree < 1.0):
+            raise TFLiteExportError(f"TFLite probabilities differ from Keras by {diff} "
+                                    f"(label agreement {agree:.1%})")
+        if agree < min_agreement:
+            raise TFLiteExportError(
+                f"--quantize {quantize} is not accurate enough for this classifier: labels "
+                f"agree with Keras on {agree:.1%} of {len(held_out)} held-out rows (needs >= "
+                f"{min_agreement:.0%}); refusing to write it")
+    except TfllmError:
+        os.remove(tmp)
+        raise
+    os.replace(tmp, out)
+    return {"path": out, "bytes": len(data), "quantize": quantize, "max_prob_diff": diff,
+            "label_agreement": agree, "rows_checked": len(held_out),
+            "seq_len": task["seq_len"], "class_names": task["class_names"]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,13 +425,24 @@ def main(argv=None):
                         help="prefill signature lengths (default 32 128; capped at the context)")
     parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
                         help="float32 (default), float16 or dynamic-int8 weights; int8 "
-                             "(full integer) is refused for causal LMs")
+                             "(full integer: classifiers only; refused for causal LMs)")
     args = parser.parse_args(argv)
     try:
-        report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize)
+        if runs.read_run_config(args.run).get("objective") == "classify":
+            report = export_classifier_tflite(args.run, args.out, args.quantize)
+        else:
+            report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize)
     except TfllmError as e:
         print(f"export.tflite: error: {e}", file=sys.stderr)
         return 2
+    if "label_agreement" in report:
+        print(f"TFLite classifier written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
+              f"{args.quantize}, input token_ids [1, {report['seq_len']}], classes "
+              f"{report['class_names']})")
+        print(f"labels agree with Keras on {report['label_agreement']:.1%} of "
+              f"{report['rows_checked']} held-out rows; largest probability difference "
+              f"{report['max_prob_diff']:.2e}")
+        return 0
     print(f"TFLite model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
           f"prefill lengths {report['prefill_lengths']})")
     print(f"largest logit difference from Keras: {report['max_logit_diff']:.2e}")

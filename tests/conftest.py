@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the shared data and a tiny trained run reused across tests."""
 
 import os
+import random
 import sys
 
 import pytest
@@ -65,3 +66,47 @@ def exported(tmp_path_factory, tiny_run):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return {"base": str(base), "model_dir": str(base / "tiny"),
             "path": str(base / "tiny" / "1"), "stdout": proc.stdout}
+
+
+# -- classification ------------------------------------------------------------------
+
+# A tiny labeled set (two word lists) that a tiny encoder fits exactly.
+FAST_FINETUNE = dict(epochs=40, batch_size=8, lr=3e-3, eval_interval=20, patience=40,
+                     dropout=0.0)
+POS = ["good", "great", "lovely", "superb", "fine", "happy"]
+NEG = ["bad", "awful", "dull", "poor", "sad", "boring"]
+# A char tokenizer keeps the tiny model's vocabulary small.
+TINY_ENCODER = dict(TINY, causal=False, tokenizer="char")
+
+
+def labeled_rows(n=60, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        words = rng.sample(POS if label == "pos" else NEG, 2)
+        rows.append((f"a {words[0]} and {words[1]} film", label))
+    return rows
+
+
+def write_tsv(path, rows, header="text\tlabel"):
+    path.write_text(header + "\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return f"tsv:{path}"
+
+
+@pytest.fixture(scope="session")
+def labeled_tsv(tmp_path_factory):
+    return write_tsv(tmp_path_factory.mktemp("labeled") / "reviews.tsv", labeled_rows())
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, labeled_tsv):
+    from tfllm.finetuning import FinetuneSettings, finetune
+
+    out = str(tmp_path_factory.mktemp("runs") / "clf")
+    result = finetune(out, labeled_tsv, from_scratch=True, preset="bert-mini",
+                      settings=FinetuneSettings(**FAST_FINETUNE), model_overrides=TINY_ENCODER,
+                      verbose=0)
+    return out, result
+
+

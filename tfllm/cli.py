@@ -1,4 +1,4 @@
-"""The `tfllm` command line: train, generate, evaluate, import-hf."""
+"""The `tfllm` command line: train, finetune, generate, classify, evaluate, import-hf."""
 
 from __future__ import annotations
 
@@ -39,14 +39,29 @@ def _positive_float(text):
 
 def _add_data_args(p, required):
     p.add_argument("--data", required=required,
-                   help="tfds:NAME[:SPLIT] (any TFDS dataset with a text feature) or "
-                        "text:GLOB (local UTF-8 files)")
-    p.add_argument("--text-feature", help="TFDS feature holding the text "
-                   "(default: the dataset's only text feature)")
+                   help="tfds:NAME[:SPLIT] (any TFDS dataset with a text feature), "
+                        "text:GLOB (local UTF-8 files), or the text of a labeled table: "
+                        "tsv:PATH, csv:PATH, jsonl:PATH")
+    p.add_argument("--text-feature", "--text-column", dest="text_feature",
+                   help="TFDS feature or table column holding the text (default: the "
+                        "dataset's only text feature; for tables text, sentence, content "
+                        "or review)")
     p.add_argument("--tfds-manual-dir", help="directory with a TFDS dataset's source files, "
                    "for offline use (default: $TFDS_MANUAL_DIR)")
     p.add_argument("--tfds-data-dir", help="where TFDS prepares datasets "
                    "(default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+
+
+def _add_labeled_args(p, required):
+    p.add_argument("--data", required=required,
+                   help="labeled data: tsv:PATH, csv:PATH (header row), jsonl:PATH, or "
+                        "tfds:NAME[:SPLIT] (e.g. tfds:glue/sst2)")
+    p.add_argument("--text-column", help="field holding the text (default: text, sentence, "
+                   "content or review)")
+    p.add_argument("--label-column", help="field holding the label (default label)")
+    p.add_argument("--tfds-manual-dir", help="directory with a TFDS dataset's source files, "
+                   "for offline use (default: $TFDS_MANUAL_DIR)")
+    p.add_argument("--tfds-data-dir", help="where TFDS prepares datasets")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,12 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfllm", description="Train and use transformer language models in TensorFlow.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    t = sub.add_parser("train", help="train a GPT-style causal LM into a run directory",
-                       description="Train a causal LM with model.fit under tf.distribute. "
-                                   "Writes config, tokenizer, checkpoints, metrics.jsonl, "
-                                   "TensorBoard logs and model.keras to --out.")
+    t = sub.add_parser("train", help="pretrain a language model into a run directory",
+                       description="Pretrain a GPT-style causal LM (--objective clm) or a "
+                                   "BERT-style encoder with masked-LM (--objective mlm) with "
+                                   "model.fit under tf.distribute. Writes config, tokenizer, "
+                                   "checkpoints, metrics.jsonl, TensorBoard logs and "
+                                   "model.keras to --out.")
+    t.add_argument("--objective", choices=("clm", "mlm"), default=None,
+                   help="clm: next-token prediction (default); mlm: BERT's masked LM "
+                        "(15%% of tokens, 80/10/10 replacement) on an encoder preset")
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="model preset (default shakespeare-char; on --resume the run's own)")
+                   help="model preset (default shakespeare-char for clm, bert-mini for mlm; "
+                        "on --resume the run's own)")
     _add_data_args(t, required=False)
     t.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     t.add_argument("--steps", type=_positive_int, help="optimizer steps (default 2000)")
@@ -85,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float, help="override the preset's dropout")
     t.add_argument("--vocab-size", type=_positive_int,
                    help="override the preset's vocabulary size (bpe/unigram tokenizers)")
+    t.add_argument("--max-len", type=_positive_int,
+                   help="override the preset's context length")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last saved interval")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -119,11 +142,63 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--out", required=True, help="run directory to write, e.g. runs/gpt2")
     h.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    e = sub.add_parser("evaluate", help="validation loss and perplexity of a run",
-                       description="Print validation loss and perplexity; the last line is "
-                                   "one JSON object of the metrics.")
+    f = sub.add_parser("finetune", help="fine-tune a pretrained run into a classifier",
+                       description="Fine-tune a pretrained run (masked-LM encoder or causal "
+                                   "LM) on labeled text with model.fit, or train the same "
+                                   "classifier from scratch as a baseline. A seeded 10%% of "
+                                   "a file's rows is held out for validation; the model kept "
+                                   "is the one with the best validation accuracy.")
+    f.add_argument("--run", help="pretrained run directory (tfllm train --objective mlm|clm)")
+    f.add_argument("--from-scratch", action="store_true",
+                   help="no pretraining: train tokenizer and model on the labeled data")
+    f.add_argument("--preset", choices=sorted(PRESETS), default="bert-mini",
+                   help="model preset with --from-scratch (default bert-mini)")
+    f.add_argument("--task", choices=("classify",), default="classify",
+                   help="what to fine-tune for (default classify)")
+    _add_labeled_args(f, required=True)
+    f.add_argument("--out", required=True, help="classifier run directory, e.g. runs/NAME")
+    f.add_argument("--epochs", type=_positive_int, help="passes over the data (default 3)")
+    f.add_argument("--batch-size", type=_positive_int, help="rows per step (default 32)")
+    f.add_argument("--lr", type=_positive_float, help="peak learning rate of the head "
+                   "(default 5e-4)")
+    f.add_argument("--backbone-lr-ratio", type=_positive_float,
+                   help="backbone learning rate / head learning rate for a pretrained "
+                        "backbone (default 0.5)")
+    f.add_argument("--warmup-ratio", type=float, help="fraction of steps warming up (default 0.1)")
+    f.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    f.add_argument("--dropout", type=float, help="dropout (default: the backbone's own)")
+    f.add_argument("--eval-interval", type=_positive_int,
+                   help="steps between validations (default: an epoch, at most 500)")
+    f.add_argument("--patience", type=_positive_int,
+                   help="validations without improvement before stopping (default 3)")
+    f.add_argument("--max-len", type=_positive_int,
+                   help="with --from-scratch: override the preset's context length")
+    f.add_argument("--seed", type=int, help="random seed (default 1337)")
+    f.add_argument("--no-jit", action="store_true", help="do not compile steps with XLA")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    c = sub.add_parser("classify", help="label texts with a classifier run",
+                       description="Print the predicted label and its probability for each "
+                                   "text: from --text (repeatable) or one per line of stdin. "
+                                   "--json prints one JSON object per text instead.")
+    c.add_argument("--run", required=True, help="classifier run directory")
+    c.add_argument("--text", action="append", help="text to classify (repeatable)")
+    c.add_argument("--json", action="store_true", help="one JSON object per line, with "
+                   "every class's probability")
+    c.add_argument("--weights", choices=("final", "best"), default="final")
+
+    e = sub.add_parser("evaluate", help="evaluate a run: LM loss/perplexity or classifier "
+                       "accuracy",
+                       description="Language model runs: validation loss and perplexity "
+                                   "(masked LMs: over masked tokens, plus their accuracy). "
+                                   "Classifier runs: accuracy, macro-F1, per-class "
+                                   "precision/recall and the confusion matrix on --data "
+                                   "(default: the run's held-out rows). The last line is one "
+                                   "JSON object of the metrics.")
     e.add_argument("--run", required=True, help="run directory")
     _add_data_args(e, required=False)
+    e.add_argument("--label-column", help="classifier runs: the label field (default: the "
+                   "run's own, else label)")
     e.add_argument("--batch-size", type=_positive_int, help="default: the run's batch size")
     e.add_argument("--eval-steps", type=_positive_int, help="max batches (default: all)")
     e.add_argument("--weights", choices=("final", "best"), default="final",
@@ -149,31 +224,91 @@ def _train(args):
         changes["eval_interval"] = changes["steps"]
     import dataclasses
     settings = dataclasses.replace(base, **changes)
-    preset = args.preset or (stored["preset"] if stored else "shakespeare-char")
+    objective = args.objective or (stored.get("objective", "clm") if stored else "clm")
+    preset = args.preset or (stored["preset"] if stored else
+                             "bert-mini" if objective == "mlm" else "shakespeare-char")
     data = args.data or (stored["data"]["spec"] if stored else None)
     if data is None:
         raise TfllmError("--data is required (tfds:NAME[:SPLIT] or text:GLOB)")
     text_feature = args.text_feature or (stored["data"].get("text_feature") if stored else None)
-    overrides = {"dropout": args.dropout, "vocab_size": args.vocab_size}
+    overrides = {"dropout": args.dropout, "vocab_size": args.vocab_size,
+                 "max_len": args.max_len}
     if stored:
-        overrides = {**{k: stored["model"][k] for k in ("dropout",)},
+        overrides = {**{k: stored["model"][k] for k in ("dropout", "max_len")},
                      **{k: v for k, v in overrides.items() if v is not None}}
     record = train(args.out, data, preset, settings, overrides, text_feature,
                    args.tfds_manual_dir, args.tfds_data_dir, args.resume, args.overwrite,
-                   verbose=1 if sys.stdout.isatty() else 2)
+                   verbose=1 if sys.stdout.isatty() else 2, objective=objective)
     print(f"run directory: {args.out}")
     print(json.dumps(record))
 
 
 def _evaluate(args):
+    from tfllm import runs
     from tfllm.training import evaluate
 
+    if runs.read_run_config(args.run).get("objective") == "classify":
+        from tfllm.finetuning import evaluate_classifier, format_report
+
+        report = evaluate_classifier(args.run, args.data, args.text_feature, args.label_column,
+                                     args.weights, args.batch_size or 64,
+                                     args.tfds_manual_dir, args.tfds_data_dir)
+        print("\n".join(format_report(report)))
+        print(json.dumps(report))
+        return
     result = evaluate(args.run, args.data, args.batch_size, args.eval_steps, args.weights,
                       args.text_feature, args.tfds_manual_dir, args.tfds_data_dir)
     print(f"data: {result['data']}  tokens: {result['tokens']}")
     print(f"validation loss: {result['loss']:.4f}")
     print(f"perplexity: {result['perplexity']:.3f}")
+    if "accuracy" in result:
+        print(f"masked-token accuracy: {result['accuracy']:.4f}")
     print(json.dumps(result))
+
+
+def _finetune(args):
+    from tfllm.finetuning import FinetuneSettings, finetune
+
+    given = {k: getattr(args, k) for k in (
+        "epochs", "batch_size", "lr", "backbone_lr_ratio", "warmup_ratio", "weight_decay",
+        "dropout", "eval_interval", "patience", "seed")}
+    settings = FinetuneSettings(**{k: v for k, v in given.items() if v is not None},
+                                jit_compile=not args.no_jit)
+    if args.run is None and not args.from_scratch:
+        raise TfllmError("pass --run PRETRAINED (a tfllm train run) or --from-scratch")
+    if args.max_len and not args.from_scratch:
+        raise TfllmError("--max-len applies to --from-scratch only (a pretrained run keeps "
+                         "its context)")
+    result = finetune(args.out, args.data, args.run, args.task, args.from_scratch,
+                      args.preset, settings, args.text_column, args.label_column,
+                      {"max_len": args.max_len}, args.overwrite, args.tfds_manual_dir,
+                      args.tfds_data_dir, verbose=1 if sys.stdout.isatty() else 2)
+    if result.get("skipped_empty"):
+        print(f"skipped {result['skipped_empty']} row(s) with empty text")
+    print(f"run directory: {args.out}")
+    print(json.dumps(result))
+
+
+def _classify(args):
+    from tfllm.finetuning import load_classifier, predict_proba
+
+    texts = list(args.text or [])
+    if not texts and not sys.stdin.isatty():
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        raise TfllmError("no text: pass --text TEXT or pipe lines on stdin")
+    model, task = load_classifier(args.run, args.weights)
+    probs = predict_proba(model, task, texts)
+    names = task["class_names"]
+    for text, p in zip(texts, probs):
+        best = int(p.argmax())
+        if args.json:
+            print(json.dumps({"text": text, "label": names[best],
+                              "probability": round(float(p[best]), 4),
+                              "probabilities": {n: round(float(v), 4)
+                                                for n, v in zip(names, p)}}))
+        else:
+            print(f"{names[best]}\t{p[best]:.4f}\t{text}")
 
 
 def _read_prompts(args) -> list[str]:
@@ -251,8 +386,8 @@ def _import_hf(args):
           f"into {out}")
 
 
-COMMANDS = {"train": _train, "generate": _generate, "evaluate": _evaluate,
-            "import-hf": _import_hf}
+COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
+            "classify": _classify, "evaluate": _evaluate, "import-hf": _import_hf}
 
 
 def main(argv=None) -> int:

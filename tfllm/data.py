@@ -3,6 +3,9 @@
 A data spec names the source:
     tfds:NAME[:SPLIT]   any TFDS dataset with a text feature (offline via a manual dir)
     text:GLOB           local UTF-8 files; the last 10% of the text is the validation split
+    tsv:PATH | csv:PATH | jsonl:PATH
+                        the text column of a labeled table (see `tfllm.labeled`); each row
+                        is a document, a seeded 10% of the rows is the validation split
 """
 
 from __future__ import annotations
@@ -24,30 +27,33 @@ _SHUFFLE_BUFFER = 10_000
 class DataSpec:
     """A parsed `--data` value; `str(spec)` gives it back."""
 
-    kind: str  # "tfds" or "text"
+    kind: str  # "tfds", "text", or a labeled-table kind (tsv, csv, jsonl)
     name: str  # dataset name or glob
     split: str | None = None
 
     def __str__(self):
         if self.kind == "tfds":
             return f"tfds:{self.name}" + (f":{self.split}" if self.split else "")
-        return f"text:{self.name}"
+        return f"{self.kind}:{self.name}"
 
 
 def parse_data_spec(spec: str) -> DataSpec:
-    """Parse `tfds:NAME[:SPLIT]` or `text:GLOB`.
+    """Parse `tfds:NAME[:SPLIT]`, `text:GLOB`, or `tsv:|csv:|jsonl:PATH`.
 
     Example:
         >>> parse_data_spec("tfds:tiny_shakespeare").name
         'tiny_shakespeare'
     """
     kind, sep, rest = spec.partition(":")
-    if not sep or not rest or kind not in ("tfds", "text"):
-        raise DataError(f"bad data spec {spec!r}: use tfds:NAME[:SPLIT] or text:GLOB")
+    from tfllm.labeled import FILE_KINDS
+
+    if not sep or not rest or kind not in ("tfds", "text") + FILE_KINDS:
+        raise DataError(f"bad data spec {spec!r}: use tfds:NAME[:SPLIT], text:GLOB, "
+                        "tsv:PATH, csv:PATH or jsonl:PATH")
     if kind == "tfds":
         name, _, split = rest.partition(":")
         return DataSpec("tfds", name, split or None)
-    return DataSpec("text", rest)
+    return DataSpec(kind, rest)
 
 
 class Corpus:
@@ -55,7 +61,8 @@ class Corpus:
 
     Args:
         spec: a `DataSpec` or spec string.
-        text_feature: TFDS feature holding the text (default: the only text feature).
+        text_feature: TFDS feature or table column holding the text (default: the only
+            text feature; for tables the first of text, sentence, content, review).
         tfds_manual_dir: directory with manually downloaded files (default: $TFDS_MANUAL_DIR).
         tfds_data_dir: where TFDS prepares datasets (default: $TFDS_DATA_DIR or TFDS's own).
 
@@ -71,8 +78,21 @@ class Corpus:
         self.tfds_data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or None
         if self.spec.kind == "tfds":
             self._init_tfds()
-        else:
+        elif self.spec.kind == "text":
             self._init_text()
+        else:
+            self._init_table()
+
+    # -- labeled tables (their text only) --------------------------------------------------
+    def _init_table(self):
+        from tfllm.labeled import LabeledData
+
+        table = LabeledData(str(self.spec), self.text_feature, require_labels=False)
+        self.text_feature = table.text_column
+        self._train = [t for t, _ in table.train]
+        self._val = [t for t, _ in table.val]
+        if not self._val:
+            raise DataError(f"{self.spec} has too few rows to hold some out for validation")
 
     # -- local files -------------------------------------------------------------------
     def _init_text(self):
@@ -153,12 +173,16 @@ class Corpus:
     def train_texts(self) -> tf.data.Dataset:
         if self.spec.kind == "tfds":
             return self._tfds_texts(self.train_split)
-        return tf.data.Dataset.from_tensors(self._train)
+        if self.spec.kind == "text":
+            return tf.data.Dataset.from_tensors(self._train)
+        return tf.data.Dataset.from_tensor_slices(tf.constant(self._train, tf.string))
 
     def val_texts(self) -> tf.data.Dataset:
         if self.spec.kind == "tfds":
             return self._tfds_texts(self.val_split)
-        return tf.data.Dataset.from_tensors(self._val)
+        if self.spec.kind == "text":
+            return tf.data.Dataset.from_tensors(self._val)
+        return tf.data.Dataset.from_tensor_slices(tf.constant(self._val, tf.string))
 
     def sample_texts(self, max_chars: int = 50_000_000) -> Iterator[str]:
         """Training texts as Python strings, up to `max_chars` (for tokenizer training)."""
@@ -175,6 +199,8 @@ class Corpus:
         if self.spec.kind == "tfds":
             out.update(text_feature=self.text_feature, train_split=self.train_split,
                        val_split=self.val_split)
+        elif self.spec.kind != "text":
+            out.update(text_feature=self.text_feature)
         return out
 
 
@@ -240,3 +266,67 @@ def make_lm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size:
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.deterministic = True
     return ds.with_options(options)
+
+
+MLM_SELECTION_RATE = 0.15
+
+
+def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size: int,
+                     training: bool, seed: int = 0) -> tf.data.Dataset:
+    """Masked-LM batches: `({token_ids, padding_mask, mask_positions}, mask_ids, mask_weights)`.
+
+    Documents are packed (EOS between them, as RoBERTa does) into windows of seq_len - 1
+    tokens behind a `[CLS]`-style BOS. BERT's masking: 15% of the tokens are selected
+    (never BOS or padding), 80% of those become `<mask>`, 10% a random token, 10% stay.
+    Validation masks are drawn once and cached, so every evaluation scores the same task.
+
+    Args:
+        texts: dataset of scalar strings.
+        tokenizer: a `SentencePieceTokenizer` trained with `mask_token=True`.
+        seq_len: model context length.
+        batch_size: global batch size.
+        training: repeat, offset and shuffle when True.
+        seed: seed for offsets, shuffling and masking.
+    """
+    import keras_hub
+
+    if tokenizer.mask_id is None:
+        raise DataError("masked-LM data needs a tokenizer with a <mask> token "
+                        "(SentencePieceTokenizer.train(..., mask_token=True))")
+    if seq_len < 4:
+        raise DataError(f"masked-LM windows need a context of at least 4 tokens, got {seq_len}")
+    bos = tf.constant([tokenizer.bos_id], tf.int32)
+
+    def add_cls(window):
+        return tf.concat([bos, window[:-1]], axis=0)  # (seq_len,)
+
+    # lm_windows yields seq_len - 1 + 1 tokens; the spare last one is dropped in add_cls.
+    if training:
+        def one_pass(epoch):
+            offset = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), epoch]),
+                                                 maxval=seq_len, dtype=tf.int64)
+            return lm_windows(texts, tokenizer, seq_len - 1, offset)
+
+        ds = tf.data.Dataset.range(1 << 62).flat_map(one_pass).map(add_cls)
+        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed).batch(batch_size, drop_remainder=True)
+    else:
+        ds = lm_windows(texts, tokenizer, seq_len - 1).map(add_cls).batch(batch_size)
+    masker = keras_hub.layers.MaskedLMMaskGenerator(
+        vocabulary_size=tokenizer.vocab_size, mask_selection_rate=MLM_SELECTION_RATE,
+        mask_token_id=tokenizer.mask_id,
+        # Room for the binomial tail above 15% so few selections are cut off.
+        mask_selection_length=max(1, int(seq_len * MLM_SELECTION_RATE * 1.5 + 0.5)),
+        unselectable_token_ids=[tokenizer.pad_id, tokenizer.bos_id])
+
+    def mask(ids):
+        out = masker(ids)
+        x = {"token_ids": out["token_ids"], "padding_mask": tf.ones_like(ids, tf.bool),
+             "mask_positions": out["mask_positions"]}
+        return x, out["mask_ids"], out["mask_weights"]
+
+    ds = ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE)
+    if not training:
+        ds = ds.cache()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

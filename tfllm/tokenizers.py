@@ -18,6 +18,8 @@ import tensorflow_text as tf_text
 from tfllm.errors import TokenizerError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# Masked-LM pretraining's mask: a control symbol, so no text ever tokenizes to it.
+MASK_PIECE = "<mask>"
 # Character models take every character of the corpus; this only caps the search.
 _CHAR_VOCAB_CAP = 100_000
 
@@ -47,7 +49,8 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], model_type: str = "char", vocab_size: int | None = None,
-              max_sentences: int = 2_000_000) -> "SentencePieceTokenizer":
+              max_sentences: int = 2_000_000, mask_token: bool = False
+              ) -> "SentencePieceTokenizer":
         """Train on an iterable of texts (split into lines internally).
 
         Args:
@@ -55,6 +58,7 @@ class SentencePieceTokenizer:
             model_type: "char", "bpe" or "unigram".
             vocab_size: required for bpe/unigram; ignored for char (the corpus decides).
             max_sentences: lines sampled for training on large corpora.
+            mask_token: reserve `<mask>` (id `mask_id`) for masked-LM pretraining.
         """
         if model_type not in ("char", "bpe", "unigram"):
             raise TokenizerError(f"unknown model_type {model_type!r}; use char, bpe or unigram")
@@ -79,6 +83,7 @@ class SentencePieceTokenizer:
                 allow_whitespace_only_pieces=True,
                 # Training reads line by line, so a newline would never be seen otherwise.
                 user_defined_symbols=["\n"],
+                control_symbols=[MASK_PIECE] if mask_token else [],
                 pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 character_coverage=1.0, byte_fallback=model_type != "char",
                 input_sentence_size=max_sentences, shuffle_input_sentence=True,
@@ -86,9 +91,10 @@ class SentencePieceTokenizer:
         except RuntimeError as e:
             msg = str(e).splitlines()[-1] if str(e) else repr(e)
             if "Vocabulary size" in msg or "vocab_size" in msg:
+                fix = "larger" if "smaller than required" in msg else "smaller"
                 raise TokenizerError(
                     f"cannot train a {model_type} tokenizer with vocab_size={vocab_size} on "
-                    f"this corpus ({msg}); use a smaller --vocab-size") from e
+                    f"this corpus ({msg}); use a {fix} --vocab-size") from e
             raise TokenizerError(f"SentencePiece training failed: {msg}") from e
         if not model.getvalue():
             raise TokenizerError("SentencePiece training produced no model: is the corpus empty?")
@@ -111,6 +117,12 @@ class SentencePieceTokenizer:
         return self._sp.get_piece_size()
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    @property
+    def mask_id(self) -> int | None:
+        """Id of `<mask>`, or None when the tokenizer was trained without one."""
+        i = self._sp.piece_to_id(MASK_PIECE)
+        return None if i == self._sp.unk_id() else i
 
     @property
     def tf_tokenizer(self):

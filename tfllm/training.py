@@ -23,6 +23,7 @@ from tfllm.config import ConfigError, ModelConfig, get_preset
 from tfllm.errors import RunDirError, TfllmError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+OBJECTIVES = ("clm", "mlm")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
@@ -175,7 +176,8 @@ def set_precision(precision: str) -> None:
 class MetricsLogger(keras.callbacks.Callback):
     """Appends one JSON line per evaluation interval to metrics.jsonl.
 
-    Fields: step, loss, val_loss, perplexity, val_perplexity, lr, tokens_per_sec, elapsed_sec.
+    Fields: step, loss, val_loss, perplexity, val_perplexity, lr, tokens_per_sec, elapsed_sec,
+    and any other metric in the logs (e.g. accuracy, val_accuracy).
     """
 
     def __init__(self, path, steps_per_epoch, tokens_per_step):
@@ -204,6 +206,10 @@ class MetricsLogger(keras.callbacks.Callback):
             "tokens_per_sec": round(self.steps_per_epoch * self.tokens_per_step / elapsed, 1),
             "elapsed_sec": round(time.time() - self._start, 2),
         }
+        # Task metrics beyond the LM ones (a classifier's accuracy) are logged as well.
+        for key, value in logs.items():
+            if key not in record and key not in ("learning_rate",):
+                record[key] = _float(value)
         self.history.append(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -253,12 +259,13 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
           model_overrides: dict | None = None, text_feature: str | None = None,
           tfds_manual_dir: str | None = None, tfds_data_dir: str | None = None,
           resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
-          strategy=None) -> dict:
-    """Train a causal LM into the run directory `out`; returns the last metrics record.
+          strategy=None, objective: str = "clm") -> dict:
+    """Pretrain a language model into the run directory `out`; returns the last metrics record.
 
     Args:
         out: run directory to create (or continue with `resume=True`).
-        data: data spec, `tfds:NAME[:SPLIT]` or `text:GLOB`.
+        data: data spec, `tfds:NAME[:SPLIT]`, `text:GLOB` or a labeled table's text
+            (`tsv:PATH`, `csv:PATH`, `jsonl:PATH`).
         preset: a preset name from `tfllm.config.PRESETS`.
         settings: `TrainSettings` (defaults if None).
         model_overrides: ModelConfig fields to change from the preset (e.g. dropout).
@@ -267,20 +274,29 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         overwrite: replace an existing run directory.
         verbose: Keras fit verbosity.
         strategy: an existing `tf.distribute.Strategy` (else created from settings).
+        objective: "clm" (next-token prediction, causal presets) or "mlm" (BERT's masked
+            LM, bidirectional presets such as bert-mini).
 
     Example:
         >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
     """
-    from tfllm.data import Corpus, check_nonempty, make_lm_dataset
-    from tfllm.models import CausalLM
+    from tfllm.data import Corpus, check_nonempty, make_lm_dataset, make_mlm_dataset
+    from tfllm.models import CausalLM, MaskedLM
     from tfllm.tokenizers import SentencePieceTokenizer
 
     settings = settings or TrainSettings()
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     # Multi-worker strategies must exist before any other TF op runs.
     strategy = strategy or choose_strategy(settings.strategy, settings.tpu)
     prepare_run_dir(out, resume, overwrite)
 
     requested = build_model_config(preset, model_overrides)
+    if requested.causal != (objective == "clm"):
+        raise ConfigError(
+            f"preset {preset!r} is a {'causal decoder' if requested.causal else 'bidirectional encoder'}"
+            f"; --objective {objective} needs "
+            f"{'a causal preset (e.g. shakespeare-char)' if objective == 'clm' else 'an encoder preset (e.g. bert-mini)'}")
     if resume:
         stored = runs.read_run_config(out)
         stored_model = ModelConfig.from_dict(stored["model"])
@@ -289,6 +305,9 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
             raise RunDirError(f"{out} was written by another model config (preset "
                               f"{stored.get('preset')!r}); resume it with the same --preset "
                               "and model options, or train into a new --out")
+        if stored.get("objective", "clm") != objective:
+            raise RunDirError(f"{out} was trained with --objective {stored.get('objective')}, "
+                              f"not {objective}")
         if stored["data"]["spec"] != data:
             raise RunDirError(f"{out} was trained on {stored['data']['spec']!r}, not {data!r}")
     set_precision(settings.precision)
@@ -300,7 +319,8 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         tokenizer = SentencePieceTokenizer.load(tok_path)
     else:
         tokenizer = SentencePieceTokenizer.train(corpus.sample_texts(), requested.tokenizer,
-                                                 requested.vocab_size)
+                                                 requested.vocab_size,
+                                                 mask_token=objective == "mlm")
     model_config = requested.replace(vocab_size=tokenizer.vocab_size)
     seq_len = model_config.max_len
     check_nonempty(corpus.train_texts(), tokenizer, seq_len, "training")
@@ -311,16 +331,17 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         tokenizer.save(tok_path)
         runs.write_run_config(out, {
             "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
-            "training": dataclasses.asdict(settings), "objective": "clm",
+            "training": dataclasses.asdict(settings), "objective": objective,
             "tokenizer": runs.TOKENIZER,
         })
 
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
-    train_ds = make_lm_dataset(corpus.train_texts(), tokenizer, seq_len, global_batch,
-                               training=True, seed=settings.seed)
-    val_ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
-                             training=False)
+    make_dataset = make_lm_dataset if objective == "clm" else make_mlm_dataset
+    train_ds = make_dataset(corpus.train_texts(), tokenizer, seq_len, global_batch,
+                            training=True, seed=settings.seed)
+    val_ds = make_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
+                          training=False, seed=settings.seed)
     val_ds = val_ds.take(settings.eval_steps)
     spe = _steps_per_execution(settings.eval_interval)
     lockstep = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
@@ -336,7 +357,10 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         val_steps = None  # one exact pass over the held-out batches
 
     with strategy.scope():
-        model = CausalLM.from_model_config(model_config, name="causal_lm")
+        if objective == "clm":
+            model = CausalLM.from_model_config(model_config, name="causal_lm")
+        else:
+            model = MaskedLM.from_model_config(model_config, name="masked_lm")
         model.compile(learning_rate=settings.lr, warmup_steps=settings.warmup_steps,
                       total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
                       weight_decay=settings.weight_decay,
@@ -377,7 +401,10 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
 def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = None,
              eval_steps: int | None = None, weights: str = "final", text_feature=None,
              tfds_manual_dir=None, tfds_data_dir=None) -> dict:
-    """Validation loss and perplexity of a run's model.
+    """Validation loss and perplexity of a language model run (causal or masked).
+
+    A masked LM is scored on its masked tokens (a fixed draw of BERT's masking), and
+    also reports the accuracy of predicting them.
 
     Args:
         run_dir: a run directory.
@@ -387,12 +414,18 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
         weights: "final" or "best".
 
     Returns:
-        {"loss", "perplexity", "tokens", "data"}.
+        {"loss", "perplexity", "tokens", "data"} (+ "accuracy" for masked LMs).
     """
-    from tfllm.data import Corpus, check_nonempty, make_lm_dataset
+    from tfllm.data import Corpus, check_nonempty, make_lm_dataset, make_mlm_dataset
     from tfllm.models import Perplexity
 
     stored = runs.read_run_config(run_dir)
+    objective = stored.get("objective", "clm")
+    if objective not in OBJECTIVES:
+        raise TfllmError(f"{run_dir} is a {objective!r} run, not a language model")
+    # Fixed masks for every evaluation. Seeded first: reseeding later invalidates the
+    # tokenizer's kernel resources.
+    keras.utils.set_random_seed(0)
     model = runs.load(run_dir, weights=weights)
     tokenizer = model.tokenizer
     if data is None:
@@ -407,17 +440,28 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
     batch_size = batch_size or stored.get("training", {}).get("batch_size", 12)
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
-    ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size, training=False)
+    if objective == "clm":
+        ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size, training=False)
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True), metrics=[Perplexity()], jit_compile=True)
+    else:
+        ds = make_mlm_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size,
+                              training=False)
+        model.compile(optimizer="sgd", jit_compile=True)
     if eval_steps:
         ds = ds.take(eval_steps)
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True), metrics=[Perplexity()], jit_compile=True)
     with warnings.catch_warnings():
         # A finite evaluation set ends by running out of data, which Keras warns about.
         warnings.filterwarnings("ignore", message=".*ran out of data.*")
         results = model.evaluate(ds, verbose=0, return_dict=True)
-    tokens = sum(int(tf.size(y)) for _, y in ds)
+    if objective == "clm":
+        tokens = sum(int(tf.size(y)) for _, y in ds)
+    else:
+        tokens = int(sum(float(tf.reduce_sum(w)) for _, _, w in ds))
     # Perplexity accumulates over all tokens; loss is the same token-weighted mean.
-    return {"loss": round(math.log(float(results["perplexity"])), 6),
-            "perplexity": round(float(results["perplexity"]), 4),
-            "tokens": tokens, "data": data}
+    out = {"loss": round(math.log(float(results["perplexity"])), 6),
+           "perplexity": round(float(results["perplexity"]), 4),
+           "tokens": tokens, "data": data}
+    if objective == "mlm":
+        out["accuracy"] = round(float(results["accuracy"]), 4)
+    return out

@@ -66,6 +66,14 @@ class TransformerBackbone(keras.layers.Layer):
                    activation=config.activation, norm_first=config.norm_first,
                    layer_norm_epsilon=config.layer_norm_epsilon, **kwargs)
 
+    def to_model_config(self) -> ModelConfig:
+        """The `ModelConfig` of this backbone's architecture (tokenizer fields at defaults)."""
+        return ModelConfig(vocab_size=self.vocab_size, num_layers=self.num_layers,
+                           d_model=self.d_model, num_heads=self.num_heads, ffn_dim=self.ffn_dim,
+                           max_len=self.max_len, dropout=self.dropout, causal=self.causal,
+                           activation=self.activation, norm_first=self.norm_first,
+                           layer_norm_epsilon=self.layer_norm_epsilon)
+
     @property
     def head_dim(self):
         return self.d_model // self.num_heads

@@ -38,8 +38,65 @@ class Perplexity(keras.metrics.Metric):
         return ops.exp(self.total / ops.maximum(self.count, 1.0))
 
 
+class PretrainingRecipe:
+    """`compile()` with tfllm's pretraining recipe, for language-model task models.
+
+    A task model mixes this in before `keras.Model` and may override `_default_loss`
+    and `_default_metrics` (a dict of `compile()` metric arguments).
+    """
+
+    def _default_loss(self):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def _default_metrics(self):
+        return {"metrics": [Perplexity()]}
+
+    def compile(self, optimizer="default", loss="default", metrics="default",
+                learning_rate=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1,
+                weight_decay=0.1, beta_2=0.99, clipnorm=1.0, **kwargs):
+        """Compile with tfllm's defaults; any argument given explicitly wins.
+
+        Args:
+            optimizer: "default" for AdamW + warmup/cosine schedule, or any Keras optimizer.
+            loss: "default" for sparse cross-entropy from logits.
+            metrics: "default" for the task's metrics (`[Perplexity()]` for a causal LM).
+            learning_rate: peak learning rate after warmup.
+            warmup_steps: linear warmup steps from 0.
+            total_steps: steps at which the cosine decay reaches `min_lr_ratio * learning_rate`.
+            min_lr_ratio: final learning rate as a fraction of the peak.
+            weight_decay: decoupled weight decay on 2-D+ weights only.
+            beta_2: Adam's second-moment decay (0.99 suits small batches).
+            clipnorm: clip the global gradient norm (all weights together) to this; None disables.
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
+        """
+        recipe = dict(learning_rate=learning_rate, warmup_steps=warmup_steps,
+                      total_steps=total_steps, min_lr_ratio=min_lr_ratio,
+                      weight_decay=weight_decay, beta_2=beta_2, clipnorm=clipnorm)
+        # Only the all-defaults recipe can be rebuilt from these numbers on load.
+        self._recipe = recipe if optimizer == loss == metrics == "default" else None
+        if optimizer == "default":
+            optimizer = make_optimizer(self, learning_rate, warmup_steps, total_steps,
+                                       min_lr_ratio, weight_decay, beta_2, clipnorm)
+        if loss == "default":
+            loss = self._default_loss()
+        metric_args = self._default_metrics() if metrics == "default" else {"metrics": metrics}
+        super().compile(optimizer=optimizer, loss=loss, **metric_args, **kwargs)
+
+    def get_compile_config(self):
+        if getattr(self, "_recipe", None) is not None:
+            return {"tfllm_recipe": self._recipe}
+        return super().get_compile_config()
+
+    def compile_from_config(self, config):
+        if "tfllm_recipe" not in config:
+            return super().compile_from_config(config)
+        self.compile(**config["tfllm_recipe"])
+        # Built now so the saved optimizer state (moments, iterations) loads into it.
+        self.optimizer.build(self.trainable_variables)
+
+
 @keras.saving.register_keras_serializable(package="tfllm")
-class CausalLM(keras.Model):
+class CausalLM(PretrainingRecipe, keras.Model):
     """Causal LM: `model(token_ids)` (batch, seq) -> logits (batch, seq, vocab), float32.
 
     The output projection is the transposed token embedding (tied weights).
@@ -72,11 +129,7 @@ class CausalLM(keras.Model):
 
     @property
     def config(self) -> ModelConfig:
-        b = self.backbone
-        return ModelConfig(vocab_size=b.vocab_size, num_layers=b.num_layers, d_model=b.d_model,
-                           num_heads=b.num_heads, ffn_dim=b.ffn_dim, max_len=b.max_len,
-                           dropout=b.dropout, causal=True, activation=b.activation,
-                           norm_first=b.norm_first, layer_norm_epsilon=b.layer_norm_epsilon)
+        return self.backbone.to_model_config()
 
     def build(self, input_shape=None):
         if not self.backbone.built:  # a deserialized backbone arrives built
@@ -122,50 +175,6 @@ class CausalLM(keras.Model):
         return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                         stop_at_end, return_ids, truncate)
 
-    def compile(self, optimizer="default", loss="default", metrics="default",
-                learning_rate=1e-3, warmup_steps=100, total_steps=2000, min_lr_ratio=0.1,
-                weight_decay=0.1, beta_2=0.99, clipnorm=1.0, **kwargs):
-        """Compile with tfllm's defaults; any argument given explicitly wins.
-
-        Args:
-            optimizer: "default" for AdamW + warmup/cosine schedule, or any Keras optimizer.
-            loss: "default" for sparse cross-entropy from logits.
-            metrics: "default" for `[Perplexity()]`.
-            learning_rate: peak learning rate after warmup.
-            warmup_steps: linear warmup steps from 0.
-            total_steps: steps at which the cosine decay reaches `min_lr_ratio * learning_rate`.
-            min_lr_ratio: final learning rate as a fraction of the peak.
-            weight_decay: decoupled weight decay on 2-D+ weights only.
-            beta_2: Adam's second-moment decay (0.99 suits small batches).
-            clipnorm: clip the global gradient norm (all weights together) to this; None disables.
-            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`, `steps_per_execution`).
-        """
-        recipe = dict(learning_rate=learning_rate, warmup_steps=warmup_steps,
-                      total_steps=total_steps, min_lr_ratio=min_lr_ratio,
-                      weight_decay=weight_decay, beta_2=beta_2, clipnorm=clipnorm)
-        # Only the all-defaults recipe can be rebuilt from these numbers on load.
-        self._recipe = recipe if optimizer == loss == metrics == "default" else None
-        if optimizer == "default":
-            optimizer = make_optimizer(self, learning_rate, warmup_steps, total_steps,
-                                       min_lr_ratio, weight_decay, beta_2, clipnorm)
-        if loss == "default":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if metrics == "default":
-            metrics = [Perplexity()]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def get_compile_config(self):
-        if getattr(self, "_recipe", None) is not None:
-            return {"tfllm_recipe": self._recipe}
-        return super().get_compile_config()
-
-    def compile_from_config(self, config):
-        if "tfllm_recipe" not in config:
-            return super().compile_from_config(config)
-        self.compile(**config["tfllm_recipe"])
-        # Built now so the saved optimizer state (moments, iterations) loads into it.
-        self.optimizer.build(self.trainable_variables)
-
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),
                 "name": self.name}
@@ -194,6 +203,23 @@ class AdamW(keras.optimizers.AdamW):
     def __init__(self, global_clipnorm=None, **kwargs):
         super().__init__(**kwargs)
         self.aggregated_clipnorm = global_clipnorm
+        self._lr_multipliers = {}
+
+    def set_lr_multiplier(self, variables, multiplier):
+        """Train `variables` at `multiplier` times the scheduled learning rate.
+
+        Fine-tuning uses it to move a pretrained backbone more slowly than a new head.
+        Scaling gradients would not do: Adam's update is invariant to gradient scale.
+        Like `exclude_from_weight_decay`, this is not part of the saved config.
+        """
+        for v in variables:
+            self._lr_multipliers[self._var_key(v)] = float(multiplier)
+
+    def update_step(self, gradient, variable, learning_rate):
+        multiplier = self._lr_multipliers.get(self._var_key(variable), 1.0)
+        if multiplier != 1.0:
+            learning_rate = learning_rate * multiplier
+        return super().update_step(gradient, variable, learning_rate)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if self.aggregated_clipnorm is None or keras.backend.backend() != "tensorflow":

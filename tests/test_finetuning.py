@@ -1,0 +1,132 @@
+"""Classification fine-tuning: labeled data, MLM pretraining, the classifier, its CLI."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests.conftest import FAST_FINETUNE, TINY_ENCODER, labeled_rows, run_cli, write_tsv
+from tfllm.errors import DataError, RunDirError
+from tfllm.finetuning import (FinetuneSettings, classification_report, evaluate_classifier,
+                              finetune, load_classifier, predict_proba)
+from tfllm.labeled import LabeledData
+
+# -- labeled data ----------------------------------------------------------------------------
+
+def test_labeled_formats_agree(tmp_path):
+    rows = labeled_rows(20)
+    tsv = LabeledData(write_tsv(tmp_path / "a.tsv", rows))
+    (tmp_path / "a.csv").write_text("label,text\n" + "".join(f'{y},"{t}"\n' for t, y in rows))
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                                              for t, y in rows))
+    csv = LabeledData(f"csv:{tmp_path}/a.csv")
+    jsonl = LabeledData(f"jsonl:{tmp_path}/a.jsonl")
+    assert tsv.train == csv.train == jsonl.train
+    assert sorted(tsv.train + tsv.val) == sorted(rows)
+    assert len(tsv.val) == 2 and tsv.class_names() == ["neg", "pos"]
+
+
+def test_labeled_bad_input(tmp_path):
+    with pytest.raises(DataError, match="no label column 'label'.*--label-column"):
+        LabeledData(write_tsv(tmp_path / "a.tsv", labeled_rows(4), header="text\tstars"))
+    (tmp_path / "b.tsv").write_text("text\tlabel\ngood\tpos\nbad\t\nfine\tpos\n")
+    with pytest.raises(DataError, match="1 row.*empty 'label' label.*rows 2"):
+        LabeledData(f"tsv:{tmp_path}/b.tsv")
+    one = LabeledData(write_tsv(tmp_path / "c.tsv", [("good", "pos")] * 10))
+    with pytest.raises(DataError, match="single class"):
+        one.class_names()
+    skipped = LabeledData(write_tsv(tmp_path / "d.tsv",
+                                    labeled_rows(10) + [("", "pos"), ("  ", "neg")]))
+    assert skipped.skipped_empty == 2 and len(skipped.train) + len(skipped.val) == 10
+    with pytest.raises(DataError, match="no column 'body'"):
+        LabeledData(f"tsv:{tmp_path}/d.tsv", text_column="body")
+
+
+def test_classification_report_values():
+    report = classification_report([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], ["a", "b"])
+    assert report["accuracy"] == 0.6
+    assert report["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert report["per_class"]["b"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667,
+                                        "support": 3}
+    assert report["macro_f1"] == round((0.5 + 2 / 3) / 2, 4)
+
+
+# -- the classifier --------------------------------------------------------------------------
+
+def test_tiny_set_fitted_to_full_training_accuracy(tiny_classifier):
+    out, result = tiny_classifier
+    model, task = load_classifier(out)
+    rows = labeled_rows()
+    probs = predict_proba(model, task, [t for t, _ in rows])
+    predicted = [task["class_names"][i] for i in probs.argmax(1)]
+    assert predicted == [y for _, y in rows]
+    assert result["val_accuracy"] == 1.0
+
+
+def test_label_mapping_and_keras_round_trip(tiny_classifier, tmp_path):
+    out, _ = tiny_classifier
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["objective"] == "classify"
+    assert config["task"]["class_names"] == ["neg", "pos"]
+    model, task = load_classifier(out)
+    assert model.class_names == ["neg", "pos"]
+    path = str(tmp_path / "clf.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    assert again.class_names == ["neg", "pos"]
+    ids = np.array([[2, 5, 6, 7, 0, 0]], "int32")
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(again(ids)))
+
+
+def test_evaluate_unknown_labels_and_wrong_run(tiny_classifier, tmp_path, tiny_run):
+    out, _ = tiny_classifier
+    spec = write_tsv(tmp_path / "other.tsv", labeled_rows(6) + [("meh", "neutral")])
+    with pytest.raises(DataError, match="labels the model never saw: 'neutral'"):
+        evaluate_classifier(out, spec)
+    with pytest.raises(RunDirError, match="'classify' run"):
+        finetune(str(tmp_path / "x"), spec, run=out)
+    with pytest.raises(RunDirError, match="not a classifier run"):
+        load_classifier(tiny_run)
+
+
+def test_cli_evaluate_and_classify(tiny_classifier, labeled_tsv):
+    out, _ = tiny_classifier
+    proc = run_cli(["evaluate", "--run", out])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[1] == "accuracy: 1.0000" and "confusion matrix" in proc.stdout
+    metrics = json.loads(lines[-1])
+    assert metrics["accuracy"] == 1.0 and metrics["macro_f1"] == 1.0
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["rows"] == 6
+    proc = run_cli(["classify", "--run", out, "--text", "a superb and lovely film",
+                    "--text", "a dull and awful film"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = [line.split("\t") for line in proc.stdout.strip().splitlines()]
+    assert [g[0] for g in got] == ["pos", "neg"] and all(float(g[1]) > 0.5 for g in got)
+    bad = run_cli(["finetune", "--data", labeled_tsv, "--out", out + "-x"])
+    assert bad.returncode == 2 and "--from-scratch" in bad.stderr
+
+
+@pytest.mark.slow
+def test_mlm_pretraining_then_finetune(tmp_path, labeled_tsv, tiny_run):
+    from tfllm.training import TrainSettings, evaluate, read_metrics, train
+
+    mlm = str(tmp_path / "mlm")
+    train(mlm, labeled_tsv, "bert-mini",
+          TrainSettings(steps=120, batch_size=8, eval_interval=60, eval_steps=2,
+                        warmup_steps=10, lr=3e-3),
+          model_overrides=dict(TINY_ENCODER, max_len=16), verbose=0, objective="mlm")
+    records = read_metrics(mlm)
+    assert records[-1]["loss"] < records[0]["loss"]
+    result = evaluate(mlm)
+    assert result["tokens"] > 0 and 0 <= result["accuracy"] <= 1
+    # The encoder's masked-LM run and the causal LM both fine-tune into classifiers.
+    for name, base in (("from-mlm", mlm), ("from-clm", tiny_run)):
+        out = str(tmp_path / name)
+        got = finetune(out, labeled_tsv, run=base, settings=FinetuneSettings(**FAST_FINETUNE),
+                       verbose=0)
+        assert got["val_accuracy"] == 1.0, (name, got)
+        task = json.load(open(os.path.join(out, "config.json")))["task"]
+        assert task["pooling"] == ("first" if base == mlm else "last")

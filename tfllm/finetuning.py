@@ -1,0 +1,466 @@
+"""Fine-tuning for classification: `tfllm finetune --task classify`, evaluation, prediction.
+
+A classifier run directory holds what a language model run does (config.json, the
+tokenizer, model.keras, best.weights.h5, metrics.jsonl, logs/) with `"objective":
+"classify"` and a `"task"` entry: class names, pooling, the padded sequence length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfllm import runs
+from tfllm.config import ConfigError
+from tfllm.errors import DataError, RunDirError, TfllmError
+
+TASKS = ("classify",)
+PRETRAINED_OBJECTIVES = ("clm", "mlm")
+_SEQ_MULTIPLE = 8
+
+
+@dataclasses.dataclass
+class FinetuneSettings:
+    """Settings of a classification fine-tuning run.
+
+    Args:
+        epochs: passes over the training rows (at most; early stopping may end sooner).
+        batch_size: rows per step.
+        lr: peak learning rate of the new head.
+        backbone_lr_ratio: the backbone's learning rate as a fraction of `lr` (pretrained
+            weights move less than the new head); 1.0 when training from scratch.
+        warmup_ratio: fraction of the steps spent warming up linearly.
+        weight_decay: AdamW decoupled weight decay (2-D+ weights).
+        dropout: dropout of the backbone and before the head (None: the backbone's own).
+        eval_interval: steps between validations (default: one epoch, at most 500).
+        patience: validations without a better accuracy before stopping early.
+        seed: seed of initialization, shuffling and dropout.
+        jit_compile: compile steps with XLA.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-4
+    backbone_lr_ratio: float = 0.5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    dropout: float | None = None
+    eval_interval: int | None = None
+    patience: int = 3
+    seed: int = 1337
+    jit_compile: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
+                                  f"got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
+        if not 0 < self.backbone_lr_ratio <= 10:
+            raise ConfigError(f"--backbone-lr-ratio must be in (0, 10], got "
+                              f"{self.backbone_lr_ratio!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if self.eval_interval is not None and self.eval_interval <= 0:
+            raise ConfigError(f"--eval-interval must be positive, got {self.eval_interval!r}")
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+def encode_texts(tokenizer, texts, seq_len, add_bos: bool, bos_id=None, pad_id=None):
+    """Strings (batch,) -> `{token_ids, padding_mask}` (batch, seq_len), in-graph.
+
+    Texts longer than the sequence are cut at its end; encoders get a `[CLS]`-style BOS
+    first. Evaluation, `classify` and the SavedModel all encode through here.
+
+    Args:
+        tokenizer: a tfllm tokenizer, or its `tf_tokenizer` (then pass bos_id, pad_id).
+    """
+    bos_id = tokenizer.bos_id if bos_id is None else bos_id
+    pad_id = tokenizer.pad_id if pad_id is None else pad_id
+    ids = tokenizer.tokenize(texts)
+    if not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(ids)
+    ids = tf.cast(ids, tf.int32)
+    if add_bos:
+        n = tf.shape(texts)[0]
+        ids = tf.concat([tf.fill([n, 1], tf.constant(bos_id, tf.int32)), ids], axis=1)
+    ids = ids[:, :seq_len]
+    token_ids = ids.to_tensor(pad_id, shape=tf.stack([tf.shape(texts)[0], seq_len]))
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    # (batch, seq_len)
+    return {"token_ids": token_ids, "padding_mask": tf.sequence_mask(lengths, seq_len)}
+
+
+def choose_seq_len(tokenizer, texts, max_len: int, add_bos: bool) -> int:
+    """The longest training text (+ BOS) rounded up to a multiple of 8, at most max_len."""
+    longest = max(len(tokenizer.encode(t)) for t in texts) + int(add_bos)
+    return min(max_len, -(-longest // _SEQ_MULTIPLE) * _SEQ_MULTIPLE)
+
+
+_BUCKET = 16
+
+
+def make_classification_dataset(tokenizer, texts, labels, seq_len, add_bos, batch_size,
+                                training, seed=0):
+    """`(inputs, label ids)` batches; training data is shuffled and repeats forever.
+
+    Rows are batched with others of similar length and padded to their bucket (multiples
+    of 16 tokens, then seq_len): short texts such as SST-2's phrases then cost a fraction
+    of full-length padding, and XLA sees only a few shapes.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
+                                             tf.constant(labels, tf.int32)))
+    if training:
+        ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True).repeat()
+    bos = tf.constant([tokenizer.bos_id], tf.int32)
+
+    def encode_one(text, label):
+        ids = tf.cast(tokenizer.tokenize(text), tf.int32)
+        if add_bos:
+            ids = tf.concat([bos, ids], axis=0)
+        ids = ids[:seq_len]
+        return ids, tf.ones_like(ids, tf.bool), label
+
+    ds = ds.map(encode_one, num_parallel_calls=tf.data.AUTOTUNE)
+    # A length < boundary goes to that bucket, padded to boundary - 1.
+    boundaries = sorted({*range(_BUCKET + 1, seq_len + 1, _BUCKET), seq_len + 1})
+    ds = ds.bucket_by_sequence_length(
+        lambda ids, mask, label: tf.shape(ids)[0], boundaries,
+        [batch_size] * (len(boundaries) + 1), padded_shapes=([None], [None], []),
+        padding_values=(tokenizer.pad_id, False, 0), pad_to_bucket_boundary=True,
+        drop_remainder=training)
+    ds = ds.map(lambda ids, mask, y: ({"token_ids": ids, "padding_mask": mask}, y))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def label_ids(labels, class_names) -> list[int]:
+    """Map label names to ids; DataError listing any label the model never saw."""
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({label for label in labels if label not in index})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:20])
+        raise DataError(f"labels the model never saw: {shown}"
+                        f"{' ...' if len(unknown) > 20 else ''}; it knows {class_names}")
+    return [index[label] for label in labels]
+
+
+# -- fine-tuning ------------------------------------------------------------------------
+
+class BestAccuracyCheckpoint(keras.callbacks.Callback):
+    """Save weights at the best validation accuracy; lower validation loss breaks ties.
+
+    Small validation sets hit the same accuracy many times; the first of those is
+    rarely the best model, so a plain `ModelCheckpoint` on accuracy keeps an early one.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if logs.get("val_accuracy") is None:
+            return
+        key = (float(logs["val_accuracy"]), -float(logs.get("val_loss", 0.0)))
+        if self.best is None or key > self.best:
+            self.best = key
+            self.model.save_weights(self.path)
+
+
+def _copy_tokenizer_files(src_run, out, spec):
+    files = [spec] if isinstance(spec, str) else [spec["vocabulary"], spec["merges"]]
+    for f in files:
+        shutil.copyfile(os.path.join(src_run, f), os.path.join(out, f))
+
+
+def finetune(out: str, data: str, run: str | None = None, task: str = "classify",
+             from_scratch: bool = False, preset: str = "bert-mini",
+             settings: FinetuneSettings | None = None, text_column=None, label_column=None,
+             model_overrides: dict | None = None, overwrite: bool = False,
+             tfds_manual_dir=None, tfds_data_dir=None, verbose="auto") -> dict:
+    """Fine-tune a pretrained run (or a fresh model) into a classifier run directory.
+
+    Args:
+        out: classifier run directory to write.
+        data: labeled data spec (`tsv:`, `csv:`, `jsonl:` PATH or `tfds:NAME[:SPLIT]`).
+        run: pretrained run directory (masked LM or causal LM); None with `from_scratch`.
+        task: "classify".
+        from_scratch: train the same classifier without pretraining (a baseline): the
+            tokenizer is trained on the labeled text and the backbone built from `preset`.
+        preset: model preset for `from_scratch`.
+        settings: `FinetuneSettings`.
+        text_column, label_column: fields of the labeled data.
+        model_overrides: ModelConfig fields to change from the preset (from scratch only).
+        overwrite: replace an existing `out`.
+
+    Returns:
+        the final validation metrics: {"val_accuracy", "val_loss", "step", ...}.
+
+    Example:
+        >>> finetune("runs/sst2", "tsv:train.tsv", run="runs/bert")  # doctest: +SKIP
+    """
+    from tfllm.labeled import LabeledData
+    from tfllm.models import SequenceClassifier, TransformerBackbone, make_optimizer
+    from tfllm.models.classifier import copy_backbone
+    from tfllm.tokenizers import SentencePieceTokenizer
+    from tfllm.training import (MetricsLogger, build_model_config, prepare_run_dir,
+                                read_metrics)
+
+    settings = settings or FinetuneSettings()
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if from_scratch == (run is not None):
+        raise ConfigError("pass either --run PRETRAINED or --from-scratch (not both)")
+    if run is not None:
+        stored = runs.read_run_config(run)
+        kind = stored.get("objective", "clm")
+        if kind not in PRETRAINED_OBJECTIVES:
+            raise RunDirError(f"{run} is a {kind!r} run; --task classify fine-tunes a "
+                              "pretrained language model (tfllm train --objective mlm|clm)")
+        if os.path.abspath(run) == os.path.abspath(out):
+            raise RunDirError("--out must differ from --run (the pretrained run is kept)")
+    prepare_run_dir(out, resume=False, overwrite=overwrite)
+    keras.utils.set_random_seed(settings.seed)
+
+    data_rows = LabeledData(data, text_column, label_column, require_labels=True,
+                            seed=settings.seed, tfds_manual_dir=tfds_manual_dir,
+                            tfds_data_dir=tfds_data_dir)
+    class_names = data_rows.class_names()
+    if not data_rows.val:
+        raise DataError(f"{data} has too few rows to hold some out for validation")
+    train_texts = [t for t, _ in data_rows.train]
+    train_y = label_ids([y for _, y in data_rows.train], class_names)
+    val_texts = [t for t, _ in data_rows.val]
+    val_y = label_ids([y for _, y in data_rows.val], class_names)
+
+    if run is not None:
+        pretrained = runs.load(run, weights="final")
+        tokenizer = pretrained.tokenizer
+        backbone = copy_backbone(pretrained.backbone, settings.dropout)
+        model_config = runs.model_config_of(run)
+        tokenizer_spec = stored.get("tokenizer", runs.TOKENIZER)
+        backbone_lr_ratio = settings.backbone_lr_ratio
+        del pretrained
+    else:
+        requested = build_model_config(preset, model_overrides)
+        if settings.dropout is not None:
+            requested = requested.replace(dropout=settings.dropout)
+        tokenizer = SentencePieceTokenizer.train(train_texts, requested.tokenizer,
+                                                 requested.vocab_size)
+        model_config = requested.replace(vocab_size=tokenizer.vocab_size)
+        backbone = TransformerBackbone.from_model_config(model_config, name="backbone")
+        tokenizer_spec = runs.TOKENIZER
+        backbone_lr_ratio = 1.0
+    model_config = model_config.replace(dropout=backbone.dropout)
+    add_bos = not backbone.causal
+    seq_len = choose_seq_len(tokenizer, train_texts, backbone.max_len, add_bos)
+
+    steps_per_epoch = max(1, len(train_texts) // settings.batch_size)
+    eval_interval = settings.eval_interval or min(steps_per_epoch, 500)
+    epochs = max(1, math.ceil(settings.epochs * steps_per_epoch / eval_interval))
+    total_steps = epochs * eval_interval
+    spe = math.gcd(eval_interval, 50)
+
+    os.makedirs(out, exist_ok=True)
+    if run is not None:
+        _copy_tokenizer_files(run, out, tokenizer_spec)
+    else:
+        tokenizer.save(os.path.join(out, runs.TOKENIZER))
+    head_dropout = settings.dropout if settings.dropout is not None else 0.1
+    task_info = {"type": "classify", "class_names": class_names, "seq_len": seq_len,
+                 "add_bos": add_bos, "pooling": "first" if add_bos else "last"}
+    runs.write_run_config(out, {
+        "model": model_config.to_dict(), "objective": "classify", "task": task_info,
+        "data": data_rows.describe(), "tokenizer": tokenizer_spec,
+        "pretrained": os.path.abspath(run) if run else None,
+        "preset": None if run else preset,
+        "finetune": {**dataclasses.asdict(settings), "backbone_lr_ratio": backbone_lr_ratio,
+                     "total_steps": total_steps, "eval_interval": eval_interval},
+    })
+
+    model = SequenceClassifier(backbone, class_names, pooling=task_info["pooling"],
+                               dropout=head_dropout, pad_id=tokenizer.pad_id, name="classifier")
+    optimizer = make_optimizer(model, settings.lr, int(settings.warmup_ratio * total_steps),
+                               total_steps, 0.0, settings.weight_decay, 0.999, 1.0)
+    if backbone_lr_ratio != 1.0:
+        optimizer.set_lr_multiplier(model.backbone.trainable_variables, backbone_lr_ratio)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy("accuracy")],
+                  jit_compile=settings.jit_compile, steps_per_execution=spe)
+
+    train_ds = make_classification_dataset(tokenizer, train_texts, train_y, seq_len, add_bos,
+                                           settings.batch_size, training=True,
+                                           seed=settings.seed)
+    val_ds = make_classification_dataset(tokenizer, val_texts, val_y, seq_len, add_bos,
+                                         settings.batch_size, training=False)
+    best_path = os.path.join(out, runs.BEST_WEIGHTS)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        BestAccuracyCheckpoint(best_path),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                      patience=settings.patience),
+        keras.callbacks.TensorBoard(os.path.join(out, runs.LOGS), update_freq="epoch",
+                                    write_graph=False),
+        MetricsLogger(os.path.join(out, runs.METRICS), eval_interval,
+                      settings.batch_size * seq_len),
+    ]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=eval_interval,
+                            validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+    losses = history.history.get("loss") or [float("nan")]
+    if not math.isfinite(losses[-1]):
+        raise TfllmError(f"fine-tuning diverged (loss is NaN); lower --lr (now {settings.lr})")
+    # The model kept is the one with the best validation accuracy (early stopping's choice).
+    if os.path.isfile(best_path):
+        model.load_weights(best_path)
+    model.save(os.path.join(out, runs.MODEL))
+    records = read_metrics(out)
+    best = max(records, key=lambda r: r.get("val_accuracy") or 0.0) if records else {}
+    return {"val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
+            "step": best.get("step"), "steps_run": records[-1]["step"] if records else 0,
+            "train_rows": len(train_texts), "val_rows": len(val_texts),
+            "skipped_empty": data_rows.skipped_empty, "seq_len": seq_len}
+
+
+# -- using a classifier -----------------------------------------------------------------
+
+def load_classifier(run_dir: str, weights: str = "final"):
+    """`(model, task_info)` of a classifier run (RunDirError for other runs)."""
+    stored = runs.read_run_config(run_dir)
+    if stored.get("objective") != "classify":
+        raise RunDirError(f"{run_dir} is not a classifier run (objective "
+                          f"{stored.get('objective', 'clm')!r}); fine-tune one with "
+                          "tfllm finetune --task classify")
+    return runs.load(run_dir, weights=weights), stored["task"]
+
+
+def predict_proba(model, task_info, texts, batch_size=64) -> np.ndarray:
+    """Class probabilities (n, num_classes) for a list of strings."""
+    if not texts:
+        return np.zeros((0, model.num_classes), np.float32)
+    seq_len = max(task_info["seq_len"],
+                  min(model.backbone.max_len,
+                      choose_seq_len(model.tokenizer, texts, model.backbone.max_len,
+                                     task_info["add_bos"])))
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(texts, tf.string)).batch(batch_size)
+    ds = ds.map(lambda t: encode_texts(model.tokenizer, t, seq_len, task_info["add_bos"]))
+    import warnings
+
+    with warnings.catch_warnings():
+        # A finite dataset ends by running out of data, which Keras warns about.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        logits = model.predict(ds, verbose=0)
+    return tf.nn.softmax(logits, axis=-1).numpy()
+
+
+def classification_report(y_true, y_pred, class_names) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    `confusion[i][j]` counts rows of true class i predicted as class j.
+    """
+    k = len(class_names)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    per_class, f1s = {}, []
+    for i, name in enumerate(class_names):
+        tp = confusion[i, i]
+        predicted, actual = confusion[:, i].sum(), confusion[i, :].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(float(precision), 4),
+                           "recall": round(float(recall), 4), "f1": round(float(f1), 4),
+                           "support": int(actual)}
+        f1s.append(f1)
+    total = confusion.sum()
+    return {"accuracy": round(float(np.trace(confusion) / total), 4) if total else 0.0,
+            "macro_f1": round(float(np.mean(f1s)), 4), "per_class": per_class,
+            "confusion_matrix": confusion.tolist(), "class_names": list(class_names),
+            "rows": int(total)}
+
+
+def evaluate_classifier(run_dir, data=None, text_column=None, label_column=None,
+                        weights="final", batch_size=64, tfds_manual_dir=None,
+                        tfds_data_dir=None) -> dict:
+    """Score a classifier run on labeled data.
+
+    Args:
+        run_dir: a classifier run directory.
+        data: labeled data spec; default (or the spec it was trained on) evaluates the
+            run's own held-out validation rows, another file is evaluated whole.
+        text_column, label_column: fields (default: those the run was trained with).
+        weights: "final" or "best".
+
+    Returns:
+        `classification_report(...)` plus "data" and "skipped_empty".
+    """
+    from tfllm.labeled import LabeledData
+
+    stored = runs.read_run_config(run_dir)
+    model, task_info = load_classifier(run_dir, weights)
+    trained = stored.get("data", {})
+    own = data is None or data == trained.get("spec")
+    data = data or trained.get("spec")
+    if own:
+        text_column = text_column or trained.get("text_column")
+        label_column = label_column or trained.get("label_column")
+    seed = stored.get("finetune", {}).get("seed", 0)
+    rows = LabeledData(data, text_column, label_column, require_labels=True,
+                       seed=seed if own else 0, tfds_manual_dir=tfds_manual_dir,
+                       tfds_data_dir=tfds_data_dir)
+    if own:
+        pairs = rows.val
+    elif data.startswith("tfds:") and data.count(":") < 2:
+        pairs = rows.val
+    elif data.startswith("tfds:"):
+        pairs = rows.train
+    else:
+        pairs = rows.all
+    y_true = label_ids([y for _, y in pairs], task_info["class_names"])
+    probs = predict_proba(model, task_info, [t for t, _ in pairs], batch_size)
+    report = classification_report(y_true, probs.argmax(axis=1), task_info["class_names"])
+    report.update(data=data, skipped_empty=rows.skipped_empty)
+    return report
+
+
+def format_report(report) -> list[str]:
+    """Human-readable lines of a `classification_report` (the CLI prints these)."""
+    names = report["class_names"]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"data: {report['data']}  rows: {report['rows']}"
+             + (f"  (skipped {report['skipped_empty']} with empty text)"
+                if report.get("skipped_empty") else ""),
+             f"accuracy: {report['accuracy']:.4f}",
+             f"macro-F1: {report['macro_f1']:.4f}",
+             "",
+             f"{'class':<{width}}  precision  recall  f1      support"]
+    for name in names:
+        c = report["per_class"][name]
+        lines.append(f"{name:<{width}}  {c['precision']:<9.4f}  {c['recall']:<6.4f}  "
+                     f"{c['f1']:<6.4f}  {c['support']}")
+    lines += ["", "confusion matrix (rows: true class, columns: predicted):",
+              " " * (width + 2) + "  ".join(f"{n:>{max(6, len(n))}}" for n in names)]
+    for name, row in zip(names, report["confusion_matrix"]):
+        lines.append(f"{name:<{width}}  " + "  ".join(
+            f"{v:>{max(6, len(n))}}" for v, n in zip(row, names)))
+    return lines
+
+
+__all__ = ["FinetuneSettings", "finetune", "load_classifier", "predict_proba",
+           "classification_report", "evaluate_classifier", "format_report", "encode_texts"]
