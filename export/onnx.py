@@ -1,11 +1,26 @@
-"""Export a run's forward pass (token ids -> logits) to ONNX, checked with onnxruntime.
+"""Export a run to ONNX, checked with onnxruntime: the forward pass and a cached decode step.
 
-    python -m export.onnx --run runs/NAME --out FILE.onnx [--opset 17]
+    python -m export.onnx --run runs/NAME --out FILE.onnx [--opset 17] [--no-decode]
 
-Input `token_ids` int32 [batch, seq] (dynamic), output `logits` float32 [batch, seq, vocab].
-The exporter runs the file in onnxruntime on a sample text and refuses to write it if the
-logits differ from Keras by more than 1e-4. The cached decode step is not exported: its
-cache write lowers to XLA's dynamic-update-slice, which tf2onnx cannot convert.
+FILE.onnx is the forward pass: input `token_ids` int32 [batch, seq] (dynamic), output
+`logits` float32 [batch, seq, vocab]. A classifier run (`tfllm finetune`) gives class
+`logits` [batch, classes] for ids encoded as `tfllm classify` does (BOS first for encoders,
+right-padded with the pad id, which the model masks out); softmax gives the probabilities.
+
+For a causal LM, FILE.decode.onnx is one step with the KV cache, usable for prefill
+(seq = prompt length) and decoding (seq = 1) alike:
+
+    inputs  token_ids int32 [batch, seq], cache_index int32 [] (slot of the first token),
+            kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, heads, max_len, head_dim]
+    outputs logits float32 [batch, seq, vocab],
+            new_kv_cache_k_<i>, new_kv_cache_v_<i> (the caches with this step written)
+
+Rows of a batch share positions (no per-row padding). The cache write is traced as a
+one-hot blend, not XLA's dynamic-update-slice, which tf2onnx cannot convert.
+`OnnxDecoder` drives that file like an app would (greedy generation).
+
+The exporter runs both files in onnxruntime and refuses to write them if logits differ
+from Keras by more than 1e-4 or greedy decoding differs from `CausalLM.generate`.
 """
 
 from __future__ import annotations
@@ -23,17 +38,51 @@ from tfllm import runs  # noqa: E402
 from tfllm.errors import TfllmError  # noqa: E402
 
 TOLERANCE = 1e-4
+SAMPLE = "ROMEO:\nWhat say you to this?"
 
 
 class OnnxExportError(TfllmError):
     """The ONNX conversion failed or disagrees with the Keras model."""
 
 
-def export_onnx(run_dir, out, opset=17, sample="ROMEO:\nWhat say you to this?"):
-    """Convert, verify with onnxruntime, write; returns a report."""
-    import onnxruntime as ort
+def decode_path(out):
+    """Where the decode step of `out` goes: FILE.onnx -> FILE.decode.onnx."""
+    stem = out[:-5] if out.endswith(".onnx") else out
+    return stem + ".decode.onnx"
+
+
+def _cache_names(num_layers, prefix=""):
+    return [f"{prefix}kv_cache_{kv}_{i}" for i in range(num_layers) for kv in ("k", "v")]
+
+
+def _convert(function, path, opset):
     import tf2onnx
 
+    try:
+        tf2onnx.convert.from_function(function, input_signature=function.input_signature,
+                                      opset=opset, output_path=path)
+    except Exception as e:  # tf2onnx raises many types
+        raise OnnxExportError(f"tf2onnx could not convert the model: {e}") from e
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True):
+    """Convert, verify with onnxruntime, write; returns a report.
+
+    Args:
+        run_dir: a run directory (causal LM or classifier).
+        out: the forward-pass .onnx file.
+        opset: ONNX opset.
+        sample: text whose tokens the check runs.
+        decode: also write the cached decode step (causal LMs) to `decode_path(out)`.
+    """
     model = runs.load(run_dir)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
@@ -42,24 +91,152 @@ def export_onnx(run_dir, out, opset=17, sample="ROMEO:\nWhat say you to this?"):
 
     tmp = out + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    try:
-        tf2onnx.convert.from_function(forward, input_signature=forward.input_signature,
-                                      opset=opset, output_path=tmp)
-    except Exception as e:  # tf2onnx raises many types
-        raise OnnxExportError(f"tf2onnx could not convert the model: {e}") from e
+    _convert(forward, tmp, opset)
+    config = runs.read_run_config(run_dir)
+    classifier = config.get("objective") == "classify"
     ids = model.tokenizer.encode(sample)[: model.backbone.max_len] or [model.tokenizer.bos_id]
-    batch = np.array([ids, ids[::-1]], np.int32)
-    session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-    got = session.run(None, {"token_ids": batch})[0]
-    diff = float(np.abs(got - model(batch).numpy()).max())
+    if classifier:
+        from tfllm.finetuning import encode_texts
+
+        # Rows as the classifier sees them: BOS first (encoders), right-padded with pad_id.
+        task = config["task"]
+        batch = encode_texts(model.tokenizer, tf.constant([sample, "x"]), task["seq_len"],
+                             task["add_bos"])["token_ids"].numpy()
+    else:
+        batch = np.array([ids, ids[::-1]], np.int32)
+    got = _session(tmp).run(None, {"token_ids": batch})[0]
+    expected = model(batch).numpy()
+    diff = float(np.abs(got - expected).max())
     if not np.isfinite(got).all() or diff > TOLERANCE:
         os.remove(tmp)
         raise OnnxExportError(f"onnxruntime logits differ from Keras by {diff} "
                               f"(tolerance {TOLERANCE})")
-    agree = float(np.mean(got.argmax(-1) == model(batch).numpy().argmax(-1)))
+    agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
+    report = {"path": out, "max_logit_diff": diff, "next_token_agreement": agree,
+              "classifier": classifier}
+    if decode and model.backbone.causal and not classifier:
+        try:
+            report["decode"] = export_decode_step(model, decode_path(out), opset, ids)
+        except TfllmError:
+            os.remove(tmp)  # nothing half-written: both files or neither
+            raise
+    os.replace(tmp, out)
+    report["bytes"] = os.path.getsize(out)
+    return report
+
+
+def decode_function(model):
+    """The cached step of a causal LM as a tf.function with ONNX-friendly ops."""
+    from tfllm.layers import cache_write_mode
+
+    bb = model.backbone
+    cache = tf.TensorSpec([None, bb.num_heads, bb.max_len, bb.head_dim], tf.float32)
+    names = _cache_names(bb.num_layers)
+    spec = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+            tf.TensorSpec([], tf.int32, name="cache_index")]
+    spec += [tf.TensorSpec(cache.shape, cache.dtype, name=n) for n in names]
+
+    @tf.function(input_signature=spec)
+    def step(token_ids, cache_index, *flat):
+        caches = [(flat[2 * i], flat[2 * i + 1]) for i in range(bb.num_layers)]
+        with cache_write_mode("one_hot"):
+            logits, caches = model.call_with_cache(token_ids, caches, cache_index)
+        out = {"logits": logits}
+        for i, (k, v) in enumerate(caches):
+            out[f"new_kv_cache_k_{i}"], out[f"new_kv_cache_v_{i}"] = k, v
+        return out
+
+    return step
+
+
+class OnnxDecoder:
+    """Greedy generation over a `.decode.onnx` file with onnxruntime, as an app runs it.
+
+    Args:
+        path: the decode-step file.
+
+    Example:
+        >>> OnnxDecoder("models/demo.decode.onnx").generate([5, 6, 7], 20)  # doctest: +SKIP
+    """
+
+    def __init__(self, path):
+        self.session = _session(path)
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.cache_names = [n for n in inputs if n.startswith("kv_cache_")]
+        self.cache_shape = list(inputs[self.cache_names[0]].shape)
+        self.max_len = int(self.cache_shape[2])
+        self.outputs = ["logits"] + ["new_" + n for n in self.cache_names]
+
+    def empty_cache(self, batch=1):
+        shape = [batch] + [int(d) for d in self.cache_shape[1:]]
+        return {n: np.zeros(shape, np.float32) for n in self.cache_names}
+
+    def step(self, token_ids, cache_index, cache):
+        """Logits (batch, seq, vocab) for `token_ids` written at `cache_index`, new cache."""
+        out = self.session.run(self.outputs, {
+            "token_ids": np.asarray(token_ids, np.int32),
+            "cache_index": np.array(cache_index, np.int32), **cache})
+        return out[0], dict(zip(self.cache_names, out[1:]))
+
+    def generate(self, prompt_ids, max_new_tokens, end_token_id=None):
+        """Greedy continuation of `prompt_ids` (the new token ids only)."""
+        if not prompt_ids:
+            raise OnnxExportError("empty prompt: start from BOS")
+        if len(prompt_ids) + max_new_tokens > self.max_len:
+            raise OnnxExportError(f"prompt + max_new_tokens exceed the context of "
+                                  f"{self.max_len}")
+        logits, cache = self.step([list(prompt_ids)], 0, self.empty_cache())
+        pos, out = len(prompt_ids), []
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[0, -1]))
+            if token == end_token_id:
+                break
+            out.append(token)
+            if len(out) == max_new_tokens:
+                break
+            logits, cache = self.step([[token]], pos, cache)
+            pos += 1
+        return out
+
+
+def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
+    """Write and verify the decode step of a causal LM; returns a report.
+
+    Checked in onnxruntime: a prefill of `ids` and then token-by-token steps give the
+    Keras full-forward logits (within 1e-4), and greedy generation equals
+    `CausalLM.generate`.
+    """
+    tok = model.tokenizer
+    ids = list(ids or tok.encode(SAMPLE) or [tok.bos_id])[: model.backbone.max_len - 1]
+    tmp = out + ".tmp"
+    _convert(decode_function(model), tmp, opset)
+    try:
+        runner = OnnxDecoder(tmp)
+        full = model(np.array([ids], np.int32))[0].numpy()
+        half = max(1, len(ids) // 2)
+        logits, cache = runner.step([ids[:half]], 0, runner.empty_cache())
+        steps = [logits[0]]
+        for t in range(half, len(ids)):
+            logits, cache = runner.step([[ids[t]]], t, cache)
+            steps.append(logits[0])
+        got = np.concatenate(steps)
+        diff = float(np.abs(got - full).max()) if np.isfinite(got).all() else float("inf")
+        if diff > TOLERANCE:
+            raise OnnxExportError(f"the ONNX decode step's logits differ from Keras by {diff} "
+                                  f"(tolerance {TOLERANCE})")
+        prompt = ids[:half]
+        n = min(new_tokens, runner.max_len - len(prompt))
+        expected = model.generate([prompt], max_new_tokens=n, return_ids=True)[1][0]
+        generated = runner.generate(prompt, n, end_token_id=tok.eos_id)
+        if generated != expected:
+            raise OnnxExportError(f"ONNX greedy tokens differ from CausalLM.generate: "
+                                  f"{generated} != {expected}")
+    except TfllmError:
+        os.remove(tmp)
+        raise
     os.replace(tmp, out)
     return {"path": out, "bytes": os.path.getsize(out), "max_logit_diff": diff,
-            "next_token_agreement": agree}
+            "greedy_tokens_equal": len(expected)}
 
 
 def main(argv=None):
@@ -68,15 +245,23 @@ def main(argv=None):
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="write only the forward pass, not FILE.decode.onnx")
     args = parser.parse_args(argv)
     try:
-        report = export_onnx(args.run, args.out, args.opset)
+        report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode)
     except TfllmError as e:
         print(f"export.onnx: error: {e}", file=sys.stderr)
         return 2
     print(f"ONNX model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
+    what = "label agreement" if report["classifier"] else "next-token agreement"
     print(f"onnxruntime vs Keras: largest logit difference {report['max_logit_diff']:.2e}, "
-          f"next-token agreement {report['next_token_agreement']:.0%}")
+          f"{what} {report['next_token_agreement']:.0%}")
+    if "decode" in report:
+        d = report["decode"]
+        print(f"decode step written to {d['path']} ({d['bytes'] / 1e6:.2f} MB): prefill + "
+              f"cached steps within {d['max_logit_diff']:.2e} of Keras, greedy decoding "
+              f"equals CausalLM.generate ({d['greedy_tokens_equal']} tokens)")
     return 0
 
 

@@ -67,3 +67,25 @@ def test_tflite_classifier_modes(tiny_classifier, keras_labels, tmp_path, mode):
         dtypes = [np.dtype(d["dtype"]).name
                   for d in Interpreter(model_path=path).get_tensor_details()]
         assert dtypes.count("int8") >= 10 * dtypes.count("float32"), dtypes
+
+
+def test_onnx_classifier(tiny_classifier, keras_labels, tmp_path):
+    import onnxruntime as ort
+
+    from export.tflite import _encode_one
+
+    path = str(tmp_path / "clf.onnx")
+    proc = subprocess.run([sys.executable, "-m", "export.onnx", "--run", tiny_classifier[0],
+                           "--out", path], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "label agreement 100%" in proc.stdout and "decode step" not in proc.stdout
+    model, task = load_classifier(tiny_classifier[0])
+    ids = _encode_one(model.tokenizer, task, TEXTS)
+    assert (ids == 0).any()  # padded rows: the pad-derived mask is exercised
+    logits = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(
+        None, {"token_ids": ids})[0]
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, keras_labels[0], atol=1e-4)
+    assert [task["class_names"][i] for i in probs.argmax(1)] == keras_labels[1]

@@ -31,3 +31,28 @@ def test_onnxruntime_logits_match_keras(onnx_file, tiny_run):
         got = session.run(None, {"token_ids": ids})[0]
         assert got.shape == shape + (lm.backbone.vocab_size,)
         assert np.abs(got - lm(ids).numpy()).max() <= 1e-4
+
+
+def test_decode_step_matches_keras_and_generate(onnx_file, tiny_run):
+    from export.onnx import OnnxDecoder, decode_path
+
+    lm = tfllm.load(tiny_run)
+    runner = OnnxDecoder(decode_path(onnx_file))
+    bb = lm.backbone
+    assert runner.cache_names == [f"kv_cache_{kv}_{i}" for i in range(bb.num_layers)
+                                  for kv in ("k", "v")]
+    assert runner.cache_shape[1:] == [bb.num_heads, bb.max_len, bb.head_dim]
+    # A batch of two rows: a 7-token prefill, then cached single-token steps.
+    ids = np.random.default_rng(1).integers(0, bb.vocab_size, size=(2, 12)).astype(np.int32)
+    full = lm(ids).numpy()
+    logits, cache = runner.step(ids[:, :7], 0, runner.empty_cache(2))
+    np.testing.assert_allclose(logits, full[:, :7], atol=1e-4)
+    for t in range(7, 12):
+        logits, cache = runner.step(ids[:, t:t + 1], t, cache)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-4)
+    for prompt in ("ROMEO:", "First Citizen:\nWe are"):
+        prompt_ids = lm.tokenizer.encode(prompt)
+        n = bb.max_len - len(prompt_ids)  # up to the end of the context
+        expected = lm.generate([prompt_ids], max_new_tokens=n, return_ids=True)[1][0]
+        assert len(expected) > 0
+        assert runner.generate(prompt_ids, n, end_token_id=lm.tokenizer.eos_id) == expected

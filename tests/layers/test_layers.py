@@ -75,3 +75,23 @@ def test_masks():
     merged = ops.convert_to_numpy(merge_masks(causal_mask(2, 2), np.array([[1, 0]], bool)))
     np.testing.assert_array_equal(merged, [[[1, 0], [1, 0]]])
     assert merge_masks(None, None) is None
+
+
+@pytest.mark.parametrize("start,seq", [(0, 5), (3, 1), (11, 1), (6, 6)])
+def test_one_hot_cache_write_equals_slice_write(start, seq):
+    """The ONNX-friendly cache write gives exactly the dynamic-update-slice result."""
+    from tfllm.layers.attention import cache_write_mode, write_cache
+
+    rng = np.random.default_rng(start)
+    cache = rng.normal(size=(2, 3, 12, 4)).astype("float32")
+    new = rng.normal(size=(2, 3, seq, 4)).astype("float32")
+    sliced = ops.convert_to_numpy(write_cache(cache, new, start))
+    with cache_write_mode("one_hot"):
+        blended = ops.convert_to_numpy(write_cache(cache, new, start))
+    np.testing.assert_array_equal(blended, sliced)
+    np.testing.assert_array_equal(sliced[:, :, start:start + seq], new)
+    np.testing.assert_array_equal(np.delete(sliced, range(start, start + seq), axis=2),
+                                  np.delete(cache, range(start, start + seq), axis=2))
+    with pytest.raises(ValueError, match="one_hot"):
+        with cache_write_mode("scatter"):
+            pass

@@ -6,6 +6,8 @@ generation, the SavedModel and the TFLite/LiteRT-LM export do): per layer two te
 what the on-device runtime expects, so one attention implementation serves every path.
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -40,6 +42,46 @@ def empty_cache(batch_size, num_heads, max_len, head_dim, dtype="float32"):
     """A zero (K, V) cache pair for one layer, each (batch, heads, max_len, head_dim)."""
     shape = (batch_size, num_heads, max_len, head_dim)
     return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
+
+
+CACHE_WRITES = ("slice", "one_hot")
+_cache_write = ["slice"]
+
+
+@contextlib.contextmanager
+def cache_write_mode(mode):
+    """Trace the cache write inside this block as `"slice"` (default) or `"one_hot"`.
+
+    `"slice"` is a dynamic-update-slice: cheapest, and what XLA and TFLite run. tf2onnx
+    cannot convert that op, so the ONNX exporter traces with `"one_hot"`: the new rows
+    are spread over the cache by a one-hot contraction and blended in, which is exact
+    (products with 0 and 1) and uses only MatMul/Einsum, Mul and Add. The mode is read
+    when a function is traced; it is not part of any layer's config.
+
+    Example:
+        >>> with cache_write_mode("one_hot"):  # doctest: +SKIP
+        ...     concrete = tf.function(step).get_concrete_function(...)
+    """
+    if mode not in CACHE_WRITES:
+        raise ValueError(f"cache write mode must be one of {CACHE_WRITES}, got {mode!r}")
+    _cache_write.append(mode)
+    try:
+        yield
+    finally:
+        _cache_write.pop()
+
+
+def write_cache(cache, new, start):
+    """`cache` (batch, heads, max_len, head_dim) with `new` (batch, heads, seq, head_dim)
+    written at slots start..start+seq-1."""
+    new = ops.cast(new, cache.dtype)
+    if _cache_write[-1] == "slice":
+        return ops.slice_update(cache, [0, 0, start, 0], new)
+    slots = ops.arange(ops.shape(new)[2], dtype="int32") + start  # (seq,)
+    pick = ops.one_hot(slots, ops.shape(cache)[2], dtype=cache.dtype)  # (seq, max_len)
+    written = ops.einsum("bhsd,sm->bhmd", new, pick)  # (batch, heads, max_len, head_dim)
+    keep = ops.reshape(1.0 - ops.sum(pick, axis=0), (1, 1, -1, 1))  # (1, 1, max_len, 1)
+    return cache * keep + written
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -104,9 +146,9 @@ class MultiHeadAttention(keras.layers.Layer):
         q, k, v = self._split_heads(x)
         if cache is not None:
             k_cache, v_cache = cache
-            start = [0, 0, ops.cast(cache_index, "int32"), 0]
-            k_cache = ops.slice_update(k_cache, start, ops.cast(k, k_cache.dtype))
-            v_cache = ops.slice_update(v_cache, start, ops.cast(v, v_cache.dtype))
+            start = ops.cast(cache_index, "int32")
+            k_cache = write_cache(k_cache, k, start)
+            v_cache = write_cache(v_cache, v, start)
             k, v = ops.cast(k_cache, q.dtype), ops.cast(v_cache, q.dtype)
         q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (batch, heads, seq, keys)
