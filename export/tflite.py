@@ -324,26 +324,48 @@ def _encode_one(tokenizer, task, texts):
 
 def convert_classifier(run_dir, quantize="float32", calibration_rows=200):
     """A classifier run's forward pass as TFLite bytes; returns (bytes, model, task)."""
-    import keras
-
     from tfllm.finetuning import load_classifier
 
     if quantize not in QUANTIZE_MODES:
         raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
                                 f"{', '.join(QUANTIZE_MODES)}")
     model, task = load_classifier(run_dir)
-    seq_len = task["seq_len"]
+    calibration_ids = None
+    if quantize == "int8":
+        calibration, _ = _classifier_rows(run_dir, calibration_rows)
+        calibration_ids = _encode_one(model.tokenizer, task, calibration)
+    return convert_classifier_model(model, task["seq_len"], quantize, calibration_ids), model, task
+
+
+def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids=None,
+                             mask_fill=None):
+    """A `SequenceClassifier`'s forward pass as TFLite bytes (see `convert_classifier`).
+
+    Args:
+        model: the classifier.
+        seq_len: the fixed input length.
+        quantize: one of QUANTIZE_MODES.
+        calibration_ids: int (rows, seq_len) token ids, padded as at inference; "int8" only.
+        mask_fill: attention mask fill to trace with (default: "bounded" for int8).
+    """
+    import keras
+
+    from tfllm.layers.attention import mask_fill_mode
 
     def classify(token_ids):
         return {"probabilities": tf.nn.softmax(model(token_ids), axis=-1)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("classify", classify, input_signature=[
-        tf.TensorSpec([1, seq_len], tf.int32, name="token_ids")])
+    # Full integer: a -1e9 attention-mask fill would take over the scores' int8 range
+    # (labels agreed on 86% of SST-2 rows); the bounded fill keeps it (99.5%).
+    fill = mask_fill or ("bounded" if quantize == "int8" else "constant")
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
     try:
-        archive.write_out(tmp, verbose=False)
+        with mask_fill_mode(fill):
+            archive.add_endpoint("classify", classify, input_signature=[
+                tf.TensorSpec([1, seq_len], tf.int32, name="token_ids")])
+            archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["classify"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize != "float32":
@@ -351,8 +373,7 @@ def convert_classifier(run_dir, quantize="float32", calibration_rows=200):
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            calibration, _ = _classifier_rows(run_dir, calibration_rows)
-            ids = _encode_one(model.tokenizer, task, calibration)
+            ids = np.asarray(calibration_ids, np.int32)
 
             def representative():
                 for row in ids:
@@ -362,7 +383,7 @@ def convert_classifier(run_dir, quantize="float32", calibration_rows=200):
             # Integer kernels only; the int32 ids stay int32 (they index the embedding).
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         try:
-            return converter.convert(), model, task
+            return converter.convert()
         except Exception as e:  # the converter raises many types, with long messages
             raise TFLiteExportError(f"TFLite conversion failed: {str(e)[-1500:]}") from e
     finally:

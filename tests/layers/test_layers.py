@@ -95,3 +95,20 @@ def test_one_hot_cache_write_equals_slice_write(start, seq):
     with pytest.raises(ValueError, match="one_hot"):
         with cache_write_mode("scatter"):
             pass
+
+
+def test_bounded_mask_fill_equals_constant_fill():
+    """The int8-friendly mask fill gives the same attention output in float."""
+    from tfllm.layers.attention import mask_fill_mode
+
+    layer = MultiHeadAttention(d_model=16, num_heads=4)
+    mask = np.ones((2, 6, 6), bool)
+    mask[0, :, 3:] = False  # padded keys
+    mask = np.logical_and(mask, np.tril(np.ones((6, 6), bool)))
+    constant = ops.convert_to_numpy(layer(X, attention_mask=mask))
+    with mask_fill_mode("bounded"):
+        bounded = ops.convert_to_numpy(layer(X, attention_mask=mask))
+    np.testing.assert_allclose(bounded, constant, atol=1e-6)
+    with pytest.raises(ValueError, match="bounded"):
+        with mask_fill_mode("zero"):
+            pass

@@ -71,6 +71,28 @@ def cache_write_mode(mode):
         _cache_write.pop()
 
 
+MASK_FILLS = ("constant", "bounded")
+_mask_fill = ["constant"]
+
+
+@contextlib.contextmanager
+def mask_fill_mode(mode):
+    """Trace masked attention scores as `"constant"` (-1e9, default) or `"bounded"`.
+
+    Full-integer quantization gives each tensor one int8 range; a -1e9 fill stretches the
+    scores' range so far that every real score rounds to the same value. `"bounded"` fills
+    with (the row's smallest score - 30) instead: masked keys still get a softmax weight
+    below e^-30 of the largest, and the range stays that of real scores. Read at trace time.
+    """
+    if mode not in MASK_FILLS:
+        raise ValueError(f"mask fill mode must be one of {MASK_FILLS}, got {mode!r}")
+    _mask_fill.append(mode)
+    try:
+        yield
+    finally:
+        _mask_fill.pop()
+
+
 def write_cache(cache, new, start):
     """`cache` (batch, heads, max_len, head_dim) with `new` (batch, heads, seq, head_dim)
     written at slots start..start+seq-1."""
@@ -156,7 +178,11 @@ class MultiHeadAttention(keras.layers.Layer):
         scores = ops.cast(scores, "float32")
         if attention_mask is not None:
             mask = ops.expand_dims(ops.cast(attention_mask, "bool"), 1)  # (batch, 1, seq, keys)
-            scores = ops.where(mask, scores, ops.cast(-1e9, "float32"))
+            if _mask_fill[-1] == "constant":
+                fill = ops.cast(-1e9, "float32")
+            else:
+                fill = ops.min(scores, axis=-1, keepdims=True) - 30.0  # (batch, heads, seq, 1)
+            scores = ops.where(mask, scores, fill)
         probs = ops.cast(ops.softmax(scores, axis=-1), q.dtype)
         probs = self.attn_dropout(probs, training=training)
         h = ops.matmul(probs, v)  # (batch, heads, seq, head_dim)
