@@ -117,11 +117,15 @@ def test_mlm_pretraining_then_finetune(tmp_path, labeled_tsv, tiny_run):
     train(mlm, labeled_tsv, "bert-mini",
           TrainSettings(steps=120, batch_size=8, eval_interval=60, eval_steps=2,
                         warmup_steps=10, lr=3e-3),
-          model_overrides=dict(TINY_ENCODER, max_len=16), verbose=0, objective="mlm")
+          # Context 32 holds a whole row ("a superb and lovely film" + BOS): at 16 the
+          # second word was cut off and the from-MLM classifier sometimes missed a row.
+          model_overrides=dict(TINY_ENCODER, max_len=32), verbose=0, objective="mlm")
     records = read_metrics(mlm)
     assert records[-1]["loss"] < records[0]["loss"]
     result = evaluate(mlm)
-    assert result["tokens"] > 0 and 0 <= result["accuracy"] <= 1
+    # Masked characters are predicted well above chance (1 / ~25 characters).
+    assert result["tokens"] > 0 and result["accuracy"] > 0.1, result
+    assert abs(result["loss"] - np.log(result["perplexity"])) < 1e-3
     # The encoder's masked-LM run and the causal LM both fine-tune into classifiers.
     for name, base in (("from-mlm", mlm), ("from-clm", tiny_run)):
         out = str(tmp_path / name)
