@@ -38,12 +38,31 @@ class Perplexity(keras.metrics.Metric):
         return ops.exp(self.total / ops.maximum(self.count, 1.0))
 
 
-class PretrainingRecipe:
-    """`compile()` with tfllm's pretraining recipe, for language-model task models.
+class LanguageModelTask:
+    """What CausalLM and MaskedLM share: one backbone, built from a `ModelConfig`,
+    serialized through it, and `compile()` with tfllm's pretraining recipe.
 
     A task model mixes this in before `keras.Model` and may override `_default_loss`
     and `_default_metrics` (a dict of `compile()` metric arguments).
     """
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs):
+        return cls(TransformerBackbone.from_model_config(config, name="backbone"), **kwargs)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.backbone.to_model_config()
+
+    def get_config(self):
+        return {"backbone": keras.saving.serialize_keras_object(self.backbone),
+                "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
 
     def _default_loss(self):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -96,7 +115,7 @@ class PretrainingRecipe:
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
-class CausalLM(PretrainingRecipe, keras.Model):
+class CausalLM(LanguageModelTask, keras.Model):
     """Causal LM: `model(token_ids)` (batch, seq) -> logits (batch, seq, vocab), float32.
 
     The output projection is the transposed token embedding (tied weights).
@@ -122,14 +141,6 @@ class CausalLM(PretrainingRecipe, keras.Model):
         # Built eagerly so variables exist for compile() (weight-decay exclusion) and
         # BackupAndRestore, which refuses unbuilt models.
         self.build((None, None))
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig, **kwargs):
-        return cls(TransformerBackbone.from_model_config(config, name="backbone"), **kwargs)
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.backbone.to_model_config()
 
     def build(self, input_shape=None):
         if not self.backbone.built:  # a deserialized backbone arrives built
@@ -175,15 +186,6 @@ class CausalLM(PretrainingRecipe, keras.Model):
         return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                         stop_at_end, return_ids, truncate)
 
-    def get_config(self):
-        return {"backbone": keras.saving.serialize_keras_object(self.backbone),
-                "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfllm")

@@ -3,13 +3,11 @@
 import keras
 from keras import ops
 
-from tfllm.config import ModelConfig
-from tfllm.models.backbone import TransformerBackbone
-from tfllm.models.causal_lm import Perplexity, PretrainingRecipe
+from tfllm.models.causal_lm import LanguageModelTask, Perplexity
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
-class MaskedLM(PretrainingRecipe, keras.Model):
+class MaskedLM(LanguageModelTask, keras.Model):
     """Masked LM on a bidirectional backbone, with BERT's prediction head.
 
     Called on `{"token_ids", "padding_mask", "mask_positions"}` it returns logits
@@ -45,14 +43,6 @@ class MaskedLM(PretrainingRecipe, keras.Model):
         # Built eagerly, as CausalLM: compile() and BackupAndRestore need the variables.
         self.build((None, None))
 
-    @classmethod
-    def from_model_config(cls, config: ModelConfig, **kwargs):
-        return cls(TransformerBackbone.from_model_config(config, name="backbone"), **kwargs)
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.backbone.to_model_config()
-
     def build(self, input_shape=None):
         if not self.backbone.built:  # a deserialized backbone arrives built
             self.backbone.build((None, None))
@@ -87,13 +77,3 @@ class MaskedLM(PretrainingRecipe, keras.Model):
     def _default_metrics(self):
         return {"weighted_metrics": [Perplexity(),
                                      keras.metrics.SparseCategoricalAccuracy("accuracy")]}
-
-    def get_config(self):
-        return {"backbone": keras.saving.serialize_keras_object(self.backbone),
-                "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
