@@ -126,11 +126,14 @@ def test_mlm_pretraining_then_finetune(tmp_path, labeled_tsv, tiny_run):
     # Masked characters are predicted well above chance (1 / ~25 characters).
     assert result["tokens"] > 0 and result["accuracy"] > 0.1, result
     assert abs(result["loss"] - np.log(result["perplexity"])) < 1e-3
-    # The encoder's masked-LM run and the causal LM both fine-tune into classifiers.
+    # The encoder's masked-LM run and the causal LM both fine-tune into classifiers. More
+    # rows than the 6-row hold-out of labeled_tsv: from a masked-LM encoder (whose masks
+    # vary with the ops traced before it) one missed row there failed the suite now and then.
+    data = write_tsv(tmp_path / "more.tsv", labeled_rows(200, seed=1))
+    settings = FinetuneSettings(**dict(FAST_FINETUNE, epochs=12))
     for name, base in (("from-mlm", mlm), ("from-clm", tiny_run)):
         out = str(tmp_path / name)
-        got = finetune(out, labeled_tsv, run=base, settings=FinetuneSettings(**FAST_FINETUNE),
-                       verbose=0)
-        assert got["val_accuracy"] == 1.0, (name, got)
+        got = finetune(out, data, run=base, settings=settings, verbose=0)
+        assert got["val_rows"] == 20 and got["val_accuracy"] >= 0.95, (name, got)
         task = json.load(open(os.path.join(out, "config.json")))["task"]
         assert task["pooling"] == ("first" if base == mlm else "last")
