@@ -156,15 +156,20 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
     if not lengths:
         raise TFLiteExportError(f"no usable --prefill-lengths {list(prefill_lengths)} for a "
                                 f"context of {max_len}")
+    from tfllm.layers.attention import decode_read_mode
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("decode", _step_fn(model, True), input_signature=_signature(model, 1))
-    for n in lengths:
-        archive.add_endpoint(f"prefill_{n}", _step_fn(model, False),
-                             input_signature=_signature(model, n))
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
     try:
-        archive.write_out(tmp, verbose=False)
+        # TFLite runs the write-then-attend decode step faster than XLA's in-place form.
+        with decode_read_mode("after_write"):
+            archive.add_endpoint("decode", _step_fn(model, True),
+                                 input_signature=_signature(model, 1))
+            for n in lengths:
+                archive.add_endpoint(f"prefill_{n}", _step_fn(model, False),
+                                     input_signature=_signature(model, n))
+            archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             tmp, signature_keys=["decode"] + [f"prefill_{n}" for n in lengths])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

@@ -112,3 +112,32 @@ def test_bounded_mask_fill_equals_constant_fill():
     with pytest.raises(ValueError, match="bounded"):
         with mask_fill_mode("zero"):
             pass
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_step_reads_before_write_equal_after_write(padded):
+    """Both forms of the one-token cached step give the same output and new caches."""
+    from tfllm.layers.attention import decode_read_mode
+
+    layer = MultiHeadAttention(d_model=16, num_heads=4)
+    rng = np.random.default_rng(1)
+    k_cache, v_cache = (rng.normal(size=(2, 4, 8, 4)).astype("float32") for _ in range(2))
+    x = rng.normal(size=(2, 1, 16)).astype("float32")
+    # Slot 5 is written; it holds stale values that must not leak into the result.
+    mask = ops.convert_to_numpy(causal_mask(1, 8, 5))[None].repeat(2, 0)  # (2, 1, 8)
+    if padded:
+        mask[1, :, :2] = False  # row 1's first two slots are padding
+    results = {}
+    for mode in ("before_write", "after_write"):
+        with decode_read_mode(mode):
+            out, (k, v) = layer(x, attention_mask=mask, cache=(k_cache, v_cache),
+                                cache_index=5)
+        results[mode] = [ops.convert_to_numpy(t) for t in (out, k, v)]
+    for before, after in zip(results["before_write"], results["after_write"]):
+        np.testing.assert_allclose(before, after, atol=1e-6)
+    new_k = results["before_write"][1]
+    np.testing.assert_array_equal(np.delete(new_k, 5, axis=2), np.delete(k_cache, 5, axis=2))
+    assert not np.allclose(new_k[:, :, 5], k_cache[:, :, 5])
+    with pytest.raises(ValueError, match="after_write"):
+        with decode_read_mode("later"):
+            pass
