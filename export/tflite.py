@@ -239,22 +239,59 @@ class TFLiteRunner:
                           input_pos=np.array([position], np.int32), **cache)
         return out["logits"][0, -1], {k: out[k] for k in self.cache_names}
 
-    def generate(self, prompt_ids, max_new_tokens, end_token_id=None):
-        """Greedy continuation of `prompt_ids` (token ids, not including the prompt)."""
+    def generate(self, prompt_ids, max_new_tokens, end_token_id=None, temperature=0.0,
+                 top_k=None, top_p=None, seed=None):
+        """Continue `prompt_ids`; returns the new token ids (without the prompt).
+
+        Greedy by default. With `temperature` > 0 each token is drawn by tfllm's own sampler
+        (`tfllm.generation.sample_next`: temperature, then top-k, then top-p), so a seeded
+        run draws the tokens `CausalLM.generate(..., seed=seed)` draws from the same logits.
+
+        Args:
+            prompt_ids: the prompt's token ids (at least one; start from BOS for none).
+            max_new_tokens: how many tokens to generate at most.
+            end_token_id: stop (without returning it) when this token is chosen.
+            temperature, top_k, top_p, seed: as in `CausalLM.generate`.
+        """
+        from tfllm.generation import GenerationError, GenerationParams
+
         if not prompt_ids:
             raise TFLiteExportError("empty prompt: start from BOS")
         if len(prompt_ids) + max_new_tokens > self.max_len:
             raise TFLiteExportError(f"prompt + max_new_tokens exceed the context of "
                                     f"{self.max_len}")
+        try:
+            params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed)
+        except GenerationError as e:
+            raise TFLiteExportError(str(e)) from e
+        sample = _sampler(params) if params.temperature > 0 else None
         cache = self.prefill(list(prompt_ids[:-1]), self.empty_cache())
         token, pos, out = prompt_ids[-1], len(prompt_ids) - 1, []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             logits, cache = self.step(token, pos, cache)
-            token, pos = int(np.argmax(logits)), pos + 1
+            token = int(sample(logits, step) if sample else np.argmax(logits))
+            pos += 1
             if token == end_token_id:
                 break
             out.append(token)
         return out
+
+
+def _sampler(params):
+    """sample(logits (vocab,), step) -> token: `CausalLM.generate`'s draw for row 0."""
+    from tfllm.generation import sample_next
+
+    seed = params.seed if params.seed is not None else np.random.randint(0, 2**31 - 1)
+    # CausalLM.generate gives row 0 of a batch this seed (see Generator._pack).
+    args = dict(temperature=tf.constant([params.temperature], tf.float32),
+                top_k=tf.constant([params.top_k or 0], tf.int32),
+                top_p=tf.constant([params.top_p or 1.0], tf.float32),
+                seeds=tf.constant([seed % (2**31 - 1)], tf.int32))
+
+    def sample(logits, step):
+        return sample_next(tf.constant(logits[None], tf.float32), step=tf.constant(step),
+                           **args).numpy()[0]
+    return sample
 
 
 def heldout_windows(run_dir, tokenizer, length, count):

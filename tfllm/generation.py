@@ -64,12 +64,26 @@ def filter_top_p(logits, top_p):
     return tf.where((top_p >= 1.0)[:, None], logits, filtered)
 
 
+def _hash32(x):
+    """lowbias32 (C. Wellons): a well-mixed uint32 -> uint32 hash from plain integer ops."""
+    for shift, mult in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, shift))
+        x = x * tf.constant(mult, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
 def _row_uniform(seeds, step, vocab):
-    """Uniform noise (batch, vocab), row b a pure function of (seeds[b], step)."""
-    def one(seed):
-        return tf.random.stateless_uniform([vocab], seed=tf.stack([seed, step]),
-                                           minval=1e-10, maxval=1.0)
-    return tf.map_fn(one, seeds, fn_output_signature=tf.float32)
+    """Uniform noise (batch, vocab) in (0, 1), row b a pure function of (seeds[b], step).
+
+    Integer hashing, not tf.random's stateless ops: those draw other numbers under XLA than
+    in TensorFlow's kernels (whatever `alg`), so one seed sampled different tokens in the
+    XLA loop, a --no-jit SavedModel and the TFLite runner. These ops agree everywhere.
+    """
+    row = _hash32(tf.cast(seeds, tf.uint32)[:, None])  # (batch, 1)
+    row = _hash32(row + tf.cast(step, tf.uint32))
+    x = _hash32(row + tf.cast(tf.range(vocab), tf.uint32)[None, :])  # (batch, vocab)
+    # The top 24 bits, centred in their interval: exact in float32, never 0 or 1.
+    return (tf.cast(tf.bitwise.right_shift(x, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
 
 
 def sample_next(logits, temperature, top_k, top_p, seeds, step):

@@ -71,12 +71,30 @@ def test_greedy_generation_equals_causal_lm_generate(tflite_file, lm):
         assert runner.generate(ids, n) == expected, prompt
 
 
+@pytest.mark.parametrize("sampling", [dict(temperature=0.8, top_k=20, seed=7),
+                                      dict(temperature=1.2, top_p=0.9, seed=123)])
+def test_seeded_sampling_equals_causal_lm_generate(tflite_file, lm, sampling):
+    runner = TFLiteRunner(tflite_file)
+    for prompt in PROMPTS[:2]:
+        ids = lm.tokenizer.encode(prompt)
+        n = TINY["max_len"] - len(ids)
+        expected = lm.generate([ids], max_new_tokens=n, stop_at_end=False, return_ids=True,
+                               **sampling)[1][0]
+        got = runner.generate(ids, n, **sampling)
+        assert got == expected, prompt
+        assert got != runner.generate(ids, n)  # it did sample, not decode greedily
+    other = runner.generate(ids, n, **dict(sampling, seed=sampling["seed"] + 1))
+    assert other != got
+
+
 def test_runner_errors(tflite_file):
     runner = TFLiteRunner(tflite_file)
     with pytest.raises(TFLiteExportError, match="context"):
         runner.generate([5] * 30, 10)
     with pytest.raises(TFLiteExportError, match="empty prompt"):
         runner.generate([], 3)
+    with pytest.raises(TFLiteExportError, match="top_p must be in"):
+        runner.generate([5], 3, temperature=1.0, top_p=1.5)
 
 
 @pytest.fixture(scope="module")
