@@ -82,7 +82,7 @@ def compact_tflite(data, strip_names=True):
     """Rewrite TFLite bytes smaller without changing what any runtime computes.
 
     Two things make a small model's file much larger than its weights (on the 0.8M-parameter
-    demo shape, dynamic-int8: 1.02 MB -> 0.95 MB, from 0.31x to 0.29x the float32 file):
+    demo model, dynamic-int8: 1.03 MB -> 0.95 MB, from 0.31x to 0.29x the float32 file):
     every signature is its own subgraph holding its own copy of each int8 weight's
     per-channel quantization table (a float scale and an int64 zero point per output
     channel), and every internal tensor carries a long debugging name. Identical
@@ -151,13 +151,13 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
     """Convert a CausalLM object (see `convert`); returns (tflite bytes, prefill lengths)."""
     import keras
 
+    from tfllm.layers.attention import decode_read_mode
+
     max_len = model.backbone.max_len
     lengths = sorted({n for n in prefill_lengths if 1 < n <= max_len})
     if not lengths:
         raise TFLiteExportError(f"no usable --prefill-lengths {list(prefill_lengths)} for a "
                                 f"context of {max_len}")
-    from tfllm.layers.attention import decode_read_mode
-
     archive = keras.export.ExportArchive()
     archive.track(model)
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
