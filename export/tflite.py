@@ -279,14 +279,12 @@ class TFLiteRunner:
 
 def _sampler(params):
     """sample(logits (vocab,), step) -> token: `CausalLM.generate`'s draw for row 0."""
-    from tfllm.generation import sample_next
+    from tfllm.generation import row_seeds, sample_next
 
-    seed = params.seed if params.seed is not None else np.random.randint(0, 2**31 - 1)
-    # CausalLM.generate gives row 0 of a batch this seed (see Generator._pack).
     args = dict(temperature=tf.constant([params.temperature], tf.float32),
                 top_k=tf.constant([params.top_k or 0], tf.int32),
                 top_p=tf.constant([params.top_p or 1.0], tf.float32),
-                seeds=tf.constant([seed % (2**31 - 1)], tf.int32))
+                seeds=tf.constant(row_seeds(params.seed, 1)))
 
     def sample(logits, step):
         return sample_next(tf.constant(logits[None], tf.float32), step=tf.constant(step),

@@ -86,6 +86,16 @@ def _row_uniform(seeds, step, vocab):
     return (tf.cast(tf.bitwise.right_shift(x, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
 
 
+def row_seeds(seed, rows):
+    """Per-row sampling seeds, int32 (rows,): row r of a batch generated with `seed`.
+
+    `seed=None` draws one at random. The TFLite runner uses the same rule for its one row,
+    so a seeded run there samples what `CausalLM.generate` samples.
+    """
+    base = seed if seed is not None else np.random.randint(0, 2**31 - 1)
+    return ((base + np.arange(rows, dtype=np.int64) * 1_000_003) % (2**31 - 1)).astype(np.int32)
+
+
 def sample_next(logits, temperature, top_k, top_p, seeds, step):
     """Next token per row: greedy where temperature == 0, else top-k/top-p sampling.
 
@@ -257,14 +267,12 @@ class Generator:
             lens[i] = len(p)
         for i in range(len(prompts), batch):  # filler rows: copies of row 0
             ids[i], lens[i] = ids[0], lens[0]
-        base_seed = params.seed if params.seed is not None else np.random.randint(0, 2**31 - 1)
-        rows = np.arange(batch, dtype=np.int64)
         args = dict(
             max_new=tf.constant(params.max_new_tokens, tf.int32),
             temperature=tf.fill([batch], tf.constant(float(params.temperature), tf.float32)),
             top_k=tf.fill([batch], tf.constant(int(params.top_k or 0), tf.int32)),
             top_p=tf.fill([batch], tf.constant(float(params.top_p or 1.0), tf.float32)),
-            seeds=tf.constant((base_seed + rows * 1_000_003) % (2**31 - 1), tf.int32),
+            seeds=tf.constant(row_seeds(params.seed, batch)),
             stop_at_end=tf.constant(bool(params.stop_at_end)),
         )
         return tf.constant(ids), tf.constant(lens), args

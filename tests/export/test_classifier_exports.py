@@ -104,10 +104,12 @@ def test_int8_classifier_on_padded_rows(tmp_path):
     """Full int8 on rows that are mostly padding tracks Keras' probabilities.
 
     On the SST-2 classifier, a -1e9 attention-mask fill made int8 labels agree on 86% of
-    held-out rows (the bounded fill: 99.5%); this random model is not sensitive enough to
-    show that gap, so it checks the exporter's path, not the comparison.
+    held-out rows (the bounded fill: 99.5%). This small random model is not sensitive
+    enough to show that gap, so the test also checks that the int8 graph holds the bounded
+    fill (its row minimum, a REDUCE_MIN) and the float32 graph does not.
     """
     import keras
+    from ai_edge_litert.interpreter import Interpreter
 
     from export.tflite import convert_classifier_model, tflite_classify
     from tfllm.config import ModelConfig
@@ -134,3 +136,10 @@ def test_int8_classifier_on_padded_rows(tmp_path):
     got = tflite_classify(str(path), ids[:16])
     assert np.abs(got - expected).mean() < 0.05
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    float_path = tmp_path / "clf-float.tflite"
+    float_path.write_bytes(convert_classifier_model(model, 32, "float32"))
+
+    def op_names(p):
+        return {d["op_name"] for d in Interpreter(model_path=str(p))._get_ops_details()}
+    assert "REDUCE_MIN" in op_names(path)
+    assert "REDUCE_MIN" not in op_names(float_path)

@@ -187,7 +187,6 @@ class CausalLM(LanguageModelTask, keras.Model):
                         stop_at_end, return_ids, truncate)
 
 
-
 @keras.saving.register_keras_serializable(package="tfllm")
 class AdamW(keras.optimizers.AdamW):
     """Keras AdamW whose global-norm clipping sees the *aggregated* gradient.
