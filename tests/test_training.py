@@ -169,11 +169,11 @@ def test_mirrored_two_cpus_matches_default_strategy():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["mirrored_sgd"]["replicas"] == 2
     assert result["default_sgd"]["jit"] and not result["mirrored_sgd"]["jit"]
-    for opt, rtol in (("sgd", 1e-4), ("adamw", 1e-2)):
+    for opt in ("sgd", "adamw"):
         default = result[f"default_{opt}"]["losses"]
         mirrored = result[f"mirrored_{opt}"]["losses"]
         assert len(default) == 5 and default[-1] < default[0] - 0.1  # it trained
-        np.testing.assert_allclose(mirrored, default, rtol=rtol, err_msg=opt)
+        np.testing.assert_allclose(mirrored, default, rtol=1e-4, err_msg=opt)
 
 
 def _free_ports(n):

@@ -121,6 +121,28 @@ def test_compile_defaults_and_fit_step():
     np.testing.assert_allclose(np.log(hist.history["perplexity"][-1]), losses[-1], rtol=1e-4)
 
 
+@pytest.mark.parametrize("clipnorm", [None, 1.0])
+def test_adamw_sums_repeated_rows_of_a_sparse_gradient(clipnorm):
+    """A gradient row that arrives twice (a gather of repeated ids, or a MirroredStrategy
+    all-reduce) must update like its sum; Keras' Adam squares each copy separately."""
+    import tensorflow as tf
+
+    from tfllm.models.causal_lm import AdamW
+
+    rows = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    sparse = tf.IndexedSlices(tf.constant(rows), tf.constant([1, 4, 1]), tf.constant([6, 4]))
+    dense = tf.convert_to_tensor(sparse)
+    assert float(tf.reduce_max(tf.abs(dense[1] - rows[0] - rows[2]))) == 0.0
+    updated = []
+    for grad in (sparse, dense):
+        table = keras.Variable(np.ones((6, 4), "float32"))
+        opt = AdamW(learning_rate=0.1, weight_decay=0.0, global_clipnorm=clipnorm)
+        opt.apply_gradients([(grad, table)])
+        updated.append(ops.convert_to_numpy(table))
+    np.testing.assert_allclose(updated[0], updated[1], rtol=1e-6)
+    assert np.abs(updated[1] - 1.0).max() > 0.05  # the step moved the rows it touched
+
+
 def test_mixed_precision_logits_are_float32():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:

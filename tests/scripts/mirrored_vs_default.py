@@ -2,9 +2,9 @@
 over two logical CPU devices, on the same global batch; print the loss histories as JSON.
 
 Two optimizers: SGD (no optimizer state, so any difference is in tfllm's model, loss or
-gradient aggregation) and tfllm's AdamW recipe. Keras 3.15's Adam moment update differs
-slightly under MirroredStrategy on logical CPUs (~0.2% in loss after 5 steps), an upstream
-matter the test tolerates separately."""
+gradient aggregation) and tfllm's AdamW recipe (its second moment would differ, ~0.2% in
+loss after 5 steps, if repeated position-embedding rows from the two replicas were not
+summed before Adam squares them; see tfllm.models.causal_lm.AdamW)."""
 
 import json
 import sys

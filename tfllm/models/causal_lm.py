@@ -189,12 +189,16 @@ class CausalLM(LanguageModelTask, keras.Model):
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class AdamW(keras.optimizers.AdamW):
-    """Keras AdamW whose global-norm clipping sees the *aggregated* gradient.
+    """Keras AdamW that updates from the *aggregated*, de-duplicated gradient.
 
-    Keras 3.15 clips in each replica before the cross-replica sum, so under
-    MirroredStrategy the norm is that of a partial gradient and training differs from
-    one device on the same global batch. Here clipping happens after the all-reduce;
-    with one replica the result is the same as Keras'.
+    Two Keras 3.15 behaviours would make training depend on the number of replicas:
+    it clips in each replica before the cross-replica sum (so the norm is that of a
+    partial gradient), and its Adam squares an `IndexedSlices` gradient slice by slice,
+    so an index that appears twice (a position embedding's rows after a MirroredStrategy
+    all-reduce, or any gather of repeated ids) gets `a**2 + b**2` in its second moment
+    instead of `(a + b)**2`. Here sparse gradients are summed per row and clipping
+    happens after the all-reduce; with one replica and unique indices the result is
+    Keras' own.
 
     Args:
         global_clipnorm: clip the global gradient norm to this (None: no clipping).
@@ -223,18 +227,22 @@ class AdamW(keras.optimizers.AdamW):
         return super().update_step(gradient, variable, learning_rate)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if self.aggregated_clipnorm is None or keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() != "tensorflow":
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         import tensorflow as tf
 
         variables = [v.value if isinstance(v, keras.Variable) else v
                      for v in trainable_variables]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
-        clipped, _ = tf.clip_by_global_norm([g for g, _ in grads_and_vars],
-                                            self.aggregated_clipnorm)
+        # Densifying sums repeated rows. Keras' Adam densifies the moment updates
+        # anyway (m and v decay on every row), so this costs no extra update work.
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g, _ in grads_and_vars]
+        if self.aggregated_clipnorm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.aggregated_clipnorm)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step, self._distribution_strategy,
-            list(zip(clipped, variables)), learning_rate)
+            list(zip(grads, variables)), learning_rate)
 
     def get_config(self):
         config = super().get_config()
