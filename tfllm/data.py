@@ -269,6 +269,7 @@ def make_lm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size:
 
 
 MLM_SELECTION_RATE = 0.15
+_VALIDATION_MASK_SEED = 0
 
 
 def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size: int,
@@ -278,7 +279,7 @@ def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size
     Documents are packed (EOS between them, as RoBERTa does) into windows of seq_len - 1
     tokens behind a `[CLS]`-style BOS. BERT's masking: 15% of the tokens are selected
     (never BOS or padding), 80% of those become `<mask>`, 10% a random token, 10% stay.
-    Validation masks are drawn once and cached, so every evaluation scores the same task.
+    Masks are drawn from (seed, window number) alone; validation masks from a fixed seed.
 
     Args:
         texts: dataset of scalar strings.
@@ -286,10 +287,8 @@ def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size
         seq_len: model context length.
         batch_size: global batch size.
         training: repeat, offset and shuffle when True.
-        seed: seed for offsets, shuffling and masking.
+        seed: seed for offsets, shuffling and training masks.
     """
-    import keras_hub
-
     if tokenizer.mask_id is None:
         raise DataError("masked-LM data needs a tokenizer with a <mask> token "
                         "(SentencePieceTokenizer.train(..., mask_token=True))")
@@ -300,6 +299,13 @@ def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size
     def add_cls(window):
         return tf.concat([bos, window[:-1]], axis=0)  # (seq_len,)
 
+    # Every window's masks are a function of (seed, window number) alone, so validation
+    # scores the same task in every process and at every batch size (its seed is fixed:
+    # runs trained with different seeds are evaluated alike), and a seeded run is
+    # reproducible.
+    mask = _bert_masking(tokenizer.vocab_size, tokenizer.mask_id,
+                         [tokenizer.pad_id, tokenizer.bos_id], seq_len,
+                         seed if training else _VALIDATION_MASK_SEED)
     # lm_windows yields seq_len - 1 + 1 tokens; the spare last one is dropped in add_cls.
     if training:
         def one_pass(epoch):
@@ -308,25 +314,58 @@ def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size
             return lm_windows(texts, tokenizer, seq_len - 1, offset)
 
         ds = tf.data.Dataset.range(1 << 62).flat_map(one_pass).map(add_cls)
-        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed).batch(batch_size, drop_remainder=True)
+        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed).enumerate().map(
+            mask, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True)
     else:
-        ds = lm_windows(texts, tokenizer, seq_len - 1).map(add_cls).batch(batch_size)
-    masker = keras_hub.layers.MaskedLMMaskGenerator(
-        vocabulary_size=tokenizer.vocab_size, mask_selection_rate=MLM_SELECTION_RATE,
-        mask_token_id=tokenizer.mask_id,
-        # Room for the binomial tail above 15% so few selections are cut off.
-        mask_selection_length=max(1, int(seq_len * MLM_SELECTION_RATE * 1.5 + 0.5)),
-        unselectable_token_ids=[tokenizer.pad_id, tokenizer.bos_id])
-
-    def mask(ids):
-        out = masker(ids)
-        x = {"token_ids": out["token_ids"], "padding_mask": tf.ones_like(ids, tf.bool),
-             "mask_positions": out["mask_positions"]}
-        return x, out["mask_ids"], out["mask_weights"]
-
-    ds = ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = lm_windows(texts, tokenizer, seq_len - 1).map(add_cls).enumerate().map(
+            mask, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     if not training:
         ds = ds.cache()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _bert_masking(vocab_size, mask_id, unselectable_ids, seq_len, seed):
+    """BERT's masking of one window as a pure function of (seed, window number).
+
+    The selection rule is tf-text's `RandomItemSelector` (ceil(15% of the selectable
+    tokens) per row, at most `max_selections`) and the values rule its `MaskValuesChooser`
+    (80% `<mask>`, 10% a uniform random token, 10% unchanged), but drawn with stateless
+    ops: tf-text's draw from TensorFlow's stateful generator, whose numbers depend on
+    which ops the process happened to create before.
+    """
+    # Room for the binomial tail above 15% so few selections are cut off.
+    max_selections = max(1, min(seq_len - 1, int(seq_len * MLM_SELECTION_RATE * 1.5 + 0.5)))
+
+    def mask(window_number, window):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.cast(seed, tf.int64), window_number]), 3)
+        ids = window[None, :]  # (1, seq): the rule below is written for a batch of rows
+        rows, length = tf.shape(ids)[0], tf.shape(ids)[1]
+        selectable = tf.reduce_all(ids[:, :, None] != tf.constant(unselectable_ids, ids.dtype),
+                                   axis=-1)  # (batch, seq)
+        count = tf.math.ceil(tf.reduce_sum(tf.cast(selectable, tf.float32), 1) * MLM_SELECTION_RATE)
+        count = tf.minimum(tf.cast(count, tf.int32), max_selections)  # (batch,)
+        # A uniformly random subset: the `count` selectable positions with the lowest scores.
+        scores = tf.where(selectable, tf.random.stateless_uniform(tf.shape(ids), seeds[0]), 2.0)
+        _, order = tf.math.top_k(-scores, k=max_selections)  # (batch, max_selections)
+        chosen = tf.range(max_selections)[None, :] < count[:, None]
+        positions = tf.sort(tf.where(chosen, order, length), axis=1)  # unused slots last
+        weights = positions < length
+        positions = tf.where(weights, positions, 0)
+        originals = tf.gather(ids, positions, batch_dims=1)  # (batch, max_selections)
+        draw = tf.random.stateless_uniform([rows, max_selections], seeds[1])
+        random_ids = tf.random.stateless_uniform([rows, max_selections], seeds[2], maxval=vocab_size,
+                                                 dtype=ids.dtype)
+        values = tf.where(draw < 0.8, tf.cast(mask_id, ids.dtype),
+                          tf.where(draw < 0.9, random_ids, originals))
+        hits = tf.logical_and(tf.one_hot(positions, length, on_value=True, off_value=False,
+                                         dtype=tf.bool), weights[:, :, None])  # (batch, max_sel, seq)
+        masked = tf.where(tf.reduce_any(hits, 1),
+                          tf.reduce_sum(tf.where(hits, values[:, :, None], 0), 1), ids)
+        x = {"token_ids": masked[0], "padding_mask": tf.ones_like(window, tf.bool),
+             "mask_positions": positions[0]}
+        return x, tf.where(weights, originals, 0)[0], tf.cast(weights, tf.float32)[0]
+
+    return mask
