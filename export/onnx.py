@@ -150,7 +150,7 @@ def decode_function(model):
 
 
 class OnnxDecoder:
-    """Greedy generation over a `.decode.onnx` file with onnxruntime, as an app runs it.
+    """Generation over a `.decode.onnx` file with onnxruntime, as an app runs it.
 
     Args:
         path: the decode-step file.
@@ -178,17 +178,36 @@ class OnnxDecoder:
             "cache_index": np.array(cache_index, np.int32), **cache})
         return out[0], dict(zip(self.cache_names, out[1:]))
 
-    def generate(self, prompt_ids, max_new_tokens, end_token_id=None):
-        """Greedy continuation of `prompt_ids` (the new token ids only)."""
+    def generate(self, prompt_ids, max_new_tokens, end_token_id=None, temperature=0.0,
+                 top_k=None, top_p=None, seed=None):
+        """Continue `prompt_ids`; returns the new token ids (without the prompt).
+
+        Greedy by default. With `temperature` > 0 each token is drawn by tfllm's own sampler
+        (`tfllm.generation.row_sampler`), so a seeded run draws the tokens
+        `CausalLM.generate(..., seed=seed)` draws from the same logits.
+
+        Args:
+            prompt_ids: the prompt's token ids (at least one; start from BOS for none).
+            max_new_tokens: how many tokens to generate at most.
+            end_token_id: stop (without returning it) when this token is chosen.
+            temperature, top_k, top_p, seed: as in `CausalLM.generate`.
+        """
+        from tfllm.generation import GenerationError, GenerationParams, row_sampler
+
         if not prompt_ids:
             raise OnnxExportError("empty prompt: start from BOS")
         if len(prompt_ids) + max_new_tokens > self.max_len:
             raise OnnxExportError(f"prompt + max_new_tokens exceed the context of "
                                   f"{self.max_len}")
+        try:
+            sample = row_sampler(GenerationParams(max_new_tokens, temperature, top_k, top_p,
+                                                  seed))
+        except GenerationError as e:
+            raise OnnxExportError(str(e)) from e
         logits, cache = self.step([list(prompt_ids)], 0, self.empty_cache())
         pos, out = len(prompt_ids), []
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(logits[0, -1]))
+        for step in range(max_new_tokens):
+            token = sample(logits[0, -1], step)
             if token == end_token_id:
                 break
             out.append(token)

@@ -253,7 +253,7 @@ class TFLiteRunner:
             end_token_id: stop (without returning it) when this token is chosen.
             temperature, top_k, top_p, seed: as in `CausalLM.generate`.
         """
-        from tfllm.generation import GenerationError, GenerationParams
+        from tfllm.generation import GenerationError, GenerationParams, row_sampler
 
         if not prompt_ids:
             raise TFLiteExportError("empty prompt: start from BOS")
@@ -264,32 +264,17 @@ class TFLiteRunner:
             params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed)
         except GenerationError as e:
             raise TFLiteExportError(str(e)) from e
-        sample = _sampler(params) if params.temperature > 0 else None
+        sample = row_sampler(params)
         cache = self.prefill(list(prompt_ids[:-1]), self.empty_cache())
         token, pos, out = prompt_ids[-1], len(prompt_ids) - 1, []
         for step in range(max_new_tokens):
             logits, cache = self.step(token, pos, cache)
-            token = int(sample(logits, step) if sample else np.argmax(logits))
+            token = sample(logits, step)
             pos += 1
             if token == end_token_id:
                 break
             out.append(token)
         return out
-
-
-def _sampler(params):
-    """sample(logits (vocab,), step) -> token: `CausalLM.generate`'s draw for row 0."""
-    from tfllm.generation import row_seeds, sample_next
-
-    args = dict(temperature=tf.constant([params.temperature], tf.float32),
-                top_k=tf.constant([params.top_k or 0], tf.int32),
-                top_p=tf.constant([params.top_p or 1.0], tf.float32),
-                seeds=tf.constant(row_seeds(params.seed, 1)))
-
-    def sample(logits, step):
-        return sample_next(tf.constant(logits[None], tf.float32), step=tf.constant(step),
-                           **args).numpy()[0]
-    return sample
 
 
 def heldout_windows(run_dir, tokenizer, length, count):

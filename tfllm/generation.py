@@ -89,8 +89,8 @@ def _row_uniform(seeds, step, vocab):
 def row_seeds(seed, rows):
     """Per-row sampling seeds, int32 (rows,): row r of a batch generated with `seed`.
 
-    `seed=None` draws one at random. The TFLite runner uses the same rule for its one row,
-    so a seeded run there samples what `CausalLM.generate` samples.
+    `seed=None` draws one at random. `row_sampler` uses the same rule for its one row,
+    so a seeded run in the TFLite and ONNX runners samples what `CausalLM.generate` samples.
     """
     base = seed if seed is not None else np.random.randint(0, 2**31 - 1)
     return ((base + np.arange(rows, dtype=np.int64) * 1_000_003) % (2**31 - 1)).astype(np.int32)
@@ -131,6 +131,33 @@ def sample_next(logits, temperature, top_k, top_p, seeds, step):
 
 
 # -- the decoding loop ----------------------------------------------------------------------
+
+def row_sampler(params: "GenerationParams"):
+    """`sample(logits, step) -> token` for one row: `CausalLM.generate`'s draw for row 0.
+
+    For runners that decode one sequence outside TensorFlow (the TFLite and ONNX runners):
+    fed the same logits, a seeded sampler picks the tokens `CausalLM.generate(..., seed=)`
+    picks. Greedy (argmax) when `params.temperature` is 0.
+
+    Args:
+        params: a `GenerationParams` (temperature, top_k, top_p, seed are used).
+
+    Example:
+        >>> sample = row_sampler(GenerationParams(8, temperature=0.8, top_k=5, seed=1))
+        >>> token = sample(np.zeros(65, np.float32), 0)
+    """
+    if params.temperature <= 0:
+        return lambda logits, step: int(np.argmax(logits))
+    args = dict(temperature=tf.constant([params.temperature], tf.float32),
+                top_k=tf.constant([params.top_k or 0], tf.int32),
+                top_p=tf.constant([params.top_p or 1.0], tf.float32),
+                seeds=tf.constant(row_seeds(params.seed, 1)))
+
+    def sample(logits, step):
+        return int(sample_next(tf.constant(np.asarray(logits, np.float32)[None]),
+                               step=tf.constant(step), **args).numpy()[0])
+    return sample
+
 
 def _bucket(n, minimum, maximum):
     b = minimum

@@ -56,3 +56,23 @@ def test_decode_step_matches_keras_and_generate(onnx_file, tiny_run):
         expected = lm.generate([prompt_ids], max_new_tokens=n, return_ids=True)[1][0]
         assert len(expected) > 0
         assert runner.generate(prompt_ids, n, end_token_id=lm.tokenizer.eos_id) == expected
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.8, top_k=20, seed=7),
+                                      dict(temperature=1.2, top_p=0.9, seed=123)])
+def test_decoder_seeded_sampling_equals_causal_lm_generate(onnx_file, tiny_run, sampling):
+    from export.onnx import OnnxDecoder, OnnxExportError, decode_path
+
+    lm = tfllm.load(tiny_run)
+    runner = OnnxDecoder(decode_path(onnx_file))
+    for prompt in ("ROMEO:", "First Citizen:\nWe are"):
+        ids = lm.tokenizer.encode(prompt)
+        n = lm.backbone.max_len - len(ids)
+        expected = lm.generate([ids], max_new_tokens=n, stop_at_end=False, return_ids=True,
+                               **sampling)[1][0]
+        got = runner.generate(ids, n, **sampling)
+        assert got == expected, prompt
+        assert got != runner.generate(ids, n)  # it did sample, not decode greedily
+    assert runner.generate(ids, n, **dict(sampling, seed=sampling["seed"] + 1)) != got
+    with pytest.raises(OnnxExportError, match="top_p must be in"):
+        runner.generate([5], 3, temperature=1.0, top_p=1.5)
