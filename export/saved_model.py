@@ -131,7 +131,11 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True):
 
 
 def classifier_signatures(model, tokenizer, jit_compile=True):
-    """Endpoint functions of a classifier run: text -> probabilities, label, label_name."""
+    """Endpoint functions of a classifier run: text -> probabilities, label, label_name.
+
+    `jit_compile` is accepted for the builders' common signature and not used: the one
+    forward pass runs as TensorFlow ops, so the export needs no XLA in TF Serving.
+    """
     from tfllm.finetuning import encode_texts
 
     task = model.task_info
