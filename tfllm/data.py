@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob as globlib
+import math
 import os
 from typing import Iterator
 
@@ -335,8 +336,9 @@ def _bert_masking(vocab_size, mask_id, unselectable_ids, seq_len, seed):
     ops: tf-text's draw from TensorFlow's stateful generator, whose numbers depend on
     which ops the process happened to create before.
     """
-    # Room for the binomial tail above 15% so few selections are cut off.
-    max_selections = max(1, min(seq_len - 1, int(seq_len * MLM_SELECTION_RATE * 1.5 + 0.5)))
+    # A window has at most seq_len - 1 selectable tokens (BOS is not), so no row ever needs
+    # more slots than this; the min() below only absorbs float rounding at exact multiples.
+    max_selections = max(1, math.ceil(MLM_SELECTION_RATE * (seq_len - 1)))
 
     def mask(window_number, window):
         seeds = tf.random.experimental.stateless_split(
