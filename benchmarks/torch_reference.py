@@ -7,10 +7,11 @@ run the way its CPU recipe runs it (eager, no torch.compile, dropout 0), at the 
 and batch as `train_throughput.py`: 4 layers, 128 wide, 4 heads, context 64, vocabulary 65,
 batch 12; AdamW, gradient clipping at 1.0, tied embeddings, PyTorch's fused attention.
 
-PyTorch is not a tfllm dependency; install it beside (the CPU build is enough):
+PyTorch is not a tfllm dependency; give it a venv of its own (2.13.0 is the CPU build
+this machine kind keeps on disk; any CPU build will do):
 
-    pip install torch
-    python benchmarks/torch_reference.py [--reps 5] [--steps 200]
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy
+    /tmp/torchvenv/bin/python benchmarks/torch_reference.py [--reps 5] [--steps 200]
 
 The last line of output is one JSON object: median tokens per wall-clock second and per
 CPU-second of the process.

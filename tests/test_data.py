@@ -112,7 +112,7 @@ def test_mlm_masks_follow_berts_rule_and_depend_on_the_seed_alone(tmp_path):
     again = _mlm_batches(path, mtok, seed=5, batch_size=16, training=True, n=8,
                          other_random_ops=7)
     other_seed = _mlm_batches(path, mtok, seed=6, batch_size=16, training=True, n=8)
-    for (x, ids, w), (x2, ids2, w2) in zip(batches, again):
+    for (x, _, _), (x2, _, _) in zip(batches, again):
         np.testing.assert_array_equal(x["token_ids"], x2["token_ids"])
         np.testing.assert_array_equal(x["mask_positions"], x2["mask_positions"])
     assert any(not np.array_equal(a[0]["mask_positions"], b[0]["mask_positions"])
@@ -140,9 +140,13 @@ def test_mlm_masks_follow_berts_rule_and_depend_on_the_seed_alone(tmp_path):
                 m = masked[r, p]
                 counts["mask" if m == mtok.mask_id else "same" if m == t else "other"] += 1
             selected += len(real)
-            # Off the selected positions the window is unchanged; weights pad with zeros.
+            # Unused slots carry zero targets and zero weights.
             assert np.all(target[r][weight[r] == 0] == 0)
-    # The originals restore a window of the corpus: BOS then text.
+    # Restoring the targets at their positions gives back a window of the corpus (BOS, then
+    # text), so nothing off the selected positions was changed.
     assert np.all(original[:, 0] == mtok.bos_id)
+    text = path.read_text()
+    for row in original:
+        assert mtok.decode(row[1:].tolist()).strip() in text
     assert 0.72 < counts["mask"] / selected < 0.88, counts
     assert 0.04 < counts["same"] / selected < 0.17 and 0.04 < counts["other"] / selected < 0.17

@@ -343,31 +343,27 @@ def _bert_masking(vocab_size, mask_id, unselectable_ids, seq_len, seed):
     def mask(window_number, window):
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.cast(seed, tf.int64), window_number]), 3)
-        ids = window[None, :]  # (1, seq): the rule below is written for a batch of rows
-        rows, length = tf.shape(ids)[0], tf.shape(ids)[1]
-        selectable = tf.reduce_all(ids[:, :, None] != tf.constant(unselectable_ids, ids.dtype),
-                                   axis=-1)  # (batch, seq)
-        count = tf.math.ceil(tf.reduce_sum(tf.cast(selectable, tf.float32), 1) * MLM_SELECTION_RATE)
-        count = tf.minimum(tf.cast(count, tf.int32), max_selections)  # (batch,)
+        length = tf.shape(window)[0]
+        selectable = tf.reduce_all(window[:, None] != tf.constant(unselectable_ids, window.dtype),
+                                   axis=-1)  # (seq,)
+        count = tf.math.ceil(tf.reduce_sum(tf.cast(selectable, tf.float32)) * MLM_SELECTION_RATE)
+        count = tf.minimum(tf.cast(count, tf.int32), max_selections)
         # A uniformly random subset: the `count` selectable positions with the lowest scores.
-        scores = tf.where(selectable, tf.random.stateless_uniform(tf.shape(ids), seeds[0]), 2.0)
-        _, order = tf.math.top_k(-scores, k=max_selections)  # (batch, max_selections)
-        chosen = tf.range(max_selections)[None, :] < count[:, None]
-        positions = tf.sort(tf.where(chosen, order, length), axis=1)  # unused slots last
-        weights = positions < length
-        positions = tf.where(weights, positions, 0)
-        originals = tf.gather(ids, positions, batch_dims=1)  # (batch, max_selections)
-        draw = tf.random.stateless_uniform([rows, max_selections], seeds[1])
-        random_ids = tf.random.stateless_uniform([rows, max_selections], seeds[2], maxval=vocab_size,
-                                                 dtype=ids.dtype)
-        values = tf.where(draw < 0.8, tf.cast(mask_id, ids.dtype),
+        scores = tf.where(selectable, tf.random.stateless_uniform([length], seeds[0]), 2.0)
+        order = tf.math.top_k(-scores, k=max_selections).indices  # (max_selections,)
+        weights = tf.range(max_selections) < count  # used slots first, as tf-text pads
+        positions = tf.where(weights, tf.sort(tf.where(weights, order, length)), 0)
+        originals = tf.gather(window, positions)
+        draw = tf.random.stateless_uniform([max_selections], seeds[1])
+        random_ids = tf.random.stateless_uniform([max_selections], seeds[2], maxval=vocab_size,
+                                                 dtype=window.dtype)
+        values = tf.where(draw < 0.8, tf.cast(mask_id, window.dtype),
                           tf.where(draw < 0.9, random_ids, originals))
-        hits = tf.logical_and(tf.one_hot(positions, length, on_value=True, off_value=False,
-                                         dtype=tf.bool), weights[:, :, None])  # (batch, max_sel, seq)
-        masked = tf.where(tf.reduce_any(hits, 1),
-                          tf.reduce_sum(tf.where(hits, values[:, :, None], 0), 1), ids)
-        x = {"token_ids": masked[0], "padding_mask": tf.ones_like(window, tf.bool),
-             "mask_positions": positions[0]}
-        return x, tf.where(weights, originals, 0)[0], tf.cast(weights, tf.float32)[0]
+        used = tf.where(weights)  # (count, 1): only real slots write into the window
+        masked = tf.tensor_scatter_nd_update(window, tf.gather_nd(positions, used)[:, None],
+                                             tf.gather_nd(values, used))
+        x = {"token_ids": masked, "padding_mask": tf.ones_like(window, tf.bool),
+             "mask_positions": positions}
+        return x, tf.where(weights, originals, 0), tf.cast(weights, tf.float32)
 
     return mask
