@@ -5,6 +5,11 @@ vocabulary 65), batch 12, XLA for both, the same steps per execution. The two ar
 alternately, several repetitions each, and the median is reported.
 
     python benchmarks/train_throughput.py [--reps 5] [--steps 200] [--precision float32]
+                                          [--tf-data-autotune off]
+
+Both models get the same synthetic batches through the same tf.data options: by default
+with tf.data's autotuner off, as tfllm's own pipelines run (with it on, `fit` idles at a
+fixed 51 ms per step in most runs on 2-vCPU machines; see README.md).
 
 The last line of output is one JSON object with both figures and their ratio, per wall-clock
 second and per CPU-second of the process.
@@ -31,7 +36,13 @@ def synthetic(n_batches, seed=0):
     return data[:, :-1], data[:, 1:]
 
 
-def tfllm_model(precision, spe):
+def input_options(autotune):
+    options = tf.data.Options()
+    options.autotune.enabled = autotune
+    return options
+
+
+def tfllm_model(precision, spe, options):
     from tfllm.config import get_preset
     from tfllm.models import CausalLM
 
@@ -43,10 +54,10 @@ def tfllm_model(precision, spe):
 
     x, y = synthetic(64)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH, drop_remainder=True)
-    return model, ds.prefetch(8)
+    return model, ds.prefetch(8).with_options(options)
 
 
-def kerashub_model(spe):
+def kerashub_model(spe, options):
     import keras_hub
 
     backbone = keras_hub.models.GPT2Backbone(
@@ -59,7 +70,7 @@ def kerashub_model(spe):
     x, y = synthetic(64)
     mask = np.ones_like(x, dtype=bool)
     ds = tf.data.Dataset.from_tensor_slices(({"token_ids": x, "padding_mask": mask}, y, mask))
-    return model, ds.repeat().batch(BATCH, drop_remainder=True).prefetch(8)
+    return model, ds.repeat().batch(BATCH, drop_remainder=True).prefetch(8).with_options(options)
 
 
 def measure(model, ds, steps):
@@ -82,13 +93,17 @@ def main():
     parser.add_argument("--precision", default="float32",
                         choices=["float32", "mixed_bfloat16"], help="tfllm's precision")
     parser.add_argument("--steps-per-execution", type=int, default=50)
+    parser.add_argument("--tf-data-autotune", choices=["off", "on"], default="off",
+                        help="tf.data's autotuner for both models' input (default: off)")
     args = parser.parse_args()
     spe = args.steps_per_execution
+    options = input_options(args.tf_data_autotune == "on")
 
     # KerasHub twice: with tfllm's steps per execution (the fair, tuned comparison the
     # target is judged on) and at its compile() default of 1 (what its users get).
-    models = {"tfllm": tfllm_model(args.precision, spe), "kerashub": kerashub_model(spe),
-              "kerashub_default": kerashub_model(1)}
+    models = {"tfllm": tfllm_model(args.precision, spe, options),
+              "kerashub": kerashub_model(spe, options),
+              "kerashub_default": kerashub_model(1, options)}
     first_call = {}
     for name, (model, ds) in models.items():  # compile + warm up
         start = time.perf_counter()
@@ -111,6 +126,7 @@ def main():
         "shape": {"layers": LAYERS, "d_model": WIDTH, "heads": HEADS, "ffn": FFN,
                   "context": CONTEXT, "vocab": VOCAB, "batch": BATCH},
         "tfllm_precision": args.precision,
+        "tf_data_autotune": args.tf_data_autotune,
         "tfllm_tokens_per_sec": round(med["tfllm"], 1),
         "kerashub_tokens_per_sec": round(med["kerashub"], 1),
         "ratio": round(med["tfllm"] / med["kerashub"], 3),

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from tfllm import runs
 from tfllm.config import ConfigError
+from tfllm.data import training_options
 from tfllm.errors import DataError, RunDirError, TfllmError
 
 TASKS = ("classify",)
@@ -141,7 +142,7 @@ def make_classification_dataset(tokenizer, texts, labels, seq_len, add_bos, batc
         padding_values=(tokenizer.pad_id, False, 0), pad_to_bucket_boundary=True,
         drop_remainder=training)
     ds = ds.map(lambda ids, mask, y: ({"token_ids": ids, "padding_mask": mask}, y))
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(training_options())
 
 
 def label_ids(labels, class_names) -> list[int]:
