@@ -208,11 +208,11 @@ class Corpus:
 def training_options(deterministic: bool | None = None) -> tf.data.Options:
     """tf.data options for the pipelines that feed `fit`: autotuner off, shard by batch.
 
-    tf.data's autotuner made Keras `fit` idle on 2-vCPU machines: in 60-70% of runs every
-    step took a fixed 51 ms (a 768-token step needs ~35), with the CPUs partly idle and
-    the same figure whatever the model; with the autotuner off no run did (measured in
-    benchmarks/README.md). The batches here are cheap, so nothing needs tuning:
-    `AUTOTUNE` parallelism then means one call per core.
+    tf.data's autotuner made Keras `fit` idle on 2-vCPU machines: in 60-70% of timed
+    repetitions every step took a fixed 51 ms (a 768-token step needs ~35), with the CPUs
+    partly idle and the same figure whatever the model; with the autotuner off none did
+    (benchmarks/README.md, "The idle spells"). These pipelines' batches are cheap to make,
+    so there is little for it to tune.
 
     Args:
         deterministic: passed to `tf.data.Options.deterministic` when not None.
