@@ -24,8 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-LAYERS, WIDTH, HEADS, FFN, CONTEXT, VOCAB, BATCH = 4, 128, 4, 512, 64, 65, 12
+# The shape train_throughput.py trains, from its one definition (run as a script from
+# benchmarks/, whose directory Python puts on the path).
+from train_throughput import BATCH, CONTEXT, FFN, HEADS, LAYERS, VOCAB, WIDTH  # noqa: E402
 
 
 def step_products():

@@ -172,5 +172,6 @@ def test_fit_pipelines_run_without_the_autotuner(tmp_path, tok):
     }
     for name, ds in pipelines.items():
         assert ds.options().autotune.enabled is False, name
+        assert ds.options().deterministic is True, name  # seeded runs see the same batches
         first = tf.nest.flatten(next(iter(ds)))[0]  # the pipeline still runs
         assert first.shape[0] == 2, name

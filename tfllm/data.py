@@ -205,7 +205,7 @@ class Corpus:
         return out
 
 
-def training_options(deterministic: bool | None = None) -> tf.data.Options:
+def training_options() -> tf.data.Options:
     """tf.data options for the pipelines that feed `fit`: autotuner off, shard by batch.
 
     tf.data's autotuner made Keras `fit` idle on 2-vCPU machines: in 60-70% of timed
@@ -214,8 +214,7 @@ def training_options(deterministic: bool | None = None) -> tf.data.Options:
     (benchmarks/README.md, "The idle spells"). These pipelines' batches are cheap to make,
     so there is little for it to tune.
 
-    Args:
-        deterministic: passed to `tf.data.Options.deterministic` when not None.
+    Elements keep their order (deterministic), so a seeded run sees the same batches.
 
     Example:
         >>> ds = tf.data.Dataset.range(4).with_options(training_options())
@@ -224,8 +223,7 @@ def training_options(deterministic: bool | None = None) -> tf.data.Options:
     options.autotune.enabled = False
     # Generated windows have no files to shard: multi-worker runs shard by batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    if deterministic is not None:
-        options.deterministic = deterministic
+    options.deterministic = True
     return options
 
 
@@ -286,7 +284,7 @@ def make_lm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size:
     else:
         ds = lm_windows(texts, tokenizer, seq_len).batch(batch_size)
     ds = ds.map(_split_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(training_options(deterministic=True))
+    return ds.with_options(training_options())
 
 
 MLM_SELECTION_RATE = 0.15
