@@ -19,10 +19,13 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+    from tfllm.logs import quiet_native
+
+    quiet_native("--verbose" in sys.argv)
 
 from tfllm import runs  # noqa: E402
-from tfllm.errors import TfllmError  # noqa: E402
+from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 from export.tflite import DEFAULT_PREFILL, export_tflite  # noqa: E402
 
@@ -62,14 +65,20 @@ def engine_generate(path, prompt: str, max_new_tokens: int) -> str:
         session = engine.create_session(
             apply_prompt_template=False, max_output_tokens=max_new_tokens,
             sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0))
-        session.run_prefill([prompt])
-        return "".join(session.run_decode().texts)
+        try:
+            session.run_prefill([prompt])
+            return "".join(session.run_decode().texts)
+        finally:
+            session.close()  # before the engine: it reports sessions still open as errors
     finally:
         engine.close()
 
 
 def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt="ROMEO:",
                     max_new_tokens=16, quantize="float32"):
+    if os.path.isdir(out):
+        raise LiteRtLmExportError(f"--out {out} is a directory; give a file path "
+                                  "(e.g. models/NAME.litertlm)")
     config = runs.read_run_config(run_dir)
     tok_file = config.get("tokenizer")
     if not isinstance(tok_file, str):
@@ -108,6 +117,8 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.litertlm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--out", required=True, help="output .litertlm file")
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL))
@@ -116,12 +127,12 @@ def main(argv=None):
                         help="weight precision (see python -m export.tflite --help)")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
     args = parser.parse_args(argv)
-    try:
-        report = export_litertlm(args.run, args.out, args.prefill_lengths, args.prompt,
-                                 quantize=args.quantize)
-    except TfllmError as e:
-        print(f"export.litertlm: error: {e}", file=sys.stderr)
-        return 2
+    return run_main("export.litertlm", _main, args)
+
+
+def _main(args):
+    report = export_litertlm(args.run, args.out, args.prefill_lengths, args.prompt,
+                             quantize=args.quantize)
     print(f"LiteRT-LM bundle written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     same = "the same as" if report["quantize"] == "float32" else "checked against"
     print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "

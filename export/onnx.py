@@ -29,13 +29,16 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+    from tfllm.logs import quiet_native
+
+    quiet_native("--verbose" in sys.argv)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfllm import runs  # noqa: E402
-from tfllm.errors import TfllmError  # noqa: E402
+from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 TOLERANCE = 1e-4
 SAMPLE = "ROMEO:\nWhat say you to this?"
@@ -83,6 +86,9 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True):
         sample: text whose tokens the check runs.
         decode: also write the cached decode step (causal LMs) to `decode_path(out)`.
     """
+    if os.path.isdir(out):
+        raise OnnxExportError(f"--out {out} is a directory; give a file path "
+                              "(e.g. models/NAME.onnx)")
     model = runs.load(run_dir)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
@@ -261,17 +267,19 @@ def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--no-decode", action="store_true",
                         help="write only the forward pass, not FILE.decode.onnx")
     args = parser.parse_args(argv)
-    try:
-        report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode)
-    except TfllmError as e:
-        print(f"export.onnx: error: {e}", file=sys.stderr)
-        return 2
+    return run_main("export.onnx", _main, args)
+
+
+def _main(args):
+    report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode)
     print(f"ONNX model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     what = "label agreement" if report["classifier"] else "next-token agreement"
     print(f"onnxruntime vs Keras: largest logit difference {report['max_logit_diff']:.2e}, "

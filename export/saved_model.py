@@ -35,20 +35,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+    from tfllm.logs import quiet_native
+
+    quiet_native("--verbose" in sys.argv)
 
 import tensorflow as tf  # noqa: E402
 
-from tfllm import runs  # noqa: E402
-from tfllm.errors import TfllmError  # noqa: E402
+from tfllm import atomic, runs  # noqa: E402
+from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
 _MIN_BUCKET = 8
+# Most rows one request may carry (the cache and the loop's state scale with it).
+DEFAULT_MAX_BATCH = 64
 
 
 class ExportError(TfllmError):
@@ -63,8 +66,37 @@ def _prompt_bucket(longest, room, max_len):
     return tf.maximum(longest, tf.minimum(p, max_len - room))
 
 
-def causal_lm_signatures(model, tokenizer, jit_compile=True):
-    """Endpoint functions of a causal LM: {name: (fn, input_signature)}."""
+def _require(condition, message):
+    """An in-graph check whose failure is InvalidArgument "assertion failed: [message]"."""
+    return tf.debugging.Assert(condition, [tf.constant(message)])
+
+
+def _after(checks, *tensors):
+    """`tensors`, usable only once every check has passed: work that scales with an
+    input (tokenizing, padding, the cache, the loop) never starts on a rejected request."""
+    with tf.control_dependencies(checks):
+        out = tuple(tf.identity(t) for t in tensors)
+    return out if len(out) > 1 else out[0]
+
+
+def _batch_checks(max_batch, first, *others):
+    """Every input has the same batch size, from 1 to `max_batch`."""
+    batch = tf.shape(first)[0]
+    checks = [_require(tf.logical_and(batch >= 1, batch <= max_batch),
+                       f"the batch must hold 1 to {max_batch} rows")]
+    for name, t in others:
+        checks.append(_require(tf.equal(tf.shape(t)[0], batch),
+                               f"{name} must have one value per row"))
+    return checks
+
+
+def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
+    """Endpoint functions of a causal LM: {name: (fn, input_signature)}.
+
+    Every input is checked in the graph before anything that scales with it is allocated;
+    an out-of-range value fails the request with InvalidArgument naming the input and its
+    limit (see README, "Limits and errors").
+    """
     from tfllm.generation import Generator
 
     gen = Generator(model, end_token_id=tokenizer.eos_id, jit_compile=jit_compile)
@@ -73,6 +105,22 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True):
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
 
     def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        checks = _batch_checks(max_batch, prompt, ("max_new_tokens", max_new_tokens),
+                               ("temperature", temperature), ("top_k", top_k),
+                               ("top_p", top_p), ("seed", seed))
+        checks += [
+            _require(tf.reduce_all(tf.logical_and(max_new_tokens >= 1,
+                                                  max_new_tokens <= max_len - 1)),
+                     f"max_new_tokens must be from 1 to {max_len - 1} (the model context of "
+                     f"{max_len} tokens less the prompt)"),
+            _require(tf.reduce_all(tf.logical_and(tf.math.is_finite(temperature),
+                                                  temperature >= 0.0)),
+                     "temperature must be a finite number >= 0 (0 = greedy)"),
+            _require(tf.reduce_all(top_k >= 0), "top_k must be >= 0 (0 = off)"),
+            _require(tf.reduce_all(tf.logical_and(top_p > 0.0, top_p <= 1.0)),
+                     "top_p must be > 0 and <= 1 (1 = off)"),
+        ]
+        prompt, max_new_tokens = _after(checks, prompt, max_new_tokens)
         ids = sp.tokenize(prompt)
         batch = tf.shape(prompt)[0]
         # An empty prompt starts from BOS, as CausalLM.generate does.
@@ -81,19 +129,20 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True):
             tf.fill([tf.reduce_sum(empty)], bos), empty), ids], axis=1)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         longest = tf.reduce_max(lengths)
-        max_new = tf.maximum(max_new_tokens, 1)
-        room = tf.reduce_max(max_new)
-        tf.debugging.assert_less_equal(
-            longest + room, max_len,
-            message=f"prompt tokens + max_new_tokens exceed the model context of {max_len} tokens")
+        room = tf.reduce_max(max_new_tokens)
+        # Subtraction, not addition: a huge max_new_tokens must not wrap around.
+        fits = _require(room <= max_len - longest,
+                        f"prompt tokens + max_new_tokens exceed the model context of "
+                        f"{max_len} tokens")
+        longest, room = _after([fits], longest, room)
         bucket = _prompt_bucket(longest, room, max_len)
         # Left-pad into (batch, bucket): row b's tokens end in the last column.
         right = ids.to_tensor(0, shape=tf.stack([batch, bucket]))
         src = tf.range(bucket)[None, :] - (bucket - lengths)[:, None]
         padded = tf.where(src >= 0, tf.gather(right, tf.maximum(src, 0), batch_dims=1), 0)
-        out, n_gen = gen._generate(padded, lengths, max_new, temperature, top_k, top_p,
-                                   seed, tf.constant(True))
-        width = tf.reduce_max(max_new)
+        out, n_gen = gen._generate(padded, lengths, max_new_tokens, temperature, top_k,
+                                   top_p, seed, tf.constant(True))
+        width = room
         new_ids = out[:, :width]
         keep = tf.sequence_mask(n_gen, width)
         # Drop the end token itself from the text (CausalLM.generate does the same).
@@ -104,12 +153,16 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True):
         return {"text": text, "token_ids": token_ids, "num_generated": n_gen}
 
     def score(text):
+        text = _after(_batch_checks(max_batch, text), text)
         ids = sp.tokenize(text)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
-        tf.debugging.assert_less_equal(
-            tf.reduce_max(lengths), max_len,
-            message=f"text longer than the model context of {max_len} tokens")
-        dense = ids.to_tensor(tokenizer.pad_id)
+        longest = tf.reduce_max(lengths)
+        fits = _require(longest <= max_len,
+                        f"text longer than the model context of {max_len} tokens")
+        longest = _after([fits], longest)
+        # At least one column, so that a batch of empty texts still runs (and scores 0).
+        dense = ids.to_tensor(tokenizer.pad_id,
+                              shape=tf.stack([tf.shape(text)[0], tf.maximum(longest, 1)]))
         mask = tf.sequence_mask(lengths, tf.shape(dense)[1])
         logits = model({"token_ids": dense, "padding_mask": mask})
         logp = tf.nn.log_softmax(logits[:, :-1], axis=-1)
@@ -130,7 +183,7 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True):
             "score": (score, [tf.TensorSpec(batch, tf.string, name="text")])}
 
 
-def classifier_signatures(model, tokenizer, jit_compile=True):
+def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
     """Endpoint functions of a classifier run: text -> probabilities, label, label_name.
 
     `jit_compile` is accepted for the builders' common signature and not used: the one
@@ -143,6 +196,7 @@ def classifier_signatures(model, tokenizer, jit_compile=True):
     max_len = model.backbone.max_len
 
     def classify(text):
+        text = _after(_batch_checks(max_batch, text), text)
         # Padded to the run's length, or the longest text's when longer (up to max_len).
         n_tokens = tf.cast(tokenizer.tf_tokenizer.tokenize(text).row_lengths(), tf.int32)
         longest = tf.reduce_max(tf.concat([n_tokens + int(task["add_bos"]), [0]], axis=0))
@@ -163,7 +217,7 @@ SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signat
 
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
-                       overwrite=False):
+                       overwrite=False, max_batch=DEFAULT_MAX_BATCH):
     """Write `out/name/version/` and return its path.
 
     Args:
@@ -174,7 +228,9 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         jit_compile: XLA-compile the decoding loop (TF Serving needs
             --xla_cpu_compilation_enabled=true to run it; see serving/README.md).
         verify: reload in a fresh process and compare with CausalLM.generate.
-        overwrite: replace an existing version directory.
+        overwrite: replace an existing version directory (only once the new one is
+            written and verified, in one step: a server never sees it missing).
+        max_batch: most rows one request may carry.
     """
     import keras
 
@@ -184,12 +240,21 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         raise ExportError(f"no SavedModel signatures for runs of objective {task!r}")
     if not isinstance(version, int) or version < 1:
         raise ExportError(f"--version must be a positive integer, got {version!r}")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ExportError(f"--max-batch must be a positive integer, got {max_batch!r}")
     name = name or os.path.basename(os.path.normpath(run_dir))
+    if not name or name.startswith(".") or os.sep in name:
+        raise ExportError(f"--name {name!r} is not a model name (a plain directory name)")
     target = os.path.join(out, name, str(version))
-    if os.path.exists(target):
+    for path in (out, os.path.join(out, name)):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise ExportError(f"{path} is a file, not a directory; give --out a directory")
+    if os.path.lexists(target):
+        if not os.path.isfile(os.path.join(target, "saved_model.pb")):
+            raise ExportError(f"{target} exists and is not a SavedModel version; tfllm does "
+                              "not delete it: choose another --version or remove it yourself")
         if not overwrite:
             raise ExportError(f"{target} already exists; pass --overwrite or another --version")
-        shutil.rmtree(target)
 
     model = runs.load(run_dir)
     if task == "classify":
@@ -197,28 +262,27 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(model.tokenizer.tf_tokenizer)
-    for sig_name, (fn, spec) in SIGNATURE_BUILDERS[task](model, model.tokenizer,
-                                                          jit_compile).items():
+    for sig_name, (fn, spec) in SIGNATURE_BUILDERS[task](model, model.tokenizer, jit_compile,
+                                                          max_batch).items():
         archive.add_endpoint(sig_name, fn, input_signature=spec)
     # The tokenizer files travel as assets too, for clients that tokenize themselves.
     spec = config.get("tokenizer", runs.TOKENIZER)
     files = [spec] if isinstance(spec, str) else [spec["vocabulary"], spec["merges"]]
     archive._tf_trackable.tokenizer_assets = [
         tf.saved_model.Asset(os.path.join(run_dir, f)) for f in files]
-    # Written beside the target (TF Serving ignores non-numeric names) and moved into place
-    # only once verified, so a server watching the base path never loads a bad version.
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(target))
-    try:
+    # Written beside the target (TF Serving ignores non-numeric names), verified, made
+    # readable to the server's user, then swapped in: a server polling the base path sees
+    # the old version or the new one, never a half-written or missing one. Leftovers of a
+    # killed export are removed here too.
+    with atomic.staging_dir(target) as tmp:
         archive.write_out(tmp, verbose=False)
         if verify:
             if task == "classify":
                 verify_classifier(run_dir, tmp, model=model)
             else:
                 verify_saved_model(run_dir, tmp, model=model)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.lexists(target) and not overwrite:  # another export got there first
+            raise ExportError(f"{target} already exists; pass --overwrite or another --version")
     return target
 
 
@@ -302,6 +366,8 @@ def main(argv=None):
         prog="python -m export.saved_model",
         description="Export a tfllm run as a text-in/text-out SavedModel in TF Serving's "
                     "layout (OUT/NAME/VERSION/).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--out", required=True, help="model base directory")
     parser.add_argument("--name", help="model name (default: the run directory's name)")
@@ -311,15 +377,18 @@ def main(argv=None):
                              "builds without XLA:CPU)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the fresh-process check against CausalLM.generate")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing version (once the new one is verified)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help=f"most rows one request may carry (default {DEFAULT_MAX_BATCH})")
     args = parser.parse_args(argv)
-    try:
-        path = export_saved_model(args.run, args.out, args.name, args.version,
-                                  jit_compile=not args.no_jit, verify=not args.no_verify,
-                                  overwrite=args.overwrite)
-    except TfllmError as e:
-        print(f"export.saved_model: error: {e}", file=sys.stderr)
-        return 2
+    return run_main("export.saved_model", _main, args)
+
+
+def _main(args):
+    path = export_saved_model(args.run, args.out, args.name, args.version,
+                              jit_compile=not args.no_jit, verify=not args.no_verify,
+                              overwrite=args.overwrite, max_batch=args.max_batch)
     print(f"SavedModel written to {path}")
     if not args.no_verify:
         task = runs.read_run_config(args.run).get("objective", "clm")
@@ -328,7 +397,6 @@ def main(argv=None):
                  else "greedy text as CausalLM.generate"))
     print("signatures:")
     print("\n".join(describe_signatures(path)))
-    return 0
 
 
 if __name__ == "__main__":

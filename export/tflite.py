@@ -28,13 +28,16 @@ import shutil
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+    from tfllm.logs import quiet_native
+
+    quiet_native("--verbose" in sys.argv)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfllm import runs  # noqa: E402
-from tfllm.errors import TfllmError  # noqa: E402
+from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 DEFAULT_PREFILL = (32, 128)
 
@@ -311,6 +314,12 @@ def agreement(runner, model, windows):
     return same / total, ce_tfl / total, ce_keras / total
 
 
+def _check_out_file(out):
+    if os.path.isdir(out):
+        raise TFLiteExportError(f"--out {out} is a directory; give a file path "
+                                "(e.g. models/NAME.tflite)")
+
+
 def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float32",
                   check_prompts=("ROMEO:",), min_agreement=0.95, max_loss_increase=0.02,
                   strip_names=True):
@@ -320,6 +329,7 @@ def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float
     must agree with Keras on >= `min_agreement` of next tokens over held-out text and stay
     within `max_loss_increase` (relative) of its loss; otherwise nothing is written.
     """
+    _check_out_file(out)
     data, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
@@ -478,6 +488,7 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
     float32 must give the Keras probabilities (within 1e-4) and labels on held-out rows;
     quantized modes must agree with Keras' labels on >= `min_agreement` of them.
     """
+    _check_out_file(out)
     data, model, task = convert_classifier(run_dir, quantize, strip_names=strip_names)
     _, held_out = _classifier_rows(run_dir, check_rows)
     ids = _encode_one(model.tokenizer, task, held_out)
@@ -512,6 +523,8 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--out", required=True, help="output .tflite file")
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL),
@@ -523,17 +536,17 @@ def main(argv=None):
                         help="keep internal tensor names (for debugging with a model viewer; "
                              "signature and input/output names are always kept)")
     args = parser.parse_args(argv)
+    return run_main("export.tflite", _main, args)
+
+
+def _main(args):
     strip = not args.keep_tensor_names
-    try:
-        if runs.read_run_config(args.run).get("objective") == "classify":
-            report = export_classifier_tflite(args.run, args.out, args.quantize,
-                                              strip_names=strip)
-        else:
-            report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
-                                   strip_names=strip)
-    except TfllmError as e:
-        print(f"export.tflite: error: {e}", file=sys.stderr)
-        return 2
+    if runs.read_run_config(args.run).get("objective") == "classify":
+        report = export_classifier_tflite(args.run, args.out, args.quantize,
+                                          strip_names=strip)
+    else:
+        report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
+                               strip_names=strip)
     if "label_agreement" in report:
         print(f"TFLite classifier written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
               f"{args.quantize}, input token_ids [1, {report['seq_len']}], classes "

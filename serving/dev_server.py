@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import json
+import math
 import os
 import re
 import signal
@@ -23,14 +25,23 @@ import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+    from tfllm.logs import quiet_native
+
+    quiet_native("--verbose" in sys.argv)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers the SentencePiece ops)
 
+from tfllm.errors import TfllmError, run_main  # noqa: E402
+
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(?::(predict))?$")
 _METADATA = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?/metadata$")
+
+
+class ServerStartError(TfllmError):
+    """The server cannot start (a port in use, no model to serve)."""
 
 
 class RequestError(Exception):
@@ -50,7 +61,7 @@ class ServedModel:
         versions = sorted(int(d) for d in os.listdir(model_dir) if d.isdigit() and
                           os.path.isfile(os.path.join(model_dir, d, "saved_model.pb")))
         if not versions:
-            raise SystemExit(f"dev_server: no versions (DIR/N/saved_model.pb) in {model_dir}")
+            raise ServerStartError(f"no versions (DIR/N/saved_model.pb) in {model_dir}")
         self.versions = {v: tf.saved_model.load(os.path.join(model_dir, str(v)))
                          for v in versions}
         self.latest = versions[-1]
@@ -84,7 +95,7 @@ class ServedModel:
                     array = np.array([_to_bytes(v) for v in _as_list(value, key)], dtype=object)
                 else:
                     array = _numeric(value, spec.dtype, key)
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, OverflowError, binascii.Error) as e:
                 raise RequestError(f"input {key!r}: {e}") from None
             if array.ndim != len(spec.shape):
                 raise RequestError(f"input {key!r} must have rank {len(spec.shape)}, "
@@ -108,7 +119,7 @@ class ServedModel:
 def _tf_error_message(error):
     """The useful line of a TF runtime error: an assertion's own message if there is one."""
     text = error.message or str(error)
-    m = re.search(r"assertion failed: \[(.*?)\]", text)
+    m = re.search(r"assertion failed: \[(.*)\]", text)
     if m:
         return m.group(1).replace("\\'", "'")
     lines = [line for line in text.splitlines() if line.strip()]
@@ -133,12 +144,24 @@ def _to_bytes(v):
 
 def _numeric(value, dtype, key):
     items = _as_list(value, key)
+    info = np.iinfo(dtype.as_numpy_dtype) if dtype.is_integer else None
     for v in items:
         if isinstance(v, (bool, str, dict, list)) or v is None:
-            raise TypeError(f"expected {dtype.name} numbers, got {type(v).__name__} {v!r}")
-        if dtype.is_integer and float(v) != int(v):
-            raise TypeError(f"expected {dtype.name}, got {v!r}")
+            raise TypeError(f"expected {dtype.name} numbers, got {type(v).__name__} "
+                            f"{_short(v)}")
+        if info is None:
+            continue
+        if isinstance(v, float) and (not math.isfinite(v) or not v.is_integer()):
+            raise TypeError(f"expected {dtype.name}, got {_short(v)}")
+        if not info.min <= int(v) <= info.max:
+            raise ValueError(f"{_short(v)} is outside the {dtype.name} range "
+                             f"[{info.min}, {info.max}]")
     return np.array(items, dtype=dtype.as_numpy_dtype)
+
+
+def _short(v, limit=40):
+    text = repr(v) if not isinstance(v, int) or abs(v) < 10 ** limit else f"a {len(str(v))}-digit integer"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _json_value(x):
@@ -223,19 +246,31 @@ def status_json(model: ServedModel, version) -> dict:
          "status": {"error_code": "OK", "error_message": ""}} for v in versions]}
 
 
-def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1 << 20):
+def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1 << 20,
+                     idle_timeout=15.0, max_connections=128):
+    """The REST server. Framing is checked before a body is read: a missing, negative or
+    malformed Content-Length, chunked bodies and bodies over `max_body` get a 4xx and a
+    closed connection. A connection silent for `idle_timeout` seconds (idle keep-alive,
+    or a client that stops sending mid-request) is closed; at most `max_connections` are
+    served at once, later ones get 503 until one ends."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = idle_timeout  # socket timeout for every read: bounds idle and slow clients
 
         def log_message(self, fmt, *args):  # quiet unless asked
             if os.environ.get("TFLLM_DEV_SERVER_LOG"):
                 super().log_message(fmt, *args)
 
-        def _send(self, status, payload):
+        def _send(self, status, payload, close=False):
             data = json.dumps(payload).encode()
+            if close:
+                self.close_connection = True
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -257,14 +292,38 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
             except RequestError as e:
                 self._send(e.status, {"error": str(e)})
 
+        def _read_body(self):
+            """The request body, or RequestError (the connection is then closed: what
+            follows an unread or half-read body cannot be parsed as a request)."""
+            if self.headers.get("Transfer-Encoding"):
+                raise RequestError("chunked request bodies are not accepted; send "
+                                   "Content-Length", 411)
+            raw_length = self.headers.get("Content-Length")
+            if raw_length is None:
+                raise RequestError("a POST needs a Content-Length header", 411)
+            raw_length = raw_length.strip()
+            if not raw_length.isdigit() or len(raw_length) > 18:
+                raise RequestError(f"invalid Content-Length {raw_length[:40]!r}")
+            length = int(raw_length)
+            if length > max_body:
+                raise RequestError(f"request body of {length} bytes exceeds the limit of "
+                                   f"{max_body}", 413)
+            try:
+                raw = self.rfile.read(length)
+            except (TimeoutError, OSError):
+                raise RequestError(f"the request body did not arrive within "
+                                   f"{idle_timeout:g} s", 408) from None
+            if len(raw) < length:
+                raise RequestError(f"the request body ended after {len(raw)} of {length} "
+                                   "bytes")
+            return raw
+
         def do_POST(self):
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > max_body:
-                    self.close_connection = True  # the unread body must not be parsed
-                    raise RequestError(f"request body of {length} bytes exceeds the limit of "
-                                       f"{max_body}", 413)
-                raw = self.rfile.read(length)
+                try:
+                    raw = self._read_body()
+                except RequestError as e:
+                    return self._send(e.status, {"error": str(e)}, close=True)
                 m = _PREDICT.match(self.path)
                 if not m or not m.group(3):
                     raise RequestError(f"Malformed request: POST {self.path}", 404)
@@ -273,9 +332,13 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
                     body = json.loads(raw)
                 except (ValueError, UnicodeDecodeError) as e:
                     raise RequestError(f"JSON Parse error: {e}") from None
+                except RecursionError:
+                    raise RequestError("JSON Parse error: nested too deeply") from None
                 self._send(200, predict_json(model, _int(m.group(2)), body))
             except RequestError as e:
                 self._send(e.status, {"error": str(e)})
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True  # the client went away: nothing to answer
             except Exception as e:  # a server bug must not take the server down
                 self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
@@ -283,8 +346,32 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
         daemon_threads = True
         # socketserver's default listen backlog of 5 resets bursts of concurrent clients.
         request_queue_size = 128
+        slots = threading.BoundedSemaphore(max_connections)
 
-    return Server((host, port), Handler)
+        def process_request(self, request, client_address):
+            if not self.slots.acquire(blocking=False):
+                try:
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
+                                    b"application/json\r\nContent-Length: 41\r\n"
+                                    b"Connection: close\r\n\r\n"
+                                    b'{"error": "too many connections; retry"}\n')
+                except OSError:
+                    pass
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
+    try:
+        return Server((host, port), Handler)
+    except OSError as e:
+        raise ServerStartError(f"cannot listen on {host}:{port} ({e.strerror or e}); is "
+                               "another server using the port? Pass --port") from None
 
 
 def _int(s):
@@ -305,7 +392,11 @@ def make_grpc_server(model: ServedModel, host="127.0.0.1", port=8500, max_body=1
                 version = (request.model_spec.version.value
                            if request.model_spec.HasField("version") else None)
                 fn = model.signature(version, request.model_spec.signature_name)
-                columns = {k: tf.make_ndarray(v).tolist() for k, v in request.inputs.items()}
+                try:
+                    columns = {k: tf.make_ndarray(v).tolist()
+                               for k, v in request.inputs.items()}
+                except (TypeError, ValueError, OverflowError) as e:
+                    raise RequestError(f"an input tensor cannot be read: {e}") from None
                 out = model.run(fn, columns)
             except RequestError as e:
                 code = grpc.StatusCode.NOT_FOUND if e.status == 404 else \
@@ -322,13 +413,21 @@ def make_grpc_server(model: ServedModel, host="127.0.0.1", port=8500, max_body=1
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", max_body)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
-    server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        raise ServerStartError(f"cannot listen on {host}:{port} for gRPC; is another server "
+                               "using the port? Pass --grpc-port (0 turns gRPC off)")
     return server
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m serving.dev_server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--model-dir", required=True, help="DIR/NAME holding version dirs")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
@@ -337,12 +436,26 @@ def main(argv=None):
     parser.add_argument("--max-batch", type=int, default=32, help="largest batch accepted")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
                         help="largest request body accepted (default 1 MiB)")
+    parser.add_argument("--idle-timeout", type=float, default=15.0,
+                        help="seconds a connection may stay silent, idle or mid-request, "
+                             "before it is closed (default 15)")
+    parser.add_argument("--max-connections", type=int, default=128,
+                        help="connections served at once; more get 503 (default 128)")
     args = parser.parse_args(argv)
+    for name in ("max_batch", "max_body_bytes", "max_connections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if not 0 < args.idle_timeout < 86400:
+        parser.error("--idle-timeout must be a positive number of seconds")
+    return run_main("dev_server", _serve, args)
+
+
+def _serve(args):
     if not os.path.isdir(args.model_dir):
-        print(f"dev_server: error: {args.model_dir} is not a directory", file=sys.stderr)
-        return 2
+        raise ServerStartError(f"{args.model_dir} is not a directory")
     model = ServedModel(args.model_dir, args.max_batch)
-    http = make_http_server(model, args.host, args.port, args.max_body_bytes)
+    http = make_http_server(model, args.host, args.port, args.max_body_bytes,
+                            args.idle_timeout, args.max_connections)
     grpc_server = None
     if args.grpc_port:
         grpc_server = make_grpc_server(model, args.host, args.grpc_port, args.max_body_bytes)

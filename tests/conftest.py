@@ -12,6 +12,9 @@ SHARED_DATA = os.environ.get("TFLLM_SHARED_DATA", os.path.join(REPO, "..", "shar
 SHAKESPEARE = os.path.join(SHARED_DATA, "tiny_shakespeare")
 os.environ.setdefault("TFDS_MANUAL_DIR", SHAKESPEARE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# In-process `tfllm.cli.main` calls must leave pytest's own capture of fd 2 alone; tests of
+# the quiet terminal run their command in a subprocess without this variable.
+os.environ.setdefault("TFLLM_LOG_LEVEL", "info")
 
 # A small model with every feature of the real ones; fast enough for many tests.
 TINY = dict(num_layers=2, d_model=32, num_heads=2, ffn_dim=64, max_len=32, dropout=0.0)
@@ -43,6 +46,11 @@ def tiny_run(tmp_path_factory, small_corpus):
                         warmup_steps=20, lr=3e-3),
           model_overrides=TINY, verbose=0)
     return out
+
+
+def quiet_env():
+    """The environment a user's terminal has: native logs quieted (the default)."""
+    return {k: v for k, v in os.environ.items() if k != "TFLLM_LOG_LEVEL"}
 
 
 def run_cli(args, env=None, timeout=600):

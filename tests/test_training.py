@@ -16,8 +16,8 @@ import tfllm.models  # noqa: F401  (registers the classes keras.saving.load_mode
 from tests.conftest import REPO, TINY, run_cli, shakespeare_text
 from tfllm.cli import main
 from tfllm.config import ConfigError
-from tfllm.training import (StrategyError, TrainSettings, evaluate, read_metrics,
-                            resolve_strategy_name)
+from tfllm.training import (MetricsLogger, StrategyError, TrainingDivergedError,
+                            TrainSettings, evaluate, read_metrics, resolve_strategy_name, train)
 
 
 # -- settings and strategies --------------------------------------------------------------
@@ -109,7 +109,11 @@ def test_evaluate_cli_last_line_is_json(tiny_run, capsys):
     (["--strategy", "horovod"], "invalid choice: 'horovod'"),
     (["--steps", "0"], "must be a positive integer"),
     (["--batch-size", "-4"], "must be a positive integer"),
-    (["--lr", "0"], "must be positive"),
+    (["--lr", "0"], "must be a positive finite number"),
+    (["--lr", "inf"], "must be a positive finite number"),
+    (["--lr", "nan"], "must be a positive finite number"),
+    (["--weight-decay", "nan"], "must be a finite number"),
+    (["--warmup-steps", "-1"], "must be >= 0"),
 ])
 def test_cli_argument_errors(args, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -215,6 +219,90 @@ def test_multiworker_two_processes_end_with_identical_weights(tmp_path, small_co
 
 
 # -- fault tolerance ----------------------------------------------------------------------
+
+def _strict_json(line):
+    def refuse(token):
+        raise ValueError(f"bare {token} in metrics.jsonl")
+    return json.loads(line, parse_constant=refuse)
+
+
+class _PoisonAt(keras.callbacks.Callback):
+    """Makes every weight NaN at the start of interval `epoch`: a run that diverges there."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            for v in self.model.trainable_weights:
+                v.assign(np.full(v.shape, np.nan, "float32"))
+
+
+def _finite_file(path):
+    import h5py
+
+    with h5py.File(path) as f:
+        arrays = []
+        f.visit(lambda name: arrays.append(f[name][()]) if isinstance(f[name], h5py.Dataset)
+                else None)
+    return bool(arrays) and all(np.isfinite(a).all() for a in arrays
+                                if np.issubdtype(np.asarray(a).dtype, np.floating))
+
+
+def test_divergence_keeps_the_last_finite_state(tmp_path, small_corpus):
+    out = str(tmp_path / "run")
+    with pytest.raises(TrainingDivergedError) as e:
+        train(out, small_corpus, "shakespeare-char",
+              TrainSettings(steps=6, batch_size=4, eval_interval=2, eval_steps=2),
+              model_overrides=TINY, verbose=0, extra_callbacks=[_PoisonAt(2)])
+    message = str(e.value)
+    # Intervals 1 and 2 (steps 2 and 4) were finite; the third diverged.
+    assert e.value.last_good_step == 4
+    assert "last finite state (step 4)" in message and "backup" in message
+    assert "--resume" in message
+    backup = os.path.join(out, "backup")
+    with open(os.path.join(backup, "training_metadata.json")) as f:
+        assert json.load(f)["epoch"] == 2
+    assert _finite_file(os.path.join(backup, "latest.weights.h5"))
+    assert _finite_file(os.path.join(out, "best.weights.h5"))
+    assert not os.path.exists(os.path.join(out, "model.keras"))
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [_strict_json(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert records[-1]["loss"] is None and records[0]["loss"] > 0
+    # The run continues from the finite state.
+    result = train(out, small_corpus, "shakespeare-char",
+                   TrainSettings(steps=6, batch_size=4, eval_interval=2, eval_steps=2),
+                   model_overrides=TINY, verbose=0, resume=True)
+    assert math.isfinite(result["loss"]) and result["step"] == 6
+
+
+def test_metrics_logger_writes_null_for_non_finite(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    logger = MetricsLogger(path, 10, 100)
+    logger.set_model(keras.Sequential([keras.layers.Dense(1)]))
+    logger.model.compile(optimizer="sgd")
+    logger.on_train_begin()
+    logger.on_epoch_begin(0)
+    logger.on_epoch_end(0, {"loss": float("nan"), "val_loss": float("inf"), "accuracy": 0.5})
+    with open(path) as f:
+        record = _strict_json(f.read())
+    assert record["loss"] is None and record["val_loss"] is None and record["accuracy"] == 0.5
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(lr=float("inf")), "--lr must be a finite number"),
+    (dict(lr=float("nan")), "--lr must be a finite number"),
+    (dict(lr=5.0), "--lr must be a finite number in \\(0, 1\\]"),
+    (dict(min_lr_ratio=float("nan")), "--min-lr-ratio"),
+    (dict(weight_decay=-1.0), "--weight-decay"),
+    (dict(warmup_steps=-3), "--warmup-steps"),
+])
+def test_non_finite_or_absurd_settings_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainSettings(**kwargs)
+
 
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_last_saved_step(tmp_path, small_corpus):

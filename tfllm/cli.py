@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
 
-# TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is noise on a terminal.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tf.data pipelines are shuffled by tfllm itself; Keras warns that its own shuffle is unused.
 warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
 
-from tfllm.config import PRESETS
-from tfllm.errors import TfllmError
+# Nothing here imports TensorFlow: --help and argument errors answer at once, and the
+# commands import what they need once the arguments are known.
+from tfllm.config import PRECISIONS, PRESETS, STRATEGIES
+from tfllm.errors import TfllmError, run_main
 
 
 def _positive_int(text):
@@ -32,8 +33,28 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not math.isfinite(value) or not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
+    return value
+
+
+def _finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -65,11 +86,19 @@ def _add_labeled_args(p, required):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfllm.training import PRECISIONS, STRATEGIES
-
     parser = argparse.ArgumentParser(
-        prog="tfllm", description="Train and use transformer language models in TensorFlow.")
+        prog="tfllm", description="Train and use transformer language models in TensorFlow.",
+        epilog="Native libraries' log lines (TensorFlow, LiteRT, SentencePiece) are kept off "
+               "the terminal; --verbose or TFLLM_LOG_LEVEL=info shows them.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Also accepted after the command; SUPPRESS keeps a top-level --verbose from being reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the native libraries' log lines")
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
     t = sub.add_parser("train", help="pretrain a language model into a run directory",
                        description="Pretrain a GPT-style causal LM (--objective clm) or a "
@@ -89,9 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive_int,
                    help="examples per replica per step (default 12)")
     t.add_argument("--lr", type=_positive_float, help="peak learning rate (default 1e-3)")
-    t.add_argument("--warmup-steps", type=int, help="linear warmup steps (default 100)")
-    t.add_argument("--min-lr-ratio", type=float, help="final lr / peak lr (default 0.1)")
-    t.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.1)")
+    t.add_argument("--warmup-steps", type=_non_negative_int,
+                   help="linear warmup steps (default 100)")
+    t.add_argument("--min-lr-ratio", type=_finite_float,
+                   help="final lr / peak lr, 0 to 1 (default 0.1)")
+    t.add_argument("--weight-decay", type=_finite_float,
+                   help="AdamW weight decay, 0 to 1 (default 0.1)")
     t.add_argument("--eval-interval", type=_positive_int,
                    help="steps between evaluations and checkpoints (default 250)")
     t.add_argument("--eval-steps", type=_positive_int,
@@ -103,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tpu", help="TPU name or grpc://address (default $TPU_NAME)")
     t.add_argument("--precision", choices=PRECISIONS, help="compute precision (default float32)")
     t.add_argument("--no-jit", action="store_true", help="do not compile steps with XLA")
-    t.add_argument("--dropout", type=float, help="override the preset's dropout")
+    t.add_argument("--dropout", type=_finite_float,
+                   help="override the preset's dropout (0 <= p < 1)")
     t.add_argument("--vocab-size", type=_positive_int,
                    help="override the preset's vocabulary size (bpe/unigram tokenizers)")
     t.add_argument("--max-len", type=_positive_int,
@@ -122,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-file", help="file with one prompt per line ('-' for stdin)")
     g.add_argument("--max-new-tokens", type=_positive_int,
                    help="tokens to generate (default: fill the model's context)")
-    g.add_argument("--temperature", type=float, default=0.0,
+    g.add_argument("--temperature", type=_finite_float, default=0.0,
                    help="0 for greedy decoding (default), > 0 to sample")
-    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with mass >= p")
+    g.add_argument("--top-k", type=_positive_int, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=_positive_float,
+                   help="nucleus sampling: smallest set with mass >= p (0 < p <= 1)")
     g.add_argument("--seed", type=int, help="seed for reproducible sampling")
     g.add_argument("--num-samples", type=_positive_int, default=1,
                    help="continuations per prompt (default 1)")
@@ -164,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backbone-lr-ratio", type=_positive_float,
                    help="backbone learning rate / head learning rate for a pretrained "
                         "backbone (default 0.5)")
-    f.add_argument("--warmup-ratio", type=float, help="fraction of steps warming up (default 0.1)")
-    f.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    f.add_argument("--dropout", type=float, help="dropout (default: the backbone's own)")
+    f.add_argument("--warmup-ratio", type=_finite_float,
+                   help="fraction of steps warming up, 0 <= r < 1 (default 0.1)")
+    f.add_argument("--weight-decay", type=_finite_float,
+                   help="AdamW weight decay, 0 to 1 (default 0.01)")
+    f.add_argument("--dropout", type=_finite_float,
+                   help="dropout, 0 <= p < 1 (default: the backbone's own)")
     f.add_argument("--eval-interval", type=_positive_int,
                    help="steps between validations (default: an epoch, at most 500)")
     f.add_argument("--patience", type=_positive_int,
@@ -210,8 +247,13 @@ def _train(args):
     from tfllm import runs
     from tfllm.training import TrainSettings, train
 
-    stored = runs.read_run_config(args.out) if args.resume and \
-        os.path.isfile(os.path.join(args.out, runs.CONFIG)) else None
+    if args.resume and not runs.is_run_dir(args.out):
+        what = "does not exist" if not os.path.exists(args.out) else \
+            f"is not a tfllm run directory (no {runs.CONFIG})"
+        raise TfllmError(f"--resume: {args.out} {what}; start a new run without --resume")
+    if not args.resume:
+        runs.check_new_run_dir(args.out, args.overwrite, resumable=True)
+    stored = runs.read_run_config(args.out) if args.resume else None
     base = TrainSettings(**stored["training"]) if stored else TrainSettings()
     given = {k: getattr(args, k) for k in (
         "steps", "batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay",
@@ -294,7 +336,7 @@ def _classify(args):
 
     texts = list(args.text or [])
     if not texts and not sys.stdin.isatty():
-        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        texts = [line for line in _read_text("-").splitlines() if line.strip()]
     if not texts:
         raise TfllmError("no text: pass --text TEXT or pipe lines on stdin")
     model, task = load_classifier(args.run, args.weights)
@@ -311,19 +353,28 @@ def _classify(args):
             print(f"{names[best]}\t{p[best]:.4f}\t{text}")
 
 
+def _read_text(path) -> str:
+    """A UTF-8 text file or stdin ('-'), with a one-line error for anything else."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = "standard input" if path == "-" else path
+        raise TfllmError(f"{where} is not valid UTF-8 ({e.reason} at byte {e.start}); "
+                         "give UTF-8 text") from None
+
+
 def _read_prompts(args) -> list[str]:
     prompts = [p.replace("\\n", "\n") for p in (args.prompt or [])]
     source = args.prompt_file
     if source is None and not prompts and not sys.stdin.isatty():
         source = "-"
     if source:
-        if source == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            if not os.path.isfile(source):
-                raise TfllmError(f"prompt file {source} does not exist")
-            with open(source, encoding="utf-8") as f:
-                lines = f.read().splitlines()
+        if source != "-" and not os.path.isfile(source):
+            raise TfllmError(f"prompt file {source} does not exist")
+        lines = _read_text(source).splitlines()
         prompts += [line.replace("\\n", "\n") for line in lines if line.strip()]
     return prompts or [""]
 
@@ -339,17 +390,24 @@ def _generate(args):
     tok, gen = model.tokenizer, get_generator(model)
     ids = [encode_prompt(tok, p) for p in prompts]
     longest = max(len(p) for p in ids)
+    if args.max_new_tokens is not None and args.max_new_tokens >= gen.max_len:
+        raise GenerationError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a "
+                              f"prompt in the model's context of {gen.max_len} tokens; "
+                              f"give at most {gen.max_len - 1}")
     if args.truncate == "left":
         keep = gen.max_len - (args.max_new_tokens or gen.max_len // 2)
-        if keep < 1:
-            raise GenerationError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a "
-                                  f"prompt in the context of {gen.max_len} tokens")
         ids = [p[-keep:] for p in ids]
         longest = max(len(p) for p in ids)
-    max_new = args.max_new_tokens or max(gen.max_len - longest, 0)
-    if max_new < 1:
-        raise GenerationError(f"the prompt ({longest} tokens) fills the model's context of "
-                              f"{gen.max_len}; shorten it or pass --truncate left")
+    if longest >= gen.max_len or (args.max_new_tokens and
+                                  longest + args.max_new_tokens > gen.max_len):
+        room = gen.max_len - (args.max_new_tokens or 1)
+        hint = (f"lower --max-new-tokens to {gen.max_len - longest}, "
+                if args.max_new_tokens and longest < gen.max_len else "")
+        raise GenerationError(
+            f"the prompt ({longest} tokens) and {args.max_new_tokens or 'at least 1'} new "
+            f"token(s) do not fit the model's context of {gen.max_len} tokens; {hint}"
+            f"shorten the prompt to {room} tokens or pass --truncate left")
+    max_new = args.max_new_tokens or gen.max_len - longest
     params = GenerationParams(max_new, args.temperature, args.top_k, args.top_p, args.seed)
     if len(ids) == 1 and args.num_samples == 1:
         # One prompt: stream. Decode the whole continuation each time so multi-byte pieces
@@ -393,15 +451,10 @@ COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        COMMANDS[args.command](args)
-    except TfllmError as e:
-        print(f"tfllm {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tfllm {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    from tfllm.logs import quiet_native
+
+    quiet_native(args.verbose)
+    return run_main(f"tfllm {args.command}", COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":

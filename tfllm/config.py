@@ -19,6 +19,9 @@ class ConfigError(TfllmError, ValueError):
     """A configuration value is invalid; the message names it and the fix."""
 
 TOKENIZER_TYPES = ("char", "bpe", "unigram")
+# Training choices, here so the command line can offer them without importing TensorFlow.
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 ACTIVATIONS = ("gelu", "relu")
 
 

@@ -63,11 +63,12 @@ class FinetuneSettings:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
                                   f"got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
-        if not 0 < self.backbone_lr_ratio <= 10:
-            raise ConfigError(f"--backbone-lr-ratio must be in (0, 10], got "
-                              f"{self.backbone_lr_ratio!r}")
+        from tfllm.training import MAX_LR, check_number
+
+        check_number("--lr", self.lr, low=0.0, high=MAX_LR, low_open=True)
+        check_number("--backbone-lr-ratio", self.backbone_lr_ratio, low=0.0, high=10.0,
+                     low_open=True)
+        check_number("--weight-decay", self.weight_decay, low=0.0, high=1.0)
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
@@ -174,7 +175,11 @@ class BestAccuracyCheckpoint(keras.callbacks.Callback):
         logs = logs or {}
         if logs.get("val_accuracy") is None:
             return
+        from tfllm.training import weights_finite
+
         key = (float(logs["val_accuracy"]), -float(logs.get("val_loss", 0.0)))
+        if not all(math.isfinite(k) for k in key) or not weights_finite(self.model):
+            return  # a diverged interval is never kept
         if self.best is None or key > self.best:
             self.best = key
             self.model.save_weights(self.path)
@@ -274,7 +279,8 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     total_steps = epochs * eval_interval
     spe = math.gcd(eval_interval, 50)
 
-    os.makedirs(out, exist_ok=True)
+    # Data, model and tokenizer are ready: only now is an old run in `out` replaced.
+    runs.start_new_run_dir(out)
     if run is not None:
         _copy_tokenizer_files(run, out, tokenizer_spec)
     else:
@@ -326,7 +332,10 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
                             validation_data=val_ds, callbacks=callbacks, verbose=verbose)
     losses = history.history.get("loss") or [float("nan")]
     if not math.isfinite(losses[-1]):
-        raise TfllmError(f"fine-tuning diverged (loss is NaN); lower --lr (now {settings.lr})")
+        kept = (f"the best finite model so far is in {best_path}" if os.path.isfile(best_path)
+                else "no finite model was saved")
+        raise TfllmError(f"fine-tuning diverged (the loss became NaN or infinite); {kept}; "
+                         f"lower --lr (now {settings.lr:g}) and run again with --overwrite")
     # The model kept is the one with the best validation accuracy (early stopping's choice).
     if os.path.isfile(best_path):
         model.load_weights(best_path)

@@ -13,6 +13,7 @@ function serves each (batch bucket, prompt bucket) pair and is never retraced.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -181,11 +182,13 @@ class GenerationParams:
         if not isinstance(self.max_new_tokens, (int, np.integer)) or self.max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be a positive integer, "
                                   f"got {self.max_new_tokens!r}")
-        if self.temperature is None or self.temperature < 0:
-            raise GenerationError(f"temperature must be >= 0 (0 = greedy), "
+        if not isinstance(self.temperature, (int, float, np.number)) or \
+                not math.isfinite(self.temperature) or self.temperature < 0:
+            raise GenerationError(f"temperature must be a finite number >= 0 (0 = greedy), "
                                   f"got {self.temperature!r}")
-        if self.top_k is not None and self.top_k < 1:
-            raise GenerationError(f"top_k must be >= 1, got {self.top_k!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, (int, np.integer)) or
+                                       self.top_k < 1):
+            raise GenerationError(f"top_k must be an integer >= 1, got {self.top_k!r}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p!r}")
 

@@ -33,8 +33,17 @@ def read_config(checkpoint: str) -> ModelConfig:
     path = os.path.join(checkpoint, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{checkpoint} has no config.json (is it a Hugging Face checkpoint?)")
-    with open(path) as f:
-        cfg = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{path} lacks the field(s) {', '.join(missing)} that a GPT-2 "
+                              "config.json has; is it a complete Hugging Face checkpoint?")
     if cfg.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not gpt2")
     act = cfg.get("activation_function", "gelu_new")
@@ -42,6 +51,12 @@ def read_config(checkpoint: str) -> ModelConfig:
         raise CheckpointError(f"{path}: activation_function {act!r} is not supported "
                            f"(supported: {sorted(_ACTIVATIONS)})")
     d_model = cfg["n_embd"]
+    numbers = ("n_embd", "n_layer", "n_head", "vocab_size", "n_inner", "n_positions", "n_ctx")
+    bad = [k for k in numbers if cfg.get(k) is not None and
+           (not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] <= 0)]
+    if bad:
+        raise CheckpointError(f"{path}: {', '.join(f'{k}={cfg[k]!r}' for k in bad)} must be "
+                              "positive integers")
     return ModelConfig(vocab_size=cfg["vocab_size"], num_layers=cfg["n_layer"],
                        d_model=d_model, num_heads=cfg["n_head"],
                        ffn_dim=cfg.get("n_inner") or 4 * d_model,
@@ -134,12 +149,11 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False) -> str:
     from tfllm.models import CausalLM
     from tfllm.tokenizers import BytePairTokenizer
 
+    from tfllm import atomic
+
     if not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
-    if os.path.exists(out) and os.listdir(out):
-        if not overwrite:
-            raise CheckpointError(f"{out} already exists and is not empty; pass --overwrite")
-        shutil.rmtree(out)
+    runs.check_new_run_dir(out, overwrite)
     cfg = read_config(checkpoint)
     weights = read_weights(checkpoint, cfg)
     tokenizer = BytePairTokenizer(os.path.join(checkpoint, "vocab.json"),
@@ -149,14 +163,18 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False) -> str:
                            f"{cfg.vocab_size}")
     model = CausalLM.from_model_config(cfg, name="causal_lm")
     assign_weights(model, cfg, weights)
-    os.makedirs(out, exist_ok=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(os.path.join(checkpoint, name), os.path.join(out, name))
-    model.save(os.path.join(out, runs.MODEL))
-    runs.write_run_config(out, {
-        "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
-        "data": None, "training": None,
-        "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},
-        "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"},
-    })
+    # Written whole beside `out`, then swapped in: an old run is replaced in one step.
+    with atomic.staging_dir(out) as tmp:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(os.path.join(checkpoint, name), os.path.join(tmp, name))
+        model.save(os.path.join(tmp, runs.MODEL))
+        runs.write_run_config(tmp, {
+            "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
+            "data": None, "training": None,
+            "imported_from": {"format": "huggingface-gpt2",
+                              "path": os.path.abspath(checkpoint)},
+            "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json",
+                          "merges": "merges.txt"},
+        })
+        runs.check_new_run_dir(out, overwrite)  # still a run (or nothing) to replace
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+from tfllm import atomic
 from tfllm.config import ModelConfig
 from tfllm.errors import RunDirError
 
@@ -23,6 +24,45 @@ BEST_WEIGHTS = "best.weights.h5"
 BACKUP = "backup"
 METRICS = "metrics.jsonl"
 LOGS = "logs"
+
+
+def is_run_dir(path: str) -> bool:
+    """True where `path` holds a tfllm run (its config.json)."""
+    return os.path.isfile(os.path.join(path, CONFIG))
+
+
+def check_new_run_dir(out: str, overwrite: bool, resumable: bool = False) -> bool:
+    """Check that a new run may be written to `out`, before any work starts.
+
+    Nothing is deleted here (`start_new_run_dir` does it once the new run can start), and
+    a directory that is not a tfllm run is never deleted, even with `overwrite`.
+
+    Returns:
+        True when an existing run in `out` will be replaced.
+    """
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise RunDirError(f"--out {out} is a file, not a directory; give a directory path "
+                          "(e.g. runs/NAME)")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return False
+    if not is_run_dir(out):
+        raise RunDirError(f"{out} is not empty and is not a tfllm run directory (no {CONFIG}); "
+                          "tfllm does not delete it, even with --overwrite: choose another "
+                          "--out or empty it yourself")
+    if not overwrite:
+        hint = "pass --resume to continue it or --overwrite to replace it" if resumable \
+            else "pass --overwrite to replace it"
+        raise RunDirError(f"{out} already exists and is not empty; {hint}")
+    return True
+
+
+def start_new_run_dir(out: str) -> None:
+    """Clear `out` for a new run (checked by `check_new_run_dir`) and create it."""
+    if os.path.isdir(out) and os.listdir(out):
+        if not is_run_dir(out):  # something appeared since the check: never delete it
+            raise RunDirError(f"{out} is not a tfllm run directory; not replacing it")
+        atomic.remove_dir(out)
+    os.makedirs(out, exist_ok=True)
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -73,13 +113,27 @@ def load(run_dir: str, weights: str = "final"):
     if not os.path.isfile(model_path):
         raise RunDirError(f"{run_dir} has no trained model ({MODEL}); is training finished? "
                           f"Resume it with: tfllm train --resume --out {run_dir}")
-    model = keras.saving.load_model(model_path, compile=False)
+    if weights not in ("final", "best"):
+        raise RunDirError(f"weights must be 'final' or 'best', got {weights!r}")
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as e:  # Keras reports a damaged archive with many types, some misleading
+        raise RunDirError(f"{model_path} cannot be read ({_first_line(e)}); the file is "
+                          "damaged or incomplete: train, import or fine-tune the run again") \
+            from e
     if weights == "best":
         best = os.path.join(run_dir, BEST_WEIGHTS)
         if not os.path.isfile(best):
             raise RunDirError(f"{run_dir} has no {BEST_WEIGHTS}")
-        model.load_weights(best)
-    elif weights != "final":
-        raise RunDirError(f"weights must be 'final' or 'best', got {weights!r}")
+        try:
+            model.load_weights(best)
+        except Exception as e:
+            raise RunDirError(f"{best} cannot be read ({_first_line(e)}); the file is "
+                              "damaged or incomplete: use --weights final") from e
     model.tokenizer = load_tokenizer(run_dir, config.get("tokenizer", TOKENIZER))
     return model
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 
@@ -19,12 +18,29 @@ import keras
 import tensorflow as tf
 
 from tfllm import runs
-from tfllm.config import ConfigError, ModelConfig, get_preset
+from tfllm.config import PRECISIONS, STRATEGIES, ConfigError, ModelConfig, get_preset
 from tfllm.errors import RunDirError, TfllmError
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 OBJECTIVES = ("clm", "mlm")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Largest peak learning rate accepted: AdamW steps above it only diverge.
+MAX_LR = 1.0
+
+
+class TrainingDivergedError(TfllmError):
+    """The loss or the weights stopped being finite; nothing of the diverged part was saved."""
+
+    def __init__(self, out, lr, last_good_step, diverged_step):
+        where = f"in the interval ending at step {diverged_step}" if diverged_step else ""
+        if last_good_step:
+            kept = (f"nothing from it was saved: the last finite state (step {last_good_step}) "
+                    f"is in {os.path.join(out, runs.BACKUP)}; continue from it with a lower "
+                    f"learning rate: tfllm train --resume --out {out} --lr {lr / 10:g}")
+        else:
+            kept = (f"no finite state was saved; start again with a lower learning rate: "
+                    f"--lr {lr / 10:g} --overwrite")
+        super().__init__(f"training diverged (the loss or the weights became NaN or "
+                         f"infinite) {where}; {kept}")
+        self.last_good_step = last_good_step
 
 
 class StrategyError(TfllmError):
@@ -71,10 +87,14 @@ class TrainSettings:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, "
                                   f"got {value!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps!r}")
+        check_number("--lr", self.lr, low=0.0, high=MAX_LR, low_open=True)
+        check_number("--min-lr-ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        check_number("--weight-decay", self.weight_decay, low=0.0, high=1.0)
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be an integer >= 0, "
+                              f"got {self.warmup_steps!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"--seed must be an integer, got {self.seed!r}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
                               f"{', '.join(STRATEGIES)}")
@@ -86,6 +106,23 @@ class TrainSettings:
         if self.steps % self.eval_interval:
             raise ConfigError(f"--steps ({self.steps}) must be a multiple of --eval-interval "
                               f"({self.eval_interval})")
+
+
+def check_number(name, value, low=None, high=None, low_open=False):
+    """Raise ConfigError unless `value` is a finite number in [low, high] ((low, high] if
+    `low_open`); the message names the option and the range."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{name} must be a finite number in {bracket}{lo}, {hi}], "
+                          f"got {value!r}")
 
 
 # -- strategy and precision ---------------------------------------------------------------
@@ -173,6 +210,65 @@ def set_precision(precision: str) -> None:
 
 # -- callbacks ----------------------------------------------------------------------------
 
+def weights_finite(model) -> bool:
+    """True when every weight of `model` is finite (checked before anything is saved)."""
+    return all(bool(tf.reduce_all(tf.math.is_finite(v.value))) for v in model.weights
+               if "float" in str(v.dtype))
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Notices a diverged interval first, so that nothing saves non-finite weights.
+
+    Listed before the saving callbacks: at the end of an interval whose loss or weights
+    are not finite it sets `diverged`, and `FiniteBackupAndRestore` / `FiniteModelCheckpoint`
+    then keep the last finite state instead of writing this one. `last_good_step` is the
+    step of the last interval saved.
+    """
+
+    def __init__(self, steps_per_epoch, initial_step=0):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.diverged = False
+        self.last_good_step = initial_step
+        self.diverged_step = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        losses = [logs.get(k) for k in ("loss", "val_loss") if logs.get(k) is not None]
+        finite = all(math.isfinite(float(x)) for x in losses) and weights_finite(self.model)
+        step = (epoch + 1) * self.steps_per_epoch
+        if finite and not self.diverged:
+            self.last_good_step = step
+            return
+        self.diverged = True
+        self.diverged_step = self.diverged_step or step
+        self.model.stop_training = True
+
+
+class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that never overwrites the last finite state with a diverged one."""
+
+    def __init__(self, guard, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.guard.diverged:
+            super().on_epoch_end(epoch, logs)
+
+
+class FiniteModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that never saves a diverged interval's weights."""
+
+    def __init__(self, guard, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.guard.diverged:
+            super().on_epoch_end(epoch, logs)
+
+
 class MetricsLogger(keras.callbacks.Callback):
     """Appends one JSON line per evaluation interval to metrics.jsonl.
 
@@ -212,11 +308,15 @@ class MetricsLogger(keras.callbacks.Callback):
                 record[key] = _float(value)
         self.history.append(record)
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
 
 
 def _float(x):
-    return None if x is None else round(float(x), 6)
+    """A metric for JSON: rounded, and null where it is not finite (JSON has no NaN)."""
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -235,18 +335,23 @@ def _steps_per_execution(eval_interval: int) -> int:
 
 
 def prepare_run_dir(out: str, resume: bool, overwrite: bool) -> None:
-    """Check `out` may be written: refuse to clobber a run unless told to."""
-    has_run = os.path.isfile(os.path.join(out, runs.CONFIG))
+    """Check that `out` may be written, before any work: nothing is deleted here."""
     if resume:
-        if not has_run:
+        if not runs.is_run_dir(out):
             raise RunDirError(f"--resume: {out} is not a run directory to resume "
                               f"(no {runs.CONFIG}); start a new run without --resume")
         return
-    if os.path.exists(out) and (has_run or os.listdir(out)):
-        if not overwrite:
-            raise RunDirError(f"{out} already exists and is not empty; pass --resume to "
-                              "continue it or --overwrite to replace it")
-        shutil.rmtree(out)
+    runs.check_new_run_dir(out, overwrite, resumable=True)
+
+
+def _backup_step(out: str, eval_interval: int) -> int:
+    """The step the resumable checkpoint holds (0 if none)."""
+    path = os.path.join(out, runs.BACKUP, "training_metadata.json")
+    try:
+        with open(path) as f:
+            return int(json.load(f).get("epoch", 0)) * eval_interval
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def build_model_config(preset: str, overrides: dict | None = None) -> ModelConfig:
@@ -259,7 +364,7 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
           model_overrides: dict | None = None, text_feature: str | None = None,
           tfds_manual_dir: str | None = None, tfds_data_dir: str | None = None,
           resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
-          strategy=None, objective: str = "clm") -> dict:
+          strategy=None, objective: str = "clm", extra_callbacks=None) -> dict:
     """Pretrain a language model into the run directory `out`; returns the last metrics record.
 
     Args:
@@ -276,6 +381,7 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         strategy: an existing `tf.distribute.Strategy` (else created from settings).
         objective: "clm" (next-token prediction, causal presets) or "mlm" (BERT's masked
             LM, bidirectional presets such as bert-mini).
+        extra_callbacks: more Keras callbacks for `fit`, run after tfllm's own.
 
     Example:
         >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
@@ -327,7 +433,8 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
 
     if not resume:
-        os.makedirs(out, exist_ok=True)
+        # Everything is checked and the new run can start: only now is an old one replaced.
+        runs.start_new_run_dir(out)
         tokenizer.save(tok_path)
         runs.write_run_config(out, {
             "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
@@ -372,27 +479,31 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
                       default=None)
     metrics_logger = MetricsLogger(os.path.join(out, runs.METRICS), settings.eval_interval,
                                    global_batch * seq_len)
+    guard = DivergenceGuard(settings.eval_interval,
+                            initial_step=_backup_step(out, settings.eval_interval))
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(out, runs.BACKUP), save_freq="epoch",
-                                         delete_checkpoint=False),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(os.path.join(out, runs.BEST_WEIGHTS),
-                                        monitor="val_loss", save_best_only=True,
-                                        save_weights_only=True,
-                                        initial_value_threshold=best_so_far),
+        guard,
+        FiniteBackupAndRestore(guard, os.path.join(out, runs.BACKUP), save_freq="epoch",
+                               delete_checkpoint=False),
+        FiniteModelCheckpoint(guard, os.path.join(out, runs.BEST_WEIGHTS),
+                              monitor="val_loss", save_best_only=True,
+                              save_weights_only=True, initial_value_threshold=best_so_far),
         keras.callbacks.TensorBoard(os.path.join(out, runs.LOGS), update_freq="epoch",
                                     write_graph=False),
         metrics_logger,
+        *(extra_callbacks or []),
     ]
     epochs = settings.steps // settings.eval_interval
-    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=settings.eval_interval,
-                        validation_data=val_ds, validation_steps=val_steps,
-                        callbacks=callbacks, verbose=verbose)
-    if model.stop_training and history.history.get("loss") and \
-            not math.isfinite(history.history["loss"][-1]):
-        raise TfllmError(f"training diverged (loss is NaN) before step {settings.steps}; "
-                         f"lower --lr (now {settings.lr}). The last good state is in "
-                         f"{os.path.join(out, runs.BACKUP)}")
+    with warnings.catch_warnings():
+        # Validation is one exact pass over a finite set, which Keras reports as running
+        # out of data.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        model.fit(train_ds, epochs=epochs, steps_per_epoch=settings.eval_interval,
+                  validation_data=val_ds, validation_steps=val_steps,
+                  callbacks=callbacks, verbose=verbose)
+    if guard.diverged:
+        raise TrainingDivergedError(out, settings.lr, guard.last_good_step, guard.diverged_step)
     model.save(os.path.join(out, runs.MODEL))
     records = read_metrics(out)
     return records[-1] if records else {}

@@ -1,0 +1,138 @@
+"""The run directory: --overwrite validates first, never deletes what is not a run, and
+a damaged run is reported in one line."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tfllm import atomic, runs
+from tfllm.cli import main
+from tfllm.errors import RunDirError
+
+
+def _snapshot(path):
+    """{relative path: bytes} of every file under `path`."""
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, path)] = f.read()
+    return files
+
+
+def _one_line_error(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def old_run(tiny_run, tmp_path):
+    """A copy of a complete run that a failing command must leave as it was."""
+    path = str(tmp_path / "old")
+    shutil.copytree(tiny_run, path)
+    return path
+
+
+def test_failed_overwrite_keeps_the_old_run(old_run, tmp_path, capsys, labeled_tsv):
+    before = _snapshot(old_run)
+    err = _one_line_error(["train", "--data", f"text:{tmp_path}/missing.txt", "--steps", "5",
+                           "--out", old_run, "--overwrite"], capsys)
+    assert "no files match" in err
+    err = _one_line_error(["train", "--data", f"text:{tmp_path}/missing.txt", "--steps", "5",
+                           "--lr", "2", "--out", old_run, "--overwrite"], capsys)
+    assert "--lr must be a finite number in (0, 1]" in err
+    err = _one_line_error(["finetune", "--from-scratch", "--data", f"tsv:{tmp_path}/none.tsv",
+                           "--out", old_run, "--overwrite"], capsys)
+    assert "none.tsv" in err
+    err = _one_line_error(["import-hf", "--checkpoint", str(tmp_path), "--out", old_run,
+                           "--overwrite"], capsys)
+    assert "config.json" in err
+    assert _snapshot(old_run) == before
+
+
+def test_a_directory_that_is_not_a_run_is_never_deleted(tmp_path, capsys, small_corpus,
+                                                        labeled_tsv):
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"\xff\xd8 not a run")
+    for argv in (["train", "--data", small_corpus, "--steps", "5", "--out", str(mine),
+                  "--overwrite"],
+                 ["finetune", "--from-scratch", "--data", labeled_tsv, "--out", str(mine),
+                  "--overwrite"],
+                 ["import-hf", "--checkpoint", str(tmp_path), "--out", str(mine),
+                  "--overwrite"]):
+        err = _one_line_error(argv, capsys)
+        assert f"{mine} is not empty and is not a tfllm run directory" in err
+        assert "does not delete it" in err
+    assert (mine / "holiday.jpg").read_bytes() == b"\xff\xd8 not a run"
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, capsys, small_corpus, labeled_tsv):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    for argv in (["train", "--data", small_corpus, "--out", str(target)],
+                 ["finetune", "--from-scratch", "--data", labeled_tsv, "--out", str(target)],
+                 ["import-hf", "--checkpoint", str(tmp_path), "--out", str(target)]):
+        assert "is a file, not a directory" in _one_line_error(argv, capsys)
+    assert target.read_text() == "keep me"
+
+
+def test_resume_of_a_missing_or_empty_directory_says_so(tmp_path, capsys):
+    err = _one_line_error(["train", "--resume", "--out", str(tmp_path / "nowhere")], capsys)
+    assert "--resume" in err and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    err = _one_line_error(["train", "--resume", "--out", str(tmp_path / "empty")], capsys)
+    assert "is not a tfllm run directory" in err and "--data" not in err
+
+
+def test_truncated_model_file_is_reported_as_damaged(old_run, capsys):
+    path = os.path.join(old_run, runs.MODEL)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(RunDirError, match="damaged or incomplete"):
+        runs.load(old_run)
+    err = _one_line_error(["generate", "--run", old_run, "--prompt", "A"], capsys)
+    assert "model.keras cannot be read" in err and "does not exist" not in err
+
+
+def test_check_new_run_dir_rules(tmp_path):
+    out = tmp_path / "r"
+    assert runs.check_new_run_dir(str(out), overwrite=False) is False
+    out.mkdir()
+    assert runs.check_new_run_dir(str(out), overwrite=False) is False  # empty: fine
+    (out / runs.CONFIG).write_text(json.dumps({"model": {}}))
+    with pytest.raises(RunDirError, match="--overwrite"):
+        runs.check_new_run_dir(str(out), overwrite=False)
+    assert runs.check_new_run_dir(str(out), overwrite=True) is True
+    runs.start_new_run_dir(str(out))
+    assert os.listdir(out) == []
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_staging_dir_publishes_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "v"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic.staging_dir(str(target)) as tmp:
+            with open(os.path.join(tmp, "new.txt"), "w") as f:
+                f.write("half")
+            raise RuntimeError("killed half-way")
+    assert _snapshot(target) == {"old.txt": b"old"}
+    # A staging directory left by a dead process is removed by the next writer.
+    stale = tmp_path / ".v.partial-999999999-x"
+    stale.mkdir()
+    with atomic.staging_dir(str(target)) as tmp:
+        with open(os.path.join(tmp, "new.txt"), "w") as f:
+            f.write("new")
+    assert _snapshot(target) == {"new.txt": b"new"}
+    assert sorted(os.listdir(tmp_path)) == ["v"]
+    assert os.stat(target).st_mode & 0o055 == 0o055
+    assert os.stat(target / "new.txt").st_mode & 0o044 == 0o044
