@@ -103,3 +103,139 @@ def test_prompt_too_long_is_a_clear_error(exported):
             prompt=tf.constant(["ROMEO: " * 10]), max_new_tokens=tf.constant([10]),
             temperature=tf.zeros([1]), top_k=tf.zeros([1], tf.int32), top_p=tf.ones([1]),
             seed=tf.zeros([1], tf.int32))
+
+
+# -- limits: every input checked in the graph before anything scales with it -------------
+
+def _generate(loaded, prompts=("ROMEO:",), **overrides):
+    n = len(prompts)
+    inputs = dict(prompt=tf.constant(list(prompts)), max_new_tokens=tf.fill([n], 4),
+                  temperature=tf.zeros([n]), top_k=tf.zeros([n], tf.int32),
+                  top_p=tf.ones([n]), seed=tf.zeros([n], tf.int32))
+    inputs.update({k: tf.constant(v) for k, v in overrides.items()})
+    return loaded.signatures["generate"](**inputs)
+
+
+@pytest.mark.parametrize("prompts, overrides, match", [
+    (["A"], dict(max_new_tokens=[1_000_000_000]), "max_new_tokens must be from 1 to 31"),
+    (["A"], dict(max_new_tokens=[2_147_483_647]), "max_new_tokens must be from 1 to 31"),
+    (["A"], dict(max_new_tokens=[0]), "max_new_tokens must be from 1 to 31"),
+    (["A"], dict(max_new_tokens=[-5]), "max_new_tokens must be from 1 to 31"),
+    (["A"], dict(temperature=[-1.0]), "temperature must be a finite number >= 0"),
+    (["A"], dict(temperature=[float("nan")]), "temperature must be a finite number >= 0"),
+    (["A"], dict(temperature=[float("inf")]), "temperature must be a finite number >= 0"),
+    (["A"], dict(top_k=[-3]), "top_k must be >= 0"),
+    (["A"], dict(top_p=[0.0]), "top_p must be > 0 and <= 1"),
+    (["A"], dict(top_p=[float("nan")]), "top_p must be > 0 and <= 1"),
+    (["A"], dict(top_p=[1.5]), "top_p must be > 0 and <= 1"),
+    (["A", "B"], dict(seed=[1]), "seed must have one value per row"),
+    (["A"] * 65, {}, "the batch must hold 1 to 64 rows"),
+    (["ROMEO: " * 5], dict(max_new_tokens=[20]), "exceed the model context of 32 tokens"),
+])
+def test_generate_rejects_out_of_range_inputs(exported, prompts, overrides, match):
+    loaded = tf.saved_model.load(exported["path"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        _generate(loaded, prompts, **overrides)
+
+
+def test_huge_max_new_tokens_allocates_nothing(exported):
+    """1e9 new tokens used to allocate gigabytes before failing; now nothing grows."""
+    code = (
+        "import resource, sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1]); f = m.signatures['generate']\n"
+        "def call(n):\n"
+        "    return f(prompt=tf.constant(['A']), max_new_tokens=tf.constant([n]),"
+        " temperature=tf.zeros([1]), top_k=tf.zeros([1], tf.int32), top_p=tf.ones([1]),"
+        " seed=tf.zeros([1], tf.int32))\n"
+        "call(4)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for n in (1_000_000_000, 2_147_483_647):\n"
+        "    try:\n"
+        "        call(n); print('accepted'); sys.exit(1)\n"
+        "    except tf.errors.InvalidArgumentError:\n"
+        "        pass\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    proc = subprocess.run([sys.executable, "-c", code, exported["path"]], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) < 50  # MB of peak RSS growth
+
+
+def test_limits_do_not_change_valid_answers(exported, lm):
+    loaded = tf.saved_model.load(exported["path"])
+    out = _generate(loaded, ["ROMEO:", "KING:"], max_new_tokens=[8, 3], top_k=[10_000, 0])
+    expected = [lm.generate("ROMEO:", max_new_tokens=8), lm.generate("KING:", max_new_tokens=3)]
+    assert [t.decode() for t in out["text"].numpy()] == expected  # top_k above vocab = off
+
+
+def test_score_says_the_text_exceeds_the_context(exported):
+    loaded = tf.saved_model.load(exported["path"])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="text longer than the model context of 32 tokens") as e:
+        loaded.signatures["score"](text=tf.constant(["x" * 100]))
+    assert "GatherV2" not in str(e.value).split("\n")[0]
+    out = loaded.signatures["score"](text=tf.constant(["", "ROMEO"]))
+    assert out["num_tokens"].numpy().tolist() == [0, 4]
+
+
+# -- replacing a version: never half-written, never missing, readable by the server -------
+
+def _tree(path):
+    return sorted(os.path.relpath(os.path.join(r, f), path)
+                  for r, _, files in os.walk(path) for f in files)
+
+
+@pytest.mark.slow
+def test_killed_overwrite_keeps_the_live_version(exported, tiny_run, tmp_path):
+    import shutil
+    import signal
+    import time
+
+    from tests.conftest import REPO
+
+    base = tmp_path / "models"
+    live = base / "tiny" / "1"
+    shutil.copytree(exported["path"], live)
+    before = {f: (live / f).read_bytes() for f in _tree(live)}
+    args = [sys.executable, "-m", "export.saved_model", "--run", tiny_run, "--out", str(base),
+            "--name", "tiny", "--version", "1", "--overwrite"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    # Kill it once the new version is being written beside the live one.
+    deadline = time.time() + 300
+    while not any(n.startswith(".1.partial-") and os.listdir(base / "tiny" / n)
+                  for n in os.listdir(base / "tiny")):
+        assert proc.poll() is None and time.time() < deadline, "export ended before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert {f: (live / f).read_bytes() for f in _tree(live)} == before
+    assert [n for n in os.listdir(base / "tiny") if n.startswith(".")]  # the leftover
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert os.listdir(base / "tiny") == ["1"]  # leftovers of the killed run are gone
+    for root, dirs, files in os.walk(live):
+        for name in dirs:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o055 == 0o055
+        for name in files:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o044 == 0o044
+    assert os.stat(live).st_mode & 0o055 == 0o055
+    out = _generate(tf.saved_model.load(str(live)))
+    assert out["num_generated"].numpy()[0] >= 1
+
+
+def test_failed_verification_keeps_the_old_version(exported, tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    import export.saved_model as sm
+
+    live = tmp_path / "tiny" / "1"
+    shutil.copytree(exported["path"], live)
+    before = _tree(live)
+
+    def disagree(*args, **kwargs):
+        raise ExportError("SavedModel greedy output differs (forced)")
+    monkeypatch.setattr(sm, "verify_saved_model", disagree)
+    with pytest.raises(ExportError, match="forced"):
+        export_saved_model(tiny_run, str(tmp_path), "tiny", 1, overwrite=True)
+    assert _tree(live) == before and os.listdir(tmp_path / "tiny") == ["1"]
