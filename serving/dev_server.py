@@ -136,7 +136,7 @@ def _to_bytes(v):
     if isinstance(v, bytes):  # gRPC TensorProtos carry bytes
         return v
     if isinstance(v, dict) and set(v) == {"b64"}:
-        return base64.b64decode(v["b64"])
+        return base64.b64decode(v["b64"], validate=True)
     if not isinstance(v, str):
         raise TypeError(f"expected a string, got {type(v).__name__} {v!r}")
     return v.encode("utf-8")

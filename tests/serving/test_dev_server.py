@@ -11,7 +11,7 @@ import pytest
 import tfllm
 from serving.client import ServingError, generate_grpc, generate_rest, main as client_main, \
     predict_rest
-from tests.conftest import REPO
+from tests.conftest import REPO, quiet_env
 
 PROMPTS = ["ROMEO:", "KING:\nO"]
 
@@ -29,7 +29,8 @@ def server(exported, tmp_path_factory):
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "serving.dev_server", "--model-dir",
                                  exported["model_dir"], "--port", str(port), "--grpc-port",
-                                 str(grpc_port), "--max-batch", "4", "--max-body-bytes", "4096"],
+                                 str(grpc_port), "--max-batch", "4", "--max-body-bytes", "4096",
+                                 "--idle-timeout", "2"],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
     line = proc.stdout.readline()  # "serving ... on http://..." once loaded
     assert "serving tiny" in line, log.read_text()[-3000:]
@@ -141,3 +142,104 @@ def test_client_cli(server, expected, capsys):
     assert json.loads(capsys.readouterr().out)["text"] == expected[0]
     assert client_main(["--url", server["url"], "--model", "missing", "--prompt", "x"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+# -- hostile framing and input: 4xx and a closed connection, never 500 or a stuck thread ----
+
+def _raw(url, data, wait=10.0, pause_after=None):
+    """Send raw bytes; returns (status or None, whether the server closed the connection)."""
+    import time
+
+    host, port = url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(data)
+        if pause_after:
+            time.sleep(pause_after)
+        received = b""
+        closed = False
+        start = time.time()
+        while time.time() - start < wait:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    status = int(received.split()[1]) if received.startswith(b"HTTP/") else None
+    return status, closed, received
+
+
+_HEAD = b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize("framing, status", [
+    (b"Content-Length: -1\r\n\r\n" + b"x" * 3_000_000, 400),
+    (b"Content-Length: 12abc\r\n\r\n{}", 400),
+    (b"\r\n{}", 411),
+    (b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
+    (b"Content-Length: 99999999999999999999999\r\n\r\n{}", 400),
+    (b"Content-Length: 5000000\r\n\r\n" + b"x" * 100, 413),
+])
+def test_malformed_framing_gets_4xx_and_a_closed_connection(server, framing, status,
+                                                             expected):
+    got, closed, _ = _raw(server["url"], _HEAD + framing)
+    assert (got, closed) == (status, True)
+    assert generate_rest(server["url"], "tiny", PROMPTS[:1], max_new_tokens=10)[0]["text"] == \
+        expected[0]
+
+
+def test_slow_and_idle_clients_are_cut_off(server, expected):
+    # Promises 100 bytes, sends 2, then stalls: 408 once the idle timeout (2 s) passes.
+    got, closed, _ = _raw(server["url"], _HEAD + b"Content-Length: 100\r\n\r\n{}", wait=15)
+    assert (got, closed) == (408, True)
+    # Connects and never sends a byte: closed without an answer.
+    got, closed, data = _raw(server["url"], b"", wait=15)
+    assert closed and data == b""
+    assert generate_rest(server["url"], "tiny", PROMPTS[:1], max_new_tokens=10)[0]["text"] == \
+        expected[0]
+
+
+def _generate_row(**overrides):
+    row = {"prompt": "ROMEO:", "max_new_tokens": 3, "temperature": 0.0, "top_k": 0,
+           "top_p": 1.0, "seed": 0}
+    row.update(overrides)
+    return json.dumps({"signature_name": "generate", "instances": [row]}).encode()
+
+
+@pytest.mark.parametrize("body, match", [
+    (_generate_row(max_new_tokens=10 ** 30), "outside the int32 range"),
+    (_generate_row(max_new_tokens=10 ** 400), "outside the int32 range"),
+    (_generate_row(max_new_tokens=2_147_483_647), "max_new_tokens must be from 1 to 31"),
+    (_generate_row(seed=-2 ** 40), "outside the int32 range"),
+    (_generate_row(max_new_tokens=3.5), "expected int32"),
+    (_generate_row().replace(b'"temperature": 0.0', b'"temperature": 1e999'),
+     "temperature must be a finite number"),
+    (_generate_row().replace(b'"temperature": 0.0', b'"temperature": NaN'),
+     "temperature must be a finite number"),
+    (_generate_row(top_p=0.0), "top_p must be > 0 and <= 1"),
+    (_generate_row(top_k=-3), "top_k must be >= 0"),
+    (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
+    (json.dumps({"signature_name": "score", "inputs": {"text": [{"b64": "***"}]}}).encode(),
+     "input 'text'"),
+])
+def test_absurd_values_are_client_errors(server, body, match):
+    code, answer = _post(server["url"], "/v1/models/tiny:predict", body)
+    assert code == 400, answer
+    assert match in answer["error"]
+
+
+def test_port_in_use_is_one_line(server, exported):
+    port = server["url"].rsplit(":", 1)[1]
+    proc = subprocess.run([sys.executable, "-m", "serving.dev_server", "--model-dir",
+                           exported["model_dir"], "--port", port, "--grpc-port", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=quiet_env())
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("dev_server: error: cannot listen on") and "--port" in err
+    assert "Traceback" not in err
