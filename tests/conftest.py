@@ -70,8 +70,10 @@ def exported(tmp_path_factory, tiny_run):
     base = tmp_path_factory.mktemp("models")
     proc = subprocess.run([sys.executable, "-m", "export.saved_model", "--run", tiny_run,
                            "--out", str(base), "--name", "tiny", "--version", "1"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
+                          capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env=quiet_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stderr == ""  # no native log line, no warning
     return {"base": str(base), "model_dir": str(base / "tiny"),
             "path": str(base / "tiny" / "1"), "stdout": proc.stdout}
 

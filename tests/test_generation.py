@@ -162,14 +162,43 @@ def test_cli_generate_from_file_with_samples(tiny_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, match", [
     (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--top-k", "0"], "top_k must be >= 1"),
-    (["--temperature", "-0.5"], "temperature must be >= 0"),
-    (["--max-new-tokens", "40"], "exceeds the model's context of 32"),
+    (["--top-k", "0"], "top_k must be an integer >= 1"),
+    (["--temperature", "-0.5"], "temperature must be a finite number >= 0"),
+    (["--max-new-tokens", "40"], "leaves no room for a prompt in the model's context of 32"),
+    (["--max-new-tokens", "30"], "lower --max-new-tokens to 26"),
 ])
 def test_cli_generate_errors(tiny_run, args, match, capsys):
     assert main(["generate", "--run", tiny_run, "--prompt", "ROMEO:", *args]) == 2
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_cli_non_finite_temperature_is_refused(tiny_run, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--run", tiny_run, f"--temperature={value}"])
+    assert e.value.code == 2 and "must be a finite number" in capsys.readouterr().err
+
+
+def test_cli_long_prompt_error_prints_no_prompt_and_a_usable_hint(tiny_run, capsys):
+    assert main(["generate", "--run", tiny_run, "--prompt", "ROMEO: " * 10]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "--truncate left" in err
+    assert "--max-new-tokens 0" not in err and "shorten the prompt to 31 tokens" in err
+
+
+def test_cli_invalid_utf8_on_stdin_is_one_line(tiny_run, monkeypatch, capsys):
+    import io
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"ROMEO\xff\xfe:\n"), encoding="utf-8")
+    monkeypatch.setattr(stdin, "isatty", lambda: False)
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert main(["generate", "--run", tiny_run, "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tfllm generate: error: standard input is not valid UTF-8")
+    assert len(err.splitlines()) == 1
 
 
 def _while_bodies(hlo):

@@ -205,6 +205,18 @@ def test_import_errors(tmp_path, imported, capsys):
     make_checkpoint(str(tmp_path / "act"), config={"activation_function": "swish"})
     with pytest.raises(CheckpointError, match="activation_function 'swish'"):
         import_gpt2(str(tmp_path / "act"), str(tmp_path / "o2"))
+    # A config.json missing required fields, or not JSON at all: one line, nothing written.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 32}))
+    assert main(["import-hf", "--checkpoint", str(partial), "--out", str(tmp_path / "o3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lacks the field(s) n_layer, n_head, vocab_size" in err
+    assert len(err.splitlines()) == 1 and "KeyError" not in err
+    (partial / "config.json").write_text("{not json")
+    assert main(["import-hf", "--checkpoint", str(partial), "--out", str(tmp_path / "o3")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "o3")
 
 
 @pytest.mark.slow

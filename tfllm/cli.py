@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to generate (default: fill the model's context)")
     g.add_argument("--temperature", type=_finite_float, default=0.0,
                    help="0 for greedy decoding (default), > 0 to sample")
-    g.add_argument("--top-k", type=_positive_int, help="sample among the k most likely tokens")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (k >= 1)")
     g.add_argument("--top-p", type=_positive_float,
                    help="nucleus sampling: smallest set with mass >= p (0 < p <= 1)")
     g.add_argument("--seed", type=int, help="seed for reproducible sampling")

@@ -6,7 +6,7 @@ import pytest
 
 import tfllm
 from export.litertlm import engine_generate, llm_metadata
-from tests.conftest import REPO
+from tests.conftest import REPO, quiet_env
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +14,13 @@ def bundle(tiny_run, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("litertlm") / "tiny.litertlm")
     proc = subprocess.run([sys.executable, "-m", "export.litertlm", "--run", tiny_run, "--out",
                            path, "--prefill-lengths", "8", "32"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
+                          capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env=quiet_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the same as CausalLM.generate" in proc.stdout
+    # A success prints no native log line (TensorFlow, LiteRT, XNNPACK, SentencePiece, the
+    # LiteRT-LM engine) and no warning: the terminal shows only what tfllm says.
+    assert proc.stderr == ""
     return path
 
 

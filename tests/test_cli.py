@@ -1,0 +1,43 @@
+"""The command line answers --help and argument errors before TensorFlow loads, and keeps
+native libraries' log lines off the terminal."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, quiet_env
+
+_PROBE = """
+import sys
+from tfllm.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code)
+print("loaded", "tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0),
+    (["train", "--help"], 0),
+    (["export-nothing"], 2),
+    (["train", "--out", "x", "--steps", "0"], 2),
+    (["generate", "--run", "x", "--temperature", "nan"], 2),
+])
+def test_help_and_argument_errors_do_not_load_tensorflow(argv, code):
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=120, env=quiet_env())
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2:] == [f"exit {code}", "loaded False False"]
+    assert "cudart" not in proc.stderr and "absl" not in proc.stderr
+
+
+def test_a_failing_command_prints_one_line_and_no_native_logs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tfllm.cli", "evaluate", "--run",
+                           str(tmp_path / "none")], capture_output=True, text=True, cwd=REPO,
+                          timeout=300, env=quiet_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"tfllm evaluate: error: run directory {tmp_path / 'none'} " \
+                                  "does not exist"
