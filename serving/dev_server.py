@@ -62,8 +62,7 @@ class ServedModel:
                           os.path.isfile(os.path.join(model_dir, d, "saved_model.pb")))
         if not versions:
             raise ServerStartError(f"no versions (DIR/N/saved_model.pb) in {model_dir}")
-        self.versions = {v: tf.saved_model.load(os.path.join(model_dir, str(v)))
-                         for v in versions}
+        self.versions = {v: _load(os.path.join(model_dir, str(v))) for v in versions}
         self.latest = versions[-1]
 
     def signature(self, version, name):
@@ -114,6 +113,15 @@ class ServedModel:
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
             raise RequestError(_tf_error_message(e)) from None
         return {k: v.numpy() for k, v in out.items()}
+
+
+def _load(path):
+    try:
+        return tf.saved_model.load(path)
+    except Exception as e:  # a damaged SavedModel fails with protobuf, OS and TF errors
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ServerStartError(f"cannot load the SavedModel in {path} ({first[:200]}); "
+                               "export it again") from None
 
 
 def _tf_error_message(error):
@@ -271,6 +279,22 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
             self.send_header("Content-Length", str(len(data)))
             if close:
                 self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def __getattr__(self, name):
+            # Any other method (PUT, DELETE, BREW...) is the client's error: 405, not the
+            # 501 http.server answers by default.
+            if name.startswith("do_"):
+                return self._not_allowed
+            raise AttributeError(name)
+
+        def _not_allowed(self):
+            self.send_response(405)
+            self.send_header("Allow", "GET, POST")
+            self.send_header("Content-Type", "application/json")
+            data = json.dumps({"error": f"method {self.command} is not allowed"}).encode()
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 

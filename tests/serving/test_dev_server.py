@@ -243,3 +243,9 @@ def test_port_in_use_is_one_line(server, exported):
     err = proc.stderr.strip()
     assert err.startswith("dev_server: error: cannot listen on") and "--port" in err
     assert "Traceback" not in err
+
+
+def test_unknown_methods_and_garbage_are_4xx(server):
+    assert _raw(server["url"], b"BREW /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 405
+    status, closed, data = _raw(server["url"], b"\x00\xff\x10 garbage\r\n\r\n")
+    assert closed and b"Error code: 400" in data  # HTTP/0.9 framing: no status line

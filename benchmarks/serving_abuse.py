@@ -1,0 +1,291 @@
+"""Hostile requests against the dev server on an exported model: status, memory, answers.
+
+Exports the run (unverified, into a temporary directory) unless --model-dir names an
+exported model, starts `python -m serving.dev_server` on it (its default limits: 1 MiB
+bodies, batches of 32, 128 connections; idle timeout --idle-timeout), records the greedy
+answers of a few valid requests, then sends a fixed set of hostile requests: oversized and
+overflowing numbers, out-of-range sampling inputs, malformed HTTP framing, deep and wide
+JSON, texts longer than the context, slow and idle clients, and 64 concurrent valid
+requests. Per case it reports the HTTP status(es), the server's peak RSS during the case
+(reset before each case through /proc/PID/clear_refs) and whether a valid request sent
+right after still gets its recorded answer.
+
+Targets (issue #14): no 5xx, no case over +200 MB peak RSS over the warmed-up server,
+every valid answer unchanged.
+
+    python benchmarks/serving_abuse.py --run runs/demo
+
+The last line of output is one JSON object with the figures.
+"""
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+PROMPTS = ["ROMEO:", "KING HENRY:\nWhat", "O"]
+MAX_NEW = 16
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_dir, idle_timeout):
+        self.port, grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = os.path.basename(os.path.normpath(model_dir))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.dev_server", "--model-dir", model_dir, "--port",
+             str(self.port), "--grpc-port", str(grpc_port), "--idle-timeout",
+             str(idle_timeout)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True)
+        line = self.proc.stdout.readline()
+        if "serving" not in line:
+            raise SystemExit(f"the dev server did not start: {line!r}")
+
+    def _status(self, field):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # MB
+        return 0.0
+
+    def reset_peak(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        except OSError:
+            pass
+
+    def peak_mb(self):
+        return self._status("VmHWM")
+
+    def rss_mb(self):
+        return self._status("VmRSS")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def post(server, body, path=None, timeout=120):
+    path = path or f"/v1/models/{server.name}:predict"
+    req = urllib.request.Request(server.url + path, data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read())
+        except ValueError:
+            return e.code, {}
+
+
+def raw(server, data, wait=30.0, pause=None):
+    """Raw bytes in; (status or None, closed by the server)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        if pause:
+            time.sleep(pause)
+        received, closed, start = b"", False, time.time()
+        while time.time() - start < wait:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+    if received.startswith(b"HTTP/"):
+        status = int(received.split()[1])
+    else:  # an HTTP/0.9-style request gets an error page without a status line
+        m = re.search(rb"Error code: (\d+)", received)
+        status = int(m.group(1)) if m else None
+    return status, closed
+
+
+def generate_body(prompts=PROMPTS[:1], **overrides):
+    rows = []
+    for p in prompts:
+        row = {"prompt": p, "max_new_tokens": MAX_NEW, "temperature": 0.0, "top_k": 0,
+               "top_p": 1.0, "seed": 0}
+        row.update(overrides)
+        rows.append(row)
+    return json.dumps({"signature_name": "generate", "instances": rows}).encode()
+
+
+def valid_answer(server, prompt):
+    status, answer = post(server, generate_body([prompt]))
+    return answer["predictions"][0]["text"] if status == 200 else None
+
+
+def cases(server, expected):
+    head = (f"POST /v1/models/{server.name}:predict HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/json\r\n").encode()
+
+    def body_case(body):
+        return lambda: [post(server, body)[0]]
+
+    def raw_case(data, **kw):
+        return lambda: [raw(server, data, **kw)[0]]
+
+    def idle_clients(n=32):
+        socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(n)]
+        try:
+            # While they sit idle, a valid request is still answered.
+            ok = valid_answer(server, PROMPTS[0]) == expected[PROMPTS[0]]
+            closed = 0
+            deadline = time.time() + 60
+            for s in socks:
+                s.settimeout(max(0.1, deadline - time.time()))
+                try:
+                    closed += s.recv(1) == b""
+                except (socket.timeout, ConnectionResetError):
+                    closed += 1
+            return [200 if ok else 0, f"{closed}/{n} closed by the server"]
+        finally:
+            for s in socks:
+                s.close()
+
+    def concurrent(n=64):
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            results = list(pool.map(lambda p: post(server, generate_body([p])), prompts))
+        statuses = sorted({s for s, _ in results})
+        same = all(s == 200 and a["predictions"][0]["text"] == expected[p]
+                   for (s, a), p in zip(results, prompts))
+        return statuses + ([] if same else ["ANSWERS DIFFER"])
+
+    long_text = "ROMEO: " * 20000
+    return [
+        ("max_new_tokens 1e9", body_case(generate_body(max_new_tokens=1_000_000_000))),
+        ("max_new_tokens 2^31-1", body_case(generate_body(max_new_tokens=2_147_483_647))),
+        ("max_new_tokens 0 and -5", lambda: [post(server, generate_body(max_new_tokens=v))[0]
+                                             for v in (0, -5)]),
+        ("max_new_tokens 10^400", body_case(generate_body(max_new_tokens=10 ** 400))),
+        ("seed -2^40", body_case(generate_body(seed=-2 ** 40))),
+        ("temperature NaN, -1, 1e999", lambda: [
+            post(server, generate_body().replace(b'"temperature": 0.0', v))[0]
+            for v in (b'"temperature": NaN', b'"temperature": -1', b'"temperature": 1e999')]),
+        ("top_p 0 and NaN, top_k -3", lambda: [
+            post(server, generate_body(top_p=0.0))[0],
+            post(server, generate_body().replace(b'"top_p": 1.0', b'"top_p": NaN'))[0],
+            post(server, generate_body(top_k=-3))[0]]),
+        ("prompt longer than the context", body_case(generate_body([long_text]))),
+        ("score: text longer than the context", body_case(json.dumps(
+            {"signature_name": "score", "instances": [long_text]}).encode())),
+        ("batch of 10,000 prompts", body_case(generate_body(["a"] * 10_000))),
+        ("wide JSON: 100,000-element list", body_case(
+            json.dumps({"signature_name": "score", "inputs": {"text": ["a"] * 100_000}})
+            .encode())),
+        ("deep JSON: 100,000 levels", body_case(b"[" * 100_000 + b"]" * 100_000)),
+        ("invalid JSON", body_case(b'{"instances": [')),
+        ("Content-Length -1 + 3 MB body", raw_case(
+            head + b"Content-Length: -1\r\n\r\n" + b"x" * 3_000_000)),
+        ("Content-Length 5 MB declared", raw_case(
+            head + b"Content-Length: 5000000\r\n\r\n" + b"x" * 100)),
+        ("no Content-Length", raw_case(head + b"\r\n{}")),
+        ("chunked body", raw_case(head + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")),
+        ("Content-Length not a number", raw_case(head + b"Content-Length: 1e3\r\n\r\n{}")),
+        ("garbage request line", raw_case(b"\x00\xff\x10 garbage\r\n\r\n")),
+        ("unknown method", raw_case(b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")),
+        ("100 kB header line", raw_case(head + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n")),
+        ("slow client: body stalls", raw_case(head + b"Content-Length: 100\r\n\r\n{\"in",
+                                              wait=60)),
+        ("32 idle connections", idle_clients),
+        ("64 concurrent valid requests", concurrent),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="runs/demo", help="run directory to export and serve")
+    parser.add_argument("--model-dir", help="an exported model (DIR/NAME with versions) "
+                                            "instead of --run")
+    parser.add_argument("--idle-timeout", type=float, default=5.0,
+                        help="the server's --idle-timeout for this benchmark (default 5 s)")
+    args = parser.parse_args()
+    from tfllm.logs import quiet_native
+
+    quiet_native()
+    tmp = None
+    model_dir = args.model_dir
+    if model_dir is None:
+        from export.saved_model import export_saved_model
+
+        tmp = tempfile.TemporaryDirectory()
+        export_saved_model(args.run, tmp.name, "bench", 1, verify=False)
+        model_dir = os.path.join(tmp.name, "bench")
+    server = Server(model_dir, args.idle_timeout)
+    try:
+        expected = {p: valid_answer(server, p) for p in PROMPTS}
+        for p in PROMPTS:  # warm every prompt bucket twice
+            assert valid_answer(server, p) == expected[p]
+        baseline = server.rss_mb()
+        print(f"dev server warmed up: RSS {baseline:.0f} MB; answers recorded for "
+              f"{len(PROMPTS)} prompts")
+        print(f"{'case':<38} {'status':<28} {'peak RSS +MB':>12}  valid answer kept")
+        rows = []
+        for name, run in cases(server, expected):
+            server.reset_peak()
+            start = time.time()
+            statuses = run()
+            peak = server.peak_mb()
+            kept = server.alive() and valid_answer(server, PROMPTS[1]) == expected[PROMPTS[1]]
+            row = {"case": name, "status": statuses, "peak_rss_growth_mb":
+                   round(max(0.0, peak - baseline), 1), "valid_answer_kept": kept,
+                   "seconds": round(time.time() - start, 2)}
+            rows.append(row)
+            print(f"{name:<38} {', '.join(map(str, statuses)):<28} "
+                  f"{row['peak_rss_growth_mb']:>12.1f}  {kept}")
+    finally:
+        server.stop()
+        if tmp is not None:
+            tmp.cleanup()
+    codes = [s for r in rows for s in r["status"] if isinstance(s, int)]
+    summary = {
+        "cases": rows,
+        "baseline_rss_mb": round(baseline, 1),
+        "any_5xx": any(c >= 500 for c in codes),
+        "any_no_status": any(s is None for r in rows for s in r["status"]),
+        "max_peak_rss_growth_mb": max(r["peak_rss_growth_mb"] for r in rows),
+        "valid_answers_unchanged": all(r["valid_answer_kept"] for r in rows) and
+        not any("ANSWERS DIFFER" in r["status"] for r in rows),
+    }
+    summary["target_met"] = (not summary["any_5xx"] and summary["max_peak_rss_growth_mb"] <= 200
+                             and summary["valid_answers_unchanged"])
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
