@@ -14,6 +14,7 @@ import dataclasses
 import glob as globlib
 import math
 import os
+import sys
 from typing import Iterator
 
 import tensorflow as tf
@@ -124,6 +125,9 @@ class Corpus:
         except tfds.core.registered.DatasetNotFoundError as e:
             raise DataError(f"unknown TFDS dataset {self.spec.name!r}: {str(e).splitlines()[0]}") from e
         if not builder.is_prepared():
+            if not sys.stderr.isatty():
+                # tqdm bars redrawn into a log or a pipe are dozens of garbled lines.
+                tfds.disable_progress_bar()
             config = tfds.download.DownloadConfig(manual_dir=self.tfds_manual_dir)
             try:
                 builder.download_and_prepare(download_config=config)
