@@ -19,15 +19,36 @@ import os
 import sys
 import tempfile
 
-if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+from export.options import DEFAULT_PREFILL
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m export.litertlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--out", required=True, help="output .litertlm file")
+    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL))
+    parser.add_argument("--quantize", default="float32",
+                        choices=["float32", "float16", "dynamic-int8"],
+                        help="weight precision (see python -m export.tflite --help)")
+    parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
+    return parser
+
+
+if __name__ == "__main__":
+    # --help and argument errors answer before TensorFlow loads; then native log lines go
+    # to a file (tfllm.logs).
+    _ARGS = build_parser().parse_args()
     from tfllm.logs import quiet_native
 
-    quiet_native("--verbose" in sys.argv)
+    quiet_native(_ARGS.verbose)
 
 from tfllm import runs  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 
-from export.tflite import DEFAULT_PREFILL, export_tflite  # noqa: E402
+from export.tflite import export_tflite  # noqa: E402
 
 
 class LiteRtLmExportError(TfllmError):
@@ -115,18 +136,7 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.litertlm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
-    parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--out", required=True, help="output .litertlm file")
-    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL))
-    parser.add_argument("--quantize", default="float32",
-                        choices=["float32", "float16", "dynamic-int8"],
-                        help="weight precision (see python -m export.tflite --help)")
-    parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_main("export.litertlm", _main, args)
 
 

@@ -29,10 +29,27 @@ import argparse
 import os
 import sys
 
-if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--out", required=True, help="output .onnx file")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="write only the forward pass, not FILE.decode.onnx")
+    return parser
+
+
+if __name__ == "__main__":
+    # --help and argument errors answer before TensorFlow loads; then native log lines go
+    # to a file (tfllm.logs).
+    _ARGS = build_parser().parse_args()
     from tfllm.logs import quiet_native
 
-    quiet_native("--verbose" in sys.argv)
+    quiet_native(_ARGS.verbose)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -265,16 +282,7 @@ def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
-    parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--out", required=True, help="output .onnx file")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    parser.add_argument("--no-decode", action="store_true",
-                        help="write only the forward pass, not FILE.decode.onnx")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_main("export.onnx", _main, args)
 
 

@@ -38,10 +38,39 @@ import os
 import subprocess
 import sys
 
-if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+from export.options import DEFAULT_MAX_BATCH
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m export.saved_model",
+        description="Export a tfllm run as a text-in/text-out SavedModel in TF Serving's "
+                    "layout (OUT/NAME/VERSION/).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--out", required=True, help="model base directory")
+    parser.add_argument("--name", help="model name (default: the run directory's name)")
+    parser.add_argument("--version", type=int, default=1, help="version number (default 1)")
+    parser.add_argument("--no-jit", action="store_true",
+                        help="do not XLA-compile the decoding loop (slower; for TF Serving "
+                             "builds without XLA:CPU)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the fresh-process check against CausalLM.generate")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing version (once the new one is verified)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help=f"most rows one request may carry (default {DEFAULT_MAX_BATCH})")
+    return parser
+
+
+if __name__ == "__main__":
+    # --help and argument errors answer before TensorFlow loads; then native log lines go
+    # to a file (tfllm.logs).
+    _ARGS = build_parser().parse_args()
     from tfllm.logs import quiet_native
 
-    quiet_native("--verbose" in sys.argv)
+    quiet_native(_ARGS.verbose)
 
 import tensorflow as tf  # noqa: E402
 
@@ -50,8 +79,6 @@ from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
 _MIN_BUCKET = 8
-# Most rows one request may carry (the cache and the loop's state scale with it).
-DEFAULT_MAX_BATCH = 64
 
 
 class ExportError(TfllmError):
@@ -362,26 +389,7 @@ def describe_signatures(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m export.saved_model",
-        description="Export a tfllm run as a text-in/text-out SavedModel in TF Serving's "
-                    "layout (OUT/NAME/VERSION/).")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
-    parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--out", required=True, help="model base directory")
-    parser.add_argument("--name", help="model name (default: the run directory's name)")
-    parser.add_argument("--version", type=int, default=1, help="version number (default 1)")
-    parser.add_argument("--no-jit", action="store_true",
-                        help="do not XLA-compile the decoding loop (slower; for TF Serving "
-                             "builds without XLA:CPU)")
-    parser.add_argument("--no-verify", action="store_true",
-                        help="skip the fresh-process check against CausalLM.generate")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing version (once the new one is verified)")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help=f"most rows one request may carry (default {DEFAULT_MAX_BATCH})")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_main("export.saved_model", _main, args)
 
 

@@ -28,19 +28,40 @@ import shutil
 import sys
 import tempfile
 
-if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+from export.options import DEFAULT_PREFILL, QUANTIZE_MODES
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--out", required=True, help="output .tflite file")
+    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL),
+                        help="prefill signature lengths (default 32 128; capped at the context)")
+    parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
+                        help="float32 (default), float16 or dynamic-int8 weights; int8 "
+                             "(full integer: classifiers only; refused for causal LMs)")
+    parser.add_argument("--keep-tensor-names", action="store_true",
+                        help="keep internal tensor names (for debugging with a model viewer; "
+                             "signature and input/output names are always kept)")
+    return parser
+
+
+if __name__ == "__main__":
+    # --help and argument errors answer before TensorFlow loads; then native log lines go
+    # to a file (tfllm.logs).
+    _ARGS = build_parser().parse_args()
     from tfllm.logs import quiet_native
 
-    quiet_native("--verbose" in sys.argv)
+    quiet_native(_ARGS.verbose)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfllm import runs  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
-
-DEFAULT_PREFILL = (32, 128)
-
 
 class TFLiteExportError(TfllmError):
     """The TFLite export failed or disagrees with the Keras model."""
@@ -78,7 +99,6 @@ def _signature(model, length):
     return [spec]
 
 
-QUANTIZE_MODES = ("float32", "float16", "dynamic-int8", "int8")
 
 
 def compact_tflite(data, strip_names=True):
@@ -521,21 +541,7 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
-    parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--out", required=True, help="output .tflite file")
-    parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL),
-                        help="prefill signature lengths (default 32 128; capped at the context)")
-    parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
-                        help="float32 (default), float16 or dynamic-int8 weights; int8 "
-                             "(full integer: classifiers only; refused for causal LMs)")
-    parser.add_argument("--keep-tensor-names", action="store_true",
-                        help="keep internal tensor names (for debugging with a model viewer; "
-                             "signature and input/output names are always kept)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return run_main("export.tflite", _main, args)
 
 

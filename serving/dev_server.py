@@ -25,10 +25,46 @@ import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-if __name__ == "__main__":  # before TensorFlow loads: native log lines go to a file
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m serving.dev_server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
+    parser.add_argument("--model-dir", required=True, help="DIR/NAME holding version dirs")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
+    parser.add_argument("--grpc-port", type=int, default=8500,
+                        help="gRPC port (default 8500; 0 disables gRPC)")
+    parser.add_argument("--max-batch", type=int, default=32, help="largest batch accepted")
+    parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                        help="largest request body accepted (default 1 MiB)")
+    parser.add_argument("--idle-timeout", type=float, default=15.0,
+                        help="seconds a connection may stay silent, idle or mid-request, "
+                             "before it is closed (default 15)")
+    parser.add_argument("--max-connections", type=int, default=128,
+                        help="connections served at once; more get 503 (default 128)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("max_batch", "max_body_bytes", "max_connections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if not 0 < args.idle_timeout < 86400:
+        parser.error("--idle-timeout must be a positive number of seconds")
+    return args
+
+
+if __name__ == "__main__":
+    # --help and argument errors answer before TensorFlow loads; then native log lines go
+    # to a file (tfllm.logs).
+    _ARGS = parse_args()
     from tfllm.logs import quiet_native
 
-    quiet_native("--verbose" in sys.argv)
+    quiet_native(_ARGS.verbose)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -448,30 +484,7 @@ def make_grpc_server(model: ServedModel, host="127.0.0.1", port=8500, max_body=1
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m serving.dev_server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the native libraries' log lines (TensorFlow, LiteRT)")
-    parser.add_argument("--model-dir", required=True, help="DIR/NAME holding version dirs")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
-    parser.add_argument("--grpc-port", type=int, default=8500,
-                        help="gRPC port (default 8500; 0 disables gRPC)")
-    parser.add_argument("--max-batch", type=int, default=32, help="largest batch accepted")
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20,
-                        help="largest request body accepted (default 1 MiB)")
-    parser.add_argument("--idle-timeout", type=float, default=15.0,
-                        help="seconds a connection may stay silent, idle or mid-request, "
-                             "before it is closed (default 15)")
-    parser.add_argument("--max-connections", type=int, default=128,
-                        help="connections served at once; more get 503 (default 128)")
-    args = parser.parse_args(argv)
-    for name in ("max_batch", "max_body_bytes", "max_connections"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if not 0 < args.idle_timeout < 86400:
-        parser.error("--idle-timeout must be a positive number of seconds")
-    return run_main("dev_server", _serve, args)
+    return run_main("dev_server", _serve, parse_args(argv))
 
 
 def _serve(args):

@@ -41,3 +41,24 @@ def test_a_failing_command_prints_one_line_and_no_native_logs(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"tfllm evaluate: error: run directory {tmp_path / 'none'} " \
                                   "does not exist"
+
+
+_MODULE_PROBE = """
+import runpy, sys
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    print("exit", e.code)
+print("loaded", "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("module", ["export.saved_model", "export.tflite", "export.litertlm",
+                                    "export.onnx", "serving.dev_server"])
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["--bogus"], 2)])
+def test_entry_points_answer_help_before_tensorflow(module, args, code):
+    proc = subprocess.run([sys.executable, "-c", _MODULE_PROBE, module, *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=quiet_env())
+    assert proc.stdout.strip().splitlines()[-2:] == [f"exit {code}", "loaded False"]

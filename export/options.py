@@ -1,0 +1,8 @@
+"""Choices the exporters share, importable without TensorFlow (their --help reads them)."""
+
+# Prefill signature lengths of the on-device exports (capped at the model's context).
+DEFAULT_PREFILL = (32, 128)
+# Weight precisions of export.tflite; int8 (full integer) is for classifiers only.
+QUANTIZE_MODES = ("float32", "float16", "dynamic-int8", "int8")
+# Most rows one SavedModel request may carry (the cache and the loop's state scale with it).
+DEFAULT_MAX_BATCH = 64
