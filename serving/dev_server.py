@@ -204,7 +204,11 @@ def _numeric(value, dtype, key):
 
 
 def _short(v, limit=40):
-    text = repr(v) if not isinstance(v, int) or abs(v) < 10 ** limit else f"a {len(str(v))}-digit integer"
+    """A value for an error message; huge integers by size (repr of one over 4,300 digits
+    raises)."""
+    if isinstance(v, int) and abs(v) >= 10 ** limit:
+        return f"an integer of {v.bit_length()} bits"
+    text = repr(v)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -86,6 +86,7 @@ def remove_dir(path: str) -> None:
     """Delete a directory tree; a kill half-way leaves a hidden sibling, not half a tree."""
     if not os.path.lexists(path):
         return
+    clean_stale(path)
     parent = os.path.dirname(os.path.abspath(path))
     aside = tempfile.mkdtemp(prefix=f"{_partial_prefix(path)}{os.getpid()}-", dir=parent)
     os.rename(path, os.path.join(aside, "old"))

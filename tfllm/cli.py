@@ -97,15 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show the native libraries' log lines")
-    add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
-    t = sub.add_parser("train", help="pretrain a language model into a run directory",
-                       description="Pretrain a GPT-style causal LM (--objective clm) or a "
-                                   "BERT-style encoder with masked-LM (--objective mlm) with "
-                                   "model.fit under tf.distribute. Writes config, tokenizer, "
-                                   "checkpoints, metrics.jsonl, TensorBoard logs and "
-                                   "model.keras to --out.")
+    t = sub.add_parser(
+        "train", parents=[common],
+        help="pretrain a language model into a run directory",
+        description="Pretrain a GPT-style causal LM (--objective clm) or a "
+                    "BERT-style encoder with masked-LM (--objective mlm) with "
+                    "model.fit under tf.distribute. Writes config, tokenizer, "
+                    "checkpoints, metrics.jsonl, TensorBoard logs and "
+                    "model.keras to --out.")
     t.add_argument("--objective", choices=("clm", "mlm"), default=None,
                    help="clm: next-token prediction (default); mlm: BERT's masked LM "
                         "(15%% of tokens, 80/10/10 replacement) on an encoder preset")
@@ -145,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last saved interval")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    g = sub.add_parser("generate", help="generate text from a trained run",
-                       description="Generate continuations of prompts with the KV cache. "
-                                   "Prompts come from --prompt, --prompt-file (one per line, "
-                                   "'-' for stdin) or piped stdin; an empty prompt starts from "
-                                   "BOS. One prompt streams to the terminal as it is produced.")
+    g = sub.add_parser(
+        "generate", parents=[common],
+        help="generate text from a trained run",
+        description="Generate continuations of prompts with the KV cache. "
+                    "Prompts come from --prompt, --prompt-file (one per line, "
+                    "'-' for stdin) or piped stdin; an empty prompt starts from "
+                    "BOS. One prompt streams to the terminal as it is produced.")
     g.add_argument("--run", required=True, help="run directory")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable); \\n is a newline")
     g.add_argument("--prompt-file", help="file with one prompt per line ('-' for stdin)")
@@ -167,21 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a prompt too long for the context: error (default) or keep its end")
     g.add_argument("--weights", choices=("final", "best"), default="final")
 
-    h = sub.add_parser("import-hf", help="import a Hugging Face GPT-2 checkpoint as a run",
-                       description="Import a GPT-2 checkpoint saved by Hugging Face (a "
-                                   "directory with config.json, model.safetensors, vocab.json, "
-                                   "merges.txt) into a run directory that generate, evaluate "
-                                   "and the exporters accept. Any GPT-2 size works.")
+    h = sub.add_parser(
+        "import-hf", parents=[common],
+        help="import a Hugging Face GPT-2 checkpoint as a run",
+        description="Import a GPT-2 checkpoint saved by Hugging Face (a "
+                    "directory with config.json, model.safetensors, vocab.json, "
+                    "merges.txt) into a run directory that generate, evaluate "
+                    "and the exporters accept. Any GPT-2 size works.")
     h.add_argument("--checkpoint", required=True, help="checkpoint directory")
     h.add_argument("--out", required=True, help="run directory to write, e.g. runs/gpt2")
     h.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    f = sub.add_parser("finetune", help="fine-tune a pretrained run into a classifier",
-                       description="Fine-tune a pretrained run (masked-LM encoder or causal "
-                                   "LM) on labeled text with model.fit, or train the same "
-                                   "classifier from scratch as a baseline. A seeded 10%% of "
-                                   "a file's rows is held out for validation; the model kept "
-                                   "is the one with the best validation accuracy.")
+    f = sub.add_parser(
+        "finetune", parents=[common],
+        help="fine-tune a pretrained run into a classifier",
+        description="Fine-tune a pretrained run (masked-LM encoder or causal "
+                    "LM) on labeled text with model.fit, or train the same "
+                    "classifier from scratch as a baseline. A seeded 10%% of "
+                    "a file's rows is held out for validation; the model kept "
+                    "is the one with the best validation accuracy.")
     f.add_argument("--run", help="pretrained run directory (tfllm train --objective mlm|clm)")
     f.add_argument("--from-scratch", action="store_true",
                    help="no pretraining: train tokenizer and model on the labeled data")
@@ -214,24 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-jit", action="store_true", help="do not compile steps with XLA")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    c = sub.add_parser("classify", help="label texts with a classifier run",
-                       description="Print the predicted label and its probability for each "
-                                   "text: from --text (repeatable) or one per line of stdin. "
-                                   "--json prints one JSON object per text instead.")
+    c = sub.add_parser(
+        "classify", parents=[common],
+        help="label texts with a classifier run",
+        description="Print the predicted label and its probability for each "
+                    "text: from --text (repeatable) or one per line of stdin. "
+                    "--json prints one JSON object per text instead.")
     c.add_argument("--run", required=True, help="classifier run directory")
     c.add_argument("--text", action="append", help="text to classify (repeatable)")
     c.add_argument("--json", action="store_true", help="one JSON object per line, with "
                    "every class's probability")
     c.add_argument("--weights", choices=("final", "best"), default="final")
 
-    e = sub.add_parser("evaluate", help="evaluate a run: LM loss/perplexity or classifier "
-                       "accuracy",
-                       description="Language model runs: validation loss and perplexity "
-                                   "(masked LMs: over masked tokens, plus their accuracy). "
-                                   "Classifier runs: accuracy, macro-F1, per-class "
-                                   "precision/recall and the confusion matrix on --data "
-                                   "(default: the run's held-out rows). The last line is one "
-                                   "JSON object of the metrics.")
+    e = sub.add_parser(
+        "evaluate", parents=[common],
+        help="evaluate a run: LM loss/perplexity or classifier "
+        "accuracy",
+        description="Language model runs: validation loss and perplexity "
+                    "(masked LMs: over masked tokens, plus their accuracy). "
+                    "Classifier runs: accuracy, macro-F1, per-class "
+                    "precision/recall and the confusion matrix on --data "
+                    "(default: the run's held-out rows). The last line is one "
+                    "JSON object of the metrics.")
     e.add_argument("--run", required=True, help="run directory")
     _add_data_args(e, required=False)
     e.add_argument("--label-column", help="classifier runs: the label field (default: the "
