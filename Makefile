@@ -14,11 +14,12 @@ DEMO_STEPS ?= 2000
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -qq --upgrade pip
 
-# Reinstall when the install metadata changes.
+# Reinstall when the install metadata changes. -qq: pip's errors still show, its warnings
+# about this machine's index settings and the build backend's notes do not.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[dev,export]'
+	$(BIN)/python -m pip install -qq -e '.[dev,export]'
 	touch $@
 
 install: $(VENV)/.installed
