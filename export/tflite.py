@@ -407,7 +407,7 @@ def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_lo
 # -- classifiers ------------------------------------------------------------------------
 
 def _classifier_rows(run_dir, count):
-    from tfllm.labeled import LabeledData
+    from tfllm.data import LabeledData
 
     config = runs.read_run_config(run_dir)
     data = config["data"]

@@ -11,7 +11,7 @@ from tests.conftest import FAST_FINETUNE, TINY_ENCODER, labeled_rows, run_cli, w
 from tfllm.errors import DataError, RunDirError
 from tfllm.finetuning import (FinetuneSettings, classification_report, evaluate_classifier,
                               finetune, load_classifier, predict_proba)
-from tfllm.labeled import LabeledData
+from tfllm.data import LabeledData
 
 # -- labeled data ----------------------------------------------------------------------------
 

@@ -444,12 +444,12 @@ def _generate(args):
 
 
 def _import_hf(args):
-    from tfllm.hf_gpt2 import import_gpt2
+    from tfllm.checkpoints import FAMILY_NAMES, import_hf, model_type_of
     from tfllm.runs import model_config_of
 
-    out = import_gpt2(args.checkpoint, args.out, args.overwrite)
+    out = import_hf(args.checkpoint, args.out, args.overwrite)
     cfg = model_config_of(out)
-    print(f"imported GPT-2 ({cfg.num_layers} layers, d_model {cfg.d_model}, "
+    print(f"imported {FAMILY_NAMES[model_type_of(args.checkpoint)]} ({cfg.num_layers} layers, d_model {cfg.d_model}, "
           f"{cfg.num_heads} heads, context {cfg.max_len}, vocabulary {cfg.vocab_size}) "
           f"into {out}")
 

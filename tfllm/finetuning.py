@@ -217,7 +217,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     Example:
         >>> finetune("runs/sst2", "tsv:train.tsv", run="runs/bert")  # doctest: +SKIP
     """
-    from tfllm.labeled import LabeledData
+    from tfllm.data import LabeledData
     from tfllm.models import SequenceClassifier, TransformerBackbone, make_optimizer
     from tfllm.models.classifier import copy_backbone
     from tfllm.tokenizers import SentencePieceTokenizer
@@ -420,7 +420,7 @@ def evaluate_classifier(run_dir, data=None, text_column=None, label_column=None,
     Returns:
         `classification_report(...)` plus "data" and "skipped_empty".
     """
-    from tfllm.labeled import LabeledData
+    from tfllm.data import LabeledData
 
     stored = runs.read_run_config(run_dir)
     model, task_info = load_classifier(run_dir, weights)

@@ -9,41 +9,26 @@ and `c_attn` fuses Q, K and V in the order tfllm's fused QKV projection uses.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 
 import numpy as np
 
 from tfllm import runs
+from tfllm.checkpoints.common import (CheckpointError, check_tensors, read_hf_config,
+                                      read_safetensors, require_fields, write_imported_run)
 from tfllm.config import ModelConfig
-from tfllm.errors import TfllmError
 
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
 # Non-weight buffers some GPT-2 checkpoints carry (causal-mask tables).
 _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
-class CheckpointError(TfllmError):
-    """The checkpoint is incomplete or does not fit GPT-2's shapes."""
-
-
 def read_config(checkpoint: str) -> ModelConfig:
     """The ModelConfig of a GPT-2 `config.json` (any size: small to xl)."""
-    path = os.path.join(checkpoint, "config.json")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{checkpoint} has no config.json (is it a Hugging Face checkpoint?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in cfg]
-    if missing:
-        raise CheckpointError(f"{path} lacks the field(s) {', '.join(missing)} that a GPT-2 "
-                              "config.json has; is it a complete Hugging Face checkpoint?")
+    path, cfg = read_hf_config(checkpoint)
+    require_fields(path, cfg, ("n_embd", "n_layer", "n_head", "vocab_size"), "GPT-2")
+    optional = [k for k in ("n_inner", "n_positions", "n_ctx") if cfg.get(k) is not None]
+    require_fields(path, cfg, optional, "GPT-2")
     if cfg.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not gpt2")
     act = cfg.get("activation_function", "gelu_new")
@@ -51,12 +36,6 @@ def read_config(checkpoint: str) -> ModelConfig:
         raise CheckpointError(f"{path}: activation_function {act!r} is not supported "
                            f"(supported: {sorted(_ACTIVATIONS)})")
     d_model = cfg["n_embd"]
-    numbers = ("n_embd", "n_layer", "n_head", "vocab_size", "n_inner", "n_positions", "n_ctx")
-    bad = [k for k in numbers if cfg.get(k) is not None and
-           (not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] <= 0)]
-    if bad:
-        raise CheckpointError(f"{path}: {', '.join(f'{k}={cfg[k]!r}' for k in bad)} must be "
-                              "positive integers")
     return ModelConfig(vocab_size=cfg["vocab_size"], num_layers=cfg["n_layer"],
                        d_model=d_model, num_heads=cfg["n_head"],
                        ffn_dim=cfg.get("n_inner") or 4 * d_model,
@@ -87,32 +66,14 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
 
 def read_weights(checkpoint: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """GPT-2 tensors by name, checked against the config; errors list every problem."""
-    from safetensors.numpy import load_file
-
-    path = os.path.join(checkpoint, "model.safetensors")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{checkpoint} has no model.safetensors")
-    raw = load_file(path)
+    path, raw = read_safetensors(checkpoint)
     tensors = {}
     for key, value in raw.items():
         name = key[len("transformer."):] if key.startswith("transformer.") else key
         if name == "lm_head.weight" or name.endswith(_BUFFERS):
             continue  # tied to wte / a mask buffer: nothing to load
         tensors[name] = value
-    want = expected_shapes(cfg)
-    missing = sorted(set(want) - set(tensors))
-    extra = sorted(set(tensors) - set(want))
-    wrong = sorted(f"{k} {tuple(tensors[k].shape)} (expected {want[k]})"
-                   for k in set(want) & set(tensors) if tuple(tensors[k].shape) != want[k])
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    if extra:
-        problems.append(f"unexpected tensors: {', '.join(extra)}")
-    if wrong:
-        problems.append(f"mis-shaped tensors: {', '.join(wrong)}")
-    if problems:
-        raise CheckpointError(f"{path} does not match its config.json: " + "; ".join(problems))
+    check_tensors(path, tensors, expected_shapes(cfg))
     return {k: v.astype(np.float32) for k, v in tensors.items()}
 
 
@@ -149,8 +110,6 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False) -> str:
     from tfllm.models import CausalLM
     from tfllm.tokenizers import BytePairTokenizer
 
-    from tfllm import atomic
-
     if not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
     runs.check_new_run_dir(out, overwrite)
@@ -160,21 +119,12 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False) -> str:
                                   os.path.join(checkpoint, "merges.txt"))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"vocab.json has {tokenizer.vocab_size} tokens but the model only "
-                           f"{cfg.vocab_size}")
+                              f"{cfg.vocab_size}")
     model = CausalLM.from_model_config(cfg, name="causal_lm")
     assign_weights(model, cfg, weights)
-    # Written whole beside `out`, then swapped in: an old run is replaced in one step.
-    with atomic.staging_dir(out) as tmp:
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copy(os.path.join(checkpoint, name), os.path.join(tmp, name))
-        model.save(os.path.join(tmp, runs.MODEL))
-        runs.write_run_config(tmp, {
-            "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
-            "data": None, "training": None,
-            "imported_from": {"format": "huggingface-gpt2",
-                              "path": os.path.abspath(checkpoint)},
-            "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json",
-                          "merges": "merges.txt"},
-        })
-        runs.check_new_run_dir(out, overwrite)  # still a run (or nothing) to replace
-    return out
+    return write_imported_run(out, overwrite, model, {
+        "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
+        "data": None, "training": None,
+        "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},
+        "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"},
+    }, {name: os.path.join(checkpoint, name) for name in ("vocab.json", "merges.txt")})

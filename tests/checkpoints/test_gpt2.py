@@ -10,7 +10,7 @@ from safetensors.numpy import save_file
 
 import tfllm
 from tfllm.cli import main
-from tfllm.hf_gpt2 import CheckpointError, import_gpt2
+from tfllm.checkpoints.gpt2 import CheckpointError, import_gpt2
 
 CONFIG = dict(model_type="gpt2", n_layer=2, n_embd=32, n_head=4, n_positions=64,
               layer_norm_epsilon=1e-5, activation_function="gelu_new", resid_pdrop=0.1)

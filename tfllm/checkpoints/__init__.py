@@ -1,0 +1,48 @@
+"""Importers of published checkpoints, one module per source family, keyed by `model_type`.
+
+    gpt2    Hugging Face GPT-2 (safetensors + vocab.json/merges.txt)
+
+`import_hf` reads a checkpoint's `config.json` and hands it to the importer registered for
+its `model_type`; `common` holds the reading and mismatch reporting they share.
+"""
+
+from __future__ import annotations
+
+from tfllm import runs
+from tfllm.checkpoints.common import CheckpointError, read_hf_config
+from tfllm.checkpoints.gpt2 import import_gpt2
+
+# model_type (config.json) -> importer(checkpoint, out, overwrite) -> out
+IMPORTERS = {"gpt2": import_gpt2}
+# model_type -> the family's name in messages
+FAMILY_NAMES = {"gpt2": "GPT-2"}
+
+
+def import_hf(checkpoint: str, out: str, overwrite: bool = False) -> str:
+    """Import a Hugging Face checkpoint directory into the run directory `out`.
+
+    Args:
+        checkpoint: a directory with `config.json`, weights and tokenizer files.
+        out: the run directory to write (an existing run only with `overwrite`).
+        overwrite: replace an existing run in `out`, once the new one is complete.
+
+    Example:
+        >>> import_hf("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
+    """
+    runs.check_new_run_dir(out, overwrite)  # before any reading: a bad --out fails at once
+    return IMPORTERS[model_type_of(checkpoint)](checkpoint, out, overwrite)
+
+
+def model_type_of(checkpoint: str) -> str:
+    """The checkpoint's `model_type`, checked against the importers there are."""
+    path, cfg = read_hf_config(checkpoint)
+    # GPT-2 configs written before model_type existed have none.
+    model_type = cfg.get("model_type", "gpt2")
+    if model_type not in IMPORTERS:
+        raise CheckpointError(f"{path}: model_type {model_type!r} is not supported; "
+                              f"supported: {', '.join(sorted(IMPORTERS))}")
+    return model_type
+
+
+__all__ = ["CheckpointError", "IMPORTERS", "FAMILY_NAMES", "import_hf", "import_gpt2",
+           "model_type_of"]

@@ -1,0 +1,57 @@
+"""Data specs, the bottom of tfllm's data: what a `--data` value names and the defaults
+every reader shares.
+
+    tfds:NAME[:SPLIT]   any TFDS dataset with a text feature (offline via a manual dir)
+    text:GLOB           local UTF-8 files; the last 10% of the text is the validation split
+    tsv:PATH | csv:PATH | jsonl:PATH
+                        a table (header row / one JSON object per line); a seeded 10% of the
+                        rows is the validation split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tfllm.errors import DataError
+
+FILE_KINDS = ("tsv", "csv", "jsonl")
+TEXT_COLUMNS = ("text", "sentence", "content", "review")
+LABEL_COLUMN = "label"
+# Held out for validation where a source has no split of its own.
+VAL_FRACTION = 0.1
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """A parsed `--data` value; `str(spec)` gives it back."""
+
+    kind: str  # "tfds", "text", or a labeled-table kind (tsv, csv, jsonl)
+    name: str  # dataset name or glob
+    split: str | None = None
+
+    def __str__(self):
+        if self.kind == "tfds":
+            return f"tfds:{self.name}" + (f":{self.split}" if self.split else "")
+        return f"{self.kind}:{self.name}"
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse `tfds:NAME[:SPLIT]`, `text:GLOB`, or `tsv:|csv:|jsonl:PATH`.
+
+    Example:
+        >>> parse_data_spec("tfds:tiny_shakespeare").name
+        'tiny_shakespeare'
+    """
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest or kind not in ("tfds", "text") + FILE_KINDS:
+        raise DataError(f"bad data spec {spec!r}: use tfds:NAME[:SPLIT], text:GLOB, "
+                        "tsv:PATH, csv:PATH or jsonl:PATH")
+    if kind == "tfds":
+        name, _, split = rest.partition(":")
+        return DataSpec("tfds", name, split or None)
+    return DataSpec(kind, rest)
+
+
+def is_labeled_spec(spec: str) -> bool:
+    """True for the table kinds (tsv, csv, jsonl)."""
+    return spec.partition(":")[0] in FILE_KINDS
