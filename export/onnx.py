@@ -11,7 +11,7 @@ For a causal LM, FILE.decode.onnx is one step with the KV cache, usable for pref
 (seq = prompt length) and decoding (seq = 1) alike:
 
     inputs  token_ids int32 [batch, seq], cache_index int32 [] (slot of the first token),
-            kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, heads, max_len, head_dim]
+            kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, kv_heads, max_len, head_dim]
     outputs logits float32 [batch, seq, vocab],
             new_kv_cache_k_<i>, new_kv_cache_v_<i> (the caches with this step written)
 
@@ -153,7 +153,7 @@ def decode_function(model):
     from tfllm.layers import cache_write_mode
 
     bb = model.backbone
-    cache = tf.TensorSpec([None, bb.num_heads, bb.max_len, bb.head_dim], tf.float32)
+    cache = tf.TensorSpec([None, bb.kv_heads, bb.max_len, bb.head_dim], tf.float32)
     names = _cache_names(bb.num_layers)
     spec = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
             tf.TensorSpec([], tf.int32, name="cache_index")]

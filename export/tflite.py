@@ -4,7 +4,8 @@
 
 The model has the signatures the LiteRT-LM runtime expects (shared/docs/litert-lm-contract.md):
 `decode` and `prefill_<N>`, int32 inputs `tokens` [1, T] and `input_pos` [T] (absolute
-positions), and per layer `kv_cache_k_<i>` / `kv_cache_v_<i>` [1, heads, max_len, head_dim]
+positions), and per layer `kv_cache_k_<i>` / `kv_cache_v_<i>`
+[1, kv_heads, max_len, head_dim]
 passed in and out under the same names; `decode` also returns `logits` [1, 1, vocab].
 Builtin ops only. It is converted from a SavedModel written by Keras' ExportArchive (a plain
 tf.Module wrapper leaves uninitialized variables and NaN outputs), then run with
@@ -91,7 +92,7 @@ def _step_fn(model, with_logits):
 
 def _signature(model, length):
     bb = model.backbone
-    cache = [1, bb.num_heads, bb.max_len, bb.head_dim]
+    cache = [1, bb.kv_heads, bb.max_len, bb.head_dim]
     spec = {"tokens": tf.TensorSpec([1, length], tf.int32, name="tokens"),
             "input_pos": tf.TensorSpec([length], tf.int32, name="input_pos")}
     for name in _cache_names(bb.num_layers):

@@ -9,6 +9,8 @@ DESIGN = {
     "transformer-base": (6, 512, 8, 2048, 512, 0.5, 10000),
     "gpt2": (12, 768, 12, 3072, 1024, 0.1, 50257),
     "bert-mini": (4, 256, 4, 1024, 128, 0.1, 8000),
+    # shakespeare-char's size as a Llama-family decoder (issue #15).
+    "llama-char": (4, 128, 4, 352, 64, 0.0, None),
 }
 
 
@@ -19,6 +21,12 @@ def test_presets_match_design(name):
             c.vocab_size) == DESIGN[name]
     assert c.causal == (name != "bert-mini")
     assert set(PRESETS) == set(DESIGN)
+
+
+def test_llama_char_is_a_llama_family_decoder():
+    c = get_preset("llama-char")
+    assert (c.position_embedding, c.norm, c.ffn, c.activation, c.kv_heads, c.qkv_bias,
+            c.proj_bias) == ("rope", "rmsnorm", "gated", "silu", 2, False, False)
 
 
 def test_get_preset_returns_a_copy():

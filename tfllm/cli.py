@@ -449,7 +449,8 @@ def _import_hf(args):
 
     out = import_hf(args.checkpoint, args.out, args.overwrite)
     cfg = model_config_of(out)
-    print(f"imported {FAMILY_NAMES[model_type_of(args.checkpoint)]} ({cfg.num_layers} layers, d_model {cfg.d_model}, "
+    family = FAMILY_NAMES[model_type_of(args.checkpoint)]
+    print(f"imported {family} ({cfg.num_layers} layers, d_model {cfg.d_model}, "
           f"{cfg.num_heads} heads, context {cfg.max_len}, vocabulary {cfg.vocab_size}) "
           f"into {out}")
 

@@ -23,6 +23,12 @@ TOKENIZER_TYPES = ("char", "bpe", "unigram")
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 ACTIVATIONS = ("gelu", "relu")
+# Gated feed-forward activations: SwiGLU (Llama family) and GeGLU (tanh GELU).
+GATED_ACTIVATIONS = ("silu", "gelu")
+NORMS = ("layernorm", "rmsnorm")
+FFN_KINDS = ("plain", "gated")
+POSITION_EMBEDDINGS = ("learned", "rope")
+ROPE_SCALING_TYPES = ("linear", "llama3")
 
 
 @dataclasses.dataclass
@@ -43,6 +49,23 @@ class ModelConfig:
         norm_first: pre-LayerNorm (True) or post-LayerNorm (False) blocks.
         layer_norm_epsilon: LayerNorm epsilon.
         tokenizer: SentencePiece model type, "char", "bpe" or "unigram".
+        num_kv_heads: key/value heads (grouped-query attention; 1 = multi-query); must
+            divide `num_heads`. None: as many as `num_heads`.
+        head_size: width of one attention head; None: `d_model // num_heads`.
+        position_embedding: "learned" absolute positions (GPT-2) or "rope" (rotary).
+        rope_theta: the rotary frequency base.
+        rope_scaling: None, or {"type": "linear", "factor": F} or {"type": "llama3",
+            "factor", "low_freq_factor", "high_freq_factor",
+            "original_max_position_embeddings"}.
+        norm: "layernorm" or "rmsnorm" (RMSNorm uses `layer_norm_epsilon`).
+        ffn: "plain" (`activation` gelu or relu) or "gated" (silu: SwiGLU, gelu: GeGLU).
+        qkv_bias: biases on the query/key/value projections.
+        proj_bias: biases on the attention output and feed-forward projections.
+        qk_norm: RMSNorm on each query and key head before attention (Qwen3).
+        tie_embeddings: the output projection is the token embedding's transpose.
+
+    The defaults of the fields after `tokenizer` are the GPT-2 architecture tfllm always
+    had, so configs written before they existed load unchanged.
 
     Example:
         >>> cfg = get_preset("shakespeare-char")
@@ -62,6 +85,17 @@ class ModelConfig:
     norm_first: bool = True
     layer_norm_epsilon: float = 1e-5
     tokenizer: str = "char"
+    num_kv_heads: int | None = None
+    head_size: int | None = None
+    position_embedding: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    norm: str = "layernorm"
+    ffn: str = "plain"
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    qk_norm: bool = False
+    tie_embeddings: bool = True
 
     def __post_init__(self):
         self.validate()
@@ -76,15 +110,42 @@ class ModelConfig:
             not isinstance(self.vocab_size, int) or self.vocab_size <= 1
         ):
             raise ConfigError(f"vocab_size must be an integer > 1, got {self.vocab_size!r}")
-        if self.d_model % self.num_heads:
+        if self.head_size is None and self.d_model % self.num_heads:
             raise ConfigError(
-                f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})"
+                f"num_heads ({self.num_heads}) must divide d_model ({self.d_model}), or give "
+                "head_size"
             )
+        for name in ("num_kv_heads", "head_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.kv_heads:
+            raise ConfigError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads "
+                              f"({self.num_heads})")
+        for name, value, choices in (("norm", self.norm, NORMS), ("ffn", self.ffn, FFN_KINDS),
+                                     ("position_embedding", self.position_embedding,
+                                      POSITION_EMBEDDINGS)):
+            if value not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
+        if self.position_embedding == "rope":
+            if self.head_dim % 2:
+                raise ConfigError(f"rotary embeddings need an even head dimension, got "
+                                  f"{self.head_dim}")
+            if not self.rope_theta > 0:
+                raise ConfigError(f"rope_theta must be positive, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("type") if isinstance(self.rope_scaling, dict) \
+                else None
+            if kind not in ROPE_SCALING_TYPES:
+                raise ConfigError(f"unsupported rope scaling {kind!r}; supported: "
+                                  f"{', '.join(ROPE_SCALING_TYPES)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.activation not in ACTIVATIONS:
+        allowed = GATED_ACTIVATIONS if self.ffn == "gated" else ACTIVATIONS
+        if self.activation not in allowed:
             raise ConfigError(
-                f"activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+                f"activation must be one of {allowed} for a {self.ffn} feed-forward, got "
+                f"{self.activation!r}"
             )
         if self.tokenizer not in TOKENIZER_TYPES:
             raise ConfigError(
@@ -93,7 +154,13 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+        """Width of one attention head."""
+        return self.head_size or self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (`num_heads` unless grouped-query)."""
+        return self.num_kv_heads or self.num_heads
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed (validated)."""
@@ -120,6 +187,15 @@ PRESETS: dict[str, ModelConfig] = {
     "shakespeare-char": ModelConfig(
         num_layers=4, d_model=128, num_heads=4, ffn_dim=512, max_len=64, dropout=0.0,
         tokenizer="char",
+    ),
+    # shakespeare-char's size as a Llama-family decoder: RoPE, RMSNorm, SwiGLU (inner width
+    # 2/3 of 512, rounded up to 32, for about the same parameters), 2 key/value heads for
+    # 4 query heads, no biases, tied embeddings.
+    "llama-char": ModelConfig(
+        num_layers=4, d_model=128, num_heads=4, num_kv_heads=2, ffn_dim=352, max_len=64,
+        dropout=0.0, tokenizer="char", position_embedding="rope", norm="rmsnorm",
+        ffn="gated", activation="silu", qkv_bias=False, proj_bias=False,
+        layer_norm_epsilon=1e-5,
     ),
     # nanoGPT's shakespeare_char GPU config.
     "baby-gpt": ModelConfig(

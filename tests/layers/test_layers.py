@@ -14,7 +14,8 @@ IDS = RNG.integers(0, 20, size=(2, 6)).astype("int32")
 def test_embedding(tmp_path):
     layer = run_layer_test(TokenAndPositionEmbedding,
                            dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
-                                initializer_stddev=0.02),
+                                initializer_stddev=0.02, learned_positions=True,
+                                tie_embeddings=True),
                            IDS, (2, 6, 16), tmp_path)
     # Tied output projection: logits are hidden @ token_embeddings^T.
     h = RNG.normal(size=(2, 6, 16)).astype("float32")
@@ -39,17 +40,67 @@ def test_feed_forward(tmp_path, activation):
     np.testing.assert_allclose(ops.convert_to_numpy(layer(X)), h @ w2 + b2, atol=1e-5)
 
 
-def test_attention(tmp_path):
+def test_embedding_untied_without_positions(tmp_path):
+    run_layer_test(TokenAndPositionEmbedding,
+                   dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
+                        initializer_stddev=0.02, learned_positions=False, tie_embeddings=True),
+                   IDS, (2, 6, 16), tmp_path)
+    # Untied: `logits` uses a matrix of its own (only `logits` reads it, so the harness's
+    # fit step through `call` would leave it unchanged).
+    layer = TokenAndPositionEmbedding(vocab_size=20, max_len=8, d_model=16,
+                                      learned_positions=False, tie_embeddings=False)
+    layer.build()
+    assert TokenAndPositionEmbedding.from_config(layer.get_config()).get_config() == \
+        layer.get_config()
+    assert {w.path.split("/")[-1] for w in layer.weights} == {"token_embeddings",
+                                                               "output_embeddings"}
+    h = RNG.normal(size=(2, 6, 16)).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(layer.logits(h)),
+                               h @ ops.convert_to_numpy(layer.output_embeddings).T, atol=1e-5)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(IDS)),
+                                  ops.convert_to_numpy(layer.token_embeddings)[IDS])
+
+
+_GPT2_ATTENTION = dict(num_kv_heads=None, head_dim=None, qkv_bias=True, out_bias=True,
+                       qk_norm=False, norm_epsilon=1e-6, rope=None)
+_LLAMA_ATTENTION = dict(num_kv_heads=2, head_dim=6, qkv_bias=False, out_bias=False,
+                        qk_norm=True, norm_epsilon=1e-6, rope={"rope_theta": 10000.0})
+
+
+@pytest.mark.parametrize("options", [_GPT2_ATTENTION, _LLAMA_ATTENTION])
+def test_attention(tmp_path, options):
     run_layer_test(MultiHeadAttention, dict(d_model=16, num_heads=4, dropout=0.0,
-                                            initializer_stddev=0.02, output_stddev=0.01), X, (2, 6, 16), tmp_path)
+                                            initializer_stddev=0.02, output_stddev=0.01,
+                                            **options), X, (2, 6, 16), tmp_path)
+
+
+_GPT2_BLOCK = dict(norm="layernorm", ffn="plain", num_kv_heads=None, head_dim=None,
+                   qkv_bias=True, proj_bias=True, qk_norm=False, rope=None)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_transformer_block(tmp_path, norm_first):
     run_layer_test(TransformerBlock, dict(d_model=16, num_heads=2, ffn_dim=32, dropout=0.0,
                                           activation="gelu", norm_first=norm_first,
-                                          layer_norm_epsilon=1e-5, initializer_stddev=0.02, output_stddev=0.01),
+                                          layer_norm_epsilon=1e-5, initializer_stddev=0.02,
+                                          output_stddev=0.01, **_GPT2_BLOCK),
                    X, (2, 6, 16), tmp_path)
+
+
+def test_llama_transformer_block(tmp_path):
+    block = run_layer_test(TransformerBlock,
+                           dict(d_model=16, num_heads=4, ffn_dim=24, dropout=0.0,
+                                activation="silu", norm_first=True, layer_norm_epsilon=1e-6,
+                                # Large enough that one SGD step moves the norm scales
+                                # (at 0.02 their change is below float32's step at 1.0).
+                                initializer_stddev=0.5, output_stddev=0.5, norm="rmsnorm",
+                                ffn="gated", num_kv_heads=1, head_dim=None, qkv_bias=True,
+                                proj_bias=False, qk_norm=False,
+                                rope={"rope_theta": 500000.0, "scaling": "llama3",
+                                      "factor": 8.0}),
+                           X, (2, 6, 16), tmp_path)
+    # Multi-query: the fused projection is [q (4 heads) | k (1) | v (1)] of width 4 each.
+    assert tuple(block.attention.qkv.kernel.shape) == (16, (4 + 2) * 4)
 
 
 def test_attention_matches_numpy_reference():

@@ -11,6 +11,9 @@ import contextlib
 import keras
 from keras import ops
 
+from tfllm.layers.rms_norm import RMSNorm
+from tfllm.layers.rotary import RotaryEmbedding
+
 
 def causal_mask(q_len, k_len, q_offset=0):
     """Boolean (q_len, k_len) mask: query i (at absolute position q_offset+i) sees keys <= it.
@@ -39,7 +42,8 @@ def merge_masks(causal=None, padding_mask=None):
 
 
 def empty_cache(batch_size, num_heads, max_len, head_dim, dtype="float32"):
-    """A zero (K, V) cache pair for one layer, each (batch, heads, max_len, head_dim)."""
+    """A zero (K, V) cache pair for one layer, each (batch, kv_heads, max_len, head_dim)
+    (`num_heads` here is the number of key/value heads)."""
     shape = (batch_size, num_heads, max_len, head_dim)
     return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
 
@@ -125,19 +129,31 @@ class MultiHeadAttention(keras.layers.Layer):
     """Scaled dot-product self-attention over `num_heads` heads.
 
     Args:
-        d_model: input and output width; `num_heads` must divide it.
-        num_heads: number of heads.
+        d_model: input and output width.
+        num_heads: query heads.
         dropout: dropout on attention probabilities and on the output.
         initializer_stddev: stddev of the normal kernel initializer.
         output_stddev: stddev for the output projection (default `initializer_stddev`);
             GPT-2 scales it by 1/sqrt(2 * layers) so the residual stream does not grow.
+        num_kv_heads: key/value heads, dividing `num_heads` (grouped-query attention;
+            1 = multi-query). None: `num_heads`. Each K/V head serves `num_heads /
+            num_kv_heads` query heads; the cache holds only the K/V heads.
+        head_dim: width of one head (None: `d_model // num_heads`).
+        qkv_bias: biases on the fused query/key/value projection.
+        out_bias: bias on the output projection.
+        qk_norm: RMSNorm over each query and key head (Qwen3), before rotary embeddings.
+        norm_epsilon: epsilon of the QK-norm.
+        rope: None for no rotary embedding (positions come from the embeddings), or the
+            `RotaryEmbedding` arguments other than head_dim, e.g. {"rope_theta": 10000.0}.
 
     Call args:
         x: (batch, seq, d_model).
         attention_mask: boolean, broadcastable to (batch, seq, keys); True = may attend.
             Keys are the `seq` inputs, or the `max_len` cache slots when `cache` is given.
-        cache: optional `(k_cache, v_cache)`, each (batch, heads, max_len, head_dim).
+        cache: optional `(k_cache, v_cache)`, each (batch, kv_heads, max_len, head_dim).
         cache_index: absolute position at which this call's keys/values are written.
+        positions: int (seq,) or (batch, seq) absolute positions (rotary embeddings only;
+            default `cache_index + 0..seq-1`).
 
     Returns `output`, or `(output, (k_cache, v_cache))` when a cache is passed.
 
@@ -148,38 +164,76 @@ class MultiHeadAttention(keras.layers.Layer):
     """
 
     def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02,
-                 output_stddev=None, **kwargs):
+                 output_stddev=None, num_kv_heads=None, head_dim=None, qkv_bias=True,
+                 out_bias=True, qk_norm=False, norm_epsilon=1e-6, rope=None, **kwargs):
         super().__init__(**kwargs)
-        if d_model % num_heads:
+        if head_dim is None and d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        if num_heads % (num_kv_heads or num_heads):
+            raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads "
+                             f"({num_heads})")
         self.d_model = d_model
         self.num_heads = num_heads
         self.dropout = dropout
         self.initializer_stddev = initializer_stddev
         self.output_stddev = output_stddev
-        self.head_dim = d_model // num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim or d_model // num_heads
+        self.qkv_bias = qkv_bias
+        self.out_bias = out_bias
+        self.qk_norm = qk_norm
+        self.norm_epsilon = norm_epsilon
+        self.rope = rope
+        self.kv_heads = num_kv_heads or num_heads
+        self.groups = num_heads // self.kv_heads  # query heads per key/value head
+        self._head_dim_arg = head_dim
         init = keras.initializers.RandomNormal(stddev=initializer_stddev)
-        self.qkv = keras.layers.Dense(3 * d_model, kernel_initializer=init, name="qkv",
-                                      dtype=self.dtype_policy)
+        width = (num_heads + 2 * self.kv_heads) * self.head_dim  # [q | k | v]
+        self.qkv = keras.layers.Dense(width, use_bias=qkv_bias, kernel_initializer=init,
+                                      name="qkv", dtype=self.dtype_policy)
         out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
-        self.out = keras.layers.Dense(d_model, kernel_initializer=out_init, name="out",
-                                      dtype=self.dtype_policy)
+        self.out = keras.layers.Dense(d_model, use_bias=out_bias, kernel_initializer=out_init,
+                                      name="out", dtype=self.dtype_policy)
         self.attn_dropout = keras.layers.Dropout(dropout)
         self.out_dropout = keras.layers.Dropout(dropout)
+        if qk_norm:
+            self.q_norm = RMSNorm(norm_epsilon, name="q_norm", dtype=self.dtype_policy)
+            self.k_norm = RMSNorm(norm_epsilon, name="k_norm", dtype=self.dtype_policy)
+        self.rotary = (RotaryEmbedding(self.head_dim, **rope, name="rotary",
+                                       dtype=self.dtype_policy) if rope is not None else None)
 
     def build(self, input_shape):
         self.qkv.build(input_shape)
-        self.out.build(tuple(input_shape[:-1]) + (self.d_model,))
+        self.out.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_dim,))
+        if self.qk_norm:
+            self.q_norm.build((None, None, None, self.head_dim))
+            self.k_norm.build((None, None, None, self.head_dim))
         self.built = True
 
     def _split_heads(self, x):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = ops.reshape(self.qkv(x), (batch, seq, 3, self.num_heads, self.head_dim))
-        # Three (batch, heads, seq, head_dim) tensors.
-        return [ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3)]
+        if self.groups == 1:
+            qkv = ops.reshape(self.qkv(x), (batch, seq, 3, self.num_heads, self.head_dim))
+            # Three (batch, heads, seq, head_dim) tensors.
+            return [ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3)]
+        qkv = self.qkv(x)
+        nq, nkv = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
+        parts = [(qkv[..., :nq], self.num_heads), (qkv[..., nq:nq + nkv], self.kv_heads),
+                 (qkv[..., nq + nkv:], self.kv_heads)]
+        # q (batch, heads, seq, head_dim); k, v (batch, kv_heads, seq, head_dim).
+        return [ops.transpose(ops.reshape(t, (batch, seq, n, self.head_dim)), (0, 2, 1, 3))
+                for t, n in parts]
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=None, training=None):
+    def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
+             training=None):
         q, k, v = self._split_heads(x)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            if positions is None:
+                offset = 0 if cache_index is None else ops.cast(cache_index, "int32")
+                positions = ops.arange(ops.shape(x)[1], dtype="int32") + offset
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
         if cache is None:
             return self._attend(q, k, v, attention_mask, training)
@@ -192,6 +246,9 @@ class MultiHeadAttention(keras.layers.Layer):
             # before it and XLA:CPU updates the loop-carried cache in place. Without this
             # it copied all caches twice per decoding step.
             after = ops.cast(ops.sum(h, axis=-1, keepdims=True), k.dtype) * 0.0  # (b, h, 1, 1)
+            if self.groups > 1:
+                after = ops.sum(ops.reshape(after, (ops.shape(after)[0], self.kv_heads,
+                                                    self.groups, 1, 1)), axis=2)  # (b, kv, 1, 1)
             return out, (write_cache(k_cache, k + after, start),
                          write_cache(v_cache, v + after, start))
         k_cache = write_cache(k_cache, k, start)
@@ -214,16 +271,27 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def _output(self, h, training):
         h = ops.transpose(h, (0, 2, 1, 3))  # (batch, seq, heads, head_dim)
-        h = ops.reshape(h, (ops.shape(h)[0], ops.shape(h)[1], self.d_model))
+        h = ops.reshape(h, (ops.shape(h)[0], ops.shape(h)[1], self.num_heads * self.head_dim))
         return self.out_dropout(self.out(h), training=training)
 
     def _attend(self, q, k, v, attention_mask, training):
-        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (batch, heads, seq, keys)
         mask = None
         if attention_mask is not None:
             mask = ops.expand_dims(ops.cast(attention_mask, "bool"), 1)  # (batch, 1, seq, keys)
+        if self.groups == 1:
+            scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # (batch, heads, seq, keys)
+            probs = ops.cast(self._masked_softmax(scores, mask, training), q.dtype)
+            return self._output(ops.matmul(probs, v), training)  # (batch, heads, seq, head_dim)
+        # Grouped: each K/V head serves `groups` query heads; K and V are never repeated.
+        batch, seq = ops.shape(q)[0], ops.shape(q)[2]
+        qg = ops.reshape(q, (batch, self.kv_heads, self.groups, seq, self.head_dim))
+        scores = ops.einsum("bkgqd,bkmd->bkgqm", qg, k)  # (batch, kv, groups, seq, keys)
+        scores = ops.reshape(scores, (batch, self.num_heads, seq, ops.shape(k)[2]))
         probs = ops.cast(self._masked_softmax(scores, mask, training), q.dtype)
-        return self._output(ops.matmul(probs, v), training)  # (batch, heads, seq, head_dim)
+        probs = ops.reshape(probs, (batch, self.kv_heads, self.groups, seq, ops.shape(k)[2]))
+        h = ops.einsum("bkgqm,bkmd->bkgqd", probs, v)
+        return self._output(ops.reshape(h, (batch, self.num_heads, seq, self.head_dim)),
+                            training)
 
     def _attend_one(self, q, k, v, k_cache, v_cache, start, attention_mask, training):
         """One new token (the decoding step): attend to the cache as it was, plus itself.
@@ -238,9 +306,20 @@ class MultiHeadAttention(keras.layers.Layer):
         Returns (output (batch, 1, d_model), attention result (batch, heads, 1, head_dim)).
         """
         k_old, v_old = ops.cast(k_cache, q.dtype), ops.cast(v_cache, q.dtype)
+        if self.groups > 1:
+            # This token's K/V per query head (a (b, kv, 1, d) tensor repeated: one token).
+            k = ops.repeat(k, self.groups, axis=1)
+            v = ops.repeat(v, self.groups, axis=1)
         # The query's length-1 axis dropped: XLA:CPU compiles this form ~20% faster (batch
         # 1, baby-gpt) than "bhqd,bhkd->bhqk", which copies a transposed K every step.
-        qk = ops.einsum("bhd,bhkd->bhk", q[:, :, 0, :], k_old)[:, :, None, :]  # (b, h, 1, max_len)
+        if self.groups == 1:
+            # (b, h, 1, max_len)
+            qk = ops.einsum("bhd,bhkd->bhk", q[:, :, 0, :], k_old)[:, :, None, :]
+        else:
+            batch = ops.shape(q)[0]
+            qg = ops.reshape(q[:, :, 0, :], (batch, self.kv_heads, self.groups, self.head_dim))
+            qk = ops.einsum("bkgd,bkmd->bkgm", qg, k_old)  # (b, kv, groups, max_len)
+            qk = ops.reshape(qk, (batch, self.num_heads, 1, ops.shape(k_old)[2]))
         scores = ops.concatenate([qk, ops.sum(q * k, axis=-1, keepdims=True)],  # + (b, h, 1, 1)
                                  axis=-1)
         batch, max_len = ops.shape(q)[0], ops.shape(k_cache)[2]
@@ -251,7 +330,13 @@ class MultiHeadAttention(keras.layers.Layer):
                                 ops.ones((batch, 1, 1), "bool")], axis=-1)
         probs = self._masked_softmax(scores, mask[:, None], training)  # (b, h, 1, max_len + 1)
         probs = ops.cast(probs, q.dtype)
-        h = ops.matmul(probs[..., :-1], v_old) + probs[..., -1:] * v  # (b, h, 1, head_dim)
+        if self.groups == 1:
+            h = ops.matmul(probs[..., :-1], v_old)  # (b, h, 1, head_dim)
+        else:
+            pg = ops.reshape(probs[..., :-1], (batch, self.kv_heads, self.groups, max_len))
+            h = ops.reshape(ops.einsum("bkgm,bkmd->bkgd", pg, v_old),
+                            (batch, self.num_heads, 1, self.head_dim))
+        h = h + probs[..., -1:] * v
         return self._output(h, training), h
 
     def compute_output_shape(self, input_shape):
@@ -261,5 +346,8 @@ class MultiHeadAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(d_model=self.d_model, num_heads=self.num_heads, dropout=self.dropout,
                       initializer_stddev=self.initializer_stddev,
-                      output_stddev=self.output_stddev)
+                      output_stddev=self.output_stddev, num_kv_heads=self.num_kv_heads,
+                      head_dim=self._head_dim_arg, qkv_bias=self.qkv_bias,
+                      out_bias=self.out_bias, qk_norm=self.qk_norm,
+                      norm_epsilon=self.norm_epsilon, rope=self.rope)
         return config

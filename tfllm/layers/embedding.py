@@ -17,6 +17,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         d_model: embedding width.
         dropout: dropout applied to the summed embedding.
         initializer_stddev: stddev of the normal initializer (GPT-2 uses 0.02).
+        learned_positions: add learned position embeddings (False where attention applies
+            rotary embeddings instead).
+        tie_embeddings: `logits` multiplies by the token matrix's transpose; False gives the
+            output projection a matrix of its own (Llama 3 8B, Mistral, Qwen2.5-7B).
 
     Example:
         >>> emb = TokenAndPositionEmbedding(vocab_size=65, max_len=64, d_model=128)
@@ -25,8 +29,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, max_len, d_model, dropout=0.0, initializer_stddev=0.02,
-                 **kwargs):
+                 learned_positions=True, tie_embeddings=True, **kwargs):
         super().__init__(**kwargs)
+        self.learned_positions = learned_positions
+        self.tie_embeddings = tie_embeddings
         self.vocab_size = vocab_size
         self.max_len = max_len
         self.d_model = d_model
@@ -38,13 +44,21 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         init = keras.initializers.RandomNormal(stddev=self.initializer_stddev)
         self.token_embeddings = self.add_weight(
             name="token_embeddings", shape=(self.vocab_size, self.d_model), initializer=init)
-        self.position_embeddings = self.add_weight(
-            name="position_embeddings", shape=(self.max_len, self.d_model), initializer=init)
+        if self.learned_positions:
+            self.position_embeddings = self.add_weight(
+                name="position_embeddings", shape=(self.max_len, self.d_model),
+                initializer=init)
+        if not self.tie_embeddings:
+            self.output_embeddings = self.add_weight(
+                name="output_embeddings", shape=(self.vocab_size, self.d_model),
+                initializer=init)
         self.built = True
 
     def call(self, token_ids, positions=None, training=None):
         """Embed `token_ids` (batch, seq) at `positions` (batch, seq) or (seq,); default 0..seq-1."""
         tokens = ops.take(ops.cast(self.token_embeddings, self.compute_dtype), token_ids, axis=0)
+        if not self.learned_positions:
+            return self.dropout_layer(tokens, training=training)
         if positions is None:
             positions = ops.arange(ops.shape(token_ids)[1], dtype="int32")
         pos = ops.take(ops.cast(self.position_embeddings, self.compute_dtype), positions, axis=0)
@@ -52,7 +66,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def logits(self, hidden):
         """Project hidden states (batch, seq, d_model) to vocabulary logits (batch, seq, vocab)."""
-        kernel = ops.cast(self.token_embeddings, hidden.dtype)
+        kernel = self.token_embeddings if self.tie_embeddings else self.output_embeddings
+        kernel = ops.cast(kernel, hidden.dtype)
         return ops.matmul(hidden, ops.transpose(kernel))
 
     def compute_output_shape(self, input_shape):
@@ -61,5 +76,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(vocab_size=self.vocab_size, max_len=self.max_len, d_model=self.d_model,
-                      dropout=self.dropout, initializer_stddev=self.initializer_stddev)
+                      dropout=self.dropout, initializer_stddev=self.initializer_stddev,
+                      learned_positions=self.learned_positions,
+                      tie_embeddings=self.tie_embeddings)
         return config

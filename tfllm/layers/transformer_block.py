@@ -4,6 +4,8 @@ import keras
 
 from tfllm.layers.attention import MultiHeadAttention
 from tfllm.layers.feed_forward import FeedForward
+from tfllm.layers.gated_feed_forward import GatedFeedForward
+from tfllm.layers.rms_norm import RMSNorm
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -20,6 +22,10 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon: LayerNorm epsilon.
         initializer_stddev: stddev of the normal kernel initializers.
         output_stddev: stddev of the kernels that write into the residual stream.
+        norm: "layernorm" or "rmsnorm" (both with `layer_norm_epsilon`).
+        ffn: "plain" (`activation` gelu/relu) or "gated" (silu: SwiGLU, gelu: GeGLU).
+        num_kv_heads, head_dim, qkv_bias, qk_norm, rope: as `MultiHeadAttention`'s.
+        proj_bias: biases on the attention output and feed-forward projections.
 
     Call args are those of `MultiHeadAttention`; with a cache it returns `(x, cache)`.
 
@@ -30,7 +36,9 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(self, d_model, num_heads, ffn_dim, dropout=0.0, activation="gelu",
                  norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02,
-                 output_stddev=None, **kwargs):
+                 output_stddev=None, norm="layernorm", ffn="plain", num_kv_heads=None,
+                 head_dim=None, qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.d_model = d_model
         self.num_heads = num_heads
@@ -41,25 +49,40 @@ class TransformerBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.initializer_stddev = initializer_stddev
         self.output_stddev = output_stddev
+        self.norm = norm
+        self.ffn_kind = ffn
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.qkv_bias = qkv_bias
+        self.proj_bias = proj_bias
+        self.qk_norm = qk_norm
+        self.rope = rope
         policy = self.dtype_policy
-        self.attention = MultiHeadAttention(d_model, num_heads, dropout, initializer_stddev,
-                                            output_stddev, name="attention", dtype=policy)
-        self.ffn = FeedForward(d_model, ffn_dim, activation, dropout, initializer_stddev,
-                               output_stddev, name="ffn", dtype=policy)
-        self.norm1 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm1",
-                                                     dtype=policy)
-        self.norm2 = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="norm2",
-                                                     dtype=policy)
+        self.attention = MultiHeadAttention(
+            d_model, num_heads, dropout, initializer_stddev, output_stddev,
+            num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
+            out_bias=proj_bias, qk_norm=qk_norm, norm_epsilon=layer_norm_epsilon, rope=rope,
+            name="attention", dtype=policy)
+        if ffn == "gated":
+            self.ffn = GatedFeedForward(d_model, ffn_dim, activation, proj_bias, dropout,
+                                        initializer_stddev, output_stddev, name="ffn",
+                                        dtype=policy)
+        else:
+            self.ffn = FeedForward(d_model, ffn_dim, activation, dropout, initializer_stddev,
+                                   output_stddev, name="ffn", dtype=policy)
+        self.norm1, self.norm2 = (make_norm(norm, layer_norm_epsilon, name, policy)
+                                  for name in ("norm1", "norm2"))
 
     def build(self, input_shape):
         for layer in (self.attention, self.ffn, self.norm1, self.norm2):
             layer.build(input_shape)
         self.built = True
 
-    def call(self, x, attention_mask=None, cache=None, cache_index=None, training=None):
+    def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
+             training=None):
         attn_in = self.norm1(x) if self.norm_first else x
         attn = self.attention(attn_in, attention_mask=attention_mask, cache=cache,
-                              cache_index=cache_index, training=training)
+                              cache_index=cache_index, positions=positions, training=training)
         if cache is not None:
             attn, cache = attn
         if self.norm_first:
@@ -79,5 +102,15 @@ class TransformerBlock(keras.layers.Layer):
                       dropout=self.dropout, activation=self.activation,
                       norm_first=self.norm_first, layer_norm_epsilon=self.layer_norm_epsilon,
                       initializer_stddev=self.initializer_stddev,
-                      output_stddev=self.output_stddev)
+                      output_stddev=self.output_stddev, norm=self.norm, ffn=self.ffn_kind,
+                      num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                      qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
+                      qk_norm=self.qk_norm, rope=self.rope)
         return config
+
+
+def make_norm(kind, epsilon, name, dtype=None):
+    """A LayerNormalization ("layernorm") or an RMSNorm ("rmsnorm")."""
+    if kind == "rmsnorm":
+        return RMSNorm(epsilon, name=name, dtype=dtype)
+    return keras.layers.LayerNormalization(epsilon=epsilon, name=name, dtype=dtype)

@@ -6,7 +6,12 @@ from keras import ops
 from tfllm.config import ModelConfig
 from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
 from tfllm.layers.embedding import TokenAndPositionEmbedding
-from tfllm.layers.transformer_block import TransformerBlock
+from tfllm.layers.transformer_block import TransformerBlock, make_norm
+
+# ModelConfig fields after the GPT-2 ones, with the defaults that keep GPT-2's architecture.
+_ARCH_FIELDS = ("num_kv_heads", "head_size", "position_embedding", "rope_theta",
+                "rope_scaling", "norm", "ffn", "qkv_bias", "proj_bias", "qk_norm",
+                "tie_embeddings")
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -26,8 +31,22 @@ class TransformerBackbone(keras.layers.Layer):
 
     def __init__(self, vocab_size, num_layers, d_model, num_heads, ffn_dim, max_len,
                  dropout=0.0, causal=True, activation="gelu", norm_first=True,
-                 layer_norm_epsilon=1e-5, **kwargs):
+                 layer_norm_epsilon=1e-5, num_kv_heads=None, head_size=None,
+                 position_embedding="learned", rope_theta=10000.0, rope_scaling=None,
+                 norm="layernorm", ffn="plain", qkv_bias=True, proj_bias=True, qk_norm=False,
+                 tie_embeddings=True, **kwargs):
         super().__init__(**kwargs)
+        self.num_kv_heads = num_kv_heads
+        self.head_size = head_size
+        self.position_embedding = position_embedding
+        self.rope_theta = rope_theta
+        self.rope_scaling = rope_scaling
+        self.norm_kind = norm
+        self.ffn = ffn
+        self.qkv_bias = qkv_bias
+        self.proj_bias = proj_bias
+        self.qk_norm = qk_norm
+        self.tie_embeddings = tie_embeddings
         self.vocab_size = vocab_size
         self.num_layers = num_layers
         self.d_model = d_model
@@ -40,20 +59,24 @@ class TransformerBackbone(keras.layers.Layer):
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
         policy = self.dtype_policy
-        self.embedding = TokenAndPositionEmbedding(vocab_size, max_len, d_model, dropout,
-                                                   name="embedding", dtype=policy)
+        self.embedding = TokenAndPositionEmbedding(
+            vocab_size, max_len, d_model, dropout, learned_positions=position_embedding ==
+            "learned", tie_embeddings=tie_embeddings, name="embedding", dtype=policy)
+        rope = _rope_arguments(rope_theta, rope_scaling) if position_embedding == "rope" \
+            else None
         # GPT-2 / nanoGPT init: residual-writing projections scaled by 1/sqrt(2 * layers).
         output_stddev = 0.02 / (2 * num_layers) ** 0.5
         self.blocks = [
             TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation, norm_first,
-                             layer_norm_epsilon, 0.02, output_stddev, name=f"block_{i}",
-                             dtype=policy)
+                             layer_norm_epsilon, 0.02, output_stddev, norm=norm, ffn=ffn,
+                             num_kv_heads=num_kv_heads, head_dim=head_size,
+                             qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
+                             rope=rope, name=f"block_{i}", dtype=policy)
             for i in range(num_layers)
         ]
         # Pre-LN ends with a norm (GPT-2's ln_f); post-LN normalizes the embeddings (BERT).
-        self.norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, name="final_norm" if norm_first else "embedding_norm",
-            dtype=policy)
+        self.norm = make_norm(norm, layer_norm_epsilon,
+                              "final_norm" if norm_first else "embedding_norm", policy)
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs):
@@ -64,7 +87,8 @@ class TransformerBackbone(keras.layers.Layer):
                    d_model=config.d_model, num_heads=config.num_heads, ffn_dim=config.ffn_dim,
                    max_len=config.max_len, dropout=config.dropout, causal=config.causal,
                    activation=config.activation, norm_first=config.norm_first,
-                   layer_norm_epsilon=config.layer_norm_epsilon, **kwargs)
+                   layer_norm_epsilon=config.layer_norm_epsilon,
+                   **{f: getattr(config, f) for f in _ARCH_FIELDS}, **kwargs)
 
     def to_model_config(self) -> ModelConfig:
         """The `ModelConfig` of this backbone's architecture (tokenizer fields at defaults)."""
@@ -72,11 +96,24 @@ class TransformerBackbone(keras.layers.Layer):
                            d_model=self.d_model, num_heads=self.num_heads, ffn_dim=self.ffn_dim,
                            max_len=self.max_len, dropout=self.dropout, causal=self.causal,
                            activation=self.activation, norm_first=self.norm_first,
-                           layer_norm_epsilon=self.layer_norm_epsilon)
+                           layer_norm_epsilon=self.layer_norm_epsilon,
+                           **self._arch_config())
+
+    def _arch_config(self):
+        return dict(num_kv_heads=self.num_kv_heads, head_size=self.head_size,
+                    position_embedding=self.position_embedding, rope_theta=self.rope_theta,
+                    rope_scaling=self.rope_scaling, norm=self.norm_kind, ffn=self.ffn,
+                    qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, qk_norm=self.qk_norm,
+                    tie_embeddings=self.tie_embeddings)
 
     @property
     def head_dim(self):
-        return self.d_model // self.num_heads
+        return self.head_size or self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self):
+        """Key/value heads: the cache's second dimension."""
+        return self.num_kv_heads or self.num_heads
 
     def build(self, input_shape=None):
         hidden_shape = (None, None, self.d_model)
@@ -87,9 +124,10 @@ class TransformerBackbone(keras.layers.Layer):
         self.built = True
 
     def empty_caches(self, batch_size, dtype=None):
-        """Zero KV caches for every layer: a list of (k, v), each (batch, heads, max_len, head_dim)."""
+        """Zero KV caches for every layer: a list of (k, v), each
+        (batch, kv_heads, max_len, head_dim)."""
         dtype = dtype or self.compute_dtype
-        return [empty_cache(batch_size, self.num_heads, self.max_len, self.head_dim, dtype)
+        return [empty_cache(batch_size, self.kv_heads, self.max_len, self.head_dim, dtype)
                 for _ in range(self.num_layers)]
 
     def call(self, token_ids, padding_mask=None, positions=None, caches=None, cache_index=None,
@@ -129,10 +167,10 @@ class TransformerBackbone(keras.layers.Layer):
         new_caches = []
         for i, block in enumerate(self.blocks):
             if caches is None:
-                x = block(x, attention_mask=mask, training=training)
+                x = block(x, attention_mask=mask, positions=positions, training=training)
             else:
                 x, cache = block(x, attention_mask=mask, cache=caches[i],
-                                 cache_index=offset, training=training)
+                                 cache_index=offset, positions=positions, training=training)
                 new_caches.append(cache)
         if self.norm_first:
             x = self.norm(x)
@@ -147,5 +185,18 @@ class TransformerBackbone(keras.layers.Layer):
                       d_model=self.d_model, num_heads=self.num_heads, ffn_dim=self.ffn_dim,
                       max_len=self.max_len, dropout=self.dropout, causal=self.causal,
                       activation=self.activation, norm_first=self.norm_first,
-                      layer_norm_epsilon=self.layer_norm_epsilon)
+                      layer_norm_epsilon=self.layer_norm_epsilon, **self._arch_config())
         return config
+
+
+def _rope_arguments(rope_theta, rope_scaling):
+    """`RotaryEmbedding` arguments (all but head_dim) from a config's theta and scaling."""
+    args = {"rope_theta": float(rope_theta)}
+    if rope_scaling:
+        args.update(scaling=rope_scaling["type"], factor=float(rope_scaling.get("factor", 1.0)))
+        if rope_scaling["type"] == "llama3":
+            args.update(low_freq_factor=float(rope_scaling.get("low_freq_factor", 1.0)),
+                        high_freq_factor=float(rope_scaling.get("high_freq_factor", 4.0)),
+                        original_max_position=int(rope_scaling.get(
+                            "original_max_position_embeddings", 8192)))
+    return args
