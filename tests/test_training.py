@@ -252,10 +252,12 @@ def _finite_file(path):
 
 def test_divergence_keeps_the_last_finite_state(tmp_path, small_corpus):
     out = str(tmp_path / "run")
+    # No XLA: these few steps would spend most of their time compiling.
+    settings = TrainSettings(steps=6, batch_size=4, eval_interval=2, eval_steps=2,
+                             jit_compile=False)
     with pytest.raises(TrainingDivergedError) as e:
-        train(out, small_corpus, "shakespeare-char",
-              TrainSettings(steps=6, batch_size=4, eval_interval=2, eval_steps=2),
-              model_overrides=TINY, verbose=0, extra_callbacks=[_PoisonAt(2)])
+        train(out, small_corpus, "shakespeare-char", settings, model_overrides=TINY,
+              verbose=0, extra_callbacks=[_PoisonAt(2)])
     message = str(e.value)
     # Intervals 1 and 2 (steps 2 and 4) were finite; the third diverged.
     assert e.value.last_good_step == 4
@@ -272,9 +274,8 @@ def test_divergence_keeps_the_last_finite_state(tmp_path, small_corpus):
     assert [r["step"] for r in records] == [2, 4, 6]
     assert records[-1]["loss"] is None and records[0]["loss"] > 0
     # The run continues from the finite state.
-    result = train(out, small_corpus, "shakespeare-char",
-                   TrainSettings(steps=6, batch_size=4, eval_interval=2, eval_steps=2),
-                   model_overrides=TINY, verbose=0, resume=True)
+    result = train(out, small_corpus, "shakespeare-char", settings, model_overrides=TINY,
+                   verbose=0, resume=True)
     assert math.isfinite(result["loss"]) and result["step"] == 6
 
 
