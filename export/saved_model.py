@@ -64,13 +64,10 @@ def build_parser():
     return parser
 
 
-if __name__ == "__main__":
-    # --help and argument errors answer before TensorFlow loads; then native log lines go
-    # to a file (tfllm.logs).
-    _ARGS = build_parser().parse_args()
-    from tfllm.logs import quiet_native
+if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow loads
+    from tfllm.logs import parse_then_quiet
 
-    quiet_native(_ARGS.verbose)
+    parse_then_quiet(build_parser().parse_args)
 
 import tensorflow as tf  # noqa: E402
 

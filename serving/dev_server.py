@@ -58,13 +58,10 @@ def parse_args(argv=None):
     return args
 
 
-if __name__ == "__main__":
-    # --help and argument errors answer before TensorFlow loads; then native log lines go
-    # to a file (tfllm.logs).
-    _ARGS = parse_args()
-    from tfllm.logs import quiet_native
+if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow loads
+    from tfllm.logs import parse_then_quiet
 
-    quiet_native(_ARGS.verbose)
+    parse_then_quiet(parse_args)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -113,7 +113,7 @@ def test_evaluate_cli_last_line_is_json(tiny_run, capsys):
     (["--lr", "inf"], "must be a positive finite number"),
     (["--lr", "nan"], "must be a positive finite number"),
     (["--weight-decay", "nan"], "must be a finite number"),
-    (["--warmup-steps", "-1"], "must be >= 0"),
+    (["--warmup-steps", "-1"], "must be an integer >= 0"),
 ])
 def test_cli_argument_errors(args, match, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:

@@ -66,6 +66,15 @@ def quiet_native(verbose: bool = False) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def parse_then_quiet(parse_args):
+    """For `if __name__ == "__main__":` at the top of an entry point, before TensorFlow is
+    imported: `parse_args()` (so --help and argument errors answer at once), then
+    `quiet_native`. Returns the parsed arguments."""
+    args = parse_args()
+    quiet_native(getattr(args, "verbose", False))
+    return args
+
+
 def native_log_tail(lines: int = 20) -> str:
     """The last lines native libraries wrote since `quiet_native` (empty if not quieted)."""
     path = _state.get("path")

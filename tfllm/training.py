@@ -245,28 +245,25 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
-class FiniteBackupAndRestore(keras.callbacks.BackupAndRestore):
+class _UnlessDiverged:
+    """Mixin for a saving callback: its end-of-interval save is skipped once `guard` (a
+    `DivergenceGuard` listed before it) has seen non-finite values."""
+
+    def __init__(self, guard, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.guard.diverged:
+            super().on_epoch_end(epoch, logs)
+
+
+class FiniteBackupAndRestore(_UnlessDiverged, keras.callbacks.BackupAndRestore):
     """BackupAndRestore that never overwrites the last finite state with a diverged one."""
 
-    def __init__(self, guard, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.guard = guard
 
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.guard.diverged:
-            super().on_epoch_end(epoch, logs)
-
-
-class FiniteModelCheckpoint(keras.callbacks.ModelCheckpoint):
+class FiniteModelCheckpoint(_UnlessDiverged, keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint that never saves a diverged interval's weights."""
-
-    def __init__(self, guard, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.guard = guard
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.guard.diverged:
-            super().on_epoch_end(epoch, logs)
 
 
 class MetricsLogger(keras.callbacks.Callback):
