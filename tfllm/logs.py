@@ -8,13 +8,16 @@ them by level would still show those, so an entry point moves fd 2 into a log fi
 keeps Python's own `sys.stderr` (our messages, tracebacks, progress bars) on the terminal.
 When a command fails, `native_log_tail()` is what the error report appends.
 
-`TFLLM_LOG_LEVEL=info` (or a command's `--verbose`) leaves fd 2 alone.
+`TFLLM_LOG_LEVEL`: `error` (default: native lines to the file, Python's deprecation and
+future warnings hidden), `warning` (native lines to the file, Python warnings shown),
+`info` (or a command's `--verbose`: fd 2 left alone, TensorFlow's own logging at INFO).
 """
 
 from __future__ import annotations
 
 import atexit
 import faulthandler
+import glob
 import logging
 import os
 import sys
@@ -46,6 +49,7 @@ def quiet_native(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", {"error": "2", "warning": "1"}.get(level, "0"))
     if level == "info" or _state:
         return
+    _remove_stale_logs()
     try:
         terminal = os.dup(2)
         fd, path = tempfile.mkstemp(prefix=f"tfllm-native-{os.getpid()}-", suffix=".log")
@@ -88,6 +92,23 @@ def native_log_tail(lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def _remove_stale_logs():
+    """Logs left by processes that were killed (SIGKILL skips atexit)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), "tfllm-native-*-*.log")):
+        pid = os.path.basename(path).split("-")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        except OSError:
+            pass
 
 
 def _remove_log():
