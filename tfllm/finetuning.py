@@ -221,8 +221,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     from tfllm.models import SequenceClassifier, TransformerBackbone, make_optimizer
     from tfllm.models.classifier import copy_backbone
     from tfllm.tokenizers import SentencePieceTokenizer
-    from tfllm.training import (MetricsLogger, build_model_config, prepare_run_dir,
-                                read_metrics)
+    from tfllm.training import MetricsLogger, build_model_config, read_metrics
 
     settings = settings or FinetuneSettings()
     if task not in TASKS:
@@ -237,7 +236,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
                               "pretrained language model (tfllm train --objective mlm|clm)")
         if os.path.abspath(run) == os.path.abspath(out):
             raise RunDirError("--out must differ from --run (the pretrained run is kept)")
-    prepare_run_dir(out, resume=False, overwrite=overwrite)
+    runs.check_new_run_dir(out, overwrite)  # nothing is deleted before the data is read
     keras.utils.set_random_seed(settings.seed)
 
     data_rows = LabeledData(data, text_column, label_column, require_labels=True,
