@@ -20,8 +20,10 @@ import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
+import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -335,6 +337,23 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
             self.end_headers()
             self.wfile.write(data)
 
+        def _linger(self, seconds=1.0, limit=16 << 20):
+            """Half-close, then read and drop what the client still sends (bounded in time
+            and bytes): closing with unread data makes the kernel answer with a reset,
+            which can destroy the error response before the client reads it."""
+            try:
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)
+                self.connection.settimeout(seconds)
+                deadline, seen = time.monotonic() + seconds, 0
+                while seen < limit and time.monotonic() < deadline:
+                    chunk = self.connection.recv(65536)
+                    if not chunk:
+                        break
+                    seen += len(chunk)
+            except OSError:
+                pass
+
         def _model(self, name):
             if name != model.name:
                 raise RequestError(f"Servable not found for request: Latest({name})", 404)
@@ -384,7 +403,8 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
                 try:
                     raw = self._read_body()
                 except RequestError as e:
-                    return self._send(e.status, {"error": str(e)}, close=True)
+                    self._send(e.status, {"error": str(e)}, close=True)
+                    return self._linger()
                 m = _PREDICT.match(self.path)
                 if not m or not m.group(3):
                     raise RequestError(f"Malformed request: POST {self.path}", 404)

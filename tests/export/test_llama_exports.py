@@ -22,7 +22,7 @@ def llama_run(tmp_path_factory, small_corpus):
 
     out = str(tmp_path_factory.mktemp("runs") / "llama")
     train(out, small_corpus, "llama-char",
-          TrainSettings(steps=150, batch_size=16, eval_interval=150, eval_steps=4,
+          TrainSettings(steps=80, batch_size=16, eval_interval=80, eval_steps=2,
                         warmup_steps=20, lr=3e-3), model_overrides=LLAMA, verbose=0)
     return out
 

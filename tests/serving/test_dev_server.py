@@ -152,7 +152,10 @@ def _raw(url, data, wait=10.0, pause_after=None):
 
     host, port = url.split("//")[1].split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as sock:
-        sock.sendall(data)
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before the whole body is sent
         if pause_after:
             time.sleep(pause_after)
         received = b""
