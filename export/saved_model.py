@@ -123,10 +123,13 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
     """
     from tfllm.generation import Generator
 
-    gen = Generator(model, end_token_id=tokenizer.eos_id, jit_compile=jit_compile)
-    sp = tokenizer.tf_tokenizer  # tf-text SentencepieceTokenizer: its ops ship with TF Serving
+    eos_ids = getattr(tokenizer, "eos_ids", [tokenizer.eos_id])
+    gen = Generator(model, end_token_id=eos_ids, jit_compile=jit_compile)
+    # tokenize: the in-graph tokenizer (+ BOS where the checkpoint adds one); detokenize:
+    # the tracked layer itself (tf-text SentencePiece ops ship with TF Serving).
+    sp = tokenizer.tf_tokenizer
     max_len = gen.max_len
-    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    bos = tokenizer.bos_id
 
     def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
         checks = _batch_checks(max_batch, prompt, ("max_new_tokens", max_new_tokens),
@@ -145,7 +148,7 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
                      "top_p must be > 0 and <= 1 (1 = off)"),
         ]
         prompt, max_new_tokens = _after(checks, prompt, max_new_tokens)
-        ids = sp.tokenize(prompt)
+        ids = tokenizer.tokenize(prompt)
         batch = tf.shape(prompt)[0]
         # An empty prompt starts from BOS, as CausalLM.generate does.
         empty = tf.cast(tf.equal(ids.row_lengths(), 0), tf.int64)
@@ -170,7 +173,8 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
         new_ids = out[:, :width]
         keep = tf.sequence_mask(n_gen, width)
         # Drop the end token itself from the text (CausalLM.generate does the same).
-        is_end = tf.logical_and(keep, tf.equal(new_ids, eos))
+        is_end = tf.logical_and(keep, tf.reduce_any(
+            tf.equal(new_ids[:, :, None], tf.constant(eos_ids, tf.int32)), axis=2))
         text_len = n_gen - tf.cast(tf.reduce_any(is_end, axis=1), tf.int32)
         text = sp.detokenize(tf.RaggedTensor.from_tensor(new_ids, lengths=text_len))
         token_ids = tf.where(keep, new_ids, tokenizer.pad_id)
@@ -178,7 +182,7 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
 
     def score(text):
         text = _after(_batch_checks(max_batch, text), text)
-        ids = sp.tokenize(text)
+        ids = tokenizer.tokenize(text)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         longest = tf.reduce_max(lengths)
         fits = _require(longest <= max_len,

@@ -198,7 +198,8 @@ class Generator:
 
     Args:
         model: a `CausalLM`.
-        end_token_id: the token that ends a row (the tokenizer's EOS).
+        end_token_id: the token that ends a row (the tokenizer's EOS), or a list of them
+            (every one ends a row; the first fills finished rows).
         jit_compile: compile the loop with XLA (measured faster on CPU).
 
     Example:
@@ -206,9 +207,13 @@ class Generator:
         >>> ids, n = gen.generate_ids([[5, 6, 7]], GenerationParams(max_new_tokens=20))  # doctest: +SKIP
     """
 
-    def __init__(self, model, end_token_id: int, jit_compile: bool = True):
+    def __init__(self, model, end_token_id, jit_compile: bool = True):
         self.model = model
-        self.end_token_id = int(end_token_id)
+        ids = [end_token_id] if isinstance(end_token_id, (int, np.integer)) else end_token_id
+        # Every id that ends a row (a checkpoint may list several: Llama 3's <|eot_id|> and
+        # <|end_of_text|>); the first also fills finished rows.
+        self.end_token_ids = tuple(int(i) for i in ids)
+        self.end_token_id = self.end_token_ids[0]
         self.max_len = int(model.backbone.max_len)
         self.jit_compile = jit_compile
         self._generate = tf.function(self._generate_graph, jit_compile=jit_compile,
@@ -236,6 +241,7 @@ class Generator:
         its budget or (with `stop_at_end`) emitted the end token.
         """
         end = tf.constant(self.end_token_id, tf.int32)
+        ends = tf.constant(self.end_token_ids, tf.int32)
         max_new = tf.broadcast_to(max_new, tf.shape(done))
         stop_step = tf.minimum(step + n_steps, tf.reduce_max(max_new))
 
@@ -249,7 +255,8 @@ class Generator:
                 out, tf.stack([tf.range(tf.shape(out)[0]), tf.fill(tf.shape(done), step)], 1),
                 token)
             n_gen = n_gen + tf.cast(tf.logical_not(done), tf.int32)
-            done = tf.logical_or(done, tf.logical_and(stop_at_end, tf.equal(token, end)))
+            done = tf.logical_or(done, tf.logical_and(
+                stop_at_end, tf.reduce_any(tf.equal(token[:, None], ends[None, :]), axis=1)))
             done = tf.logical_or(done, n_gen >= max_new)
             positions = (slot - pad)[:, None]  # (batch, 1)
             new_logits, caches = self.model.call_with_cache(token[:, None], caches, slot,
@@ -318,7 +325,7 @@ class Generator:
         results = []
         for i in range(len(prompts)):
             row = out[i, :n_gen[i]].tolist()
-            if params.stop_at_end and row and row[-1] == self.end_token_id:
+            if params.stop_at_end and row and row[-1] in self.end_token_ids:
                 row = row[:-1]
             results.append(row)
         return results
@@ -341,7 +348,7 @@ class Generator:
                                  args["seeds"], args["stop_at_end"], tf.constant(chunk))
             n = int(state[6][0])
             new = state[5][0, emitted:n].numpy().tolist()
-            if params.stop_at_end and new and new[-1] == self.end_token_id:
+            if params.stop_at_end and new and new[-1] in self.end_token_ids:
                 new = new[:-1]
             if new:
                 yield new
@@ -415,7 +422,8 @@ def get_generator(model) -> Generator:
     gen = getattr(model, "_tfllm_generator", None)
     if gen is None:
         tokenizer = getattr(model, "tokenizer", None)
-        end = tokenizer.eos_id if tokenizer is not None else 3
+        end = getattr(tokenizer, "eos_ids", [tokenizer.eos_id]) if tokenizer is not None \
+            else 3
         gen = Generator(model, end_token_id=end)
         object.__setattr__(model, "_tfllm_generator", gen)
     return gen

@@ -1,6 +1,9 @@
 """Importers of published checkpoints, one module per source family, keyed by `model_type`.
 
-    gpt2    Hugging Face GPT-2 (safetensors + vocab.json/merges.txt)
+    gpt2                         Hugging Face GPT-2 (safetensors + vocab.json/merges.txt)
+    llama, mistral, qwen2, qwen3 Llama-family decoders (safetensors + tokenizer.json or
+                                 tokenizer.model)
+    gguf                         llama.cpp GGUF files of the llama architecture
 
 `import_hf` reads a checkpoint's `config.json` and hands it to the importer registered for
 its `model_type`; `common` holds the reading and mismatch reporting they share.
@@ -11,26 +14,32 @@ from __future__ import annotations
 from tfllm import runs
 from tfllm.checkpoints.common import CheckpointError, read_hf_config
 from tfllm.checkpoints.gpt2 import import_gpt2
+from tfllm.checkpoints.llama import DTYPES, import_llama
 
-# model_type (config.json) -> importer(checkpoint, out, overwrite) -> out
-IMPORTERS = {"gpt2": import_gpt2}
+# model_type (config.json) -> importer(checkpoint, out, overwrite, max_len, dtype) -> out
+IMPORTERS = {"gpt2": import_gpt2, "llama": import_llama, "mistral": import_llama,
+             "qwen2": import_llama, "qwen3": import_llama}
 # model_type -> the family's name in messages
-FAMILY_NAMES = {"gpt2": "GPT-2"}
+FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2",
+                "qwen3": "Qwen3"}
 
 
-def import_hf(checkpoint: str, out: str, overwrite: bool = False) -> str:
+def import_hf(checkpoint: str, out: str, overwrite: bool = False, max_len: int | None = None,
+              dtype: str = "float32") -> str:
     """Import a Hugging Face checkpoint directory into the run directory `out`.
 
     Args:
         checkpoint: a directory with `config.json`, weights and tokenizer files.
         out: the run directory to write (an existing run only with `overwrite`).
         overwrite: replace an existing run in `out`, once the new one is complete.
+        max_len: the context (KV cache) length; default min(the model's, 2048).
+        dtype: "float32" or "bfloat16", the dtype of the stored weights.
 
     Example:
         >>> import_hf("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
     """
     runs.check_new_run_dir(out, overwrite)  # before any reading: a bad --out fails at once
-    return IMPORTERS[model_type_of(checkpoint)](checkpoint, out, overwrite)
+    return IMPORTERS[model_type_of(checkpoint)](checkpoint, out, overwrite, max_len, dtype)
 
 
 def model_type_of(checkpoint: str) -> str:
@@ -44,5 +53,5 @@ def model_type_of(checkpoint: str) -> str:
     return model_type
 
 
-__all__ = ["CheckpointError", "IMPORTERS", "FAMILY_NAMES", "import_hf", "import_gpt2",
-           "model_type_of"]
+__all__ = ["CheckpointError", "DTYPES", "IMPORTERS", "FAMILY_NAMES", "import_hf",
+           "import_gpt2", "import_llama", "model_type_of"]

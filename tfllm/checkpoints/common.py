@@ -51,13 +51,52 @@ def require_fields(path: str, cfg: dict, fields, family: str) -> None:
 
 
 def read_safetensors(checkpoint: str) -> tuple[str, dict[str, np.ndarray]]:
-    """`(path, tensors by name)` of the checkpoint's `model.safetensors`."""
+    """`(path, tensors by name)` of the checkpoint's weights, as stored (float32, float16
+    or bfloat16 arrays): `model.safetensors`, or the shards `model.safetensors.index.json`
+    lists. Pickle checkpoints (`pytorch_model.bin`) are refused: loading one runs code."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    path = os.path.join(checkpoint, "model.safetensors")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{checkpoint} has no model.safetensors")
-    return path, load_file(path)
+    single = os.path.join(checkpoint, "model.safetensors")
+    index = os.path.join(checkpoint, "model.safetensors.index.json")
+    if os.path.isfile(single):
+        files, path = [single], single
+    elif os.path.isfile(index):
+        path = index
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            files = [os.path.join(checkpoint, name) for name in sorted(set(weight_map.values()))]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index} is not a safetensors index (a JSON object with a "
+                                  f"weight_map): {e}") from e
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise CheckpointError(f"{index} lists shard(s) that are not there: "
+                                  f"{', '.join(os.path.basename(m) for m in missing)}")
+    else:
+        pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")
+                   if os.path.isfile(os.path.join(checkpoint, n))]
+        if pickles:
+            raise CheckpointError(
+                f"{checkpoint} holds {pickles[0]}, a pickle checkpoint, which tfllm does not "
+                "load (unpickling runs arbitrary code); convert it to safetensors first, e.g. "
+                "with transformers: AutoModelForCausalLM.from_pretrained(DIR)"
+                ".save_pretrained(OUT, safe_serialization=True)")
+        raise CheckpointError(f"{checkpoint} has no model.safetensors or "
+                              "model.safetensors.index.json")
+    tensors = {}
+    for name in files:
+        try:
+            tensors.update(load_file(name))
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{name} cannot be read as safetensors: {e}") from e
+    bad = sorted(f"{k} ({v.dtype})" for k, v in tensors.items()
+                 if v.dtype.name not in ("float32", "float16", "bfloat16"))
+    if bad:
+        raise CheckpointError(f"{path}: tensors of an unsupported dtype (float32, float16 and "
+                              f"bfloat16 are): {', '.join(bad[:5])}")
+    return path, tensors
 
 
 def check_tensors(path: str, tensors: dict, expected: dict[str, tuple]) -> None:

@@ -101,30 +101,41 @@ def assign_weights(model, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
     bb.norm.beta.assign(w["ln_f.bias"])
 
 
-def import_gpt2(checkpoint: str, out: str, overwrite: bool = False) -> str:
+def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
+                max_len: int | None = None, dtype: str = "float32") -> str:
     """Import the checkpoint into the run directory `out`; returns `out`.
+
+    Args:
+        max_len: the context length (at most the checkpoint's positions; default
+            min(those, 2048)): the learned position table is cut to it.
+        dtype: "float32" or "bfloat16", the dtype of the stored weights.
 
     Example:
         >>> import_gpt2("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
     """
-    from tfllm.models import CausalLM
+    from tfllm.checkpoints.llama import DTYPES, _numpy_dtype, build_model, choose_max_len
     from tfllm.tokenizers import BytePairTokenizer
 
     if not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     runs.check_new_run_dir(out, overwrite)
     cfg = read_config(checkpoint)
     weights = read_weights(checkpoint, cfg)
+    context = choose_max_len(cfg.max_len, max_len, "this checkpoint")
+    weights["wpe.weight"] = weights["wpe.weight"][:context]
+    cfg = ModelConfig(**{**cfg.to_dict(), "max_len": context})
     tokenizer = BytePairTokenizer(os.path.join(checkpoint, "vocab.json"),
                                   os.path.join(checkpoint, "merges.txt"))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"vocab.json has {tokenizer.vocab_size} tokens but the model only "
                               f"{cfg.vocab_size}")
-    model = CausalLM.from_model_config(cfg, name="causal_lm")
-    assign_weights(model, cfg, weights)
+    model = build_model(cfg, dtype)
+    assign_weights(model, cfg, {k: v.astype(_numpy_dtype(dtype)) for k, v in weights.items()})
     return write_imported_run(out, overwrite, model, {
         "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
-        "data": None, "training": None,
+        "data": None, "training": None, "dtype": dtype,
         "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},
         "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"},
     }, {name: os.path.join(checkpoint, name) for name in ("vocab.json", "merges.txt")})

@@ -48,7 +48,10 @@ class LanguageModelTask:
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs):
-        return cls(TransformerBackbone.from_model_config(config, name="backbone"), **kwargs)
+        # A dtype (e.g. "bfloat16" for imported weights) applies to the backbone's weights.
+        extra = {"dtype": kwargs["dtype"]} if kwargs.get("dtype") is not None else {}
+        return cls(TransformerBackbone.from_model_config(config, name="backbone", **extra),
+                   **kwargs)
 
     @property
     def config(self) -> ModelConfig:

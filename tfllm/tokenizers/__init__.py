@@ -1,7 +1,8 @@
 """Tokenizers, one module per kind, each applied in-graph (so exports tokenize in TF Serving).
 
-    sentencepiece  SentencePiece models trained by tfllm (char, BPE, unigram)
-    byte_bpe       GPT-2's byte-level BPE (imported checkpoints)
+    sentencepiece  SentencePiece models: trained by tfllm, or imported (Llama 2, Mistral)
+    hf_bpe         Hugging Face tokenizer.json byte-level BPE (SmolLM2, Qwen, Llama 3)
+    byte_bpe       GPT-2's byte-level BPE from vocab.json + merges.txt
 
 `load_tokenizer` reads the one a run's config.json names.
 """
@@ -12,25 +13,40 @@ import os
 
 from tfllm.errors import TokenizerError
 from tfllm.tokenizers.byte_bpe import BytePairTokenizer
+from tfllm.tokenizers.hf_bpe import HFBytePairTokenizer
 from tfllm.tokenizers.sentencepiece import (BOS_ID, EOS_ID, MASK_PIECE, PAD_ID, UNK_ID,
                                             SentencePieceTokenizer)
 
 
 def load_tokenizer(run_dir: str, spec):
-    """The tokenizer a run's config.json names: a SentencePiece file or a GPT-2 BPE pair.
+    """The tokenizer a run's config.json names.
 
     Args:
         run_dir: the run directory.
-        spec: config["tokenizer"]: "tokenizer.model", or
-            {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"}.
+        spec: config["tokenizer"]: "tokenizer.model" (trained by tfllm), or
+            {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"}, or
+            {"type": "hf-bpe" | "sentencepiece", "file": ..., "bos_id", "eos_ids",
+            "pad_id", "add_bos"} (imported checkpoints).
     """
-    if isinstance(spec, dict) and spec.get("type") == "gpt2-bpe":
-        return BytePairTokenizer(os.path.join(run_dir, spec["vocabulary"]),
-                                 os.path.join(run_dir, spec["merges"]))
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    try:
+        if kind == "gpt2-bpe":
+            return BytePairTokenizer(os.path.join(run_dir, spec["vocabulary"]),
+                                     os.path.join(run_dir, spec["merges"]))
+        if kind in ("hf-bpe", "sentencepiece"):
+            path = os.path.join(run_dir, spec["file"])
+            special = {k: spec.get(k) for k in ("bos_id", "eos_ids", "pad_id")}
+            if kind == "sentencepiece":
+                return SentencePieceTokenizer.load(path, special, spec.get("add_bos", False))
+            return HFBytePairTokenizer.from_tokenizer_json(path, add_bos=spec.get("add_bos"),
+                                                           **special)
+    except (KeyError, TypeError) as e:
+        raise TokenizerError(f"incomplete tokenizer entry in {run_dir}/config.json: "
+                             f"{spec!r}") from e
     if isinstance(spec, str):
         return SentencePieceTokenizer.load(os.path.join(run_dir, spec))
     raise TokenizerError(f"unknown tokenizer entry in {run_dir}/config.json: {spec!r}")
 
 
-__all__ = ["SentencePieceTokenizer", "BytePairTokenizer", "load_tokenizer", "PAD_ID", "UNK_ID",
+__all__ = ["SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "load_tokenizer", "PAD_ID", "UNK_ID",
            "BOS_ID", "EOS_ID", "MASK_PIECE"]

@@ -26,11 +26,16 @@ _CHAR_VOCAB_CAP = 100_000
 class SentencePieceTokenizer:
     """A SentencePiece model that tokenizes strings to int32 ids inside TensorFlow graphs.
 
-    Special ids are fixed: pad 0, unk 1, bos 2, eos 3. Text is not normalized and newlines
-    are a token of their own, so `detokenize(tokenize(s)) == s` for text the model covers.
+    Models tfllm trains have fixed special ids: pad 0, unk 1, bos 2, eos 3; text is not
+    normalized and newlines are a token of their own, so `detokenize(tokenize(s)) == s` for
+    text the model covers. Imported models (Llama 2, Mistral `tokenizer.model`) keep their
+    own ids, given by the importer.
 
     Args:
         proto: the serialized SentencePiece model (the bytes of a `.model` file).
+        special_ids: None (tfllm's fixed ids), or {"bos_id", "eos_ids", "pad_id"} of an
+            imported model; `eos_ids` lists every id that ends generation.
+        add_bos: prepend the model's BOS id to every encoded text (Llama 2, Mistral).
 
     Example:
         >>> tok = SentencePieceTokenizer.train(["hello world"], model_type="char")
@@ -38,12 +43,25 @@ class SentencePieceTokenizer:
         b'hello'
     """
 
-    def __init__(self, proto: bytes):
+    def __init__(self, proto: bytes, special_ids: dict | None = None, add_bos: bool = False):
         self.proto = proto
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=proto)
         except Exception as e:  # sentencepiece raises bare RuntimeError/OSError
             raise TokenizerError(f"not a valid SentencePiece model: {e}") from e
+        self.add_bos = bool(add_bos)
+        if special_ids is not None:
+            eos_ids = [int(i) for i in special_ids["eos_ids"]]
+            ids = [special_ids.get("bos_id"), special_ids.get("pad_id"), *eos_ids]
+            if not eos_ids or any(i is not None and not 0 <= i < self.vocab_size for i in ids):
+                raise TokenizerError(f"special token ids {ids} do not fit the "
+                                     f"{self.vocab_size}-piece SentencePiece model")
+            self.eos_ids, self.eos_id = eos_ids, eos_ids[0]
+            self.bos_id = eos_ids[0] if special_ids.get("bos_id") is None \
+                else int(special_ids["bos_id"])
+            self.pad_id = self.eos_id if special_ids.get("pad_id") is None \
+                else int(special_ids["pad_id"])
+            self.unk_id = self._sp.unk_id()
         self._tf = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
 
     @classmethod
@@ -100,12 +118,13 @@ class SentencePieceTokenizer:
         return cls(model.getvalue())
 
     @classmethod
-    def load(cls, path: str) -> "SentencePieceTokenizer":
-        """Load a `.model` file."""
+    def load(cls, path: str, special_ids: dict | None = None, add_bos: bool = False
+             ) -> "SentencePieceTokenizer":
+        """Load a `.model` file (`special_ids`, `add_bos`: as the constructor takes)."""
         if not tf.io.gfile.exists(path):
             raise TokenizerError(f"tokenizer file {path} does not exist")
         with tf.io.gfile.GFile(path, "rb") as f:
-            return cls(f.read())
+            return cls(f.read(), special_ids, add_bos)
 
     def save(self, path: str) -> None:
         with tf.io.gfile.GFile(path, "wb") as f:
@@ -116,6 +135,7 @@ class SentencePieceTokenizer:
         return self._sp.get_piece_size()
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+    eos_ids = [EOS_ID]
 
     @property
     def mask_id(self) -> int | None:
@@ -130,7 +150,13 @@ class SentencePieceTokenizer:
 
     def tokenize(self, text):
         """Strings -> int32 ids, in-graph. A scalar gives (n,); a (batch,) gives ragged (batch, None)."""
-        return self._tf.tokenize(text)
+        ids = self._tf.tokenize(text)
+        if not self.add_bos:
+            return ids
+        if isinstance(ids, tf.RaggedTensor):
+            bos = tf.fill([ids.nrows(), 1], tf.constant(self.bos_id, ids.dtype))
+            return tf.concat([bos, ids], axis=1)
+        return tf.concat([tf.constant([self.bos_id], ids.dtype), ids], 0)
 
     def detokenize(self, ids):
         """Int ids (n,) or (batch, n) / ragged -> strings, in-graph."""
@@ -138,7 +164,7 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Python-side tokenization (same ids as `tokenize`)."""
-        return self._sp.encode(text)
+        return ([self.bos_id] if self.add_bos else []) + self._sp.encode(text)
 
     def decode(self, ids) -> str:
         """Python-side detokenization."""

@@ -1,0 +1,270 @@
+"""Import llama.cpp GGUF files (architectures llama, qwen2, qwen3) with the `gguf` package.
+
+Tensors of any type the `gguf` package dequantizes (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+Q4_K, Q5_K, Q6_K, ...) become float weights. llama.cpp's converter permutes the Q and K
+rows of `llama` models into Meta's interleaved rotary order; they are permuted back to
+the half-split order here (qwen2/qwen3 files are stored unpermuted). Hyper-parameters come
+from the metadata, and the byte-level BPE tokenizer is rebuilt as a Hugging Face
+`tokenizer.json` (vocabulary, merges, added tokens, the pre-tokenizer llama.cpp names), so
+a GGUF run is used exactly like an imported Hugging Face run. The chat template is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from tfllm.checkpoints.common import CheckpointError, check_tensors
+from tfllm.checkpoints.llama import (DTYPES, _numpy_dtype, assign_llama_weights, build_model,
+                                     check_tokenizer_fits, choose_max_len, expected_shapes)
+from tfllm.config import ModelConfig
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
+                 r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+               "use_regex": True}
+_NO_REGEX = {**_BYTE_LEVEL, "use_regex": False}
+# tokenizer.ggml.pre (llama.cpp's name of the split rule) -> (normalizer, pre_tokenizer)
+PRE_TOKENIZERS = {
+    "default": (None, _BYTE_LEVEL), "gpt-2": (None, _BYTE_LEVEL),
+    "smollm": (None, {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]}),
+    "llama-bpe": (None, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT}, "behavior": "Isolated",
+         "invert": False}, _NO_REGEX]}),
+    "qwen2": ({"type": "NFC"}, {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": _QWEN2_SPLIT}, "behavior": "Isolated",
+         "invert": False}, _NO_REGEX]}),
+}
+PRE_TOKENIZERS["llama3"] = PRE_TOKENIZERS["llama-bpe"]
+# GGUF tensor name (after "blk.N.") -> Hugging Face name (after "model.layers.N.")
+_BLOCK_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
+              "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+
+
+def open_gguf(path: str):
+    """A `gguf.GGUFReader` of `path`, or CheckpointError."""
+    import gguf
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"GGUF file {path} does not exist")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/struct errors/OSError
+        raise CheckpointError(f"{path} is not a readable GGUF file: {e}") from e
+
+
+def metadata(reader) -> dict:
+    """Every metadata field by name (strings, numbers, lists)."""
+    out = {}
+    for name, field in reader.fields.items():
+        try:
+            out[name] = field.contents()
+        except Exception:  # a field type the reader cannot decode: not one we use
+            continue
+    return out
+
+
+def read_config(path: str, meta: dict, max_len: int | None) -> tuple[ModelConfig, str]:
+    """(ModelConfig, architecture) of a GGUF's metadata."""
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: architecture {arch!r} is not supported; supported: "
+                              f"{', '.join(ARCHITECTURES)}")
+
+    def get(key, default=None, kind=int):
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise CheckpointError(f"{path} lacks the metadata {arch}.{key}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {arch}.{key}={value!r} is not a number") from e
+
+    heads = get("attention.head_count")
+    d_model = get("embedding_length")
+    head_dim = get("attention.key_length", d_model // heads if heads else 0)
+    vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none", "linear"):
+        raise CheckpointError(f"{path}: rope scaling type {scaling!r} is not supported; "
+                              "supported: none, linear")
+    rope_scaling = {"type": "linear", "factor": get("rope.scaling.factor", kind=float)} \
+        if scaling == "linear" else None
+    model_max = get("context_length")
+    try:
+        return ModelConfig(
+            vocab_size=int(vocab), num_layers=get("block_count"), d_model=d_model,
+            num_heads=heads, ffn_dim=get("feed_forward_length"),
+            max_len=choose_max_len(model_max, max_len, "this model"), dropout=0.0,
+            causal=True, activation="silu", norm_first=True,
+            layer_norm_epsilon=get("attention.layer_norm_rms_epsilon", 1e-6, float),
+            tokenizer="bpe", num_kv_heads=get("attention.head_count_kv", heads),
+            head_size=head_dim, position_embedding="rope",
+            rope_theta=get("rope.freq_base", 10000.0, float), rope_scaling=rope_scaling,
+            norm="rmsnorm", ffn="gated", qkv_bias=arch == "qwen2", proj_bias=False,
+            qk_norm=arch == "qwen3", tie_embeddings=False), arch
+    except ValueError as e:  # ConfigError: an inconsistent shape
+        raise CheckpointError(f"{path}: {e}") from e
+
+
+def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation (interleaved rotary pairs -> half split)."""
+    # (heads, head_dim/2, 2, in) -> (heads, 2, head_dim/2, in)
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2) \
+        .reshape(w.shape)
+
+
+def read_tensors(path: str, reader, cfg: ModelConfig, arch: str) -> dict[str, np.ndarray]:
+    """The GGUF tensors under Hugging Face names, dequantized to float32."""
+    from gguf.quants import dequantize
+
+    raw = {}
+    for t in reader.tensors:
+        if t.name in _TOP_NAMES:
+            name = _TOP_NAMES[t.name]
+        elif t.name.startswith("blk.") and t.name.split(".", 2)[2] in _BLOCK_NAMES:
+            _, layer, rest = t.name.split(".", 2)
+            name = f"model.layers.{layer}.{_BLOCK_NAMES[rest]}"
+        elif t.name == "rope_freqs.weight":
+            raise CheckpointError(f"{path} scales RoPE with a rope_freqs tensor (Llama 3.1+ "
+                                  "GGUF), which tfllm does not read; import the Hugging Face "
+                                  "checkpoint (its config states the llama3 scaling) instead")
+        else:
+            name = t.name  # reported as unexpected by check_tensors
+        raw[name] = t
+    if "lm_head.weight" not in raw:  # a tied model stores no output.weight
+        cfg.tie_embeddings = True
+    shapes = expected_shapes(cfg)
+    # GGUF lists dimensions fastest-first; Hugging Face's [out, in] is the reverse.
+    check_tensors(path, {k: _Shape(tuple(int(d) for d in reversed(t.shape)))
+                         for k, t in raw.items()}, shapes)
+    tensors = {}
+    for name, t in raw.items():
+        try:
+            w = dequantize(t.data, t.tensor_type)
+        except NotImplementedError as e:
+            raise CheckpointError(f"{path}: tensor {t.name} has the type "
+                                  f"{t.tensor_type.name}, which cannot be dequantized") from e
+        w = np.asarray(w, np.float32).reshape(shapes[name])
+        if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
+            w = unpermute(w, cfg.num_heads)
+        elif arch == "llama" and name.endswith("self_attn.k_proj.weight"):
+            w = unpermute(w, cfg.kv_heads)
+        tensors[name] = w
+    return tensors
+
+
+class _Shape:
+    """Stands in for an array in `check_tensors`: only its shape is read."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def tokenizer_json(path: str, meta: dict) -> tuple[dict, dict]:
+    """(tokenizer.json content, run tokenizer entry) from a GGUF's tokenizer metadata."""
+    model = meta.get("tokenizer.ggml.model")
+    if model != "gpt2":
+        raise CheckpointError(f"{path}: tokenizer model {model!r} is not supported; tfllm "
+                              "reads byte-level BPE ('gpt2') GGUF tokenizers; for "
+                              "SentencePiece models import the Hugging Face checkpoint")
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        raise CheckpointError(f"{path}: pre-tokenizer {pre!r} is not supported; supported: "
+                              f"{', '.join(sorted(PRE_TOKENIZERS))}")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    merges = meta.get("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise CheckpointError(f"{path} lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+    types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    added = [{"id": i, "content": tok, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": kind == 3}
+             for i, (tok, kind) in enumerate(zip(tokens, types)) if kind in (3, 4)]
+    normalizer, pre_tokenizer = PRE_TOKENIZERS[pre]
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": normalizer, "pre_tokenizer": pre_tokenizer, "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": False, "byte_fallback": False, "ignore_merges": pre in (
+                          "llama-bpe", "llama3"),
+                      "vocab": {tok: i for i, tok in enumerate(tokens)}, "merges": merges}}
+
+    def token_id(key):
+        value = meta.get(f"tokenizer.ggml.{key}")
+        return int(value) if isinstance(value, (int, np.integer)) else None
+
+    eos_ids = [i for i in (token_id("eos_token_id"), token_id("eot_token_id"),
+                           token_id("eom_token_id")) if i is not None]
+    eos_ids = list(dict.fromkeys(eos_ids))  # unique, in order
+    if not eos_ids:
+        raise CheckpointError(f"{path} names no EOS token (tokenizer.ggml.eos_token_id)")
+    entry = {"type": "hf-bpe", "file": "tokenizer.json", "bos_id": token_id("bos_token_id"),
+             "eos_ids": eos_ids, "pad_id": token_id("padding_token_id"),
+             "add_bos": bool(meta.get("tokenizer.ggml.add_bos_token", False))}
+    template = meta.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        entry["chat_template"] = template
+    return spec, entry
+
+
+def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
+                max_len: int | None = None, dtype: str = "float32") -> str:
+    """Import a GGUF file into the run directory `out`; returns `out`.
+
+    Args:
+        gguf_path: a llama / qwen2 / qwen3 `.gguf` file.
+        out: the run directory to write (an existing run only with `overwrite`).
+        max_len: the context (KV cache) length; default min(model's, 2048).
+        dtype: "float32" or "bfloat16", the dtype of the stored weights.
+
+    Example:
+        >>> import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "runs/smollm2")  # doctest: +SKIP
+    """
+    from tfllm import runs
+    from tfllm.checkpoints.common import write_imported_run
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    runs.check_new_run_dir(out, overwrite)
+    reader = open_gguf(gguf_path)
+    meta = metadata(reader)
+    cfg, arch = read_config(gguf_path, meta, max_len)
+    spec, entry = tokenizer_json(gguf_path, meta)
+    tensors = read_tensors(gguf_path, reader, cfg, arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_path = os.path.join(tmp, "tokenizer.json")
+        with open(tok_path, "w", encoding="utf-8") as f:
+            json.dump(spec, f, ensure_ascii=False)
+        files = {"tokenizer.json": tok_path}
+        check_tokenizer_fits(out, entry, files, cfg)
+        model = build_model(cfg, dtype)
+        assign_llama_weights(model, cfg, tensors, _numpy_dtype(dtype))
+        del tensors
+        return write_imported_run(out, overwrite, model, {
+            "model": cfg.to_dict(), "preset": arch, "objective": "clm", "data": None,
+            "training": None, "dtype": dtype,
+            "imported_from": {"format": f"gguf-{arch}", "path": os.path.abspath(gguf_path),
+                              "file_type": meta.get("general.file_type"),
+                              "name": meta.get("general.name")},
+            "tokenizer": entry,
+        }, files)

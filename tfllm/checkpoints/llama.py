@@ -1,0 +1,336 @@
+"""Import Llama-family Hugging Face checkpoints: `llama`, `mistral`, `qwen2`, `qwen3`.
+
+All four are pre-RMSNorm decoders with rotary positions, SwiGLU and grouped-query
+attention; they differ in Q/K/V biases (Qwen2), QK-norm (Qwen3), head width, tied output
+and RoPE scaling, which `ModelConfig` expresses. Hugging Face stores projections as
+`[out, in]` (Keras Dense kernels are `[in, out]`), Q/K rows already in the half-split
+rotary order tfllm uses. Configs come from transformers 4.x (`rope_theta`, `rope_scaling`)
+or 5.x (`rope_parameters`). `assign_llama_weights` is shared with the GGUF importer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from tfllm.checkpoints.common import (CheckpointError, check_tensors, read_hf_config,
+                                      read_safetensors, require_fields)
+from tfllm.config import ModelConfig
+
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+DEFAULT_MAX_LEN = 2048
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu",
+                "gelu_new": "gelu"}
+# Buffers some checkpoints carry that are not weights.
+_BUFFERS = (".rotary_emb.inv_freq",)
+
+
+def choose_max_len(model_max: int, max_len: int | None, where: str) -> int:
+    """The KV cache length: `max_len`, or min(model's, 2048); above the model's is refused."""
+    if max_len is None:
+        return min(model_max, DEFAULT_MAX_LEN)
+    if not isinstance(max_len, int) or max_len < 2:
+        raise CheckpointError(f"--max-len must be an integer >= 2, got {max_len!r}")
+    if max_len > model_max:
+        raise CheckpointError(f"--max-len {max_len} is above the {model_max} positions "
+                              f"{where} supports; choose at most {model_max}")
+    return max_len
+
+
+def rope_scaling_of(path: str, params: dict | None, max_position: int) -> dict | None:
+    """tfllm's `rope_scaling` of a Hugging Face `rope_scaling` / `rope_parameters` dict."""
+    if not params:
+        return None
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return {"type": "linear", "factor": float(params["factor"])}
+    if kind == "llama3":
+        try:
+            return {"type": "llama3", "factor": float(params["factor"]),
+                    "low_freq_factor": float(params["low_freq_factor"]),
+                    "high_freq_factor": float(params["high_freq_factor"]),
+                    "original_max_position_embeddings":
+                        int(params["original_max_position_embeddings"])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: llama3 rope scaling lacks {e}") from e
+    raise CheckpointError(f"{path}: rope scaling type {kind!r} is not supported; supported: "
+                          "default, linear, llama3")
+
+
+def read_config(checkpoint: str, max_len: int | None = None) -> ModelConfig:
+    """The ModelConfig of a llama / mistral / qwen2 / qwen3 `config.json`."""
+    path, cfg = read_hf_config(checkpoint)
+    model_type = cfg.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise CheckpointError(f"{path}: model_type {model_type!r} is not one of "
+                              f"{', '.join(MODEL_TYPES)}")
+    require_fields(path, cfg, ("hidden_size", "intermediate_size", "num_attention_heads",
+                               "num_hidden_layers", "vocab_size"), model_type)
+    optional = [k for k in ("num_key_value_heads", "head_dim", "max_position_embeddings")
+                if cfg.get(k) is not None]
+    require_fields(path, cfg, optional, model_type)
+    act = cfg.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (supported: "
+                              f"{', '.join(sorted(_ACTIVATIONS))})")
+    model_max = cfg.get("max_position_embeddings", 2048)
+    context = choose_max_len(model_max, max_len, "this checkpoint")
+    window = cfg.get("sliding_window")
+    uses_window = model_type == "mistral" or (model_type in ("qwen2", "qwen3")
+                                              and cfg.get("use_sliding_window"))
+    if uses_window and isinstance(window, int) and window < context:
+        raise CheckpointError(
+            f"{path}: sliding_window {window} is smaller than the chosen context of {context} "
+            "tokens, and tfllm implements full attention only; pass --max-len "
+            f"{window} (or less)")
+    attention_bias = bool(cfg.get("attention_bias", False))
+    if attention_bias and not cfg.get("mlp_bias", False) and model_type == "llama":
+        raise CheckpointError(f"{path}: attention_bias without mlp_bias is not supported")
+    # transformers 5.x folds theta and scaling into rope_parameters.
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
+    heads = cfg["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=cfg["vocab_size"], num_layers=cfg["num_hidden_layers"],
+        d_model=cfg["hidden_size"], num_heads=heads, ffn_dim=cfg["intermediate_size"],
+        max_len=context, dropout=0.0, causal=True, activation=_ACTIVATIONS[act],
+        norm_first=True, layer_norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
+        tokenizer="bpe", num_kv_heads=cfg.get("num_key_value_heads", heads),
+        head_size=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        position_embedding="rope", rope_theta=float(theta),
+        rope_scaling=rope_scaling_of(path, rope, model_max), norm="rmsnorm", ffn="gated",
+        qkv_bias=model_type == "qwen2" or attention_bias, proj_bias=attention_bias,
+        qk_norm=model_type == "qwen3", tie_embeddings=bool(cfg.get("tie_word_embeddings",
+                                                                   False)))
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    """Every tensor name of a Hugging Face Llama-family checkpoint and its shape."""
+    d, f, hd = cfg.d_model, cfg.ffn_dim, cfg.head_dim
+    q, kv = cfg.num_heads * hd, cfg.kv_heads * hd
+    shapes = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (q, d), p + "self_attn.k_proj.weight": (kv, d),
+            p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, q),
+            p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+        })
+        if cfg.qkv_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                           p + "self_attn.v_proj.bias": (kv,)})
+        if cfg.proj_bias:
+            shapes.update({p + "self_attn.o_proj.bias": (d,), p + "mlp.gate_proj.bias": (f,),
+                           p + "mlp.up_proj.bias": (f,), p + "mlp.down_proj.bias": (d,)})
+        if cfg.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (hd,),
+                           p + "self_attn.k_norm.weight": (hd,)})
+    return shapes
+
+
+def read_weights(checkpoint: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors (as stored), checked against the config."""
+    path, raw = read_safetensors(checkpoint)
+    tensors = {k: v for k, v in raw.items() if not k.endswith(_BUFFERS)}
+    if cfg.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
+    check_tensors(path, tensors, expected_shapes(cfg))
+    return tensors
+
+
+def assign_llama_weights(model, cfg: ModelConfig, w: dict[str, np.ndarray], dtype) -> None:
+    """Copy Hugging Face-named Llama tensors (any float dtype) into a tfllm CausalLM.
+
+    Tensors are converted one at a time, so peak memory stays near the model's size.
+    """
+    def t(name, transpose=True):
+        x = np.asarray(w[name]).astype(dtype)
+        return x.T if transpose else x
+
+    bb = model.backbone
+    bb.embedding.token_embeddings.assign(t("model.embed_tokens.weight", False))
+    if not cfg.tie_embeddings:
+        bb.embedding.output_embeddings.assign(t("lm_head.weight", False))
+    for i, block in enumerate(bb.blocks):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        att = block.attention
+        # The fused projection's columns are [Q heads | K heads | V heads].
+        att.qkv.kernel.assign(np.concatenate(
+            [t(a + "q_proj.weight"), t(a + "k_proj.weight"), t(a + "v_proj.weight")], axis=1))
+        if cfg.qkv_bias:
+            att.qkv.bias.assign(np.concatenate(
+                [t(a + f"{n}_proj.bias", False) for n in "qkv"]))
+        att.out.kernel.assign(t(a + "o_proj.weight"))
+        if cfg.qk_norm:
+            att.q_norm.scale.assign(t(a + "q_norm.weight", False))
+            att.k_norm.scale.assign(t(a + "k_norm.weight", False))
+        block.norm1.scale.assign(t(p + "input_layernorm.weight", False))
+        block.norm2.scale.assign(t(p + "post_attention_layernorm.weight", False))
+        for name in ("gate", "up", "down"):
+            getattr(block.ffn, name).kernel.assign(t(p + f"mlp.{name}_proj.weight"))
+        if cfg.proj_bias:
+            att.out.bias.assign(t(a + "o_proj.bias", False))
+            for name in ("gate", "up", "down"):
+                getattr(block.ffn, name).bias.assign(t(p + f"mlp.{name}_proj.bias", False))
+    bb.norm.scale.assign(t("model.norm.weight", False))
+
+
+def _read_json(checkpoint: str, name: str) -> dict:
+    path = os.path.join(checkpoint, name)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    return value if isinstance(value, dict) else {}
+
+
+def _token_id(token, vocab_ids: dict) -> int | None:
+    if isinstance(token, dict):  # {"content": "<s>", ...} in older tokenizer_configs
+        token = token.get("content")
+    return vocab_ids.get(token) if isinstance(token, str) else None
+
+
+def tokenizer_entry(checkpoint: str) -> tuple[dict, dict[str, str]]:
+    """The run's tokenizer entry and the files to copy, from the checkpoint's tokenizer
+    files: `tokenizer.json` (byte-level BPE) or `tokenizer.model` (SentencePiece). Special
+    ids come from generation_config.json, config.json and tokenizer_config.json."""
+    config = _read_json(checkpoint, "config.json")
+    generation = _read_json(checkpoint, "generation_config.json")
+    tok_config = _read_json(checkpoint, "tokenizer_config.json")
+    hf_json = os.path.join(checkpoint, "tokenizer.json")
+    sp_model = os.path.join(checkpoint, "tokenizer.model")
+    vocab_ids = {}
+    if os.path.isfile(hf_json):
+        with open(hf_json, encoding="utf-8") as f:
+            spec = json.load(f)
+        if (spec.get("model") or {}).get("type") == "BPE" and \
+                "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
+            vocab_ids = dict(spec["model"].get("vocab", {}))
+            vocab_ids.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+            kind, source = "hf-bpe", hf_json
+        elif not os.path.isfile(sp_model):
+            raise CheckpointError(f"{hf_json} is not a byte-level BPE tokenizer and there is "
+                                  "no tokenizer.model; tfllm imports byte-level BPE "
+                                  "(tokenizer.json) and SentencePiece (tokenizer.model)")
+    if not vocab_ids:
+        if not os.path.isfile(sp_model):
+            raise CheckpointError(f"{checkpoint} has no tokenizer.json or tokenizer.model; "
+                                  "copy the tokenizer files beside config.json")
+        import sentencepiece as spm
+
+        try:
+            sp = spm.SentencePieceProcessor(model_file=sp_model)
+        except Exception as e:  # sentencepiece raises bare RuntimeError/OSError
+            raise CheckpointError(f"{sp_model} is not a SentencePiece model: {e}") from e
+        vocab_ids = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+        kind, source = "sentencepiece", sp_model
+
+    def ids(value):
+        values = value if isinstance(value, list) else [value]
+        return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+    eos = ids(generation.get("eos_token_id")) or ids(config.get("eos_token_id")) or \
+        [i for i in [_token_id(tok_config.get("eos_token"), vocab_ids)] if i is not None]
+    if not eos:
+        raise CheckpointError(f"{checkpoint}: no EOS token id in generation_config.json, "
+                              "config.json or tokenizer_config.json")
+    bos = (ids(generation.get("bos_token_id")) or ids(config.get("bos_token_id")) or
+           [i for i in [_token_id(tok_config.get("bos_token"), vocab_ids)] if i is not None])
+    pad = _token_id(tok_config.get("pad_token"), vocab_ids)
+    if pad is None:
+        pad = (ids(generation.get("pad_token_id")) or ids(config.get("pad_token_id")) or
+               [None])[0]
+    # add_bos_token: Llama 2/3 and Mistral prepend BOS; Qwen and SmolLM2 do not.
+    add_bos = bool(tok_config.get("add_bos_token", kind == "sentencepiece")) and bool(bos)
+    name = "tokenizer.json" if kind == "hf-bpe" else "tokenizer.model"
+    entry = {"type": kind, "file": name, "bos_id": bos[0] if bos else None, "eos_ids": eos,
+             "pad_id": pad, "add_bos": add_bos}
+    files = {name: source}
+    template = tok_config.get("chat_template")
+    if isinstance(template, str):
+        entry["chat_template"] = template
+    return entry, files
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def import_llama(checkpoint: str, out: str, overwrite: bool = False,
+                 max_len: int | None = None, dtype: str = "float32") -> str:
+    """Import a llama / mistral / qwen2 / qwen3 checkpoint into the run directory `out`.
+
+    Args:
+        checkpoint: a directory with config.json, safetensors and tokenizer files.
+        out: the run directory to write (an existing run only with `overwrite`).
+        max_len: the context (KV cache) length; default min(model's, 2048).
+        dtype: "float32" or "bfloat16", the dtype of the stored weights.
+
+    Example:
+        >>> import_llama("downloads/SmolLM2-135M-Instruct", "runs/smollm2")  # doctest: +SKIP
+    """
+    from tfllm import runs
+    from tfllm.checkpoints.common import write_imported_run
+
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    runs.check_new_run_dir(out, overwrite)
+    cfg = read_config(checkpoint, max_len)
+    entry, files = tokenizer_entry(checkpoint)
+    weights = read_weights(checkpoint, cfg)
+    model_type = read_hf_config(checkpoint)[1]["model_type"]
+    model = build_model(cfg, dtype)
+    assign_llama_weights(model, cfg, weights, _numpy_dtype(dtype))
+    del weights
+    check_tokenizer_fits(out, entry, files, cfg)
+    return write_imported_run(out, overwrite, model, {
+        "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
+        "training": None, "dtype": dtype,
+        "imported_from": {"format": f"huggingface-{model_type}",
+                          "path": os.path.abspath(checkpoint)},
+        "tokenizer": entry,
+    }, files)
+
+
+def _numpy_dtype(dtype: str):
+    import ml_dtypes
+
+    return np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+
+
+def build_model(cfg: ModelConfig, dtype: str = "float32"):
+    """A CausalLM of `cfg` whose weights are stored in `dtype`."""
+    from tfllm.models import CausalLM
+
+    return CausalLM.from_model_config(cfg, name="causal_lm", dtype=dtype)
+
+
+def check_tokenizer_fits(where: str, entry: dict, files: dict, cfg: ModelConfig) -> None:
+    """Load the tokenizer once before anything is written: a broken one fails the import."""
+    import shutil
+    import tempfile
+
+    from tfllm.errors import TokenizerError
+    from tfllm.tokenizers import load_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, source in files.items():
+            shutil.copy(source, os.path.join(tmp, name))
+        try:
+            tok = load_tokenizer(tmp, entry)
+        except TokenizerError as e:
+            raise CheckpointError(f"the checkpoint's tokenizer cannot be used: {e}") from e
+    if tok.vocab_size > cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
+                              f"{cfg.vocab_size}")

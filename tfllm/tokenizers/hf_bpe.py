@@ -1,0 +1,344 @@
+"""Hugging Face `tokenizer.json` byte-level BPE (GPT-2, SmolLM2, Qwen2/3, Llama 3), in-graph.
+
+Each family splits text before BPE with its own rule (`pre_tokenizer`): GPT-2's regex,
+SmolLM2's single digits then GPT-2's regex, Llama 3's and Qwen's `Split` regexes. Those
+regexes are Oniguruma's, with a look-ahead (`\\s+(?!\\S)`) and Unicode `\\s`, which RE2 (the
+engine of TensorFlow's string ops) has neither of. keras-hub's BytePairTokenizer hard-codes
+an approximation of GPT-2's rule only, so this module writes the split itself, exactly:
+
+1. added tokens (`<|im_start|>`...) are cut out first and never split;
+2. the look-ahead is replaced by cutting *before* the last whitespace of every run that a
+   non-space follows (that character then starts the next piece, as the look-ahead makes it
+   do), and SmolLM2's digits are cut apart, both on a character grid in plain TF ops;
+3. each piece is split by the family's regex, translated to RE2 (`\\s` spelled out as
+   Unicode's whitespace, the look-ahead alternative dropped: step 2 did its work).
+
+BPE merging and the byte <-> unicode tables are keras-hub's. Ids equal the `tokenizers`
+library's (tests/tokenizers/test_hf_bpe.py compares them on multilingual text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from tfllm.errors import TokenizerError
+
+# Oniguruma's \s (Unicode White_Space); RE2's \s is ASCII only.
+_WS = (r"\t\n\x{0b}\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}"
+       r"\x{205f}\x{3000}")
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LOOKAHEAD = r"\s+(?!\S)|\s+"
+SUPPORTED_NORMALIZERS = (None, "NFC")
+
+
+def translate_pattern(pattern: str) -> str:
+    """An Oniguruma pre-tokenizer regex as RE2 (see the module docstring), or TokenizerError."""
+    if _LOOKAHEAD in pattern:
+        pattern = pattern.replace(_LOOKAHEAD, r"\s+")
+    if re.search(r"\(\?[=!<]", pattern):
+        raise TokenizerError(f"pre-tokenizer regex {pattern!r} uses a look-around other than "
+                             r"GPT-2's \s+(?!\S); it is not supported")
+    out, in_class, i = [], False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            esc = pattern[i:i + 2]
+            if esc == r"\s":
+                out.append(_WS if in_class else f"[{_WS}]")
+            elif esc == r"\S":
+                if in_class:
+                    raise TokenizerError(rf"pre-tokenizer regex {pattern!r}: \S inside a "
+                                         "character class is not supported")
+                out.append(f"[^{_WS}]")
+            else:
+                out.append(esc)
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class and out and out[-1] not in ("[", "[^"):
+            in_class = False
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class PreTokenizer:
+    """A family's split rule: optional digit isolation, then one regex.
+
+    Args:
+        pattern: the Oniguruma regex (as tokenizer.json spells it), or None (no regex).
+        digits: None, "individual" (each digit alone: SmolLM2) or "runs".
+        normalizer: None or "NFC" (Qwen) applied first.
+        specials: added tokens, cut out first and kept whole.
+    """
+
+    def __init__(self, pattern: str | None, digits: str | None = None,
+                 normalizer: str | None = None, specials=()):
+        self.pattern = pattern
+        self.digits = digits
+        self.normalizer = normalizer
+        self.specials = sorted(specials, key=len, reverse=True)  # longest first
+        # Step 2's cut serves only the look-ahead; a newline before a word is left to
+        # patterns that give newlines their own alternative (Llama 3, Qwen: \s*[\r\n]+).
+        self.lookahead = pattern is not None and _LOOKAHEAD in pattern
+        self.newline_cut = pattern is not None and r"\s*[\r\n]" not in pattern
+        special_alt = "|".join(re.escape(s) for s in self.specials)
+        self._special_re = special_alt or None
+        body = translate_pattern(pattern) if pattern else None
+        self._re = "|".join(p for p in (special_alt, body) if p) or None
+
+    def split(self, text):
+        """Strings (batch,) -> ragged words (batch, None), in-graph."""
+        import tensorflow_text as tf_text
+
+        text = tf.convert_to_tensor(text, tf.string)
+        if self.normalizer == "NFC":
+            text = tf_text.normalize_utf8(text, "NFC")
+        if self._special_re:
+            pieces = tf_text.regex_split(text, self._special_re, self._special_re)
+        else:
+            pieces = tf.RaggedTensor.from_tensor(text[:, None])
+        flat_pieces = pieces.flat_values  # (P,)
+        special = tf.zeros_like(flat_pieces, tf.bool)
+        for s in self.specials:
+            special = special | tf.equal(flat_pieces, s)
+        chars = tf.strings.unicode_split(flat_pieces, "UTF-8")  # (P, chars)
+        flat = chars.flat_values  # (N,)
+        piece_of = chars.value_rowids()  # (N,)
+        n = tf.shape(flat, out_type=tf.int64)[0]
+        first = tf.concat([[True], piece_of[1:] != piece_of[:-1]], 0)[:n]
+        same_next = tf.concat([piece_of[1:] == piece_of[:-1], [False]], 0)[:n]
+        cut = tf.zeros_like(first)
+        if self.digits:
+            digit = tf.strings.regex_full_match(flat, r"\p{N}")
+            prev_digit = tf.concat([[False], digit[:-1]], 0)[:n]
+            cut = (digit | prev_digit) if self.digits == "individual" else \
+                tf.not_equal(digit, prev_digit)
+        if self.lookahead:
+            ws = tf.strings.regex_full_match(flat, f"[{_WS}]")
+            next_ws = tf.concat([ws[1:], [False]], 0)[:n]
+            next_cut = tf.concat([cut[1:], [False]], 0)[:n]
+            ws_cut = ws & same_next & ~next_ws & ~next_cut
+            if not self.newline_cut:
+                ws_cut &= ~tf.strings.regex_full_match(flat, r"[\r\n]")
+            cut = cut | ws_cut
+        cut = first | (cut & ~tf.gather(special, piece_of))
+        segment = tf.cumsum(tf.cast(cut, tf.int64)) - 1  # (N,)
+        count = tf.reduce_sum(tf.cast(cut, tf.int64))
+        segments = tf.strings.unsorted_segment_join(flat, segment, count)  # (S,)
+        piece_of_segment = tf.boolean_mask(piece_of, cut)
+        if self._re:
+            words = tf_text.regex_split(segments, self._re, self._re)  # (S, words)
+        else:
+            words = tf.RaggedTensor.from_tensor(segments[:, None])
+        # (batch, pieces, segments, words) -> (batch, words)
+        nested = tf.RaggedTensor.from_value_rowids(
+            words, piece_of_segment, nrows=tf.shape(flat_pieces, out_type=tf.int64)[0])
+        nested = pieces.with_flat_values(nested)
+        return nested.merge_dims(1, 3)
+
+
+def _layer_class():
+    """keras-hub's BytePairTokenizer with our split in place of its GPT-2 approximation."""
+    import keras_hub
+    from keras_hub.src.utils.tensor_utils import preprocessing_function
+
+    # Not serializable on its own: runs rebuild it from their tokenizer.json.
+    class HFByteLevelBPE(keras_hub.tokenizers.BytePairTokenizer):
+        def __init__(self, vocabulary=None, merges=None, pre_tokenizer=None, **kwargs):
+            self.pre_tokenizer = pre_tokenizer
+            super().__init__(vocabulary=vocabulary, merges=merges, **kwargs)
+
+        @preprocessing_function
+        def _tokenize_tf(self, inputs):
+            self._maybe_initialized_tf()
+            inputs = tf.convert_to_tensor(inputs)
+            unbatched = inputs.shape.rank == 0
+            if unbatched:
+                inputs = tf.expand_dims(inputs, 0)
+            raw = self.pre_tokenizer.split(inputs)
+            flat = raw.flat_values
+            lookup = self.cache.lookup(flat)
+            unseen = (lookup == "") & (flat != "")
+
+            def merge_unseen():
+                self._bpe_merge_and_update_cache_tf(tf.boolean_mask(flat, unseen))
+                return self.cache.lookup(flat)
+
+            words = tf.cond(tf.reduce_any(unseen), merge_unseen, lambda: lookup)
+            tokens = self.token_to_id_map.lookup(tf.strings.split(words, sep=" "))
+            tokens = tf.RaggedTensor.from_row_splits(
+                tokens.flat_values, tf.gather(tokens.row_splits, raw.row_splits))
+            return tf.squeeze(tokens, 0) if unbatched else tokens
+
+    return HFByteLevelBPE
+
+
+def _pre_tokenizer_spec(spec, path):
+    """(regex or None, digits mode) of a tokenizer.json pre_tokenizer."""
+    steps = spec.get("pretokenizers", []) if spec and spec.get("type") == "Sequence" \
+        else [spec] if spec else []
+    pattern, digits, byte_level = None, None, False
+    for step in steps:
+        kind = step.get("type")
+        if kind == "Digits":
+            digits = "individual" if step.get("individual_digits") else "runs"
+        elif kind == "ByteLevel":
+            if step.get("add_prefix_space"):
+                raise TokenizerError(f"{path}: ByteLevel add_prefix_space=true is not "
+                                     "supported")
+            byte_level = True
+            if step.get("use_regex", True):
+                pattern = GPT2_PATTERN
+        elif kind == "Split" and "Regex" in (step.get("pattern") or {}) \
+                and step.get("behavior") == "Isolated" and not step.get("invert"):
+            pattern = step["pattern"]["Regex"]
+        else:
+            raise TokenizerError(f"{path}: pre-tokenizer {json.dumps(step)[:120]} is not "
+                                 "supported (byte-level BPE with ByteLevel, Digits and "
+                                 "isolated Split regexes is)")
+    if not byte_level:
+        raise TokenizerError(f"{path} is not a byte-level BPE tokenizer (no ByteLevel "
+                             "pre-tokenizer)")
+    return pattern, digits
+
+
+class HFBytePairTokenizer:
+    """A byte-level BPE tokenizer (Hugging Face's `tokenizer.json` kind), applied in-graph.
+
+    Args:
+        vocabulary: token -> id, added tokens included.
+        merges: merge rules "a b", highest priority first.
+        pattern: the pre-tokenizer regex as tokenizer.json spells it (None: no regex).
+        digits: None, "individual" or "runs" (a Digits pre-tokenizer before the regex).
+        normalizer: None or "NFC".
+        added_tokens: tokens matched before splitting and never split (`<|im_start|>`).
+        ignore_merges: a word that is a token is that token (Llama 3).
+        bos_id, eos_ids, pad_id: special ids; `eos_ids` lists every id that ends
+            generation, the first one pads outputs.
+        add_bos: prepend `bos_id` to every encoded text.
+
+    Example:
+        >>> tok = HFBytePairTokenizer.from_tokenizer_json(  # doctest: +SKIP
+        ...     "smollm2/tokenizer.json", bos_id=1, eos_ids=[2])
+        >>> tok.encode("<|im_start|>user")  # doctest: +SKIP
+        [1, 4093]
+    """
+
+    def __init__(self, vocabulary: dict, merges, pattern: str | None, digits=None,
+                 normalizer=None, added_tokens=(), ignore_merges=False, bos_id=None,
+                 eos_ids=(), pad_id=None, add_bos=False):
+        self._vocab_size = max(vocabulary.values()) + 1
+        ids = [i for i in [bos_id, pad_id, *eos_ids] if i is not None]
+        if not eos_ids or any(not 0 <= int(i) < self._vocab_size for i in ids):
+            raise TokenizerError(f"special token ids {ids} do not fit the {self._vocab_size}-"
+                                 "token vocabulary")
+        self.added_tokens = list(added_tokens)
+        self.eos_ids = [int(i) for i in eos_ids]
+        self.eos_id = self.eos_ids[0]
+        self.bos_id = self.eos_id if bos_id is None else int(bos_id)
+        self.pad_id = self.eos_id if pad_id is None else int(pad_id)
+        self.add_bos = bool(add_bos)
+        self.unk_id = None
+        self._decode_fn = None
+        self.pre_tokenizer = PreTokenizer(pattern, digits, normalizer, self.added_tokens)
+        try:
+            # The TF path always, so that eager encode() and exported graphs agree (keras-hub
+            # would otherwise take its Python path, with another split rule, when eager).
+            self._layer = _layer_class()(vocabulary=vocabulary, merges=list(merges),
+                                         pre_tokenizer=self.pre_tokenizer,
+                                         unsplittable_tokens=self.added_tokens,
+                                         _allow_python_workflow=False)
+        except ValueError as e:  # a merge naming a token the vocabulary lacks
+            raise TokenizerError(f"inconsistent BPE vocabulary and merges: {e}") from e
+        if ignore_merges:
+            self._prefill_whole_words(vocabulary)
+        self._layer.build(None)  # it has no weights; exporters refuse unbuilt layers
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str, bos_id=None, eos_ids=(), pad_id=None,
+                            add_bos=False) -> "HFBytePairTokenizer":
+        """Read a Hugging Face `tokenizer.json` (a byte-level BPE one)."""
+        if not os.path.isfile(path):
+            raise TokenizerError(f"tokenizer file {path} does not exist")
+        try:
+            with open(path, encoding="utf-8") as f:
+                spec = json.load(f)
+            model = spec["model"]
+            vocabulary = dict(model["vocab"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise TokenizerError(f"{path} is not a tokenizer.json: {e}") from e
+        if model.get("type") != "BPE" or model.get("byte_fallback") \
+                or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+            raise TokenizerError(f"{path}: only plain byte-level BPE models are supported "
+                                 f"(got type {model.get('type')!r})")
+        normalizer = (spec.get("normalizer") or {}).get("type")
+        if normalizer not in SUPPORTED_NORMALIZERS:
+            raise TokenizerError(f"{path}: normalizer {normalizer!r} is not supported "
+                                 "(none or NFC are)")
+        pattern, digits = _pre_tokenizer_spec(spec.get("pre_tokenizer"), path)
+        added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens", [])}
+        vocabulary.update(added)
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        try:
+            return cls(vocabulary, merges, pattern, digits, normalizer, list(added),
+                       bool(model.get("ignore_merges")), bos_id, eos_ids, pad_id, add_bos)
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from e
+
+    def _prefill_whole_words(self, vocabulary):
+        # ignore_merges (Llama 3): a word that is itself a token is that token, whatever
+        # the merges would make of it; seeding keras-hub's word cache does exactly that.
+        from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+        byte_list, unicode_list = bytes_to_unicode()
+        to_byte = dict(zip(unicode_list, byte_list))
+        words, tokens = [], []
+        for token in vocabulary:
+            if token in self.added_tokens or not all(c in to_byte for c in token):
+                continue
+            words.append(b"".join(to_byte[c] for c in token))
+            tokens.append(token)
+        self._layer.cache.insert(tf.constant(words), tf.constant(tokens))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def tf_tokenizer(self):
+        """The keras-hub layer (tracked by exporters; `tokenize`/`detokenize` in-graph)."""
+        return self._layer
+
+    def tokenize(self, text):
+        ids = self._layer.tokenize(text)
+        if not self.add_bos:
+            return ids
+        if isinstance(ids, tf.RaggedTensor):
+            bos = tf.fill([ids.nrows(), 1], tf.constant(self.bos_id, ids.dtype))
+            return tf.concat([bos, ids], axis=1)
+        return tf.concat([tf.constant([self.bos_id], ids.dtype), ids], 0)
+
+    def detokenize(self, ids):
+        return self._layer.detokenize(ids)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in np.asarray(self.tokenize(tf.constant(text)))]
+
+    def decode(self, ids) -> str:
+        """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD, as Hugging Face's
+        decoder makes them (keras-hub's eager path would drop them silently)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return ""
+        if self._decode_fn is None:
+            self._decode_fn = tf.function(self._layer.detokenize,
+                                          input_signature=[tf.TensorSpec([None], tf.int32)])
+        text = self._decode_fn(tf.constant(ids, tf.int32)).numpy()
+        return text.decode("utf-8", errors="replace")
