@@ -1,4 +1,5 @@
-"""The `tfllm` command line: train, finetune, generate, classify, evaluate, import-hf."""
+"""The `tfllm` command line: train, finetune, generate, classify, evaluate, import-hf,
+import-gguf."""
 
 from __future__ import annotations
 
@@ -150,14 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser(
         "import-hf", parents=[common],
-        help="import a Hugging Face GPT-2 checkpoint as a run",
-        description="Import a GPT-2 checkpoint saved by Hugging Face (a "
-                    "directory with config.json, model.safetensors, vocab.json, "
-                    "merges.txt) into a run directory that generate, evaluate "
-                    "and the exporters accept. Any GPT-2 size works.")
+        help="import a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2, Qwen3) as a run",
+        description="Import a checkpoint saved by Hugging Face (a directory with "
+                    "config.json, model.safetensors or its shards, and the tokenizer: "
+                    "tokenizer.json, tokenizer.model, or GPT-2's vocab.json + merges.txt) "
+                    "into a run directory that generate, evaluate, finetune and the "
+                    "exporters accept. config.json's model_type picks the family: gpt2, "
+                    "llama, mistral, qwen2, qwen3.")
     h.add_argument("--checkpoint", required=True, help="checkpoint directory")
-    h.add_argument("--out", required=True, help="run directory to write, e.g. runs/gpt2")
-    h.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_import_args(h, "gpt2")
+    g = sub.add_parser(
+        "import-gguf", parents=[common],
+        help="import a llama.cpp GGUF file (llama, qwen2, qwen3) as a run",
+        description="Import a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf): weights "
+                    "dequantized to float, hyper-parameters, byte-level BPE tokenizer and "
+                    "chat template from its metadata.")
+    g.add_argument("--gguf", required=True, help="the .gguf file")
+    _add_import_args(g, "smollm2")
 
     f = sub.add_parser(
         "finetune", parents=[common],
@@ -422,20 +432,45 @@ def _generate(args):
         print(prompt + text)
 
 
-def _import_hf(args):
-    from tfllm.checkpoints import FAMILY_NAMES, import_hf, model_type_of
+def _add_import_args(p, example):
+    p.add_argument("--out", required=True, help=f"run directory to write, e.g. runs/{example}")
+    p.add_argument("--max-len", type=_positive_int,
+                   help="context length (the KV cache of generation and exports); default "
+                        "the model's, at most 2048; RoPE scaling still follows the checkpoint")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the stored weights (default float32; bfloat16 halves "
+                        "memory and disk)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _report_import(family, out):
     from tfllm.runs import model_config_of
 
-    out = import_hf(args.checkpoint, args.out, args.overwrite)
     cfg = model_config_of(out)
-    family = FAMILY_NAMES[model_type_of(args.checkpoint)]
+    kv = f" ({cfg.kv_heads} key/value)" if cfg.kv_heads != cfg.num_heads else ""
     print(f"imported {family} ({cfg.num_layers} layers, d_model {cfg.d_model}, "
-          f"{cfg.num_heads} heads, context {cfg.max_len}, vocabulary {cfg.vocab_size}) "
+          f"{cfg.num_heads} heads{kv}, context {cfg.max_len}, vocabulary {cfg.vocab_size}) "
           f"into {out}")
 
 
+def _import_hf(args):
+    from tfllm.checkpoints import FAMILY_NAMES, import_hf, model_type_of
+
+    out = import_hf(args.checkpoint, args.out, args.overwrite, args.max_len, args.dtype)
+    _report_import(FAMILY_NAMES[model_type_of(args.checkpoint)], out)
+
+
+def _import_gguf(args):
+    from tfllm.checkpoints.gguf import import_gguf
+    from tfllm.runs import read_run_config
+
+    out = import_gguf(args.gguf, args.out, args.overwrite, args.max_len, args.dtype)
+    _report_import(f"GGUF {read_run_config(out)['preset']}", out)
+
+
 COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
-            "classify": _classify, "evaluate": _evaluate, "import-hf": _import_hf}
+            "classify": _classify, "evaluate": _evaluate, "import-hf": _import_hf,
+            "import-gguf": _import_gguf}
 
 
 def main(argv=None) -> int:

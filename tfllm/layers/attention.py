@@ -194,8 +194,8 @@ class MultiHeadAttention(keras.layers.Layer):
         out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
         self.out = keras.layers.Dense(d_model, use_bias=out_bias, kernel_initializer=out_init,
                                       name="out", dtype=self.dtype_policy)
-        self.attn_dropout = keras.layers.Dropout(dropout)
-        self.out_dropout = keras.layers.Dropout(dropout)
+        self.attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.out_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
         if qk_norm:
             self.q_norm = RMSNorm(norm_epsilon, name="q_norm", dtype=self.dtype_policy)
             self.k_norm = RMSNorm(norm_epsilon, name="k_norm", dtype=self.dtype_policy)

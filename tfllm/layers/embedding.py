@@ -38,7 +38,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.d_model = d_model
         self.dropout = dropout
         self.initializer_stddev = initializer_stddev
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape=None):
         init = keras.initializers.RandomNormal(stddev=self.initializer_stddev)

@@ -40,7 +40,7 @@ class FeedForward(keras.layers.Layer):
         out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
         self.outer = keras.layers.Dense(d_model, kernel_initializer=out_init, name="outer",
                                         dtype=self.dtype_policy)
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.inner.build(input_shape)

@@ -48,7 +48,7 @@ class GatedFeedForward(keras.layers.Layer):
                                      name="up", dtype=policy)
         self.down = keras.layers.Dense(d_model, use_bias=use_bias, kernel_initializer=out_init,
                                        name="down", dtype=policy)
-        self.dropout_layer = keras.layers.Dropout(dropout)
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.gate.build(input_shape)
