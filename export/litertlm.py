@@ -15,11 +15,12 @@ greedy continuation equals `CausalLM.generate`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 
-from export.options import DEFAULT_PREFILL
+from export.options import DEFAULT_PREFILL, add_max_len
 
 
 def build_parser():
@@ -28,6 +29,7 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
+    add_max_len(parser)
     parser.add_argument("--out", required=True, help="output .litertlm file")
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL))
     parser.add_argument("--quantize", default="float32",
@@ -52,14 +54,42 @@ class LiteRtLmExportError(TfllmError):
     """The bundle could not be built, or the runtime disagrees with Keras."""
 
 
-def llm_metadata(stop_token_id: int, max_num_tokens: int) -> str:
-    """The LlmMetadata text proto of a generic tfllm causal LM."""
-    return (f"stop_tokens {{ token_ids {{ ids: {stop_token_id} }} }}\n"
-            f"max_num_tokens: {max_num_tokens}\n"
-            "llm_model_type { generic_model {} }\n")
+def llm_metadata(stop_token_ids, max_num_tokens: int, start_token_id=None) -> str:
+    """The LlmMetadata text proto of a generic tfllm causal LM: every EOS id stops, and the
+    runtime prepends `start_token_id` where the checkpoint adds a BOS."""
+    ids = [stop_token_ids] if isinstance(stop_token_ids, int) else stop_token_ids
+    text = "".join(f"stop_tokens {{ token_ids {{ ids: {i} }} }}\n" for i in ids)
+    if start_token_id is not None:
+        text += f"start_token {{ token_ids {{ ids: {start_token_id} }} }}\n"
+    return text + (f"max_num_tokens: {max_num_tokens}\n"
+                   "llm_model_type { generic_model {} }\n")
 
 
-def build_bundle(tflite_path, tokenizer_path, metadata_text, out):
+def tokenizer_file(run_dir: str, tmp: str) -> tuple[str, str]:
+    """(kind, path) of the run's tokenizer as the bundle takes it: "sentencepiece" (a
+    `.model`) or "hf" (a Hugging Face tokenizer.json; GPT-2's vocab.json + merges.txt are
+    written as one)."""
+    spec = runs.read_run_config(run_dir).get("tokenizer", runs.TOKENIZER)
+    if isinstance(spec, str):
+        return "sentencepiece", os.path.join(run_dir, spec)
+    kind = spec.get("type")
+    if kind == "sentencepiece":
+        return "sentencepiece", os.path.join(run_dir, spec["file"])
+    if kind == "hf-bpe":
+        return "hf", os.path.join(run_dir, spec["file"])
+    if kind == "gpt2-bpe":
+        from tfllm.tokenizers.byte_bpe import gpt2_tokenizer_json
+
+        path = os.path.join(tmp, "tokenizer.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(gpt2_tokenizer_json(os.path.join(run_dir, spec["vocabulary"]),
+                                          os.path.join(run_dir, spec["merges"])), f,
+                      ensure_ascii=False)
+        return "hf", path
+    raise LiteRtLmExportError(f"this run's tokenizer ({kind!r}) cannot go into a bundle")
+
+
+def build_bundle(tflite_path, tokenizer, metadata_text, out):
     from litert_lm_builder import litertlm_builder as lb
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +98,11 @@ def build_bundle(tflite_path, tokenizer_path, metadata_text, out):
             f.write(metadata_text)
         builder = lb.LitertLmFileBuilder()
         builder.add_tflite_model(tflite_path, lb.TfLiteModelType.PREFILL_DECODE)
-        builder.add_sentencepiece_tokenizer(tokenizer_path)
+        kind, path = tokenizer
+        if kind == "hf":
+            builder.add_hf_tokenizer(path)
+        else:
+            builder.add_sentencepiece_tokenizer(path)
         builder.add_llm_metadata(meta, supports_thinking=False, supports_function_calling=False)
         with open(out, "wb") as f:
             builder.build(f, validate_metadata=True)
@@ -93,25 +127,23 @@ def engine_generate(path, prompt: str, max_new_tokens: int) -> str:
 
 
 def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt="ROMEO:",
-                    max_new_tokens=16, quantize="float32"):
+                    max_new_tokens=16, quantize="float32", max_len=None):
     if os.path.isdir(out):
         raise LiteRtLmExportError(f"--out {out} is a directory; give a file path "
                                   "(e.g. models/NAME.litertlm)")
-    config = runs.read_run_config(run_dir)
-    tok_file = config.get("tokenizer")
-    if not isinstance(tok_file, str):
-        raise LiteRtLmExportError("LiteRT-LM bundles need a SentencePiece tokenizer; this run "
-                                  "uses another kind")
+    runs.read_run_config(run_dir)  # a missing run fails before any work
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tflite = os.path.join(tmp, "model.tflite")
-        report = export_tflite(run_dir, tflite, prefill_lengths, quantize)
+        report = export_tflite(run_dir, tflite, prefill_lengths, quantize, max_len=max_len)
         model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
-        metadata = llm_metadata(model.tokenizer.eos_id, max_len)
+        tok = model.tokenizer
+        metadata = llm_metadata(getattr(tok, "eos_ids", [tok.eos_id]), max_len,
+                                tok.bos_id if getattr(tok, "add_bos", False) else None)
         staging = out + ".partial.litertlm"  # the runtime reads the format from the extension
         try:
-            build_bundle(tflite, os.path.join(run_dir, tok_file), metadata, staging)
+            build_bundle(tflite, tokenizer_file(run_dir, tmp), metadata, staging)
         except Exception as e:  # the builder validates with many exception types
             raise LiteRtLmExportError(f"building the bundle failed: {e}") from e
     n = min(max_new_tokens, max_len - len(model.tokenizer.encode(check_prompt)) - 1)
@@ -139,7 +171,7 @@ def main(argv=None):
 
 def _main(args):
     report = export_litertlm(args.run, args.out, args.prefill_lengths, args.prompt,
-                             quantize=args.quantize)
+                             quantize=args.quantize, max_len=args.max_len)
     print(f"LiteRT-LM bundle written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     same = "the same as" if report["quantize"] == "float32" else "checked against"
     print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "

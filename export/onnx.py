@@ -29,6 +29,8 @@ import argparse
 import os
 import sys
 
+from export.options import add_max_len
+
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
@@ -36,6 +38,7 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
+    add_max_len(parser)
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--no-decode", action="store_true",
@@ -90,7 +93,7 @@ def _session(path):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True):
+def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None):
     """Convert, verify with onnxruntime, write; returns a report.
 
     Args:
@@ -99,11 +102,12 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True):
         opset: ONNX opset.
         sample: text whose tokens the check runs.
         decode: also write the cached decode step (causal LMs) to `decode_path(out)`.
+        max_len: the context (KV cache) length; default the run's.
     """
     if os.path.isdir(out):
         raise OnnxExportError(f"--out {out} is a directory; give a file path "
                               "(e.g. models/NAME.onnx)")
-    model = runs.load(run_dir)
+    model = runs.load(run_dir, max_len=max_len)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
     def forward(token_ids):
@@ -284,7 +288,8 @@ def main(argv=None):
 
 
 def _main(args):
-    report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode)
+    report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode,
+                         max_len=args.max_len)
     print(f"ONNX model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     what = "label agreement" if report["classifier"] else "next-token agreement"
     print(f"onnxruntime vs Keras: largest logit difference {report['max_logit_diff']:.2e}, "

@@ -6,3 +6,10 @@ DEFAULT_PREFILL = (32, 128)
 QUANTIZE_MODES = ("float32", "float16", "dynamic-int8", "int8")
 # Most rows one SavedModel request may carry (the cache and the loop's state scale with it).
 DEFAULT_MAX_BATCH = 64
+
+
+def add_max_len(parser):
+    """`--max-len`: the context (KV cache) length of a causal LM export."""
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="context length of the export (its KV cache); default the run's. "
+                             "Rotary models take any length, learned positions at most theirs")

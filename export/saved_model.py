@@ -38,7 +38,7 @@ import os
 import subprocess
 import sys
 
-from export.options import DEFAULT_MAX_BATCH
+from export.options import DEFAULT_MAX_BATCH, add_max_len
 
 
 def build_parser():
@@ -49,6 +49,7 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
+    add_max_len(parser)
     parser.add_argument("--out", required=True, help="model base directory")
     parser.add_argument("--name", help="model name (default: the run directory's name)")
     parser.add_argument("--version", type=int, default=1, help="version number (default 1)")
@@ -73,6 +74,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfllm import atomic, runs  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.tokenizers import tokenizer_files  # noqa: E402
 
 SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
 _MIN_BUCKET = 8
@@ -245,7 +247,7 @@ SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signat
 
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
-                       overwrite=False, max_batch=DEFAULT_MAX_BATCH):
+                       overwrite=False, max_batch=DEFAULT_MAX_BATCH, max_len=None):
     """Write `out/name/version/` and return its path.
 
     Args:
@@ -284,7 +286,7 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         if not overwrite:
             raise ExportError(f"{target} already exists; pass --overwrite or another --version")
 
-    model = runs.load(run_dir)
+    model = runs.load(run_dir, max_len=max_len)
     if task == "classify":
         model.task_info = config["task"]
     archive = keras.export.ExportArchive()
@@ -295,7 +297,7 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         archive.add_endpoint(sig_name, fn, input_signature=spec)
     # The tokenizer files travel as assets too, for clients that tokenize themselves.
     spec = config.get("tokenizer", runs.TOKENIZER)
-    files = [spec] if isinstance(spec, str) else [spec["vocabulary"], spec["merges"]]
+    files = tokenizer_files(spec)
     archive._tf_trackable.tokenizer_assets = [
         tf.saved_model.Asset(os.path.join(run_dir, f)) for f in files]
     # Written beside the target (TF Serving ignores non-numeric names), verified, made
@@ -397,7 +399,8 @@ def main(argv=None):
 def _main(args):
     path = export_saved_model(args.run, args.out, args.name, args.version,
                               jit_compile=not args.no_jit, verify=not args.no_verify,
-                              overwrite=args.overwrite, max_batch=args.max_batch)
+                              overwrite=args.overwrite, max_batch=args.max_batch,
+                              max_len=args.max_len)
     print(f"SavedModel written to {path}")
     if not args.no_verify:
         task = runs.read_run_config(args.run).get("objective", "clm")

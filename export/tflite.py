@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 
-from export.options import DEFAULT_PREFILL, QUANTIZE_MODES
+from export.options import DEFAULT_PREFILL, QUANTIZE_MODES, add_max_len
 
 
 def build_parser():
@@ -38,6 +38,7 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
     parser.add_argument("--run", required=True, help="run directory")
+    add_max_len(parser)
     parser.add_argument("--out", required=True, help="output .tflite file")
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL),
                         help="prefill signature lengths (default 32 128; capped at the context)")
@@ -142,7 +143,8 @@ def compact_tflite(data, strip_names=True):
     return flatbuffer_utils.convert_object_to_bytearray(model)
 
 
-def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True):
+def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True,
+            max_len=None):
     """Convert a run's CausalLM to TFLite bytes with prefill/decode signatures.
 
     Args:
@@ -150,6 +152,7 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
             weights, float activations). Full-integer "int8" is refused for causal LMs:
             the KV cache passes through the signatures as float tensors.
         strip_names: drop internal tensor names (see `compact_tflite`).
+        max_len: the KV cache length; default the run's.
     """
     if quantize not in QUANTIZE_MODES:
         raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
@@ -163,7 +166,7 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
     if config.get("objective", "clm") != "clm":
         raise TFLiteExportError(f"runs of objective {config.get('objective')!r} have no TFLite "
                                 "decode export (classifier runs: export_classifier_tflite)")
-    model = runs.load(run_dir)
+    model = runs.load(run_dir, max_len=max_len)
     data, lengths = convert_model(model, prefill_lengths, quantize, strip_names)
     return data, model, lengths
 
@@ -340,15 +343,15 @@ def _check_out_file(out):
 
 def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float32",
                   check_prompts=("ROMEO:",), min_agreement=0.95, max_loss_increase=0.02,
-                  strip_names=True):
-    """Convert, write and verify; returns a report.
+                  strip_names=True, max_len=None):
+    """Convert, write and verify; returns a report (`max_len`: the KV cache length).
 
     float32 must match Keras (logits within 1e-3, identical greedy tokens). Quantized modes
     must agree with Keras on >= `min_agreement` of next tokens over held-out text and stay
     within `max_loss_increase` (relative) of its loss; otherwise nothing is written.
     """
     _check_out_file(out)
-    data, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names)
+    data, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names, max_len)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
@@ -550,7 +553,7 @@ def _main(args):
                                           strip_names=strip)
     else:
         report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
-                               strip_names=strip)
+                               strip_names=strip, max_len=args.max_len)
     if "label_agreement" in report:
         print(f"TFLite classifier written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
               f"{args.quantize}, input token_ids [1, {report['seq_len']}], classes "

@@ -20,6 +20,7 @@ from tfllm import runs
 from tfllm.config import ConfigError
 from tfllm.data import training_options
 from tfllm.errors import DataError, RunDirError, TfllmError
+from tfllm.tokenizers import tokenizer_files
 
 TASKS = ("classify",)
 PRETRAINED_OBJECTIVES = ("clm", "mlm")
@@ -186,7 +187,7 @@ class BestAccuracyCheckpoint(keras.callbacks.Callback):
 
 
 def _copy_tokenizer_files(src_run, out, spec):
-    files = [spec] if isinstance(spec, str) else [spec["vocabulary"], spec["merges"]]
+    files = tokenizer_files(spec)
     for f in files:
         shutil.copyfile(os.path.join(src_run, f), os.path.join(out, f))
 

@@ -91,12 +91,13 @@ def model_config_of(run_dir: str) -> ModelConfig:
     return ModelConfig.from_dict(read_run_config(run_dir)["model"])
 
 
-def load(run_dir: str, weights: str = "final"):
+def load(run_dir: str, weights: str = "final", max_len: int | None = None):
     """Load a run's trained model with its tokenizer attached as `model.tokenizer`.
 
     Args:
         run_dir: a run directory written by `tfllm train`.
         weights: "final" (model.keras) or "best" (best validation checkpoint).
+        max_len: another context (KV cache) length for a causal LM (exporters' --max-len).
 
     Example:
         >>> lm = tfllm.load("runs/demo")  # doctest: +SKIP
@@ -131,6 +132,11 @@ def load(run_dir: str, weights: str = "final"):
             raise RunDirError(f"{best} cannot be read ({_first_line(e)}); the file is "
                               "damaged or incomplete: use --weights final") from e
     model.tokenizer = load_tokenizer(run_dir, config.get("tokenizer", TOKENIZER))
+    if max_len is not None and max_len != getattr(getattr(model, "backbone", None), "max_len",
+                                                  max_len):
+        if not hasattr(model, "with_max_len"):
+            raise RunDirError(f"--max-len applies to causal LM runs; {run_dir} is not one")
+        model = model.with_max_len(max_len)
     return model
 
 

@@ -155,6 +155,20 @@ def test_tokenizer_round_trip_and_special_token(imported):
     assert tok.encode("fox<|endoftext|>")[-1] == tok.eos_id
 
 
+def test_gpt2_files_as_one_tokenizer_json_tokenize_the_same(imported):
+    # What the LiteRT-LM bundle carries for an imported GPT-2 run (add_hf_tokenizer).
+    from tokenizers import Tokenizer
+
+    from tests.tokenizers.hf_fixtures import MULTILINGUAL
+    from tfllm.tokenizers.byte_bpe import gpt2_tokenizer_json
+
+    spec = gpt2_tokenizer_json(os.path.join(imported["run"], "vocab.json"),
+                               os.path.join(imported["run"], "merges.txt"))
+    ref = Tokenizer.from_str(json.dumps(spec))
+    text = MULTILINGUAL + "<|endoftext|>"
+    assert imported["lm"].tokenizer.encode(text) == ref.encode(text).ids
+
+
 def test_logits_match_numpy_reference(imported):
     lm, cfg = imported["lm"], imported["config"]
     ids = lm.tokenizer.encode(TEXT)[:40]

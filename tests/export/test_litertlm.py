@@ -34,5 +34,8 @@ def test_engine_greedy_equals_causal_lm_generate(bundle, tiny_run):
 
 def test_metadata_names_stop_token_and_cache_length():
     text = llm_metadata(3, 256)
-    assert "stop_tokens { token_ids { ids: 3 } }" in text
+    assert "stop_tokens { token_ids { ids: 3 } }" in text and "start_token" not in text
+    several = llm_metadata([7, 9], 64, start_token_id=5)
+    assert several.count("stop_tokens") == 2 and "ids: 9 } }" in several
+    assert "start_token { token_ids { ids: 5 } }" in several
     assert "max_num_tokens: 256" in text and "generic_model" in text

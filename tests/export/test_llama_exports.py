@@ -1,5 +1,7 @@
-"""A Llama-family run (GQA cache, RoPE, RMSNorm, SwiGLU, QK-norm, untied head) through
-every exporter: each one's greedy decoding equals CausalLM.generate token for token."""
+"""An imported Hugging Face Llama (GQA cache, RoPE with llama3 scaling, RMSNorm, SwiGLU,
+untied head, a byte-level BPE tokenizer.json that adds BOS, two EOS ids) through every
+exporter, at a `--max-len` other than the run's: each one's greedy decoding equals
+CausalLM.generate (at that length) token for token."""
 
 import json
 import subprocess
@@ -8,28 +10,25 @@ import sys
 import pytest
 
 import tfllm
-from tests.conftest import REPO, TINY
+from tests.checkpoints.llama_fixtures import write_checkpoint
+from tests.conftest import REPO
 
-LLAMA = dict(TINY, ffn_dim=48, num_kv_heads=1, position_embedding="rope", norm="rmsnorm",
-             ffn="gated", activation="silu", qkv_bias=False, proj_bias=False, qk_norm=True,
-             tie_embeddings=False)
 PROMPTS = ["ROMEO:", "First Citizen:\nWe"]
+MAX_LEN = 48  # the exports' --max-len; the run itself keeps 64
 
 
 @pytest.fixture(scope="module")
-def llama_run(tmp_path_factory, small_corpus):
-    from tfllm.training import TrainSettings, train
+def llama_run(tmp_path_factory):
+    from tfllm.checkpoints import import_hf
 
-    out = str(tmp_path_factory.mktemp("runs") / "llama")
-    train(out, small_corpus, "llama-char",
-          TrainSettings(steps=80, batch_size=16, eval_interval=80, eval_steps=2,
-                        warmup_steps=20, lr=3e-3), model_overrides=LLAMA, verbose=0)
-    return out
+    root = tmp_path_factory.mktemp("llama")
+    ckpt = write_checkpoint(str(root / "ckpt"), "llama", seed=4)
+    return import_hf(ckpt, str(root / "run"), max_len=64)
 
 
 @pytest.fixture(scope="module")
 def lm(llama_run):
-    return tfllm.load(llama_run)
+    return tfllm.load(llama_run, max_len=MAX_LEN)
 
 
 def _export(module, *args):
@@ -39,9 +38,14 @@ def _export(module, *args):
     return proc.stdout
 
 
-def test_the_cache_holds_only_the_key_value_heads(lm):
+def test_the_cache_holds_only_the_key_value_heads_at_the_chosen_length(lm, llama_run):
     caches = lm.backbone.empty_caches(1)
-    assert tuple(caches[0][0].shape) == (1, 1, 32, 16)  # one K/V head for two query heads
+    assert tuple(caches[0][0].shape) == (1, 2, MAX_LEN, 16)  # 2 K/V heads for 4 query heads
+    assert lm.tokenizer.add_bos and lm.tokenizer.eos_ids == [1, 2]
+    import numpy as np
+
+    ids = np.arange(1, 30, dtype=np.int32)[None]
+    np.testing.assert_allclose(lm(ids).numpy(), tfllm.load(llama_run)(ids).numpy(), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -49,10 +53,12 @@ def test_tflite_runner_equals_generate(llama_run, lm, tmp_path):
     from export.tflite import TFLiteRunner
 
     path = str(tmp_path / "llama.tflite")
-    _export("export.tflite", "--run", llama_run, "--out", path, "--prefill-lengths", "8", "32")
+    _export("export.tflite", "--run", llama_run, "--out", path, "--prefill-lengths", "8", "32",
+            "--max-len", str(MAX_LEN))
     runner = TFLiteRunner(path)
+    assert runner.max_len == MAX_LEN
     for prompt in PROMPTS:
-        n = 32 - len(lm.tokenizer.encode(prompt)) - 1
+        n = MAX_LEN - len(lm.tokenizer.encode(prompt)) - 1
         ids = runner.generate(lm.tokenizer.encode(prompt), n, end_token_id=lm.tokenizer.eos_id)
         assert lm.tokenizer.decode(ids) == lm.generate(prompt, max_new_tokens=n)
 
@@ -62,7 +68,7 @@ def test_onnx_decoder_equals_generate(llama_run, lm, tmp_path):
     from export.onnx import OnnxDecoder, decode_path
 
     path = str(tmp_path / "llama.onnx")
-    _export("export.onnx", "--run", llama_run, "--out", path)
+    _export("export.onnx", "--run", llama_run, "--out", path, "--max-len", str(MAX_LEN))
     decoder = OnnxDecoder(decode_path(path))
     for prompt in PROMPTS:
         ids = decoder.generate(lm.tokenizer.encode(prompt), 12, end_token_id=lm.tokenizer.eos_id)
@@ -72,14 +78,25 @@ def test_onnx_decoder_equals_generate(llama_run, lm, tmp_path):
 @pytest.mark.slow
 def test_saved_model_in_a_fresh_process_equals_generate(llama_run, lm, tmp_path):
     _export("export.saved_model", "--run", llama_run, "--out", str(tmp_path), "--name",
-            "llama", "--no-verify")
+            "llama", "--no-verify", "--max-len", str(MAX_LEN))
     code = ("import json, sys, tensorflow as tf, tensorflow_text\n"
             "m = tf.saved_model.load(sys.argv[1]); p = json.loads(sys.argv[2]); n = len(p)\n"
             "out = m.signatures['generate'](prompt=tf.constant(p), max_new_tokens="
             "tf.fill([n], 12), temperature=tf.zeros([n]), top_k=tf.zeros([n], tf.int32), "
             "top_p=tf.ones([n]), seed=tf.zeros([n], tf.int32))\n"
-            "print(json.dumps([t.decode() for t in out['text'].numpy()]))\n")
+            "print(json.dumps([t.decode('utf-8', 'replace') for t in out['text'].numpy()]))\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "llama" / "1"),
                            json.dumps(PROMPTS)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == lm.generate(PROMPTS, max_new_tokens=12)
+
+
+@pytest.mark.slow
+def test_litertlm_bundle_with_hf_tokenizer_equals_generate(llama_run, lm, tmp_path):
+    from export.litertlm import engine_generate
+
+    path = str(tmp_path / "llama.litertlm")
+    _export("export.litertlm", "--run", llama_run, "--out", path, "--prefill-lengths", "8",
+            "32", "--max-len", str(MAX_LEN))
+    for prompt in PROMPTS:
+        assert engine_generate(path, prompt, 12) == lm.generate(prompt, max_new_tokens=12)

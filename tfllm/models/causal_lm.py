@@ -1,6 +1,7 @@
 """The GPT-style causal language model task: token ids in, next-token logits out."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfllm.config import ModelConfig
@@ -56,6 +57,33 @@ class LanguageModelTask:
     @property
     def config(self) -> ModelConfig:
         return self.backbone.to_model_config()
+
+    def with_max_len(self, max_len: int) -> "CausalLM":
+        """The same model with another context (KV cache) length, weights shared by value.
+
+        Rotary models take any length (positions are computed, not learned); a learned
+        position table can only be cut. Exporters use this for `--max-len`.
+        """
+        import dataclasses
+
+        from tfllm.config import ConfigError
+
+        cfg = self.config
+        if not isinstance(max_len, int) or max_len < 2:
+            raise ConfigError(f"--max-len must be an integer >= 2, got {max_len!r}")
+        if cfg.position_embedding == "learned" and max_len > cfg.max_len:
+            raise ConfigError(f"--max-len {max_len} is above this model's {cfg.max_len} "
+                              "learned positions; choose at most that")
+        new = CausalLM.from_model_config(dataclasses.replace(cfg, max_len=max_len),
+                                         name=self.name, dtype=self.dtype_policy.name)
+        new(np.zeros((1, 1), np.int32))
+        for old, w in zip(self.weights, new.weights):
+            value = old.numpy()
+            if tuple(w.shape) != value.shape:  # the learned position table
+                value = value[: w.shape[0]]
+            w.assign(value)
+        new.tokenizer = self.tokenizer
+        return new
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),

@@ -48,5 +48,14 @@ def load_tokenizer(run_dir: str, spec):
     raise TokenizerError(f"unknown tokenizer entry in {run_dir}/config.json: {spec!r}")
 
 
-__all__ = ["SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "load_tokenizer", "PAD_ID", "UNK_ID",
+def tokenizer_files(spec) -> list[str]:
+    """The file names (in the run directory) of a run's tokenizer entry."""
+    if isinstance(spec, str):
+        return [spec]
+    if spec.get("type") == "gpt2-bpe":
+        return [spec["vocabulary"], spec["merges"]]
+    return [spec["file"]]
+
+
+__all__ = ["tokenizer_files", "SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "load_tokenizer", "PAD_ID", "UNK_ID",
            "BOS_ID", "EOS_ID", "MASK_PIECE"]

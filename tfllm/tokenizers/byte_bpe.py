@@ -43,3 +43,25 @@ class BytePairTokenizer(HFBytePairTokenizer):
         end = int(vocabulary[end_token])
         super().__init__(vocabulary, merges, GPT2_PATTERN, added_tokens=[end_token],
                          bos_id=end, eos_ids=[end], pad_id=end)
+
+
+def gpt2_tokenizer_json(vocabulary_path: str, merges_path: str,
+                        end_token="<|endoftext|>") -> dict:
+    """GPT-2's `vocab.json` + `merges.txt` as one Hugging Face `tokenizer.json` (what the
+    LiteRT-LM runtime's tokenizer reads)."""
+    with open(vocabulary_path, encoding="utf-8") as f:
+        vocabulary = json.load(f)
+    with open(merges_path, encoding="utf-8") as f:
+        merges = [m for m in f.read().split("\n") if m and not m.startswith("#version")]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                  "use_regex": True}
+    return {"version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": vocabulary[end_token], "content": end_token,
+                              "single_word": False, "lstrip": False, "rstrip": False,
+                              "normalized": False, "special": True}],
+            "normalizer": None, "pre_tokenizer": byte_level, "post_processor": None,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                      "fuse_unk": False, "byte_fallback": False, "vocab": vocabulary,
+                      "merges": merges}}
