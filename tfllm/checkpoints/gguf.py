@@ -133,9 +133,7 @@ def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def read_tensors(path: str, reader, cfg: ModelConfig, arch: str) -> dict[str, np.ndarray]:
-    """The GGUF tensors under Hugging Face names, dequantized to float32."""
-    from gguf.quants import dequantize
-
+    """The GGUF tensors under Hugging Face names, dequantized to float32 when read."""
     raw = {}
     for t in reader.tensors:
         if t.name in _TOP_NAMES:
@@ -156,20 +154,34 @@ def read_tensors(path: str, reader, cfg: ModelConfig, arch: str) -> dict[str, np
     # GGUF lists dimensions fastest-first; Hugging Face's [out, in] is the reverse.
     check_tensors(path, {k: _Shape(tuple(int(d) for d in reversed(t.shape)))
                          for k, t in raw.items()}, shapes)
-    tensors = {}
-    for name, t in raw.items():
+    return _Dequantized(path, raw, shapes, arch, cfg)
+
+
+class _Dequantized:
+    """Tensors by Hugging Face name, dequantized (and un-permuted) when read: the importer
+    holds one float32 tensor at a time beside the model, not the whole file."""
+
+    def __init__(self, path, raw, shapes, arch, cfg):
+        self.path, self.raw, self.shapes, self.arch, self.cfg = path, raw, shapes, arch, cfg
+
+    def __contains__(self, name):
+        return name in self.raw
+
+    def __getitem__(self, name):
+        from gguf.quants import dequantize
+
+        t = self.raw[name]
         try:
             w = dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
-            raise CheckpointError(f"{path}: tensor {t.name} has the type "
+            raise CheckpointError(f"{self.path}: tensor {t.name} has the type "
                                   f"{t.tensor_type.name}, which cannot be dequantized") from e
-        w = np.asarray(w, np.float32).reshape(shapes[name])
-        if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
-            w = unpermute(w, cfg.num_heads)
-        elif arch == "llama" and name.endswith("self_attn.k_proj.weight"):
-            w = unpermute(w, cfg.kv_heads)
-        tensors[name] = w
-    return tensors
+        w = np.asarray(w, np.float32).reshape(self.shapes[name])
+        if self.arch == "llama" and name.endswith("self_attn.q_proj.weight"):
+            w = unpermute(w, self.cfg.num_heads)
+        elif self.arch == "llama" and name.endswith("self_attn.k_proj.weight"):
+            w = unpermute(w, self.cfg.kv_heads)
+        return w
 
 
 class _Shape:
