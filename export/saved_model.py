@@ -228,11 +228,11 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
     def classify(text):
         text = _after(_batch_checks(max_batch, text), text)
         # Padded to the run's length, or the longest text's when longer (up to max_len).
-        n_tokens = tf.cast(tokenizer.tf_tokenizer.tokenize(text).row_lengths(), tf.int32)
+        n_tokens = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.int32)
         longest = tf.reduce_max(tf.concat([n_tokens + int(task["add_bos"]), [0]], axis=0))
         seq_len = tf.minimum(tf.maximum(longest, task["seq_len"]), max_len)
-        inputs = encode_texts(tokenizer.tf_tokenizer, text, seq_len, task["add_bos"],
-                              bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id)
+        # The run's tokenizer object: it adds the checkpoint's own BOS where it has one.
+        inputs = encode_texts(tokenizer, text, seq_len, task["add_bos"])
         probabilities = tf.nn.softmax(model(inputs), axis=-1)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "label": label,

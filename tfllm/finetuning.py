@@ -328,6 +328,9 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        # An untied LM head is not part of a classifier; Keras warns it gets no gradient.
+        warnings.filterwarnings("ignore", message=".*Gradients do not exist for variables "
+                                r"\['backbone/embedding/output_embeddings'\].*")
         history = model.fit(train_ds, epochs=epochs, steps_per_epoch=eval_interval,
                             validation_data=val_ds, callbacks=callbacks, verbose=verbose)
     losses = history.history.get("loss") or [float("nan")]

@@ -545,7 +545,7 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
     corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
     seq_len = model.backbone.max_len
     check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
-    batch_size = batch_size or stored.get("training", {}).get("batch_size", 12)
+    batch_size = batch_size or (stored.get("training") or {}).get("batch_size", 12)
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if objective == "clm":
