@@ -73,7 +73,7 @@ def hf_tensors(cfg: dict, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarr
 
 
 def write_checkpoint(root: str, model_type: str, shards: int = 1, dtype=np.float32,
-                     seed: int = 0, **overrides) -> str:
+                     seed: int = 0, vocab_size: int | None = None, **overrides) -> str:
     """A checkpoint directory: config.json, safetensors (sharded if asked), tokenizer.json,
     tokenizer_config.json, generation_config.json."""
     from safetensors.numpy import save_file
@@ -82,7 +82,7 @@ def write_checkpoint(root: str, model_type: str, shards: int = 1, dtype=np.float
     tok = make_tokenizer_json(os.path.join(root, "tokenizer.json"), FAMILY_TOKENIZER[model_type])
     with open(tok, encoding="utf-8") as f:
         spec = json.load(f)
-    vocab = max(spec["model"]["vocab"].values()) + 1
+    vocab = vocab_size or max(spec["model"]["vocab"].values()) + 1
     cfg = {**hf_config(model_type, vocab), **overrides}
     with open(os.path.join(root, "config.json"), "w") as f:
         json.dump(cfg, f)

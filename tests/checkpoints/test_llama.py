@@ -153,3 +153,39 @@ def test_cli_one_line_errors(tmp_path):
                        env=quiet_env())
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "model_type 'phi' is not supported" in r.stderr
+
+
+def test_sentencepiece_tokenizer_model_keeps_its_special_ids(tmp_path):
+    # Llama 2 / Mistral ship tokenizer.model with unk 0, bos 1, eos 2 and add BOS.
+    import io
+
+    import sentencepiece as spm
+
+    from tests.tokenizers.hf_fixtures import MULTILINGUAL, corpus
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus()), model_writer=model,
+                                   vocab_size=600, model_type="bpe", unk_id=0, bos_id=1,
+                                   eos_id=2, pad_id=-1, byte_fallback=True,
+                                   character_coverage=1.0, minloglevel=2)
+    ckpt = write_checkpoint(str(tmp_path / "c"), "mistral", vocab_size=600)
+    os.remove(os.path.join(ckpt, "tokenizer.json"))
+    (tmp_path / "c" / "tokenizer.model").write_bytes(model.getvalue())
+    json.dump({"add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>"},
+              open(os.path.join(ckpt, "tokenizer_config.json"), "w"))
+    os.remove(os.path.join(ckpt, "generation_config.json"))
+    cfg = json.load(open(os.path.join(ckpt, "config.json")))
+    json.dump({**cfg, "bos_token_id": 1, "eos_token_id": 2},
+              open(os.path.join(ckpt, "config.json"), "w"))
+    import tfllm
+
+    lm = tfllm.load(import_hf(ckpt, str(tmp_path / "run")))
+    ref = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    tok = lm.tokenizer
+    assert (tok.bos_id, tok.eos_ids, tok.pad_id) == (1, [2], 2)
+    assert tok.encode(MULTILINGUAL) == [1] + ref.encode(MULTILINGUAL)
+    import tensorflow as tf
+
+    graph = tok.tokenize(tf.constant([MULTILINGUAL]))[0].numpy().tolist()
+    assert graph == [1] + ref.encode(MULTILINGUAL)
+    assert tok.decode(ref.encode("Hello world")) == "Hello world"
