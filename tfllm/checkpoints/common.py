@@ -124,7 +124,28 @@ def write_imported_run(out: str, overwrite: bool, model, run_config: dict,
     with atomic.staging_dir(out) as tmp:
         for name, source in files.items():
             shutil.copy(source, os.path.join(tmp, name))
-        model.save(os.path.join(tmp, runs.MODEL))
+        save_through_disk(model, os.path.join(tmp, runs.MODEL))
         runs.write_run_config(tmp, run_config)
         runs.check_new_run_dir(out, overwrite)  # still a run (or nothing) to replace
     return out
+
+
+def save_through_disk(model, path: str) -> None:
+    """`model.save(path)`, with the weights written to a temporary file beside `path`.
+
+    Keras 3.15 assembles the weights file in memory whenever RAM looks sufficient
+    (`saving_lib.is_memory_sufficient`), a second copy of every weight at the peak of an
+    import (+560 MB for SmolLM2-135M). Its own low-memory branch streams through a
+    temporary file; it is chosen here. Without that private hook, a plain save.
+    """
+    try:
+        from keras.src.saving import saving_lib
+        check = saving_lib.is_memory_sufficient
+    except (ImportError, AttributeError):
+        model.save(path)
+        return
+    saving_lib.is_memory_sufficient = lambda *args, **kwargs: False
+    try:
+        model.save(path)
+    finally:
+        saving_lib.is_memory_sufficient = check

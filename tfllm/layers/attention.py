@@ -7,12 +7,18 @@ what the on-device runtime expects, so one attention implementation serves every
 """
 
 import contextlib
+import warnings
 
 import keras
 from keras import ops
 
 from tfllm.layers.rms_norm import RMSNorm
 from tfllm.layers.rotary import RotaryEmbedding
+
+# A decoding step scores the new token against itself on an axis of size 1 before joining
+# the cache's scores; Keras warns about any such softmax while tracing (the export logs).
+warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor "
+                        "of shape", category=UserWarning)
 
 
 def causal_mask(q_len, k_len, q_offset=0):
