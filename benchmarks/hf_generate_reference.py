@@ -5,7 +5,7 @@ dequantizes it to float32 with the `gguf` package), the same random 128-token pr
 (seeded), 128 new tokens, greedy, its KV cache, no early stop. PyTorch is not a tfllm
 dependency; give it a venv of its own:
 
-    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy transformers gguf
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 numpy transformers gguf accelerate
     /tmp/torchvenv/bin/python benchmarks/hf_generate_reference.py --gguf FILE [--reps 3]
 
 `generate_throughput.py --torch-python /tmp/torchvenv/bin/python` runs it in the same run.

@@ -189,3 +189,16 @@ def test_sentencepiece_tokenizer_model_keeps_its_special_ids(tmp_path):
     graph = tok.tokenize(tf.constant([MULTILINGUAL]))[0].numpy().tolist()
     assert graph == [1] + ref.encode(MULTILINGUAL)
     assert tok.decode(ref.encode("Hello world")) == "Hello world"
+
+
+def test_evaluate_an_imported_run_on_text_files(tmp_path, capsys):
+    # Imported runs store no training settings: evaluate takes --data and its defaults.
+    from tfllm.cli import main
+
+    ckpt = write_checkpoint(str(tmp_path / "c"), "qwen2")
+    run = import_hf(ckpt, str(tmp_path / "run"), max_len=32)
+    (tmp_path / "a.txt").write_text("Once upon a time, there were 12 little rockets.\n" * 200)
+    assert main(["evaluate", "--run", run, "--data", f"text:{tmp_path}/*.txt",
+                 "--eval-steps", "2", "--batch-size", "4"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["tokens"] == 2 * 4 * 31 and 0 < metrics["loss"] < 20
