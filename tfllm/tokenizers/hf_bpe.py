@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.errors import TokenizerError
+from tfllm.tokenizers.special import prepend_bos
 
 # Oniguruma's \s (Unicode White_Space); RE2's \s is ASCII only.
 _WS = (r"\t\n\x{0b}\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}"
@@ -318,12 +319,7 @@ class HFBytePairTokenizer:
 
     def tokenize(self, text):
         ids = self._layer.tokenize(text)
-        if not self.add_bos:
-            return ids
-        if isinstance(ids, tf.RaggedTensor):
-            bos = tf.fill([ids.nrows(), 1], tf.constant(self.bos_id, ids.dtype))
-            return tf.concat([bos, ids], axis=1)
-        return tf.concat([tf.constant([self.bos_id], ids.dtype), ids], 0)
+        return prepend_bos(ids, self.bos_id) if self.add_bos else ids
 
     def detokenize(self, ids):
         return self._layer.detokenize(ids)

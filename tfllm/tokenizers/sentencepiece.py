@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from tfllm.errors import TokenizerError
+from tfllm.tokenizers.special import prepend_bos
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # Masked-LM pretraining's mask: a control symbol, so no text ever tokenizes to it.
@@ -151,12 +152,7 @@ class SentencePieceTokenizer:
     def tokenize(self, text):
         """Strings -> int32 ids, in-graph. A scalar gives (n,); a (batch,) gives ragged (batch, None)."""
         ids = self._tf.tokenize(text)
-        if not self.add_bos:
-            return ids
-        if isinstance(ids, tf.RaggedTensor):
-            bos = tf.fill([ids.nrows(), 1], tf.constant(self.bos_id, ids.dtype))
-            return tf.concat([bos, ids], axis=1)
-        return tf.concat([tf.constant([self.bos_id], ids.dtype), ids], 0)
+        return prepend_bos(ids, self.bos_id) if self.add_bos else ids
 
     def detokenize(self, ids):
         """Int ids (n,) or (batch, n) / ragged -> strings, in-graph."""
