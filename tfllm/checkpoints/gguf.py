@@ -171,12 +171,22 @@ class _Dequantized:
         from gguf.quants import dequantize
 
         t = self.raw[name]
+        shape = self.shapes[name]
+        data = t.data
+        # Row blocks of ~8 MB: the package's dequantizers hold several float copies of
+        # their input, which for a whole embedding table was the import's peak.
+        rows = data.shape[0] if data.ndim == 2 else 1
+        step = max(1, (8 << 20) // max(1, int(np.prod(shape)) * 4 // rows))
+        w = np.empty((rows, int(np.prod(shape)) // rows), np.float32)
         try:
-            w = dequantize(t.data, t.tensor_type)
+            for i in range(0, rows, step):
+                w[i:i + step] = np.reshape(dequantize(data[i:i + step] if data.ndim == 2
+                                                      else data, t.tensor_type),
+                                           (-1, w.shape[1]))
         except NotImplementedError as e:
             raise CheckpointError(f"{self.path}: tensor {t.name} has the type "
                                   f"{t.tensor_type.name}, which cannot be dequantized") from e
-        w = np.asarray(w, np.float32).reshape(self.shapes[name])
+        w = w.reshape(shape)
         if self.arch == "llama" and name.endswith("self_attn.q_proj.weight"):
             w = unpermute(w, self.cfg.num_heads)
         elif self.arch == "llama" and name.endswith("self_attn.k_proj.weight"):
@@ -263,20 +273,22 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
     cfg, arch = read_config(gguf_path, meta, max_len)
     spec, entry = tokenizer_json(gguf_path, meta)
     tensors = read_tensors(gguf_path, reader, cfg, arch)
+    source = {"format": f"gguf-{arch}", "path": os.path.abspath(gguf_path),
+              "file_type": meta.get("general.file_type"), "name": meta.get("general.name")}
     with tempfile.TemporaryDirectory() as tmp:
         tok_path = os.path.join(tmp, "tokenizer.json")
         with open(tok_path, "w", encoding="utf-8") as f:
             json.dump(spec, f, ensure_ascii=False)
         files = {"tokenizer.json": tok_path}
         check_tokenizer_fits(out, entry, files, cfg)
+        # The metadata (token and merge lists as NumPy records) is no longer needed: freed
+        # before the model exists, it does not add to the import's peak.
+        reader.fields.clear()
+        del meta, spec
         model = build_model(cfg, dtype)
         assign_llama_weights(model, cfg, tensors, _numpy_dtype(dtype))
         del tensors
         return write_imported_run(out, overwrite, model, {
             "model": cfg.to_dict(), "preset": arch, "objective": "clm", "data": None,
-            "training": None, "dtype": dtype,
-            "imported_from": {"format": f"gguf-{arch}", "path": os.path.abspath(gguf_path),
-                              "file_type": meta.get("general.file_type"),
-                              "name": meta.get("general.name")},
-            "tokenizer": entry,
+            "training": None, "dtype": dtype, "imported_from": source, "tokenizer": entry,
         }, files)

@@ -152,7 +152,7 @@ def assign_llama_weights(model, cfg: ModelConfig, w: dict[str, np.ndarray], dtyp
     Tensors are converted one at a time, so peak memory stays near the model's size.
     """
     def t(name, transpose=True):
-        x = np.asarray(w[name]).astype(dtype)
+        x = np.asarray(w[name]).astype(dtype, copy=False)  # no copy of float32 tensors
         return x.T if transpose else x
 
     bb = model.backbone
@@ -288,12 +288,12 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
     runs.check_new_run_dir(out, overwrite)
     cfg = read_config(checkpoint, max_len)
     entry, files = tokenizer_entry(checkpoint)
+    check_tokenizer_fits(out, entry, files, cfg)
     weights = read_weights(checkpoint, cfg)
     model_type = read_hf_config(checkpoint)[1]["model_type"]
     model = build_model(cfg, dtype)
     assign_llama_weights(model, cfg, weights, _numpy_dtype(dtype))
     del weights
-    check_tokenizer_fits(out, entry, files, cfg)
     return write_imported_run(out, overwrite, model, {
         "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
         "training": None, "dtype": dtype,
@@ -317,20 +317,28 @@ def build_model(cfg: ModelConfig, dtype: str = "float32"):
 
 
 def check_tokenizer_fits(where: str, entry: dict, files: dict, cfg: ModelConfig) -> None:
-    """Load the tokenizer once before anything is written: a broken one fails the import."""
-    import shutil
-    import tempfile
-
+    """Check the tokenizer files before anything is written, without building the in-graph
+    tokenizer (keras-hub and its tables would sit in memory through the import's peak)."""
     from tfllm.errors import TokenizerError
-    from tfllm.tokenizers import load_tokenizer
+    from tfllm.tokenizers.hf_bpe import read_tokenizer_json
 
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, source in files.items():
-            shutil.copy(source, os.path.join(tmp, name))
-        try:
-            tok = load_tokenizer(tmp, entry)
-        except TokenizerError as e:
-            raise CheckpointError(f"the checkpoint's tokenizer cannot be used: {e}") from e
-    if tok.vocab_size > cfg.vocab_size:
-        raise CheckpointError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
+    source = files[entry["file"]]
+    try:
+        if entry["type"] == "hf-bpe":
+            size = max(read_tokenizer_json(source)[0].values()) + 1
+        else:
+            import sentencepiece as spm
+
+            size = spm.SentencePieceProcessor(model_file=source).get_piece_size()
+    except TokenizerError as e:
+        raise CheckpointError(f"the checkpoint's tokenizer cannot be used: {e}") from e
+    except Exception as e:  # sentencepiece raises bare RuntimeError/OSError
+        raise CheckpointError(f"{source} is not a SentencePiece model: {e}") from e
+    ids = [i for i in [entry.get("bos_id"), entry.get("pad_id"), *entry["eos_ids"]]
+           if i is not None]
+    if size > cfg.vocab_size:
+        raise CheckpointError(f"the tokenizer has {size} tokens but the model only "
                               f"{cfg.vocab_size}")
+    if any(not 0 <= i < size for i in ids):
+        raise CheckpointError(f"special token ids {ids} do not fit the tokenizer's {size} "
+                              "tokens")

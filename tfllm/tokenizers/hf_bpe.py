@@ -210,6 +210,43 @@ def _pre_tokenizer_spec(spec, path):
     return pattern, digits
 
 
+def read_tokenizer_json(path: str) -> tuple:
+    """`(vocabulary, merges, pattern, digits, normalizer, added_tokens, ignore_merges)` of a
+    byte-level BPE `tokenizer.json`, checked without building anything (importers validate
+    a checkpoint's tokenizer with it before they write).
+    """
+    if not os.path.isfile(path):
+        raise TokenizerError(f"tokenizer file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+        model = spec["model"]
+        vocabulary = dict(model["vocab"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TokenizerError(f"{path} is not a tokenizer.json: {e}") from e
+    if model.get("type") != "BPE" or model.get("byte_fallback") \
+            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        raise TokenizerError(f"{path}: only plain byte-level BPE models are supported "
+                             f"(got type {model.get('type')!r})")
+    normalizer = (spec.get("normalizer") or {}).get("type")
+    if normalizer not in SUPPORTED_NORMALIZERS:
+        raise TokenizerError(f"{path}: normalizer {normalizer!r} is not supported "
+                             "(none or NFC are)")
+    pattern, digits = _pre_tokenizer_spec(spec.get("pre_tokenizer"), path)
+    if pattern:
+        translate_pattern(pattern)
+    added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens", [])}
+    vocabulary.update(added)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    bad = [m for m in merges if len(m.split(" ")) != 2
+           or any(part not in vocabulary for part in m.split(" "))]
+    if bad:
+        raise TokenizerError(f"{path}: {len(bad)} merge rule(s) name tokens the vocabulary "
+                             f"lacks, e.g. {bad[0]!r}")
+    return (vocabulary, merges, pattern, digits, normalizer, list(added),
+            bool(model.get("ignore_merges")))
+
+
 class HFBytePairTokenizer:
     """A byte-level BPE tokenizer (Hugging Face's `tokenizer.json` kind), applied in-graph.
 
@@ -266,30 +303,9 @@ class HFBytePairTokenizer:
     def from_tokenizer_json(cls, path: str, bos_id=None, eos_ids=(), pad_id=None,
                             add_bos=False) -> "HFBytePairTokenizer":
         """Read a Hugging Face `tokenizer.json` (a byte-level BPE one)."""
-        if not os.path.isfile(path):
-            raise TokenizerError(f"tokenizer file {path} does not exist")
+        args = read_tokenizer_json(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                spec = json.load(f)
-            model = spec["model"]
-            vocabulary = dict(model["vocab"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise TokenizerError(f"{path} is not a tokenizer.json: {e}") from e
-        if model.get("type") != "BPE" or model.get("byte_fallback") \
-                or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
-            raise TokenizerError(f"{path}: only plain byte-level BPE models are supported "
-                                 f"(got type {model.get('type')!r})")
-        normalizer = (spec.get("normalizer") or {}).get("type")
-        if normalizer not in SUPPORTED_NORMALIZERS:
-            raise TokenizerError(f"{path}: normalizer {normalizer!r} is not supported "
-                                 "(none or NFC are)")
-        pattern, digits = _pre_tokenizer_spec(spec.get("pre_tokenizer"), path)
-        added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens", [])}
-        vocabulary.update(added)
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        try:
-            return cls(vocabulary, merges, pattern, digits, normalizer, list(added),
-                       bool(model.get("ignore_merges")), bos_id, eos_ids, pad_id, add_bos)
+            return cls(*args, bos_id, eos_ids, pad_id, add_bos)
         except TokenizerError as e:
             raise TokenizerError(f"{path}: {e}") from e
 
