@@ -280,7 +280,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
         with open(tok_path, "w", encoding="utf-8") as f:
             json.dump(spec, f, ensure_ascii=False)
         files = {"tokenizer.json": tok_path}
-        check_tokenizer_fits(out, entry, files, cfg)
+        check_tokenizer_fits(entry, files, cfg)
         # The metadata (token and merge lists as NumPy records) is no longer needed: freed
         # before the model exists, it does not add to the import's peak.
         reader.fields.clear()

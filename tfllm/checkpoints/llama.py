@@ -39,7 +39,7 @@ def choose_max_len(model_max: int, max_len: int | None, where: str) -> int:
     return max_len
 
 
-def rope_scaling_of(path: str, params: dict | None, max_position: int) -> dict | None:
+def rope_scaling_of(path: str, params: dict | None) -> dict | None:
     """tfllm's `rope_scaling` of a Hugging Face `rope_scaling` / `rope_parameters` dict."""
     if not params:
         return None
@@ -102,7 +102,7 @@ def read_config(checkpoint: str, max_len: int | None = None) -> ModelConfig:
         tokenizer="bpe", num_kv_heads=cfg.get("num_key_value_heads", heads),
         head_size=cfg.get("head_dim") or cfg["hidden_size"] // heads,
         position_embedding="rope", rope_theta=float(theta),
-        rope_scaling=rope_scaling_of(path, rope, model_max), norm="rmsnorm", ffn="gated",
+        rope_scaling=rope_scaling_of(path, rope), norm="rmsnorm", ffn="gated",
         qkv_bias=model_type == "qwen2" or attention_bias, proj_bias=attention_bias,
         qk_norm=model_type == "qwen3", tie_embeddings=bool(cfg.get("tie_word_embeddings",
                                                                    False)))
@@ -288,7 +288,7 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
     runs.check_new_run_dir(out, overwrite)
     cfg = read_config(checkpoint, max_len)
     entry, files = tokenizer_entry(checkpoint)
-    check_tokenizer_fits(out, entry, files, cfg)
+    check_tokenizer_fits(entry, files, cfg)
     weights = read_weights(checkpoint, cfg)
     model_type = read_hf_config(checkpoint)[1]["model_type"]
     model = build_model(cfg, dtype)
@@ -316,7 +316,7 @@ def build_model(cfg: ModelConfig, dtype: str = "float32"):
     return CausalLM.from_model_config(cfg, name="causal_lm", dtype=dtype)
 
 
-def check_tokenizer_fits(where: str, entry: dict, files: dict, cfg: ModelConfig) -> None:
+def check_tokenizer_fits(entry: dict, files: dict, cfg: ModelConfig) -> None:
     """Check the tokenizer files before anything is written, without building the in-graph
     tokenizer (keras-hub and its tables would sit in memory through the import's peak)."""
     from tfllm.errors import TokenizerError
