@@ -207,7 +207,6 @@ def kerashub_smollm2(model, batch, vocab):
 
 def smollm2_main(args):
     import subprocess
-    import sys
     import tempfile
 
     import tfllm
