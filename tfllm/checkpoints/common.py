@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -50,12 +51,38 @@ def require_fields(path: str, cfg: dict, fields, family: str) -> None:
                               "positive integers")
 
 
-def read_safetensors(checkpoint: str) -> tuple[str, dict[str, np.ndarray]]:
+class TensorFiles(Mapping):
+    """Tensors by name in safetensors files, each read from disk when it is looked up: an
+    import holds one checkpoint tensor at a time, not the whole checkpoint.
+
+    `shapes` and `dtypes` come from the file headers without reading any tensor.
+    """
+
+    def __init__(self, where: dict[str, str], shapes: dict[str, tuple], dtypes: dict[str, str]):
+        self.where, self.shapes, self.dtypes = where, shapes, dtypes
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        with safe_open(self.where[name], framework="numpy") as f:
+            return f.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self):
+        return len(self.where)
+
+
+_SAFETENSORS_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def read_safetensors(checkpoint: str) -> tuple[str, TensorFiles]:
     """`(path, tensors by name)` of the checkpoint's weights, as stored (float32, float16
-    or bfloat16 arrays): `model.safetensors`, or the shards `model.safetensors.index.json`
-    lists. Pickle checkpoints (`pytorch_model.bin`) are refused: loading one runs code."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    or bfloat16 arrays, read when looked up): `model.safetensors`, or the shards
+    `model.safetensors.index.json` lists. Pickle checkpoints (`pytorch_model.bin`) are
+    refused: loading one runs code."""
+    from safetensors import SafetensorError, safe_open
 
     single = os.path.join(checkpoint, "model.safetensors")
     index = os.path.join(checkpoint, "model.safetensors.index.json")
@@ -85,27 +112,35 @@ def read_safetensors(checkpoint: str) -> tuple[str, dict[str, np.ndarray]]:
                 ".save_pretrained(OUT, safe_serialization=True)")
         raise CheckpointError(f"{checkpoint} has no model.safetensors or "
                               "model.safetensors.index.json")
-    tensors = {}
+    where, shapes, dtypes = {}, {}, {}
     for name in files:
         try:
-            tensors.update(load_file(name))
+            with safe_open(name, framework="numpy") as f:
+                for key in f.keys():
+                    info = f.get_slice(key)
+                    where[key] = name
+                    shapes[key] = tuple(int(d) for d in info.get_shape())
+                    dtypes[key] = info.get_dtype()
         except (SafetensorError, OSError, ValueError, TypeError) as e:
             raise CheckpointError(f"{name} cannot be read as safetensors: {e}") from e
-    bad = sorted(f"{k} ({v.dtype})" for k, v in tensors.items()
-                 if v.dtype.name not in ("float32", "float16", "bfloat16"))
+    bad = sorted(f"{k} ({dtypes[k]})" for k in where if dtypes[k] not in _SAFETENSORS_FLOATS)
     if bad:
         raise CheckpointError(f"{path}: tensors of an unsupported dtype (float32, float16 and "
                               f"bfloat16 are): {', '.join(bad[:5])}")
-    return path, tensors
+    return path, TensorFiles(where, shapes, dtypes)
 
 
-def check_tensors(path: str, tensors: dict, expected: dict[str, tuple]) -> None:
-    """CheckpointError listing every missing, unexpected and mis-shaped tensor at once."""
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    wrong = sorted(f"{k} {tuple(tensors[k].shape)} (expected {expected[k]})"
-                   for k in set(expected) & set(tensors)
-                   if tuple(tensors[k].shape) != expected[k])
+def check_tensors(path: str, shapes: dict[str, tuple], expected: dict[str, tuple]) -> None:
+    """CheckpointError listing every missing, unexpected and mis-shaped tensor at once.
+
+    Args:
+        shapes: the checkpoint's tensor names and shapes.
+        expected: the names and shapes the config implies.
+    """
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    wrong = sorted(f"{k} {tuple(shapes[k])} (expected {expected[k]})"
+                   for k in set(expected) & set(shapes) if tuple(shapes[k]) != expected[k])
     problems = []
     if missing:
         problems.append(f"missing tensors: {', '.join(missing)}")
@@ -117,35 +152,74 @@ def check_tensors(path: str, tensors: dict, expected: dict[str, tuple]) -> None:
         raise CheckpointError(f"{path} does not match its config.json: " + "; ".join(problems))
 
 
-def write_imported_run(out: str, overwrite: bool, model, run_config: dict,
+def build_deferred(build):
+    """`build()` with its Keras variables left unallocated (their values are written by
+    `save_with_weights`, one at a time): an import never holds two copies of a weight."""
+    import keras
+
+    with keras.StatelessScope(initialize_variables=False):
+        return build()
+
+
+def write_imported_run(out: str, overwrite: bool, model, weights, run_config: dict,
                        files: dict[str, str]) -> str:
-    """Write an imported model, its run config and its tokenizer files (name -> source
-    path) beside `out`, then swap them in: an old run is replaced in one step."""
+    """Write an imported model (see `save_with_weights`), its run config and its tokenizer
+    files (name -> source path) beside `out`, then swap them in: an old run is replaced in
+    one step."""
     with atomic.staging_dir(out) as tmp:
         for name, source in files.items():
             shutil.copy(source, os.path.join(tmp, name))
-        save_through_disk(model, os.path.join(tmp, runs.MODEL))
+        save_with_weights(model, weights, os.path.join(tmp, runs.MODEL))
         runs.write_run_config(tmp, run_config)
         runs.check_new_run_dir(out, overwrite)  # still a run (or nothing) to replace
     return out
 
 
-def save_through_disk(model, path: str) -> None:
-    """`model.save(path)`, with the weights written to a temporary file beside `path`.
+def save_with_weights(model, weights, path: str) -> None:
+    """`model.save(path)` for a model built by `build_deferred`, each variable's value made
+    by its function in `weights` (pairs of variable and a no-argument function returning a
+    NumPy array) just when Keras writes it, then dropped.
 
-    Keras 3.15 assembles the weights file in memory whenever RAM looks sufficient
-    (`saving_lib.is_memory_sufficient`), a second copy of every weight at the peak of an
-    import (+560 MB for SmolLM2-135M). Its own low-memory branch streams through a
-    temporary file; it is chosen here. Without that private hook, a plain save.
+    The peak of an import is then the libraries plus one tensor, not the model plus the
+    checkpoint (SmolLM2-135M's GGUF import: 1.7 GB -> about 0.75 GB). Two hooks into Keras
+    3.15's saving do it: its low-memory branch that streams the weights through a temporary
+    file (`saving_lib.is_memory_sufficient`; otherwise the weights file is assembled in
+    memory), and `backend.convert_to_numpy`, through which every variable passes on its
+    way to the file. A variable Keras did not write, or a value of the wrong shape or dtype,
+    is an error, so a change in Keras cannot go unnoticed.
     """
-    try:
-        from keras.src.saving import saving_lib
-        check = saving_lib.is_memory_sufficient
-    except (ImportError, AttributeError):
-        model.save(path)
-        return
+    import keras
+    from keras.src import backend
+    from keras.src.saving import saving_lib
+
+    makers = {id(var): (var, make) for var, make in weights}
+    unplanned = [v for v in model.variables if id(v) not in makers]
+    missing = [v.path for v in unplanned if v.trainable]
+    if missing:
+        raise CheckpointError(f"internal: no imported value for {', '.join(missing[:5])}")
+    for var in unplanned:  # dropout seed states: small, their initial values
+        var._deferred_initialize()
+    convert = backend.convert_to_numpy
+
+    def value_of(x):
+        if id(x) not in makers:
+            return convert(x)
+        var, make = makers.pop(id(x))
+        value = np.asarray(make())
+        if tuple(value.shape) != tuple(var.shape) or value.dtype.name != var.dtype:
+            raise CheckpointError(f"internal: {var.path} is {tuple(var.shape)} {var.dtype}, "
+                                  f"its imported value {value.shape} {value.dtype.name}")
+        return value
+
+    check = saving_lib.is_memory_sufficient
     saving_lib.is_memory_sufficient = lambda *args, **kwargs: False
+    backend.convert_to_numpy = value_of
     try:
         model.save(path)
     finally:
         saving_lib.is_memory_sufficient = check
+        backend.convert_to_numpy = convert
+    if makers:
+        raise CheckpointError(f"internal: keras {keras.__version__} did not save "
+                              f"{', '.join(v.path for v, _ in list(makers.values())[:5])}; "
+                              "tfllm's importer needs keras 3.15")

@@ -18,8 +18,8 @@ import tempfile
 import numpy as np
 
 from tfllm.checkpoints.common import CheckpointError, check_tensors
-from tfllm.checkpoints.llama import (DTYPES, _numpy_dtype, assign_llama_weights, build_model,
-                                     check_tokenizer_fits, choose_max_len, expected_shapes)
+from tfllm.checkpoints.llama import (DTYPES, _numpy_dtype, build_model, check_tokenizer_fits,
+                                     choose_max_len, expected_shapes, llama_weights)
 from tfllm.config import ModelConfig
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -152,14 +152,14 @@ def read_tensors(path: str, reader, cfg: ModelConfig, arch: str) -> dict[str, np
         cfg.tie_embeddings = True
     shapes = expected_shapes(cfg)
     # GGUF lists dimensions fastest-first; Hugging Face's [out, in] is the reverse.
-    check_tensors(path, {k: _Shape(tuple(int(d) for d in reversed(t.shape)))
-                         for k, t in raw.items()}, shapes)
+    check_tensors(path, {k: tuple(int(d) for d in reversed(t.shape)) for k, t in raw.items()},
+                  shapes)
     return _Dequantized(path, raw, shapes, arch, cfg)
 
 
 class _Dequantized:
     """Tensors by Hugging Face name, dequantized (and un-permuted) when read: the importer
-    holds one float32 tensor at a time beside the model, not the whole file."""
+    holds one float32 tensor at a time, not the whole file."""
 
     def __init__(self, path, raw, shapes, arch, cfg):
         self.path, self.raw, self.shapes, self.arch, self.cfg = path, raw, shapes, arch, cfg
@@ -192,13 +192,6 @@ class _Dequantized:
         elif self.arch == "llama" and name.endswith("self_attn.k_proj.weight"):
             w = unpermute(w, self.cfg.kv_heads)
         return w
-
-
-class _Shape:
-    """Stands in for an array in `check_tensors`: only its shape is read."""
-
-    def __init__(self, shape):
-        self.shape = shape
 
 
 def tokenizer_json(path: str, meta: dict) -> tuple[dict, dict]:
@@ -263,7 +256,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
         >>> import_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "runs/smollm2")  # doctest: +SKIP
     """
     from tfllm import runs
-    from tfllm.checkpoints.common import write_imported_run
+    from tfllm.checkpoints.common import build_deferred, write_imported_run
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -285,10 +278,9 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
         # before the model exists, it does not add to the import's peak.
         reader.fields.clear()
         del meta, spec
-        model = build_model(cfg, dtype)
-        assign_llama_weights(model, cfg, tensors, _numpy_dtype(dtype))
-        del tensors
-        return write_imported_run(out, overwrite, model, {
+        model = build_deferred(lambda: build_model(cfg, dtype))
+        weights = llama_weights(model, cfg, tensors, _numpy_dtype(dtype))
+        return write_imported_run(out, overwrite, model, weights, {
             "model": cfg.to_dict(), "preset": arch, "objective": "clm", "data": None,
             "training": None, "dtype": dtype, "imported_from": source, "tokenizer": entry,
         }, files)

@@ -14,8 +14,9 @@ import os
 import numpy as np
 
 from tfllm import runs
-from tfllm.checkpoints.common import (CheckpointError, check_tensors, read_hf_config,
-                                      read_safetensors, require_fields, write_imported_run)
+from tfllm.checkpoints.common import (CheckpointError, build_deferred, check_tensors,
+                                      read_hf_config, read_safetensors, require_fields,
+                                      write_imported_run)
 from tfllm.config import ModelConfig
 
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
@@ -73,32 +74,36 @@ def read_weights(checkpoint: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
         if name == "lm_head.weight" or name.endswith(_BUFFERS):
             continue  # tied to wte / a mask buffer: nothing to load
         tensors[name] = value
-    check_tensors(path, tensors, expected_shapes(cfg))
+    check_tensors(path, {k: v.shape for k, v in tensors.items()}, expected_shapes(cfg))
     return {k: v.astype(np.float32) for k, v in tensors.items()}
 
 
-def assign_weights(model, cfg: ModelConfig, w: dict[str, np.ndarray]) -> None:
-    """Copy GPT-2 tensors into a tfllm CausalLM built from `cfg`."""
+def gpt2_weights(model, w: dict[str, np.ndarray], dtype) -> list[tuple]:
+    """Each variable of a tfllm CausalLM built from a GPT-2 config, and a function making its
+    value from the GPT-2 tensors `w` (see `common.save_with_weights`)."""
+    def take(name):
+        return lambda: w[name].astype(dtype)
+
     bb = model.backbone
-    bb.embedding.token_embeddings.assign(w["wte.weight"])
-    bb.embedding.position_embeddings.assign(w["wpe.weight"])
+    pairs = [(bb.embedding.token_embeddings, take("wte.weight")),
+             (bb.embedding.position_embeddings, take("wpe.weight")),
+             (bb.norm.gamma, take("ln_f.weight")), (bb.norm.beta, take("ln_f.bias"))]
     for i, block in enumerate(bb.blocks):
         p = f"h.{i}."
-        pairs = [
-            (block.norm1.gamma, "ln_1.weight"), (block.norm1.beta, "ln_1.bias"),
-            (block.attention.qkv.kernel, "attn.c_attn.weight"),
-            (block.attention.qkv.bias, "attn.c_attn.bias"),
-            (block.attention.out.kernel, "attn.c_proj.weight"),
-            (block.attention.out.bias, "attn.c_proj.bias"),
-            (block.norm2.gamma, "ln_2.weight"), (block.norm2.beta, "ln_2.bias"),
-            (block.ffn.inner.kernel, "mlp.c_fc.weight"), (block.ffn.inner.bias, "mlp.c_fc.bias"),
-            (block.ffn.outer.kernel, "mlp.c_proj.weight"),
-            (block.ffn.outer.bias, "mlp.c_proj.bias"),
+        pairs += [
+            (block.norm1.gamma, take(p + "ln_1.weight")),
+            (block.norm1.beta, take(p + "ln_1.bias")),
+            (block.attention.qkv.kernel, take(p + "attn.c_attn.weight")),
+            (block.attention.qkv.bias, take(p + "attn.c_attn.bias")),
+            (block.attention.out.kernel, take(p + "attn.c_proj.weight")),
+            (block.attention.out.bias, take(p + "attn.c_proj.bias")),
+            (block.norm2.gamma, take(p + "ln_2.weight")), (block.norm2.beta, take(p + "ln_2.bias")),
+            (block.ffn.inner.kernel, take(p + "mlp.c_fc.weight")),
+            (block.ffn.inner.bias, take(p + "mlp.c_fc.bias")),
+            (block.ffn.outer.kernel, take(p + "mlp.c_proj.weight")),
+            (block.ffn.outer.bias, take(p + "mlp.c_proj.bias")),
         ]
-        for var, name in pairs:
-            var.assign(w[p + name])
-    bb.norm.gamma.assign(w["ln_f.weight"])
-    bb.norm.beta.assign(w["ln_f.bias"])
+    return pairs
 
 
 def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
@@ -131,9 +136,9 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(f"vocab.json has {tokenizer.vocab_size} tokens but the model only "
                               f"{cfg.vocab_size}")
-    model = build_model(cfg, dtype)
-    assign_weights(model, cfg, {k: v.astype(_numpy_dtype(dtype)) for k, v in weights.items()})
-    return write_imported_run(out, overwrite, model, {
+    model = build_deferred(lambda: build_model(cfg, dtype))
+    return write_imported_run(out, overwrite, model, gpt2_weights(model, weights,
+                                                                  _numpy_dtype(dtype)), {
         "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
         "data": None, "training": None, "dtype": dtype,
         "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},

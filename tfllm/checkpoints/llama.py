@@ -5,7 +5,7 @@ attention; they differ in Q/K/V biases (Qwen2), QK-norm (Qwen3), head width, tie
 and RoPE scaling, which `ModelConfig` expresses. Hugging Face stores projections as
 `[out, in]` (Keras Dense kernels are `[in, out]`), Q/K rows already in the half-split
 rotary order tfllm uses. Configs come from transformers 4.x (`rope_theta`, `rope_scaling`)
-or 5.x (`rope_parameters`). `assign_llama_weights` is shared with the GGUF importer.
+or 5.x (`rope_parameters`). `llama_weights` is shared with the GGUF importer.
 """
 
 from __future__ import annotations
@@ -136,52 +136,63 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
     return shapes
 
 
-def read_weights(checkpoint: str, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors (as stored), checked against the config."""
+def read_weights(checkpoint: str, cfg: ModelConfig):
+    """The checkpoint's tensors (as stored, read when looked up), checked against the
+    config."""
     path, raw = read_safetensors(checkpoint)
-    tensors = {k: v for k, v in raw.items() if not k.endswith(_BUFFERS)}
+    shapes = {k: v for k, v in raw.shapes.items() if not k.endswith(_BUFFERS)}
     if cfg.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
-    check_tensors(path, tensors, expected_shapes(cfg))
-    return tensors
+        shapes.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
+    check_tensors(path, shapes, expected_shapes(cfg))
+    return raw
 
 
-def assign_llama_weights(model, cfg: ModelConfig, w: dict[str, np.ndarray], dtype) -> None:
-    """Copy Hugging Face-named Llama tensors (any float dtype) into a tfllm CausalLM.
+def llama_weights(model, cfg: ModelConfig, w, dtype) -> list[tuple]:
+    """Each variable of a tfllm CausalLM and a function making its value from
+    Hugging Face-named Llama tensors (any float dtype, looked up only when called).
 
-    Tensors are converted one at a time, so peak memory stays near the model's size.
+    Args:
+        model: a CausalLM built from `cfg` (see `common.build_deferred`).
+        w: a mapping of tensor names to arrays; a lazy one keeps one tensor in memory.
+        dtype: the NumPy dtype of the values.
     """
-    def t(name, transpose=True):
-        x = np.asarray(w[name]).astype(dtype, copy=False)  # no copy of float32 tensors
-        return x.T if transpose else x
+    def take(name, transpose=True):
+        def make():
+            x = np.asarray(w[name]).astype(dtype, copy=False)  # no copy of float32 tensors
+            return x.T if transpose else x
+        return make
+
+    def joined(makers, axis):
+        return lambda: np.concatenate([m() for m in makers], axis=axis)
 
     bb = model.backbone
-    bb.embedding.token_embeddings.assign(t("model.embed_tokens.weight", False))
+    pairs = [(bb.embedding.token_embeddings, take("model.embed_tokens.weight", False)),
+             (bb.norm.scale, take("model.norm.weight", False))]
     if not cfg.tie_embeddings:
-        bb.embedding.output_embeddings.assign(t("lm_head.weight", False))
+        pairs.append((bb.embedding.output_embeddings, take("lm_head.weight", False)))
     for i, block in enumerate(bb.blocks):
         p = f"model.layers.{i}."
         a = p + "self_attn."
         att = block.attention
         # The fused projection's columns are [Q heads | K heads | V heads].
-        att.qkv.kernel.assign(np.concatenate(
-            [t(a + "q_proj.weight"), t(a + "k_proj.weight"), t(a + "v_proj.weight")], axis=1))
+        pairs.append((att.qkv.kernel, joined([take(a + f"{n}_proj.weight") for n in "qkv"], 1)))
         if cfg.qkv_bias:
-            att.qkv.bias.assign(np.concatenate(
-                [t(a + f"{n}_proj.bias", False) for n in "qkv"]))
-        att.out.kernel.assign(t(a + "o_proj.weight"))
+            pairs.append((att.qkv.bias,
+                          joined([take(a + f"{n}_proj.bias", False) for n in "qkv"], 0)))
+        pairs.append((att.out.kernel, take(a + "o_proj.weight")))
         if cfg.qk_norm:
-            att.q_norm.scale.assign(t(a + "q_norm.weight", False))
-            att.k_norm.scale.assign(t(a + "k_norm.weight", False))
-        block.norm1.scale.assign(t(p + "input_layernorm.weight", False))
-        block.norm2.scale.assign(t(p + "post_attention_layernorm.weight", False))
+            pairs += [(att.q_norm.scale, take(a + "q_norm.weight", False)),
+                      (att.k_norm.scale, take(a + "k_norm.weight", False))]
+        pairs += [(block.norm1.scale, take(p + "input_layernorm.weight", False)),
+                  (block.norm2.scale, take(p + "post_attention_layernorm.weight", False))]
         for name in ("gate", "up", "down"):
-            getattr(block.ffn, name).kernel.assign(t(p + f"mlp.{name}_proj.weight"))
+            pairs.append((getattr(block.ffn, name).kernel, take(p + f"mlp.{name}_proj.weight")))
         if cfg.proj_bias:
-            att.out.bias.assign(t(a + "o_proj.bias", False))
+            pairs.append((att.out.bias, take(a + "o_proj.bias", False)))
             for name in ("gate", "up", "down"):
-                getattr(block.ffn, name).bias.assign(t(p + f"mlp.{name}_proj.bias", False))
-    bb.norm.scale.assign(t("model.norm.weight", False))
+                pairs.append((getattr(block.ffn, name).bias,
+                               take(p + f"mlp.{name}_proj.bias", False)))
+    return pairs
 
 
 def _read_json(checkpoint: str, name: str) -> dict:
@@ -281,7 +292,7 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
         >>> import_llama("downloads/SmolLM2-135M-Instruct", "runs/smollm2")  # doctest: +SKIP
     """
     from tfllm import runs
-    from tfllm.checkpoints.common import write_imported_run
+    from tfllm.checkpoints.common import build_deferred, write_imported_run
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -291,10 +302,9 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
     check_tokenizer_fits(entry, files, cfg)
     weights = read_weights(checkpoint, cfg)
     model_type = read_hf_config(checkpoint)[1]["model_type"]
-    model = build_model(cfg, dtype)
-    assign_llama_weights(model, cfg, weights, _numpy_dtype(dtype))
-    del weights
-    return write_imported_run(out, overwrite, model, {
+    model = build_deferred(lambda: build_model(cfg, dtype))
+    return write_imported_run(out, overwrite, model,
+                              llama_weights(model, cfg, weights, _numpy_dtype(dtype)), {
         "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
         "training": None, "dtype": dtype,
         "imported_from": {"format": f"huggingface-{model_type}",
