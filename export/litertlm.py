@@ -3,11 +3,12 @@
     python -m export.litertlm --run runs/NAME --out FILE.litertlm [--prefill-lengths 32 128]
 
 The bundle holds the TFLite model of `export.tflite` (prefill/decode signatures, explicit
-KV cache), the run's SentencePiece model and an `LlmMetadata` (stop token = the tokenizer's
-EOS, `max_num_tokens` = the cache length, generic model type). No start token is declared:
-tfllm prompts carry none, so the runtime and `CausalLM.generate` see the same ids. Before
-it reports success the exporter loads the bundle in `litert_lm.Engine` and checks that its
-greedy continuation equals `CausalLM.generate`.
+KV cache), the run's tokenizer (a SentencePiece model, or a Hugging Face tokenizer.json:
+byte-level BPE runs, GPT-2's vocab.json + merges.txt merged into one) and an `LlmMetadata`
+(every EOS id a stop token, `max_num_tokens` = the cache length, generic model type; a start
+token only where the checkpoint adds BOS, so the runtime and `CausalLM.generate` see the
+same ids). Before it reports success the exporter loads the bundle in `litert_lm.Engine`
+and checks that its greedy continuation equals `CausalLM.generate`.
 
 `--quantize` takes the TFLite exporter's weight modes (float32, float16, dynamic-int8).
 """

@@ -234,14 +234,6 @@ def test_import_errors(tmp_path, imported, capsys):
 
 
 @pytest.mark.slow
-def test_saved_model_export_of_imported_run(imported, tmp_path):
-    from export.saved_model import export_saved_model
-
-    path = export_saved_model(imported["run"], str(tmp_path), "gpt2", 1)  # verifies itself
-    assert os.path.isfile(os.path.join(path, "assets", "vocab.json"))
-
-
-@pytest.mark.slow
 def test_tflite_export_of_imported_run(imported, tmp_path):
     import subprocess
     import sys
