@@ -219,7 +219,7 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
     `jit_compile` is accepted for the builders' common signature and not used: the one
     forward pass runs as TensorFlow ops, so the export needs no XLA in TF Serving.
     """
-    from tfllm.finetuning import encode_texts
+    from tfllm.finetuning import added_tokens, encode_texts
 
     task = model.task_info
     names = tf.constant(model.class_names)
@@ -229,7 +229,8 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
         text = _after(_batch_checks(max_batch, text), text)
         # Padded to the run's length, or the longest text's when longer (up to max_len).
         n_tokens = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.int32)
-        longest = tf.reduce_max(tf.concat([n_tokens + int(task["add_bos"]), [0]], axis=0))
+        longest = tf.reduce_max(tf.concat([n_tokens + added_tokens(tokenizer, task["add_bos"]),
+                                           [0]], axis=0))
         seq_len = tf.minimum(tf.maximum(longest, task["seq_len"]), max_len)
         # The run's tokenizer object: it adds the checkpoint's own BOS where it has one.
         inputs = encode_texts(tokenizer, text, seq_len, task["add_bos"])

@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "classifier from scratch as a baseline. A seeded 10%% of "
                     "a file's rows is held out for validation; the model kept "
                     "is the one with the best validation accuracy.")
-    f.add_argument("--run", help="pretrained run directory (tfllm train --objective mlm|clm)")
+    f.add_argument("--run", help="pretrained run directory (tfllm train --objective mlm|clm, or an "
+                   "imported checkpoint)")
     f.add_argument("--from-scratch", action="store_true",
                    help="no pretraining: train tokenizer and model on the labeled data")
     f.add_argument("--preset", choices=sorted(PRESETS), default="bert-mini",
@@ -220,6 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object per line, with "
                    "every class's probability")
     c.add_argument("--weights", choices=("final", "best"), default="final")
+
+    m = sub.add_parser(
+        "embed", parents=[common],
+        help="sentence embeddings from an encoder run",
+        description="Print one JSON object per text, {\"text\", \"embedding\"}: the "
+                    "unit-length vector of an encoder run (an imported sentence-"
+                    "transformers model such as all-MiniLM-L6-v2, a BERT, a masked-LM or "
+                    "encoder classifier run). Texts from --text (repeatable) or one per "
+                    "line of stdin. Cosine similarity is the dot product of two vectors.")
+    m.add_argument("--run", required=True, help="encoder run directory")
+    m.add_argument("--text", action="append", help="text to embed (repeatable)")
+    m.add_argument("--pooling", choices=("mean", "cls"),
+                   help="average the real tokens (mean) or take [CLS] (cls); default: the "
+                        "run's own, else mean")
 
     e = sub.add_parser(
         "evaluate", parents=[common],
@@ -330,14 +345,20 @@ def _finetune(args):
     print(json.dumps(result))
 
 
-def _classify(args):
-    from tfllm.finetuning import load_classifier, predict_proba
-
+def _texts(args) -> list[str]:
+    """--text values, else the non-empty lines of stdin (when it is not a terminal)."""
     texts = list(args.text or [])
     if not texts and not sys.stdin.isatty():
         texts = [line for line in _read_text("-").splitlines() if line.strip()]
     if not texts:
         raise TfllmError("no text: pass --text TEXT or pipe lines on stdin")
+    return texts
+
+
+def _classify(args):
+    from tfllm.finetuning import load_classifier, predict_proba
+
+    texts = _texts(args)
     model, task = load_classifier(args.run, args.weights)
     probs = predict_proba(model, task, texts)
     names = task["class_names"]
@@ -350,6 +371,16 @@ def _classify(args):
                                                 for n, v in zip(names, p)}}))
         else:
             print(f"{names[best]}\t{p[best]:.4f}\t{text}")
+
+
+def _embed(args):
+    from tfllm import runs
+    from tfllm.embeddings import embed_texts, text_encoder
+
+    texts = _texts(args)
+    encoder = text_encoder(runs.load(args.run), args.pooling)
+    for text, vector in zip(texts, embed_texts(encoder, texts)):
+        print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]}))
 
 
 def _read_text(path) -> str:
@@ -469,8 +500,8 @@ def _import_gguf(args):
 
 
 COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
-            "classify": _classify, "evaluate": _evaluate, "import-hf": _import_hf,
-            "import-gguf": _import_gguf}
+            "classify": _classify, "embed": _embed, "evaluate": _evaluate,
+            "import-hf": _import_hf, "import-gguf": _import_gguf}
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,8 @@ TOKENIZER_TYPES = ("char", "bpe", "unigram")
 # Training choices, here so the command line can offer them without importing TensorFlow.
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-ACTIVATIONS = ("gelu", "relu")
+# "gelu" is the tanh approximation (GPT-2); "gelu_exact" the erf form (BERT).
+ACTIVATIONS = ("gelu", "relu", "gelu_exact")
 # Gated feed-forward activations: SwiGLU (Llama family) and GeGLU (tanh GELU).
 GATED_ACTIVATIONS = ("silu", "gelu")
 NORMS = ("layernorm", "rmsnorm")
@@ -45,7 +46,8 @@ class ModelConfig:
         max_len: context length (position embeddings and KV cache length).
         dropout: dropout rate used in attention and residual branches.
         causal: True for a GPT-style decoder, False for a BERT-style encoder.
-        activation: feed-forward activation, "gelu" or "relu".
+        activation: feed-forward activation: "gelu" (tanh approximation), "gelu_exact"
+            (erf, as BERT) or "relu"; gated: "silu" or "gelu".
         norm_first: pre-LayerNorm (True) or post-LayerNorm (False) blocks.
         layer_norm_epsilon: LayerNorm epsilon.
         tokenizer: SentencePiece model type, "char", "bpe" or "unigram".
@@ -63,6 +65,9 @@ class ModelConfig:
         proj_bias: biases on the attention output and feed-forward projections.
         qk_norm: RMSNorm on each query and key head before attention (Qwen3).
         tie_embeddings: the output projection is the token embedding's transpose.
+        type_vocab_size: segment (token type) embeddings, BERT's sentence A/B; 0: none.
+        pooler: a dense + tanh layer over the first token's hidden state (BERT's pooler),
+            which classifiers then read.
 
     The defaults of the fields after `tokenizer` are the GPT-2 architecture tfllm always
     had, so configs written before they existed load unchanged.
@@ -96,6 +101,8 @@ class ModelConfig:
     proj_bias: bool = True
     qk_norm: bool = False
     tie_embeddings: bool = True
+    type_vocab_size: int = 0
+    pooler: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -139,6 +146,9 @@ class ModelConfig:
             if kind not in ROPE_SCALING_TYPES:
                 raise ConfigError(f"unsupported rope scaling {kind!r}; supported: "
                                   f"{', '.join(ROPE_SCALING_TYPES)}")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size must be an integer >= 0, got "
+                              f"{self.type_vocab_size!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         allowed = GATED_ACTIVATIONS if self.ffn == "gated" else ACTIVATIONS

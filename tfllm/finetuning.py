@@ -23,7 +23,8 @@ from tfllm.errors import DataError, RunDirError, TfllmError
 from tfllm.tokenizers import tokenizer_files
 
 TASKS = ("classify",)
-PRETRAINED_OBJECTIVES = ("clm", "mlm")
+# "encoder": an imported BERT without a head (sentence-transformers models).
+PRETRAINED_OBJECTIVES = ("clm", "mlm", "encoder")
 _SEQ_MULTIPLE = 8
 
 
@@ -80,34 +81,46 @@ class FinetuneSettings:
 
 # -- encoding ---------------------------------------------------------------------------
 
+def added_tokens(tokenizer, add_bos: bool) -> int:
+    """How many special tokens the classification encoding adds to a text: the `[CLS]`-style
+    BOS of encoders, and `[SEP]` after the text where the tokenizer has one (BERT)."""
+    return int(add_bos) + int(getattr(tokenizer, "sep_id", None) is not None)
+
+
 def encode_texts(tokenizer, texts, seq_len, add_bos: bool, bos_id=None, pad_id=None):
     """Strings (batch,) -> `{token_ids, padding_mask}` (batch, seq_len), in-graph.
 
     Texts longer than the sequence are cut at its end; encoders get a `[CLS]`-style BOS
-    first. Evaluation, `classify` and the SavedModel all encode through here.
+    first, and BERT's `[SEP]` last (where the tokenizer has a `sep_id`). Evaluation,
+    `classify` and the SavedModel all encode through here.
 
     Args:
         tokenizer: a tfllm tokenizer, or its `tf_tokenizer` (then pass bos_id, pad_id).
     """
     bos_id = tokenizer.bos_id if bos_id is None else bos_id
     pad_id = tokenizer.pad_id if pad_id is None else pad_id
+    sep_id = getattr(tokenizer, "sep_id", None)
     ids = tokenizer.tokenize(texts)
     if not isinstance(ids, tf.RaggedTensor):
         ids = tf.RaggedTensor.from_tensor(ids)
     ids = tf.cast(ids, tf.int32)
+    n = tf.shape(texts)[0]
+    if sep_id is not None:
+        ids = tf.concat([ids[:, :seq_len - 1 - int(add_bos)],
+                         tf.fill([n, 1], tf.constant(sep_id, tf.int32))], axis=1)
     if add_bos:
-        n = tf.shape(texts)[0]
         ids = tf.concat([tf.fill([n, 1], tf.constant(bos_id, tf.int32)), ids], axis=1)
     ids = ids[:, :seq_len]
-    token_ids = ids.to_tensor(pad_id, shape=tf.stack([tf.shape(texts)[0], seq_len]))
+    token_ids = ids.to_tensor(pad_id, shape=tf.stack([n, seq_len]))
     lengths = tf.cast(ids.row_lengths(), tf.int32)
     # (batch, seq_len)
     return {"token_ids": token_ids, "padding_mask": tf.sequence_mask(lengths, seq_len)}
 
 
 def choose_seq_len(tokenizer, texts, max_len: int, add_bos: bool) -> int:
-    """The longest training text (+ BOS) rounded up to a multiple of 8, at most max_len."""
-    longest = max(len(tokenizer.encode(t)) for t in texts) + int(add_bos)
+    """The longest training text (+ its special tokens) rounded up to a multiple of 8, at
+    most max_len."""
+    longest = max(len(tokenizer.encode(t)) for t in texts) + added_tokens(tokenizer, add_bos)
     return min(max_len, -(-longest // _SEQ_MULTIPLE) * _SEQ_MULTIPLE)
 
 
@@ -127,9 +140,12 @@ def make_classification_dataset(tokenizer, texts, labels, seq_len, add_bos, batc
     if training:
         ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True).repeat()
     bos = tf.constant([tokenizer.bos_id], tf.int32)
+    sep_id = getattr(tokenizer, "sep_id", None)
 
     def encode_one(text, label):
         ids = tf.cast(tokenizer.tokenize(text), tf.int32)
+        if sep_id is not None:
+            ids = tf.concat([ids[:seq_len - 1 - int(add_bos)], [sep_id]], axis=0)
         if add_bos:
             ids = tf.concat([bos, ids], axis=0)
         ids = ids[:seq_len]
@@ -234,7 +250,8 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
         kind = stored.get("objective", "clm")
         if kind not in PRETRAINED_OBJECTIVES:
             raise RunDirError(f"{run} is a {kind!r} run; --task classify fine-tunes a "
-                              "pretrained language model (tfllm train --objective mlm|clm)")
+                              "pretrained language model or encoder (tfllm train --objective "
+                              "mlm|clm, tfllm import-hf)")
         if os.path.abspath(run) == os.path.abspath(out):
             raise RunDirError("--out must differ from --run (the pretrained run is kept)")
     runs.check_new_run_dir(out, overwrite)  # nothing is deleted before the data is read

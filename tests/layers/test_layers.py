@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from keras import ops
@@ -15,7 +17,7 @@ def test_embedding(tmp_path):
     layer = run_layer_test(TokenAndPositionEmbedding,
                            dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
                                 initializer_stddev=0.02, learned_positions=True,
-                                tie_embeddings=True),
+                                tie_embeddings=True, type_vocab_size=0),
                            IDS, (2, 6, 16), tmp_path)
     # Tied output projection: logits are hidden @ token_embeddings^T.
     h = RNG.normal(size=(2, 6, 16)).astype("float32")
@@ -24,7 +26,23 @@ def test_embedding(tmp_path):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_embedding_with_token_types(tmp_path):
+    layer = run_layer_test(TokenAndPositionEmbedding,
+                           dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
+                                initializer_stddev=0.02, learned_positions=True,
+                                tie_embeddings=True, type_vocab_size=2),
+                           IDS, (2, 6, 16), tmp_path)
+    tok, pos, typ = (ops.convert_to_numpy(v) for v in (
+        layer.token_embeddings, layer.position_embeddings, layer.token_type_embeddings))
+    types = np.array([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1]])
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(IDS, token_type_ids=types)),
+                               tok[IDS] + pos[:6] + typ[types], atol=1e-6)
+    # No token types given: every token is of type 0, as BERT embeds a single text.
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(IDS)), tok[IDS] + pos[:6] + typ[0],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "gelu_exact"])
 def test_feed_forward(tmp_path, activation):
     layer = run_layer_test(FeedForward, dict(d_model=16, ffn_dim=32, activation=activation,
                                              dropout=0.0, initializer_stddev=0.02, output_stddev=0.01),
@@ -35,6 +53,8 @@ def test_feed_forward(tmp_path, activation):
     h = X @ w1 + b1
     if activation == "relu":
         h = np.maximum(h, 0)
+    elif activation == "gelu_exact":
+        h = 0.5 * h * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
     else:
         h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
     np.testing.assert_allclose(ops.convert_to_numpy(layer(X)), h @ w2 + b2, atol=1e-5)
@@ -43,7 +63,8 @@ def test_feed_forward(tmp_path, activation):
 def test_embedding_untied_without_positions(tmp_path):
     run_layer_test(TokenAndPositionEmbedding,
                    dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
-                        initializer_stddev=0.02, learned_positions=False, tie_embeddings=True),
+                        initializer_stddev=0.02, learned_positions=False, tie_embeddings=True,
+                        type_vocab_size=0),
                    IDS, (2, 6, 16), tmp_path)
     # Untied: `logits` uses a matrix of its own (only `logits` reads it, so the harness's
     # fit step through `call` would leave it unchanged).

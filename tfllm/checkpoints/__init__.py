@@ -3,6 +3,7 @@
     gpt2                         Hugging Face GPT-2 (safetensors + vocab.json/merges.txt)
     llama, mistral, qwen2, qwen3 Llama-family decoders (safetensors + tokenizer.json or
                                  tokenizer.model)
+    bert                         BERT encoders (safetensors + tokenizer.json or vocab.txt)
     gguf                         llama.cpp GGUF files of the llama architecture
 
 `import_hf` reads a checkpoint's `config.json` and hands it to the importer registered for
@@ -13,15 +14,16 @@ from __future__ import annotations
 
 from tfllm import runs
 from tfllm.checkpoints.common import CheckpointError, read_hf_config
+from tfllm.checkpoints.bert import import_bert
 from tfllm.checkpoints.gpt2 import import_gpt2
 from tfllm.checkpoints.llama import DTYPES, import_llama
 
 # model_type (config.json) -> importer(checkpoint, out, overwrite, max_len, dtype) -> out
 IMPORTERS = {"gpt2": import_gpt2, "llama": import_llama, "mistral": import_llama,
-             "qwen2": import_llama, "qwen3": import_llama}
+             "qwen2": import_llama, "qwen3": import_llama, "bert": import_bert}
 # model_type -> the family's name in messages
 FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2",
-                "qwen3": "Qwen3"}
+                "qwen3": "Qwen3", "bert": "BERT"}
 
 
 def import_hf(checkpoint: str, out: str, overwrite: bool = False, max_len: int | None = None,
@@ -32,7 +34,8 @@ def import_hf(checkpoint: str, out: str, overwrite: bool = False, max_len: int |
         checkpoint: a directory with `config.json`, weights and tokenizer files.
         out: the run directory to write (an existing run only with `overwrite`).
         overwrite: replace an existing run in `out`, once the new one is complete.
-        max_len: the context (KV cache) length; default min(the model's, 2048).
+        max_len: the context (KV cache) length of a decoder, the longest input of an
+            encoder; default min(the model's, 2048).
         dtype: "float32" or "bfloat16", the dtype of the stored weights.
 
     Example:
@@ -54,4 +57,4 @@ def model_type_of(checkpoint: str) -> str:
 
 
 __all__ = ["CheckpointError", "DTYPES", "IMPORTERS", "FAMILY_NAMES", "import_hf",
-           "import_gpt2", "import_llama", "model_type_of"]
+           "import_bert", "import_gpt2", "import_llama", "model_type_of"]

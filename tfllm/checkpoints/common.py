@@ -77,11 +77,12 @@ class TensorFiles(Mapping):
 _SAFETENSORS_FLOATS = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-def read_safetensors(checkpoint: str) -> tuple[str, TensorFiles]:
+def read_safetensors(checkpoint: str, ignore=()) -> tuple[str, TensorFiles]:
     """`(path, tensors by name)` of the checkpoint's weights, as stored (float32, float16
     or bfloat16 arrays, read when looked up): `model.safetensors`, or the shards
     `model.safetensors.index.json` lists. Pickle checkpoints (`pytorch_model.bin`) are
-    refused: loading one runs code."""
+    refused: loading one runs code. Tensors whose names end with one of `ignore` (buffers
+    such as BERT's int64 position ids) are left out."""
     from safetensors import SafetensorError, safe_open
 
     single = os.path.join(checkpoint, "model.safetensors")
@@ -117,6 +118,8 @@ def read_safetensors(checkpoint: str) -> tuple[str, TensorFiles]:
         try:
             with safe_open(name, framework="numpy") as f:
                 for key in f.keys():
+                    if ignore and key.endswith(tuple(ignore)):
+                        continue
                     info = f.get_slice(key)
                     where[key] = name
                     shapes[key] = tuple(int(d) for d in info.get_shape())

@@ -21,6 +21,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             rotary embeddings instead).
         tie_embeddings: `logits` multiplies by the token matrix's transpose; False gives the
             output projection a matrix of its own (Llama 3 8B, Mistral, Qwen2.5-7B).
+        type_vocab_size: token type (segment) embeddings added to every token, BERT's
+            sentence A / B; 0: none.
 
     Example:
         >>> emb = TokenAndPositionEmbedding(vocab_size=65, max_len=64, d_model=128)
@@ -29,8 +31,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, max_len, d_model, dropout=0.0, initializer_stddev=0.02,
-                 learned_positions=True, tie_embeddings=True, **kwargs):
+                 learned_positions=True, tie_embeddings=True, type_vocab_size=0, **kwargs):
         super().__init__(**kwargs)
+        self.type_vocab_size = type_vocab_size
         self.learned_positions = learned_positions
         self.tie_embeddings = tie_embeddings
         self.vocab_size = vocab_size
@@ -48,15 +51,27 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             self.position_embeddings = self.add_weight(
                 name="position_embeddings", shape=(self.max_len, self.d_model),
                 initializer=init)
+        if self.type_vocab_size:
+            self.token_type_embeddings = self.add_weight(
+                name="token_type_embeddings", shape=(self.type_vocab_size, self.d_model),
+                initializer=init)
         if not self.tie_embeddings:
             self.output_embeddings = self.add_weight(
                 name="output_embeddings", shape=(self.vocab_size, self.d_model),
                 initializer=init)
         self.built = True
 
-    def call(self, token_ids, positions=None, training=None):
-        """Embed `token_ids` (batch, seq) at `positions` (batch, seq) or (seq,); default 0..seq-1."""
+    def call(self, token_ids, positions=None, token_type_ids=None, training=None):
+        """Embed `token_ids` (batch, seq) at `positions` (batch, seq) or (seq,); default
+        0..seq-1. `token_type_ids` (batch, seq) default to type 0 (BERT adds its embedding
+        to single texts too)."""
         tokens = ops.take(ops.cast(self.token_embeddings, self.compute_dtype), token_ids, axis=0)
+        if self.type_vocab_size:
+            table = ops.cast(self.token_type_embeddings, self.compute_dtype)
+            if token_type_ids is None:
+                tokens = tokens + table[0]
+            else:
+                tokens = tokens + ops.take(table, token_type_ids, axis=0)
         if not self.learned_positions:
             return self.dropout_layer(tokens, training=training)
         if positions is None:
@@ -78,5 +93,6 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         config.update(vocab_size=self.vocab_size, max_len=self.max_len, d_model=self.d_model,
                       dropout=self.dropout, initializer_stddev=self.initializer_stddev,
                       learned_positions=self.learned_positions,
-                      tie_embeddings=self.tie_embeddings)
+                      tie_embeddings=self.tie_embeddings,
+                      type_vocab_size=self.type_vocab_size)
         return config

@@ -12,7 +12,8 @@ class FeedForward(keras.layers.Layer):
     Args:
         d_model: input and output width.
         ffn_dim: inner width.
-        activation: "gelu" (tanh approximation, as GPT-2) or "relu".
+        activation: "gelu" (tanh approximation, as GPT-2), "gelu_exact" (erf, as BERT) or
+            "relu".
         dropout: dropout on the output.
         initializer_stddev: stddev of the normal kernel initializer.
         output_stddev: stddev for the second (output) kernel (default `initializer_stddev`).
@@ -49,8 +50,8 @@ class FeedForward(keras.layers.Layer):
 
     def call(self, x, training=None):
         h = self.inner(x)
-        if self.activation == "gelu":
-            h = keras.activations.gelu(h, approximate=True)
+        if self.activation in ("gelu", "gelu_exact"):
+            h = keras.activations.gelu(h, approximate=self.activation == "gelu")
         else:
             h = keras.activations.relu(h)
         return self.dropout_layer(self.outer(h), training=training)

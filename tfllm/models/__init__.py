@@ -4,6 +4,8 @@ from tfllm.models.backbone import TransformerBackbone
 from tfllm.models.causal_lm import CausalLM, Perplexity, make_optimizer
 from tfllm.models.classifier import SequenceClassifier
 from tfllm.models.masked_lm import MaskedLM
+from tfllm.models.text_encoder import TextEncoder
 
-__all__ = ["TransformerBackbone", "CausalLM", "MaskedLM", "SequenceClassifier", "Perplexity",
+__all__ = ["TransformerBackbone", "CausalLM", "MaskedLM", "SequenceClassifier", "TextEncoder",
+           "Perplexity",
            "make_optimizer"]

@@ -11,7 +11,7 @@ from tfllm.layers.transformer_block import TransformerBlock, make_norm
 # ModelConfig fields after the GPT-2 ones, with the defaults that keep GPT-2's architecture.
 _ARCH_FIELDS = ("num_kv_heads", "head_size", "position_embedding", "rope_theta",
                 "rope_scaling", "norm", "ffn", "qkv_bias", "proj_bias", "qk_norm",
-                "tie_embeddings")
+                "tie_embeddings", "type_vocab_size", "pooler")
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -34,8 +34,10 @@ class TransformerBackbone(keras.layers.Layer):
                  layer_norm_epsilon=1e-5, num_kv_heads=None, head_size=None,
                  position_embedding="learned", rope_theta=10000.0, rope_scaling=None,
                  norm="layernorm", ffn="plain", qkv_bias=True, proj_bias=True, qk_norm=False,
-                 tie_embeddings=True, **kwargs):
+                 tie_embeddings=True, type_vocab_size=0, pooler=False, **kwargs):
         super().__init__(**kwargs)
+        self.type_vocab_size = type_vocab_size
+        self.pooler = pooler
         self.num_kv_heads = num_kv_heads
         self.head_size = head_size
         self.position_embedding = position_embedding
@@ -61,7 +63,8 @@ class TransformerBackbone(keras.layers.Layer):
         policy = self.dtype_policy
         self.embedding = TokenAndPositionEmbedding(
             vocab_size, max_len, d_model, dropout, learned_positions=position_embedding ==
-            "learned", tie_embeddings=tie_embeddings, name="embedding", dtype=policy)
+            "learned", tie_embeddings=tie_embeddings, type_vocab_size=type_vocab_size,
+            name="embedding", dtype=policy)
         rope = _rope_arguments(rope_theta, rope_scaling) if position_embedding == "rope" \
             else None
         # GPT-2 / nanoGPT init: residual-writing projections scaled by 1/sqrt(2 * layers).
@@ -77,6 +80,10 @@ class TransformerBackbone(keras.layers.Layer):
         # Pre-LN ends with a norm (GPT-2's ln_f); post-LN normalizes the embeddings (BERT).
         self.norm = make_norm(norm, layer_norm_epsilon,
                               "final_norm" if norm_first else "embedding_norm", policy)
+        if pooler:
+            self.pooler_dense = keras.layers.Dense(
+                d_model, activation="tanh", name="pooler", dtype=policy,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.02))
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs):
@@ -104,7 +111,8 @@ class TransformerBackbone(keras.layers.Layer):
                     position_embedding=self.position_embedding, rope_theta=self.rope_theta,
                     rope_scaling=self.rope_scaling, norm=self.norm_kind, ffn=self.ffn,
                     qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, qk_norm=self.qk_norm,
-                    tie_embeddings=self.tie_embeddings)
+                    tie_embeddings=self.tie_embeddings, type_vocab_size=self.type_vocab_size,
+                    pooler=self.pooler)
 
     @property
     def head_dim(self):
@@ -121,7 +129,15 @@ class TransformerBackbone(keras.layers.Layer):
         for block in self.blocks:
             block.build(hidden_shape)
         self.norm.build(hidden_shape)
+        if self.pooler:
+            self.pooler_dense.build((None, self.d_model))
         self.built = True
+
+    def pool(self, hidden):
+        """BERT's pooled output: dense + tanh over the first token, (batch, d_model); the
+        first token's hidden state itself where the backbone has no pooler."""
+        first = hidden[:, 0, :]  # (batch, d_model)
+        return self.pooler_dense(first) if self.pooler else first
 
     def empty_caches(self, batch_size, dtype=None):
         """Zero KV caches for every layer: a list of (k, v), each
@@ -131,7 +147,7 @@ class TransformerBackbone(keras.layers.Layer):
                 for _ in range(self.num_layers)]
 
     def call(self, token_ids, padding_mask=None, positions=None, caches=None, cache_index=None,
-             training=None):
+             token_type_ids=None, training=None):
         """Run the stack.
 
         Args:
@@ -142,6 +158,8 @@ class TransformerBackbone(keras.layers.Layer):
                 `cache_index + 0..seq-1`.
             caches: optional list of per-layer (k, v) caches (see `empty_caches`).
             cache_index: absolute slot where this call's tokens are written in the caches.
+            token_type_ids: optional int (batch, seq) segment ids (0: first text, 1: the
+                pair's second); only where `type_vocab_size` > 0.
 
         Returns hidden states, or `(hidden, new_caches)` when `caches` is given.
         """
@@ -161,7 +179,8 @@ class TransformerBackbone(keras.layers.Layer):
         mask = merge_masks(causal, padding_mask)
         if positions is None:
             positions = ops.arange(seq_len, dtype="int32") + offset
-        x = self.embedding(token_ids, positions=positions, training=training)
+        x = self.embedding(token_ids, positions=positions, token_type_ids=token_type_ids,
+                           training=training)
         if not self.norm_first:
             x = self.norm(x)
         new_caches = []
@@ -200,3 +219,25 @@ def _rope_arguments(rope_theta, rope_scaling):
                         original_max_position=int(rope_scaling.get(
                             "original_max_position_embeddings", 8192)))
     return args
+
+
+def split_inputs(inputs, pad_id):
+    """`(token_ids, padding_mask, token_type_ids)` of a task model's inputs: a dict with
+    `token_ids` and optionally `padding_mask` and `token_type_ids`, or bare token ids.
+    A missing mask is `token_ids != pad_id` (the TFLite exports feed bare ids)."""
+    if isinstance(inputs, dict):
+        token_ids, padding_mask = inputs["token_ids"], inputs.get("padding_mask")
+        token_type_ids = inputs.get("token_type_ids")
+    else:
+        token_ids, padding_mask, token_type_ids = inputs, None, None
+    if padding_mask is None:
+        padding_mask = ops.not_equal(token_ids, pad_id)
+    return token_ids, padding_mask, token_type_ids
+
+
+def with_backbone(config: dict) -> dict:
+    """A task model's `get_config()` with its serialized backbone rebuilt (for
+    `from_config`)."""
+    config = dict(config)
+    config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+    return config

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfllm.config import ModelConfig
-from tfllm.models.backbone import TransformerBackbone
+from tfllm.models.backbone import TransformerBackbone, with_backbone
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -91,9 +91,7 @@ class LanguageModelTask:
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**with_backbone(config))
 
     def _default_loss(self):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)

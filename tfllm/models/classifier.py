@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tfllm.models.backbone import TransformerBackbone
+from tfllm.models.backbone import TransformerBackbone, split_inputs, with_backbone
 
 POOLINGS = ("first", "last")
 
@@ -12,11 +12,12 @@ POOLINGS = ("first", "last")
 class SequenceClassifier(keras.Model):
     """Token ids (batch, seq) -> class logits (batch, classes), float32.
 
-    `pooling="first"` reads the first token (the `[CLS]`-style BOS of an encoder);
-    `"last"` reads the last non-padding token, the only one a causal LM lets see the
-    whole text. Inputs are right-padded: a dict with `token_ids` and `padding_mask`, or
-    bare `token_ids`, whose mask is then `token_ids != pad_id` (the TFLite export feeds
-    bare ids). The class names are part of the model, so a `.keras` file knows its labels.
+    `pooling="first"` reads the first token (the `[CLS]`-style BOS of an encoder), through
+    the backbone's pooler where it has one (BERT); `"last"` reads the last non-padding
+    token, the only one a causal LM lets see the whole text. Inputs are right-padded: a dict
+    with `token_ids`, `padding_mask` and (sentence pairs) `token_type_ids`, or bare
+    `token_ids`, whose mask is then `token_ids != pad_id` (the TFLite export feeds bare
+    ids). The class names are part of the model, so a `.keras` file knows its labels.
 
     Args:
         backbone: a `TransformerBackbone` (pretrained or fresh).
@@ -63,15 +64,11 @@ class SequenceClassifier(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        if isinstance(inputs, dict):
-            token_ids, padding_mask = inputs["token_ids"], inputs.get("padding_mask")
-        else:
-            token_ids, padding_mask = inputs, None
-        if padding_mask is None:
-            padding_mask = ops.not_equal(token_ids, self.pad_id)
-        hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
+        token_ids, padding_mask, token_type_ids = split_inputs(inputs, self.pad_id)
+        hidden = self.backbone(token_ids, padding_mask=padding_mask,
+                               token_type_ids=token_type_ids, training=training)
         if self.pooling == "first":
-            pooled = hidden[:, 0, :]  # (batch, d_model)
+            pooled = self.backbone.pool(hidden)  # (batch, d_model)
         else:
             lengths = ops.sum(ops.cast(padding_mask, "int32"), axis=1)
             # A one-hot contraction instead of a batched gather: it converts to every
@@ -89,9 +86,7 @@ class SequenceClassifier(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
-        return cls(**config)
+        return cls(**with_backbone(config))
 
 
 def copy_backbone(backbone, dropout=None, name="backbone"):

@@ -3,6 +3,7 @@
     sentencepiece  SentencePiece models: trained by tfllm, or imported (Llama 2, Mistral)
     hf_bpe         Hugging Face tokenizer.json byte-level BPE (SmolLM2, Qwen, Llama 3)
     byte_bpe       GPT-2's byte-level BPE from vocab.json + merges.txt
+    wordpiece      BERT's WordPiece (tokenizer.json or vocab.txt)
 
 `load_tokenizer` reads the one a run's config.json names.
 """
@@ -16,6 +17,7 @@ from tfllm.tokenizers.byte_bpe import BytePairTokenizer
 from tfllm.tokenizers.hf_bpe import HFBytePairTokenizer
 from tfllm.tokenizers.sentencepiece import (BOS_ID, EOS_ID, MASK_PIECE, PAD_ID, UNK_ID,
                                             SentencePieceTokenizer)
+from tfllm.tokenizers.wordpiece import WordPieceTokenizer
 
 
 def load_tokenizer(run_dir: str, spec):
@@ -26,10 +28,16 @@ def load_tokenizer(run_dir: str, spec):
         spec: config["tokenizer"]: "tokenizer.model" (trained by tfllm), or
             {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"}, or
             {"type": "hf-bpe" | "sentencepiece", "file": ..., "bos_id", "eos_ids",
-            "pad_id", "add_bos"} (imported checkpoints).
+            "pad_id", "add_bos"} (imported checkpoints), or {"type": "wordpiece", "file":
+            "tokenizer.json" | "vocab.txt", "lowercase"} (BERT).
     """
     kind = spec.get("type") if isinstance(spec, dict) else None
     try:
+        if kind == "wordpiece":
+            path = os.path.join(run_dir, spec["file"])
+            if path.endswith(".json"):
+                return WordPieceTokenizer.from_tokenizer_json(path)
+            return WordPieceTokenizer.from_vocab_txt(path, lowercase=spec.get("lowercase", True))
         if kind == "gpt2-bpe":
             return BytePairTokenizer(os.path.join(run_dir, spec["vocabulary"]),
                                      os.path.join(run_dir, spec["merges"]))
@@ -57,5 +65,6 @@ def tokenizer_files(spec) -> list[str]:
     return [spec["file"]]
 
 
-__all__ = ["tokenizer_files", "SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "load_tokenizer", "PAD_ID", "UNK_ID",
+__all__ = ["tokenizer_files", "SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "WordPieceTokenizer",
+           "load_tokenizer", "PAD_ID", "UNK_ID",
            "BOS_ID", "EOS_ID", "MASK_PIECE"]
