@@ -128,7 +128,12 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None
                              task["add_bos"])["token_ids"].numpy()
     else:
         batch = np.array([ids, ids[::-1]], np.int32)
-    got = _session(tmp).run(None, {"token_ids": batch})[0]
+    try:
+        got = _session(tmp).run(None, {"token_ids": batch})[0]
+    except Exception as e:  # an op tf2onnx could not map loads as an unknown custom op
+        os.remove(tmp)
+        raise OnnxExportError(f"onnxruntime cannot run the converted model: "
+                              f"{str(e).splitlines()[0][:500]}") from e
     expected = model(batch).numpy()
     diff = float(np.abs(got - expected).max())
     if not np.isfinite(got).all() or diff > TOLERANCE:

@@ -243,8 +243,31 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
     return {"serving_default": (classify, spec), "classify": (classify, spec)}
 
 
+def encoder_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
+    """Endpoint functions of an encoder run (an imported sentence-transformers BERT): text
+    -> unit-length embedding, as `tfllm embed` computes it.
+
+    `jit_compile` is accepted for the builders' common signature and not used.
+    """
+    from tfllm.finetuning import added_tokens, encode_texts
+
+    max_len = model.backbone.max_len
+
+    def embed(text):
+        text = _after(_batch_checks(max_batch, text), text)
+        n_tokens = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.int32)
+        longest = tf.reduce_max(tf.concat([n_tokens + added_tokens(tokenizer, True), [1]],
+                                          axis=0))
+        inputs = encode_texts(tokenizer, text, tf.minimum(longest, max_len), add_bos=True)
+        return {"embedding": model(inputs)}
+
+    spec = [tf.TensorSpec([None], tf.string, name="text")]
+    return {"serving_default": (embed, spec), "embed": (embed, spec)}
+
+
 # One builder per task (the run's config.json "objective").
-SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signatures}
+SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signatures,
+                      "encoder": encoder_signatures}
 
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
@@ -310,6 +333,8 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         if verify:
             if task == "classify":
                 verify_classifier(run_dir, tmp, model=model)
+            elif task == "encoder":
+                verify_embeddings(tmp, model)
             else:
                 verify_saved_model(run_dir, tmp, model=model)
         if os.path.lexists(target) and not overwrite:  # another export got there first
@@ -360,22 +385,44 @@ def verify_classifier(run_dir, path, texts=SAMPLE_TEXTS, model=None):
     if model is None:
         model, _ = load_classifier(run_dir)
     expected = predict_proba(model, runs.read_run_config(run_dir)["task"], texts)
-    code = (
-        "import json, sys, tensorflow as tf, tensorflow_text\n"
-        "m = tf.saved_model.load(sys.argv[1])\n"
-        "out = m.signatures['classify'](text=tf.constant(json.loads(sys.argv[2])))\n"
-        "print(json.dumps(out['probabilities'].numpy().tolist()))\n")
-    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(texts)],
-                          capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if proc.returncode != 0:
-        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
-                          + proc.stderr[-2000:])
-    got = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    got = _fresh_process_output(path, "classify", "probabilities", texts)
     if not np.array_equal(got.argmax(1), expected.argmax(1)) or \
             not np.allclose(got, expected, atol=1e-4):
         raise ExportError(f"SavedModel classify output differs from the Keras classifier: "
                           f"{got.tolist()} != {expected.tolist()}")
+    return got
+
+
+def _fresh_process_output(path, signature, output, texts):
+    """`output` of the SavedModel's `signature` on `texts`, loaded in a fresh process (as
+    TF Serving loads it: nothing of this process's state helps)."""
+    import numpy as np
+
+    code = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "out = m.signatures[sys.argv[2]](text=tf.constant(json.loads(sys.argv[4])))\n"
+        "print(json.dumps(out[sys.argv[3]].numpy().tolist()))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, signature, output,
+                           json.dumps(texts)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode != 0:
+        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
+                          + proc.stderr[-2000:])
+    return np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def verify_embeddings(path, model, texts=SAMPLE_TEXTS):
+    """Embeddings of a fresh-process reload must equal `tfllm embed`'s (within 1e-4)."""
+    import numpy as np
+
+    from tfllm.embeddings import embed_texts
+
+    expected = embed_texts(model, texts)
+    got = _fresh_process_output(path, "embed", "embedding", texts)
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4):
+        raise ExportError(f"SavedModel embed output {got.shape} differs from tfllm embed's "
+                          f"{expected.shape} (or by more than 1e-4)")
     return got
 
 

@@ -45,6 +45,12 @@ def build_parser():
     parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
                         help="float32 (default), float16 or dynamic-int8 weights; int8 "
                              "(full integer: classifiers only; refused for causal LMs)")
+    parser.add_argument("--data", help="classifiers: texts to calibrate int8 on and to check "
+                        "the conversion with (a data spec such as tsv:PATH; default: the run's "
+                        "own data, which imported classifiers lack)")
+    parser.add_argument("--text-column", help="with --data: the text field")
+    parser.add_argument("--seq-len", type=int, help="classifiers: the fixed input length "
+                        "(default: the run's; at most its context)")
     parser.add_argument("--keep-tensor-names", action="store_true",
                         help="keep internal tensor names (for debugging with a model viewer; "
                              "signature and input/output names are always kept)")
@@ -407,13 +413,23 @@ def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_lo
 
 # -- classifiers ------------------------------------------------------------------------
 
-def _classifier_rows(run_dir, count):
+def _classifier_rows(run_dir, count, data=None, text_column=None):
+    """(calibration texts, check texts): the run's training and held-out rows, or those of
+    `data` (labels not needed)."""
     from tfllm.data import LabeledData
 
     config = runs.read_run_config(run_dir)
-    data = config["data"]
-    rows = LabeledData(data["spec"], data.get("text_column"), data.get("label_column"),
-                       seed=config.get("finetune", {}).get("seed", 0))
+    seed = (config.get("finetune") or {}).get("seed", 0)
+    if data is not None:
+        rows = LabeledData(data, text_column, require_labels=False, seed=seed)
+    elif config.get("data"):
+        stored = config["data"]
+        rows = LabeledData(stored["spec"], stored.get("text_column"),
+                           stored.get("label_column"), seed=seed)
+    else:
+        raise TFLiteExportError(f"{run_dir} has no data of its own (an imported classifier): "
+                                "pass --data SPEC with texts to calibrate and check the "
+                                "TFLite model on, e.g. --data tsv:reviews.tsv")
     return [t for t, _ in rows.train[:count]], [t for t, _ in rows.val[:count]]
 
 
@@ -424,17 +440,27 @@ def _encode_one(tokenizer, task, texts):
                         task["add_bos"])["token_ids"].numpy()
 
 
-def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_names=True):
-    """A classifier run's forward pass as TFLite bytes; returns (bytes, model, task)."""
+def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_names=True,
+                       data=None, text_column=None, seq_len=None):
+    """A classifier run's forward pass as TFLite bytes; returns (bytes, model, task).
+
+    `data`/`text_column`: texts for int8 calibration where the run has none of its own;
+    `seq_len`: the fixed input length in place of the run's.
+    """
     from tfllm.finetuning import load_classifier
 
     if quantize not in QUANTIZE_MODES:
         raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
                                 f"{', '.join(QUANTIZE_MODES)}")
     model, task = load_classifier(run_dir)
+    if seq_len is not None:
+        if not 2 <= seq_len <= model.backbone.max_len:
+            raise TFLiteExportError(f"--seq-len must be from 2 to the run's context "
+                                    f"{model.backbone.max_len}, got {seq_len}")
+        task = {**task, "seq_len": seq_len}
     calibration_ids = None
     if quantize == "int8":
-        calibration, _ = _classifier_rows(run_dir, calibration_rows)
+        calibration, _ = _classifier_rows(run_dir, calibration_rows, data, text_column)
         calibration_ids = _encode_one(model.tokenizer, task, calibration)
     data = convert_classifier_model(model, task["seq_len"], quantize, calibration_ids)
     return compact_tflite(data, strip_names), model, task
@@ -503,21 +529,26 @@ def tflite_classify(path, token_ids):
 
 
 def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
-                             min_agreement=0.95, strip_names=True):
+                             min_agreement=0.95, strip_names=True, data=None, text_column=None,
+                             seq_len=None):
     """Convert, write and verify a classifier; returns a report.
 
     float32 must give the Keras probabilities (within 1e-4) and labels on held-out rows;
-    quantized modes must agree with Keras' labels on >= `min_agreement` of them.
+    quantized modes must agree with Keras' labels on >= `min_agreement` of them. `data`:
+    the texts to calibrate and check on where the run has none (imported classifiers).
     """
     _check_out_file(out)
-    data, model, task = convert_classifier(run_dir, quantize, strip_names=strip_names)
-    _, held_out = _classifier_rows(run_dir, check_rows)
+    _classifier_rows(run_dir, 0, data, text_column)  # no texts to check with: fail first
+    tflite, model, task = convert_classifier(run_dir, quantize, strip_names=strip_names,
+                                             data=data, text_column=text_column,
+                                             seq_len=seq_len)
+    _, held_out = _classifier_rows(run_dir, check_rows, data, text_column)
     ids = _encode_one(model.tokenizer, task, held_out)
     expected = tf.nn.softmax(model(ids), axis=-1).numpy()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(tflite)
     try:
         got = tflite_classify(tmp, ids)
         diff = float(np.abs(got - expected).max())
@@ -536,7 +567,7 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
         os.remove(tmp)
         raise
     os.replace(tmp, out)
-    return {"path": out, "bytes": len(data), "quantize": quantize, "max_prob_diff": diff,
+    return {"path": out, "bytes": len(tflite), "quantize": quantize, "max_prob_diff": diff,
             "label_agreement": agree, "rows_checked": len(held_out),
             "seq_len": task["seq_len"], "class_names": task["class_names"]}
 
@@ -550,7 +581,8 @@ def _main(args):
     strip = not args.keep_tensor_names
     if runs.read_run_config(args.run).get("objective") == "classify":
         report = export_classifier_tflite(args.run, args.out, args.quantize,
-                                          strip_names=strip)
+                                          strip_names=strip, data=args.data,
+                                          text_column=args.text_column, seq_len=args.seq_len)
     else:
         report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
                                strip_names=strip, max_len=args.max_len)

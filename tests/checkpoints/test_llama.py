@@ -113,8 +113,8 @@ def test_bad_checkpoints_are_refused_naming_the_problem(tmp_path):
         json.dump({**cfg, **changes}, open(cfg_path, "w"))
 
     with_config(model_type="falcon")
-    _expect_refused(tmp_path, ckpt, "model_type 'falcon' is not supported; supported: gpt2, "
-                                    "llama, mistral, qwen2, qwen3")
+    _expect_refused(tmp_path, ckpt, "model_type 'falcon' is not supported; supported: bert, "
+                                    "gpt2, llama, mistral, qwen2, qwen3")
     with_config(rope_scaling={"rope_type": "yarn", "factor": 4.0})
     _expect_refused(tmp_path, ckpt, "rope scaling type 'yarn' is not supported")
     with_config(model_type="mistral", sliding_window=512)

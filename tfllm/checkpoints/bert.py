@@ -284,10 +284,11 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
                   "imported_from": {"format": "huggingface-bert",
                                     "path": os.path.abspath(checkpoint), "head": head}}
     if head == "classifier":
-        # What fine-tuning records of a classifier; the shortest padded length is small,
-        # as any text is encoded at its own length (up to max_len).
-        run_config["task"] = {"type": "classify", "class_names": classes, "seq_len": 16,
-                              "add_bos": True, "pooling": "first"}
+        # What fine-tuning records of a classifier. No training length is known: 128
+        # tokens (Hugging Face's usual) is the padded length, and the TFLite input's.
+        run_config["task"] = {"type": "classify", "class_names": classes,
+                              "seq_len": min(128, cfg.max_len), "add_bos": True,
+                              "pooling": "first"}
     weights = bert_weights(model, cfg, raw, names, head, _numpy_dtype(dtype))
     return write_imported_run(out, overwrite, model, weights, run_config, files)
 

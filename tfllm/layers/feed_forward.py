@@ -1,6 +1,7 @@
 """The position-wise feed-forward block: FFN(x) = act(x W1 + b1) W2 + b2."""
 
 import keras
+from keras import ops
 
 from tfllm.config import ACTIVATIONS, ConfigError
 
@@ -50,8 +51,12 @@ class FeedForward(keras.layers.Layer):
 
     def call(self, x, training=None):
         h = self.inner(x)
-        if self.activation in ("gelu", "gelu_exact"):
-            h = keras.activations.gelu(h, approximate=self.activation == "gelu")
+        if self.activation == "gelu":
+            h = keras.activations.gelu(h, approximate=True)
+        elif self.activation == "gelu_exact":
+            # x * Phi(x) written with erf: TensorFlow's own exact GELU uses erfc, which
+            # tf2onnx cannot convert.
+            h = 0.5 * h * (1.0 + ops.erf(h * 0.7071067811865476))
         else:
             h = keras.activations.relu(h)
         return self.dropout_layer(self.outer(h), training=training)

@@ -1,0 +1,120 @@
+"""Imported BERT runs through the exporters: a classifier's labels through SavedModel (its
+`classify` signature, WordPiece in the graph, a fresh process), TFLite float32 and int8,
+and ONNX; an encoder's `embed` signature."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.checkpoints.bert_fixtures import write_checkpoint
+from tests.conftest import REPO, labeled_rows, write_tsv
+from tfllm.checkpoints import import_hf
+
+TEXTS = ["a superb and lovely film", "Héllo, WORLD! 東京", "a dull [SEP] film", "x"]
+
+
+@pytest.fixture(scope="module")
+def bert_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert")
+    clf = import_hf(write_checkpoint(str(root / "clf"), "classifier", seed=7)[0],
+                    str(root / "clf-run"), max_len=32)
+    enc = import_hf(write_checkpoint(str(root / "enc"), "encoder", seed=8)[0],
+                    str(root / "enc-run"), max_len=32)
+    data = write_tsv(root / "texts.tsv", labeled_rows(80, seed=3))
+    return {"classifier": clf, "encoder": enc, "data": data, "root": root}
+
+
+def _export(module, *args):
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _saved_model_call(path, signature, texts):
+    code = ("import json, sys, tensorflow as tf, tensorflow_text\n"
+            "m = tf.saved_model.load(sys.argv[1])\n"
+            f"out = m.signatures['{signature}'](text=tf.constant(json.loads(sys.argv[2])))\n"
+            "print(json.dumps({k: v.numpy().tolist() for k, v in out.items() "
+            "if v.dtype != tf.string}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(texts)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_imported_classifier_saved_model_labels_equal_keras(bert_runs, tmp_path):
+    from tfllm.finetuning import load_classifier, predict_proba
+
+    _export("export.saved_model", "--run", bert_runs["classifier"], "--out", str(tmp_path),
+            "--name", "bert")  # verifies itself in a fresh process
+    got = _saved_model_call(str(tmp_path / "bert" / "1"), "classify", TEXTS)
+    model, task = load_classifier(bert_runs["classifier"])
+    expected = predict_proba(model, task, TEXTS)
+    np.testing.assert_allclose(np.array(got["probabilities"]), expected, atol=1e-4)
+    assert got["label"] == expected.argmax(-1).tolist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["float32", "int8"])
+def test_imported_classifier_tflite(bert_runs, tmp_path, quantize):
+    out = str(tmp_path / f"bert-{quantize}.tflite")
+    # An imported classifier has no data of its own: --data gives the texts to check on.
+    stdout = _export("export.tflite", "--run", bert_runs["classifier"], "--out", out,
+                     "--quantize", quantize, "--data", bert_runs["data"], "--seq-len", "16")
+    assert "input token_ids [1, 16]" in stdout
+    from export.tflite import tflite_classify
+    from tfllm.finetuning import encode_texts, load_classifier
+
+    import tensorflow as tf
+
+    model, task = load_classifier(bert_runs["classifier"])
+    ids = encode_texts(model.tokenizer, tf.constant(TEXTS), 16, True)["token_ids"].numpy()
+    expected = tf.nn.softmax(model(ids), axis=-1).numpy()
+    got = tflite_classify(out, ids)
+    if quantize == "float32":
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    else:
+        assert np.isfinite(got).all() and np.abs(got - expected).max() < 0.2
+
+
+def test_imported_classifier_tflite_without_data_is_refused(bert_runs, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run",
+                           bert_runs["classifier"], "--out", str(tmp_path / "x.tflite")],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode != 0
+    assert "has no data of its own (an imported classifier): pass --data" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.tflite").exists()
+
+
+@pytest.mark.slow
+def test_imported_classifier_onnx(bert_runs, tmp_path):
+    import onnxruntime as ort
+
+    from tfllm.finetuning import encode_texts, load_classifier
+
+    import tensorflow as tf
+
+    out = str(tmp_path / "bert.onnx")
+    _export("export.onnx", "--run", bert_runs["classifier"], "--out", out)
+    model, task = load_classifier(bert_runs["classifier"])
+    ids = encode_texts(model.tokenizer, tf.constant(TEXTS), 16, True)["token_ids"].numpy()
+    got = ort.InferenceSession(out).run(None, {"token_ids": ids})[0]
+    np.testing.assert_allclose(got, model(ids).numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_encoder_saved_model_embed_signature(bert_runs, tmp_path):
+    import tfllm
+    from tfllm.embeddings import embed_texts
+
+    stdout = _export("export.saved_model", "--run", bert_runs["encoder"], "--out",
+                     str(tmp_path), "--name", "enc")
+    assert "embed(text string[None]) -> embedding float32[None, 32]" in stdout
+    got = _saved_model_call(str(tmp_path / "enc" / "1"), "embed", TEXTS)
+    expected = embed_texts(tfllm.load(bert_runs["encoder"]), TEXTS)
+    np.testing.assert_allclose(np.array(got["embedding"]), expected, atol=1e-4)
