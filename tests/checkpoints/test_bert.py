@@ -142,6 +142,10 @@ def test_bad_checkpoints_fail_in_one_line_and_write_nothing(tmp_path):
     rewrite(position_embedding_type="relative_key")
     with pytest.raises(CheckpointError, match="position_embedding_type 'relative_key'"):
         import_hf(ckpt, out)
+    rewrite(max_position_embeddings=80)  # the table holds 64
+    with pytest.raises(CheckpointError, match=r"embeddings.position_embeddings.weight "
+                                              r"\(64, 32\) \(expected \(80, 32\)\)"):
+        import_hf(ckpt, out)
     rewrite(intermediate_size=48)
     with pytest.raises(CheckpointError, match=r"mis-shaped tensors: .*intermediate.dense"):
         import_hf(ckpt, out)

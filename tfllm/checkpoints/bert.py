@@ -82,11 +82,16 @@ def normalized_names(names) -> dict[str, str]:
     return out
 
 
-def expected_shapes(cfg: ModelConfig, head: str, num_labels: int = 0) -> dict[str, tuple]:
-    """Every tensor name (normalized) a BERT checkpoint of this head holds, and its shape."""
+def expected_shapes(cfg: ModelConfig, head: str, num_labels: int = 0,
+                    positions: int | None = None) -> dict[str, tuple]:
+    """Every tensor name (normalized) a BERT checkpoint of this head holds, and its shape.
+
+    `positions`: the checkpoint's `max_position_embeddings` (the table is cut to
+    `cfg.max_len` when written); default `cfg.max_len`.
+    """
     d, f, v = cfg.d_model, cfg.ffn_dim, cfg.vocab_size
     shapes = {"embeddings.word_embeddings.weight": (v, d),
-              "embeddings.position_embeddings.weight": (None, d),  # cut to max_len
+              "embeddings.position_embeddings.weight": (positions or cfg.max_len, d),
               "embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,)}
     if cfg.type_vocab_size:
         shapes["embeddings.token_type_embeddings.weight"] = (cfg.type_vocab_size, d)
@@ -264,12 +269,8 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
     head = head_of(names)
     cfg.pooler = "pooler.dense.weight" in names
     num_labels = raw.shapes[names["classifier.weight"]][0] if head == "classifier" else 0
-    expected = expected_shapes(cfg, head, num_labels)
-    shapes = {k: raw.shapes[v] for k, v in names.items()}
-    positions = shapes.get("embeddings.position_embeddings.weight")
-    if positions is not None and positions[0] >= cfg.max_len:
-        expected["embeddings.position_embeddings.weight"] = positions  # cut when written
-    check_tensors(path, shapes, expected)
+    expected = expected_shapes(cfg, head, num_labels, hf["max_position_embeddings"])
+    check_tensors(path, {k: raw.shapes[v] for k, v in names.items()}, expected)
     if head == "classifier":
         if not cfg.pooler:
             raise CheckpointError(f"{path}: a classification head without the pooler it "
