@@ -8,7 +8,6 @@ import tensorflow as tf
 
 from tfllm.errors import TfllmError
 
-_SEQ_MULTIPLE = 8
 
 
 def text_encoder(model, pooling: str | None = None):
@@ -45,7 +44,7 @@ def embed_texts(encoder, texts, batch_size: int = 64) -> np.ndarray:
         >>> embed_texts(enc, ["A man is eating food."]).shape  # doctest: +SKIP
         (1, 384)
     """
-    from tfllm.finetuning import added_tokens, encode_texts
+    from tfllm.finetuning import choose_seq_len, encode_texts
 
     texts = list(texts)
     if not texts:
@@ -55,8 +54,7 @@ def embed_texts(encoder, texts, batch_size: int = 64) -> np.ndarray:
     out = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
-        longest = max(len(tok.encode(t)) for t in batch) + added_tokens(tok, True)
-        seq_len = min(max_len, -(-longest // _SEQ_MULTIPLE) * _SEQ_MULTIPLE)
+        seq_len = choose_seq_len(tok, batch, max_len, add_bos=True)
         inputs = encode_texts(tok, tf.constant(batch), seq_len, add_bos=True)
         out.append(np.asarray(encoder(inputs), np.float32))
     return np.concatenate(out)
