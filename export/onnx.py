@@ -6,6 +6,8 @@ FILE.onnx is the forward pass: input `token_ids` int32 [batch, seq] (dynamic), o
 `logits` float32 [batch, seq, vocab]. A classifier run (`tfllm finetune`) gives class
 `logits` [batch, classes] for ids encoded as `tfllm classify` does (BOS first for encoders,
 right-padded with the pad id, which the model masks out); softmax gives the probabilities.
+BERT classifiers of sentence pairs (and imported ones) take `token_type_ids` int32
+[batch, seq] as a second input (0 for `[CLS] text [SEP]` and padding, 1 for `pair [SEP]`).
 
 For a causal LM, FILE.decode.onnx is one step with the KV cache, usable for prefill
 (seq = prompt length) and decoding (seq = 1) alike:
@@ -108,33 +110,49 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None
         raise OnnxExportError(f"--out {out} is a directory; give a file path "
                               "(e.g. models/NAME.onnx)")
     model = runs.load(run_dir, max_len=max_len)
+    config = runs.read_run_config(run_dir)
+    classifier = config.get("objective") == "classify"
+    token_types = False
+    if classifier:
+        from tfllm.finetuning import uses_token_types
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids")])
-    def forward(token_ids):
-        return {"logits": model(token_ids)}
+        token_types = uses_token_types(model, config["task"])
+    ids_spec = tf.TensorSpec([None, None], tf.int32, name="token_ids")
+
+    if token_types:  # BERT-style sentence pairs: segment ids as a second input
+        @tf.function(input_signature=[ids_spec, tf.TensorSpec([None, None], tf.int32,
+                                                               name="token_type_ids")])
+        def forward(token_ids, token_type_ids):
+            return {"logits": model({"token_ids": token_ids,
+                                     "token_type_ids": token_type_ids})}
+    else:
+        @tf.function(input_signature=[ids_spec])
+        def forward(token_ids):
+            return {"logits": model(token_ids)}
 
     tmp = out + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     _convert(forward, tmp, opset)
-    config = runs.read_run_config(run_dir)
-    classifier = config.get("objective") == "classify"
     ids = model.tokenizer.encode(sample)[: model.backbone.max_len] or [model.tokenizer.bos_id]
     if classifier:
-        from tfllm.finetuning import encode_texts
+        from tfllm.finetuning import encode_rows
 
-        # Rows as the classifier sees them: BOS first (encoders), right-padded with pad_id.
+        # Rows as the classifier sees them: BOS first (encoders), right-padded with pad_id;
+        # pairs where the classifier reads them.
         task = config["task"]
-        batch = encode_texts(model.tokenizer, tf.constant([sample, "x"]), task["seq_len"],
-                             task["add_bos"])["token_ids"].numpy()
+        rows = [(sample, "x"), ("x", sample)] if token_types else [sample, "x"]
+        feed = encode_rows(model.tokenizer, task, rows, token_types)
+        batch = feed["token_ids"]
     else:
         batch = np.array([ids, ids[::-1]], np.int32)
+        feed = {"token_ids": batch}
     try:
-        got = _session(tmp).run(None, {"token_ids": batch})[0]
+        got = _session(tmp).run(None, feed)[0]
     except Exception as e:  # an op tf2onnx could not map loads as an unknown custom op
         os.remove(tmp)
         raise OnnxExportError(f"onnxruntime cannot run the converted model: "
                               f"{str(e).splitlines()[0][:500]}") from e
-    expected = model(batch).numpy()
+    expected = model(feed).numpy() if token_types else model(batch).numpy()
     diff = float(np.abs(got - expected).max())
     if not np.isfinite(got).all() or diff > TOLERANCE:
         os.remove(tmp)

@@ -23,9 +23,13 @@ output equals `CausalLM.generate` on sample prompts.
 A classifier run (`tfllm finetune --task classify`) gets instead
 
     serving_default, classify
-        inputs  text (string [batch])
+        inputs  text (string [batch]); sentence-pair classifiers also text_pair
+                (string [batch]), the second text of each row
         outputs probabilities (float32 [batch, classes]), label (int32 [batch]),
                 label_name (string [batch])
+
+(an imported Hugging Face classifier, which may have been fine-tuned on either, gets the
+single-text `classify` and the pair form as `classify_pair`)
 
 verified in a fresh process against the Keras classifier's predictions.
 """
@@ -214,33 +218,56 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
 
 
 def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
-    """Endpoint functions of a classifier run: text -> probabilities, label, label_name.
+    """Endpoint functions of a classifier run: text (and text_pair, for sentence-pair
+    classifiers) -> probabilities, label, label_name.
 
-    `jit_compile` is accepted for the builders' common signature and not used: the one
-    forward pass runs as TensorFlow ops, so the export needs no XLA in TF Serving.
+    A run fine-tuned on pairs answers `classify(text, text_pair)`; one fine-tuned on single
+    texts `classify(text)`; an imported checkpoint (which does not say) both, the pair form
+    as `classify_pair`. `jit_compile` is accepted for the builders' common signature and
+    not used: the one forward pass runs as TensorFlow ops, so TF Serving needs no XLA.
     """
-    from tfllm.finetuning import added_tokens, encode_texts
+    from tfllm.finetuning import added_tokens, encode_texts, pair_mode
 
     task = model.task_info
     names = tf.constant(model.class_names)
     max_len = model.backbone.max_len
 
-    def classify(text):
-        text = _after(_batch_checks(max_batch, text), text)
-        # Padded to the run's length, or the longest text's when longer (up to max_len).
+    def run(text, text_pair=None):
+        pair = text_pair is not None
+        others = [("text_pair", text_pair)] if pair else []
+        checked = _after(_batch_checks(max_batch, text, *others), text, *(
+            [text_pair] if pair else []))
+        text, text_pair = checked if pair else (checked, None)
+        # Padded to the longest row of the request (masked: the padding length does not
+        # change the result), at most the model's context.
         n_tokens = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.int32)
-        longest = tf.reduce_max(tf.concat([n_tokens + added_tokens(tokenizer, task["add_bos"]),
-                                           [0]], axis=0))
-        seq_len = tf.minimum(tf.maximum(longest, task["seq_len"]), max_len)
+        if pair:
+            n_tokens += tf.cast(tokenizer.tokenize(text_pair).row_lengths(), tf.int32)
+        extra = added_tokens(tokenizer, task["add_bos"], pair)
+        longest = tf.reduce_max(tf.concat([n_tokens + extra, [1]], axis=0))
         # The run's tokenizer object: it adds the checkpoint's own BOS where it has one.
-        inputs = encode_texts(tokenizer, text, seq_len, task["add_bos"])
+        inputs = encode_texts(tokenizer, text, tf.minimum(longest, max_len), task["add_bos"],
+                              pairs=text_pair)
         probabilities = tf.nn.softmax(model(inputs), axis=-1)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "label": label,
                 "label_name": tf.gather(names, label)}
 
-    spec = [tf.TensorSpec([None], tf.string, name="text")]
-    return {"serving_default": (classify, spec), "classify": (classify, spec)}
+    def classify(text):
+        return run(text)
+
+    def classify_pair(text, text_pair):
+        return run(text, text_pair)
+
+    single = (classify, [tf.TensorSpec([None], tf.string, name="text")])
+    pair = (classify_pair, [tf.TensorSpec([None], tf.string, name="text"),
+                            tf.TensorSpec([None], tf.string, name="text_pair")])
+    mode = pair_mode(task)
+    if mode is True:
+        return {"serving_default": pair, "classify": pair}
+    if mode is False:
+        return {"serving_default": single, "classify": single}
+    return {"serving_default": single, "classify": single, "classify_pair": pair}
 
 
 def encoder_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
@@ -376,40 +403,58 @@ SAMPLE_TEXTS = ["a gripping , funny and moving film", "dull and lifeless", "x",
                 "it is what it is"]
 
 
+SAMPLE_PAIRS = ["a film", "it is not", "x", "what it is and what it is not"]
+
+
 def verify_classifier(run_dir, path, texts=SAMPLE_TEXTS, model=None):
-    """Labels and probabilities of a fresh-process reload must match the Keras classifier."""
+    """Labels and probabilities of a fresh-process reload must match the Keras classifier
+    (on sample pairs too, for pair classifiers and imported ones)."""
     import numpy as np
 
-    from tfllm.finetuning import load_classifier, predict_proba
+    from tfllm.finetuning import load_classifier, pair_mode, predict_proba
 
     if model is None:
         model, _ = load_classifier(run_dir)
-    expected = predict_proba(model, runs.read_run_config(run_dir)["task"], texts)
-    got = _fresh_process_output(path, "classify", "probabilities", texts)
-    if not np.array_equal(got.argmax(1), expected.argmax(1)) or \
-            not np.allclose(got, expected, atol=1e-4):
-        raise ExportError(f"SavedModel classify output differs from the Keras classifier: "
-                          f"{got.tolist()} != {expected.tolist()}")
+    task = runs.read_run_config(run_dir)["task"]
+    mode = pair_mode(task)
+    checks = []  # (signature, pairs or None)
+    if mode is not True:
+        checks.append(("classify", None))
+    if mode is not False:
+        checks.append(("classify" if mode else "classify_pair", SAMPLE_PAIRS[:len(texts)]))
+    calls = [(signature, "probabilities",
+              {"text": texts, **({"text_pair": pairs} if pairs is not None else {})})
+             for signature, pairs in checks]
+    for (signature, pairs), got in zip(checks, _fresh_process_outputs(path, calls)):
+        expected = predict_proba(model, task, texts, pairs=pairs)
+        if not np.array_equal(got.argmax(1), expected.argmax(1)) or \
+                not np.allclose(got, expected, atol=1e-4):
+            raise ExportError(f"SavedModel {signature} output differs from the Keras "
+                              f"classifier: {got.tolist()} != {expected.tolist()}")
     return got
 
 
-def _fresh_process_output(path, signature, output, texts):
-    """`output` of the SavedModel's `signature` on `texts`, loaded in a fresh process (as
-    TF Serving loads it: nothing of this process's state helps)."""
+def _fresh_process_outputs(path, calls):
+    """Outputs of SavedModel signatures, loaded once in a fresh process (as TF Serving
+    loads it: nothing of this process's state helps). `calls`: a list of
+    (signature, output name, {input name: list of strings})."""
     import numpy as np
 
     code = (
         "import json, sys, tensorflow as tf, tensorflow_text\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
-        "out = m.signatures[sys.argv[2]](text=tf.constant(json.loads(sys.argv[4])))\n"
-        "print(json.dumps(out[sys.argv[3]].numpy().tolist()))\n")
-    proc = subprocess.run([sys.executable, "-c", code, path, signature, output,
-                           json.dumps(texts)], capture_output=True, text=True, timeout=900,
+        "got = []\n"
+        "for sig, name, kw in json.loads(sys.argv[2]):\n"
+        "    out = m.signatures[sig](**{k: tf.constant(v) for k, v in kw.items()})\n"
+        "    got.append(out[name].numpy().tolist())\n"
+        "print(json.dumps(got))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(calls)],
+                          capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if proc.returncode != 0:
         raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
                           + proc.stderr[-2000:])
-    return np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return [np.array(g) for g in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 def verify_embeddings(path, model, texts=SAMPLE_TEXTS):
@@ -419,7 +464,7 @@ def verify_embeddings(path, model, texts=SAMPLE_TEXTS):
     from tfllm.embeddings import embed_texts
 
     expected = embed_texts(model, texts)
-    got = _fresh_process_output(path, "embed", "embedding", texts)
+    got, = _fresh_process_outputs(path, [("embed", "embedding", {"text": texts})])
     if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4):
         raise ExportError(f"SavedModel embed output {got.shape} differs from tfllm embed's "
                           f"{expected.shape} (or by more than 1e-4)")

@@ -16,7 +16,9 @@ that loses accuracy on held-out text (see `export_tflite`).
 
 A classifier run (`tfllm finetune --task classify`) becomes its forward pass instead: one
 signature `classify`, input `token_ids` int32 [1, seq_len] (BOS first for encoders, padded
-with the pad id 0), output `probabilities` float32 [1, classes]. Every quantization mode is
+with the pad id 0), output `probabilities` float32 [1, classes]. BERT-style classifiers of
+sentence pairs (and imported ones, which may be either) also take `token_type_ids` int32
+[1, seq_len] (0 for `[CLS] text [SEP]`, 1 for `pair [SEP]`, 0 for padding). Every quantization mode is
 available, including full-integer `int8` (calibrated on the run's training texts), and each
 is checked against the Keras classifier's labels on held-out rows.
 """
@@ -49,6 +51,8 @@ def build_parser():
                         "the conversion with (a data spec such as tsv:PATH; default: the run's "
                         "own data, which imported classifiers lack)")
     parser.add_argument("--text-column", help="with --data: the text field")
+    parser.add_argument("--pair-column", help="with --data: the second text's field, for "
+                        "sentence-pair classifiers (default: the run's own)")
     parser.add_argument("--seq-len", type=int, help="classifiers: the fixed input length "
                         "(default: the run's; at most its context)")
     parser.add_argument("--keep-tensor-names", action="store_true",
@@ -67,6 +71,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfllm import runs  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.finetuning import uses_token_types  # noqa: E402
 
 class TFLiteExportError(TfllmError):
     """The TFLite export failed or disagrees with the Keras model."""
@@ -413,19 +418,24 @@ def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_lo
 
 # -- classifiers ------------------------------------------------------------------------
 
-def _classifier_rows(run_dir, count, data=None, text_column=None):
+def _classifier_rows(run_dir, count, data=None, text_column=None, pair_column=None):
     """(calibration texts, check texts): the run's training and held-out rows, or those of
-    `data` (labels not needed)."""
+    `data` (labels not needed); texts are `(text, pair)` tuples for pair classifiers."""
     from tfllm.data import LabeledData
+    from tfllm.finetuning import check_pairs
 
     config = runs.read_run_config(run_dir)
     seed = (config.get("finetune") or {}).get("seed", 0)
+    stored = config.get("data") or {}
+    pair_column = pair_column or stored.get("pair_column")
+    check_pairs(config["task"], bool(pair_column), run_dir)
     if data is not None:
-        rows = LabeledData(data, text_column, require_labels=False, seed=seed)
-    elif config.get("data"):
-        stored = config["data"]
+        rows = LabeledData(data, text_column, require_labels=False, seed=seed,
+                           pair_column=pair_column)
+    elif stored:
         rows = LabeledData(stored["spec"], stored.get("text_column"),
-                           stored.get("label_column"), seed=seed)
+                           stored.get("label_column"), seed=seed, pair_column=pair_column,
+                           holdout=stored.get("holdout", "random"))
     else:
         raise TFLiteExportError(f"{run_dir} has no data of its own (an imported classifier): "
                                 "pass --data SPEC with texts to calibrate and check the "
@@ -433,15 +443,18 @@ def _classifier_rows(run_dir, count, data=None, text_column=None):
     return [t for t, _ in rows.train[:count]], [t for t, _ in rows.val[:count]]
 
 
-def _encode_one(tokenizer, task, texts):
-    from tfllm.finetuning import encode_texts
+def _encode_inputs(tokenizer, task, texts, token_types=False):
+    from tfllm.finetuning import encode_rows
 
-    return encode_texts(tokenizer, tf.constant(texts), task["seq_len"],
-                        task["add_bos"])["token_ids"].numpy()
+    return encode_rows(tokenizer, task, texts, token_types)
+
+
+def _encode_one(tokenizer, task, texts):
+    return _encode_inputs(tokenizer, task, texts)["token_ids"]
 
 
 def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_names=True,
-                       data=None, text_column=None, seq_len=None):
+                       data=None, text_column=None, seq_len=None, pair_column=None):
     """A classifier run's forward pass as TFLite bytes; returns (bytes, model, task).
 
     `data`/`text_column`: texts for int8 calibration where the run has none of its own;
@@ -458,24 +471,28 @@ def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_
             raise TFLiteExportError(f"--seq-len must be from 2 to the run's context "
                                     f"{model.backbone.max_len}, got {seq_len}")
         task = {**task, "seq_len": seq_len}
-    calibration_ids = None
+    calibration = None
+    token_types = uses_token_types(model, task)
     if quantize == "int8":
-        calibration, _ = _classifier_rows(run_dir, calibration_rows, data, text_column)
-        calibration_ids = _encode_one(model.tokenizer, task, calibration)
-    data = convert_classifier_model(model, task["seq_len"], quantize, calibration_ids)
+        texts, _ = _classifier_rows(run_dir, calibration_rows, data, text_column, pair_column)
+        calibration = _encode_inputs(model.tokenizer, task, texts, token_types)
+    data = convert_classifier_model(model, task["seq_len"], quantize, calibration,
+                                    token_types=token_types)
     return compact_tflite(data, strip_names), model, task
 
 
 def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids=None,
-                             mask_fill=None):
+                             mask_fill=None, token_types=False):
     """A `SequenceClassifier`'s forward pass as TFLite bytes (see `convert_classifier`).
 
     Args:
         model: the classifier.
         seq_len: the fixed input length.
         quantize: one of QUANTIZE_MODES.
-        calibration_ids: int (rows, seq_len) token ids, padded as at inference; "int8" only.
+        calibration_ids: int (rows, seq_len) token ids, padded as at inference, or a dict
+            of such arrays by input name; "int8" only.
         mask_fill: attention mask fill to trace with (default: "bounded" for int8).
+        token_types: a second input `token_type_ids` [1, seq_len] (sentence pairs).
     """
     import keras
 
@@ -483,6 +500,14 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
 
     def classify(token_ids):
         return {"probabilities": tf.nn.softmax(model(token_ids), axis=-1)}
+
+    def classify_pair(token_ids, token_type_ids):
+        inputs = {"token_ids": token_ids, "token_type_ids": token_type_ids}
+        return {"probabilities": tf.nn.softmax(model(inputs), axis=-1)}
+
+    spec = [tf.TensorSpec([1, seq_len], tf.int32, name="token_ids")]
+    if token_types:
+        spec.append(tf.TensorSpec([1, seq_len], tf.int32, name="token_type_ids"))
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -492,8 +517,8 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
     try:
         with mask_fill_mode(fill):
-            archive.add_endpoint("classify", classify, input_signature=[
-                tf.TensorSpec([1, seq_len], tf.int32, name="token_ids")])
+            archive.add_endpoint("classify", classify_pair if token_types else classify,
+                                 input_signature=spec)
             archive.write_out(tmp, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["classify"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -502,11 +527,13 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
         if quantize == "int8":
-            ids = np.asarray(calibration_ids, np.int32)
+            rows = (calibration_ids if isinstance(calibration_ids, dict)
+                    else {"token_ids": calibration_ids})
+            rows = {k: np.asarray(v, np.int32) for k, v in rows.items()}
 
             def representative():
-                for row in ids:
-                    yield {"token_ids": row[None, :]}
+                for i in range(len(rows["token_ids"])):
+                    yield {k: v[i][None, :] for k, v in rows.items()}
 
             converter.representative_dataset = representative
             # Integer kernels only; the int32 ids stay int32 (they index the embedding).
@@ -520,17 +547,24 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
 
 
 def tflite_classify(path, token_ids):
-    """Probabilities (n, classes) of a classifier .tflite for ids (n, seq_len), row by row."""
+    """Probabilities (n, classes) of a classifier .tflite for ids (n, seq_len), or a dict
+    of (n, seq_len) arrays by input name (`token_ids`, `token_type_ids`), row by row."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=path).get_signature_runner("classify")
-    return np.concatenate([runner(token_ids=row[None, :].astype(np.int32))["probabilities"]
-                           for row in np.asarray(token_ids)])
+    inputs = token_ids if isinstance(token_ids, dict) else {"token_ids": token_ids}
+    wanted = set(runner.get_input_details())
+    inputs = {k: np.asarray(v, np.int32) for k, v in inputs.items() if k in wanted}
+    if "token_type_ids" in wanted and "token_type_ids" not in inputs:  # single texts
+        inputs["token_type_ids"] = np.zeros_like(inputs["token_ids"])
+    n = len(inputs["token_ids"])
+    return np.concatenate([runner(**{k: v[i][None, :] for k, v in inputs.items()})
+                           ["probabilities"] for i in range(n)])
 
 
 def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
                              min_agreement=0.95, strip_names=True, data=None, text_column=None,
-                             seq_len=None):
+                             seq_len=None, pair_column=None):
     """Convert, write and verify a classifier; returns a report.
 
     float32 must give the Keras probabilities (within 1e-4) and labels on held-out rows;
@@ -538,12 +572,12 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
     the texts to calibrate and check on where the run has none (imported classifiers).
     """
     _check_out_file(out)
-    _classifier_rows(run_dir, 0, data, text_column)  # no texts to check with: fail first
+    _classifier_rows(run_dir, 0, data, text_column, pair_column)  # no texts: fail first
     tflite, model, task = convert_classifier(run_dir, quantize, strip_names=strip_names,
                                              data=data, text_column=text_column,
-                                             seq_len=seq_len)
-    _, held_out = _classifier_rows(run_dir, check_rows, data, text_column)
-    ids = _encode_one(model.tokenizer, task, held_out)
+                                             seq_len=seq_len, pair_column=pair_column)
+    _, held_out = _classifier_rows(run_dir, check_rows, data, text_column, pair_column)
+    ids = _encode_inputs(model.tokenizer, task, held_out, uses_token_types(model, task))
     expected = tf.nn.softmax(model(ids), axis=-1).numpy()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
@@ -569,7 +603,8 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
     os.replace(tmp, out)
     return {"path": out, "bytes": len(tflite), "quantize": quantize, "max_prob_diff": diff,
             "label_agreement": agree, "rows_checked": len(held_out),
-            "seq_len": task["seq_len"], "class_names": task["class_names"]}
+            "seq_len": task["seq_len"], "class_names": task["class_names"],
+            "inputs": sorted(ids)}
 
 
 def main(argv=None):
@@ -582,14 +617,15 @@ def _main(args):
     if runs.read_run_config(args.run).get("objective") == "classify":
         report = export_classifier_tflite(args.run, args.out, args.quantize,
                                           strip_names=strip, data=args.data,
-                                          text_column=args.text_column, seq_len=args.seq_len)
+                                          text_column=args.text_column, seq_len=args.seq_len,
+                                          pair_column=args.pair_column)
     else:
         report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
                                strip_names=strip, max_len=args.max_len)
     if "label_agreement" in report:
+        inputs = " and ".join(f"{name} [1, {report['seq_len']}]" for name in report["inputs"])
         print(f"TFLite classifier written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
-              f"{args.quantize}, input token_ids [1, {report['seq_len']}], classes "
-              f"{report['class_names']})")
+              f"{args.quantize}, input {inputs}, classes {report['class_names']})")
         print(f"labels agree with Keras on {report['label_agreement']:.1%} of "
               f"{report['rows_checked']} held-out rows; largest probability difference "
               f"{report['max_prob_diff']:.2e}")

@@ -44,6 +44,65 @@ def test_labeled_bad_input(tmp_path):
         LabeledData(f"tsv:{tmp_path}/d.tsv", text_column="body")
 
 
+def test_longest_holdout_is_sentence_disjoint(tmp_path):
+    """--holdout longest: the longest rows are held out and no training row occurs inside
+    one (as a word sequence: "fine" inside "a fine film" goes, "fin" would not)."""
+    from tfllm.data.tables import split_rows
+
+    rows = [("a fine and moving film", "1"), ("fine", "1"), ("moving film", "1"),
+            ("a dull film", "0"), ("dull", "0"), ("film a", "0"), ("fin", "0"),
+            ("a fine and dull", "0"), ("lifeless", "0"), ("moving", "1"),
+            ("so dull", "0")] * 2
+    train, val, dropped = split_rows(rows, "longest")
+    assert val == [("a fine and moving film", "1"), ("a fine and moving film", "1")]
+    assert sorted({t for t, _ in train}) == ["a dull film", "a fine and dull", "dull",
+                                             "film a", "fin", "lifeless",
+                                             "so dull"]
+    assert dropped == 6 and len(train) + len(val) + dropped == len(rows)
+    spec = write_tsv(tmp_path / "r.tsv", rows)
+    data = LabeledData(spec, holdout="longest")
+    assert data.val == val and data.train == train
+    assert data.describe()["holdout"] == "longest"
+    assert "holdout" not in LabeledData(spec).describe()  # random: configs as before
+    with pytest.raises(DataError, match="unknown --holdout 'sideways'"):
+        LabeledData(spec, holdout="sideways")
+
+
+def test_pair_rows_and_their_errors(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("premise\thypothesis\tlabel\nA man eats.\tSomeone eats.\tyes\n"
+                    "A dog runs.\t\tno\nA cat.\tA dog.\tno\n")
+    data = LabeledData(f"tsv:{path}", text_column="premise", pair_column="hypothesis")
+    assert sorted(data.train + data.val) == [(("A cat.", "A dog."), "no"),
+                                             (("A man eats.", "Someone eats."), "yes")]
+    assert data.skipped_empty == 1  # an empty second text is skipped, and counted
+    assert data.describe()["pair_column"] == "hypothesis"
+    with pytest.raises(DataError, match="no column 'second' \\(--pair-column\\)"):
+        LabeledData(f"tsv:{path}", text_column="premise", pair_column="second")
+
+
+def test_pairs_given_to_a_single_text_classifier_are_refused(tiny_classifier, tmp_path):
+    out, _ = tiny_classifier
+    model, task = load_classifier(out)
+    assert task["pair"] is False
+    with pytest.raises(DataError, match="classifies single texts, not pairs"):
+        predict_proba(model, task, ["a fine film"], pairs=["yes"])
+    spec = write_tsv(tmp_path / "x.tsv", labeled_rows(6))
+    with pytest.raises(DataError, match="classifies single texts, not pairs"):
+        evaluate_classifier(out, spec, pair_column="text")
+
+
+def test_predictions_do_not_depend_on_batching(tiny_classifier):
+    """predict_proba sorts rows by length and pads each batch to its longest: every batch
+    size gives the probabilities of one row at a time."""
+    out, _ = tiny_classifier
+    model, task = load_classifier(out)
+    texts = [t for t, _ in labeled_rows(9)] + ["a", "good " * 12, "x y"]
+    one = np.concatenate([predict_proba(model, task, [t]) for t in texts])
+    np.testing.assert_allclose(predict_proba(model, task, texts, batch_size=4), one,
+                               atol=1e-5)
+
+
 def test_classification_report_values():
     report = classification_report([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], ["a", "b"])
     assert report["accuracy"] == 0.6

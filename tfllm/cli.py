@@ -60,6 +60,9 @@ def _add_labeled_args(p, required):
     p.add_argument("--text-column", help="field holding the text (default: text, sentence, "
                    "content or review)")
     p.add_argument("--label-column", help="field holding the label (default label)")
+    p.add_argument("--pair-column", help="field holding a second text: sentence-pair "
+                   "classification (NLI, paraphrase, QA relevance), encoded "
+                   "[CLS] text [SEP] pair [SEP]")
     p.add_argument("--tfds-manual-dir", help="directory with a TFDS dataset's source files, "
                    "for offline use (default: $TFDS_MANUAL_DIR)")
     p.add_argument("--tfds-data-dir", help="where TFDS prepares datasets")
@@ -172,11 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser(
         "finetune", parents=[common],
         help="fine-tune a pretrained run into a classifier",
-        description="Fine-tune a pretrained run (masked-LM encoder or causal "
-                    "LM) on labeled text with model.fit, or train the same "
-                    "classifier from scratch as a baseline. A seeded 10%% of "
-                    "a file's rows is held out for validation; the model kept "
-                    "is the one with the best validation accuracy.")
+        description="Fine-tune a pretrained run (masked-LM encoder, causal "
+                    "LM, or an imported BERT) on labeled texts or sentence pairs "
+                    "with model.fit, or train the same classifier from scratch as "
+                    "a baseline. A seeded 10%% of a file's rows is held out for "
+                    "validation (--holdout longest: the longest rows, and no "
+                    "training row found inside one); the model kept is the one "
+                    "with the best validation accuracy.")
     f.add_argument("--run", help="pretrained run directory (tfllm train --objective mlm|clm, or an "
                    "imported checkpoint)")
     f.add_argument("--from-scratch", action="store_true",
@@ -187,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to fine-tune for (default classify)")
     _add_labeled_args(f, required=True)
     f.add_argument("--out", required=True, help="classifier run directory, e.g. runs/NAME")
+    f.add_argument("--holdout", choices=("random", "longest"), default="random",
+                   help="validation rows of a file: a seeded random 10%% (default), or "
+                        "the longest 10%% (at most 1,000) with every training row that "
+                        "occurs inside one dropped; use longest for datasets that hold "
+                        "the phrases of their sentences as rows (GLUE SST-2)")
     f.add_argument("--epochs", type=_positive_int, help="passes over the data (default 3)")
     f.add_argument("--batch-size", type=_positive_int, help="rows per step (default 32)")
     f.add_argument("--lr", type=_positive_float, help="peak learning rate of the head "
@@ -218,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "--json prints one JSON object per text instead.")
     c.add_argument("--run", required=True, help="classifier run directory")
     c.add_argument("--text", action="append", help="text to classify (repeatable)")
+    c.add_argument("--text-pair", action="append",
+                   help="sentence-pair classifiers: the second text of each --text, in the "
+                        "same order (stdin lines: text<TAB>pair)")
     c.add_argument("--json", action="store_true", help="one JSON object per line, with "
                    "every class's probability")
     c.add_argument("--weights", choices=("final", "best"), default="final")
@@ -250,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(e, required=False)
     e.add_argument("--label-column", help="classifier runs: the label field (default: the "
                    "run's own, else label)")
+    e.add_argument("--pair-column", help="sentence-pair classifier runs: the second text's "
+                   "field (default: the run's own)")
     e.add_argument("--batch-size", type=_positive_int, help="default: the run's batch size")
     e.add_argument("--eval-steps", type=_positive_int, help="max batches (default: all)")
     e.add_argument("--weights", choices=("final", "best"), default="final",
@@ -308,7 +323,8 @@ def _evaluate(args):
 
         report = evaluate_classifier(args.run, args.data, args.text_feature, args.label_column,
                                      args.weights, args.batch_size or 64,
-                                     args.tfds_manual_dir, args.tfds_data_dir)
+                                     args.tfds_manual_dir, args.tfds_data_dir,
+                                     args.pair_column)
         print("\n".join(format_report(report)))
         print(json.dumps(report))
         return
@@ -338,9 +354,13 @@ def _finetune(args):
     result = finetune(args.out, args.data, args.run, args.task, args.from_scratch,
                       args.preset, settings, args.text_column, args.label_column,
                       {"max_len": args.max_len}, args.overwrite, args.tfds_manual_dir,
-                      args.tfds_data_dir, verbose=1 if sys.stdout.isatty() else 2)
+                      args.tfds_data_dir, verbose=1 if sys.stdout.isatty() else 2,
+                      pair_column=args.pair_column, holdout=args.holdout)
     if result.get("skipped_empty"):
         print(f"skipped {result['skipped_empty']} row(s) with empty text")
+    if result.get("dropped_contained"):
+        print(f"dropped {result['dropped_contained']} training row(s) found inside held-out "
+              "rows (--holdout longest)")
     print(f"run directory: {args.out}")
     print(json.dumps(result))
 
@@ -355,22 +375,46 @@ def _texts(args) -> list[str]:
     return texts
 
 
+def _text_pairs(args, texts, task) -> list[str] | None:
+    """The second texts of a sentence-pair classifier: --text-pair values, or the part of
+    each stdin line after its first tab (then `texts` is cut to the part before it)."""
+    from tfllm.finetuning import check_pairs, pair_mode
+
+    pairs = list(args.text_pair or [])
+    if pair_mode(task) is True and not pairs and not args.text:
+        split = [t.split("\t", 1) for t in texts]
+        bad = [n for n, parts in enumerate(split, 1) if len(parts) != 2 or not parts[1].strip()]
+        if bad:
+            raise TfllmError(f"{args.run} classifies sentence pairs: stdin line {bad[0]} has no "
+                             "pair; write text<TAB>pair on each line")
+        texts[:] = [a for a, _ in split]
+        pairs = [b for _, b in split]
+    check_pairs(task, bool(pairs), args.run)
+    if pairs and len(pairs) != len(texts):
+        raise TfllmError(f"{len(texts)} --text but {len(pairs)} --text-pair; give one pair "
+                         "per text")
+    return pairs or None
+
+
 def _classify(args):
     from tfllm.finetuning import load_classifier, predict_proba
 
     texts = _texts(args)
     model, task = load_classifier(args.run, args.weights)
-    probs = predict_proba(model, task, texts)
+    pairs = _text_pairs(args, texts, task)
+    probs = predict_proba(model, task, texts, pairs=pairs)
     names = task["class_names"]
-    for text, p in zip(texts, probs):
+    for n, (text, p) in enumerate(zip(texts, probs)):
         best = int(p.argmax())
         if args.json:
-            print(json.dumps({"text": text, "label": names[best],
+            print(json.dumps({"text": text, **({"text_pair": pairs[n]} if pairs else {}),
+                              "label": names[best],
                               "probability": round(float(p[best]), 4),
                               "probabilities": {n: round(float(v), 4)
                                                 for n, v in zip(names, p)}}))
         else:
-            print(f"{names[best]}\t{p[best]:.4f}\t{text}")
+            shown = f"{text}\t{pairs[n]}" if pairs else text
+            print(f"{names[best]}\t{p[best]:.4f}\t{shown}")
 
 
 def _embed(args):

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import shutil
+import weakref
 
 import keras
 import numpy as np
@@ -18,14 +19,15 @@ import tensorflow as tf
 
 from tfllm import runs
 from tfllm.config import ConfigError
-from tfllm.data import training_options
+from tfllm.data.classification import (added_tokens, choose_seq_len, encode_texts,
+                                       make_classification_dataset, round_seq_len,
+                                       split_pairs, token_counts)
 from tfllm.errors import DataError, RunDirError, TfllmError
 from tfllm.tokenizers import tokenizer_files
 
 TASKS = ("classify",)
 # "encoder": an imported BERT without a head (sentence-transformers models).
 PRETRAINED_OBJECTIVES = ("clm", "mlm", "encoder")
-_SEQ_MULTIPLE = 8
 
 
 @dataclasses.dataclass
@@ -79,89 +81,7 @@ class FinetuneSettings:
             raise ConfigError(f"--eval-interval must be positive, got {self.eval_interval!r}")
 
 
-# -- encoding ---------------------------------------------------------------------------
-
-def added_tokens(tokenizer, add_bos: bool) -> int:
-    """How many special tokens the classification encoding adds to a text: the `[CLS]`-style
-    BOS of encoders, and `[SEP]` after the text where the tokenizer has one (BERT)."""
-    return int(add_bos) + int(getattr(tokenizer, "sep_id", None) is not None)
-
-
-def encode_texts(tokenizer, texts, seq_len, add_bos: bool, bos_id=None, pad_id=None):
-    """Strings (batch,) -> `{token_ids, padding_mask}` (batch, seq_len), in-graph.
-
-    Texts longer than the sequence are cut at its end; encoders get a `[CLS]`-style BOS
-    first, and BERT's `[SEP]` last (where the tokenizer has a `sep_id`). Evaluation,
-    `classify` and the SavedModel all encode through here.
-
-    Args:
-        tokenizer: a tfllm tokenizer, or its `tf_tokenizer` (then pass bos_id, pad_id).
-    """
-    bos_id = tokenizer.bos_id if bos_id is None else bos_id
-    pad_id = tokenizer.pad_id if pad_id is None else pad_id
-    sep_id = getattr(tokenizer, "sep_id", None)
-    ids = tokenizer.tokenize(texts)
-    if not isinstance(ids, tf.RaggedTensor):
-        ids = tf.RaggedTensor.from_tensor(ids)
-    ids = tf.cast(ids, tf.int32)
-    n = tf.shape(texts)[0]
-    if sep_id is not None:
-        ids = tf.concat([ids[:, :seq_len - 1 - int(add_bos)],
-                         tf.fill([n, 1], tf.constant(sep_id, tf.int32))], axis=1)
-    if add_bos:
-        ids = tf.concat([tf.fill([n, 1], tf.constant(bos_id, tf.int32)), ids], axis=1)
-    ids = ids[:, :seq_len]
-    token_ids = ids.to_tensor(pad_id, shape=tf.stack([n, seq_len]))
-    lengths = tf.cast(ids.row_lengths(), tf.int32)
-    # (batch, seq_len)
-    return {"token_ids": token_ids, "padding_mask": tf.sequence_mask(lengths, seq_len)}
-
-
-def choose_seq_len(tokenizer, texts, max_len: int, add_bos: bool) -> int:
-    """The longest training text (+ its special tokens) rounded up to a multiple of 8, at
-    most max_len."""
-    longest = max(len(tokenizer.encode(t)) for t in texts) + added_tokens(tokenizer, add_bos)
-    return min(max_len, -(-longest // _SEQ_MULTIPLE) * _SEQ_MULTIPLE)
-
-
-_BUCKET = 16
-
-
-def make_classification_dataset(tokenizer, texts, labels, seq_len, add_bos, batch_size,
-                                training, seed=0):
-    """`(inputs, label ids)` batches; training data is shuffled and repeats forever.
-
-    Rows are batched with others of similar length and padded to their bucket (multiples
-    of 16 tokens, then seq_len): short texts such as SST-2's phrases then cost a fraction
-    of full-length padding, and XLA sees only a few shapes.
-    """
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
-                                             tf.constant(labels, tf.int32)))
-    if training:
-        ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True).repeat()
-    bos = tf.constant([tokenizer.bos_id], tf.int32)
-    sep_id = getattr(tokenizer, "sep_id", None)
-
-    def encode_one(text, label):
-        ids = tf.cast(tokenizer.tokenize(text), tf.int32)
-        if sep_id is not None:
-            ids = tf.concat([ids[:seq_len - 1 - int(add_bos)], [sep_id]], axis=0)
-        if add_bos:
-            ids = tf.concat([bos, ids], axis=0)
-        ids = ids[:seq_len]
-        return ids, tf.ones_like(ids, tf.bool), label
-
-    ds = ds.map(encode_one, num_parallel_calls=tf.data.AUTOTUNE)
-    # A length < boundary goes to that bucket, padded to boundary - 1.
-    boundaries = sorted({*range(_BUCKET + 1, seq_len + 1, _BUCKET), seq_len + 1})
-    ds = ds.bucket_by_sequence_length(
-        lambda ids, mask, label: tf.shape(ids)[0], boundaries,
-        [batch_size] * (len(boundaries) + 1), padded_shapes=([None], [None], []),
-        padding_values=(tokenizer.pad_id, False, 0), pad_to_bucket_boundary=True,
-        drop_remainder=training)
-    ds = ds.map(lambda ids, mask, y: ({"token_ids": ids, "padding_mask": mask}, y))
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(training_options())
-
+# -- encoding: tfllm.data.classification (re-exported here, where callers found it) ------
 
 def label_ids(labels, class_names) -> list[int]:
     """Map label names to ids; DataError listing any label the model never saw."""
@@ -212,7 +132,8 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
              from_scratch: bool = False, preset: str = "bert-mini",
              settings: FinetuneSettings | None = None, text_column=None, label_column=None,
              model_overrides: dict | None = None, overwrite: bool = False,
-             tfds_manual_dir=None, tfds_data_dir=None, verbose="auto") -> dict:
+             tfds_manual_dir=None, tfds_data_dir=None, verbose="auto", pair_column=None,
+             holdout: str = "random") -> dict:
     """Fine-tune a pretrained run (or a fresh model) into a classifier run directory.
 
     Args:
@@ -225,6 +146,10 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
         preset: model preset for `from_scratch`.
         settings: `FinetuneSettings`.
         text_column, label_column: fields of the labeled data.
+        pair_column: field of the second text (sentence pairs: NLI, paraphrase, QA
+            relevance); encoded `[CLS] text [SEP] pair [SEP]` with token types 0/1.
+        holdout: "random" (a seeded 10%) or "longest" (the longest rows, and no training
+            row that occurs inside one: for phrase datasets such as SST-2).
         model_overrides: ModelConfig fields to change from the preset (from scratch only).
         overwrite: replace an existing `out`.
 
@@ -259,14 +184,16 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
 
     data_rows = LabeledData(data, text_column, label_column, require_labels=True,
                             seed=settings.seed, tfds_manual_dir=tfds_manual_dir,
-                            tfds_data_dir=tfds_data_dir)
+                            tfds_data_dir=tfds_data_dir, pair_column=pair_column,
+                            holdout=holdout)
     class_names = data_rows.class_names()
     if not data_rows.val:
         raise DataError(f"{data} has too few rows to hold some out for validation")
-    train_texts = [t for t, _ in data_rows.train]
+    train_texts, train_pairs = split_pairs(t for t, _ in data_rows.train)
     train_y = label_ids([y for _, y in data_rows.train], class_names)
-    val_texts = [t for t, _ in data_rows.val]
+    val_texts, val_pairs = split_pairs(t for t, _ in data_rows.val)
     val_y = label_ids([y for _, y in data_rows.val], class_names)
+    is_pair = pair_column is not None
 
     if run is not None:
         pretrained = runs.load(run, weights="final")
@@ -280,15 +207,18 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
         requested = build_model_config(preset, model_overrides)
         if settings.dropout is not None:
             requested = requested.replace(dropout=settings.dropout)
-        tokenizer = SentencePieceTokenizer.train(train_texts, requested.tokenizer,
-                                                 requested.vocab_size)
+        tokenizer = SentencePieceTokenizer.train(train_texts + (train_pairs or []),
+                                                 requested.tokenizer, requested.vocab_size)
         model_config = requested.replace(vocab_size=tokenizer.vocab_size)
+        if is_pair and not model_config.type_vocab_size:
+            # A model of our own learns which text a token belongs to, as BERT does.
+            model_config = model_config.replace(type_vocab_size=2)
         backbone = TransformerBackbone.from_model_config(model_config, name="backbone")
         tokenizer_spec = runs.TOKENIZER
         backbone_lr_ratio = 1.0
     model_config = model_config.replace(dropout=backbone.dropout)
     add_bos = not backbone.causal
-    seq_len = choose_seq_len(tokenizer, train_texts, backbone.max_len, add_bos)
+    seq_len = choose_seq_len(tokenizer, train_texts, backbone.max_len, add_bos, train_pairs)
 
     steps_per_epoch = max(1, len(train_texts) // settings.batch_size)
     eval_interval = settings.eval_interval or min(steps_per_epoch, 500)
@@ -305,6 +235,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     head_dropout = settings.dropout if settings.dropout is not None else 0.1
     task_info = {"type": "classify", "class_names": class_names, "seq_len": seq_len,
                  "add_bos": add_bos, "pooling": "first" if add_bos else "last"}
+    task_info["pair"] = is_pair
     runs.write_run_config(out, {
         "model": model_config.to_dict(), "objective": "classify", "task": task_info,
         "data": data_rows.describe(), "tokenizer": tokenizer_spec,
@@ -327,9 +258,9 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
 
     train_ds = make_classification_dataset(tokenizer, train_texts, train_y, seq_len, add_bos,
                                            settings.batch_size, training=True,
-                                           seed=settings.seed)
+                                           seed=settings.seed, pairs=train_pairs)
     val_ds = make_classification_dataset(tokenizer, val_texts, val_y, seq_len, add_bos,
-                                         settings.batch_size, training=False)
+                                         settings.batch_size, training=False, pairs=val_pairs)
     best_path = os.path.join(out, runs.BEST_WEIGHTS)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
@@ -365,7 +296,9 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     return {"val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
             "step": best.get("step"), "steps_run": records[-1]["step"] if records else 0,
             "train_rows": len(train_texts), "val_rows": len(val_texts),
-            "skipped_empty": data_rows.skipped_empty, "seq_len": seq_len}
+            "skipped_empty": data_rows.skipped_empty, "seq_len": seq_len,
+            **({"dropped_contained": data_rows.dropped_contained}
+               if holdout != "random" else {})}
 
 
 # -- using a classifier -----------------------------------------------------------------
@@ -380,23 +313,87 @@ def load_classifier(run_dir: str, weights: str = "final"):
     return runs.load(run_dir, weights=weights), stored["task"]
 
 
-def predict_proba(model, task_info, texts, batch_size=64) -> np.ndarray:
-    """Class probabilities (n, num_classes) for a list of strings."""
+def pair_mode(task_info):
+    """True: the classifier reads sentence pairs; False: single texts; None: either (an
+    imported checkpoint, which does not say what it was fine-tuned on)."""
+    if "pair" not in task_info:
+        return False  # runs from before sentence pairs
+    return None if task_info["pair"] is None else bool(task_info["pair"])
+
+
+def check_pairs(task_info, given: bool, run_dir="the run"):
+    """DataError when sentence pairs go to a single-text classifier, or the reverse."""
+    mode = pair_mode(task_info)
+    if mode is True and not given:
+        raise DataError(f"{run_dir} classifies sentence pairs: give each text its pair "
+                        "(--text-pair, --pair-column, or text<TAB>pair lines)")
+    if given and mode is False:
+        raise DataError(f"{run_dir} classifies single texts, not pairs; drop --text-pair / "
+                        "--pair-column, or fine-tune a pair classifier with --pair-column")
+
+
+def uses_token_types(model, task_info) -> bool:
+    """Whether a fixed-input export (TFLite, ONNX) of the classifier takes `token_type_ids`:
+    a backbone with token types (BERT) serving sentence pairs (runs fine-tuned on pairs,
+    imported checkpoints)."""
+    return bool(model.backbone.type_vocab_size) and pair_mode(task_info) is not False
+
+
+def encode_rows(tokenizer, task_info, texts, token_types=False) -> dict:
+    """{"token_ids"[, "token_type_ids"]}: int32 numpy (n, seq_len) of texts (strings or
+    `(text, pair)` tuples) padded to the run's length, as the exporters feed them."""
+    first, pairs = split_pairs(texts)
+    inputs = encode_texts(tokenizer, tf.constant(first), task_info["seq_len"],
+                          task_info["add_bos"], None if pairs is None else tf.constant(pairs))
+    out = {"token_ids": inputs["token_ids"].numpy()}
+    if token_types:
+        types = inputs.get("token_type_ids")
+        out["token_type_ids"] = (np.zeros_like(out["token_ids"]) if types is None
+                                 else types.numpy().astype(np.int32))
+    return out
+
+
+def predict_proba(model, task_info, texts, batch_size=64, pairs=None) -> np.ndarray:
+    """Class probabilities (n, num_classes) for a list of strings (and, for a sentence-pair
+    classifier, the list of their second texts).
+
+    Rows are sorted by length and each batch padded to its longest row (rounded up to 8
+    tokens): padding is masked, so results do not depend on it, and short texts cost a
+    fraction of the run's full length.
+    """
+    check_pairs(task_info, pairs is not None)
+    if pairs is not None and len(pairs) != len(texts):
+        raise DataError(f"{len(texts)} texts but {len(pairs)} pairs; give one pair per text")
     if not texts:
         return np.zeros((0, model.num_classes), np.float32)
-    seq_len = max(task_info["seq_len"],
-                  min(model.backbone.max_len,
-                      choose_seq_len(model.tokenizer, texts, model.backbone.max_len,
-                                     task_info["add_bos"])))
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(texts, tf.string)).batch(batch_size)
-    ds = ds.map(lambda t: encode_texts(model.tokenizer, t, seq_len, task_info["add_bos"]))
-    import warnings
+    tokenizer, add_bos, max_len = model.tokenizer, task_info["add_bos"], model.backbone.max_len
+    counts = token_counts(tokenizer, list(texts), add_bos, pairs)
+    order = np.argsort(counts, kind="stable")
+    forward = _forward_fn(model)
+    out = np.zeros((len(texts), model.num_classes), np.float32)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start:start + batch_size]
+        seq_len = round_seq_len(max(counts[i] for i in rows), max_len)
+        inputs = encode_texts(tokenizer, tf.constant([texts[i] for i in rows]), seq_len,
+                              add_bos, None if pairs is None else
+                              tf.constant([pairs[i] for i in rows]))
+        out[rows] = forward(inputs).numpy()
+    return out
 
-    with warnings.catch_warnings():
-        # A finite dataset ends by running out of data, which Keras warns about.
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        logits = model.predict(ds, verbose=0)
-    return tf.nn.softmax(logits, axis=-1).numpy()
+
+def _forward_fn(model):
+    """The classifier's softmax as one graph for every batch shape (traced per shape once,
+    then for any shape)."""
+    fn = _FORWARD.get(model)
+    if fn is None:
+        fn = tf.function(lambda inputs: tf.nn.softmax(model(inputs, training=False), axis=-1),
+                         reduce_retracing=True)
+        _FORWARD[model] = fn
+    return fn
+
+
+# Kept beside the model, not on it: Keras would track a tf.function attribute as state.
+_FORWARD = weakref.WeakKeyDictionary()
 
 
 def classification_report(y_true, y_pred, class_names) -> dict:
@@ -427,7 +424,7 @@ def classification_report(y_true, y_pred, class_names) -> dict:
 
 def evaluate_classifier(run_dir, data=None, text_column=None, label_column=None,
                         weights="final", batch_size=64, tfds_manual_dir=None,
-                        tfds_data_dir=None) -> dict:
+                        tfds_data_dir=None, pair_column=None) -> dict:
     """Score a classifier run on labeled data.
 
     Args:
@@ -436,6 +433,8 @@ def evaluate_classifier(run_dir, data=None, text_column=None, label_column=None,
             run's own held-out validation rows, another file is evaluated whole.
         text_column, label_column: fields (default: those the run was trained with).
         weights: "final" or "best".
+        pair_column: the second text's field, for sentence-pair classifiers (default: the
+            run's own).
 
     Returns:
         `classification_report(...)` plus "data" and "skipped_empty".
@@ -444,16 +443,22 @@ def evaluate_classifier(run_dir, data=None, text_column=None, label_column=None,
 
     stored = runs.read_run_config(run_dir)
     model, task_info = load_classifier(run_dir, weights)
-    trained = stored.get("data", {})
+    trained = stored.get("data") or {}
+    if data is None and not trained.get("spec"):
+        raise DataError(f"{run_dir} has no data of its own (an imported classifier); pass "
+                        "--data SPEC with labeled rows to evaluate on")
     own = data is None or data == trained.get("spec")
     data = data or trained.get("spec")
+    pair_column = pair_column or trained.get("pair_column")
+    check_pairs(task_info, bool(pair_column), run_dir)
     if own:
         text_column = text_column or trained.get("text_column")
         label_column = label_column or trained.get("label_column")
     seed = stored.get("finetune", {}).get("seed", 0)
     rows = LabeledData(data, text_column, label_column, require_labels=True,
                        seed=seed if own else 0, tfds_manual_dir=tfds_manual_dir,
-                       tfds_data_dir=tfds_data_dir)
+                       tfds_data_dir=tfds_data_dir, pair_column=pair_column,
+                       holdout=trained.get("holdout", "random") if own else "random")
     if own:
         pairs = rows.val
     elif data.startswith("tfds:") and data.count(":") < 2:
@@ -463,7 +468,8 @@ def evaluate_classifier(run_dir, data=None, text_column=None, label_column=None,
     else:
         pairs = rows.all
     y_true = label_ids([y for _, y in pairs], task_info["class_names"])
-    probs = predict_proba(model, task_info, [t for t, _ in pairs], batch_size)
+    texts, second = split_pairs(t for t, _ in pairs)
+    probs = predict_proba(model, task_info, texts, batch_size, pairs=second)
     report = classification_report(y_true, probs.argmax(axis=1), task_info["class_names"])
     report.update(data=data, skipped_empty=rows.skipped_empty)
     return report
@@ -493,4 +499,5 @@ def format_report(report) -> list[str]:
 
 
 __all__ = ["FinetuneSettings", "finetune", "load_classifier", "predict_proba",
-           "classification_report", "evaluate_classifier", "format_report", "encode_texts"]
+           "check_pairs", "pair_mode", "uses_token_types", "encode_rows", "classification_report", "evaluate_classifier", "format_report",
+           "encode_texts", "added_tokens", "choose_seq_len", "make_classification_dataset"]

@@ -1,8 +1,10 @@
 """Importing Hugging Face BERT checkpoints: every head, checked against an independent NumPy
 BERT; the WordPiece tokenizer against the `tokenizers` library."""
 
+import io
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -47,6 +49,33 @@ def test_wordpiece_ids_equal_the_tokenizers_library(tmp_path):
     batch = tok.tokenize([TEXT, "", "東京"]).to_list()
     assert batch == [tok.encode(TEXT), [], tok.encode("東京")]
     assert tok.unk_id in tok.encode("😀🙃 ∰")  # not in the vocabulary: [UNK], not dropped
+
+
+def test_pair_encoding_equals_the_tokenizers_library(tmp_path):
+    """[CLS] a [SEP] b [SEP] with token types 0/1, cut as Hugging Face's longest_first cuts
+    (the odd token to the longer text; the second when equally long), at odd and even
+    lengths, down to cutting one text away entirely."""
+    import tensorflow as tf
+    from tokenizers import Tokenizer
+
+    from tfllm.data.classification import pack
+    from tfllm.tokenizers import WordPieceTokenizer
+
+    path = str(tmp_path / "tokenizer.json")
+    train_tokenizer_json(path)
+    ref = Tokenizer.from_file(path)
+    tok = WordPieceTokenizer.from_tokenizer_json(path)
+    words = TEXT.split()
+    cases = [(" ".join(words[:a]) or "x", " ".join(words[-b:]))
+             for a in (1, 3, 7, 12, 20) for b in (1, 2, 5, 9, 13, 25)]
+    first, second = tf.constant([a for a, _ in cases]), tf.constant([b for _, b in cases])
+    for length in (5, 8, 9, 10, 11, 17, 24, 64):
+        ref.enable_truncation(max_length=length, strategy="longest_first")
+        ids, types = pack(tok, first, length, True, second)
+        for i, (a, b) in enumerate(cases):
+            want = ref.encode(a, b)
+            assert ids[i].numpy().tolist() == want.ids, (length, a, b)
+            assert types[i].numpy().tolist() == want.type_ids, (length, a, b)
 
 
 def test_cased_wordpiece_keeps_case_and_accents(tmp_path):
@@ -96,6 +125,44 @@ def test_imported_classifier_classifies_from_the_cli(classifier, capsys):
                                                                   mask).argmax()))]
     assert main(["classify", "--run", out, "--text", "naïve café"]) == 0
     assert expected in capsys.readouterr().out
+
+
+def test_imported_classifier_on_sentence_pairs_equals_numpy(classifier, capsys):
+    """An imported checkpoint may be a pair classifier (MRPC, NLI): `classify --text-pair`
+    and `predict_proba(pairs=...)` encode [CLS] a [SEP] b [SEP] with token types 0/1, and
+    the probabilities equal the NumPy BERT's on those ids and types."""
+    import tensorflow as tf
+
+    from tfllm.cli import main
+    from tfllm.finetuning import encode_texts, load_classifier, predict_proba
+
+    out, config, w, _ = classifier
+    model, task = load_classifier(out)
+    texts = ["Is this a pair?", "東京 is a city", "x"]
+    pairs = ["Yes, it is.", "Tokyo is a city", "a second text much longer than the first"]
+    inputs = encode_texts(model.tokenizer, tf.constant(texts), 24, True, tf.constant(pairs))
+    ids, types, mask = (inputs[k].numpy() for k in ("token_ids", "token_type_ids",
+                                                     "padding_mask"))
+    sep = model.tokenizer.sep_id
+    for row, kinds in zip(ids, types):
+        n = int((row != model.tokenizer.pad_id).sum())
+        assert row[0] == model.tokenizer.cls_id and row[n - 1] == sep
+        assert list(row[:n]).count(sep) == 2 and kinds[:n].max() == 1
+    expected = numpy_classifier_probs(w, config, ids, types, mask)
+    got = predict_proba(model, task, texts, pairs=pairs)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert not np.allclose(got, predict_proba(model, task, texts), atol=1e-3)
+    args = ["classify", "--run", out, "--json"]
+    for a, b in zip(texts, pairs):
+        args += ["--text", a, "--text-pair", b]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text_pair"] for r in rows] == pairs
+    names = model.class_names
+    assert [r["label"] for r in rows] == [names[i] for i in expected.argmax(1)]
+    assert main(["classify", "--run", out, "--text", "a", "--text-pair", "b",
+                 "--text-pair", "c"]) != 0
+    assert "1 --text but 2 --text-pair" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("prefix,legacy", [(False, False), (True, True)])
@@ -202,20 +269,49 @@ def test_all_minilm_l6_v2_imports_and_ranks_sentences(tmp_path):
 
 
 @pytest.mark.slow
-def test_imported_encoder_fine_tunes_into_a_classifier(tmp_path):
-    """An encoder checkpoint (no head) fine-tunes: the pooler comes along, texts are
-    [CLS] text [SEP], and the classifier learns the toy task."""
-    from tests.conftest import FAST_FINETUNE, labeled_rows, write_tsv
-    from tfllm.finetuning import FinetuneSettings, finetune, load_classifier, predict_proba
+def test_imported_encoder_fine_tunes_on_sentence_pairs(tmp_path, capsys, monkeypatch):
+    """An encoder checkpoint (no head) fine-tunes on pairs (`--pair-column`): the pooler
+    comes along, rows are [CLS] question [SEP] review [SEP] with token types, and the
+    label, which only the second text holds, is learned. The run then refuses single
+    texts, and `classify` reads text<TAB>pair lines."""
+    from tests.conftest import FAST_FINETUNE, labeled_rows
+    from tfllm.cli import main
+    from tfllm.errors import DataError
+    from tfllm.finetuning import (FinetuneSettings, evaluate_classifier, finetune,
+                                  load_classifier, predict_proba)
 
     ckpt, _, _ = write_checkpoint(str(tmp_path / "ckpt"), "encoder", seed=5)
     base = import_hf(ckpt, str(tmp_path / "base"), max_len=32)
-    data = write_tsv(tmp_path / "rows.tsv", labeled_rows(120, seed=2))
+    questions = ["was it good?", "verdict", "what did they think of it?"]
+    rows = [(questions[i % 3], review, y) for i, (review, y) in
+            enumerate(labeled_rows(120, seed=2))]
+    path = tmp_path / "rows.tsv"
+    path.write_text("question\treview\tlabel\n" + "".join(f"{q}\t{r}\t{y}\n"
+                                                         for q, r, y in rows))
     out = str(tmp_path / "clf")
-    got = finetune(out, data, run=base, settings=FinetuneSettings(**dict(FAST_FINETUNE,
-                                                                         epochs=6)), verbose=0)
+    got = finetune(out, f"tsv:{path}", run=base, text_column="question",
+                   pair_column="review", verbose=0,
+                   settings=FinetuneSettings(**dict(FAST_FINETUNE, epochs=6)))
     assert got["val_accuracy"] >= 0.9, got
     model, task = load_classifier(out)
-    assert model.backbone.pooler and task["pooling"] == "first"
-    probs = predict_proba(model, task, ["a superb and lovely film", "a dull and awful film"])
+    assert model.backbone.pooler and task["pooling"] == "first" and task["pair"] is True
+    probs = predict_proba(model, task, ["verdict", "verdict"],
+                          pairs=["a superb and lovely film", "a dull and awful film"])
     assert [task["class_names"][i] for i in probs.argmax(-1)] == ["pos", "neg"]
+    assert evaluate_classifier(out)["accuracy"] >= 0.9  # its own held-out pairs
+    with pytest.raises(DataError, match="classifies sentence pairs: give each text its pair"):
+        predict_proba(model, task, ["a superb and lovely film"])
+    assert main(["classify", "--run", out, "--text", "a superb and lovely film"]) != 0
+    assert "classifies sentence pairs" in capsys.readouterr().err
+
+    class Stdin(io.TextIOWrapper):
+        def isatty(self):
+            return False
+
+    lines = "verdict\ta superb and lovely film\nverdict\ta dull and awful film\n"
+    monkeypatch.setattr(sys, "stdin", Stdin(io.BytesIO(lines.encode())))
+    assert main(["classify", "--run", out]) == 0
+    got = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [g[0] for g in got] == ["pos", "neg"]
+    assert [g[2:] for g in got] == [["verdict", "a superb and lovely film"],
+                                    ["verdict", "a dull and awful film"]]

@@ -13,6 +13,19 @@ from tests.conftest import REPO, labeled_rows, write_tsv
 from tfllm.checkpoints import import_hf
 
 TEXTS = ["a superb and lovely film", "Héllo, WORLD! 東京", "a dull [SEP] film", "x"]
+PAIRS = ["is it good?", "x", "a long second text that is cut before the first one is", "y"]
+
+
+def _pair_inputs(model, length):
+    """{"token_ids", "token_type_ids"} of TEXTS paired with PAIRS, padded to `length`."""
+    import tensorflow as tf
+
+    from tfllm.finetuning import encode_texts
+
+    inputs = encode_texts(model.tokenizer, tf.constant(TEXTS), length, True,
+                          tf.constant(PAIRS))
+    assert inputs["token_type_ids"].numpy().max() == 1
+    return {k: inputs[k].numpy() for k in ("token_ids", "token_type_ids")}
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +50,13 @@ def _export(module, *args):
 def test_imported_classifier_saved_model_labels_equal_keras(bert_runs, tmp_path):
     # The exporter reloads the SavedModel in a fresh process and requires its classify
     # probabilities (within 1e-4) and labels to equal the Keras classifier's.
+    # An imported classifier may have been fine-tuned on pairs or single texts: it gets
+    # both forms, and the exporter checks both (pairs through classify_pair).
     stdout = _export("export.saved_model", "--run", bert_runs["classifier"], "--out",
                      str(tmp_path), "--name", "bert")
     assert "classify(text string[None]) -> label int32[None], label_name string[None], " \
         "probabilities float32[None, 3]" in stdout
+    assert "classify_pair(text string[None], text_pair string[None]) -> label" in stdout
 
 
 @pytest.mark.slow
@@ -50,7 +66,7 @@ def test_imported_classifier_tflite(bert_runs, tmp_path, quantize):
     # An imported classifier has no data of its own: --data gives the texts to check on.
     stdout = _export("export.tflite", "--run", bert_runs["classifier"], "--out", out,
                      "--quantize", quantize, "--data", bert_runs["data"], "--seq-len", "16")
-    assert "input token_ids [1, 16]" in stdout
+    assert "input token_ids [1, 16] and token_type_ids [1, 16]" in stdout
     from export.tflite import tflite_classify
     from tfllm.finetuning import encode_texts, load_classifier
 
@@ -58,12 +74,14 @@ def test_imported_classifier_tflite(bert_runs, tmp_path, quantize):
 
     model, task = load_classifier(bert_runs["classifier"])
     ids = encode_texts(model.tokenizer, tf.constant(TEXTS), 16, True)["token_ids"].numpy()
-    expected = tf.nn.softmax(model(ids), axis=-1).numpy()
-    got = tflite_classify(out, ids)
-    if quantize == "float32":
-        np.testing.assert_allclose(got, expected, atol=1e-4)
-    else:
-        assert np.isfinite(got).all() and np.abs(got - expected).max() < 0.2
+    pairs = _pair_inputs(model, 16)
+    for inputs in (ids, pairs):  # single texts (token types 0) and sentence pairs
+        expected = tf.nn.softmax(model(inputs), axis=-1).numpy()
+        got = tflite_classify(out, inputs)
+        if quantize == "float32":
+            np.testing.assert_allclose(got, expected, atol=1e-4)
+        else:
+            assert np.isfinite(got).all() and np.abs(got - expected).max() < 0.2
 
 
 def test_imported_classifier_tflite_without_data_is_refused(bert_runs, tmp_path):
@@ -86,9 +104,12 @@ def test_imported_classifier_onnx(bert_runs, tmp_path):
     out = str(tmp_path / "bert.onnx")
     _export("export.onnx", "--run", bert_runs["classifier"], "--out", out)
     model, task = load_classifier(bert_runs["classifier"])
+    session = ort.InferenceSession(out)
     ids = encode_texts(model.tokenizer, tf.constant(TEXTS), 16, True)["token_ids"].numpy()
-    got = ort.InferenceSession(out).run(None, {"token_ids": ids})[0]
+    got = session.run(None, {"token_ids": ids, "token_type_ids": np.zeros_like(ids)})[0]
     np.testing.assert_allclose(got, model(ids).numpy(), atol=1e-4)
+    pairs = _pair_inputs(model, 16)
+    np.testing.assert_allclose(session.run(None, pairs)[0], model(pairs).numpy(), atol=1e-4)
 
 
 @pytest.mark.slow

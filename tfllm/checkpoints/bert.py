@@ -287,9 +287,11 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
     if head == "classifier":
         # What fine-tuning records of a classifier. No training length is known: 128
         # tokens (Hugging Face's usual) is the padded length, and the TFLite input's.
+        # Whether it was fine-tuned on single texts or pairs (MRPC, NLI) the checkpoint
+        # does not say: "pair": None takes either.
         run_config["task"] = {"type": "classify", "class_names": classes,
                               "seq_len": min(128, cfg.max_len), "add_bos": True,
-                              "pooling": "first"}
+                              "pooling": "first", "pair": None}
     weights = bert_weights(model, cfg, raw, names, head, _numpy_dtype(dtype))
     return write_imported_run(out, overwrite, model, weights, run_config, files)
 

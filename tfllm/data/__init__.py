@@ -1,10 +1,11 @@
 """Data: specs at the bottom, then sources (tables, TFDS), then what models train on.
 
     spec         what a --data value names; shared defaults
-    tables       tsv/csv/jsonl rows with a seeded held-out split
+    tables       tsv/csv/jsonl rows with a held-out split (seeded, or sentence-disjoint)
     tfds_source  TFDS preparation offline, text feature and splits
     corpus       LM corpora (train/validation text of any spec)
-    labeled      (text, label) rows for classification
+    labeled      (text, label) rows for classification; texts may be (text, pair)
+    classification  texts and pairs to a classifier's token ids, in-graph
     lm           tf.data pipelines of LM and masked-LM windows for `fit`
 """
 

@@ -6,8 +6,10 @@ A labeled data spec names the source:
     tfds:NAME[:SPLIT]     a TFDS dataset with a text feature and a label feature
 
 `--text-column` / `--label-column` pick the fields (defaults: the first of text, sentence,
-content, review; label). Rows with empty text are skipped and counted. Files have no
-validation split of their own: a seeded 10% of the rows is held out.
+content, review; label); `--pair-column` names a second text for sentence-pair tasks.
+Rows with empty text are skipped and counted. Files have no validation split of their
+own: a seeded 10% of the rows is held out, or with `holdout="longest"` the longest rows
+and no training row that occurs inside one (`tfllm.data.tables.split_rows`).
 """
 
 from __future__ import annotations
@@ -40,10 +42,14 @@ class LabeledData:
         require_labels: raise DataError for a missing label column or empty labels.
         seed: seed of the held-out split of files.
         tfds_manual_dir, tfds_data_dir: as for `tfllm.data.Corpus`.
+        pair_column: field holding the second text of sentence pairs; texts are then
+            `(text, pair)` tuples.
+        holdout: "random" or "longest" (files only: TFDS datasets have their own split).
 
     Attributes:
         train, val: lists of (text, label) pairs (label "" when not required).
-        skipped_empty: rows skipped because their text was empty.
+        skipped_empty: rows skipped because their text (or pair) was empty.
+        dropped_contained: training rows dropped by holdout "longest".
 
     Example:
         >>> data = LabeledData("tsv:../shared/data/sst2/train.tsv")  # doctest: +SKIP
@@ -52,23 +58,32 @@ class LabeledData:
     """
 
     def __init__(self, spec, text_column=None, label_column=None, require_labels=True,
-                 seed=0, tfds_manual_dir=None, tfds_data_dir=None):
+                 seed=0, tfds_manual_dir=None, tfds_data_dir=None, pair_column=None,
+                 holdout="random"):
         self.spec = spec
         self.kind, _, rest = spec.partition(":")
         self.require_labels = require_labels
+        self.pair_column = pair_column
+        self.holdout = holdout
         self.skipped_empty = 0
+        self.dropped_contained = 0
         self.class_vocabulary = None  # TFDS ClassLabel names, when the dataset has them
         if not rest or self.kind not in FILE_KINDS + ("tfds",):
             raise DataError(f"bad labeled data spec {spec!r}: use tsv:PATH, csv:PATH, "
                             "jsonl:PATH or tfds:NAME[:SPLIT]")
         if self.kind == "tfds":
+            if holdout != "random":
+                raise DataError(f"--holdout {holdout} applies to tsv/csv/jsonl files; TFDS "
+                                "datasets are validated on their own validation split")
             self._init_tfds(rest, text_column, label_column, tfds_manual_dir, tfds_data_dir)
             return
-        table = read_table(spec, text_column, label_column, require_labels, seed)
+        table = read_table(spec, text_column, label_column, require_labels, seed,
+                           pair_column, holdout)
         self.path, self.text_column, self.label_column = (table.path, table.text_column,
                                                           table.label_column)
         self.train, self.val, self.all = table.train, table.val, table.all
         self.skipped_empty = table.skipped_empty
+        self.dropped_contained = table.dropped_contained
 
     # -- TFDS ------------------------------------------------------------------------------
     def _init_tfds(self, rest, text_column, label_column, manual_dir, data_dir):
@@ -82,7 +97,7 @@ class LabeledData:
         features = source.builder.info.features
         self.text_column, self.label_column = pick_columns(
             f"TFDS dataset {self.name!r}", list(features), source.text_feature, label_column,
-            self.require_labels)
+            self.require_labels, self.pair_column)
         feature = features[self.label_column] if self.label_column else None
         if isinstance(feature, tfds.features.ClassLabel):
             self.class_vocabulary = list(feature.names)
@@ -94,9 +109,13 @@ class LabeledData:
                 # GLUE test splits carry label -1: no label.
                 if self.class_vocabulary is not None:
                     label = self.class_vocabulary[label] if label >= 0 else ""
-                rows.append({self.text_column: ex[self.text_column], self.label_column: label})
+                row = {self.text_column: ex[self.text_column], self.label_column: label}
+                if self.pair_column:
+                    row[self.pair_column] = ex[self.pair_column]
+                rows.append(row)
             pairs, skipped = text_label_pairs(self.spec, rows, self.text_column,
-                                              self.label_column, self.require_labels)
+                                              self.label_column, self.require_labels,
+                                              self.pair_column)
             self.skipped_empty += skipped
             return pairs
 
@@ -118,6 +137,13 @@ class LabeledData:
         return names
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "text_column": self.text_column,
+        """What a run's config.json records of its data (evaluation re-reads it from here)."""
+        info = {"spec": self.spec, "text_column": self.text_column,
                 "label_column": self.label_column, "train_rows": len(self.train),
                 "val_rows": len(self.val), "skipped_empty": self.skipped_empty}
+        # Written only when set, so configs of single-text, random-split runs are unchanged.
+        if self.pair_column:
+            info["pair_column"] = self.pair_column
+        if self.holdout != "random":
+            info.update(holdout=self.holdout, dropped_contained=self.dropped_contained)
+        return info

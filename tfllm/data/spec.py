@@ -19,6 +19,10 @@ TEXT_COLUMNS = ("text", "sentence", "content", "review")
 LABEL_COLUMN = "label"
 # Held out for validation where a source has no split of its own.
 VAL_FRACTION = 0.1
+# How labeled tables hold rows out (tfllm.data.tables.split_rows); "longest" holds out at
+# most this many rows.
+HOLDOUTS = ("random", "longest")
+MAX_LONGEST_VAL = 1000
 
 
 @dataclasses.dataclass
