@@ -202,6 +202,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
         model_config = runs.model_config_of(run)
         tokenizer_spec = stored.get("tokenizer", runs.TOKENIZER)
         backbone_lr_ratio = settings.backbone_lr_ratio
+        encoder_pooling = pretrained.pooling if kind == "encoder" else None
         del pretrained
     else:
         requested = build_model_config(preset, model_overrides)
@@ -216,6 +217,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
         backbone = TransformerBackbone.from_model_config(model_config, name="backbone")
         tokenizer_spec = runs.TOKENIZER
         backbone_lr_ratio = 1.0
+        encoder_pooling = None
     model_config = model_config.replace(dropout=backbone.dropout)
     add_bos = not backbone.causal
     seq_len = choose_seq_len(tokenizer, train_texts, backbone.max_len, add_bos, train_pairs)
@@ -233,8 +235,12 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     else:
         tokenizer.save(os.path.join(out, runs.TOKENIZER))
     head_dropout = settings.dropout if settings.dropout is not None else 0.1
+    # An encoder trained to mean-pool (sentence-transformers) is fine-tuned mean-pooled.
+    pooling = "first" if add_bos else "last"
+    if encoder_pooling == "mean":
+        pooling = "mean"
     task_info = {"type": "classify", "class_names": class_names, "seq_len": seq_len,
-                 "add_bos": add_bos, "pooling": "first" if add_bos else "last"}
+                 "add_bos": add_bos, "pooling": pooling}
     task_info["pair"] = is_pair
     runs.write_run_config(out, {
         "model": model_config.to_dict(), "objective": "classify", "task": task_info,

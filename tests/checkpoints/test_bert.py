@@ -270,8 +270,8 @@ def test_all_minilm_l6_v2_imports_and_ranks_sentences(tmp_path):
 
 @pytest.mark.slow
 def test_imported_encoder_fine_tunes_on_sentence_pairs(tmp_path, capsys, monkeypatch):
-    """An encoder checkpoint (no head) fine-tunes on pairs (`--pair-column`): the pooler
-    comes along, rows are [CLS] question [SEP] review [SEP] with token types, and the
+    """An encoder checkpoint (no head) fine-tunes on pairs (`--pair-column`), mean-pooled
+    as it was trained: rows are [CLS] question [SEP] review [SEP] with token types, and the
     label, which only the second text holds, is learned. The run then refuses single
     texts, and `classify` reads text<TAB>pair lines."""
     from tests.conftest import FAST_FINETUNE, labeled_rows
@@ -294,7 +294,8 @@ def test_imported_encoder_fine_tunes_on_sentence_pairs(tmp_path, capsys, monkeyp
                    settings=FinetuneSettings(**dict(FAST_FINETUNE, epochs=6)))
     assert got["val_accuracy"] >= 0.9, got
     model, task = load_classifier(out)
-    assert model.backbone.pooler and task["pooling"] == "first" and task["pair"] is True
+    # A sentence-transformers encoder is fine-tuned mean-pooled, as it was trained to pool.
+    assert task["pooling"] == model.pooling == "mean" and task["pair"] is True
     probs = predict_proba(model, task, ["verdict", "verdict"],
                           pairs=["a superb and lovely film", "a dull and awful film"])
     assert [task["class_names"][i] for i in probs.argmax(-1)] == ["pos", "neg"]

@@ -22,7 +22,8 @@ def classifier(config=ENC, pooling="first", dropout=0.0):
     return SequenceClassifier(bb, ["a", "b", "c"], pooling=pooling, dropout=dropout, pad_id=0)
 
 
-@pytest.mark.parametrize("config,pooling", [(ENC, "first"), (ENC.replace(causal=True), "last")])
+@pytest.mark.parametrize("config,pooling", [(ENC, "first"), (ENC.replace(causal=True), "last"),
+                                            (ENC, "mean")])
 def test_padding_is_ignored(config, pooling):
     """Each row's logits equal those of the row alone, unpadded, whatever the padding holds."""
     clf = classifier(config, pooling)
@@ -36,6 +37,18 @@ def test_padding_is_ignored(config, pooling):
     garbage = np.where(mask, IDS, 7).astype("int32")
     explicit = ops.convert_to_numpy(clf({"token_ids": garbage, "padding_mask": mask}))
     np.testing.assert_allclose(explicit, out, atol=1e-5)
+
+
+def test_mean_pooling_averages_the_real_tokens():
+    """Mean pooling = the head applied to the average of the backbone's states over the
+    real tokens (NumPy)."""
+    clf = classifier(ENC, "mean")
+    mask = PADDED != 0
+    hidden = ops.convert_to_numpy(clf.backbone(PADDED, padding_mask=mask))
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    kernel, bias = (ops.convert_to_numpy(w) for w in clf.head.weights)
+    np.testing.assert_allclose(ops.convert_to_numpy(clf(PADDED)), pooled @ kernel + bias,
+                               atol=1e-5)
 
 
 def test_last_pooling_reads_the_last_real_token():
@@ -82,7 +95,7 @@ def test_copy_backbone_same_outputs_new_dropout():
 def test_bad_arguments():
     bb = TransformerBackbone.from_model_config(ENC)
     with pytest.raises(ValueError, match="pooling"):
-        SequenceClassifier(bb, ["a", "b"], pooling="mean")
+        SequenceClassifier(bb, ["a", "b"], pooling="max")
     with pytest.raises(ValueError, match="two distinct"):
         SequenceClassifier(bb, ["a"])
     with pytest.raises(ValueError, match="two distinct"):

@@ -5,7 +5,7 @@ from keras import ops
 
 from tfllm.models.backbone import TransformerBackbone, split_inputs, with_backbone
 
-POOLINGS = ("first", "last")
+POOLINGS = ("first", "last", "mean")
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -14,7 +14,8 @@ class SequenceClassifier(keras.Model):
 
     `pooling="first"` reads the first token (the `[CLS]`-style BOS of an encoder), through
     the backbone's pooler where it has one (BERT); `"last"` reads the last non-padding
-    token, the only one a causal LM lets see the whole text. Inputs are right-padded: a dict
+    token, the only one a causal LM lets see the whole text; `"mean"` averages the real
+    tokens, as sentence-transformers encoders were trained to pool. Inputs are right-padded: a dict
     with `token_ids`, `padding_mask` and (sentence pairs) `token_type_ids`, or bare
     `token_ids`, whose mask is then `token_ids != pad_id` (the TFLite export feeds bare
     ids). The class names are part of the model, so a `.keras` file knows its labels.
@@ -22,7 +23,7 @@ class SequenceClassifier(keras.Model):
     Args:
         backbone: a `TransformerBackbone` (pretrained or fresh).
         class_names: label names, index i is class i (at least two).
-        pooling: "first" or "last".
+        pooling: "first", "last" or "mean".
         dropout: dropout on the pooled vector before the head.
         pad_id: the padding token id.
 
@@ -69,6 +70,9 @@ class SequenceClassifier(keras.Model):
                                token_type_ids=token_type_ids, training=training)
         if self.pooling == "first":
             pooled = self.backbone.pool(hidden)  # (batch, d_model)
+        elif self.pooling == "mean":
+            mask = ops.cast(padding_mask, hidden.dtype)[:, :, None]  # (batch, seq, 1)
+            pooled = ops.sum(hidden * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1.0)
         else:
             lengths = ops.sum(ops.cast(padding_mask, "int32"), axis=1)
             # A one-hot contraction instead of a batched gather: it converts to every
