@@ -226,7 +226,8 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
     as `classify_pair`. `jit_compile` is accepted for the builders' common signature and
     not used: the one forward pass runs as TensorFlow ops, so TF Serving needs no XLA.
     """
-    from tfllm.finetuning import added_tokens, encode_texts, pair_mode
+    from tfllm.data.classification import encode_to_longest
+    from tfllm.finetuning import pair_mode
 
     task = model.task_info
     names = tf.constant(model.class_names)
@@ -239,15 +240,9 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
             [text_pair] if pair else []))
         text, text_pair = checked if pair else (checked, None)
         # Padded to the longest row of the request (masked: the padding length does not
-        # change the result), at most the model's context.
-        n_tokens = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.int32)
-        if pair:
-            n_tokens += tf.cast(tokenizer.tokenize(text_pair).row_lengths(), tf.int32)
-        extra = added_tokens(tokenizer, task["add_bos"], pair)
-        longest = tf.reduce_max(tf.concat([n_tokens + extra, [1]], axis=0))
-        # The run's tokenizer object: it adds the checkpoint's own BOS where it has one.
-        inputs = encode_texts(tokenizer, text, tf.minimum(longest, max_len), task["add_bos"],
-                              pairs=text_pair)
+        # change the result), at most the model's context. The run's tokenizer object adds
+        # the checkpoint's own BOS where it has one.
+        inputs = encode_to_longest(tokenizer, text, max_len, task["add_bos"], pairs=text_pair)
         probabilities = tf.nn.softmax(model(inputs), axis=-1)
         label = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "label": label,
@@ -276,16 +271,13 @@ def encoder_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
 
     `jit_compile` is accepted for the builders' common signature and not used.
     """
-    from tfllm.finetuning import added_tokens, encode_texts
+    from tfllm.data.classification import encode_to_longest
 
     max_len = model.backbone.max_len
 
     def embed(text):
         text = _after(_batch_checks(max_batch, text), text)
-        n_tokens = tf.cast(tokenizer.tokenize(text).row_lengths(), tf.int32)
-        longest = tf.reduce_max(tf.concat([n_tokens + added_tokens(tokenizer, True), [1]],
-                                          axis=0))
-        inputs = encode_texts(tokenizer, text, tf.minimum(longest, max_len), add_bos=True)
+        inputs = encode_to_longest(tokenizer, text, max_len, add_bos=True)
         return {"embedding": model(inputs)}
 
     spec = [tf.TensorSpec([None], tf.string, name="text")]

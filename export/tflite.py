@@ -71,7 +71,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfllm import runs  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
-from tfllm.finetuning import uses_token_types  # noqa: E402
+from tfllm.finetuning import encode_rows, uses_token_types  # noqa: E402
 
 class TFLiteExportError(TfllmError):
     """The TFLite export failed or disagrees with the Keras model."""
@@ -443,14 +443,8 @@ def _classifier_rows(run_dir, count, data=None, text_column=None, pair_column=No
     return [t for t, _ in rows.train[:count]], [t for t, _ in rows.val[:count]]
 
 
-def _encode_inputs(tokenizer, task, texts, token_types=False):
-    from tfllm.finetuning import encode_rows
-
-    return encode_rows(tokenizer, task, texts, token_types)
-
-
 def _encode_one(tokenizer, task, texts):
-    return _encode_inputs(tokenizer, task, texts)["token_ids"]
+    return encode_rows(tokenizer, task, texts)["token_ids"]
 
 
 def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_names=True,
@@ -475,7 +469,7 @@ def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_
     token_types = uses_token_types(model, task)
     if quantize == "int8":
         texts, _ = _classifier_rows(run_dir, calibration_rows, data, text_column, pair_column)
-        calibration = _encode_inputs(model.tokenizer, task, texts, token_types)
+        calibration = encode_rows(model.tokenizer, task, texts, token_types)
     data = convert_classifier_model(model, task["seq_len"], quantize, calibration,
                                     token_types=token_types)
     return compact_tflite(data, strip_names), model, task
@@ -577,7 +571,7 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
                                              data=data, text_column=text_column,
                                              seq_len=seq_len, pair_column=pair_column)
     _, held_out = _classifier_rows(run_dir, check_rows, data, text_column, pair_column)
-    ids = _encode_inputs(model.tokenizer, task, held_out, uses_token_types(model, task))
+    ids = encode_rows(model.tokenizer, task, held_out, uses_token_types(model, task))
     expected = tf.nn.softmax(model(ids), axis=-1).numpy()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"

@@ -124,6 +124,22 @@ def encode_texts(tokenizer, texts, seq_len, add_bos: bool, pairs=None):
     return inputs
 
 
+def encode_to_longest(tokenizer, texts, max_len, add_bos: bool, pairs=None):
+    """As `encode_texts`, padded to the longest row of the batch (at most max_len): one
+    tokenization serves both the length and the ids (serving's hot path)."""
+    ids, types = pack(tokenizer, texts, max_len, add_bos, pairs)
+    n = tf.shape(texts)[0]
+    lengths = tf.cast(ids.row_lengths(), tf.int32)
+    seq_len = tf.maximum(tf.reduce_max(tf.concat([lengths, [0]], axis=0)), 1)
+    shape = tf.stack([n, seq_len])
+    # (batch, longest)
+    inputs = {"token_ids": ids.to_tensor(tokenizer.pad_id, shape=shape),
+              "padding_mask": tf.sequence_mask(lengths, seq_len)}
+    if pairs is not None:
+        inputs["token_type_ids"] = types.to_tensor(0, shape=shape)
+    return inputs
+
+
 def split_pairs(texts):
     """(first texts, second texts or None) of rows whose texts are strings or
     `(text, pair)` tuples (`tfllm.data.LabeledData` with a pair column)."""
