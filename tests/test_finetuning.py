@@ -188,7 +188,7 @@ def test_mlm_pretraining_then_finetune(tmp_path, labeled_tsv, tiny_run):
     # The encoder's masked-LM run and the causal LM both fine-tune into classifiers. More
     # rows than the 6-row hold-out of labeled_tsv, where one missed row is a 17% swing.
     data = write_tsv(tmp_path / "more.tsv", labeled_rows(200, seed=1))
-    settings = FinetuneSettings(**dict(FAST_FINETUNE, epochs=12))
+    settings = FinetuneSettings(**dict(FAST_FINETUNE, epochs=6))
     for name, base in (("from-mlm", mlm), ("from-clm", tiny_run)):
         out = str(tmp_path / name)
         got = finetune(out, data, run=base, settings=settings, verbose=0)
