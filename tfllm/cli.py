@@ -84,18 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", parents=[common],
         help="pretrain a language model into a run directory",
-        description="Pretrain a GPT-style causal LM (--objective clm) or a "
-                    "BERT-style encoder with masked-LM (--objective mlm) with "
-                    "model.fit under tf.distribute. Writes config, tokenizer, "
+        description="Pretrain a GPT-style causal LM (--objective clm), a "
+                    "BERT-style encoder with masked-LM (--objective mlm), or train an "
+                    "encoder-decoder translator on parallel text (--objective seq2seq) "
+                    "with model.fit under tf.distribute. Writes config, tokenizer, "
                     "checkpoints, metrics.jsonl, TensorBoard logs and "
                     "model.keras to --out.")
-    t.add_argument("--objective", choices=("clm", "mlm"), default=None,
+    t.add_argument("--objective", choices=("clm", "mlm", "seq2seq"), default=None,
                    help="clm: next-token prediction (default); mlm: BERT's masked LM "
-                        "(15%% of tokens, 80/10/10 replacement) on an encoder preset")
+                        "(15%% of tokens, 80/10/10 replacement) on an encoder preset; "
+                        "seq2seq: translation, source -> target columns of --data, on an "
+                        "encoder-decoder preset")
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="model preset (default shakespeare-char for clm, bert-mini for mlm; "
-                        "on --resume the run's own)")
+                   help="model preset (default shakespeare-char for clm, bert-mini for mlm, "
+                        "transformer-mt-small for seq2seq; on --resume the run's own)")
     _add_data_args(t, required=False)
+    t.add_argument("--source-column", help="seq2seq: the field holding the source text "
+                   "(e.g. en)")
+    t.add_argument("--target-column", help="seq2seq: the field holding the target text "
+                   "(e.g. fr)")
+    t.add_argument("--label-smoothing", type=_finite_float,
+                   help="seq2seq: label smoothing of the cross-entropy, 0 to 0.99 "
+                        "(default 0.1)")
+    t.add_argument("--truncate", action="store_true",
+                   help="seq2seq: cut pairs longer than the context (default: an error "
+                        "naming the row)")
     t.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     t.add_argument("--steps", type=_positive_int, help="optimizer steps (default 2000)")
     t.add_argument("--batch-size", type=_positive_int,
@@ -151,6 +164,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="a prompt too long for the context: error (default) or keep its end")
     g.add_argument("--weights", choices=("final", "best"), default="final")
+
+    tr = sub.add_parser(
+        "translate", parents=[common],
+        help="translate text with an encoder-decoder run",
+        description="Translate each --text (repeatable), or each line of stdin, with a run "
+                    "trained with --objective seq2seq: one encoder pass, then a cached "
+                    "decoder loop; beam search with --num-beams > 1. Prints one "
+                    "translation per line (--json: {\"source\", \"translation\"}).")
+    tr.add_argument("--run", required=True, help="seq2seq run directory")
+    tr.add_argument("--text", action="append", help="source text (repeatable)")
+    tr.add_argument("--num-beams", type=int, default=4,
+                    help="beam width (default 4); 1 decodes greedily or samples")
+    tr.add_argument("--length-penalty", type=_finite_float, default=1.0,
+                    help="beam scores are log p / length ** this (default 1.0)")
+    tr.add_argument("--max-new-tokens", type=_positive_int,
+                    help="target tokens at most (default: the model's context)")
+    tr.add_argument("--temperature", type=_finite_float, default=0.0,
+                    help="with --num-beams 1: 0 greedy (default), > 0 sample")
+    tr.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    tr.add_argument("--top-p", type=_positive_float, help="nucleus sampling mass")
+    tr.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    tr.add_argument("--batch-size", type=_positive_int, default=32,
+                    help="sources decoded together (default 32)")
+    tr.add_argument("--truncate", action="store_true",
+                    help="cut sources longer than the context (default: an error)")
+    tr.add_argument("--json", action="store_true", help="one JSON object per line")
+    tr.add_argument("--weights", choices=("final", "best"), default="final")
 
     h = sub.add_parser(
         "import-hf", parents=[common],
@@ -251,13 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "evaluate", parents=[common],
-        help="evaluate a run: LM loss/perplexity or classifier "
-        "accuracy",
+        help="evaluate a run: LM loss/perplexity, classifier accuracy, or translation "
+        "BLEU/chrF",
         description="Language model runs: validation loss and perplexity "
                     "(masked LMs: over masked tokens, plus their accuracy). "
                     "Classifier runs: accuracy, macro-F1, per-class "
                     "precision/recall and the confusion matrix on --data "
-                    "(default: the run's held-out rows). The last line is one "
+                    "(default: the run's held-out rows). Translation (seq2seq) runs: "
+                    "loss, BLEU and chrF (sacrebleu) and placeholder accuracy (rows whose "
+                    "output keeps exactly the source's %%s / {name} fields), beam 4 by "
+                    "default. The last line is one "
                     "JSON object of the metrics.")
     e.add_argument("--run", required=True, help="run directory")
     _add_data_args(e, required=False)
@@ -265,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's own, else label)")
     e.add_argument("--pair-column", help="sentence-pair classifier runs: the second text's "
                    "field (default: the run's own)")
+    e.add_argument("--source-column", help="seq2seq runs: the source field (default: the "
+                   "run's own)")
+    e.add_argument("--target-column", help="seq2seq runs: the reference translation's field "
+                   "(default: the run's own)")
+    e.add_argument("--num-beams", type=int, default=4,
+                   help="seq2seq runs: beam width for BLEU/chrF (default 4)")
+    e.add_argument("--length-penalty", type=_finite_float, default=1.0,
+                   help="seq2seq runs: beam length penalty (default 1.0)")
+    e.add_argument("--max-rows", type=_positive_int,
+                   help="seq2seq runs: score only the first N pairs")
     e.add_argument("--batch-size", type=_positive_int, help="default: the run's batch size")
     e.add_argument("--eval-steps", type=_positive_int, help="max batches (default: all)")
     e.add_argument("--weights", choices=("final", "best"), default="final",
@@ -297,7 +350,8 @@ def _train(args):
     settings = dataclasses.replace(base, **changes)
     objective = args.objective or (stored.get("objective", "clm") if stored else "clm")
     preset = args.preset or (stored["preset"] if stored else
-                             "bert-mini" if objective == "mlm" else "shakespeare-char")
+                             {"mlm": "bert-mini", "seq2seq": "transformer-mt-small"}.get(
+                                 objective, "shakespeare-char"))
     data = args.data or (stored["data"]["spec"] if stored else None)
     if data is None:
         raise TfllmError("--data is required (tfds:NAME[:SPLIT] or text:GLOB)")
@@ -307,9 +361,21 @@ def _train(args):
     if stored:
         overrides = {**{k: stored["model"][k] for k in ("dropout", "max_len")},
                      **{k: v for k, v in overrides.items() if v is not None}}
+    s2s = {}
+    if objective == "seq2seq":
+        old_data = stored["data"] if stored else {}
+        old = (stored or {}).get("seq2seq", {})
+        s2s = dict(source_column=args.source_column or old_data.get("source_column"),
+                   target_column=args.target_column or old_data.get("target_column"),
+                   label_smoothing=(args.label_smoothing if args.label_smoothing is not None
+                                    else old.get("label_smoothing", 0.1)),
+                   truncate=args.truncate or old.get("truncate", False))
+    elif args.source_column or args.target_column or args.label_smoothing is not None:
+        raise TfllmError("--source-column, --target-column and --label-smoothing apply to "
+                         "--objective seq2seq")
     record = train(args.out, data, preset, settings, overrides, text_feature,
                    args.tfds_manual_dir, args.tfds_data_dir, args.resume, args.overwrite,
-                   verbose=1 if sys.stdout.isatty() else 2, objective=objective)
+                   verbose=1 if sys.stdout.isatty() else 2, objective=objective, **s2s)
     print(f"run directory: {args.out}")
     print(json.dumps(record))
 
@@ -318,6 +384,24 @@ def _evaluate(args):
     from tfllm import runs
     from tfllm.training import evaluate
 
+    if _seq2seq_run(args.run):
+        from tfllm.translation_metrics import evaluate_translation
+
+        result = evaluate_translation(args.run, args.data, args.source_column,
+                                      args.target_column, args.num_beams, args.length_penalty,
+                                      args.batch_size or 32, args.max_rows, args.weights,
+                                      args.tfds_manual_dir, args.tfds_data_dir,
+                                      progress=sys.stderr.isatty())
+        print(f"data: {result['data']}  rows: {result['rows']}  target tokens: "
+              f"{result['tokens']}")
+        print(f"loss: {result['loss']:.4f}  perplexity: {result['perplexity']:.3f}")
+        print(f"BLEU: {result['bleu']:.2f}  chrF: {result['chrf']:.2f}  (beam "
+              f"{result['num_beams']}, sacrebleu)")
+        acc = result["placeholder_accuracy"]
+        print(f"placeholder accuracy: {'n/a' if acc is None else f'{acc:.2%}'} over "
+              f"{result['placeholder_rows']} rows with placeholders")
+        print(json.dumps(result, ensure_ascii=False))
+        return
     if runs.read_run_config(args.run).get("objective") == "classify":
         from tfllm.finetuning import evaluate_classifier, format_report
 
@@ -459,6 +543,9 @@ def _generate(args):
 
     # Validate sampling arguments before the (slow) model load.
     GenerationParams(args.max_new_tokens or 1, args.temperature, args.top_k, args.top_p)
+    if _seq2seq_run(args.run):
+        raise TfllmError(f"{args.run} is a translation (seq2seq) run; use: tfllm translate "
+                         f"--run {args.run} --text ...")
     prompts = _read_prompts(args)
     model = tfllm.load(args.run, weights=args.weights)
     tok, gen = model.tokenizer, get_generator(model)
@@ -543,7 +630,32 @@ def _import_gguf(args):
     _report_import(f"GGUF {read_run_config(out)['preset']}", out)
 
 
+def _seq2seq_run(run_dir) -> bool:
+    from tfllm import runs
+
+    return runs.read_run_config(run_dir).get("objective") == "seq2seq"
+
+
+def _translate(args):
+    import tfllm
+    from tfllm.translation import check_num_beams, translate
+
+    check_num_beams(args.num_beams)
+    if not _seq2seq_run(args.run):
+        raise TfllmError(f"{args.run} is not a translation run (trained with --objective "
+                         "seq2seq); use tfllm generate for language models")
+    texts = _texts(args)
+    model = tfllm.load(args.run, weights=args.weights)
+    out = translate(model, texts, args.max_new_tokens, args.num_beams, args.length_penalty,
+                    args.temperature, args.top_k, args.top_p, args.seed, args.truncate,
+                    batch_size=args.batch_size, progress=len(texts) > args.batch_size)
+    for source, target in zip(texts, out):
+        print(json.dumps({"source": source, "translation": target}, ensure_ascii=False)
+              if args.json else target)
+
+
 COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
+            "translate": _translate,
             "classify": _classify, "embed": _embed, "evaluate": _evaluate,
             "import-hf": _import_hf, "import-gguf": _import_gguf}
 

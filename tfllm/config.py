@@ -68,6 +68,10 @@ class ModelConfig:
         type_vocab_size: segment (token type) embeddings, BERT's sentence A/B; 0: none.
         pooler: a dense + tanh layer over the first token's hidden state (BERT's pooler),
             which classifiers then read.
+        num_decoder_layers: 0 for a decoder-only or encoder-only model; > 0 makes an
+            encoder-decoder (`Seq2SeqLM`): `num_layers` bidirectional encoder blocks and this
+            many causal decoder blocks with cross-attention, one shared embedding tied to
+            the output projection, learned positions; `max_len` bounds source and target.
 
     The defaults of the fields after `tokenizer` are the GPT-2 architecture tfllm always
     had, so configs written before they existed load unchanged.
@@ -103,6 +107,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     type_vocab_size: int = 0
     pooler: bool = False
+    num_decoder_layers: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -149,6 +154,15 @@ class ModelConfig:
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             raise ConfigError(f"type_vocab_size must be an integer >= 0, got "
                               f"{self.type_vocab_size!r}")
+        if not isinstance(self.num_decoder_layers, int) or self.num_decoder_layers < 0:
+            raise ConfigError(f"num_decoder_layers must be an integer >= 0, got "
+                              f"{self.num_decoder_layers!r}")
+        if self.num_decoder_layers and (self.position_embedding != "learned" or
+                                        self.num_kv_heads not in (None, self.num_heads) or
+                                        not self.tie_embeddings or self.qk_norm):
+            raise ConfigError("encoder-decoder models (num_decoder_layers > 0) have learned "
+                              "positions, tied embeddings, no grouped-query attention and no "
+                              "QK-norm")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         allowed = GATED_ACTIVATIONS if self.ffn == "gated" else ACTIVATIONS
@@ -166,6 +180,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.head_size or self.d_model // self.num_heads
+
+    @property
+    def is_seq2seq(self) -> bool:
+        """True for an encoder-decoder (`num_decoder_layers` > 0)."""
+        return self.num_decoder_layers > 0
 
     @property
     def kv_heads(self) -> int:
@@ -226,6 +245,18 @@ PRESETS: dict[str, ModelConfig] = {
     "bert-mini": ModelConfig(
         vocab_size=8000, num_layers=4, d_model=256, num_heads=4, ffn_dim=1024, max_len=128,
         dropout=0.1, causal=False, tokenizer="unigram",
+    ),
+    # Encoder-decoders for translation (pre-LN, shared 8k unigram vocabulary of both
+    # languages). Small: 3 + 3 blocks, sized to train in about 20 CPU-minutes.
+    "transformer-mt-small": ModelConfig(
+        vocab_size=8000, num_layers=3, num_decoder_layers=3, d_model=256, num_heads=4,
+        ffn_dim=1024, max_len=128, dropout=0.1, activation="relu", tokenizer="unigram",
+    ),
+    # "Attention Is All You Need"'s base model (6 + 6 blocks, 512 wide, 8 heads, 2048 FFN,
+    # 37k shared vocabulary there, 32k here), pre-LN; for accelerators.
+    "transformer-base-mt": ModelConfig(
+        vocab_size=32000, num_layers=6, num_decoder_layers=6, d_model=512, num_heads=8,
+        ffn_dim=2048, max_len=256, dropout=0.1, activation="relu", tokenizer="unigram",
     ),
 }
 

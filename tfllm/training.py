@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from tfllm import runs
 from tfllm.config import PRECISIONS, STRATEGIES, ConfigError, ModelConfig, get_preset
-from tfllm.errors import RunDirError, TfllmError
+from tfllm.errors import DataError, RunDirError, TfllmError
 
-OBJECTIVES = ("clm", "mlm")
+OBJECTIVES = ("clm", "mlm", "seq2seq")
 # Largest peak learning rate accepted: AdamW steps above it only diverge.
 MAX_LR = 1.0
 
@@ -361,7 +361,9 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
           model_overrides: dict | None = None, text_feature: str | None = None,
           tfds_manual_dir: str | None = None, tfds_data_dir: str | None = None,
           resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
-          strategy=None, objective: str = "clm", extra_callbacks=None) -> dict:
+          strategy=None, objective: str = "clm", extra_callbacks=None,
+          source_column: str | None = None, target_column: str | None = None,
+          label_smoothing: float = 0.1, truncate: bool = False) -> dict:
     """Pretrain a language model into the run directory `out`; returns the last metrics record.
 
     Args:
@@ -376,15 +378,20 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         overwrite: replace an existing run directory.
         verbose: Keras fit verbosity.
         strategy: an existing `tf.distribute.Strategy` (else created from settings).
-        objective: "clm" (next-token prediction, causal presets) or "mlm" (BERT's masked
-            LM, bidirectional presets such as bert-mini).
+        objective: "clm" (next-token prediction, causal presets), "mlm" (BERT's masked
+            LM, bidirectional presets such as bert-mini) or "seq2seq" (translation:
+            encoder-decoder presets such as transformer-mt-small, on parallel data).
         extra_callbacks: more Keras callbacks for `fit`, run after tfllm's own.
+        source_column, target_column: seq2seq only: the two sides of the parallel data
+            (see `tfllm.data.parallel.ParallelData`).
+        label_smoothing: seq2seq only: of the cross-entropy (0.1, the Transformer's).
+        truncate: seq2seq only: cut pairs longer than the context instead of failing.
 
     Example:
         >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
     """
     from tfllm.data import Corpus, check_nonempty, make_lm_dataset, make_mlm_dataset
-    from tfllm.models import CausalLM, MaskedLM
+    from tfllm.models import CausalLM, MaskedLM, Seq2SeqLM
     from tfllm.tokenizers import SentencePieceTokenizer
 
     settings = settings or TrainSettings()
@@ -395,7 +402,19 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     prepare_run_dir(out, resume, overwrite)
 
     requested = build_model_config(preset, model_overrides)
-    if requested.causal != (objective == "clm"):
+    seq2seq = objective == "seq2seq"
+    if seq2seq or requested.is_seq2seq:
+        if not (seq2seq and requested.is_seq2seq):
+            raise ConfigError(
+                f"preset {preset!r} is "
+                f"{'an encoder-decoder' if requested.is_seq2seq else 'not an encoder-decoder'}"
+                f"; --objective {objective} needs "
+                f"{'an encoder-decoder preset (e.g. transformer-mt-small)' if seq2seq else 'a decoder or encoder preset'}")
+        check_number("--label-smoothing", label_smoothing, low=0.0, high=0.99)
+        if not target_column:
+            raise ConfigError("--objective seq2seq needs --source-column and --target-column "
+                              "(e.g. --source-column en --target-column fr)")
+    elif requested.causal != (objective == "clm"):
         raise ConfigError(
             f"preset {preset!r} is a {'causal decoder' if requested.causal else 'bidirectional encoder'}"
             f"; --objective {objective} needs "
@@ -416,18 +435,39 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     set_precision(settings.precision)
     keras.utils.set_random_seed(settings.seed)
 
-    corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
+    if seq2seq:
+        from tfllm.data.parallel import ParallelData
+
+        corpus = ParallelData(data, source_column, target_column, settings.seed,
+                              tfds_manual_dir, tfds_data_dir)
+        sample_texts = (text for pair in corpus.train for text in pair)  # a joint vocabulary
+    else:
+        corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
+        sample_texts = corpus.sample_texts()
     tok_path = os.path.join(out, runs.TOKENIZER)
     if resume:
         tokenizer = SentencePieceTokenizer.load(tok_path)
     else:
-        tokenizer = SentencePieceTokenizer.train(corpus.sample_texts(), requested.tokenizer,
+        tokenizer = SentencePieceTokenizer.train(sample_texts, requested.tokenizer,
                                                  requested.vocab_size,
                                                  mask_token=objective == "mlm")
     model_config = requested.replace(vocab_size=tokenizer.vocab_size)
     seq_len = model_config.max_len
-    check_nonempty(corpus.train_texts(), tokenizer, seq_len, "training")
-    check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
+    if seq2seq:
+        from tfllm.data.seq2seq import encode_pairs, make_seq2seq_dataset
+
+        train_pairs, cut = encode_pairs(corpus.train, tokenizer, seq_len, truncate)
+        val_pairs, val_cut = encode_pairs(corpus.val, tokenizer, seq_len, truncate)
+        if not val_pairs:
+            raise DataError(f"{data} has too few pairs to hold some out for validation")
+        if verbose:
+            print(f"{len(train_pairs)} training pairs, {len(val_pairs)} validation pairs"
+                  + (f"; {corpus.skipped_empty} rows with an empty side skipped"
+                     if corpus.skipped_empty else "")
+                  + (f"; {cut + val_cut} long rows cut (--truncate)" if cut + val_cut else ""))
+    else:
+        check_nonempty(corpus.train_texts(), tokenizer, seq_len, "training")
+        check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
 
     if not resume:
         # Everything is checked and the new run can start: only now is an old one replaced.
@@ -437,15 +477,27 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
             "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
             "training": dataclasses.asdict(settings), "objective": objective,
             "tokenizer": runs.TOKENIZER,
+            **({"seq2seq": {"label_smoothing": label_smoothing, "truncate": truncate}}
+               if seq2seq else {}),
         })
 
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
-    make_dataset = make_lm_dataset if objective == "clm" else make_mlm_dataset
-    train_ds = make_dataset(corpus.train_texts(), tokenizer, seq_len, global_batch,
-                            training=True, seed=settings.seed)
-    val_ds = make_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
-                          training=False, seed=settings.seed)
+    if seq2seq:
+        train_ds = make_seq2seq_dataset(train_pairs, tokenizer, seq_len, global_batch,
+                                        training=True, seed=settings.seed)
+        val_ds = make_seq2seq_dataset(val_pairs, tokenizer, seq_len, global_batch,
+                                      training=False)
+        # Real (unpadded) source and target tokens of an average step, for tokens/sec.
+        tokens_per_step = global_batch * sum(len(s) + len(t) + 1 for s, t in train_pairs) \
+            / len(train_pairs)
+    else:
+        make_dataset = make_lm_dataset if objective == "clm" else make_mlm_dataset
+        train_ds = make_dataset(corpus.train_texts(), tokenizer, seq_len, global_batch,
+                                training=True, seed=settings.seed)
+        val_ds = make_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
+                              training=False, seed=settings.seed)
+        tokens_per_step = global_batch * seq_len
     val_ds = val_ds.take(settings.eval_steps)
     spe = _steps_per_execution(settings.eval_interval)
     lockstep = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
@@ -463,6 +515,10 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     with strategy.scope():
         if objective == "clm":
             model = CausalLM.from_model_config(model_config, name="causal_lm")
+        elif seq2seq:
+            model = Seq2SeqLM.from_model_config(model_config, name="seq2seq_lm",
+                                                label_smoothing=label_smoothing,
+                                                pad_id=tokenizer.pad_id)
         else:
             model = MaskedLM.from_model_config(model_config, name="masked_lm")
         model.compile(learning_rate=settings.lr, warmup_steps=settings.warmup_steps,
@@ -475,7 +531,7 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     best_so_far = min((r["val_loss"] for r in previous if r.get("val_loss") is not None),
                       default=None)
     metrics_logger = MetricsLogger(os.path.join(out, runs.METRICS), settings.eval_interval,
-                                   global_batch * seq_len)
+                                   tokens_per_step)
     guard = DivergenceGuard(settings.eval_interval,
                             initial_step=_backup_step(out, settings.eval_interval))
     callbacks = [

@@ -25,13 +25,16 @@ class TfdsSource:
         text_feature: the text feature (default: the only text feature).
         manual_dir: directory with the dataset's source files, for offline preparation.
         data_dir: where TFDS prepares datasets.
+        require_text: find the text feature (False: the caller picks features itself,
+            as parallel data does).
 
     Example:
         >>> source = TfdsSource("tiny_shakespeare")  # doctest: +SKIP
         >>> source.texts(source.train_split)  # doctest: +SKIP
     """
 
-    def __init__(self, name, split=None, text_feature=None, manual_dir=None, data_dir=None):
+    def __init__(self, name, split=None, text_feature=None, manual_dir=None, data_dir=None,
+                 require_text=True):
         import tensorflow_datasets as tfds
 
         self.name = name
@@ -58,7 +61,9 @@ class TfdsSource:
         text_features = [k for k, v in features.items()
                          if isinstance(v, tfds.features.Text)
                          or (getattr(v, "dtype", None) == tf.string and not v.shape)]
-        if self.text_feature:
+        if not require_text:
+            pass
+        elif self.text_feature:
             if self.text_feature not in features:
                 raise DataError(f"TFDS dataset {self.name!r} has no feature "
                                 f"{self.text_feature!r}; features: {sorted(features)}")

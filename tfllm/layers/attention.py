@@ -1,4 +1,5 @@
-"""Multi-head self-attention with a fused QKV projection, explicit masks and a KV cache.
+"""Multi-head attention with a fused QKV projection, explicit masks and a KV cache; in
+cross-attention mode queries come from one sequence and keys/values from another.
 
 The cache layout is tfllm's own and the same everywhere (training never uses it; Python
 generation, the SavedModel and the TFLite/LiteRT-LM export do): per layer two tensors
@@ -132,7 +133,7 @@ def write_cache(cache, new, start):
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class MultiHeadAttention(keras.layers.Layer):
-    """Scaled dot-product self-attention over `num_heads` heads.
+    """Scaled dot-product attention over `num_heads` heads: self- or cross-attention.
 
     Args:
         d_model: input and output width.
@@ -151,6 +152,11 @@ class MultiHeadAttention(keras.layers.Layer):
         norm_epsilon: epsilon of the QK-norm.
         rope: None for no rotary embedding (positions come from the embeddings), or the
             `RotaryEmbedding` arguments other than head_dim, e.g. {"rope_theta": 10000.0}.
+        cross_attention: queries from `x`, keys and values from another sequence (an
+            encoder's output): a query projection and a fused key/value projection
+            replace the fused QKV one, and there is no cache or rotary embedding. Called
+            with `context=` (training, one-shot) or `context_kv=` (decoding: the keys and
+            values of `project_context`, computed once per request and reused each step).
 
     Call args:
         x: (batch, seq, d_model).
@@ -160,8 +166,11 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_index: absolute position at which this call's keys/values are written.
         positions: int (seq,) or (batch, seq) absolute positions (rotary embeddings only;
             default `cache_index + 0..seq-1`).
+        context: cross-attention only: (batch, src_len, d_model), the attended sequence.
+        context_kv: cross-attention only: `(k, v)` from `project_context(context)`.
 
-    Returns `output`, or `(output, (k_cache, v_cache))` when a cache is passed.
+    Returns `output`, or `(output, (k_cache, v_cache))` when a cache is passed. In
+    cross-attention `attention_mask` is broadcastable to (batch, seq, src_len).
 
     Example:
         >>> mha = MultiHeadAttention(d_model=8, num_heads=2)
@@ -171,13 +180,16 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02,
                  output_stddev=None, num_kv_heads=None, head_dim=None, qkv_bias=True,
-                 out_bias=True, qk_norm=False, norm_epsilon=1e-6, rope=None, **kwargs):
+                 out_bias=True, qk_norm=False, norm_epsilon=1e-6, rope=None,
+                 cross_attention=False, **kwargs):
         super().__init__(**kwargs)
         if head_dim is None and d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
         if num_heads % (num_kv_heads or num_heads):
             raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads "
                              f"({num_heads})")
+        if cross_attention and (rope is not None or qk_norm):
+            raise ValueError("cross-attention takes no rotary embedding or QK-norm")
         self.d_model = d_model
         self.num_heads = num_heads
         self.dropout = dropout
@@ -190,13 +202,22 @@ class MultiHeadAttention(keras.layers.Layer):
         self.qk_norm = qk_norm
         self.norm_epsilon = norm_epsilon
         self.rope = rope
+        self.cross_attention = cross_attention
         self.kv_heads = num_kv_heads or num_heads
         self.groups = num_heads // self.kv_heads  # query heads per key/value head
         self._head_dim_arg = head_dim
         init = keras.initializers.RandomNormal(stddev=initializer_stddev)
-        width = (num_heads + 2 * self.kv_heads) * self.head_dim  # [q | k | v]
-        self.qkv = keras.layers.Dense(width, use_bias=qkv_bias, kernel_initializer=init,
-                                      name="qkv", dtype=self.dtype_policy)
+        if cross_attention:
+            self.q = keras.layers.Dense(num_heads * self.head_dim, use_bias=qkv_bias,
+                                        kernel_initializer=init, name="q",
+                                        dtype=self.dtype_policy)
+            self.kv = keras.layers.Dense(2 * self.kv_heads * self.head_dim,  # [k | v]
+                                         use_bias=qkv_bias, kernel_initializer=init,
+                                         name="kv", dtype=self.dtype_policy)
+        else:
+            width = (num_heads + 2 * self.kv_heads) * self.head_dim  # [q | k | v]
+            self.qkv = keras.layers.Dense(width, use_bias=qkv_bias, kernel_initializer=init,
+                                          name="qkv", dtype=self.dtype_policy)
         out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
         self.out = keras.layers.Dense(d_model, use_bias=out_bias, kernel_initializer=out_init,
                                       name="out", dtype=self.dtype_policy)
@@ -209,7 +230,11 @@ class MultiHeadAttention(keras.layers.Layer):
                                        dtype=self.dtype_policy) if rope is not None else None)
 
     def build(self, input_shape):
-        self.qkv.build(input_shape)
+        if self.cross_attention:
+            self.q.build(input_shape)
+            self.kv.build((None, None, self.d_model))
+        else:
+            self.qkv.build(input_shape)
         self.out.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_dim,))
         if self.qk_norm:
             self.q_norm.build((None, None, None, self.head_dim))
@@ -230,8 +255,27 @@ class MultiHeadAttention(keras.layers.Layer):
         return [ops.transpose(ops.reshape(t, (batch, seq, n, self.head_dim)), (0, 2, 1, 3))
                 for t, n in parts]
 
+    def project_context(self, context):
+        """Cross-attention keys and values of `context` (batch, src_len, d_model): two
+        (batch, kv_heads, src_len, head_dim) tensors, computed once per source sequence."""
+        batch, src_len = ops.shape(context)[0], ops.shape(context)[1]
+        kv = ops.reshape(self.kv(context), (batch, src_len, 2, self.kv_heads, self.head_dim))
+        return tuple(ops.transpose(kv[:, :, i], (0, 2, 1, 3)) for i in range(2))
+
     def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
-             training=None):
+             context=None, context_kv=None, training=None):
+        if self.cross_attention:
+            if context_kv is None:
+                if context is None:
+                    raise ValueError("cross-attention needs `context` or `context_kv`")
+                context_kv = self.project_context(context)
+            batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+            q = ops.reshape(self.q(x), (batch, seq, self.num_heads, self.head_dim))
+            q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, seq, head_dim)
+            q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
+            k, v = context_kv
+            return self._attend(q, ops.cast(k, q.dtype), ops.cast(v, q.dtype),
+                                attention_mask, training)
         q, k, v = self._split_heads(x)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -355,5 +399,6 @@ class MultiHeadAttention(keras.layers.Layer):
                       output_stddev=self.output_stddev, num_kv_heads=self.num_kv_heads,
                       head_dim=self._head_dim_arg, qkv_bias=self.qkv_bias,
                       out_bias=self.out_bias, qk_norm=self.qk_norm,
-                      norm_epsilon=self.norm_epsilon, rope=self.rope)
+                      norm_epsilon=self.norm_epsilon, rope=self.rope,
+                      cross_attention=self.cross_attention)
         return config

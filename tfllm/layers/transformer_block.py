@@ -1,4 +1,5 @@
-"""One transformer block: attention and feed-forward, each in a residual branch."""
+"""One transformer block: attention (and, in a decoder of an encoder-decoder,
+cross-attention) and feed-forward, each in a residual branch."""
 
 import keras
 
@@ -26,8 +27,13 @@ class TransformerBlock(keras.layers.Layer):
         ffn: "plain" (`activation` gelu/relu) or "gated" (silu: SwiGLU, gelu: GeGLU).
         num_kv_heads, head_dim, qkv_bias, qk_norm, rope: as `MultiHeadAttention`'s.
         proj_bias: biases on the attention output and feed-forward projections.
+        cross_attention: a cross-attention branch over an encoder's output between the
+            self-attention and the feed-forward (the original Transformer's decoder block).
 
-    Call args are those of `MultiHeadAttention`; with a cache it returns `(x, cache)`.
+    Call args are those of `MultiHeadAttention`, plus for cross-attention blocks `context`
+    (batch, src_len, d_model) or `context_kv` (per-block `(k, v)` from
+    `project_context`) and `context_mask` (batch|1, 1|seq, src_len); with a cache it
+    returns `(x, cache)`.
 
     Example:
         >>> TransformerBlock(d_model=8, num_heads=2, ffn_dim=16)(keras.ops.ones((1, 3, 8))).shape
@@ -38,7 +44,7 @@ class TransformerBlock(keras.layers.Layer):
                  norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02,
                  output_stddev=None, norm="layernorm", ffn="plain", num_kv_heads=None,
                  head_dim=None, qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
-                 **kwargs):
+                 cross_attention=False, **kwargs):
         super().__init__(**kwargs)
         self.d_model = d_model
         self.num_heads = num_heads
@@ -57,6 +63,7 @@ class TransformerBlock(keras.layers.Layer):
         self.proj_bias = proj_bias
         self.qk_norm = qk_norm
         self.rope = rope
+        self.cross_attention = cross_attention
         policy = self.dtype_policy
         self.attention = MultiHeadAttention(
             d_model, num_heads, dropout, initializer_stddev, output_stddev,
@@ -72,24 +79,43 @@ class TransformerBlock(keras.layers.Layer):
                                    output_stddev, name="ffn", dtype=policy)
         self.norm1, self.norm2 = (make_norm(norm, layer_norm_epsilon, name, policy)
                                   for name in ("norm1", "norm2"))
+        if cross_attention:
+            self.cross = MultiHeadAttention(
+                d_model, num_heads, dropout, initializer_stddev, output_stddev,
+                num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
+                out_bias=proj_bias, cross_attention=True, name="cross_attention",
+                dtype=policy)
+            self.norm_cross = make_norm(norm, layer_norm_epsilon, "norm_cross", policy)
 
     def build(self, input_shape):
-        for layer in (self.attention, self.ffn, self.norm1, self.norm2):
+        layers = [self.attention, self.ffn, self.norm1, self.norm2]
+        if self.cross_attention:
+            layers += [self.cross, self.norm_cross]
+        for layer in layers:
             layer.build(input_shape)
         self.built = True
 
+    def project_context(self, context):
+        """This block's cross-attention `(k, v)` of an encoder output (see
+        `MultiHeadAttention.project_context`)."""
+        return self.cross.project_context(context)
+
     def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
-             training=None):
+             context=None, context_kv=None, context_mask=None, training=None):
         attn_in = self.norm1(x) if self.norm_first else x
         attn = self.attention(attn_in, attention_mask=attention_mask, cache=cache,
                               cache_index=cache_index, positions=positions, training=training)
         if cache is not None:
             attn, cache = attn
+        x = x + attn if self.norm_first else self.norm1(x + attn)
+        if self.cross_attention:
+            cross_in = self.norm_cross(x) if self.norm_first else x
+            cross = self.cross(cross_in, attention_mask=context_mask, context=context,
+                               context_kv=context_kv, training=training)
+            x = x + cross if self.norm_first else self.norm_cross(x + cross)
         if self.norm_first:
-            x = x + attn
             x = x + self.ffn(self.norm2(x), training=training)
         else:
-            x = self.norm1(x + attn)
             x = self.norm2(x + self.ffn(x, training=training))
         return x if cache is None else (x, cache)
 
@@ -105,7 +131,8 @@ class TransformerBlock(keras.layers.Layer):
                       output_stddev=self.output_stddev, norm=self.norm, ffn=self.ffn_kind,
                       num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                       qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
-                      qk_norm=self.qk_norm, rope=self.rope)
+                      qk_norm=self.qk_norm, rope=self.rope,
+                      cross_attention=self.cross_attention)
         return config
 
 
