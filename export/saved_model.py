@@ -32,6 +32,18 @@ A classifier run (`tfllm finetune --task classify`) gets instead
 single-text `classify` and the pair form as `classify_pair`)
 
 verified in a fresh process against the Keras classifier's predictions.
+
+A translation run (`tfllm train --objective seq2seq`) gets
+
+    serving_default, translate
+        inputs  text (string [batch]), num_beams (int32 [batch]; one value for the whole
+                request, 1 = greedy), max_new_tokens (int32 [batch]; one value, at most
+                the model's context), length_penalty (float32 [batch]; one value)
+        outputs translation (string [batch]), token_ids (int32 [batch, max_len]),
+                num_generated (int32 [batch], the end token included)
+
+the encoder pass, the cached beam-search loop and (de)tokenization in the graph, verified
+in a fresh process against `Seq2SeqLM.generate` (greedy and beam 2).
 """
 
 from __future__ import annotations
@@ -285,8 +297,95 @@ def encoder_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
 
 
 # One builder per task (the run's config.json "objective").
+def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
+    """The `translate` endpoint of an encoder-decoder: {name: (fn, input_signature)}.
+
+    The beam width is a request input, so the loop's shapes are not static: it runs as a
+    plain TensorFlow graph (`jit_compile` is not used; XLA needs one compiled loop per
+    width). Beam search with one beam is greedy decoding (`tfllm.beam_search`).
+    """
+    from tfllm.translation import Translator
+
+    tr = Translator(model, tokenizer.bos_id, tokenizer.eos_id, jit_compile=False)
+    sp = tokenizer.tf_tokenizer
+    max_len, eos = tr.max_len, tokenizer.eos_id
+
+    def translate(text, num_beams, max_new_tokens, length_penalty):
+        checks = _batch_checks(max_batch, text, ("num_beams", num_beams),
+                               ("max_new_tokens", max_new_tokens),
+                               ("length_penalty", length_penalty))
+        checks += [
+            _require(tf.reduce_all(tf.logical_and(num_beams >= 1, num_beams <= 64)),
+                     "num_beams must be from 1 to 64"),
+            _require(tf.reduce_all(tf.equal(num_beams, num_beams[0])),
+                     "num_beams must be the same for every row of a request"),
+            _require(tf.reduce_all(tf.logical_and(max_new_tokens >= 1,
+                                                  max_new_tokens <= max_len)),
+                     f"max_new_tokens must be from 1 to {max_len} (the model context)"),
+            _require(tf.reduce_all(tf.equal(max_new_tokens, max_new_tokens[0])),
+                     "max_new_tokens must be the same for every row of a request"),
+            _require(tf.reduce_all(tf.math.is_finite(length_penalty)),
+                     "length_penalty must be finite"),
+        ]
+        text, num_beams, max_new_tokens, length_penalty = _after(
+            checks, text, num_beams, max_new_tokens, length_penalty)
+        ids = tokenizer.tokenize(text)
+        ids = tf.concat([ids, tf.fill([tf.shape(text)[0], 1], eos)], axis=1)  # + EOS
+        fits = _require(tf.reduce_max(ids.row_lengths()) <= max_len,
+                        f"a source is longer than the model context of {max_len} tokens "
+                        "(its end token included)")
+        source = _after([fits], ids.to_tensor(0))
+        out, n = tr._beam_graph(source, max_new_tokens[0], num_beams[0], length_penalty[0])
+        ended = tf.logical_and(n > 0, tf.equal(
+            tf.gather(out, tf.maximum(n - 1, 0), batch_dims=1), eos))
+        text_len = n - tf.cast(ended, tf.int32)
+        translation = sp.detokenize(tf.RaggedTensor.from_tensor(out, lengths=text_len))
+        token_ids = tf.where(tf.sequence_mask(n, max_len), out, tokenizer.pad_id)
+        return {"translation": translation, "token_ids": token_ids, "num_generated": n}
+
+    spec = [tf.TensorSpec([None], tf.string, name="text"),
+            tf.TensorSpec([None], tf.int32, name="num_beams"),
+            tf.TensorSpec([None], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([None], tf.float32, name="length_penalty")]
+    return {"serving_default": (translate, spec), "translate": (translate, spec)}
+
+
 SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signatures,
-                      "encoder": encoder_signatures}
+                      "encoder": encoder_signatures, "seq2seq": seq2seq_signatures}
+
+
+SAMPLE_SOURCES = ["File not found", "cannot open %s", "x", "Save the changes to {name}?"]
+
+
+def verify_translations(path, model, texts=SAMPLE_SOURCES, max_new_tokens=None):
+    """`translate` of a fresh-process reload must equal `Seq2SeqLM.generate`, greedy and
+    with 2 beams."""
+    max_new = max_new_tokens or model.backbone.max_len
+    texts = [t for t in texts if len(model.tokenizer.encode(t)) < model.backbone.max_len]
+    code = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "texts, n, got = json.loads(sys.argv[2]), int(sys.argv[3]), []\n"
+        "for beams in (1, 2):\n"
+        "    k = len(texts)\n"
+        "    out = m.signatures['translate'](text=tf.constant(texts),"
+        " num_beams=tf.fill([k], beams), max_new_tokens=tf.fill([k], n),"
+        " length_penalty=tf.ones([k]))\n"
+        "    got.append([t.decode('utf-8', 'replace') for t in out['translation'].numpy()])\n"
+        "print(json.dumps(got))\n")
+    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(texts), str(max_new)],
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if proc.returncode != 0:
+        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
+                          + proc.stderr[-2000:])
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for beams, translations in zip((1, 2), got):
+        expected = model.generate(texts, max_new_tokens=max_new, num_beams=beams)
+        if translations != expected:
+            raise ExportError(f"SavedModel translate (num_beams={beams}) differs from "
+                              f"Seq2SeqLM.generate: {translations!r} != {expected!r}")
+    return got
 
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
@@ -354,6 +453,8 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
                 verify_classifier(run_dir, tmp, model=model)
             elif task == "encoder":
                 verify_embeddings(tmp, model)
+            elif task == "seq2seq":
+                verify_translations(tmp, model)
             else:
                 verify_saved_model(run_dir, tmp, model=model)
         if os.path.lexists(target) and not overwrite:  # another export got there first
@@ -489,9 +590,11 @@ def _main(args):
     print(f"SavedModel written to {path}")
     if not args.no_verify:
         task = runs.read_run_config(args.run).get("objective", "clm")
-        print("verified: a fresh process gives the same "
-              + ("probabilities as the Keras classifier" if task == "classify"
-                 else "greedy text as CausalLM.generate"))
+        print("verified: a fresh process gives the same " + {
+            "classify": "probabilities as the Keras classifier",
+            "encoder": "embeddings as tfllm embed",
+            "seq2seq": "translations as Seq2SeqLM.generate (greedy and beam 2)"}.get(
+                task, "greedy text as CausalLM.generate"))
     print("signatures:")
     print("\n".join(describe_signatures(path)))
 
