@@ -1,0 +1,305 @@
+"""Encoder-decoder translation: the model, decoding (cached, greedy, beam), training on
+pairs, evaluation metrics, the CLI and the SavedModel `translate` signature."""
+
+import itertools
+import json
+import math
+import os
+import random
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import run_cli
+from tfllm.beam_search import beam_search
+from tfllm.config import ConfigError, get_preset
+from tfllm.errors import DataError
+from tfllm.generation import GenerationError
+from tfllm.models import Seq2SeqLM, SmoothedSparseCrossentropy
+from tfllm.translation import Translator
+from tfllm.translation_metrics import placeholder_accuracy, placeholders, score_translations
+
+TINY_MT = dict(num_layers=2, num_decoder_layers=2, d_model=64, num_heads=4, ffn_dim=128,
+               max_len=24, dropout=0.0, tokenizer="unigram", vocab_size=340)
+EN = "red blue green cat dog house file open close read write new old big small".split()
+FR = ("rouge bleu vert chat chien maison fichier ouvrir fermer lire ecrire neuf vieux grand "
+      "petit").split()
+
+
+def synthetic_pairs(n, seed=0):
+    """Word-for-word "translations" in reversed order, some with a %s placeholder moved to
+    the front: a mapping a tiny model can learn exactly."""
+    rng, out = random.Random(seed), set()
+    while len(out) < n:
+        idx = [rng.randrange(len(EN)) for _ in range(rng.randint(1, 4))]
+        src, tgt = " ".join(EN[i] for i in idx), " ".join(FR[i] for i in reversed(idx))
+        if rng.random() < 0.3:
+            src, tgt = src + " %s", "%s " + tgt
+        out.add((src, tgt))
+    return sorted(out)
+
+
+def write_pairs(path, pairs, header=("en", "fr")):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(header) + "\n")
+        f.writelines(f"{a}\t{b}\n" for a, b in pairs)
+    return f"tsv:{path}"
+
+
+def random_model(seed=0, vocab=50, max_len=16):
+    keras.utils.set_random_seed(seed)
+    cfg = get_preset("transformer-mt-small").replace(
+        vocab_size=vocab, num_layers=1, num_decoder_layers=2, d_model=32, num_heads=2,
+        ffn_dim=64, max_len=max_len, dropout=0.0)
+    return Seq2SeqLM.from_model_config(cfg)
+
+
+def uncached_greedy(model, source, max_new, bos=2, end=3):
+    """Greedy decoding by re-running the whole decoder on the growing prefix."""
+    prefix = [bos]
+    for _ in range(max_new):
+        logits = model({"encoder_token_ids": np.array([source]),
+                        "decoder_token_ids": np.array([prefix])})
+        prefix.append(int(np.argmax(logits[0, -1])))
+        if prefix[-1] == end:
+            return prefix[1:-1]
+    return prefix[1:]
+
+
+def test_seq2seq_model_serializes_and_cached_decoding_equals_full(tmp_path):
+    model = random_model()
+    src = np.random.RandomState(0).randint(4, 50, (2, 7))
+    src[1, 5:] = 0  # padding
+    tgt = np.random.RandomState(1).randint(4, 50, (2, 6))
+    inputs = {"encoder_token_ids": src, "decoder_token_ids": tgt}
+    logits = model(inputs).numpy()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_array_equal(loaded(inputs).numpy(), logits)
+    assert loaded.get_config()["backbone"]["config"]["num_decoder_layers"] == 2
+    # Padding in the source is never attended to: the padded row equals its unpadded self.
+    alone = model({"encoder_token_ids": src[1:, :5], "decoder_token_ids": tgt[1:]}).numpy()
+    np.testing.assert_allclose(alone[0], logits[1], atol=1e-5)
+    # One token at a time through the self-attention cache, cross K/V computed once.
+    bb = model.backbone
+    mask = src != 0
+    kv = bb.project_context(bb.encode(src, mask))
+    caches, steps = bb.empty_caches(2), []
+    for t in range(tgt.shape[1]):
+        h, caches = bb.decode(tgt[:, t:t + 1], source_mask=mask, context_kv=kv, caches=caches,
+                              cache_index=t)
+        steps.append(bb.logits(h).numpy())
+    np.testing.assert_allclose(np.concatenate(steps, 1), logits, atol=1e-5)
+
+
+def test_label_smoothed_loss_matches_numpy():
+    rng = np.random.RandomState(0)
+    logits = rng.randn(2, 3, 7).astype("float32")
+    labels = rng.randint(0, 7, (2, 3))
+    weights = np.array([[1, 1, 0], [1, 0, 0]], "float32")
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    s = 0.1
+    q = np.full((2, 3, 7), s / 7) + (1 - s) * np.eye(7)[labels]  # Keras' smoothed target
+    per_token = -(q * logp).sum(-1)
+    expected = (per_token * weights).sum() / weights.sum()
+    got = SmoothedSparseCrossentropy(s)(labels, logits, sample_weight=weights)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cached_greedy_equals_uncached_and_one_beam_equals_greedy():
+    model = random_model(seed=3)
+    tr = Translator(model, bos_id=2, end_id=3)
+    rng = np.random.RandomState(2)
+    sources = [list(rng.randint(4, 50, n)) + [3] for n in (3, 9, 5)]
+    greedy = tr.translate_ids(sources, max_new_tokens=12)
+    for source, got in zip(sources, greedy):
+        assert got == uncached_greedy(model, source, 12)
+    assert tr.translate_ids(sources, max_new_tokens=12, num_beams=1) == greedy
+    # The one-beam search itself, not only the greedy loop it is routed to above.
+    out, n = tr._beam(tr._pack(sources), tf.constant(12), 1, tf.constant(1.0))
+    beam = [[t for t in out.numpy()[i, :n[i]] if t != 3] for i in range(len(sources))]
+    assert beam == greedy
+
+
+def _table_step(table):
+    """A step function whose next-token log-probabilities depend on the whole prefix:
+    logits = table[hash(prefix)], the prefix kept in the state."""
+    table = tf.constant(table, tf.float32)
+    buckets = table.shape[0]
+
+    def step(tokens, state, t):
+        prefix = state * 7 + tokens + 1  # a running code of the prefix
+        return tf.gather(table, prefix % buckets), prefix
+    return step
+
+
+def _brute_force(table, vocab, end, steps, alpha):
+    best, best_seq = -math.inf, None
+    for length in range(1, steps + 1):
+        for seq in itertools.product(range(vocab), repeat=length):
+            if end in seq[:-1] or (length < steps and seq[-1] != end):
+                continue
+            code, logp = 0, 0.0
+            prev = 0
+            for tok in seq:
+                code = code * 7 + prev + 1
+                row = table[code % len(table)]
+                logp += float(row[tok] - np.log(np.exp(row).sum()))
+                prev = tok
+            score = logp / length ** alpha
+            if score > best:
+                best, best_seq = score, list(seq)
+    return best_seq, best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_search_finds_the_brute_force_best(alpha):
+    vocab, end, steps = 4, 3, 4
+    rng = np.random.RandomState(7)
+    table = rng.randn(997, vocab).astype("float32") * 2.0
+    step = _table_step(table)
+    # Wide enough to keep every prefix: the search is then exhaustive.
+    out, lengths, score = beam_search(step, tf.zeros([128], tf.int32), 0, 1, 128,
+                                      tf.constant(steps), end, alpha, max_len=steps)
+    got = out.numpy()[0, :int(lengths[0])].tolist()
+    want, want_score = _brute_force(table, vocab, end, steps, alpha)
+    assert got == want and float(score[0]) == pytest.approx(want_score, abs=1e-4)
+    # A narrower beam searches less, but its answer is never better than the best.
+    _, _, narrow = beam_search(step, tf.zeros([2], tf.int32), 0, 1, 2, tf.constant(steps),
+                               end, alpha, max_len=steps)
+    assert float(narrow[0]) <= want_score + 1e-5
+
+
+def test_placeholders_and_scores():
+    assert sorted(placeholders("%s: '%1$s' {name} 100%% %-10s %.2f %lu %(x)d").elements()) == \
+        sorted(["%s", "%1$s", "{name}", "%-10s", "%.2f", "%lu", "%(x)d"])
+    assert not placeholders("50% slower, 100%% sure")
+    assert placeholder_accuracy(["open %s in %d", "a {x}"],
+                                ["%d : ouvrir %s", "un {y}"]) == 0.5
+    scores = score_translations(["cannot open %s", "hello"], ["impossible d'ouvrir %s", "salut"],
+                                ["impossible d'ouvrir %s", "bonjour"])
+    assert scores["placeholder_rows"] == 1 and scores["placeholder_accuracy"] == 1.0
+    assert 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100
+
+
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory):
+    """A tiny encoder-decoder trained on 200 synthetic pairs until it reproduces them."""
+    from tfllm.training import TrainSettings, train
+
+    d = tmp_path_factory.mktemp("mt")
+    pairs = synthetic_pairs(200)
+    data = write_pairs(d / "pairs.tsv", pairs)
+    out = str(d / "run")
+    train(out, data, "transformer-mt-small",
+          TrainSettings(steps=600, batch_size=16, eval_interval=300, eval_steps=2,
+                        warmup_steps=30, lr=3e-3),
+          model_overrides=TINY_MT, verbose=0, objective="seq2seq", source_column="en",
+          target_column="fr", label_smoothing=0.0)
+    return out, pairs, data
+
+
+@pytest.mark.slow
+def test_tiny_model_fitted_on_200_pairs_reproduces_them(mt_run):
+    import tfllm
+
+    out, pairs, _ = mt_run
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["objective"] == "seq2seq" and config["model"]["num_decoder_layers"] == 2
+    assert config["data"]["source_column"] == "en"
+    model = tfllm.load(out)
+    sources = [a for a, _ in pairs]
+    for beams in (1, 3):
+        got = model.generate(sources, num_beams=beams)
+        right = sum(g == t for g, (_, t) in zip(got, pairs))
+        assert right >= 0.97 * len(pairs), (beams, right, got[:5])
+    # Placeholders are copied, moved to the front as in the training pairs.
+    assert model.generate("big cat %s", num_beams=2) == "%s chat grand"
+
+
+@pytest.mark.slow
+def test_translate_and_evaluate_cli(mt_run, tmp_path):
+    out, pairs, data = mt_run
+    done = run_cli(["translate", "--run", out, "--text", "red dog", "--text", "open file %s",
+                    "--json"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(x) for x in done.stdout.strip().splitlines()]
+    assert [x["translation"] for x in lines] == ["chien rouge", "%s fichier ouvrir"]
+    done = run_cli(["evaluate", "--run", out, "--data", data, "--max-rows", "40",
+                    "--num-beams", "2"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 40 and result["bleu"] > 90 and result["chrf"] > 90
+    assert result["placeholder_accuracy"] == 1.0 and result["placeholder_rows"] > 0
+    assert result["loss"] < 0.2 and "BLEU" in done.stdout
+    # Bad input: one line each, exit 2.
+    for args, message in (
+            (["translate", "--run", out, "--text", "x", "--num-beams", "0"], "num_beams"),
+            (["generate", "--run", out, "--prompt", "x"], "tfllm translate"),
+            (["translate", "--run", out, "--text", " ".join(["house"] * 40)],
+             "--truncate")):
+        done = run_cli(args)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr[-500:])
+        assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_saved_model_translate_equals_generate(mt_run, tmp_path):
+    from export.saved_model import export_saved_model
+
+    out, pairs, _ = mt_run
+    # The exporter verifies greedy and beam-2 output in a fresh process against generate.
+    path = export_saved_model(out, str(tmp_path / "models"), name="mt")
+    loaded = tf.saved_model.load(path)
+    texts = ["red dog", "big cat %s"]
+    result = loaded.signatures["translate"](
+        text=tf.constant(texts), num_beams=tf.constant([3, 3]),
+        max_new_tokens=tf.constant([24, 24]), length_penalty=tf.constant([1.0, 1.0]))
+    got = [t.decode() for t in result["translation"].numpy()]
+    assert got == ["chien rouge", "%s chat grand"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_beams"):
+        loaded.signatures["translate"](
+            text=tf.constant(texts), num_beams=tf.constant([0, 0]),
+            max_new_tokens=tf.constant([8, 8]), length_penalty=tf.constant([1.0, 1.0]))
+
+
+def test_bad_parallel_data_and_settings(tmp_path, tiny_run):
+    from tfllm.data.parallel import ParallelData
+    from tfllm.training import TrainSettings, train
+
+    rows = [("a b", "x y"), ("", "z"), ("c", ""), ("d e", "w")] * 3
+    spec = write_pairs(tmp_path / "p.tsv", rows)
+    data = ParallelData(spec, "en", "fr")
+    assert data.skipped_empty == 6 and len(data.all) == 6
+    with pytest.raises(DataError, match="no column 'de'.*--target-column"):
+        ParallelData(spec, "en", "de")
+    with pytest.raises(DataError, match="no column 'src'.*--source-column"):
+        ParallelData(spec, "src", "fr")
+    settings = TrainSettings(steps=2, batch_size=2, eval_interval=2, eval_steps=1)
+    with pytest.raises(ConfigError, match="encoder-decoder preset"):
+        train(str(tmp_path / "r1"), spec, "shakespeare-char", settings, verbose=0,
+              objective="seq2seq", source_column="en", target_column="fr")
+    with pytest.raises(ConfigError, match="is an encoder-decoder"):
+        train(str(tmp_path / "r2"), spec, "transformer-mt-small", settings, verbose=0)
+    with pytest.raises(ConfigError, match="--target-column"):
+        train(str(tmp_path / "r3"), spec, "transformer-mt-small", settings, verbose=0,
+              objective="seq2seq", source_column="en")
+    # A causal run given to translate: a one-line error naming the right command.
+    done = run_cli(["translate", "--run", tiny_run, "--text", "x"])
+    assert done.returncode == 2 and "not a translation run" in done.stderr
+
+
+def test_too_long_rows_error_or_truncate(tmp_path):
+    from tfllm.data.seq2seq import encode_pairs
+    from tfllm.tokenizers import SentencePieceTokenizer
+
+    tok = SentencePieceTokenizer.train(["abc def", "ghi"], "char")
+    with pytest.raises(DataError, match="row 2: the source is 12 tokens.*--truncate"):
+        encode_pairs([("abc", "d"), ("abcdefghabc", "d")], tok, 8)
+    encoded, cut = encode_pairs([("abc", "d"), ("abcdefghabc", "d")], tok, 8, truncate=True)
+    assert cut == 1 and len(encoded[1][0]) == 8 and encoded[1][0][-1] == tok.eos_id
+    with pytest.raises(GenerationError, match="num_beams must be an integer >= 1"):
+        Translator(random_model(), 2, 3).translate_ids([[5, 3]], num_beams=0)
