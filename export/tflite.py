@@ -14,6 +14,9 @@ ai-edge-litert and compared with the Keras model before success is reported.
 `--quantize float16|dynamic-int8` store weights in 16/8 bits; the exporter refuses a mode
 that loses accuracy on held-out text (see `export_tflite`).
 
+A translation run (`tfllm train --objective seq2seq`) gets `encode` and `decode` signatures
+instead (export/tflite_seq2seq.py).
+
 A classifier run (`tfllm finetune --task classify`) becomes its forward pass instead: one
 signature `classify`, input `token_ids` int32 [1, seq_len] (BOS first for encoders, padded
 with the pad id 0), output `probabilities` float32 [1, classes]. BERT-style classifiers of
@@ -608,6 +611,16 @@ def main(argv=None):
 
 def _main(args):
     strip = not args.keep_tensor_names
+    if runs.read_run_config(args.run).get("objective") == "seq2seq":
+        from export.tflite_seq2seq import export_seq2seq_tflite
+
+        report = export_seq2seq_tflite(args.run, args.out, args.quantize)
+        print(f"TFLite translation model written to {report['path']} "
+              f"({report['bytes'] / 1e6:.2f} MB, {args.quantize}, signatures encode and decode)")
+        print(f"greedy translations equal Seq2SeqLM.generate on {report['sources_agreeing']} of "
+              f"{report['sources_checked']} sample sources; held-out next-token agreement "
+              f"with Keras {report['top1_agreement']:.1%}")
+        return 0
     if runs.read_run_config(args.run).get("objective") == "classify":
         report = export_classifier_tflite(args.run, args.out, args.quantize,
                                           strip_names=strip, data=args.data,

@@ -303,3 +303,29 @@ def test_too_long_rows_error_or_truncate(tmp_path):
     assert cut == 1 and len(encoded[1][0]) == 8 and encoded[1][0][-1] == tok.eos_id
     with pytest.raises(GenerationError, match="num_beams must be an integer >= 1"):
         Translator(random_model(), 2, 3).translate_ids([[5, 3]], num_beams=0)
+
+
+@pytest.mark.slow
+def test_tflite_encode_decode_equals_generate(mt_run, tmp_path):
+    import tfllm
+    from export.tflite_seq2seq import Seq2SeqTFLiteError, Seq2SeqTFLiteRunner, \
+        export_seq2seq_tflite
+    from tfllm.translation import encode_sources
+
+    out, pairs, _ = mt_run
+    path = str(tmp_path / "mt.tflite")
+    report = export_seq2seq_tflite(out, path)
+    assert report["top1_agreement"] == 1.0
+    assert report["sources_agreeing"] == report["sources_checked"] > 0
+    model = tfllm.load(out)
+    tok = model.tokenizer
+    texts = [a for a, _ in pairs[::10]]
+    _, expected = model.generate(texts, return_ids=True)
+    runner = Seq2SeqTFLiteRunner(path)
+    got = [runner.greedy(s, tok.bos_id, tok.eos_id)
+           for s in encode_sources(tok, texts, model.backbone.max_len)]
+    assert got == expected
+    assert [tok.decode(g) for g in got] == [t for _, t in pairs[::10]]
+    with pytest.raises(Seq2SeqTFLiteError, match="not available for translation"):
+        export_seq2seq_tflite(out, str(tmp_path / "x.tflite"), quantize="int8")
+    assert not os.path.exists(tmp_path / "x.tflite")
