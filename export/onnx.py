@@ -21,6 +21,9 @@ Rows of a batch share positions (no per-row padding). The cache write is traced 
 one-hot blend, not XLA's dynamic-update-slice, which tf2onnx cannot convert.
 `OnnxDecoder` drives that file like an app would (greedy generation).
 
+A translation run (`--objective seq2seq`) gets an encoder file and a decode-step file
+instead (export/onnx_seq2seq.py).
+
 The exporter runs both files in onnxruntime and refuses to write them if logits differ
 from Keras by more than 1e-4 or greedy decoding differs from `CausalLM.generate`.
 """
@@ -311,6 +314,15 @@ def main(argv=None):
 
 
 def _main(args):
+    if runs.read_run_config(args.run).get("objective") == "seq2seq":
+        from export.onnx_seq2seq import export_seq2seq_onnx
+
+        report = export_seq2seq_onnx(args.run, args.out, args.opset)
+        print(f"ONNX encoder written to {report['path']} ({report['bytes'] / 1e6:.2f} MB), "
+              f"decode step to {report['decode_path']} ({report['decode_bytes'] / 1e6:.2f} MB)")
+        print(f"onnxruntime greedy translations equal Seq2SeqLM.generate on "
+              f"{report['sources_agreeing']} sample sources")
+        return 0
     report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode,
                          max_len=args.max_len)
     print(f"ONNX model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")

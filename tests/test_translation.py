@@ -329,3 +329,21 @@ def test_tflite_encode_decode_equals_generate(mt_run, tmp_path):
     with pytest.raises(Seq2SeqTFLiteError, match="not available for translation"):
         export_seq2seq_tflite(out, str(tmp_path / "x.tflite"), quantize="int8")
     assert not os.path.exists(tmp_path / "x.tflite")
+
+
+@pytest.mark.slow
+def test_onnx_encode_decode_equals_generate(mt_run, tmp_path):
+    import tfllm
+    from export.onnx_seq2seq import OnnxTranslator, export_seq2seq_onnx
+    from tfllm.translation import encode_sources
+
+    out, pairs, _ = mt_run
+    report = export_seq2seq_onnx(out, str(tmp_path / "mt.onnx"))
+    model = tfllm.load(out)
+    tok = model.tokenizer
+    texts = [a for a, _ in pairs[5::20]]
+    _, expected = model.generate(texts, return_ids=True)
+    runner = OnnxTranslator(report["path"], report["decode_path"])
+    got = [runner.greedy(s, tok.bos_id, tok.eos_id)
+           for s in encode_sources(tok, texts, model.backbone.max_len)]
+    assert got == expected and [tok.decode(g) for g in got] == [t for _, t in pairs[5::20]]
