@@ -585,6 +585,10 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
 
     stored = runs.read_run_config(run_dir)
     objective = stored.get("objective", "clm")
+    if objective == "seq2seq":
+        raise TfllmError(f"{run_dir} is a translation run: score it with "
+                         "tfllm.translation_metrics.evaluate_translation (tfllm evaluate "
+                         "does)")
     if objective not in OBJECTIVES:
         raise TfllmError(f"{run_dir} is a {objective!r} run, not a language model")
     # Fixed masks for every evaluation. Seeded first: reseeding later invalidates the
