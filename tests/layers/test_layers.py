@@ -83,9 +83,10 @@ def test_embedding_untied_without_positions(tmp_path):
 
 
 _GPT2_ATTENTION = dict(num_kv_heads=None, head_dim=None, qkv_bias=True, out_bias=True,
-                       qk_norm=False, norm_epsilon=1e-6, rope=None)
+                       qk_norm=False, norm_epsilon=1e-6, rope=None, cross_attention=False)
 _LLAMA_ATTENTION = dict(num_kv_heads=2, head_dim=6, qkv_bias=False, out_bias=False,
-                        qk_norm=True, norm_epsilon=1e-6, rope={"rope_theta": 10000.0})
+                        qk_norm=True, norm_epsilon=1e-6, rope={"rope_theta": 10000.0},
+                        cross_attention=False)
 
 
 @pytest.mark.parametrize("options", [_GPT2_ATTENTION, _LLAMA_ATTENTION])
@@ -95,8 +96,41 @@ def test_attention(tmp_path, options):
                                             **options), X, (2, 6, 16), tmp_path)
 
 
+def test_cross_attention(tmp_path):
+    """Queries from X, keys and values from a 4-step context (an encoder's output)."""
+    context = X[:, :4] * 0.5
+    layer = run_layer_test(MultiHeadAttention, dict(_GPT2_ATTENTION, d_model=16, num_heads=4,
+                                                    dropout=0.0, initializer_stddev=0.02,
+                                                    output_stddev=0.01, cross_attention=True),
+                           X, (2, 6, 16), tmp_path, call_kwargs={"context": context})
+    # softmax(q k^T / sqrt(d)) v per head, checked against NumPy.
+    wq, bq = (ops.convert_to_numpy(v) for v in layer.q.weights)
+    wkv, bkv = (ops.convert_to_numpy(v) for v in layer.kv.weights)
+    wo, bo = (ops.convert_to_numpy(v) for v in layer.out.weights)
+    q = (X @ wq + bq).reshape(2, 6, 4, 4).transpose(0, 2, 1, 3)
+    k, v = (context @ wkv + bkv).reshape(2, 4, 2, 4, 4).transpose(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(0, 1, 3, 2) / 2.0
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    expected = (probs @ v).transpose(0, 2, 1, 3).reshape(2, 6, 16) @ wo + bo
+    got = ops.convert_to_numpy(layer(X, context=context))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_cross_attention_block(tmp_path):
+    run_layer_test(TransformerBlock, dict(d_model=16, num_heads=2, ffn_dim=32, dropout=0.0,
+                                          activation="relu", norm_first=True,
+                                          # Large enough that one SGD step moves every
+                                          # norm scale (see test_llama_transformer_block).
+                                          layer_norm_epsilon=1e-5, initializer_stddev=0.5,
+                                          output_stddev=0.5,
+                                          **dict(_GPT2_BLOCK, cross_attention=True)),
+                   X, (2, 6, 16), tmp_path, call_kwargs={"context": X[:, :3]})
+
+
 _GPT2_BLOCK = dict(norm="layernorm", ffn="plain", num_kv_heads=None, head_dim=None,
-                   qkv_bias=True, proj_bias=True, qk_norm=False, rope=None)
+                   qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
+                   cross_attention=False)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -118,7 +152,7 @@ def test_llama_transformer_block(tmp_path):
                                 ffn="gated", num_kv_heads=1, head_dim=None, qkv_bias=True,
                                 proj_bias=False, qk_norm=False,
                                 rope={"rope_theta": 500000.0, "scaling": "llama3",
-                                      "factor": 8.0}),
+                                      "factor": 8.0}, cross_attention=False),
                            X, (2, 6, 16), tmp_path)
     # Multi-query: the fused projection is [q (4 heads) | k (1) | v (1)] of width 4 each.
     assert tuple(block.attention.qkv.kernel.shape) == (16, (4 + 2) * 4)
