@@ -11,7 +11,11 @@ DESIGN = {
     "bert-mini": (4, 256, 4, 1024, 128, 0.1, 8000),
     # shakespeare-char's size as a Llama-family decoder (issue #15).
     "llama-char": (4, 128, 4, 352, 64, 0.0, None),
+    # Encoder-decoders (issue #17): encoder layers here, decoder layers in DECODER_LAYERS.
+    "transformer-mt-small": (3, 256, 4, 1024, 128, 0.1, 8000),
+    "transformer-base-mt": (6, 512, 8, 2048, 256, 0.1, 32000),
 }
+DECODER_LAYERS = {"transformer-mt-small": 3, "transformer-base-mt": 6}
 
 
 @pytest.mark.parametrize("name", sorted(DESIGN))
@@ -19,7 +23,8 @@ def test_presets_match_design(name):
     c = get_preset(name)
     assert (c.num_layers, c.d_model, c.num_heads, c.ffn_dim, c.max_len, c.dropout,
             c.vocab_size) == DESIGN[name]
-    assert c.causal == (name != "bert-mini")
+    assert c.causal == (name != "bert-mini" and name not in DECODER_LAYERS)
+    assert c.num_decoder_layers == DECODER_LAYERS.get(name, 0)
     assert set(PRESETS) == set(DESIGN)
 
 

@@ -250,13 +250,15 @@ PRESETS: dict[str, ModelConfig] = {
     # languages). Small: 3 + 3 blocks, sized to train in about 20 CPU-minutes.
     "transformer-mt-small": ModelConfig(
         vocab_size=8000, num_layers=3, num_decoder_layers=3, d_model=256, num_heads=4,
-        ffn_dim=1024, max_len=128, dropout=0.1, activation="relu", tokenizer="unigram",
+        ffn_dim=1024, max_len=128, dropout=0.1, causal=False, activation="relu",
+        tokenizer="unigram",
     ),
     # "Attention Is All You Need"'s base model (6 + 6 blocks, 512 wide, 8 heads, 2048 FFN,
     # 37k shared vocabulary there, 32k here), pre-LN; for accelerators.
     "transformer-base-mt": ModelConfig(
         vocab_size=32000, num_layers=6, num_decoder_layers=6, d_model=512, num_heads=8,
-        ffn_dim=2048, max_len=256, dropout=0.1, activation="relu", tokenizer="unigram",
+        ffn_dim=2048, max_len=256, dropout=0.1, causal=False, activation="relu",
+        tokenizer="unigram",
     ),
 }
 
