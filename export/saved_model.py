@@ -362,24 +362,12 @@ def verify_translations(path, model, texts=SAMPLE_SOURCES, max_new_tokens=None):
     with 2 beams."""
     max_new = max_new_tokens or model.backbone.max_len
     texts = [t for t in texts if len(model.tokenizer.encode(t)) < model.backbone.max_len]
-    code = (
-        "import json, sys, tensorflow as tf, tensorflow_text\n"
-        "m = tf.saved_model.load(sys.argv[1])\n"
-        "texts, n, got = json.loads(sys.argv[2]), int(sys.argv[3]), []\n"
-        "for beams in (1, 2):\n"
-        "    k = len(texts)\n"
-        "    out = m.signatures['translate'](text=tf.constant(texts),"
-        " num_beams=tf.fill([k], beams), max_new_tokens=tf.fill([k], n),"
-        " length_penalty=tf.ones([k]))\n"
-        "    got.append([t.decode('utf-8', 'replace') for t in out['translation'].numpy()])\n"
-        "print(json.dumps(got))\n")
-    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(texts), str(max_new)],
-                          capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if proc.returncode != 0:
-        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
-                          + proc.stderr[-2000:])
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    k = len(texts)
+    calls = [("translate", "translation", {"text": texts, "num_beams": [beams] * k,
+                                           "max_new_tokens": [max_new] * k,
+                                           "length_penalty": [1.0] * k})
+             for beams in (1, 2)]
+    got = [g.tolist() for g in _fresh_process_outputs(path, calls)]
     for beams, translations in zip((1, 2), got):
         expected = model.generate(texts, max_new_tokens=max_new, num_beams=beams)
         if translations != expected:
@@ -530,7 +518,8 @@ def verify_classifier(run_dir, path, texts=SAMPLE_TEXTS, model=None):
 def _fresh_process_outputs(path, calls):
     """Outputs of SavedModel signatures, loaded once in a fresh process (as TF Serving
     loads it: nothing of this process's state helps). `calls`: a list of
-    (signature, output name, {input name: list of strings})."""
+    (signature, output name, {input name: list of values}); string outputs come back
+    as str."""
     import numpy as np
 
     code = (
@@ -539,7 +528,9 @@ def _fresh_process_outputs(path, calls):
         "got = []\n"
         "for sig, name, kw in json.loads(sys.argv[2]):\n"
         "    out = m.signatures[sig](**{k: tf.constant(v) for k, v in kw.items()})\n"
-        "    got.append(out[name].numpy().tolist())\n"
+        "    v = out[name].numpy()\n"
+        "    got.append([x.decode('utf-8', 'replace') for x in v.tolist()]"
+        " if v.dtype == object else v.tolist())\n"
         "print(json.dumps(got))\n")
     proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(calls)],
                           capture_output=True, text=True, timeout=900,
