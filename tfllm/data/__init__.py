@@ -6,6 +6,8 @@
     corpus       LM corpora (train/validation text of any spec)
     labeled      (text, label) rows for classification; texts may be (text, pair)
     classification  texts and pairs to a classifier's token ids, in-graph
+    parallel     (source, target) pairs for translation, with a held-out split
+    seq2seq      length-bucketed encoder-decoder batches for `fit`
     lm           tf.data pipelines of LM and masked-LM windows for `fit`
 """
 
