@@ -285,23 +285,18 @@ class MetricsLogger(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.time()
-        self._epoch_first_step = int(self.model.optimizer.iterations)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         elapsed = time.time() - self._epoch_start
-        # The optimizer's count, not epochs x interval: a callback that stops training
-        # mid-interval (a time budget) must not log steps that never ran.
-        step = int(self.model.optimizer.iterations)
         record = {
-            "step": step,
+            "step": (epoch + 1) * self.steps_per_epoch,
             "loss": _float(logs.get("loss")),
             "val_loss": _float(logs.get("val_loss")),
             "perplexity": _float(logs.get("perplexity")),
             "val_perplexity": _float(logs.get("val_perplexity")),
             "lr": _float(self.model.optimizer.learning_rate),
-            "tokens_per_sec": round((step - self._epoch_first_step) * self.tokens_per_step
-                                    / elapsed, 1),
+            "tokens_per_sec": round(self.steps_per_epoch * self.tokens_per_step / elapsed, 1),
             "elapsed_sec": round(time.time() - self._start, 2),
         }
         # Task metrics beyond the LM ones (a classifier's accuracy) are logged as well.
