@@ -35,6 +35,7 @@ import sys
 import tempfile
 
 from export.options import DEFAULT_PREFILL, QUANTIZE_MODES, add_max_len
+from export.tflite_converter import convert_or_raise, tflite_converter
 
 
 def build_parser():
@@ -208,17 +209,9 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
                 archive.add_endpoint(f"prefill_{n}", _step_fn(model, False),
                                      input_signature=_signature(model, n))
             archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            tmp, signature_keys=["decode"] + [f"prefill_{n}" for n in lengths])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize in ("float16", "dynamic-int8"):
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        try:
-            data = converter.convert()
-        except Exception as e:  # the converter raises many types, with long messages
-            raise TFLiteExportError(f"TFLite conversion failed: {str(e)[-1500:]}") from e
+        converter = tflite_converter(tmp, ["decode"] + [f"prefill_{n}" for n in lengths],
+                                     quantize)
+        data = convert_or_raise(converter, TFLiteExportError)
         return compact_tflite(data, strip_names), lengths
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -517,12 +510,7 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
             archive.add_endpoint("classify", classify_pair if token_types else classify,
                                  input_signature=spec)
             archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["classify"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
+        converter = tflite_converter(tmp, ["classify"], quantize)
         if quantize == "int8":
             rows = (calibration_ids if isinstance(calibration_ids, dict)
                     else {"token_ids": calibration_ids})
@@ -535,10 +523,7 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
             converter.representative_dataset = representative
             # Integer kernels only; the int32 ids stay int32 (they index the embedding).
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        try:
-            return converter.convert()
-        except Exception as e:  # the converter raises many types, with long messages
-            raise TFLiteExportError(f"TFLite conversion failed: {str(e)[-1500:]}") from e
+        return convert_or_raise(converter, TFLiteExportError)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -29,6 +29,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from export.tflite_converter import convert_or_raise, tflite_converter
 from tfllm import runs
 from tfllm.errors import TfllmError
 
@@ -90,17 +91,8 @@ def convert_seq2seq(model, quantize="float32"):
             archive.add_endpoint("encode", encode, input_signature=[{"source_ids": source_spec}])
             archive.add_endpoint("decode", decode, input_signature=[decode_spec])
             archive.write_out(tmp, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            tmp, signature_keys=["encode", "decode"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        try:
-            return converter.convert()
-        except Exception as e:  # the converter raises many types, with long messages
-            raise Seq2SeqTFLiteError(f"TFLite conversion failed: {str(e)[-1500:]}") from e
+        return convert_or_raise(tflite_converter(tmp, ["encode", "decode"], quantize),
+                                Seq2SeqTFLiteError)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
