@@ -2,7 +2,8 @@
 nn.Transformer, English -> French program messages (../shared/data/l10n-en-fr).
 
 Both train on the same pairs (tfllm's training split of train.tsv, the same SentencePiece
-ids), at the same size and recipe, for the same wall-clock budget, one after the other on
+ids, placeholders protected as tfllm's seq2seq training does by default, restored alike
+after decoding), at the same size and recipe, for the same wall-clock budget, one after the other on
 this machine; both translate valid.tsv with beam 4 (Hugging Face's beam rules); sacrebleu
 scores both, with placeholder accuracy over the rows that have placeholders.
 
@@ -27,7 +28,7 @@ DATA = os.environ.get("TFLLM_SHARED_DATA", os.path.join(REPO, "..", "shared", "d
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per side")
-    p.add_argument("--steps", type=int, default=1200,
+    p.add_argument("--steps", type=int, default=3600,
                    help="schedule length (warmup + cosine) of both sides; training stops "
                         "at the budget or here, whichever comes first")
     p.add_argument("--batch-size", type=int, default=32)
@@ -42,6 +43,7 @@ def main():
 
     from tfllm.data.parallel import ParallelData
     from tfllm.data.seq2seq import encode_pairs
+    from tfllm.placeholders import restore
     from tfllm.training import TrainSettings, train
     from tfllm.translation_metrics import evaluate_translation, score_translations
 
@@ -87,9 +89,14 @@ def main():
         tok = model.tokenizer
         cfg = model.config
         split = ParallelData(train_spec, "en", "fr", settings.seed)
-        encoded, _ = encode_pairs(split.train, tok, cfg.max_len, truncate=True)
+        # The same pairs as tfllm trained on, placeholders protected alike, so the two
+        # sides differ only in the framework that trains and decodes the model.
+        protect = model.protect_placeholders
+        encoded, _ = encode_pairs(split.train, tok, cfg.max_len, truncate=True,
+                                  protect=protect)
         valid = ParallelData(valid_spec, "en", "fr").all[:a.eval_rows]
-        sources = [s for s, _ in encode_pairs(valid, tok, cfg.max_len, truncate=True)[0]]
+        sources = [s for s, _ in encode_pairs(valid, tok, cfg.max_len, truncate=True,
+                                              protect=protect)[0]]
         pairs_path = os.path.join(a.work, "pairs.json")
         json.dump({"config": dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model,
                                   num_heads=cfg.num_heads, num_layers=cfg.num_layers,
@@ -107,6 +114,8 @@ def main():
                         "--pairs", pairs_path, "--out", out_path], check=True)
         ref = json.load(open(out_path))
         outputs = [tok.decode(ids) for ids in ref["outputs"]]
+        if protect:
+            outputs = [restore(o, src) for o, (src, _) in zip(outputs, valid)]
         theirs = score_translations([s for s, _ in valid], outputs, [t for _, t in valid])
         theirs.update(steps=ref["steps"], train_sec=ref["train_sec"],
                       decode_sec=ref["decode_sec"], rows=len(valid))

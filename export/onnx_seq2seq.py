@@ -120,7 +120,8 @@ def export_seq2seq_onnx(run_dir, out, opset=17):
         texts = [t for t in SAMPLE_SOURCES if len(tok.encode(t)) < model.backbone.max_len]
         expected = model.generate(texts, return_ids=True)[1]
         got = [runner.greedy(s, tok.bos_id, tok.eos_id)
-               for s in encode_sources(tok, texts, model.backbone.max_len)]
+               for s in encode_sources(tok, texts, model.backbone.max_len,
+                                         protect=model.protect_placeholders)]
         if got != expected:
             raise OnnxSeq2SeqError(f"ONNX greedy translations differ from Seq2SeqLM.generate: "
                                    f"{got} != {expected}")

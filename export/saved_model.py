@@ -302,11 +302,14 @@ def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
 
     The beam width is a request input, so the loop's shapes are not static: it runs as a
     plain TensorFlow graph (`jit_compile` is not used; XLA needs one compiled loop per
-    width). Beam search with one beam is greedy decoding (`tfllm.beam_search`).
+    width). Beam search with one beam is greedy decoding (`tfllm.beam_search`). A model
+    trained with `protect_placeholders` gets the same protection in the graph.
     """
+    from tfllm.placeholders import protect_tf, restore_tf
     from tfllm.translation import Translator
 
     tr = Translator(model, tokenizer.bos_id, tokenizer.eos_id, jit_compile=False)
+    protect = model.protect_placeholders
     sp = tokenizer.tf_tokenizer
     max_len, eos = tr.max_len, tokenizer.eos_id
 
@@ -329,7 +332,7 @@ def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
         ]
         text, num_beams, max_new_tokens, length_penalty = _after(
             checks, text, num_beams, max_new_tokens, length_penalty)
-        ids = tokenizer.tokenize(text)
+        ids = tokenizer.tokenize(protect_tf(text) if protect else text)
         ids = tf.concat([ids, tf.fill([tf.shape(text)[0], 1], eos)], axis=1)  # + EOS
         fits = _require(tf.reduce_max(ids.row_lengths()) <= max_len,
                         f"a source is longer than the model context of {max_len} tokens "
@@ -340,6 +343,8 @@ def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
             tf.gather(out, tf.maximum(n - 1, 0), batch_dims=1), eos))
         text_len = n - tf.cast(ended, tf.int32)
         translation = sp.detokenize(tf.RaggedTensor.from_tensor(out, lengths=text_len))
+        if protect:
+            translation = restore_tf(translation, text)
         token_ids = tf.where(tf.sequence_mask(n, max_len), out, tokenizer.pad_id)
         return {"translation": translation, "token_ids": token_ids, "num_generated": n}
 

@@ -180,7 +180,8 @@ def export_seq2seq_tflite(run_dir, out, quantize="float32", check_pairs=50):
     runner = Seq2SeqTFLiteRunner(model_content=data)
     report = {"path": out, "bytes": len(data), "quantize": quantize}
     texts = [t for t in SAMPLE_SOURCES if len(tok.encode(t)) < model.backbone.max_len]
-    sources = encode_sources(tok, texts, model.backbone.max_len)
+    sources = encode_sources(tok, texts, model.backbone.max_len,
+                             protect=model.protect_placeholders)
     expected = model.generate(texts, num_beams=1, return_ids=True)[1]
     got = [runner.greedy(s, tok.bos_id, tok.eos_id) for s in sources]
     report["sources_agreeing"] = sum(g == e for g, e in zip(got, expected))
@@ -189,7 +190,8 @@ def export_seq2seq_tflite(run_dir, out, quantize="float32", check_pairs=50):
     d = stored["data"]
     held = ParallelData(d["spec"], d["source_column"], d["target_column"],
                         stored["training"]["seed"]).val[:check_pairs]
-    pairs, _ = encode_pairs(held, tok, model.backbone.max_len, truncate=True)
+    pairs, _ = encode_pairs(held, tok, model.backbone.max_len, truncate=True,
+                            protect=model.protect_placeholders)
     report["top1_agreement"] = round(teacher_forced_agreement(runner, model, pairs), 4)
     if quantize == "float32" and report["sources_agreeing"] != len(texts):
         raise Seq2SeqTFLiteError(f"TFLite greedy translations differ from Seq2SeqLM.generate "

@@ -18,6 +18,7 @@ from tfllm.config import ConfigError, get_preset
 from tfllm.errors import DataError
 from tfllm.generation import GenerationError
 from tfllm.models import Seq2SeqLM, SmoothedSparseCrossentropy
+from tfllm.placeholders import SENTINEL, protect, protect_tf, restore, restore_tf
 from tfllm.translation import Translator
 from tfllm.translation_metrics import placeholder_accuracy, placeholders, score_translations
 
@@ -185,6 +186,26 @@ def test_placeholders_and_scores():
     assert 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100
 
 
+def test_placeholder_protection_python_and_graph_agree():
+    sources = ["cannot open %s (100%%)", "100%%d %1$s and %2$s {name}", "no placeholder",
+               "%s", "", "%%%s:%-10s%lu"]
+    protected = [protect(t) for t in sources]
+    assert protected == ["cannot open ⟦ph⟧ (100%%)", "100%%d ⟦ph⟧ and ⟦ph⟧ ⟦ph⟧",
+                         "no placeholder", "⟦ph⟧", "", "%%⟦ph⟧:⟦ph⟧⟦ph⟧"]
+    assert [t.decode() for t in protect_tf(tf.constant(sources)).numpy()] == protected
+    # Restoring what protect made gives the source back; outputs with fewer or more
+    # sentinels than the source has placeholders keep what they have, invent nothing.
+    assert [restore(p, t) for p, t in zip(protected, sources)] == sources
+    outputs = ["impossible ⟦ph⟧ x", "a ⟦ph⟧ ⟦ph⟧ b ⟦ph⟧ ⟦ph⟧ ⟦ph⟧", "⟦ph⟧ de trop", "⟦ph⟧",
+               "", "⟦ph⟧"]
+    expected = ["impossible %s x", "a %1$s %2$s b {name}  ", " de trop", "%s", "", "%s"]
+    assert [restore(o, t) for o, t in zip(outputs, sources)] == expected
+    assert [t.decode() for t in restore_tf(tf.constant(outputs),
+                                           tf.constant(sources)).numpy()] == expected
+    assert [t.decode() for t in restore_tf(tf.constant(protected),
+                                           tf.constant(sources)).numpy()] == sources
+
+
 @pytest.fixture(scope="module")
 def mt_run(tmp_path_factory):
     """A tiny encoder-decoder trained on 200 synthetic pairs until it reproduces them."""
@@ -216,8 +237,13 @@ def test_tiny_model_fitted_on_200_pairs_reproduces_them(mt_run):
         got = model.generate(sources, num_beams=beams)
         right = sum(g == t for g, (_, t) in zip(got, pairs))
         assert right >= 0.97 * len(pairs), (beams, right, got[:5])
-    # Placeholders are copied, moved to the front as in the training pairs.
+    # Placeholders are copied, moved to the front as in the training pairs; protected,
+    # ones never seen in training come through too.
     assert model.generate("big cat %s", num_beams=2) == "%s chat grand"
+    assert config["seq2seq"]["protect_placeholders"] and model.protect_placeholders
+    assert len(model.tokenizer.encode(SENTINEL)) == 1
+    assert model.generate(["big cat %1$s", "red file {path}"]) == \
+        ["%1$s chat grand", "{path} fichier rouge"]
 
 
 @pytest.mark.slow
@@ -322,10 +348,12 @@ def test_tflite_encode_decode_equals_generate(mt_run, tmp_path):
     texts = [a for a, _ in pairs[::10]]
     _, expected = model.generate(texts, return_ids=True)
     runner = Seq2SeqTFLiteRunner(path)
+    assert model.protect_placeholders  # the app's side of protection, as a runner does it
     got = [runner.greedy(s, tok.bos_id, tok.eos_id)
-           for s in encode_sources(tok, texts, model.backbone.max_len)]
+           for s in encode_sources(tok, texts, model.backbone.max_len, protect=True)]
     assert got == expected
-    assert [tok.decode(g) for g in got] == [t for _, t in pairs[::10]]
+    assert [restore(tok.decode(g), src) for g, src in zip(got, texts)] == \
+        [t for _, t in pairs[::10]]
     with pytest.raises(Seq2SeqTFLiteError, match="not available for translation"):
         export_seq2seq_tflite(out, str(tmp_path / "x.tflite"), quantize="int8")
     assert not os.path.exists(tmp_path / "x.tflite")
@@ -345,5 +373,7 @@ def test_onnx_encode_decode_equals_generate(mt_run, tmp_path):
     _, expected = model.generate(texts, return_ids=True)
     runner = OnnxTranslator(report["path"], report["decode_path"])
     got = [runner.greedy(s, tok.bos_id, tok.eos_id)
-           for s in encode_sources(tok, texts, model.backbone.max_len)]
-    assert got == expected and [tok.decode(g) for g in got] == [t for _, t in pairs[5::20]]
+           for s in encode_sources(tok, texts, model.backbone.max_len, protect=True)]
+    assert got == expected
+    assert [restore(tok.decode(g), src) for g, src in zip(got, texts)] == \
+        [t for _, t in pairs[5::20]]

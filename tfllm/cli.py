@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--truncate", action="store_true",
                    help="seq2seq: cut pairs longer than the context (default: an error "
                         "naming the row)")
+    t.add_argument("--no-protect-placeholders", action="store_true",
+                   help="seq2seq: train on placeholders (%%s, {name}) as plain text "
+                        "(default: each is one sentinel token, put back after translating)")
     t.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     t.add_argument("--steps", type=_positive_int, help="optimizer steps (default 2000)")
     t.add_argument("--batch-size", type=_positive_int,
@@ -369,10 +372,14 @@ def _train(args):
                    target_column=args.target_column or old_data.get("target_column"),
                    label_smoothing=(args.label_smoothing if args.label_smoothing is not None
                                     else old.get("label_smoothing", 0.1)),
-                   truncate=args.truncate or old.get("truncate", False))
-    elif args.source_column or args.target_column or args.label_smoothing is not None:
-        raise TfllmError("--source-column, --target-column and --label-smoothing apply to "
-                         "--objective seq2seq")
+                   truncate=args.truncate or old.get("truncate", False),
+                   # Runs from before protection existed trained without it.
+                   protect_placeholders=(old.get("protect_placeholders", False) if stored
+                                         else not args.no_protect_placeholders))
+    elif (args.source_column or args.target_column or args.label_smoothing is not None
+          or args.no_protect_placeholders):
+        raise TfllmError("--source-column, --target-column, --label-smoothing and "
+                         "--no-protect-placeholders apply to --objective seq2seq")
     record = train(args.out, data, preset, settings, overrides, text_feature,
                    args.tfds_manual_dir, args.tfds_data_dir, args.resume, args.overwrite,
                    verbose=1 if sys.stdout.isatty() else 2, objective=objective, **s2s)

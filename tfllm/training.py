@@ -17,7 +17,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfllm import runs
+from tfllm import placeholders, runs
 from tfllm.config import PRECISIONS, STRATEGIES, ConfigError, ModelConfig, get_preset
 from tfllm.errors import DataError, RunDirError, TfllmError
 
@@ -64,7 +64,8 @@ class TrainSettings:
         strategy: one of STRATEGIES.
         tpu: TPU name/address for the TPU strategy (default $TPU_NAME).
         precision: one of PRECISIONS.
-        jit_compile: compile train steps with XLA (measured faster on CPU).
+        jit_compile: compile train steps with XLA (measured faster on CPU); seq2seq runs
+            train without it except on TPUs (their batches vary in width).
     """
 
     steps: int = 2000
@@ -363,7 +364,8 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
           resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
           strategy=None, objective: str = "clm", extra_callbacks=None,
           source_column: str | None = None, target_column: str | None = None,
-          label_smoothing: float = 0.1, truncate: bool = False) -> dict:
+          label_smoothing: float = 0.1, truncate: bool = False,
+          protect_placeholders: bool = True) -> dict:
     """Pretrain a language model into the run directory `out`; returns the last metrics record.
 
     Args:
@@ -386,6 +388,9 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
             (see `tfllm.data.parallel.ParallelData`).
         label_smoothing: seq2seq only: of the cross-entropy (0.1, the Transformer's).
         truncate: seq2seq only: cut pairs longer than the context instead of failing.
+        protect_placeholders: seq2seq only: train with format placeholders (`%s`,
+            `{name}`) replaced by one sentinel token, which translation puts back
+            (`tfllm.placeholders`); a model then keeps them far more reliably.
 
     Example:
         >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
@@ -440,7 +445,9 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
 
         corpus = ParallelData(data, source_column, target_column, settings.seed,
                               tfds_manual_dir, tfds_data_dir)
-        sample_texts = (text for pair in corpus.train for text in pair)  # a joint vocabulary
+        # A joint vocabulary of both sides, as the model sees them.
+        sample_texts = (placeholders.protect(text) if protect_placeholders else text
+                        for pair in corpus.train for text in pair)
     else:
         corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
         sample_texts = corpus.sample_texts()
@@ -448,16 +455,19 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     if resume:
         tokenizer = SentencePieceTokenizer.load(tok_path)
     else:
-        tokenizer = SentencePieceTokenizer.train(sample_texts, requested.tokenizer,
-                                                 requested.vocab_size,
-                                                 mask_token=objective == "mlm")
+        tokenizer = SentencePieceTokenizer.train(
+            sample_texts, requested.tokenizer, requested.vocab_size,
+            mask_token=objective == "mlm",
+            user_symbols=[placeholders.SENTINEL] if seq2seq and protect_placeholders else ())
     model_config = requested.replace(vocab_size=tokenizer.vocab_size)
     seq_len = model_config.max_len
     if seq2seq:
         from tfllm.data.seq2seq import encode_pairs, make_seq2seq_dataset
 
-        train_pairs, cut = encode_pairs(corpus.train, tokenizer, seq_len, truncate)
-        val_pairs, val_cut = encode_pairs(corpus.val, tokenizer, seq_len, truncate)
+        train_pairs, cut = encode_pairs(corpus.train, tokenizer, seq_len, truncate,
+                                        protect_placeholders)
+        val_pairs, val_cut = encode_pairs(corpus.val, tokenizer, seq_len, truncate,
+                                          protect_placeholders)
         if not val_pairs:
             raise DataError(f"{data} has too few pairs to hold some out for validation")
         if verbose:
@@ -477,15 +487,23 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
             "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
             "training": dataclasses.asdict(settings), "objective": objective,
             "tokenizer": runs.TOKENIZER,
-            **({"seq2seq": {"label_smoothing": label_smoothing, "truncate": truncate}}
+            **({"seq2seq": {"label_smoothing": label_smoothing, "truncate": truncate,
+                            "protect_placeholders": protect_placeholders}}
                if seq2seq else {}),
         })
 
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
+    # Seq2seq batches vary in width. XLA would compile one train step per width (measured
+    # 23-27 s each for transformer-mt-small on 2 CPU cores, 9 widths) and fixed widths pad
+    # 21% more than padding each batch to its longest pair (l10n-en-fr), so on CPUs and
+    # GPUs a plain graph with dynamic widths trains more pairs per minute
+    # (benchmarks/README.md). TPUs need static shapes.
+    static_shapes = not seq2seq or isinstance(strategy, tf.distribute.TPUStrategy)
     if seq2seq:
         train_ds = make_seq2seq_dataset(train_pairs, tokenizer, seq_len, global_batch,
-                                        training=True, seed=settings.seed)
+                                        training=True, seed=settings.seed,
+                                        static_shapes=static_shapes)
         val_ds = make_seq2seq_dataset(val_pairs, tokenizer, seq_len, global_batch,
                                       training=False)
         # Real (unpadded) source and target tokens of an average step, for tokens/sec.
@@ -518,13 +536,15 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         elif seq2seq:
             model = Seq2SeqLM.from_model_config(model_config, name="seq2seq_lm",
                                                 label_smoothing=label_smoothing,
+                                                protect_placeholders=protect_placeholders,
                                                 pad_id=tokenizer.pad_id)
         else:
             model = MaskedLM.from_model_config(model_config, name="masked_lm")
         model.compile(learning_rate=settings.lr, warmup_steps=settings.warmup_steps,
                       total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
                       weight_decay=settings.weight_decay,
-                      jit_compile=settings.jit_compile and jit_supported(strategy),
+                      jit_compile=(settings.jit_compile and jit_supported(strategy)
+                                   and static_shapes),
                       steps_per_execution=spe)
 
     previous = read_metrics(out) if resume else []

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfllm import placeholders
 from tfllm.beam_search import beam_search
 from tfllm.data.seq2seq import bucket_widths
 from tfllm.generation import GenerationError, GenerationParams, row_seeds, sample_next
@@ -173,12 +174,13 @@ def get_translator(model) -> Translator:
     return tr
 
 
-def encode_sources(tokenizer, texts, max_len, truncate=False):
+def encode_sources(tokenizer, texts, max_len, truncate=False, protect=False):
     """Source ids (each ending in EOS) of `texts`; a source over `max_len` tokens is a
-    GenerationError naming it, or with `truncate` is cut."""
+    GenerationError naming it, or with `truncate` is cut. `protect`: placeholders become
+    the sentinel first (a model trained with `protect_placeholders`)."""
     out = []
     for n, text in enumerate(texts):
-        ids = tokenizer.encode(text)
+        ids = tokenizer.encode(placeholders.protect(text) if protect else text)
         if len(ids) + 1 > max_len:
             if not truncate:
                 raise GenerationError(
@@ -223,7 +225,8 @@ def translate(model, texts, max_new_tokens=None, num_beams=1, length_penalty=1.0
     texts = [texts] if single else list(texts)
     max_new = model.backbone.max_len if max_new_tokens is None else max_new_tokens
     params = GenerationParams(max_new, temperature, top_k, top_p, seed)
-    sources = encode_sources(tokenizer, texts, model.backbone.max_len, truncate)
+    protect = getattr(model, "protect_placeholders", False)
+    sources = encode_sources(tokenizer, texts, model.backbone.max_len, truncate, protect)
     tr = get_translator(model)
     # Sorted by length, so each batch pads to a near width.
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -239,6 +242,8 @@ def translate(model, texts, max_new_tokens=None, num_beams=1, length_penalty=1.0
                                                   num_beams, length_penalty, params)):
             ids[i] = row
     out = [tokenizer.decode(row) for row in ids]
+    if protect:
+        out = [placeholders.restore(o, text) for o, text in zip(out, texts)]
     if single:
         out, ids = out[0], ids[0]
     return (out, ids) if return_ids else out

@@ -4,29 +4,8 @@ accuracy, and `evaluate_translation`, what `tfllm evaluate` runs on a seq2seq ru
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 
-# printf conversions (with positions, flags, width, precision, length: %s, %1$s, %-10s,
-# %.2f, %lu, %'d), Python's %(name)s, and brace fields ({name}, {0}, {}); "%%" is a
-# literal percent sign, not a placeholder.
-_PLACEHOLDER = re.compile(
-    r"%%"
-    r"|%(?:\d+\$)?(?:\([A-Za-z_][A-Za-z0-9_]*\))?[-+0#']*(?:\d+|\*)?(?:\.(?:\d+|\*))?"
-    r"(?:hh|h|ll|l|L|q|j|z|t|I64|I32)?[diouxXeEfFgGaAcCsSpn]"
-    r"|\{[A-Za-z0-9_.\[\]:!<>^=+\-# ]*\}")
-
-
-def placeholders(text: str) -> Counter:
-    """The format placeholders of a message, as a multiset (order may change in a
-    translation: `%1$s` exists for that).
-
-    Example:
-        >>> sorted(placeholders("%s: cannot open '%1$s' ({name}, 100%%)").elements())
-        ['%1$s', '%s', '{name}']
-    """
-    return Counter(m for m in _PLACEHOLDER.findall(text) if m != "%%")
-
+from tfllm.placeholders import placeholders
 
 def placeholder_accuracy(sources, outputs) -> float:
     """Share of rows whose output keeps exactly the source's placeholders (no more, no
@@ -103,7 +82,8 @@ def evaluate_translation(run_dir, data=None, source_column=None, target_column=N
     if max_rows:
         pairs = pairs[:max_rows]
     max_len = model.backbone.max_len
-    encoded, _ = encode_pairs(pairs, tok, max_len, truncate=True)
+    encoded, _ = encode_pairs(pairs, tok, max_len, truncate=True,
+                              protect=model.protect_placeholders)
     ds = make_seq2seq_dataset(encoded, tok, max_len, batch_size, training=False)
     nll = SmoothedSparseCrossentropy(0.0, reduction="sum")
 

@@ -1,9 +1,10 @@
 """Encoder-decoder pipelines for `fit`: (source, target) pairs to length-bucketed batches.
 
 Each pair becomes `encoder_token_ids` = source + EOS, `decoder_token_ids` = BOS + target
-and labels = target + EOS (weighted 1, padding 0). Pairs are grouped by length into
-buckets of fixed widths, so a batch carries little padding and XLA compiles one train
-step per bucket width, not one per batch.
+and labels = target + EOS (weighted 1, padding 0). Pairs are grouped by length. With
+`static_shapes` (XLA, TPUs) a batch is padded to one of a few fixed widths, so one step is
+compiled per width; without, pairs are grouped two lengths to a bucket and a batch is
+padded to its own longest pair, as PyTorch translation recipes do.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfllm.data.lm import training_options
+from tfllm import placeholders
 from tfllm.errors import DataError
 
 _SHUFFLE_BUFFER = 20_000
@@ -31,7 +33,8 @@ def bucket_widths(max_len: int) -> list[int]:
     return sorted(set(widths + [max_len]))
 
 
-def encode_pairs(pairs, tokenizer, max_len: int, truncate: bool = False):
+def encode_pairs(pairs, tokenizer, max_len: int, truncate: bool = False,
+                 protect: bool = False):
     """`(encoded, cut)`: ids of each pair as (source + EOS, target) lists, and how many
     pairs were cut to fit.
 
@@ -43,10 +46,14 @@ def encode_pairs(pairs, tokenizer, max_len: int, truncate: bool = False):
         tokenizer: a `SentencePieceTokenizer`.
         max_len: the model's context.
         truncate: cut long sides instead of raising.
+        protect: replace placeholders by `tfllm.placeholders.SENTINEL` on both sides
+            (the tokenizer must hold it as one piece).
     """
     eos = tokenizer.eos_id
     encoded, cut = [], 0
     for n, (source, target) in enumerate(pairs):
+        if protect:
+            source, target = placeholders.protect(source), placeholders.protect(target)
         src, tgt = tokenizer.encode(source), tokenizer.encode(target)
         if len(src) + 1 > max_len or len(tgt) + 1 > max_len:
             if not truncate:
@@ -68,7 +75,7 @@ def _to_model_inputs(source, target_in, labels):
 
 
 def make_seq2seq_dataset(encoded, tokenizer, max_len: int, batch_size: int, training: bool,
-                         seed: int = 0) -> tf.data.Dataset:
+                         seed: int = 0, static_shapes: bool = True) -> tf.data.Dataset:
     """Batches of `(inputs, labels, weights)` for `Seq2SeqLM.fit`, bucketed by length.
 
     Training data is shuffled and repeats forever (the last partial batch of each bucket
@@ -82,6 +89,8 @@ def make_seq2seq_dataset(encoded, tokenizer, max_len: int, batch_size: int, trai
         batch_size: pairs per batch (global).
         training: shuffle and repeat.
         seed: the shuffle seed.
+        static_shapes: pad to `bucket_widths` (few shapes); else to each batch's longest
+            pair (least padding, every width a new shape).
     """
     if not encoded:
         raise DataError("no pairs to train or evaluate on")
@@ -99,12 +108,14 @@ def make_seq2seq_dataset(encoded, tokenizer, max_len: int, batch_size: int, trai
     ds = ds.map(shift, num_parallel_calls=tf.data.AUTOTUNE)
     if training:
         ds = ds.repeat().shuffle(_SHUFFLE_BUFFER, seed=seed)
-    widths = bucket_widths(max_len)
+    # A bucket holds lengths below its boundary; the last boundary is one past max_len.
+    boundaries = ([w + 1 for w in bucket_widths(max_len)] if static_shapes
+                  else list(range(_MIN_WIDTH + 1, max_len + 1, 2)) + [max_len + 1])
     ds = ds.bucket_by_sequence_length(
         lambda s, t, y: tf.maximum(tf.shape(s)[0], tf.shape(t)[0]),
-        bucket_boundaries=[w + 1 for w in widths],
-        bucket_batch_sizes=[batch_size] * (len(widths) + 1),
-        pad_to_bucket_boundary=True, drop_remainder=training)
+        bucket_boundaries=boundaries,
+        bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        pad_to_bucket_boundary=static_shapes, drop_remainder=training)
     if not training:
         def fill(source, target_in, labels):
             missing = batch_size - tf.shape(source)[0]

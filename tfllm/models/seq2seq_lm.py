@@ -57,6 +57,9 @@ class Seq2SeqLM(LanguageModelTask, keras.Model):
         backbone: a `Seq2SeqBackbone`.
         label_smoothing: of the default loss (0.1, the original Transformer's).
         pad_id: the padding id of the tokenizer.
+        protect_placeholders: the model was trained with placeholders replaced by
+            `tfllm.placeholders.SENTINEL`; translating (`generate`, the exports) then
+            protects the source's and restores them in the output.
 
     Example:
         >>> cfg = get_preset("transformer-mt-small").replace(vocab_size=100)
@@ -66,11 +69,13 @@ class Seq2SeqLM(LanguageModelTask, keras.Model):
         (2, 5, 100)
     """
 
-    def __init__(self, backbone, label_smoothing=0.1, pad_id=0, **kwargs):
+    def __init__(self, backbone, label_smoothing=0.1, pad_id=0, protect_placeholders=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.label_smoothing = label_smoothing
         self.pad_id = pad_id
+        self.protect_placeholders = protect_placeholders
         self.tokenizer = None  # attached by tfllm.load(); not part of the saved model
         self.build((None, None))
 
@@ -112,7 +117,7 @@ class Seq2SeqLM(LanguageModelTask, keras.Model):
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),
                 "label_smoothing": self.label_smoothing, "pad_id": self.pad_id,
-                "name": self.name}
+                "protect_placeholders": self.protect_placeholders, "name": self.name}
 
     @classmethod
     def from_config(cls, config):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import sentencepiece as spm
 import tensorflow as tf
@@ -67,8 +67,8 @@ class SentencePieceTokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], model_type: str = "char", vocab_size: int | None = None,
-              max_sentences: int = 2_000_000, mask_token: bool = False
-              ) -> "SentencePieceTokenizer":
+              max_sentences: int = 2_000_000, mask_token: bool = False,
+              user_symbols: Sequence[str] = ()) -> "SentencePieceTokenizer":
         """Train on an iterable of texts (split into lines internally).
 
         Args:
@@ -77,6 +77,8 @@ class SentencePieceTokenizer:
             vocab_size: required for bpe/unigram; ignored for char (the corpus decides).
             max_sentences: lines sampled for training on large corpora.
             mask_token: reserve `<mask>` (id `mask_id`) for masked-LM pretraining.
+            user_symbols: strings that are always one piece each (e.g. a placeholder
+                sentinel), in text and in training alike.
         """
         if model_type not in ("char", "bpe", "unigram"):
             raise TokenizerError(f"unknown model_type {model_type!r}; use char, bpe or unigram")
@@ -100,7 +102,7 @@ class SentencePieceTokenizer:
                 add_dummy_prefix=False, split_by_whitespace=model_type != "char",
                 allow_whitespace_only_pieces=True,
                 # Training reads line by line, so a newline would never be seen otherwise.
-                user_defined_symbols=["\n"],
+                user_defined_symbols=["\n", *user_symbols],
                 control_symbols=[MASK_PIECE] if mask_token else [],
                 pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
                 character_coverage=1.0, byte_fallback=model_type != "char",
