@@ -60,3 +60,39 @@ def test_bad_conversations_and_templates_are_named():
                           "{{ raise_exception('first turn must be the user') }}{% endif %}ok")
     with pytest.raises(ChatTemplateError, match="first turn must be the user"):
         strict.render(CHAT)
+
+
+def test_loss_mask_covers_exactly_the_assistant_tokens(tmp_path):
+    from tfllm.data.chat import ChatData, encode_chat
+    from tfllm.tokenizers import SentencePieceTokenizer
+
+    t = ChatTemplate()  # ChatML
+    tok = SentencePieceTokenizer.train(
+        [t.render(CHAT)] * 20 + ["Translate to French. File not found"], "bpe", 330,
+        user_symbols=["<|im_start|>", "<|im_end|>"])
+    ids, mask = encode_chat(CHAT[:3], t, tok)
+    # Hand-built: prompt pieces masked 0, the reply and its end of turn 1.
+    prompt = tok.encode("<|im_start|>system\nTranslate to French.<|im_end|>\n"
+                        "<|im_start|>user\nFile not found<|im_end|>\n<|im_start|>assistant\n")
+    reply = tok.encode("Fichier introuvable<|im_end|>\n")
+    assert ids == prompt + reply and mask == [0] * len(prompt) + [1] * len(reply)
+    assert tok.decode(ids) == t.render(CHAT[:3])
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "Fichier introuvable<|im_end|>\n"
+    end_of_turn = tok.encode("<|im_end|>")
+    assert len(end_of_turn) == 1 and ids[len(prompt) + len(reply) - 2] == end_of_turn[0]
+
+    # Prompt/response columns with a prompt template; bad JSONL rows skipped and counted.
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("en\tfr\nFile not found\tFichier introuvable\nOpen\t\n")
+    data = ChatData(f"tsv:{tsv}", "en", "fr", prompt_template="Translate to French: {en}")
+    assert data.all == [[{"role": "user", "content": "Translate to French: File not found"},
+                         {"role": "assistant", "content": "Fichier introuvable"}]]
+    assert data.skipped["empty"] == 1
+    jsonl = tmp_path / "chats.jsonl"
+    jsonl.write_text('{"messages": [{"role": "user", "content": "a"}, '
+                     '{"role": "assistant", "content": "b"}]}\n'
+                     '{"messages": [{"role": "bot", "content": "a"}]}\n'
+                     '{"messages": [{"role": "user", "content": "a"}]}\n')
+    data = ChatData(f"jsonl:{jsonl}", system="Be brief.")
+    assert data.skipped == {"bad_role": 1, "no_assistant": 1, "empty": 0}
+    assert data.all[0][0] == {"role": "system", "content": "Be brief."}
