@@ -3,8 +3,6 @@ LiteRT runs without the Flex delegate), and the weight-quantization modes."""
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 
 def tflite_converter(saved_model_dir: str, signature_keys, quantize: str):
     """A `TFLiteConverter` for `signature_keys` of a SavedModel.
@@ -16,6 +14,8 @@ def tflite_converter(saved_model_dir: str, signature_keys, quantize: str):
             (int8 weights, float activations); "int8" is dynamic-int8 here, made full
             integer by the caller (a representative dataset, integer ops).
     """
+    import tensorflow as tf  # here: `python -m export.tflite --help` must not load it
+
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=list(signature_keys))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
