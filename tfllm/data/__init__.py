@@ -8,6 +8,8 @@
     classification  texts and pairs to a classifier's token ids, in-graph
     parallel     (source, target) pairs for translation, with a held-out split
     seq2seq      length-bucketed encoder-decoder batches for `fit`
+    chat         conversations (messages, or prompt/response columns) and their
+                 token ids with a loss mask on the assistant replies
     lm           tf.data pipelines of LM and masked-LM windows for `fit`
 """
 
