@@ -45,7 +45,8 @@ def test_embedding_with_token_types(tmp_path):
 @pytest.mark.parametrize("activation", ["gelu", "relu", "gelu_exact"])
 def test_feed_forward(tmp_path, activation):
     layer = run_layer_test(FeedForward, dict(d_model=16, ffn_dim=32, activation=activation,
-                                             dropout=0.0, initializer_stddev=0.02, output_stddev=0.01),
+                                             dropout=0.0, initializer_stddev=0.02, output_stddev=0.01,
+                                             kernel_initializer="normal"),
                            X, (2, 6, 16), tmp_path)
     # FFN(x) = act(x W1 + b1) W2 + b2, checked against NumPy.
     w1, b1 = (ops.convert_to_numpy(v) for v in layer.inner.weights)
@@ -83,10 +84,11 @@ def test_embedding_untied_without_positions(tmp_path):
 
 
 _GPT2_ATTENTION = dict(num_kv_heads=None, head_dim=None, qkv_bias=True, out_bias=True,
-                       qk_norm=False, norm_epsilon=1e-6, rope=None, cross_attention=False)
+                       qk_norm=False, norm_epsilon=1e-6, rope=None, cross_attention=False,
+                       kernel_initializer="normal")
 _LLAMA_ATTENTION = dict(num_kv_heads=2, head_dim=6, qkv_bias=False, out_bias=False,
                         qk_norm=True, norm_epsilon=1e-6, rope={"rope_theta": 10000.0},
-                        cross_attention=False)
+                        cross_attention=False, kernel_initializer="glorot_uniform")
 
 
 @pytest.mark.parametrize("options", [_GPT2_ATTENTION, _LLAMA_ATTENTION])
@@ -124,13 +126,14 @@ def test_cross_attention_block(tmp_path):
                                           # norm scale (see test_llama_transformer_block).
                                           layer_norm_epsilon=1e-5, initializer_stddev=0.5,
                                           output_stddev=0.5,
-                                          **dict(_GPT2_BLOCK, cross_attention=True)),
+                                          **dict(_GPT2_BLOCK, cross_attention=True,
+                                                 kernel_initializer="glorot_uniform")),
                    X, (2, 6, 16), tmp_path, call_kwargs={"context": X[:, :3]})
 
 
 _GPT2_BLOCK = dict(norm="layernorm", ffn="plain", num_kv_heads=None, head_dim=None,
                    qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
-                   cross_attention=False)
+                   cross_attention=False, kernel_initializer="normal")
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -152,7 +155,8 @@ def test_llama_transformer_block(tmp_path):
                                 ffn="gated", num_kv_heads=1, head_dim=None, qkv_bias=True,
                                 proj_bias=False, qk_norm=False,
                                 rope={"rope_theta": 500000.0, "scaling": "llama3",
-                                      "factor": 8.0}, cross_attention=False),
+                                      "factor": 8.0}, cross_attention=False,
+                                kernel_initializer="normal"),
                            X, (2, 6, 16), tmp_path)
     # Multi-query: the fused projection is [q (4 heads) | k (1) | v (1)] of width 4 each.
     assert tuple(block.attention.qkv.kernel.shape) == (16, (4 + 2) * 4)

@@ -28,7 +28,8 @@ def test_gated_feed_forward(tmp_path, activation, use_bias):
     layer = run_layer_test(GatedFeedForward,
                            dict(d_model=16, ffn_dim=24, activation=activation,
                                 use_bias=use_bias, dropout=0.0, initializer_stddev=0.02,
-                                output_stddev=0.01), X, (2, 6, 16), tmp_path)
+                                output_stddev=0.01, kernel_initializer="normal"),
+                           X, (2, 6, 16), tmp_path)
     assert len(layer.weights) == (6 if use_bias else 3)
 
     def dense(d, x):

@@ -13,6 +13,7 @@ import warnings
 import keras
 from keras import ops
 
+from tfllm.layers.initializers import kernel_initializer as kernel_initializer_of
 from tfllm.layers.rms_norm import RMSNorm
 from tfllm.layers.rotary import RotaryEmbedding
 
@@ -157,6 +158,8 @@ class MultiHeadAttention(keras.layers.Layer):
             replace the fused QKV one, and there is no cache or rotary embedding. Called
             with `context=` (training, one-shot) or `context_kv=` (decoding: the keys and
             values of `project_context`, computed once per request and reused each step).
+        kernel_initializer: "normal" (N(0, the stddevs above)) or "glorot_uniform" (the
+            original Transformer's; the stddevs are then unused).
 
     Call args:
         x: (batch, seq, d_model).
@@ -181,7 +184,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02,
                  output_stddev=None, num_kv_heads=None, head_dim=None, qkv_bias=True,
                  out_bias=True, qk_norm=False, norm_epsilon=1e-6, rope=None,
-                 cross_attention=False, **kwargs):
+                 cross_attention=False, kernel_initializer="normal", **kwargs):
         super().__init__(**kwargs)
         if head_dim is None and d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
@@ -203,10 +206,11 @@ class MultiHeadAttention(keras.layers.Layer):
         self.norm_epsilon = norm_epsilon
         self.rope = rope
         self.cross_attention = cross_attention
+        self.kernel_initializer = kernel_initializer
         self.kv_heads = num_kv_heads or num_heads
         self.groups = num_heads // self.kv_heads  # query heads per key/value head
         self._head_dim_arg = head_dim
-        init = keras.initializers.RandomNormal(stddev=initializer_stddev)
+        init = kernel_initializer_of(kernel_initializer, initializer_stddev)
         if cross_attention:
             self.q = keras.layers.Dense(num_heads * self.head_dim, use_bias=qkv_bias,
                                         kernel_initializer=init, name="q",
@@ -218,7 +222,7 @@ class MultiHeadAttention(keras.layers.Layer):
             width = (num_heads + 2 * self.kv_heads) * self.head_dim  # [q | k | v]
             self.qkv = keras.layers.Dense(width, use_bias=qkv_bias, kernel_initializer=init,
                                           name="qkv", dtype=self.dtype_policy)
-        out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
+        out_init = kernel_initializer_of(kernel_initializer, output_stddev or initializer_stddev)
         self.out = keras.layers.Dense(d_model, use_bias=out_bias, kernel_initializer=out_init,
                                       name="out", dtype=self.dtype_policy)
         self.attn_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
@@ -400,5 +404,6 @@ class MultiHeadAttention(keras.layers.Layer):
                       head_dim=self._head_dim_arg, qkv_bias=self.qkv_bias,
                       out_bias=self.out_bias, qk_norm=self.qk_norm,
                       norm_epsilon=self.norm_epsilon, rope=self.rope,
-                      cross_attention=self.cross_attention)
+                      cross_attention=self.cross_attention,
+                      kernel_initializer=self.kernel_initializer)
         return config

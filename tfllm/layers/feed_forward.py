@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tfllm.config import ACTIVATIONS, ConfigError
+from tfllm.layers.initializers import kernel_initializer as kernel_initializer_of
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -18,6 +19,7 @@ class FeedForward(keras.layers.Layer):
         dropout: dropout on the output.
         initializer_stddev: stddev of the normal kernel initializer.
         output_stddev: stddev for the second (output) kernel (default `initializer_stddev`).
+        kernel_initializer: "normal" (the stddevs above) or "glorot_uniform".
 
     Example:
         >>> FeedForward(d_model=8, ffn_dim=32)(keras.ops.ones((1, 3, 8))).shape
@@ -26,7 +28,7 @@ class FeedForward(keras.layers.Layer):
 
     def __init__(self, d_model, ffn_dim, activation="gelu", dropout=0.0,
                  initializer_stddev=0.02,
-                 output_stddev=None, **kwargs):
+                 output_stddev=None, kernel_initializer="normal", **kwargs):
         super().__init__(**kwargs)
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -36,10 +38,11 @@ class FeedForward(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_stddev = initializer_stddev
         self.output_stddev = output_stddev
-        init = keras.initializers.RandomNormal(stddev=initializer_stddev)
+        self.kernel_initializer = kernel_initializer
+        init = kernel_initializer_of(kernel_initializer, initializer_stddev)
         self.inner = keras.layers.Dense(ffn_dim, kernel_initializer=init, name="inner",
                                         dtype=self.dtype_policy)
-        out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
+        out_init = kernel_initializer_of(kernel_initializer, output_stddev or initializer_stddev)
         self.outer = keras.layers.Dense(d_model, kernel_initializer=out_init, name="outer",
                                         dtype=self.dtype_policy)
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
@@ -68,5 +71,6 @@ class FeedForward(keras.layers.Layer):
         config = super().get_config()
         config.update(d_model=self.d_model, ffn_dim=self.ffn_dim, activation=self.activation,
                       dropout=self.dropout, initializer_stddev=self.initializer_stddev,
-                      output_stddev=self.output_stddev)
+                      output_stddev=self.output_stddev,
+                      kernel_initializer=self.kernel_initializer)
         return config

@@ -3,6 +3,7 @@
 import keras
 
 from tfllm.config import ConfigError
+from tfllm.layers.initializers import kernel_initializer as kernel_initializer_of
 
 # SwiGLU (Llama, Mistral, Qwen, SmolLM2) and GeGLU (Gemma: GELU, tanh approximation).
 GATE_ACTIVATIONS = ("silu", "gelu")
@@ -20,6 +21,7 @@ class GatedFeedForward(keras.layers.Layer):
         dropout: dropout on the output.
         initializer_stddev: stddev of the normal kernel initializer.
         output_stddev: stddev of the `down` kernel (default `initializer_stddev`).
+        kernel_initializer: "normal" (the stddevs above) or "glorot_uniform".
 
     Example:
         >>> GatedFeedForward(d_model=8, ffn_dim=16)(keras.ops.ones((1, 3, 8))).shape
@@ -27,7 +29,8 @@ class GatedFeedForward(keras.layers.Layer):
     """
 
     def __init__(self, d_model, ffn_dim, activation="silu", use_bias=False, dropout=0.0,
-                 initializer_stddev=0.02, output_stddev=None, **kwargs):
+                 initializer_stddev=0.02, output_stddev=None, kernel_initializer="normal",
+                 **kwargs):
         super().__init__(**kwargs)
         if activation not in GATE_ACTIVATIONS:
             raise ConfigError(f"gated activation must be one of {GATE_ACTIVATIONS}, "
@@ -39,8 +42,9 @@ class GatedFeedForward(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_stddev = initializer_stddev
         self.output_stddev = output_stddev
-        init = keras.initializers.RandomNormal(stddev=initializer_stddev)
-        out_init = keras.initializers.RandomNormal(stddev=output_stddev or initializer_stddev)
+        self.kernel_initializer = kernel_initializer
+        init = kernel_initializer_of(kernel_initializer, initializer_stddev)
+        out_init = kernel_initializer_of(kernel_initializer, output_stddev or initializer_stddev)
         policy = self.dtype_policy
         self.gate = keras.layers.Dense(ffn_dim, use_bias=use_bias, kernel_initializer=init,
                                        name="gate", dtype=policy)
@@ -72,5 +76,6 @@ class GatedFeedForward(keras.layers.Layer):
         config.update(d_model=self.d_model, ffn_dim=self.ffn_dim, activation=self.activation,
                       use_bias=self.use_bias, dropout=self.dropout,
                       initializer_stddev=self.initializer_stddev,
-                      output_stddev=self.output_stddev)
+                      output_stddev=self.output_stddev,
+                      kernel_initializer=self.kernel_initializer)
         return config

@@ -29,6 +29,8 @@ class TransformerBlock(keras.layers.Layer):
         proj_bias: biases on the attention output and feed-forward projections.
         cross_attention: a cross-attention branch over an encoder's output between the
             self-attention and the feed-forward (the original Transformer's decoder block).
+        kernel_initializer: "normal" (the stddevs above) or "glorot_uniform", for every
+            projection.
 
     Call args are those of `MultiHeadAttention`, plus for cross-attention blocks `context`
     (batch, src_len, d_model) or `context_kv` (per-block `(k, v)` from
@@ -44,7 +46,7 @@ class TransformerBlock(keras.layers.Layer):
                  norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02,
                  output_stddev=None, norm="layernorm", ffn="plain", num_kv_heads=None,
                  head_dim=None, qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
-                 cross_attention=False, **kwargs):
+                 cross_attention=False, kernel_initializer="normal", **kwargs):
         super().__init__(**kwargs)
         self.d_model = d_model
         self.num_heads = num_heads
@@ -64,27 +66,30 @@ class TransformerBlock(keras.layers.Layer):
         self.qk_norm = qk_norm
         self.rope = rope
         self.cross_attention = cross_attention
+        self.kernel_initializer = kernel_initializer
         policy = self.dtype_policy
         self.attention = MultiHeadAttention(
             d_model, num_heads, dropout, initializer_stddev, output_stddev,
             num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
             out_bias=proj_bias, qk_norm=qk_norm, norm_epsilon=layer_norm_epsilon, rope=rope,
-            name="attention", dtype=policy)
+            kernel_initializer=kernel_initializer, name="attention", dtype=policy)
         if ffn == "gated":
             self.ffn = GatedFeedForward(d_model, ffn_dim, activation, proj_bias, dropout,
-                                        initializer_stddev, output_stddev, name="ffn",
+                                        initializer_stddev, output_stddev,
+                                        kernel_initializer=kernel_initializer, name="ffn",
                                         dtype=policy)
         else:
             self.ffn = FeedForward(d_model, ffn_dim, activation, dropout, initializer_stddev,
-                                   output_stddev, name="ffn", dtype=policy)
+                                   output_stddev, kernel_initializer=kernel_initializer,
+                                   name="ffn", dtype=policy)
         self.norm1, self.norm2 = (make_norm(norm, layer_norm_epsilon, name, policy)
                                   for name in ("norm1", "norm2"))
         if cross_attention:
             self.cross = MultiHeadAttention(
                 d_model, num_heads, dropout, initializer_stddev, output_stddev,
                 num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
-                out_bias=proj_bias, cross_attention=True, name="cross_attention",
-                dtype=policy)
+                out_bias=proj_bias, cross_attention=True,
+                kernel_initializer=kernel_initializer, name="cross_attention", dtype=policy)
             self.norm_cross = make_norm(norm, layer_norm_epsilon, "norm_cross", policy)
 
     def build(self, input_shape):
@@ -132,7 +137,8 @@ class TransformerBlock(keras.layers.Layer):
                       num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                       qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
                       qk_norm=self.qk_norm, rope=self.rope,
-                      cross_attention=self.cross_attention)
+                      cross_attention=self.cross_attention,
+                      kernel_initializer=self.kernel_initializer)
         return config
 
 

@@ -6,12 +6,13 @@ from keras import ops
 from tfllm.config import ModelConfig
 from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
 from tfllm.layers.embedding import TokenAndPositionEmbedding
+from tfllm.layers.initializers import block_initializers, kernel_initializer
 from tfllm.layers.transformer_block import TransformerBlock, make_norm
 
 # ModelConfig fields after the GPT-2 ones, with the defaults that keep GPT-2's architecture.
 _ARCH_FIELDS = ("num_kv_heads", "head_size", "position_embedding", "rope_theta",
                 "rope_scaling", "norm", "ffn", "qkv_bias", "proj_bias", "qk_norm",
-                "tie_embeddings", "type_vocab_size", "pooler")
+                "tie_embeddings", "type_vocab_size", "pooler", "initializer")
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -34,8 +35,10 @@ class TransformerBackbone(keras.layers.Layer):
                  layer_norm_epsilon=1e-5, num_kv_heads=None, head_size=None,
                  position_embedding="learned", rope_theta=10000.0, rope_scaling=None,
                  norm="layernorm", ffn="plain", qkv_bias=True, proj_bias=True, qk_norm=False,
-                 tie_embeddings=True, type_vocab_size=0, pooler=False, **kwargs):
+                 tie_embeddings=True, type_vocab_size=0, pooler=False, initializer="gpt2",
+                 **kwargs):
         super().__init__(**kwargs)
+        self.initializer = initializer
         self.type_vocab_size = type_vocab_size
         self.pooler = pooler
         self.num_kv_heads = num_kv_heads
@@ -67,14 +70,13 @@ class TransformerBackbone(keras.layers.Layer):
             name="embedding", dtype=policy)
         rope = _rope_arguments(rope_theta, rope_scaling) if position_embedding == "rope" \
             else None
-        # GPT-2 / nanoGPT init: residual-writing projections scaled by 1/sqrt(2 * layers).
-        output_stddev = 0.02 / (2 * num_layers) ** 0.5
         self.blocks = [
             TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation, norm_first,
-                             layer_norm_epsilon, 0.02, output_stddev, norm=norm, ffn=ffn,
+                             layer_norm_epsilon, norm=norm, ffn=ffn,
                              num_kv_heads=num_kv_heads, head_dim=head_size,
                              qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
-                             rope=rope, name=f"block_{i}", dtype=policy)
+                             rope=rope, name=f"block_{i}", dtype=policy,
+                             **block_initializers(initializer, num_layers))
             for i in range(num_layers)
         ]
         # Pre-LN ends with a norm (GPT-2's ln_f); post-LN normalizes the embeddings (BERT).
@@ -83,7 +85,8 @@ class TransformerBackbone(keras.layers.Layer):
         if pooler:
             self.pooler_dense = keras.layers.Dense(
                 d_model, activation="tanh", name="pooler", dtype=policy,
-                kernel_initializer=keras.initializers.RandomNormal(stddev=0.02))
+                kernel_initializer=kernel_initializer(
+                    "glorot_uniform" if initializer == "xavier" else "normal", 0.02))
 
     @classmethod
     def from_model_config(cls, config: ModelConfig, **kwargs):
@@ -112,7 +115,7 @@ class TransformerBackbone(keras.layers.Layer):
                     rope_scaling=self.rope_scaling, norm=self.norm_kind, ffn=self.ffn,
                     qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, qk_norm=self.qk_norm,
                     tie_embeddings=self.tie_embeddings, type_vocab_size=self.type_vocab_size,
-                    pooler=self.pooler)
+                    pooler=self.pooler, initializer=self.initializer)
 
     @property
     def head_dim(self):

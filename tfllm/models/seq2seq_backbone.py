@@ -7,6 +7,7 @@ from keras import ops
 from tfllm.config import ModelConfig
 from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
 from tfllm.layers.embedding import TokenAndPositionEmbedding
+from tfllm.layers.initializers import block_initializers
 from tfllm.layers.transformer_block import TransformerBlock, make_norm
 
 
@@ -24,7 +25,7 @@ class Seq2SeqBackbone(keras.layers.Layer):
         num_layers: encoder blocks.
         num_decoder_layers: decoder blocks (each with cross-attention).
         d_model, num_heads, ffn_dim, max_len, dropout, activation, norm_first,
-        layer_norm_epsilon, norm, ffn, qkv_bias, proj_bias: as `ModelConfig`'s;
+        layer_norm_epsilon, norm, ffn, qkv_bias, proj_bias, initializer: as `ModelConfig`'s;
             `max_len` bounds source and target lengths (one position table serves both).
 
     Example:
@@ -38,8 +39,9 @@ class Seq2SeqBackbone(keras.layers.Layer):
     def __init__(self, vocab_size, num_layers, num_decoder_layers, d_model, num_heads, ffn_dim,
                  max_len, dropout=0.0, activation="relu", norm_first=True,
                  layer_norm_epsilon=1e-5, norm="layernorm", ffn="plain", qkv_bias=True,
-                 proj_bias=True, **kwargs):
+                 proj_bias=True, initializer="gpt2", **kwargs):
         super().__init__(**kwargs)
+        self.initializer = initializer
         self.vocab_size = vocab_size
         self.num_layers = num_layers
         self.num_decoder_layers = num_decoder_layers
@@ -60,13 +62,11 @@ class Seq2SeqBackbone(keras.layers.Layer):
                                                    name="embedding", dtype=policy)
 
         def blocks(n, prefix, cross):
-            # GPT-2 / nanoGPT init: residual-writing projections scaled by 1/sqrt(2 * layers).
-            output_stddev = 0.02 / (2 * n) ** 0.5
             return [TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation,
-                                     norm_first, layer_norm_epsilon, 0.02, output_stddev,
-                                     norm=norm, ffn=ffn, qkv_bias=qkv_bias,
-                                     proj_bias=proj_bias, cross_attention=cross,
-                                     name=f"{prefix}_{i}", dtype=policy)
+                                     norm_first, layer_norm_epsilon, norm=norm, ffn=ffn,
+                                     qkv_bias=qkv_bias, proj_bias=proj_bias,
+                                     cross_attention=cross, name=f"{prefix}_{i}",
+                                     dtype=policy, **block_initializers(initializer, n))
                     for i in range(n)]
 
         self.encoder_blocks = blocks(num_layers, "encoder_block", False)
@@ -89,7 +89,7 @@ class Seq2SeqBackbone(keras.layers.Layer):
                    dropout=config.dropout, activation=config.activation,
                    norm_first=config.norm_first, layer_norm_epsilon=config.layer_norm_epsilon,
                    norm=config.norm, ffn=config.ffn, qkv_bias=config.qkv_bias,
-                   proj_bias=config.proj_bias, **kwargs)
+                   proj_bias=config.proj_bias, initializer=config.initializer, **kwargs)
 
     def to_model_config(self) -> ModelConfig:
         """The `ModelConfig` of this backbone (tokenizer fields at defaults)."""
@@ -99,7 +99,8 @@ class Seq2SeqBackbone(keras.layers.Layer):
                            max_len=self.max_len, dropout=self.dropout, causal=False,
                            activation=self.activation, norm_first=self.norm_first,
                            layer_norm_epsilon=self.layer_norm_epsilon, norm=self.norm_kind,
-                           ffn=self.ffn, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias)
+                           ffn=self.ffn, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
+                           initializer=self.initializer)
 
     @property
     def head_dim(self):
@@ -198,5 +199,5 @@ class Seq2SeqBackbone(keras.layers.Layer):
                       dropout=self.dropout, activation=self.activation,
                       norm_first=self.norm_first, layer_norm_epsilon=self.layer_norm_epsilon,
                       norm=self.norm_kind, ffn=self.ffn, qkv_bias=self.qkv_bias,
-                      proj_bias=self.proj_bias)
+                      proj_bias=self.proj_bias, initializer=self.initializer)
         return config
