@@ -78,6 +78,30 @@ def exported(tmp_path_factory, tiny_run):
             "path": str(base / "tiny" / "1"), "stdout": proc.stdout}
 
 
+# -- chat ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def chat_runs(tmp_path_factory):
+    """A base run, a LoRA chat run and a fully fine-tuned chat run of it."""
+    from tfllm.chat_finetuning import ChatSettings, finetune_chat
+
+    from tests.chat_fixtures import make_base_run, write_pairs_tsv
+
+    d = tmp_path_factory.mktemp("chat")
+    base = make_base_run(str(d / "base"))
+    data = write_pairs_tsv(str(d / "pairs.tsv"))
+    common = dict(prompt_column="en", response_column="fr",
+                  prompt_template="Translate to French: {en}", verbose=0)
+    lora_result = finetune_chat(str(d / "lora"), data, base,
+                                ChatSettings(steps=60, eval_interval=20, batch_size=16,
+                                             lr=1e-2, lora_rank=2), **common)
+    full_result = finetune_chat(str(d / "full"), data, base,
+                                ChatSettings(steps=300, eval_interval=50, batch_size=16,
+                                             lr=3e-3), **common)
+    return {"dir": d, "base": base, "data": data, "lora": str(d / "lora"),
+            "full": str(d / "full"), "lora_result": lora_result, "full_result": full_result}
+
+
 # -- classification ------------------------------------------------------------------
 
 # A tiny labeled set (two word lists) that a tiny encoder fits exactly.

@@ -80,6 +80,13 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tmp_path):
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "Fichier introuvable<|im_end|>\n"
     end_of_turn = tok.encode("<|im_end|>")
     assert len(end_of_turn) == 1 and ids[len(prompt) + len(reply) - 2] == end_of_turn[0]
+    # The batched encoder of whole files gives the same ids and masks.
+    from tfllm.data.chat import encode_conversations
+
+    many = [CHAT[:3], CHAT, CHAT[:3]]
+    assert encode_conversations(many, t, tok, 1000) == \
+        ([encode_chat(c, t, tok) for c in many], 0)
+    assert encode_conversations(many, t, tok, len(ids))[1] == 1  # CHAT is longer
 
     # Prompt/response columns with a prompt template; bad JSONL rows skipped and counted.
     tsv = tmp_path / "pairs.tsv"

@@ -135,3 +135,58 @@ class ChatTemplate:
         if rest:
             out.append((rest, False))
         return out
+
+
+def read_template_arg(value: str) -> str:
+    """The Jinja text a `--template` names: "chatml" (`DEFAULT_TEMPLATE`) or a file."""
+    import os
+
+    if value == "chatml":
+        return DEFAULT_TEMPLATE
+    if not os.path.isfile(value):
+        raise ChatTemplateError(f"--template {value!r} is neither 'chatml' nor a file holding "
+                                "a Jinja chat template")
+    with open(value, encoding="utf-8") as f:
+        return f.read()
+
+
+def chat_config_of(run_config: dict, tokenizer, template: str | None = None,
+                   allow_default: bool = False) -> dict:
+    """The `"chat"` entry of a run: its template, the special-token strings the template
+    may name, and the end-of-turn strings that stop a reply.
+
+    The template is `template` when given, else the run's (a chat run's own, or the
+    `chat_template` an imported checkpoint brought), else with `allow_default`
+    `DEFAULT_TEMPLATE`; else a ChatTemplateError naming `--template`.
+
+    Args:
+        run_config: the run's parsed config.json.
+        tokenizer: the run's tokenizer (for the BOS/EOS strings).
+        template: Jinja text overriding the run's.
+        allow_default: fall back to ChatML (tfllm's own runs, when fine-tuned for chat).
+    """
+    if template is None and isinstance(run_config.get("chat"), dict):
+        return dict(run_config["chat"])
+    spec = run_config.get("tokenizer")
+    source = template if template is not None else (
+        spec.get("chat_template") if isinstance(spec, dict) else None)
+    if source is None:
+        if not allow_default:
+            raise ChatTemplateError("this run has no chat template; pass --template chatml "
+                                    "(tfllm's default) or --template FILE (a Jinja chat "
+                                    "template)")
+        source = DEFAULT_TEMPLATE
+
+    def text(i):
+        return tokenizer.decode([i]) if i is not None else ""
+
+    eos_ids = list(getattr(tokenizer, "eos_ids", [tokenizer.eos_id]))
+    end_of_turn = [DEFAULT_END_OF_TURN] if DEFAULT_END_OF_TURN in source else []
+    end_of_turn += [t for t in (text(i) for i in eos_ids) if t and t not in end_of_turn]
+    return {"template": source, "bos_token": text(getattr(tokenizer, "bos_id", None)),
+            "eos_token": text(eos_ids[0]), "end_of_turn": end_of_turn}
+
+
+def template_of(chat: dict) -> ChatTemplate:
+    """The `ChatTemplate` of a run's `"chat"` entry (see `chat_config_of`)."""
+    return ChatTemplate(chat["template"], chat.get("bos_token", ""), chat.get("eos_token", ""))

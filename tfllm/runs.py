@@ -6,6 +6,8 @@
     runs/NAME/backup/          BackupAndRestore state for --resume
     runs/NAME/metrics.jsonl    one JSON object per evaluation
     runs/NAME/logs/            TensorBoard
+    runs/NAME/adapter.safetensors  a LoRA chat run's adapter (instead of model.keras;
+                               its base run is named in config.json)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ BEST_WEIGHTS = "best.weights.h5"
 BACKUP = "backup"
 METRICS = "metrics.jsonl"
 LOGS = "logs"
+ADAPTER = "adapter.safetensors"
 
 
 def is_run_dir(path: str) -> bool:
@@ -91,13 +94,17 @@ def model_config_of(run_dir: str) -> ModelConfig:
     return ModelConfig.from_dict(read_run_config(run_dir)["model"])
 
 
-def load(run_dir: str, weights: str = "final", max_len: int | None = None):
+def load(run_dir: str, weights: str = "final", max_len: int | None = None,
+         adapter: str = "merge"):
     """Load a run's trained model with its tokenizer attached as `model.tokenizer`.
 
     Args:
         run_dir: a run directory written by `tfllm train`.
         weights: "final" (model.keras) or "best" (best validation checkpoint).
         max_len: another context (KV cache) length for a causal LM (exporters' --max-len).
+        adapter: for a LoRA run (an adapter over a base run): "merge" adds the adapter
+            into the base's kernels (a plain model, what inference and export want);
+            "keep" keeps it apart and trainable (`tfllm.lora.load_adapter`).
 
     Example:
         >>> lm = tfllm.load("runs/demo")  # doctest: +SKIP
@@ -110,6 +117,8 @@ def load(run_dir: str, weights: str = "final", max_len: int | None = None):
     from tfllm.tokenizers import load_tokenizer
 
     config = read_run_config(run_dir)
+    if config.get("lora"):
+        return _load_adapted(run_dir, config, max_len, adapter)
     model_path = os.path.join(run_dir, MODEL)
     if not os.path.isfile(model_path):
         raise RunDirError(f"{run_dir} has no trained model ({MODEL}); is training finished? "
@@ -136,6 +145,30 @@ def load(run_dir: str, weights: str = "final", max_len: int | None = None):
                                                   max_len):
         if not hasattr(model, "with_max_len"):
             raise RunDirError(f"--max-len applies to causal LM runs; {run_dir} is not one")
+        model = model.with_max_len(max_len)
+    return model
+
+
+def _load_adapted(run_dir, config, max_len, adapter):
+    from tfllm import lora
+    from tfllm.tokenizers import load_tokenizer
+
+    path = os.path.join(run_dir, ADAPTER)
+    base = (config.get("base") or {}).get("run")
+    if not os.path.isfile(path):
+        raise RunDirError(f"{run_dir} is a LoRA run without its adapter ({ADAPTER}); is "
+                          "fine-tuning finished?")
+    if not base or not is_run_dir(base):
+        raise RunDirError(f"{run_dir} adapts the base run {base}, which is not there; put "
+                          "it back, or set \"base\": {\"run\": PATH} in its config.json")
+    if adapter not in ("merge", "keep"):
+        raise RunDirError(f"adapter must be 'merge' or 'keep', got {adapter!r}")
+    model = load(base)  # at its own context: the adapter checks the base's exact weights
+    (lora.apply_adapter if adapter == "merge" else lora.load_adapter)(model, path, base)
+    model.tokenizer = load_tokenizer(run_dir, config.get("tokenizer", TOKENIZER))
+    if max_len is not None and max_len != model.backbone.max_len:
+        if adapter == "keep":
+            raise RunDirError("--max-len cannot change a model whose adapter is kept apart")
         model = model.with_max_len(max_len)
     return model
 

@@ -1,0 +1,55 @@
+"""A tiny Llama-style base run whose SentencePiece vocabulary holds ChatML's markers, and
+a toy English -> French word task as prompt/response pairs."""
+
+import itertools
+import os
+
+WORDS = {"cat": "chat", "dog": "chien", "house": "maison", "file": "fichier",
+         "open": "ouvrir", "close": "fermer", "red": "rouge", "blue": "bleu",
+         "big": "grand", "small": "petit", "green": "vert", "water": "eau"}
+
+
+def word_pairs():
+    """(english, french): every word alone and every ordered pair of two words."""
+    pairs = [(en, fr) for en, fr in WORDS.items()]
+    pairs += [(f"{a} {b}", f"{WORDS[a]} {WORDS[b]}")
+              for a, b in itertools.permutations(WORDS, 2)]
+    return pairs
+
+
+def write_pairs_tsv(path, pairs=None):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("en\tfr\n")
+        for en, fr in pairs or word_pairs():
+            f.write(f"{en}\t{fr}\n")
+    return f"tsv:{path}"
+
+
+def make_base_run(out, seed=0, max_len=64):
+    """Write a randomly initialized causal LM run (no chat template of its own) at `out`."""
+    import keras
+
+    from tfllm import runs
+    from tfllm.chat_template import ChatTemplate
+    from tfllm.config import ModelConfig
+    from tfllm.models import CausalLM
+    from tfllm.tokenizers import SentencePieceTokenizer
+
+    template = ChatTemplate()
+    texts = [template.render([{"role": "user", "content": f"Translate to French: {en}"},
+                              {"role": "assistant", "content": fr}])
+             for en, fr in word_pairs()]
+    tokenizer = SentencePieceTokenizer.train(texts, "bpe", 400,
+                                             user_symbols=["<|im_start|>", "<|im_end|>"])
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=2, d_model=48,
+                         num_heads=4, num_kv_heads=2, ffn_dim=96, max_len=max_len,
+                         tokenizer="bpe", position_embedding="rope", norm="rmsnorm",
+                         ffn="gated", activation="silu", qkv_bias=False, proj_bias=False)
+    keras.utils.set_random_seed(seed)
+    model = CausalLM.from_model_config(config, name="causal_lm")
+    os.makedirs(out, exist_ok=True)
+    tokenizer.save(os.path.join(out, runs.TOKENIZER))
+    model.save(os.path.join(out, runs.MODEL))
+    runs.write_run_config(out, {"model": config.to_dict(), "objective": "clm",
+                                "tokenizer": runs.TOKENIZER, "preset": None})
+    return out
