@@ -10,6 +10,11 @@ token only where the checkpoint adds BOS, so the runtime and `CausalLM.generate`
 same ids). Before it reports success the exporter loads the bundle in `litert_lm.Engine`
 and checks that its greedy continuation equals `CausalLM.generate`.
 
+A run with a chat template (a chat fine-tune, an imported chat model) carries it as the
+metadata's `jinja_prompt_template`, with its one-token end-of-turn markers as stop tokens,
+so that `engine.create_conversation().send_message(...)` applies it in the runtime; the
+exporter checks that a conversation's greedy reply equals `tfllm chat`'s.
+
 `--quantize` takes the TFLite exporter's weight modes (float32, float16, dynamic-int8).
 """
 
@@ -46,7 +51,11 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
     parse_then_quiet(build_parser().parse_args)
 
 from tfllm import runs  # noqa: E402
+from tfllm.chat import ChatSession  # noqa: E402
+from tfllm.chat_template import ChatTemplateError, chat_config_of  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+
+CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
 
 from export.tflite import export_tflite  # noqa: E402
 
@@ -55,15 +64,58 @@ class LiteRtLmExportError(TfllmError):
     """The bundle could not be built, or the runtime disagrees with Keras."""
 
 
-def llm_metadata(stop_token_ids, max_num_tokens: int, start_token_id=None) -> str:
+def llm_metadata(stop_token_ids, max_num_tokens: int, start_token_id=None,
+                 chat_template: str | None = None) -> str:
     """The LlmMetadata text proto of a generic tfllm causal LM: every EOS id stops, and the
-    runtime prepends `start_token_id` where the checkpoint adds a BOS."""
+    runtime prepends `start_token_id` where the checkpoint adds a BOS. A chat template
+    goes in `jinja_prompt_template`, which `engine.create_conversation()` applies."""
+    from google.protobuf import text_encoding
+
     ids = [stop_token_ids] if isinstance(stop_token_ids, int) else stop_token_ids
     text = "".join(f"stop_tokens {{ token_ids {{ ids: {i} }} }}\n" for i in ids)
     if start_token_id is not None:
         text += f"start_token {{ token_ids {{ ids: {start_token_id} }} }}\n"
+    if chat_template is not None:
+        escaped = text_encoding.CEscape(chat_template, as_utf8=True)
+        text += f'jinja_prompt_template: "{escaped}"\n'
     return text + (f"max_num_tokens: {max_num_tokens}\n"
                    "llm_model_type { generic_model {} }\n")
+
+
+# LiteRT-LM hands a template each message's content as a list of parts
+# ([{"type": "text", "text": ...}]) where Hugging Face templates expect a string; this
+# preamble joins the text parts back into a string first (Jinja's own namespace and loops,
+# which the runtime's minja engine runs), so the checkpoint's template renders unchanged.
+RUNTIME_PREAMBLE = (
+    "{%- set tfllm_ns = namespace(messages=[], text='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['content'] is string -%}{%- set tfllm_ns.text = m['content'] -%}"
+    "{%- else -%}{%- set tfllm_ns.text = '' -%}"
+    "{%- for part in m['content'] -%}{%- if part['type'] == 'text' -%}"
+    "{%- set tfllm_ns.text = tfllm_ns.text + part['text'] -%}{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- set tfllm_ns.messages = tfllm_ns.messages + "
+    "[{'role': m['role'], 'content': tfllm_ns.text}] -%}"
+    "{%- endfor -%}"
+    "{%- set messages = tfllm_ns.messages %}")
+
+
+def runtime_template(source: str) -> str:
+    """`source` as the runtime needs it: `RUNTIME_PREAMBLE` first."""
+    return RUNTIME_PREAMBLE + source
+
+
+def chat_stop_ids(tokenizer, chat) -> list[int]:
+    """The run's EOS ids, and each end-of-turn marker that is one token (ChatML's
+    <|im_end|> in a tokenizer that holds it as a symbol)."""
+    ids = list(getattr(tokenizer, "eos_ids", [tokenizer.eos_id]))
+    for marker in (chat or {}).get("end_of_turn", []):
+        piece = tokenizer.encode(marker)
+        if getattr(tokenizer, "add_bos", False) and piece[:1] == [tokenizer.bos_id]:
+            piece = piece[1:]
+        if len(piece) == 1 and piece[0] not in ids:
+            ids.append(piece[0])
+    return ids
 
 
 def tokenizer_file(run_dir: str, tmp: str) -> tuple[str, str]:
@@ -127,6 +179,35 @@ def engine_generate(path, prompt: str, max_new_tokens: int) -> str:
         engine.close()
 
 
+def engine_chat(path, message: str, max_new_tokens: int) -> str:
+    """Greedy reply of the LiteRT-LM runtime to one message of a new conversation, the
+    runtime applying the bundle's chat template (what an app's
+    `engine.create_conversation().send_message(...)` gets)."""
+    import litert_lm
+
+    engine = litert_lm.Engine(path, backend=litert_lm.Backend.CPU(), cache_dir=":nocache")
+    try:
+        conversation = engine.create_conversation(
+            sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0),
+            max_output_tokens=max_new_tokens)
+        try:
+            return message_text(conversation.send_message(message))
+        finally:
+            close = getattr(conversation, "close", None)
+            if close:
+                close()
+    finally:
+        engine.close()
+
+
+def message_text(message) -> str:
+    """The text of a runtime reply (a Message mapping with text content parts)."""
+    content = message["content"] if isinstance(message, dict) else getattr(message, "content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
 def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt="ROMEO:",
                     max_new_tokens=16, quantize="float32", max_len=None):
     if os.path.isdir(out):
@@ -140,15 +221,24 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
         model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
         tok = model.tokenizer
-        metadata = llm_metadata(getattr(tok, "eos_ids", [tok.eos_id]), max_len,
-                                tok.bos_id if getattr(tok, "add_bos", False) else None)
+        try:
+            chat = chat_config_of(runs.read_run_config(run_dir), tok)
+        except ChatTemplateError:
+            chat = None  # a plain language model: no template in the bundle
+        stop_ids = chat_stop_ids(tok, chat)
+        metadata = llm_metadata(stop_ids, max_len,
+                                tok.bos_id if getattr(tok, "add_bos", False) else None,
+                                runtime_template(chat["template"]) if chat else None)
         staging = out + ".partial.litertlm"  # the runtime reads the format from the extension
         try:
             build_bundle(tflite, tokenizer_file(run_dir, tmp), metadata, staging)
         except Exception as e:  # the builder validates with many exception types
             raise LiteRtLmExportError(f"building the bundle failed: {e}") from e
     n = min(max_new_tokens, max_len - len(model.tokenizer.encode(check_prompt)) - 1)
-    expected = model.generate(check_prompt, max_new_tokens=n)
+    _, (ids,) = model.generate([check_prompt], max_new_tokens=n, return_ids=True)
+    # The runtime also stops at a chat template's end-of-turn token.
+    cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+    expected = tok.decode(ids[:cut])
     try:
         got = engine_generate(staging, check_prompt, n)
     except Exception as e:
@@ -160,9 +250,23 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
         os.remove(staging)
         raise LiteRtLmExportError(f"LiteRT-LM greedy output {got!r} differs from "
                                   f"CausalLM.generate {expected!r}")
+    chat_sample = None
+    if chat is not None:
+        message = CHAT_CHECK_MESSAGE
+        expected_reply = ChatSession(model, chat, max_new_tokens=n).reply(message)
+        try:
+            chat_sample = engine_chat(staging, message, n)
+        except Exception as e:
+            os.remove(staging)
+            raise LiteRtLmExportError(f"litert_lm conversation failed on the bundle: {e}") \
+                from e
+        if quantize == "float32" and chat_sample != expected_reply:
+            os.remove(staging)
+            raise LiteRtLmExportError(f"LiteRT-LM conversation reply {chat_sample!r} differs "
+                                      f"from tfllm chat's {expected_reply!r}")
     os.replace(staging, out)
     return {**report, "path": out, "bytes": os.path.getsize(out), "sample": got,
-            "prompt": check_prompt}
+            "prompt": check_prompt, "chat_sample": chat_sample}
 
 
 def main(argv=None):
@@ -177,6 +281,9 @@ def _main(args):
     same = "the same as" if report["quantize"] == "float32" else "checked against"
     print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "
           f"{same} CausalLM.generate")
+    if report.get("chat_sample") is not None:
+        print(f"its conversation answers {CHAT_CHECK_MESSAGE!r} with "
+              f"{report['chat_sample']!r}, {same} tfllm chat")
     return 0
 
 

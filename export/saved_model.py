@@ -33,6 +33,10 @@ single-text `classify` and the pair form as `classify_pair`)
 
 verified in a fresh process against the Keras classifier's predictions.
 
+A causal LM run with a chat template (a chat fine-tune, or an imported chat model) also
+gets `chat` and `chat_with_system` (message [+ system] and generate's sampling inputs ->
+the reply `text`; see export/saved_model_chat.py), verified against `tfllm chat`.
+
 A translation run (`tfllm train --objective seq2seq`) gets
 
     serving_default, translate
@@ -89,7 +93,11 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 import tensorflow as tf  # noqa: E402
 
 from tfllm import atomic, runs  # noqa: E402
+from tfllm.chat_template import ChatTemplateError, chat_config_of  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+
+from export.saved_model_chat import (SAMPLE_MESSAGES, chat_signatures,  # noqa: E402
+                                     expected_replies)
 from tfllm.tokenizers import tokenizer_files  # noqa: E402
 
 SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
@@ -355,7 +363,8 @@ def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
     return {"serving_default": (translate, spec), "translate": (translate, spec)}
 
 
-SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "classify": classifier_signatures,
+SIGNATURE_BUILDERS = {"clm": causal_lm_signatures, "chat": causal_lm_signatures,
+                      "classify": classifier_signatures,
                       "encoder": encoder_signatures, "seq2seq": seq2seq_signatures}
 
 
@@ -427,8 +436,11 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(model.tokenizer.tf_tokenizer)
-    for sig_name, (fn, spec) in SIGNATURE_BUILDERS[task](model, model.tokenizer, jit_compile,
-                                                          max_batch).items():
+    signatures = SIGNATURE_BUILDERS[task](model, model.tokenizer, jit_compile, max_batch)
+    chat = _chat_config(config, model.tokenizer) if task in ("clm", "chat") else None
+    if chat is not None:
+        signatures.update(chat_signatures(signatures["generate"][0], chat))
+    for sig_name, (fn, spec) in signatures.items():
         archive.add_endpoint(sig_name, fn, input_signature=spec)
     # The tokenizer files travel as assets too, for clients that tokenize themselves.
     spec = config.get("tokenizer", runs.TOKENIZER)
@@ -450,6 +462,8 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
                 verify_translations(tmp, model)
             else:
                 verify_saved_model(run_dir, tmp, model=model)
+                if chat is not None:
+                    verify_chat(tmp, model, chat)
         if os.path.lexists(target) and not overwrite:  # another export got there first
             raise ExportError(f"{target} already exists; pass --overwrite or another --version")
     return target
@@ -483,6 +497,33 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
         raise ExportError(f"SavedModel greedy output differs from CausalLM.generate: "
                           f"{got!r} != {expected!r}")
     return got
+
+
+def _chat_config(config, tokenizer):
+    """The run's chat entry, or None for a run without a chat template (no `chat`
+    signatures then)."""
+    try:
+        return chat_config_of(config, tokenizer)
+    except ChatTemplateError:
+        return None
+
+
+def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=16):
+    """Greedy `chat` and `chat_with_system` replies of a fresh-process reload must equal
+    `tfllm chat`'s first replies."""
+    n = len(messages)
+    sampling = {"max_new_tokens": [max_new_tokens] * n, "temperature": [0.0] * n,
+                "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}
+    system = "Be brief."
+    got_plain, got_system = _fresh_process_outputs(path, [
+        ("chat", "text", {"message": list(messages), **sampling}),
+        ("chat_with_system", "text", {"message": list(messages), "system": [system] * n,
+                                      **sampling})])
+    for got, sys_text in ((got_plain, None), (got_system, system)):
+        expected = expected_replies(model, chat, messages, max_new_tokens, sys_text)
+        if got.tolist() != expected:
+            raise ExportError(f"SavedModel chat reply differs from tfllm chat: "
+                              f"{got.tolist()!r} != {expected!r}")
 
 
 SAMPLE_TEXTS = ["a gripping , funny and moving film", "dull and lifeless", "x",

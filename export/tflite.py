@@ -178,7 +178,7 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
             "the KV cache in and out as float tensors; use --quantize dynamic-int8 (int8 "
             "weights), which gives most of the size reduction")
     config = runs.read_run_config(run_dir)
-    if config.get("objective", "clm") != "clm":
+    if config.get("objective", "clm") not in ("clm", "chat"):
         raise TFLiteExportError(f"runs of objective {config.get('objective')!r} have no TFLite "
                                 "decode export (classifier runs: export_classifier_tflite)")
     model = runs.load(run_dir, max_len=max_len)

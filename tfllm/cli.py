@@ -1,5 +1,5 @@
-"""The `tfllm` command line: train, finetune, generate, classify, evaluate, import-hf,
-import-gguf."""
+"""The `tfllm` command line: train, finetune, generate, translate, chat, merge, classify,
+embed, evaluate, import-hf, import-gguf."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
 
 # Nothing here imports TensorFlow: --help and argument errors answer at once, and the
 # commands import what they need once the arguments are known.
+from tfllm import chat_cli
 from tfllm.config import PRECISIONS, PRESETS, STRATEGIES
 from tfllm.errors import TfllmError, run_main
 
@@ -217,23 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "finetune", parents=[common],
-        help="fine-tune a pretrained run into a classifier",
-        description="Fine-tune a pretrained run (masked-LM encoder, causal "
-                    "LM, or an imported BERT) on labeled texts or sentence pairs "
-                    "with model.fit, or train the same classifier from scratch as "
-                    "a baseline. A seeded 10%% of a file's rows is held out for "
+        help="fine-tune a pretrained run into a classifier or a chat model",
+        description="--task classify (default): fine-tune a pretrained run (masked-LM "
+                    "encoder, causal LM, or an imported BERT) on labeled texts or "
+                    "sentence pairs with model.fit, or train the same classifier from "
+                    "scratch as a baseline. A seeded 10%% of a file's rows is held out for "
                     "validation (--holdout longest: the longest rows, and no "
                     "training row found inside one); the model kept is the one "
-                    "with the best validation accuracy.")
+                    "with the best validation accuracy. --task chat: fine-tune a causal "
+                    "LM on conversations (all weights, or LoRA adapters with "
+                    "--lora-rank); the model kept has the lowest validation loss.")
     f.add_argument("--run", help="pretrained run directory (tfllm train --objective mlm|clm, or an "
                    "imported checkpoint)")
     f.add_argument("--from-scratch", action="store_true",
                    help="no pretraining: train tokenizer and model on the labeled data")
     f.add_argument("--preset", choices=sorted(PRESETS), default="bert-mini",
                    help="model preset with --from-scratch (default bert-mini)")
-    f.add_argument("--task", choices=("classify",), default="classify",
+    f.add_argument("--task", choices=("classify", "chat"), default="classify",
                    help="what to fine-tune for (default classify)")
-    _add_labeled_args(f, required=True)
+    _add_labeled_args(f, required=False)  # required, but --resume reads it from the run
+    chat_cli.add_finetune_arguments(f, _positive_int, _positive_float)
     f.add_argument("--out", required=True, help="classifier run directory, e.g. runs/NAME")
     f.add_argument("--holdout", choices=("random", "longest"), default="random",
                    help="validation rows of a file: a seeded random 10%% (default), or "
@@ -262,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, help="random seed (default 1337)")
     f.add_argument("--no-jit", action="store_true", help="do not compile steps with XLA")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    chat_cli.add_parsers(sub, common, _positive_int, _positive_float, _finite_float)
 
     c = sub.add_parser(
         "classify", parents=[common],
@@ -409,7 +415,12 @@ def _evaluate(args):
               f"{result['placeholder_rows']} rows with placeholders")
         print(json.dumps(result, ensure_ascii=False))
         return
-    if runs.read_run_config(args.run).get("objective") == "classify":
+    objective = runs.read_run_config(args.run).get("objective")
+    if objective == "chat" and not args.data:
+        raise TfllmError(f"{args.run} is a chat run: its validation loss over the replies is "
+                         "in metrics.jsonl; pass --data to measure language-model loss on a "
+                         "text corpus")
+    if objective == "classify":
         from tfllm.finetuning import evaluate_classifier, format_report
 
         report = evaluate_classifier(args.run, args.data, args.text_feature, args.label_column,
@@ -431,6 +442,20 @@ def _evaluate(args):
 
 def _finetune(args):
     from tfllm.finetuning import FinetuneSettings, finetune
+
+    if args.task == "chat":
+        return chat_cli.finetune_chat(args)
+    if args.resume:
+        raise TfllmError("--resume is for --task chat (a classifier fine-tune is short: run "
+                         "it again with --overwrite)")
+    if not args.data:
+        raise TfllmError("--data is required (labeled data: tsv:PATH, csv:PATH, jsonl:PATH "
+                         "or tfds:NAME)")
+    chat_only = [name for name in ("prompt_column", "response_column", "prompt_template",
+                                   "system", "template", "lora_rank", "lora_alpha", "steps",
+                                   "eval_steps", "max_minutes") if getattr(args, name)]
+    if chat_only:
+        raise TfllmError(f"--{chat_only[0].replace('_', '-')} is for --task chat")
 
     given = {k: getattr(args, k) for k in (
         "epochs", "batch_size", "lr", "backbone_lr_ratio", "warmup_ratio", "weight_decay",
@@ -662,7 +687,7 @@ def _translate(args):
 
 
 COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
-            "translate": _translate,
+            "translate": _translate, "chat": chat_cli.chat, "merge": chat_cli.merge,
             "classify": _classify, "embed": _embed, "evaluate": _evaluate,
             "import-hf": _import_hf, "import-gguf": _import_gguf}
 

@@ -1,0 +1,109 @@
+"""Multi-turn chat with a causal LM run: the run's template, a history kept within the
+context, replies streamed and stopped at the end of the turn.
+
+Example:
+    >>> session = ChatSession(tfllm.load("runs/mt-chat"), chat_config)  # doctest: +SKIP
+    >>> "".join(session.send("Translate to French: Open file"))  # doctest: +SKIP
+    'Ouvrir le fichier'
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from tfllm.chat_template import template_of
+from tfllm.errors import TfllmError
+
+
+class ChatSession:
+    """A conversation with a model: `send(message)` yields the reply's text as it comes.
+
+    Args:
+        model: a `CausalLM` with its tokenizer (`tfllm.load`).
+        chat: the run's chat entry (`tfllm.chat_template.chat_config_of`).
+        system: a system turn put first (None: the template's own default, if any).
+        max_new_tokens: the longest reply.
+        temperature, top_k, top_p, seed: sampling, as `tfllm generate` (0: greedy).
+
+    Attributes:
+        history: the turns so far ({"role", "content"}).
+        dropped: how many old turns were dropped to fit the context, in all.
+    """
+
+    def __init__(self, model, chat: dict, system: str | None = None,
+                 max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
+                 seed=None):
+        from tfllm.generation import GenerationParams, get_generator
+
+        self.model, self.tokenizer = model, model.tokenizer
+        self.template = template_of(chat)
+        self.end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
+        self.generator = get_generator(model)
+        self.max_len = self.generator.max_len
+        if max_new_tokens >= self.max_len:
+            raise TfllmError(f"--max-new-tokens {max_new_tokens} leaves no room for a "
+                             f"prompt in the model's context of {self.max_len} tokens")
+        self.params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed)
+        self.history = [] if system is None else [{"role": "system", "content": system}]
+        self.dropped = 0
+        self.last_dropped = 0
+
+    def _encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text)
+        if getattr(self.tokenizer, "add_bos", False) and ids[:1] == [self.tokenizer.bos_id]:
+            ids = ids[1:]  # the template writes the BOS it wants (as apply_chat_template)
+        return ids
+
+    def prompt_ids(self, turns) -> tuple[list[int], int]:
+        """Ids of `turns` with the generation prompt, oldest non-system turns dropped
+        until the prompt and a full reply fit; `(ids, turns dropped)`."""
+        turns, dropped = list(turns), 0
+        room = self.max_len - self.params.max_new_tokens
+        while True:
+            ids = self._encode(self.template.render(turns, add_generation_prompt=True))
+            if len(ids) <= room:
+                return ids, dropped
+            first = 1 if turns and turns[0]["role"] == "system" else 0
+            if len(turns) - first <= 1:
+                raise TfllmError(f"the message is {len(ids)} tokens with the template; with "
+                                 f"a {self.params.max_new_tokens}-token reply it does not fit "
+                                 f"the context of {self.max_len}: shorten it or lower "
+                                 "--max-new-tokens")
+            # Drop the oldest exchange (a user turn and the replies after it).
+            cut = first + 1
+            while cut < len(turns) and turns[cut]["role"] != "user":
+                cut += 1
+            dropped += cut - first
+            turns = turns[:first] + turns[cut:]
+
+    def send(self, message: str) -> Iterator[str]:
+        """Add a user turn and yield the reply's text in pieces; the reply (up to its end
+        of turn) joins the history when the generator is exhausted."""
+        turns = self.history + [{"role": "user", "content": message}]
+        ids, dropped = self.prompt_ids(turns)
+        if dropped:
+            first = 1 if turns[0]["role"] == "system" else 0
+            turns = turns[:first] + turns[first + dropped:]
+            self.dropped += dropped
+        self.last_dropped = dropped
+        hold = max((len(t) for t in self.end_of_turn), default=1) - 1
+        reply_ids, shown, reply = [], 0, ""
+        for chunk in self.generator.stream_ids(ids, self.params):
+            reply_ids += chunk
+            reply = self.tokenizer.decode(reply_ids)
+            cut = min((reply.find(t) for t in self.end_of_turn if t in reply), default=-1)
+            if cut >= 0:
+                reply = reply[:cut]
+                break
+            # Text that may be the start of an end-of-turn marker waits for the next chunk.
+            safe = max(shown, len(reply) - hold)
+            if safe > shown:
+                yield reply[shown:safe]
+                shown = safe
+        if len(reply) > shown:
+            yield reply[shown:]
+        self.history = turns + [{"role": "assistant", "content": reply}]
+
+    def reply(self, message: str) -> str:
+        """The whole reply to `message` (see `send`)."""
+        return "".join(self.send(message))

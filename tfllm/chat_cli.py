@@ -1,0 +1,203 @@
+"""The chat commands of the `tfllm` command line: `finetune --task chat` options, `merge`
+and `chat`. Like `tfllm.cli`, nothing here imports TensorFlow until a command runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from tfllm.errors import TfllmError
+
+
+def add_finetune_arguments(f, positive_int, positive_float):
+    """The options `tfllm finetune --task chat` adds to the finetune parser."""
+    g = f.add_argument_group(
+        "chat fine-tuning (--task chat)",
+        "Conversations as JSONL rows with messages ([{\"role\": \"system\"|\"user\"|"
+        "\"assistant\", \"content\": ...}]), or prompt/response columns of a tsv, csv or "
+        "jsonl file. The loss counts only the assistant's tokens; the run's chat template "
+        "renders them (an imported checkpoint's own, else ChatML).")
+    g.add_argument("--prompt-column", help="column of the prompt (with --response-column)")
+    g.add_argument("--response-column", help="column of the reply")
+    g.add_argument("--prompt-template",
+                   help='format of the prompt from a row\'s columns, e.g. '
+                        '"Translate to French: {en}"')
+    g.add_argument("--system", help="a system turn put first in every conversation")
+    g.add_argument("--template", help="chat template: chatml, or a file holding a Jinja "
+                   "template (default: the run's own, else chatml)")
+    g.add_argument("--lora-rank", type=int,
+                   help="train low-rank adapters of this rank (>= 1) instead of every "
+                        "weight; the run then stores only the adapter")
+    g.add_argument("--lora-alpha", type=positive_float,
+                   help="adapter scale numerator, alpha / rank (default 2 * rank)")
+    g.add_argument("--lora-targets", default="qkv,out,ffn",
+                   help="projections given adapters, comma-separated from qkv, out, ffn "
+                        "(default all three)")
+    g.add_argument("--steps", type=positive_int,
+                   help="optimizer steps (default: --epochs passes, 1 for chat)")
+    g.add_argument("--eval-steps", type=positive_int,
+                   help="validation batches per validation (default 20)")
+    g.add_argument("--max-minutes", type=positive_float,
+                   help="stop after this many minutes, keeping the best model")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the killed chat fine-tune in --out from its last interval "
+                        "(its settings, data and base run come from its config.json)")
+
+
+def finetune_chat(args):
+    from tfllm.chat_finetuning import ChatSettings, finetune_chat, resume_chat
+    from tfllm.chat_template import read_template_arg
+
+    verbose = 1 if sys.stdout.isatty() else 2
+    if args.resume:
+        result = resume_chat(args.out, verbose=verbose)
+        print(f"run directory: {args.out}")
+        print(json.dumps(result))
+        return
+    if not args.data:
+        raise TfllmError("--data is required: jsonl:PATH (rows with messages) or "
+                         "tsv:|csv:|jsonl:PATH with --prompt-column and --response-column")
+
+    if args.run is None or args.from_scratch:
+        raise TfllmError("--task chat fine-tunes a pretrained causal LM: pass --run BASE")
+    for option in ("text_column", "label_column", "pair_column"):
+        if getattr(args, option):
+            raise TfllmError(f"--{option.replace('_', '-')} is for --task classify; chat "
+                             "data takes --prompt-column and --response-column")
+    given = {k: getattr(args, k) for k in (
+        "steps", "epochs", "batch_size", "lr", "warmup_ratio", "weight_decay",
+        "eval_interval", "eval_steps", "patience", "max_minutes", "lora_rank", "lora_alpha",
+        "lora_targets", "seed")}
+    settings = ChatSettings(**{k: v for k, v in given.items() if v is not None})
+    template = read_template_arg(args.template) if args.template else None
+    result = finetune_chat(args.out, args.data, args.run, settings, args.prompt_column,
+                           args.response_column, args.prompt_template, args.system, template,
+                           args.overwrite, verbose=verbose)
+    skipped = {k: v for k, v in result["skipped"].items() if v}
+    if skipped or result["too_long"]:
+        print(f"skipped conversations: {skipped or {}}, longer than the context: "
+              f"{result['too_long']}")
+    kind = f"LoRA rank {settings.lora_rank}" if settings.lora_rank else "full fine-tuning"
+    print(f"{kind}: {result['trainable_params']:,} trainable of "
+          f"{result['base_params']:,} parameters")
+    print(f"run directory: {args.out}")
+    print(json.dumps(result))
+
+
+def add_parsers(sub, common, positive_int, positive_float, finite_float):
+    m = sub.add_parser(
+        "merge", parents=[common], help="write a LoRA run as a plain run",
+        description="Add a LoRA chat run's adapter into its base run's weights and write "
+                    "the result as a plain run (model.keras, its tokenizer and chat "
+                    "template), which needs no base run and loads faster.")
+    m.add_argument("--run", required=True, help="the LoRA run directory")
+    m.add_argument("--out", required=True, help="the plain run to write, e.g. runs/NAME")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    c = sub.add_parser(
+        "chat", parents=[common], help="talk with a chat run",
+        description="An interactive multi-turn chat (type a message, Enter to send; "
+                    "/reset clears the history, /quit or Ctrl-D leaves). Replies stream "
+                    "and stop at the template's end of turn; the oldest turns are dropped "
+                    "when the history outgrows the context (a notice says so). --message "
+                    "answers one message and exits.")
+    c.add_argument("--run", required=True, help="run directory (a chat run, or any causal "
+                   "LM run with --template)")
+    c.add_argument("--message", action="append",
+                   help="answer this message and exit (repeat for several turns)")
+    c.add_argument("--system", help="system prompt (default: the template's own, if any)")
+    c.add_argument("--template", help="chat template: chatml or a Jinja file (default: the "
+                   "run's own)")
+    c.add_argument("--max-new-tokens", type=positive_int, default=256,
+                   help="longest reply in tokens (default 256)")
+    c.add_argument("--temperature", type=finite_float, default=0.0,
+                   help="0 for greedy (default), > 0 to sample")
+    c.add_argument("--top-k", type=positive_int, help="sample among the k likeliest")
+    c.add_argument("--top-p", type=finite_float, help="nucleus sampling, 0 < p <= 1")
+    c.add_argument("--seed", type=int, help="seed of sampling")
+
+
+def merge(args):
+    import tfllm
+    from tfllm import atomic, runs
+    from tfllm.tokenizers import tokenizer_files
+
+    stored = runs.read_run_config(args.run)
+    if not stored.get("lora"):
+        raise TfllmError(f"{args.run} is not a LoRA run (no adapter to merge); it is "
+                         "already a plain run")
+    if os.path.abspath(args.run) == os.path.abspath(args.out):
+        raise TfllmError("--out must differ from --run")
+    runs.check_new_run_dir(args.out, args.overwrite)
+    model = tfllm.load(args.run)  # the adapter added into the base's kernels
+    tmp = args.out.rstrip("/") + ".tmp-merge"
+    if os.path.isdir(tmp):
+        atomic.remove_dir(tmp)
+    os.makedirs(tmp)
+    spec = stored.get("tokenizer", runs.TOKENIZER)
+    for f in tokenizer_files(spec):
+        with open(os.path.join(args.run, f), "rb") as src, \
+                open(os.path.join(tmp, f), "wb") as dst:
+            dst.write(src.read())
+    model.save(os.path.join(tmp, runs.MODEL))
+    config = {k: v for k, v in stored.items() if k not in ("lora",)}
+    config["merged_from"] = {"run": os.path.abspath(args.run), "lora": stored["lora"]}
+    runs.write_run_config(tmp, config)
+    runs.start_new_run_dir(args.out)
+    os.rmdir(args.out)
+    os.replace(tmp, args.out)
+    print(f"merged {args.run} (LoRA rank {stored['lora']['rank']}) into a plain run: "
+          f"{args.out}")
+
+
+def chat(args):
+    import tfllm
+    from tfllm import runs
+    from tfllm.chat import ChatSession
+    from tfllm.chat_template import chat_config_of, read_template_arg
+    from tfllm.generation import GenerationParams
+
+    GenerationParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    stored = runs.read_run_config(args.run)
+    if stored.get("objective", "clm") not in ("clm", "chat"):
+        raise TfllmError(f"{args.run} is a {stored.get('objective')!r} run; tfllm chat "
+                         "talks with causal language models")
+    template = read_template_arg(args.template) if args.template else None
+    model = tfllm.load(args.run)
+    chat_config = chat_config_of(stored, model.tokenizer, template)
+    session = ChatSession(model, chat_config, args.system, args.max_new_tokens,
+                          args.temperature, args.top_k, args.top_p, args.seed)
+
+    def answer(message):
+        pieces = session.send(message)
+        first = next(pieces, "")
+        if session.last_dropped:
+            print(f"[dropped the {session.last_dropped} oldest turn(s) to fit the context]",
+                  file=sys.stderr)
+        sys.stdout.write(first)
+        sys.stdout.flush()
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+    if args.message:
+        for message in args.message:
+            answer(message)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chatting with " + args.run + " (/reset clears the history, /quit leaves)")
+    while True:
+        try:
+            message = input("> " if interactive else "")
+        except EOFError:
+            break
+        if message.strip() in ("/quit", "/exit"):
+            break
+        if message.strip() == "/reset":
+            session.history = session.history[:1] if args.system else []
+            continue
+        if message.strip():
+            answer(message)
