@@ -153,8 +153,9 @@ def main():
 
     os.makedirs(args.work, exist_ok=True)
     if not os.path.isfile(os.path.join(base, "config.json")):
+        # A 512-token context holds any message of the data with its reply.
         subprocess.run([sys.executable, "-m", "tfllm.cli", "import-gguf", "--gguf",
-                        smollm2_gguf(), "--out", base], check=True)
+                        smollm2_gguf(), "--out", base, "--max-len", "512"], check=True)
     figures = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)",
                "minutes": args.minutes, "batch_size": args.batch_size,
                "lora_rank": args.lora_rank}

@@ -78,3 +78,29 @@ def test_bad_tokenizer_files(tmp_path, tokenizer_files):
         HFBytePairTokenizer.from_tokenizer_json(tokenizer_files["gpt2"], eos_ids=[10 ** 6])
     with pytest.raises(TokenizerError, match="look-around"):
         translate_pattern(r"a(?=b)")
+
+
+def test_a_byte_missing_from_the_vocabulary_is_dropped_as_hugging_face_drops_it(
+        tokenizer_files, tmp_path):
+    """SmolLM2's vocabulary lacks the byte of \\x04 (gettext's context separator): the
+    `tokenizers` library, with no unknown token, leaves it out; so must we (not -1)."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    with open(tokenizer_files["smollm2"], encoding="utf-8") as f:
+        spec = json.load(f)
+    byte_char = chr(0x104)  # byte-level BPE's stand-in for byte 0x04
+    vocab = spec["model"]["vocab"]
+    del vocab[byte_char]
+    spec["model"]["merges"] = [m for m in spec["model"]["merges"]
+                               if byte_char not in (m if isinstance(m, str) else "".join(m))]
+    path = tmp_path / "no-0x04.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    ref = Tokenizer.from_file(str(path))
+    tok = HFBytePairTokenizer.from_tokenizer_json(str(path), eos_ids=[0])
+    for text in ["label\x04Insert", "\x04", "a \x04 b\x04"]:
+        assert tok.encode(text) == ref.encode(text).ids
+        assert -1 not in tok.encode(text)
+    got = tok.tokenize(tf.constant(["label\x04Insert", "\x04"]))
+    assert [[int(i) for i in g] for g in got] == [ref.encode("label\x04Insert").ids, []]

@@ -171,7 +171,9 @@ def _tokenize_many(tokenizer, texts, chunk=4096):
     out = []
     for start in range(0, len(texts), chunk):
         batch = tokenizer.tokenize(tf.constant(texts[start:start + chunk]))
-        for ids in batch.to_list():
+        # tf-text gives a RaggedTensor; keras-hub's tokenizers, eagerly, Python lists.
+        rows = batch.to_list() if hasattr(batch, "to_list") else batch
+        for ids in rows:
             ids = [int(i) for i in ids]
             if auto_bos and ids[:1] == [tokenizer.bos_id]:
                 ids = ids[1:]

@@ -176,6 +176,10 @@ def _layer_class():
             tokens = self.token_to_id_map.lookup(tf.strings.split(words, sep=" "))
             tokens = tf.RaggedTensor.from_row_splits(
                 tokens.flat_values, tf.gather(tokens.row_splits, raw.row_splits))
+            # A piece the vocabulary lacks (e.g. the byte of a control character such as
+            # gettext's \x04 context separator, absent from SmolLM2's vocabulary) looks
+            # up as -1; Hugging Face's tokenizer, with no unknown token, drops it.
+            tokens = tf.ragged.boolean_mask(tokens, tokens >= 0)
             return tf.squeeze(tokens, 0) if unbatched else tokens
 
     return HFByteLevelBPE
