@@ -52,6 +52,15 @@ def run_phase(args, phase, extra=()):
     return json.loads(lines[-1]), round(usage.ru_maxrss / 1024, 1)  # KiB -> MiB
 
 
+def tokenize_all(tok, texts):
+    """Ids of many texts in one batched, in-graph call."""
+    import tensorflow as tf
+
+    batch = tok.tokenize(tf.constant(texts))
+    rows = batch.to_list() if hasattr(batch, "to_list") else batch
+    return [[int(i) for i in r] for r in rows]
+
+
 def translate_rows(run, sources, batch_size, max_new_cap=160):
     """Greedy replies to "Translate to French: SOURCE" chats, in the run's template."""
     import tfllm
@@ -63,14 +72,16 @@ def translate_rows(run, sources, batch_size, max_new_cap=160):
     tok = model.tokenizer
     template = template_of(chat_config_of(read_run_config(run), tok))
     gen = get_generator(model)
-    prompts = [tok.encode(template.render([{"role": "user", "content": PROMPT.format(en=s)}],
-                                          add_generation_prompt=True)) for s in sources]
+    texts = [template.render([{"role": "user", "content": PROMPT.format(en=s)}],
+                             add_generation_prompt=True) for s in sources]
+    prompts = tokenize_all(tok, texts)
+    source_lengths = [len(ids) for ids in tokenize_all(tok, sources)]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     started = time.time()
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        src_tokens = max(len(tok.encode(sources[i])) for i in rows)
+        src_tokens = max(source_lengths[i] for i in rows)
         longest = max(len(prompts[i]) for i in rows)
         max_new = min(max_new_cap, 2 * src_tokens + 16, gen.max_len - longest)
         ids = gen.generate_ids([prompts[i] for i in rows], GenerationParams(max_new))
