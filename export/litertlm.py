@@ -52,7 +52,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 
 from tfllm import runs  # noqa: E402
 from tfllm.chat import ChatSession  # noqa: E402
-from tfllm.chat_template import ChatTemplateError, chat_config_of  # noqa: E402
+from tfllm.chat_template import usable_chat_config  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
@@ -221,10 +221,8 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
         model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
         tok = model.tokenizer
-        try:
-            chat = chat_config_of(runs.read_run_config(run_dir), tok)
-        except ChatTemplateError:
-            chat = None  # a plain language model: no template in the bundle
+        # A plain language model (or a placeholder template): no template in the bundle.
+        chat = usable_chat_config(runs.read_run_config(run_dir), tok)
         stop_ids = chat_stop_ids(tok, chat)
         metadata = llm_metadata(stop_ids, max_len,
                                 tok.bos_id if getattr(tok, "add_bos", False) else None,

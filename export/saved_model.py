@@ -93,7 +93,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 import tensorflow as tf  # noqa: E402
 
 from tfllm import atomic, runs  # noqa: E402
-from tfllm.chat_template import ChatTemplateError, chat_config_of  # noqa: E402
+from tfllm.chat_template import ChatTemplateError, usable_chat_config  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 from export.saved_model_chat import (SAMPLE_MESSAGES, chat_signatures,  # noqa: E402
@@ -437,9 +437,10 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     archive.track(model)
     archive.track(model.tokenizer.tf_tokenizer)
     signatures = SIGNATURE_BUILDERS[task](model, model.tokenizer, jit_compile, max_batch)
-    chat = _chat_config(config, model.tokenizer) if task in ("clm", "chat") else None
-    if chat is not None:
-        signatures.update(chat_signatures(signatures["generate"][0], chat))
+    chat = None
+    if task in ("clm", "chat"):
+        chat, extra = _chat_signatures(config, model.tokenizer, signatures["generate"][0])
+        signatures.update(extra)
     for sig_name, (fn, spec) in signatures.items():
         archive.add_endpoint(sig_name, fn, input_signature=spec)
     # The tokenizer files travel as assets too, for clients that tokenize themselves.
@@ -499,13 +500,17 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
     return got
 
 
-def _chat_config(config, tokenizer):
-    """The run's chat entry, or None for a run without a chat template (no `chat`
-    signatures then)."""
+def _chat_signatures(config, tokenizer, generate):
+    """`(chat entry, signatures)` of a run with a usable chat template, else (None, {}).
+    A template the graph cannot apply is reported and left out, not fatal."""
+    chat = usable_chat_config(config, tokenizer)
+    if chat is None:
+        return None, {}
     try:
-        return chat_config_of(config, tokenizer)
-    except ChatTemplateError:
-        return None
+        return chat, chat_signatures(generate, chat)
+    except ChatTemplateError as e:
+        print(f"note: no chat signatures: {e}", file=sys.stderr)
+        return None, {}
 
 
 def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=16):

@@ -190,3 +190,17 @@ def chat_config_of(run_config: dict, tokenizer, template: str | None = None,
 def template_of(chat: dict) -> ChatTemplate:
     """The `ChatTemplate` of a run's `"chat"` entry (see `chat_config_of`)."""
     return ChatTemplate(chat["template"], chat.get("bos_token", ""), chat.get("eos_token", ""))
+
+
+def usable_chat_config(run_config: dict, tokenizer) -> dict | None:
+    """The run's chat entry when it has a template that renders a one-turn conversation
+    around the message (what `tfllm chat` and the exporters' chat paths need); None for
+    a run without one, or whose template does not (a placeholder template)."""
+    probe = "\ue000tfllm-probe\ue000"
+    try:
+        chat = chat_config_of(run_config, tokenizer)
+        text = template_of(chat).render([{"role": "user", "content": probe}],
+                                        add_generation_prompt=True)
+    except ChatTemplateError:
+        return None
+    return chat if probe in text else None
