@@ -39,7 +39,8 @@ def run_phase(args, phase, extra=()):
     in MiB)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase, "--work", args.work,
            "--minutes", str(args.minutes), "--batch-size", str(args.batch_size),
-           "--lora-rank", str(args.lora_rank), "--full-steps", str(args.full_steps),
+           "--lora-rank", str(args.lora_rank), "--lora-steps", str(args.lora_steps),
+           "--full-steps", str(args.full_steps),
            "--eval-batch", str(args.eval_batch), *extra]
     if args.eval_rows:
         cmd += ["--eval-rows", str(args.eval_rows)]

@@ -22,8 +22,12 @@ from tfllm.placeholders import SENTINEL, protect, protect_tf, restore, restore_t
 from tfllm.translation import Translator
 from tfllm.translation_metrics import placeholder_accuracy, placeholders, score_translations
 
+# GPT-2's init: the fitted-model thresholds below were set with it (with the preset's
+# Xavier init this 64-wide model reproduced 192 of the 200 pairs after the same 600 steps);
+# Xavier's effect at the preset's size is measured by benchmarks/translation.py.
 TINY_MT = dict(num_layers=2, num_decoder_layers=2, d_model=64, num_heads=4, ffn_dim=128,
-               max_len=24, dropout=0.0, tokenizer="unigram", vocab_size=340)
+               max_len=24, dropout=0.0, tokenizer="unigram", vocab_size=340,
+               initializer="gpt2")
 EN = "red blue green cat dog house file open close read write new old big small".split()
 FR = ("rouge bleu vert chat chien maison fichier ouvrir fermer lire ecrire neuf vieux grand "
       "petit").split()
