@@ -53,6 +53,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 from tfllm import runs  # noqa: E402
 from tfllm.chat import ChatSession  # noqa: E402
 from tfllm.chat_template import usable_chat_config  # noqa: E402
+from tfllm.data.chat import encode_text  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
@@ -110,9 +111,7 @@ def chat_stop_ids(tokenizer, chat) -> list[int]:
     <|im_end|> in a tokenizer that holds it as a symbol)."""
     ids = list(getattr(tokenizer, "eos_ids", [tokenizer.eos_id]))
     for marker in (chat or {}).get("end_of_turn", []):
-        piece = tokenizer.encode(marker)
-        if getattr(tokenizer, "add_bos", False) and piece[:1] == [tokenizer.bos_id]:
-            piece = piece[1:]
+        piece = encode_text(tokenizer, marker)
         if len(piece) == 1 and piece[0] not in ids:
             ids.append(piece[0])
     return ids

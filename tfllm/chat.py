@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from tfllm.chat_template import template_of
+from tfllm.data.chat import encode_text
 from tfllm.errors import TfllmError
 
 
@@ -49,10 +50,7 @@ class ChatSession:
         self.last_dropped = 0
 
     def _encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text)
-        if getattr(self.tokenizer, "add_bos", False) and ids[:1] == [self.tokenizer.bos_id]:
-            ids = ids[1:]  # the template writes the BOS it wants (as apply_chat_template)
-        return ids
+        return encode_text(self.tokenizer, text)
 
     def prompt_ids(self, turns) -> tuple[list[int], int]:
         """Ids of `turns` with the generation prompt, oldest non-system turns dropped

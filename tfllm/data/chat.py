@@ -104,6 +104,16 @@ class ChatData:
         return {"spec": self.spec, "conversations": len(self.all), "skipped": self.skipped}
 
 
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Ids of rendered chat text: a BOS the tokenizer adds by itself is left out, as
+    transformers' `apply_chat_template` adds no special tokens (the template writes the
+    BOS it wants)."""
+    ids = tokenizer.encode(text)
+    if getattr(tokenizer, "add_bos", False) and ids[:1] == [tokenizer.bos_id]:
+        ids = ids[1:]
+    return ids
+
+
 def encode_chat(conversation, template, tokenizer):
     """`(ids, mask)` of one conversation: its rendered text's token ids, and 1 on exactly
     the tokens of the assistant replies (their content and end of turn), 0 elsewhere.
@@ -118,12 +128,9 @@ def encode_chat(conversation, template, tokenizer):
         tokenizer: the run's tokenizer; a BOS it adds by itself is left out (the
             template writes the BOS it wants).
     """
-    auto_bos = getattr(tokenizer, "add_bos", False)
     ids, mask = [], []
     for text, reply in template.segments(conversation):
-        piece = tokenizer.encode(text)
-        if auto_bos and piece[:1] == [tokenizer.bos_id]:
-            piece = piece[1:]  # as transformers' apply_chat_template: no special tokens added
+        piece = encode_text(tokenizer, text)
         ids += piece
         mask += [int(reply)] * len(piece)
     return ids, mask
