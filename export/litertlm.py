@@ -5,7 +5,8 @@
 The bundle holds the TFLite model of `export.tflite` (prefill/decode signatures, explicit
 KV cache), the run's tokenizer (a SentencePiece model, or a Hugging Face tokenizer.json:
 byte-level BPE runs, GPT-2's vocab.json + merges.txt merged into one) and an `LlmMetadata`
-(every EOS id a stop token, `max_num_tokens` = the cache length, generic model type; a start
+(every EOS id a stop token, `max_num_tokens` = the cache length, the model type the runtime
+knows for imported Qwen3 / Qwen2.5 checkpoints, generic otherwise; a start
 token only where the checkpoint adds BOS, so the runtime and `CausalLM.generate` see the
 same ids). Before it reports success the exporter loads the bundle in `litert_lm.Engine`
 and checks that its greedy continuation equals `CausalLM.generate`.
@@ -15,7 +16,10 @@ metadata's `jinja_prompt_template`, with its one-token end-of-turn markers as st
 so that `engine.create_conversation().send_message(...)` applies it in the runtime; the
 exporter checks that a conversation's greedy reply equals `tfllm chat`'s.
 
-`--quantize` takes the TFLite exporter's weight modes (float32, float16, dynamic-int8).
+`--quantize` takes the TFLite exporter's weight modes for causal LMs (float32, float16,
+dynamic-int8, int8-weight, int4-block32, int4-block128) and its per-part modes, each held
+to the same accuracy gate (`python -m export.tflite --help`); `--data` gives an imported
+model held-out text to check on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import os
 import sys
 import tempfile
 
-from export.options import DEFAULT_PREFILL, add_max_len
+from export.options import (DEFAULT_PREFILL, QUANTIZE_MODES, add_gate_options, add_max_len,
+                            add_part_options)
 
 
 def build_parser():
@@ -39,8 +44,14 @@ def build_parser():
     parser.add_argument("--out", required=True, help="output .litertlm file")
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL))
     parser.add_argument("--quantize", default="float32",
-                        choices=["float32", "float16", "dynamic-int8"],
+                        choices=[m for m in QUANTIZE_MODES if m != "int8"],
                         help="weight precision (see python -m export.tflite --help)")
+    add_part_options(parser)
+    add_gate_options(parser)
+    parser.add_argument("--data", help="text to check a quantized model's accuracy on "
+                        "(default: the run's own validation text, which imported runs lack): "
+                        "a data spec such as text:PATH or tsv:PATH")
+    parser.add_argument("--text-column", help="with --data: the text field")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
     return parser
 
@@ -58,18 +69,31 @@ from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
 
-from export.tflite import export_tflite  # noqa: E402
+from export.tflite import export_tflite, gate_line, parts_of  # noqa: E402
 
 
 class LiteRtLmExportError(TfllmError):
     """The bundle could not be built, or the runtime disagrees with Keras."""
 
 
+# The runtime's LlmModelType of each imported family it knows by name; others are generic.
+RUNTIME_MODEL_TYPES = {"qwen3": "qwen3", "qwen2": "qwen2p5"}
+
+
+def runtime_model_type(run_config: dict) -> str:
+    """The `llm_model_type` entry of a run: the family an imported checkpoint came from
+    where LiteRT-LM knows it (Qwen3, Qwen2.5), else generic_model."""
+    source = (run_config.get("imported_from") or {}).get("format", "")
+    family = source.rsplit("-", 1)[-1] if "-" in source else ""
+    return RUNTIME_MODEL_TYPES.get(family, "generic_model")
+
+
 def llm_metadata(stop_token_ids, max_num_tokens: int, start_token_id=None,
-                 chat_template: str | None = None) -> str:
-    """The LlmMetadata text proto of a generic tfllm causal LM: every EOS id stops, and the
+                 chat_template: str | None = None, model_type: str = "generic_model") -> str:
+    """The LlmMetadata text proto of a tfllm causal LM: every EOS id stops, and the
     runtime prepends `start_token_id` where the checkpoint adds a BOS. A chat template
-    goes in `jinja_prompt_template`, which `engine.create_conversation()` applies."""
+    goes in `jinja_prompt_template`, which `engine.create_conversation()` applies;
+    `model_type` is an `LlmModelType` field name (`runtime_model_type`)."""
     from google.protobuf import text_encoding
 
     ids = [stop_token_ids] if isinstance(stop_token_ids, int) else stop_token_ids
@@ -80,7 +104,7 @@ def llm_metadata(stop_token_ids, max_num_tokens: int, start_token_id=None,
         escaped = text_encoding.CEscape(chat_template, as_utf8=True)
         text += f'jinja_prompt_template: "{escaped}"\n'
     return text + (f"max_num_tokens: {max_num_tokens}\n"
-                   "llm_model_type { generic_model {} }\n")
+                   f"llm_model_type {{ {model_type} {{}} }}\n")
 
 
 # LiteRT-LM hands a template each message's content as a list of parts
@@ -208,7 +232,8 @@ def message_text(message) -> str:
 
 
 def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt="ROMEO:",
-                    max_new_tokens=16, quantize="float32", max_len=None):
+                    max_new_tokens=16, quantize="float32", max_len=None, parts=None,
+                    data=None, text_column=None, min_agreement=None, max_loss_increase=None):
     if os.path.isdir(out):
         raise LiteRtLmExportError(f"--out {out} is a directory; give a file path "
                                   "(e.g. models/NAME.litertlm)")
@@ -216,7 +241,10 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tflite = os.path.join(tmp, "model.tflite")
-        report = export_tflite(run_dir, tflite, prefill_lengths, quantize, max_len=max_len)
+        report = export_tflite(run_dir, tflite, prefill_lengths, quantize, max_len=max_len,
+                               parts=parts, data=data, text_column=text_column,
+                               min_agreement=min_agreement,
+                               max_loss_increase=max_loss_increase)
         model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
         tok = model.tokenizer
@@ -225,7 +253,8 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
         stop_ids = chat_stop_ids(tok, chat)
         metadata = llm_metadata(stop_ids, max_len,
                                 tok.bos_id if getattr(tok, "add_bos", False) else None,
-                                runtime_template(chat["template"]) if chat else None)
+                                runtime_template(chat["template"]) if chat else None,
+                                runtime_model_type(runs.read_run_config(run_dir)))
         staging = out + ".partial.litertlm"  # the runtime reads the format from the extension
         try:
             build_bundle(tflite, tokenizer_file(run_dir, tmp), metadata, staging)
@@ -273,8 +302,13 @@ def main(argv=None):
 
 def _main(args):
     report = export_litertlm(args.run, args.out, args.prefill_lengths, args.prompt,
-                             quantize=args.quantize, max_len=args.max_len)
+                             quantize=args.quantize, max_len=args.max_len,
+                             parts=parts_of(args), data=args.data,
+                             text_column=args.text_column, min_agreement=args.min_agreement,
+                             max_loss_increase=args.max_loss_increase)
     print(f"LiteRT-LM bundle written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
+    if "top1_agreement" in report:
+        print(gate_line(report))
     same = "the same as" if report["quantize"] == "float32" else "checked against"
     print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "
           f"{same} CausalLM.generate")

@@ -11,8 +11,23 @@ Builtin ops only. It is converted from a SavedModel written by Keras' ExportArch
 tf.Module wrapper leaves uninitialized variables and NaN outputs), then run with
 ai-edge-litert and compared with the Keras model before success is reported.
 
-`--quantize float16|dynamic-int8` store weights in 16/8 bits; the exporter refuses a mode
-that loses accuracy on held-out text (see `export_tflite`).
+`--quantize float16|dynamic-int8` store weights in 16/8 bits (the converter's options);
+`int8-weight` (int8 weights, float matmuls), `int4-block32` and `int4-block128` (4-bit
+weights in blocks of 32/128 with one scale each, activations quantized per token at run
+time) are done by ai-edge-quantizer, with per-part modes (`--quantize-embedding`,
+`--quantize-attention`, `--quantize-ffn`). Every mode must pass an accuracy gate before a
+file is written: next-token top-1 agreement with the float model and held-out loss, on
+the run's validation text or `--data` (thresholds per mode, printed):
+
+    mode            agreement   loss increase
+    float16         >= 95%      <= 2%
+    dynamic-int8    >= 80%      <= 2%
+    int8-weight     >= 85%      <= 2%
+    int4-block32    >= 80%      <= 5%
+    int4-block128   >= 75%      <= 8%
+
+`--min-agreement` / `--max-loss-increase` set another gate (the figures are printed
+either way).
 
 A translation run (`tfllm train --objective seq2seq`) gets `encode` and `decode` signatures
 instead (export/tflite_seq2seq.py).
@@ -34,7 +49,8 @@ import shutil
 import sys
 import tempfile
 
-from export.options import DEFAULT_PREFILL, QUANTIZE_MODES, add_max_len
+from export.options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
+                            add_gate_options, add_max_len, add_part_options)
 from export.tflite_converter import convert_or_raise, tflite_converter
 
 
@@ -49,11 +65,15 @@ def build_parser():
     parser.add_argument("--prefill-lengths", type=int, nargs="+", default=list(DEFAULT_PREFILL),
                         help="prefill signature lengths (default 32 128; capped at the context)")
     parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
-                        help="float32 (default), float16 or dynamic-int8 weights; int8 "
-                             "(full integer: classifiers only; refused for causal LMs)")
-    parser.add_argument("--data", help="classifiers: texts to calibrate int8 on and to check "
-                        "the conversion with (a data spec such as tsv:PATH; default: the run's "
-                        "own data, which imported classifiers lack)")
+                        help="float32 (default), float16 or dynamic-int8 weights; int8-weight, "
+                             "int4-block32, int4-block128 (causal LMs); int8 (full integer: "
+                             "classifiers only; refused for causal LMs)")
+    add_part_options(parser)
+    add_gate_options(parser)
+    parser.add_argument("--data", help="text to check a quantized causal LM's accuracy on "
+                        "(default: the run's own validation text, which imported runs lack), "
+                        "or a classifier's texts to calibrate int8 on and check with: a data "
+                        "spec such as tsv:PATH or text:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
     parser.add_argument("--pair-column", help="with --data: the second text's field, for "
                         "sentence-pair classifiers (default: the run's own)")
@@ -140,6 +160,11 @@ def compact_tflite(data, strip_names=True):
                 packed[id(self)] = super().Pack(builder)
             return packed[id(self)]
 
+    for buffer in model.buffers:
+        # Buffers that are not arrays (ai-edge-quantizer leaves bytes) are packed one byte
+        # per Python call: minutes for a 100M-parameter model, against a copy as an array.
+        if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
+            buffer.data = np.frombuffer(bytes(buffer.data), np.uint8)
     canonical = {}
     for subgraph in model.subgraphs:
         keep = set(subgraph.inputs) | set(subgraph.outputs)
@@ -158,20 +183,34 @@ def compact_tflite(data, strip_names=True):
     return flatbuffer_utils.convert_object_to_bytearray(model)
 
 
+def check_parts(quantize, parts):
+    """The per-part modes `parts` ({"embedding"|"attention"|"ffn": mode or None}) without
+    the unset ones; an error unless `quantize` is one of the quantizer's modes."""
+    parts = {k: v for k, v in (parts or {}).items() if v is not None}
+    if parts and quantize not in QUANTIZER_MODES:
+        flags = " ".join(f"--quantize-{k}" for k in parts)
+        raise TFLiteExportError(f"{flags} take effect with --quantize "
+                                f"{'|'.join(QUANTIZER_MODES)}, not {quantize}")
+    return parts
+
+
 def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True,
-            max_len=None):
+            max_len=None, parts=None):
     """Convert a run's CausalLM to TFLite bytes with prefill/decode signatures.
 
     Args:
         quantize: "float32"; "float16" (weights stored in float16); "dynamic-int8" (int8
-            weights, float activations). Full-integer "int8" is refused for causal LMs:
-            the KV cache passes through the signatures as float tensors.
+            weights, float activations); "int8-weight", "int4-block32", "int4-block128"
+            (export/weight_quantization.py). Full-integer "int8" is refused for causal
+            LMs: the KV cache passes through the signatures as float tensors.
         strip_names: drop internal tensor names (see `compact_tflite`).
         max_len: the KV cache length; default the run's.
+        parts: per-part modes, {"embedding" | "attention" | "ffn": mode}.
     """
     if quantize not in QUANTIZE_MODES:
         raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
                                 f"{', '.join(QUANTIZE_MODES)}")
+    parts = check_parts(quantize, parts)
     if quantize == "int8":
         raise TFLiteExportError(
             "full-integer int8 is not available for causal LMs: the LiteRT-LM contract passes "
@@ -182,14 +221,18 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
         raise TFLiteExportError(f"runs of objective {config.get('objective')!r} have no TFLite "
                                 "decode export (classifier runs: export_classifier_tflite)")
     model = runs.load(run_dir, max_len=max_len)
-    data, lengths = convert_model(model, prefill_lengths, quantize, strip_names)
+    data, lengths = convert_model(model, prefill_lengths, quantize, strip_names, parts)
     return data, model, lengths
 
 
-def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True):
+def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True,
+                  parts=None):
     """Convert a CausalLM object (see `convert`); returns (tflite bytes, prefill lengths)."""
+    from export.weight_quantization import WeightQuantizationError, quantize_weights
+
     import keras
 
+    from tfllm.layers import token_lookup_mode
     from tfllm.layers.attention import decode_read_mode
 
     max_len = model.backbone.max_len
@@ -201,17 +244,24 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
     archive.track(model)
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
     try:
-        # TFLite runs the write-then-attend decode step faster than XLA's in-place form.
-        with decode_read_mode("after_write"):
+        # TFLite runs the write-then-attend decode step faster than XLA's in-place form;
+        # EMBEDDING_LOOKUP (not GATHER) lets the weight quantizer reach the token table.
+        with decode_read_mode("after_write"), token_lookup_mode("embedding_lookup"):
             archive.add_endpoint("decode", _step_fn(model, True),
                                  input_signature=_signature(model, 1))
             for n in lengths:
                 archive.add_endpoint(f"prefill_{n}", _step_fn(model, False),
                                      input_signature=_signature(model, n))
             archive.write_out(tmp, verbose=False)
+        by_quantizer = quantize in QUANTIZER_MODES
         converter = tflite_converter(tmp, ["decode"] + [f"prefill_{n}" for n in lengths],
-                                     quantize)
+                                     "float32" if by_quantizer else quantize)
         data = convert_or_raise(converter, TFLiteExportError)
+        if by_quantizer:  # on the float model, whose tensor names the quantizer needs
+            try:
+                data = quantize_weights(data, quantize, **(parts or {}))
+            except WeightQuantizationError as e:
+                raise TFLiteExportError(str(e)) from e
         return compact_tflite(data, strip_names), lengths
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -308,15 +358,18 @@ class TFLiteRunner:
         return out
 
 
-def heldout_windows(run_dir, tokenizer, length, count):
-    """Up to `count` windows of `length` tokens from the run's validation text (or None)."""
+def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=None):
+    """Up to `count` windows of `length` tokens from the run's validation text, or that of
+    the data spec `data` (its `text_column`); None when there is none."""
     from tfllm.data import Corpus, lm_windows
 
-    config = runs.read_run_config(run_dir)
-    if not config.get("data"):
-        return None
-    data = config["data"]
-    corpus = Corpus(data["spec"], data.get("text_feature"))
+    if data is not None:
+        corpus = Corpus(data, text_column)
+    else:
+        stored = runs.read_run_config(run_dir).get("data")
+        if not stored:
+            return None
+        corpus = Corpus(stored["spec"], stored.get("text_feature"))
     ds = lm_windows(corpus.val_texts(), tokenizer, length - 1).take(count)
     return [w.numpy().tolist() for w in ds] or None
 
@@ -349,32 +402,50 @@ def _check_out_file(out):
 
 
 def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float32",
-                  check_prompts=("ROMEO:",), min_agreement=0.95, max_loss_increase=0.02,
-                  strip_names=True, max_len=None):
+                  check_prompts=("ROMEO:",), min_agreement=None, max_loss_increase=None,
+                  strip_names=True, max_len=None, parts=None, data=None, text_column=None):
     """Convert, write and verify; returns a report (`max_len`: the KV cache length).
 
     float32 must match Keras (logits within 1e-3, identical greedy tokens). Quantized modes
     must agree with Keras on >= `min_agreement` of next tokens over held-out text and stay
-    within `max_loss_increase` (relative) of its loss; otherwise nothing is written.
+    within `max_loss_increase` (relative) of its loss (defaults: the mode's
+    `ACCURACY_GATES`); otherwise nothing is written. The held-out text is the run's
+    validation text, or `data` (a data spec; `text_column` its field).
     """
     _check_out_file(out)
-    data, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names, max_len)
+    gate = ACCURACY_GATES.get(quantize, (1.0, 0.0))
+    min_agreement = gate[0] if min_agreement is None else min_agreement
+    max_loss_increase = gate[1] if max_loss_increase is None else max_loss_increase
+    if quantize != "float32":  # a missing text fails before the conversion's minutes
+        _check_windows(run_dir, data, text_column, quantize)
+    tflite, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names,
+                                     max_len, parts)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(tflite)
     try:
         report = _verify(tmp, model, check_prompts, quantize, run_dir, min_agreement,
-                         max_loss_increase)
+                         max_loss_increase, data, text_column)
     except TfllmError:
         os.remove(tmp)
         raise
     os.replace(tmp, out)
-    return {**report, "path": out, "bytes": len(data), "prefill_lengths": lengths,
-            "quantize": quantize, "model": model}
+    return {**report, "path": out, "bytes": len(tflite), "prefill_lengths": lengths,
+            "quantize": quantize, "parts": check_parts(quantize, parts), "model": model,
+            "gate": (min_agreement, max_loss_increase)}
 
 
-def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_loss_increase):
+def _check_windows(run_dir, data, text_column, quantize):
+    if data is None and not runs.read_run_config(run_dir).get("data"):
+        raise TFLiteExportError(f"--quantize {quantize} needs held-out text to check accuracy "
+                                "and this run has no data of its own (an imported model): "
+                                "pass --data SPEC, e.g. --data text:notes.txt or --data "
+                                "tsv:messages.tsv --text-column en")
+
+
+def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_loss_increase,
+            data=None, text_column=None):
     runner = TFLiteRunner(path)
     tok = model.tokenizer
     ids = tok.encode(check_prompts[0]) or [tok.bos_id]
@@ -398,17 +469,18 @@ def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_lo
                                         f"for {prompt!r}: {got} != {expected}")
         report["prompts_agreeing"] = len(check_prompts)
         return report
-    windows = heldout_windows(run_dir, tok, min(runner.max_len, 64), 8)
+    windows = heldout_windows(run_dir, tok, min(runner.max_len, 64), 8, data, text_column)
     if windows is None:
-        raise TFLiteExportError(f"--quantize {quantize} needs held-out text to check accuracy "
-                                "and this run has no data of its own")
+        _check_windows(run_dir, data, text_column, quantize)
+        raise TFLiteExportError(f"--data {data} holds no text to check accuracy on")
     agree, loss_q, loss_f = agreement(runner, model, windows)
     report.update(top1_agreement=agree, loss=loss_q, keras_loss=loss_f)
     if agree < min_agreement or loss_q > loss_f * (1 + max_loss_increase):
         raise TFLiteExportError(
             f"--quantize {quantize} is not accurate enough for this model: next-token "
             f"agreement {agree:.1%} (needs >= {min_agreement:.0%}), loss {loss_q:.4f} vs "
-            f"{loss_f:.4f} (needs <= +{max_loss_increase:.0%}); refusing to write it")
+            f"{loss_f:.4f} (needs <= +{max_loss_increase:.0%}); refusing to write it (another "
+            "mode or part mode, or --min-agreement / --max-loss-increase to accept less)")
     return report
 
 
@@ -452,9 +524,9 @@ def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_
     """
     from tfllm.finetuning import load_classifier
 
-    if quantize not in QUANTIZE_MODES:
-        raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
-                                f"{', '.join(QUANTIZE_MODES)}")
+    if quantize not in QUANTIZE_MODES or quantize in QUANTIZER_MODES:
+        raise TFLiteExportError(f"--quantize {quantize!r} is not available for classifiers; "
+                                "choose one of float32, float16, dynamic-int8, int8")
     model, task = load_classifier(run_dir)
     if seq_len is not None:
         if not 2 <= seq_len <= model.backbone.max_len:
@@ -596,7 +668,13 @@ def main(argv=None):
 
 def _main(args):
     strip = not args.keep_tensor_names
-    if runs.read_run_config(args.run).get("objective") == "seq2seq":
+    objective = runs.read_run_config(args.run).get("objective")
+    if objective in ("seq2seq", "classify") and (args.quantize in QUANTIZER_MODES
+                                                 or any(parts_of(args).values())):
+        raise TFLiteExportError(f"--quantize {args.quantize} and the per-part modes are for "
+                                f"causal LMs; a {objective} run takes float32, float16, "
+                                "dynamic-int8" + (" or int8" if objective == "classify" else ""))
+    if objective == "seq2seq":
         from export.tflite_seq2seq import export_seq2seq_tflite
 
         report = export_seq2seq_tflite(args.run, args.out, args.quantize)
@@ -613,7 +691,10 @@ def _main(args):
                                           pair_column=args.pair_column)
     else:
         report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
-                               strip_names=strip, max_len=args.max_len)
+                               strip_names=strip, max_len=args.max_len, parts=parts_of(args),
+                               data=args.data, text_column=args.text_column,
+                               min_agreement=args.min_agreement,
+                               max_loss_increase=args.max_loss_increase)
     if "label_agreement" in report:
         inputs = " and ".join(f"{name} [1, {report['seq_len']}]" for name in report["inputs"])
         print(f"TFLite classifier written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "
@@ -629,9 +710,23 @@ def _main(args):
         print(f"greedy tokens agree with CausalLM.generate on {report['prompts_agreeing']} "
               "prompt(s)")
     else:
-        print(f"held-out next-token agreement with Keras {report['top1_agreement']:.1%}, "
-              f"loss {report['loss']:.4f} vs {report['keras_loss']:.4f}")
+        print(gate_line(report))
     return 0
+
+
+def parts_of(args):
+    """The per-part modes of parsed `--quantize-*` options."""
+    return {part: getattr(args, f"quantize_{part}", None)
+            for part in ("embedding", "attention", "ffn")}
+
+
+def gate_line(report):
+    """The accuracy gate's figures and thresholds, as the exporters print them."""
+    agree, loss_up = report["gate"]
+    parts = "".join(f", {k} {v}" for k, v in report.get("parts", {}).items())
+    return (f"{report['quantize']}{parts}: held-out next-token agreement with Keras "
+            f"{report['top1_agreement']:.1%} (gate >= {agree:.0%}), loss "
+            f"{report['loss']:.4f} vs {report['keras_loss']:.4f} (gate <= +{loss_up:.0%})")
 
 
 if __name__ == "__main__":

@@ -39,3 +39,24 @@ def test_metadata_names_stop_token_and_cache_length():
     assert several.count("stop_tokens") == 2 and "ids: 9 } }" in several
     assert "start_token { token_ids { ids: 5 } }" in several
     assert "max_num_tokens: 256" in text and "generic_model" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["int4-block32", "int8-weight"])
+def test_quantizer_modes_pass_their_gate_and_run_in_the_engine(tiny_run, tmp_path, mode):
+    from export.options import ACCURACY_GATES
+
+    path = str(tmp_path / f"{mode}.litertlm")
+    proc = subprocess.run([sys.executable, "-m", "export.litertlm", "--run", tiny_run, "--out",
+                           path, "--prefill-lengths", "8", "--quantize", mode],
+                          capture_output=True, text=True, cwd=REPO, timeout=900,
+                          env=quiet_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gate = next(line for line in proc.stdout.splitlines() if "gate >=" in line)
+    agree = float(gate.split("agreement with Keras ")[1].split("%")[0])
+    assert agree >= 100 * ACCURACY_GATES[mode][0], gate
+    # The runtime runs the quantized bundle: a greedy continuation close to the float one.
+    lm = tfllm.load(tiny_run)
+    expected = lm.generate("ROMEO:", max_new_tokens=12)
+    got = engine_generate(path, "ROMEO:", 12)
+    assert got and sum(a == b for a, b in zip(got, expected)) >= 4, (got, expected)

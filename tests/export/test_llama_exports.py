@@ -100,3 +100,25 @@ def test_litertlm_bundle_with_hf_tokenizer_equals_generate(llama_run, lm, tmp_pa
             "32", "--max-len", str(MAX_LEN))
     for prompt in PROMPTS:
         assert engine_generate(path, prompt, 12) == lm.generate(prompt, max_new_tokens=12)
+
+
+def test_imported_qwen3_bundle_names_its_family_and_equals_generate(tmp_path):
+    import io
+    import re
+
+    from litert_lm_builder.litertlm_peek import peek_litertlm_file
+
+    from export.litertlm import engine_generate, runtime_model_type
+    from tfllm import runs
+    from tfllm.checkpoints import import_hf
+
+    ckpt = write_checkpoint(str(tmp_path / "ckpt"), "qwen3", seed=2)
+    run = import_hf(ckpt, str(tmp_path / "run"), max_len=48)
+    assert runtime_model_type(runs.read_run_config(run)) == "qwen3"
+    path = str(tmp_path / "qwen3.litertlm")
+    _export("export.litertlm", "--run", run, "--out", path, "--prefill-lengths", "8")
+    listing = io.StringIO()
+    peek_litertlm_file(path, None, listing)
+    assert re.search(r"llm_model_type \{\s*qwen3 \{", listing.getvalue())
+    model = tfllm.load(run)
+    assert engine_generate(path, "ROMEO:", 10) == model.generate("ROMEO:", max_new_tokens=10)

@@ -1,0 +1,145 @@
+"""4- and 8-bit weights for converted TFLite models, by Google's ai-edge-quantizer.
+
+The TFLite converter's own options give float16 and dynamic-range int8 (channelwise); the
+modes here are what on-device LLMs ship with and the converter lacks: int4 weights in
+blocks of 32 or 128 input values with one scale each (XNNPACK runs them with float
+activations quantized per token on the fly), and int8 weights dequantized before a float
+matmul (weight-only). ai-edge-quantizer rewrites the converted flatbuffer; we only choose
+which ops get which recipe:
+
+- the token table (EMBEDDING_LOOKUP, see `tfllm.layers.token_lookup_mode`) and the output
+  projection (the FULLY_CONNECTED outside attention and feed-forward, sharing that table
+  when the embeddings are tied): `embedding`;
+- attention's q/k/v/output projections: `attention`; the feed-forward's: `ffn`.
+
+Each part defaults to the model-wide mode; "float32" keeps a part in float.
+"""
+
+from __future__ import annotations
+
+import re
+
+from export.options import PART_MODES, QUANTIZER_MODES
+
+# Op output names carry the Keras layer path (".../block_3/attention/qkv/..."); the
+# exporter keeps names until this step has run.
+ATTENTION = r"/attention(_\d+)?/"
+FFN = r"/ffn(_\d+)?/"
+OUTSIDE_BLOCKS = rf"^(?!.*({ATTENTION}|{FFN}))"
+
+
+class WeightQuantizationError(ValueError):
+    """A recipe that cannot be built or applied."""
+
+
+def parts_recipe(mode: str, embedding: str | None = None, attention: str | None = None,
+                 ffn: str | None = None):
+    """The ai-edge-quantizer recipe: `mode` for every weight, then each part's override.
+
+    Args:
+        mode: one of QUANTIZER_MODES.
+        embedding, attention, ffn: a PART_MODES entry for that part (None: `mode`).
+    """
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    ops = qtyping.TFLOperationName
+    for name, value in (("--quantize", mode), ("--quantize-embedding", embedding),
+                        ("--quantize-attention", attention), ("--quantize-ffn", ffn)):
+        allowed = QUANTIZER_MODES if name == "--quantize" else PART_MODES
+        if value is not None and value not in allowed:
+            raise WeightQuantizationError(f"{name} {value!r}: choose one of "
+                                          f"{', '.join(allowed)}")
+    manager = recipe_manager.RecipeManager()
+
+    def add(regex, op, part_mode):
+        if part_mode == "float32":
+            manager.add_quantization_config(regex, op, qtyping.OpQuantizationConfig(),
+                                            algorithm_manager.AlgorithmName.NO_QUANTIZE)
+        elif part_mode == "int8-weight":
+            manager.add_weight_only_config(regex, op, 8, qtyping.QuantGranularity.CHANNELWISE)
+        elif part_mode == "dynamic-int8":
+            manager.add_dynamic_config(regex, op, 8, qtyping.QuantGranularity.CHANNELWISE)
+        else:
+            block = int(part_mode.rsplit("block", 1)[1])
+            manager.add_dynamic_config(regex, op, 4,
+                                       getattr(qtyping.QuantGranularity, f"BLOCKWISE_{block}"))
+
+    # The last matching entry wins, so the model-wide mode goes first.
+    add(".*", ops.FULLY_CONNECTED, mode)
+    add(ATTENTION, ops.FULLY_CONNECTED, attention or mode)
+    add(FFN, ops.FULLY_CONNECTED, ffn or mode)
+    add(OUTSIDE_BLOCKS, ops.FULLY_CONNECTED, embedding or mode)
+    add(".*", ops.EMBEDDING_LOOKUP, embedding or mode)
+    return manager.get_quantization_recipe()
+
+
+def part_of(op_name: str, code: int) -> str:
+    """"embedding", "attention" or "ffn": the part an op (by output name; `code` its builtin
+    operator code) belongs to."""
+    if code == 7 or not re.search(ATTENTION + "|" + FFN, op_name):  # 7: EMBEDDING_LOOKUP
+        return "embedding"
+    return "attention" if re.search(ATTENTION, op_name) else "ffn"
+
+
+def block_size_problems(data: bytes, modes: dict) -> list[str]:
+    """Weights a blockwise mode cannot take: int4 blocks run along a weight's input width,
+    which must be a multiple of the block. `modes` maps each part to its mode; returns
+    "name [out, in] (mode)" for each weight that misses, from the float model `data`."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    codes = {i: max(c.builtinCode, c.deprecatedBuiltinCode)
+             for i, c in enumerate(model.operatorCodes)}
+    bad = set()
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = codes[op.opcodeIndex]
+            # FULLY_CONNECTED (9) weights are input 1 ([out, in]); EMBEDDING_LOOKUP's (7)
+            # table too ([vocab, width]).
+            if code not in (9, 7) or len(op.inputs) < 2:
+                continue
+            out_name = (graph.tensors[op.outputs[0]].name or b"").decode()
+            mode = modes[part_of(out_name, code)]
+            block = re.search(r"block(\d+)$", mode)
+            tensor = graph.tensors[op.inputs[1]]
+            shape = list(tensor.shape)
+            if block and len(shape) == 2 and shape[1] % int(block.group(1)):
+                name = (tensor.name or b"?").decode().split(";")[0]
+                bad.add(f"{name} {shape} ({mode})")
+    return sorted(bad)
+
+
+def quantize_weights(data: bytes, mode: str, embedding: str | None = None,
+                     attention: str | None = None, ffn: str | None = None) -> bytes:
+    """`data` (a float TFLite model with its tensor names) with quantized weights.
+
+    Example:
+        >>> small = quantize_weights(float_bytes, "int4-block32",  # doctest: +SKIP
+        ...                          embedding="int8-weight")
+    """
+    import contextlib
+    import io
+    import logging
+
+    from ai_edge_quantizer import quantizer
+
+    recipe = parts_recipe(mode, embedding, attention, ffn)
+    modes = {"embedding": embedding or mode, "attention": attention or mode,
+             "ffn": ffn or mode}
+    if bad := block_size_problems(data, modes):
+        raise WeightQuantizationError(
+            f"int4 blocks must divide a weight's input width; this model has "
+            f"{', '.join(bad[:3])}{' and others' if len(bad) > 3 else ''}: use "
+            "int4-block32, or give those parts another mode (--quantize-embedding / "
+            "--quantize-attention / --quantize-ffn)")
+    # The quantizer prints progress bars and a size summary; the exporter reports instead.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    q = quantizer.Quantizer(bytes(data))
+    q.load_quantization_recipe(recipe)
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            return bytes(q.quantize().quantized_model)
+    except Exception as e:  # its validation raises several types
+        raise WeightQuantizationError(f"ai-edge-quantizer failed ({mode}): "
+                                      f"{str(e)[-800:]}") from e
