@@ -129,9 +129,10 @@ def quantize_weights(data: bytes, mode: str, embedding: str | None = None,
     if bad := block_size_problems(data, modes):
         raise WeightQuantizationError(
             f"int4 blocks must divide a weight's input width; this model has "
-            f"{', '.join(bad[:3])}{' and others' if len(bad) > 3 else ''}: use "
-            "int4-block32, or give those parts another mode (--quantize-embedding / "
-            "--quantize-attention / --quantize-ffn)")
+            f"{', '.join(bad[:3])}{' and others' if len(bad) > 3 else ''}: use a block "
+            "that divides them (int4-block32 where widths are multiples of 32), or give "
+            "those parts another mode (--quantize-embedding / --quantize-attention / "
+            "--quantize-ffn)")
     # The quantizer prints progress bars and a size summary; the exporter reports instead.
     logging.getLogger("absl").setLevel(logging.WARNING)
     q = quantizer.Quantizer(bytes(data))

@@ -199,7 +199,7 @@ def test_int4_refusals_name_the_figures_and_the_fix(demo_shape_run, tiny_run, tm
         export_tflite(demo_shape_run, refused, (8,), "int4-block32", min_agreement=1.01)
     assert not os.path.exists(refused) and not os.path.exists(refused + ".tmp")
     # The tiny model is 32 wide: no weight splits into blocks of 128.
-    with pytest.raises(TFLiteExportError, match="int4 blocks must divide.*int4-block32"):
+    with pytest.raises(TFLiteExportError, match="int4 blocks must divide.*int4-block128"):
         convert(tiny_run, (8,), "int4-block128")
     with pytest.raises(TFLiteExportError, match="--quantize-ffn take effect with"):
         convert(tiny_run, (8,), "float16", parts={"ffn": "int8-weight"})
@@ -220,3 +220,23 @@ def test_quantizer_recipe_parts():
     assert table["weight_tensor_config"]["num_bits"] == 8 and table["explicit_dequantize"]
     attention = [r for (regex, op), r in by_scope.items() if "attention" in regex][0]
     assert attention["algorithm_key"] == "no_quantize"
+
+
+def test_tied_token_table_is_stored_once(tmp_path):
+    """A tied RMSNorm model's token table and output projection are one buffer in the
+    export (the final norm's scale is not folded into a second copy), float or quantized."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from export.tflite import convert
+    from tests.chat_fixtures import make_base_run
+
+    run = make_base_run(str(tmp_path / "run"), max_len=32)
+    lm = tfllm.load(run)
+    vocab, width = lm.backbone.vocab_size, lm.backbone.d_model
+    for mode in ("float32", "int8-weight"):
+        data, _, _ = convert(run, (8,), mode)
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+        tables = {t.buffer for g in model.subgraphs for t in g.tensors
+                  if list(t.shape) == [vocab, width]
+                  and model.buffers[t.buffer].data is not None}
+        assert len(tables) == 1, (mode, tables)

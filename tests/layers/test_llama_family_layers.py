@@ -20,6 +20,9 @@ def test_rms_norm(tmp_path):
     scale = ops.convert_to_numpy(layer.scale)
     expected = X / np.sqrt((X.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * scale
     np.testing.assert_allclose(ops.convert_to_numpy(layer(X)), expected, atol=1e-5)
+    # The unfoldable form (the final norm of TFLite exports with a tied table) agrees.
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(X, foldable_scale=False)), expected,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("activation", ["silu", "gelu"])

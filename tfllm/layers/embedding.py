@@ -23,6 +23,12 @@ def token_lookup_mode(mode):
     return _trace_mode(_token_lookup, TOKEN_LOOKUPS, mode, "token lookup mode")
 
 
+def shares_token_table(embedding) -> bool:
+    """Whether a trace under way looks tokens up with EMBEDDING_LOOKUP and the output
+    projection is tied to that table (so the export should keep one copy of it)."""
+    return _token_lookup[-1] == "embedding_lookup" and embedding.tie_embeddings
+
+
 _fused_lookup = None
 
 
