@@ -1,4 +1,6 @@
-"""On-device speed: tfllm's cached TFLite `decode` vs KerasHub's LiteRT export.
+"""On-device speed: tfllm's cached TFLite `decode` vs KerasHub's LiteRT export; with
+`--model smollm2-135m`, a real model's bundles vs llama.cpp and litert-torch
+(benchmarks/edge_smollm2.py).
 
 `baby-gpt` shape (6 layers, 384 wide, 6 heads, context 256), random weights, ai-edge-litert
 with 2 threads. KerasHub's `export(format="litert")` writes the forward pass only, so each
@@ -7,6 +9,8 @@ Also: prefill tokens/s, file size per quantization mode, and decode tokens/s of 
 LiteRT-LM engine running a float32 `.litertlm` bundle.
 
     python benchmarks/edge.py [--reps 5]
+    python benchmarks/edge.py --model smollm2-135m --reps 3 --work /tmp/edge \\
+        --llamacpp-python /tmp/llvenv/bin/python --litert-torch-python /tmp/ltvenv/bin/python
 
 The last line of output is one JSON object with the figures.
 """
@@ -83,7 +87,20 @@ def kerashub_tflite(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--model", default="baby-gpt", choices=["baby-gpt", "smollm2-135m"],
+                        help="baby-gpt: tfllm vs KerasHub, random weights (default); "
+                             "smollm2-135m: see benchmarks/edge_smollm2.py")
+    parser.add_argument("--work", help="smollm2-135m: folder for the run, exports and peers' "
+                        "files (kept, reused by a rerun; default a new temporary folder)")
+    parser.add_argument("--llamacpp-python", help="smollm2-135m: a Python with "
+                        "llama-cpp-python (its own venv)")
+    parser.add_argument("--litert-torch-python", help="smollm2-135m: a Python with "
+                        "litert-torch (its own venv)")
     args = parser.parse_args()
+    if args.model == "smollm2-135m":
+        from benchmarks.edge_smollm2 import run
+
+        return run(args)
     tmp = tempfile.mkdtemp(prefix="tfllm-edge-")
     try:
         run, model, tok = make_run(tmp)
@@ -124,7 +141,8 @@ def main():
         import litert_lm
 
         bundle = os.path.join(tmp, "model.litertlm")
-        build_bundle(os.path.join(tmp, "float32.tflite"), os.path.join(run, "tokenizer.model"),
+        build_bundle(os.path.join(tmp, "float32.tflite"),
+                     ("sentencepiece", os.path.join(run, "tokenizer.model")),
                      llm_metadata(tok.eos_id, CONTEXT), bundle)
         engine = litert_lm.Engine(bundle, backend=litert_lm.Backend.CPU(thread_count=2),
                                   cache_dir=":nocache")
