@@ -309,9 +309,9 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
         tok = {"bos_id": getattr(model.tokenizer, "bos_id", None),
                "eos_ids": list(getattr(model.tokenizer, "eos_ids",
                                        [model.tokenizer.eos_id])), **special}
-        _write_json(staging, "config.json", hf_config(cfg, model_type, tok, dtype))
-        generation = {"bos_token_id": tok.get("bos_id"),
-                      "eos_token_id": hf_config(cfg, model_type, tok, dtype)["eos_token_id"]}
+        hf = hf_config(cfg, model_type, tok, dtype)
+        _write_json(staging, "config.json", hf)
+        generation = {"bos_token_id": tok.get("bos_id"), "eos_token_id": hf["eos_token_id"]}
         if getattr(model.tokenizer, "pad_id", None) is not None:
             generation["pad_token_id"] = model.tokenizer.pad_id
         _write_json(staging, "generation_config.json", generation)
