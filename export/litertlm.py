@@ -17,7 +17,7 @@ so that `engine.create_conversation().send_message(...)` applies it in the runti
 exporter checks that a conversation's greedy reply equals `tfllm chat`'s.
 
 `--quantize` takes the TFLite exporter's weight modes for causal LMs (float32, float16,
-dynamic-int8, int8-weight, int4-block32, int4-block128) and its per-part modes, each held
+dynamic-int8, int8-weight, int4-block32, int4-block128, int4-asym-block32/128) and its per-part modes, each held
 to the same accuracy gate (`python -m export.tflite --help`); `--data` gives an imported
 model held-out text to check on.
 """

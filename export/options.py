@@ -5,8 +5,11 @@ DEFAULT_PREFILL = (32, 128)
 # Weight precisions of export.tflite; int8 (full integer) is for classifiers only. The
 # converter does float16 and dynamic-int8 (channelwise); ai-edge-quantizer the others
 # (export/weight_quantization.py): int8 weights dequantized to float before each matmul,
-# and int4 weights in blocks of 32 / 128 input values, one scale each (causal LMs only).
-QUANTIZER_MODES = ("int8-weight", "int4-block32", "int4-block128")
+# and int4 weights in blocks of 32 / 128 input values, one scale each, or (int4-asym) one
+# scale and one float offset each, as GGUF's Q4_1 has (causal LMs only; see
+# export/block_offsets.py).
+QUANTIZER_MODES = ("int8-weight", "int4-block32", "int4-block128", "int4-asym-block32",
+                   "int4-asym-block128")
 QUANTIZE_MODES = ("float32", "float16", "dynamic-int8", "int8") + QUANTIZER_MODES
 # What one part (embedding + output projection, attention, feed-forward) may take.
 PART_MODES = ("float32", "dynamic-int8") + QUANTIZER_MODES
@@ -14,10 +17,13 @@ PART_MODES = ("float32", "dynamic-int8") + QUANTIZER_MODES
 # agreement with the float model, largest relative increase of held-out loss). Top-1
 # agreement is noisy where the model itself is unsure (SmolLM2-135M on Shakespeare: int8
 # weights agree on 91% of tokens at +0.5% loss), so the 8-bit gates leave room for that;
-# figures in benchmarks/README.md ("On-device at real scale").
+# figures in benchmarks/README.md ("On-device at real scale"). int4-asym holds the same
+# weights more closely than int4 (SmolLM2's Q4_1 layers exactly) but keeps its per-token
+# int8 activations, so it gets the same gates.
 ACCURACY_GATES = {"float16": (0.95, 0.02), "dynamic-int8": (0.80, 0.02),
                   "int8-weight": (0.85, 0.02), "int4-block32": (0.80, 0.05),
-                  "int4-block128": (0.75, 0.08)}
+                  "int4-block128": (0.75, 0.08), "int4-asym-block32": (0.80, 0.05),
+                  "int4-asym-block128": (0.75, 0.08)}
 # Most rows one SavedModel request may carry (the cache and the loop's state scale with it).
 DEFAULT_MAX_BATCH = 64
 

@@ -14,7 +14,9 @@ ai-edge-litert and compared with the Keras model before success is reported.
 `--quantize float16|dynamic-int8` store weights in 16/8 bits (the converter's options);
 `int8-weight` (int8 weights, float matmuls), `int4-block32` and `int4-block128` (4-bit
 weights in blocks of 32/128 with one scale each, activations quantized per token at run
-time) are done by ai-edge-quantizer, with per-part modes (`--quantize-embedding`,
+time) and `int4-asym-block32` / `int4-asym-block128` (the same int4 kernels plus one float
+offset per block, as GGUF's Q4_1: export/block_offsets.py) are done by ai-edge-quantizer,
+with per-part modes (`--quantize-embedding`,
 `--quantize-attention`, `--quantize-ffn`). Every mode must pass an accuracy gate before a
 file is written: next-token top-1 agreement with the float model and held-out loss, on
 the run's validation text or `--data` (thresholds per mode, printed):
@@ -25,6 +27,8 @@ the run's validation text or `--data` (thresholds per mode, printed):
     int8-weight     >= 85%      <= 2%
     int4-block32    >= 80%      <= 5%
     int4-block128   >= 75%      <= 8%
+    int4-asym-block32   >= 80%  <= 5%
+    int4-asym-block128  >= 75%  <= 8%
 
 `--min-agreement` / `--max-loss-increase` set another gate (the figures are printed
 either way).
@@ -66,7 +70,8 @@ def build_parser():
                         help="prefill signature lengths (default 32 128; capped at the context)")
     parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
                         help="float32 (default), float16 or dynamic-int8 weights; int8-weight, "
-                             "int4-block32, int4-block128 (causal LMs); int8 (full integer: "
+                             "int4-block32, int4-block128, int4-asym-block32, "
+                             "int4-asym-block128 (causal LMs); int8 (full integer: "
                              "classifiers only; refused for causal LMs)")
     add_part_options(parser)
     add_gate_options(parser)
@@ -200,9 +205,10 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
 
     Args:
         quantize: "float32"; "float16" (weights stored in float16); "dynamic-int8" (int8
-            weights, float activations); "int8-weight", "int4-block32", "int4-block128"
-            (export/weight_quantization.py). Full-integer "int8" is refused for causal
-            LMs: the KV cache passes through the signatures as float tensors.
+            weights, float activations); "int8-weight", "int4-block32", "int4-block128",
+            "int4-asym-block32", "int4-asym-block128" (export/weight_quantization.py).
+            Full-integer "int8" is refused for causal LMs: the KV cache passes through the
+            signatures as float tensors.
         strip_names: drop internal tensor names (see `compact_tflite`).
         max_len: the KV cache length; default the run's.
         parts: per-part modes, {"embedding" | "attention" | "ffn": mode}.
@@ -228,6 +234,7 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
 def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True,
                   parts=None):
     """Convert a CausalLM object (see `convert`); returns (tflite bytes, prefill lengths)."""
+    from export.block_offsets import block_offsets, part_blocks
     from export.weight_quantization import WeightQuantizationError, quantize_weights
 
     import keras
@@ -246,7 +253,10 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
     try:
         # TFLite runs the write-then-attend decode step faster than XLA's in-place form;
         # EMBEDDING_LOOKUP (not GATHER) lets the weight quantizer reach the token table.
-        with decode_read_mode("after_write"), token_lookup_mode("embedding_lookup"):
+        # int4-asym modes trace the weights as int4 grids plus per-block offsets.
+        offsets = part_blocks(quantize, parts) if quantize in QUANTIZER_MODES else {}
+        with decode_read_mode("after_write"), token_lookup_mode("embedding_lookup"), \
+                block_offsets(model, offsets) as offset_tables:
             archive.add_endpoint("decode", _step_fn(model, True),
                                  input_signature=_signature(model, 1))
             for n in lengths:
@@ -259,7 +269,8 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
         data = convert_or_raise(converter, TFLiteExportError)
         if by_quantizer:  # on the float model, whose tensor names the quantizer needs
             try:
-                data = quantize_weights(data, quantize, **(parts or {}))
+                data = quantize_weights(data, quantize, offset_tables=offset_tables,
+                                        **(parts or {}))
             except WeightQuantizationError as e:
                 raise TFLiteExportError(str(e)) from e
         return compact_tflite(data, strip_names), lengths

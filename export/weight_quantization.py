@@ -12,13 +12,19 @@ which ops get which recipe:
   when the embeddings are tied): `embedding`;
 - attention's q/k/v/output projections: `attention`; the feed-forward's: `ffn`.
 
-Each part defaults to the model-wide mode; "float32" keeps a part in float.
+Each part defaults to the model-wide mode; "float32" keeps a part in float. The int4-asym
+modes quantize grids that `export.block_offsets` traced in place of the weights, with the
+quantizer's dequantized-weight-recovery algorithm (exact on a grid), and their per-block
+offsets (ops named into `OFFSET_SCOPE`) to int8 per channel.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+
+from export.block_offsets import OFFSET_SCOPE
 from export.options import PART_MODES, QUANTIZER_MODES
 
 # Op output names carry the Keras layer path (".../block_3/attention/qkv/..."); the
@@ -26,6 +32,10 @@ from export.options import PART_MODES, QUANTIZER_MODES
 ATTENTION = r"/attention(_\d+)?/"
 FFN = r"/ffn(_\d+)?/"
 OUTSIDE_BLOCKS = rf"^(?!.*({ATTENTION}|{FFN}))"
+# The per-block offsets of the int4-asym modes (export/block_offsets.py): int8 per output
+# channel, dequantized once (an eighth of the float32 table's bytes; their error is about
+# 1% of one int4 step).
+OFFSETS = rf"(^|/){OFFSET_SCOPE}(_\d+)?/"
 
 
 class WeightQuantizationError(ValueError):
@@ -61,8 +71,17 @@ def parts_recipe(mode: str, embedding: str | None = None, attention: str | None 
             manager.add_dynamic_config(regex, op, 8, qtyping.QuantGranularity.CHANNELWISE)
         else:
             block = int(part_mode.rsplit("block", 1)[1])
-            manager.add_dynamic_config(regex, op, 4,
-                                       getattr(qtyping.QuantGranularity, f"BLOCKWISE_{block}"))
+            granularity = getattr(qtyping.QuantGranularity, f"BLOCKWISE_{block}")
+            if "-asym-" in part_mode:
+                # The weights are already an int4 grid (block_offsets.asymmetric_blocks,
+                # with -8 and 7 in every block): the quantizer's recovery algorithm reads
+                # its scales off the grid (exactly) rather than re-deriving max/7 scales,
+                # which would move every weight.
+                manager.add_dynamic_config(
+                    regex, op, 4, granularity,
+                    algorithm_manager.AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY)
+            else:
+                manager.add_dynamic_config(regex, op, 4, granularity)
 
     # The last matching entry wins, so the model-wide mode goes first.
     add(".*", ops.FULLY_CONNECTED, mode)
@@ -70,7 +89,33 @@ def parts_recipe(mode: str, embedding: str | None = None, attention: str | None 
     add(FFN, ops.FULLY_CONNECTED, ffn or mode)
     add(OUTSIDE_BLOCKS, ops.FULLY_CONNECTED, embedding or mode)
     add(".*", ops.EMBEDDING_LOOKUP, embedding or mode)
+    add(OFFSETS, ops.FULLY_CONNECTED, "int8-weight")
+    add(OFFSETS, ops.EMBEDDING_LOOKUP, "int8-weight")
     return manager.get_quantization_recipe()
+
+
+def mark_offset_lookups(data: bytes, shapes) -> bytes:
+    """`data` with the EMBEDDING_LOOKUP ops that read a block-offsets table (their table's
+    shape in `shapes`, from `block_offsets`) named into OFFSET_SCOPE: the converter names
+    every lookup `tfl.embedding_lookup<N>`, whatever its scope, and the quantizer's recipe
+    tells ops apart by their output names."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    shapes = {tuple(s) for s in shapes}
+    if not shapes:
+        return data
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    codes = {i: max(c.builtinCode, c.deprecatedBuiltinCode)
+             for i, c in enumerate(model.operatorCodes)}
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if codes[op.opcodeIndex] == 7 and tuple(graph.tensors[op.inputs[1]].shape) in shapes:
+                out = graph.tensors[op.outputs[0]]
+                out.name = f"tfllm/{OFFSET_SCOPE}/{(out.name or b'').decode()}".encode()
+    for buffer in model.buffers:  # as arrays: packing bytes one call each takes minutes
+        if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
+            buffer.data = np.frombuffer(bytes(buffer.data), np.uint8)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def part_of(op_name: str, code: int) -> str:
@@ -99,6 +144,8 @@ def block_size_problems(data: bytes, modes: dict) -> list[str]:
             if code not in (9, 7) or len(op.inputs) < 2:
                 continue
             out_name = (graph.tensors[op.outputs[0]].name or b"").decode()
+            if re.search(OFFSETS, out_name):  # int8 per channel: any width
+                continue
             mode = modes[part_of(out_name, code)]
             block = re.search(r"block(\d+)$", mode)
             tensor = graph.tensors[op.inputs[1]]
@@ -110,8 +157,11 @@ def block_size_problems(data: bytes, modes: dict) -> list[str]:
 
 
 def quantize_weights(data: bytes, mode: str, embedding: str | None = None,
-                     attention: str | None = None, ffn: str | None = None) -> bytes:
+                     attention: str | None = None, ffn: str | None = None,
+                     offset_tables=()) -> bytes:
     """`data` (a float TFLite model with its tensor names) with quantized weights.
+
+    `offset_tables`: the shapes of the token-offset tables `block_offsets` added (int4-asym).
 
     Example:
         >>> small = quantize_weights(float_bytes, "int4-block32",  # doctest: +SKIP
@@ -124,6 +174,7 @@ def quantize_weights(data: bytes, mode: str, embedding: str | None = None,
     from ai_edge_quantizer import quantizer
 
     recipe = parts_recipe(mode, embedding, attention, ffn)
+    data = mark_offset_lookups(data, offset_tables)
     modes = {"embedding": embedding or mode, "attention": attention or mode,
              "ffn": ffn or mode}
     if bad := block_size_problems(data, modes):

@@ -42,7 +42,7 @@ def test_metadata_names_stop_token_and_cache_length():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["int4-block32", "int8-weight"])
+@pytest.mark.parametrize("mode", ["int4-block32", "int4-asym-block32", "int8-weight"])
 def test_quantizer_modes_pass_their_gate_and_run_in_the_engine(tiny_run, tmp_path, mode):
     from export.options import ACCURACY_GATES
 

@@ -132,7 +132,7 @@ def test_quantized_modes_are_held_to_the_accuracy_bar(demo_shape_run, tmp_path):
 
     sizes = {}
     for mode in ("float32", "dynamic-int8", "float16", "int8-weight", "int4-block32",
-                 "int4-block128"):
+                 "int4-block128", "int4-asym-block32", "int4-asym-block128"):
         out = str(tmp_path / f"{mode}.tflite")
         stdout = _export(demo_shape_run, out, "--quantize", mode)
         if mode != "float32":
@@ -148,6 +148,9 @@ def test_quantized_modes_are_held_to_the_accuracy_bar(demo_shape_run, tmp_path):
     assert sizes["int8-weight"] <= 0.31 * sizes["float32"], sizes
     # 4 bits and one 16-bit scale per block: 0.14x (block 32) / 0.13x (block 128) + graph.
     assert sizes["int4-block128"] < sizes["int4-block32"] <= 0.2 * sizes["float32"], sizes
+    # + one int8 offset per block (1/4 bit per weight at block 32) and the offsets' graph.
+    assert sizes["int4-block32"] < sizes["int4-asym-block32"] <= 0.25 * sizes["float32"], sizes
+    assert sizes["int4-asym-block128"] < sizes["int4-asym-block32"], sizes
     # The token table is quantized too (EMBEDDING_LOOKUP): keeping it float costs size.
     out = str(tmp_path / "parts.tflite")
     _export(demo_shape_run, out, "--quantize", "int4-block32", "--quantize-embedding",
@@ -205,6 +208,88 @@ def test_int4_refusals_name_the_figures_and_the_fix(demo_shape_run, tiny_run, tm
         convert(tiny_run, (8,), "float16", parts={"ffn": "int8-weight"})
 
 
+def _q4_1(rng, out, width):
+    """Weights as GGUF's Q4_1 stores them: w = d * q + m per block of 32, q in 0..15 with
+    both ends present, d and m float16."""
+    shape = (out, width // 32)
+    d = rng.uniform(0.002, 0.05, shape).astype(np.float16).astype(np.float32)
+    m = (-7.5 * d + rng.normal(0, 0.01, shape)).astype(np.float16).astype(np.float32)
+    q = rng.integers(0, 16, (*shape, 32))
+    q[..., 0], q[..., 1] = 0, 15
+    return (d[..., None] * q + m[..., None]).reshape(out, width).astype(np.float32), d
+
+
+def test_asymmetric_blocks_reproduce_q4_1_and_beat_symmetric_grids():
+    from export.block_offsets import asymmetric_blocks, grid_scales
+
+    rng = np.random.default_rng(0)
+    w, d = _q4_1(rng, 48, 128)
+    grid, offsets = asymmetric_blocks(w, 32)
+    assert offsets.shape == (48, 4)
+    scales = grid_scales(grid, 32)
+    k = grid.reshape(48, 4, 32) / scales[..., None]
+    assert np.array_equal(k, np.rint(k)) and k.min() == -8 and k.max() == 7
+    # Exact but for the scale's bfloat16 rounding (<= 2^-8 relative, times |q - mean q|).
+    error = np.abs(grid + np.repeat(offsets, 32, 1) - w).reshape(48, 4, 32).max(-1)
+    assert (error <= d * 15 * 2.0 ** -8).all(), (error / d).max()
+    # The symmetric grid (scale max|w|/7, what int4-block32 stores) moves Q4_1 weights by a
+    # third of a step on average; the asymmetric one by under 1%.
+    blocks = w.reshape(48, 4, 32)
+    s = np.abs(blocks).max(-1, keepdims=True) / 7
+    symmetric = np.clip(np.rint(blocks / s), -8, 7) * s
+    assert np.abs(symmetric - blocks).mean() > 0.2 * d.mean()
+    assert np.abs(grid + np.repeat(offsets, 32, 1) - w).mean() < 0.01 * d.mean()
+    # On float (not 4-bit) weights it is the better grid too: a level more per block.
+    g = rng.normal(0, 0.02, (64, 256)).astype(np.float32)
+    grid, offsets = asymmetric_blocks(g, 32)
+    blocks = g.reshape(64, 8, 32)
+    s = np.abs(blocks).max(-1, keepdims=True) / 7
+    symmetric = (np.clip(np.rint(blocks / s), -8, 7) * s).reshape(64, 256)
+    rmse = lambda a: float(np.sqrt(np.mean((a - g) ** 2)))  # noqa: E731
+    assert rmse(grid + np.repeat(offsets, 32, 1)) < 0.85 * rmse(symmetric)
+
+
+def _to_q4_1(w):
+    """`w` [out, in] rounded onto a Q4_1 grid per block of 32 (what a GGUF import holds)."""
+    blocks = w.reshape(w.shape[0], -1, 32)
+    low = blocks.min(-1, keepdims=True).astype(np.float16).astype(np.float32)
+    d = ((blocks.max(-1, keepdims=True) - low) / 15).astype(np.float16).astype(np.float32)
+    q = np.clip(np.rint((blocks - low) / d), 0, 15)
+    return (d * q + low).reshape(w.shape).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_int4_asym_runs_q4_1_weights_that_symmetric_int4_moves(tiny_run, tmp_path):
+    """A model on Q4_1 grids (a GGUF import): int4-asym-block32's TFLite logits stay near
+    Keras (only activations are quantized), int4-block32's move several times further."""
+    from export.block_offsets import _dense_layers
+    from export.tflite import convert_model
+
+    lm = tfllm.load(tiny_run)
+    table = lm.backbone.embedding.token_embeddings
+    table.assign(_to_q4_1(table.numpy()))
+    for blk in lm.backbone.blocks:
+        for layer in _dense_layers(blk.attention) + _dense_layers(blk.ffn):
+            layer.kernel.assign(_to_q4_1(layer.kernel.numpy().T).T)
+    ids = lm.tokenizer.encode("ROMEO:\nWhat say you, my lord?")[:24]
+    keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
+    errors = {}
+    for mode in ("int4-block32", "int4-asym-block32"):
+        data, _ = convert_model(lm, (8,), mode)
+        path = str(tmp_path / f"{mode}.tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        runner = TFLiteRunner(path)
+        cache, got = runner.empty_cache(), []
+        for t, token in enumerate(ids):
+            logits, cache = runner.step(token, t, cache)
+            got.append(logits)
+        errors[mode] = float(np.abs(np.array(got) - keras_logits).mean())
+    # The Keras model is unchanged by the export (its weights are put back).
+    assert np.array_equal(lm(np.array([ids], np.int32)).numpy()[0], keras_logits)
+    assert errors["int4-asym-block32"] < 0.3 * errors["int4-block32"], errors
+
+
 def test_quantizer_recipe_parts():
     from export.weight_quantization import parts_recipe, part_of
 
@@ -220,6 +305,14 @@ def test_quantizer_recipe_parts():
     assert table["weight_tensor_config"]["num_bits"] == 8 and table["explicit_dequantize"]
     attention = [r for (regex, op), r in by_scope.items() if "attention" in regex][0]
     assert attention["algorithm_key"] == "no_quantize"
+    # int4-asym: the grids' scales are read off them; the offsets are int8 weights.
+    recipe = parts_recipe("int4-asym-block32", embedding="dynamic-int8")
+    by_scope = {(r["regex"], r["operation"]): r for r in recipe}
+    assert by_scope[(".*", "FULLY_CONNECTED")]["algorithm_key"] == "dequantized_weight_recovery"
+    offsets = [r for (regex, op), r in by_scope.items() if "block_offset" in regex]
+    assert {r["operation"] for r in offsets} == {"FULLY_CONNECTED", "EMBEDDING_LOOKUP"}
+    assert all(r["op_config"]["weight_tensor_config"]["num_bits"] == 8 for r in offsets)
+    assert part_of("tfllm/block_offset/tfl.embedding_lookup1", 7) == "embedding"
 
 
 def test_tied_token_table_is_stored_once(tmp_path):

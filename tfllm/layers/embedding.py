@@ -32,7 +32,9 @@ def shares_token_table(embedding) -> bool:
 _fused_lookup = None
 
 
-def _embedding_lookup(table, token_ids):
+def embedding_lookup(table, token_ids):
+    """Rows of `table` [rows, width] for `token_ids` (any shape), traced so that the TFLite
+    converter emits EMBEDDING_LOOKUP (see `token_lookup_mode`); TensorFlow backend only."""
     global _fused_lookup
     import tensorflow as tf
 
@@ -110,7 +112,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         to single texts too)."""
         table = ops.cast(self.token_embeddings, self.compute_dtype)
         if _token_lookup[-1] == "embedding_lookup":
-            tokens = _embedding_lookup(table, token_ids)
+            tokens = embedding_lookup(table, token_ids)
         else:
             tokens = ops.take(table, token_ids, axis=0)
         if self.type_vocab_size:
