@@ -110,6 +110,11 @@ def tflite_argmaxes(path, windows, max_len=None):
     runner = TFLiteRunner(path, num_threads=2)
     if max_len is not None:
         runner.max_len = max_len
+    # litert-torch's transposed layout gives K and V different shapes ([1, heads, seq, dim]
+    # and [1, heads, dim, seq]); tfllm's caches all share one.
+    details = runner.decode.get_input_details()
+    runner.empty_cache = lambda: {k: np.zeros(details[k]["shape"], np.float32)
+                                  for k in runner.cache_names}
     out, rates = [], []
     for w in windows:
         cache, row = runner.empty_cache(), []
@@ -163,7 +168,7 @@ def litert_torch_bundle(python, hf_dir, quantize, work, run_dir):
     from export.litertlm import build_bundle, chat_stop_ids, llm_metadata, tokenizer_file
     from tfllm import runs
 
-    out_dir = os.path.join(work, f"litert-torch-{quantize}")
+    out_dir = os.path.join(work, f"litert-torch-{quantize}-transposed")
     os.makedirs(out_dir, exist_ok=True)
     if not glob.glob(os.path.join(out_dir, "*.tflite")):
         proc = subprocess.run(
@@ -171,6 +176,10 @@ def litert_torch_bundle(python, hf_dir, quantize, work, run_dir):
              f"--checkpoint_path={hf_dir}", f"--output_path={out_dir}",
              "--output_name_prefix=smollm2", "--prefill_seq_lens=32",
              f"--prefill_seq_lens={PROMPT}", f"--kv_cache_max_len={CONTEXT}",
+             # The LiteRT-LM runtime reads the context from the K cache's third axis: its
+             # default [1, seq, heads, dim] layout reads as a 3-token context (prefill
+             # refused, 0 tokens/s); the transposed layout is the one it runs.
+             "--transpose_kv_cache",
              f"--quantize={quantize}"], capture_output=True, text=True, timeout=3600)
         if proc.returncode:
             raise SystemExit(f"litert-torch conversion failed: {proc.stderr[-2000:]}")
