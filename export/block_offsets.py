@@ -71,13 +71,6 @@ def asymmetric_blocks(weights, block):
     return grid.reshape(out, width), offsets.astype(np.float32)
 
 
-def grid_scales(grid, block):
-    """The scales of a grid from `asymmetric_blocks` ([out, in] -> [out, in // block]):
-    each block holds k = -8, so its scale is its minimum over -8 (exact in float)."""
-    out, width = grid.shape
-    return -grid.reshape(out, width // block, block).min(-1) / 8
-
-
 def block_sums(x, block):
     """Sum of each run of `block` values along the last axis: (..., in) -> (..., in/block)."""
     from keras import ops
@@ -87,13 +80,11 @@ def block_sums(x, block):
 
 
 def _dense_layers(layer):
-    """The Dense layers under `layer`, depth first."""
+    """The Dense layers under `layer`."""
     import keras
 
-    found = []
-    for sub in layer._flatten_layers(include_self=False, recursive=False):
-        found += [sub] if isinstance(sub, keras.layers.Dense) else _dense_layers(sub)
-    return found
+    return [sub for sub in layer._flatten_layers(include_self=False)
+            if isinstance(sub, keras.layers.Dense)]
 
 
 def part_blocks(mode, parts=None):
