@@ -156,6 +156,8 @@ def compact_tflite(data, strip_names=True):
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
+    from export.weight_quantization import buffers_as_arrays
+
     model = flatbuffer_utils.read_model_from_bytearray(data)
     packed = {}  # id(shared table) -> its offset in the one builder Pack() runs with
 
@@ -165,11 +167,7 @@ def compact_tflite(data, strip_names=True):
                 packed[id(self)] = super().Pack(builder)
             return packed[id(self)]
 
-    for buffer in model.buffers:
-        # Buffers that are not arrays (ai-edge-quantizer leaves bytes) are packed one byte
-        # per Python call: minutes for a 100M-parameter model, against a copy as an array.
-        if buffer.data is not None and not isinstance(buffer.data, np.ndarray):
-            buffer.data = np.frombuffer(bytes(buffer.data), np.uint8)
+    buffers_as_arrays(model)
     canonical = {}
     for subgraph in model.subgraphs:
         keep = set(subgraph.inputs) | set(subgraph.outputs)
