@@ -49,8 +49,9 @@ def build_parser():
     add_part_options(parser)
     add_gate_options(parser)
     parser.add_argument("--data", help="text to check a quantized model's accuracy on "
-                        "(default: the run's own validation text, which imported runs lack): "
-                        "a data spec such as text:PATH or tsv:PATH")
+                        "(default: the run's own validation text, which imported runs lack; "
+                        "int4-asym modes calibrate on its training part): a data spec such "
+                        "as text:PATH or tsv:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
     return parser

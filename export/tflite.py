@@ -53,6 +53,7 @@ import shutil
 import sys
 import tempfile
 
+from export.block_offsets import part_blocks
 from export.options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
                             add_gate_options, add_max_len, add_part_options)
 from export.tflite_converter import convert_or_raise, tflite_converter
@@ -76,7 +77,8 @@ def build_parser():
     add_part_options(parser)
     add_gate_options(parser)
     parser.add_argument("--data", help="text to check a quantized causal LM's accuracy on "
-                        "(default: the run's own validation text, which imported runs lack), "
+                        "(default: the run's own validation text, which imported runs lack; "
+                        "int4-asym modes calibrate on its training part), "
                         "or a classifier's texts to calibrate int8 on and check with: a data "
                         "spec such as tsv:PATH or text:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
@@ -104,6 +106,10 @@ from tfllm.finetuning import encode_rows, uses_token_types  # noqa: E402
 
 class TFLiteExportError(TfllmError):
     """The TFLite export failed or disagrees with the Keras model."""
+
+
+# Windows of 64 tokens of training text that pick int4-asym's outlier blocks.
+CALIBRATION_WINDOWS = 16
 
 
 def _cache_names(num_layers):
@@ -198,7 +204,7 @@ def check_parts(quantize, parts):
 
 
 def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True,
-            max_len=None, parts=None):
+            max_len=None, parts=None, data=None, text_column=None):
     """Convert a run's CausalLM to TFLite bytes with prefill/decode signatures.
 
     Args:
@@ -210,6 +216,8 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
         strip_names: drop internal tensor names (see `compact_tflite`).
         max_len: the KV cache length; default the run's.
         parts: per-part modes, {"embedding" | "attention" | "ffn": mode}.
+        data, text_column: the text whose training split calibrates int4-asym modes
+            (`block_offsets`'s outlier blocks); default the run's own data.
     """
     if quantize not in QUANTIZE_MODES:
         raise TFLiteExportError(f"unknown --quantize {quantize!r}; choose one of "
@@ -225,14 +233,21 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
         raise TFLiteExportError(f"runs of objective {config.get('objective')!r} have no TFLite "
                                 "decode export (classifier runs: export_classifier_tflite)")
     model = runs.load(run_dir, max_len=max_len)
-    data, lengths = convert_model(model, prefill_lengths, quantize, strip_names, parts)
-    return data, model, lengths
+    calibration = None
+    if quantize in QUANTIZER_MODES and part_blocks(quantize, parts):
+        calibration = heldout_windows(run_dir, model.tokenizer, min(model.backbone.max_len, 64),
+                                      CALIBRATION_WINDOWS, data, text_column, split="train")
+    tflite, lengths = convert_model(model, prefill_lengths, quantize, strip_names, parts,
+                                    calibration)
+    return tflite, model, lengths
 
 
 def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_names=True,
-                  parts=None):
-    """Convert a CausalLM object (see `convert`); returns (tflite bytes, prefill lengths)."""
-    from export.block_offsets import block_offsets, part_blocks
+                  parts=None, calibration=None):
+    """Convert a CausalLM object (see `convert`; `calibration`: token id windows for the
+    int4-asym modes' outlier blocks, None for none); returns (tflite bytes, prefill
+    lengths)."""
+    from export.block_offsets import block_offsets
     from export.weight_quantization import WeightQuantizationError, quantize_weights
 
     import keras
@@ -254,7 +269,8 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
         # int4-asym modes trace the weights as int4 grids plus per-block offsets.
         offsets = part_blocks(quantize, parts) if quantize in QUANTIZER_MODES else {}
         with decode_read_mode("after_write"), token_lookup_mode("embedding_lookup"), \
-                block_offsets(model, offsets) as offset_tables:
+                block_offsets(model, offsets, calibration,
+                              head_split_block(quantize, parts, offsets)) as offset_tables:
             archive.add_endpoint("decode", _step_fn(model, True),
                                  input_signature=_signature(model, 1))
             for n in lengths:
@@ -274,6 +290,20 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
         return compact_tflite(data, strip_names), lengths
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def head_split_block(quantize, parts, offsets):
+    """The block the output projection's outlier columns are cut in under int4-asym modes
+    (`block_offsets`): the table's int4 block, 32 for dynamic-int8; None where the table is
+    int4-asym itself or its matmul takes float activations."""
+    if not offsets or "embedding" in offsets:
+        return None
+    mode = (parts or {}).get("embedding") or quantize
+    if mode == "dynamic-int8":
+        return 32
+    if mode.startswith("int4-block"):
+        return int(mode.rsplit("block", 1)[1])
+    return None
 
 
 class TFLiteRunner:
@@ -367,9 +397,11 @@ class TFLiteRunner:
         return out
 
 
-def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=None):
+def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=None,
+                    split="val"):
     """Up to `count` windows of `length` tokens from the run's validation text, or that of
-    the data spec `data` (its `text_column`); None when there is none."""
+    the data spec `data` (its `text_column`); None when there is none. `split="train"`
+    reads the training text instead (calibration, kept apart from the gate's windows)."""
     from tfllm.data import Corpus, lm_windows
 
     if data is not None:
@@ -379,7 +411,8 @@ def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=No
         if not stored:
             return None
         corpus = Corpus(stored["spec"], stored.get("text_feature"))
-    ds = lm_windows(corpus.val_texts(), tokenizer, length - 1).take(count)
+    texts = corpus.train_texts() if split == "train" else corpus.val_texts()
+    ds = lm_windows(texts, tokenizer, length - 1).take(count)
     return [w.numpy().tolist() for w in ds] or None
 
 
@@ -428,7 +461,7 @@ def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float
     if quantize != "float32":  # a missing text fails before the conversion's minutes
         _check_windows(run_dir, data, text_column, quantize)
     tflite, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names,
-                                     max_len, parts)
+                                     max_len, parts, data, text_column)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
     with open(tmp, "wb") as f:

@@ -290,6 +290,99 @@ def test_int4_asym_runs_q4_1_weights_that_symmetric_int4_moves(tiny_run, tmp_pat
     assert errors["int4-asym-block32"] < 0.3 * errors["int4-block32"], errors
 
 
+def _massive_activation_lm():
+    """A Llama-shaped model (128 wide: four blocks of 32) on exact int4-asym grids (Q4_1
+    with bfloat16 scales), whose tokens all carry a massive activation in channel 77 (50
+    against N(0, 1): real LMs have a few such channels, SmolLM2-135M's reach 50x the median
+    into its attention and far more into its down projections)."""
+    import keras
+
+    from export.block_offsets import _bf16, _dense_layers
+    from tfllm.config import ModelConfig
+    from tfllm.models import CausalLM
+
+    def on_grid(w):  # (out, in)
+        blocks = w.reshape(w.shape[0], -1, 32)
+        low = _bf16(blocks.min(-1, keepdims=True))
+        d = _bf16((blocks.max(-1, keepdims=True) - low) / 15)
+        q = np.clip(np.rint((blocks - low) / d), 0, 15)
+        q[..., 0], q[..., 1] = 0, 15
+        return (d * q + low).reshape(w.shape).astype(np.float32)
+
+    keras.utils.set_random_seed(0)
+    lm = CausalLM.from_model_config(ModelConfig(
+        vocab_size=96, num_layers=2, d_model=128, num_heads=4, num_kv_heads=2, ffn_dim=256,
+        max_len=32, dropout=0.0, position_embedding="rope", norm="rmsnorm", ffn="gated",
+        activation="silu", qkv_bias=False, proj_bias=False, layer_norm_epsilon=1e-6))
+    rng = np.random.default_rng(0)
+    table = rng.normal(0, 1, (96, 128)).astype(np.float32)
+    table[:, 77] = 100.0
+    lm.backbone.embedding.token_embeddings.assign(on_grid(table))
+    for blk in lm.backbone.blocks:
+        for layer in _dense_layers(blk.attention) + _dense_layers(blk.ffn):
+            w = rng.normal(0, 0.1, layer.kernel.shape[::-1]).astype(np.float32)
+            layer.kernel.assign(on_grid(w).T)
+    ids = rng.integers(0, 96, 24).tolist()
+    calibration = [rng.integers(0, 96, 32).tolist() for _ in range(2)]
+    return lm, ids, calibration
+
+
+@pytest.mark.slow
+def test_int4_asym_gives_outlier_blocks_their_own_activation_scale(tmp_path, monkeypatch):
+    """XNNPACK quantizes a matmul's input to int8 per token: a massive channel sets the
+    scale and rounds the rest away. With calibration text, int4-asym cuts the outlier
+    blocks of the layers that have them into matmuls of their own: the same function in
+    Keras, closer logits in TFLite, and a tied table split in two column sets is still
+    stored once."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    import export.block_offsets as bo
+    from export.tflite import convert_model
+
+    lm, ids, calibration = _massive_activation_lm()
+    keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
+    qkv, out = bo._dense_layers(lm.backbone.blocks[0].attention)
+    peaks = bo.input_peaks(lm, [qkv, out], calibration)
+    chosen = bo.outlier_blocks(peaks[id(qkv)], 32)  # channel 77: block 2, 28x the median
+    assert len(chosen) == bo.OUTLIER_BLOCKS and 2 in chosen, chosen
+    assert bo.outlier_blocks(peaks[id(out)], 32) == []  # no block over 4x the median
+    assert peaks["head"].shape == (128,)
+    with bo.block_offsets(lm, {"attention": 32, "ffn": 32}, calibration, head_block=32):
+        split = lm(np.array([ids], np.int32)).numpy()[0]
+    np.testing.assert_allclose(split, keras_logits, atol=2e-3)
+
+    def tflite_error(parts, cal):
+        data, _ = convert_model(lm, (8,), "int4-asym-block32", parts=parts, calibration=cal)
+        path = str(tmp_path / "model.tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        runner = TFLiteRunner(path)
+        cache, got = runner.empty_cache(), []
+        for t, token in enumerate(ids):
+            logits, cache = runner.step(token, t, cache)
+            got.append(logits)
+        return float(np.abs(np.array(got) - keras_logits).mean()), data
+
+    # The feed-forward alone at int4: its gate and up matmuls read the massive channel
+    # (10.6x their median block, so they are split), its down projection does not.
+    ffn_only = {"embedding": "float32", "attention": "float32"}
+    plain, _ = tflite_error(ffn_only, None)
+    split, _ = tflite_error(ffn_only, calibration)
+    assert split < 0.8 * plain, (split, plain)  # 0.68x here
+    assert np.array_equal(lm(np.array([ids], np.int32)).numpy()[0], keras_logits)
+    # The int8 token table, split for the output projection (its massive block is 3.8x the
+    # median here: the bar is lowered to split it), is still one copy: two buffers of
+    # 96 x 64 bytes, each read by a lookup and the head's matmul.
+    monkeypatch.setattr(bo, "OUTLIER_RATIO", 3.0)
+    error, data = tflite_error({"embedding": "dynamic-int8"}, calibration)
+    assert np.isfinite(error)
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+    tables = {t.buffer: len(model.buffers[t.buffer].data) for t in model.subgraphs[0].tensors
+              if len(t.shape) == 2 and t.shape[0] == 96 and model.buffers[t.buffer].data
+              is not None}
+    assert sorted(tables.values()) == [96 * 64, 96 * 64], tables
+
+
 def test_quantizer_recipe_parts():
     from export.weight_quantization import parts_recipe, part_of
 
