@@ -47,15 +47,16 @@ import numpy as np
 OFFSET_SCOPE = "block_offset"
 # Name scope of the outlier blocks' matmuls (a name only: their part's recipe applies).
 OUTLIER_SCOPE = "outlier_blocks"
-# Input blocks per layer given their own matmul: in simulation on SmolLM2-135M, 1 block
-# gave 91.7%, 2 gave 93.7%, 3 and 4 gave 92.7-92.9% (the moderate blocks they add are
-# rounded at the largest one's scale).
+# Input blocks per layer given their own matmul: simulating the kernels' rounding on
+# SmolLM2-135M (every layer split, float token table), 1 block gave 91.7%, 2 gave 93.7%,
+# 3 and 4 gave 92.7-92.9% (the moderate blocks they add are rounded at the largest one's
+# scale).
 OUTLIER_BLOCKS = 2
 # Layers whose largest input block peaks under this many times their median block are not
 # split: each split adds about 8 ops to every decode step. SmolLM2-135M: 37 of its 150 int4
 # layers qualify (down projections up to 709x; no attention output projection passes 3x,
-# the output projection reads 3.3x); splitting all 151 instead gave 91.1% against 90.5%
-# agreement, at 3 MB more and about 8% slower decoding.
+# the output projection reads 3.3x) and decode about 8% slower than unsplit; splitting all
+# 151 gave 91.1% against 90.5% agreement, but at 3 MB more and about 15% slower.
 OUTLIER_RATIO = 4.0
 
 
