@@ -258,12 +258,28 @@ def _to_q4_1(w):
     return (d * q + low).reshape(w.shape).astype(np.float32)
 
 
+def _tflite_logit_error(lm, ids, keras_logits, folder, mode, **convert_args):
+    """(mean |TFLite - Keras| logit over `ids` fed one decode step at a time, the TFLite
+    bytes) for `lm` converted at `mode`."""
+    from export.tflite import convert_model
+
+    data, _ = convert_model(lm, (8,), mode, **convert_args)
+    path = str(folder / f"{mode}.tflite")
+    with open(path, "wb") as f:
+        f.write(data)
+    runner = TFLiteRunner(path)
+    cache, got = runner.empty_cache(), []
+    for t, token in enumerate(ids):
+        logits, cache = runner.step(token, t, cache)
+        got.append(logits)
+    return float(np.abs(np.array(got) - keras_logits).mean()), data
+
+
 @pytest.mark.slow
 def test_int4_asym_runs_q4_1_weights_that_symmetric_int4_moves(tiny_run, tmp_path):
     """A model on Q4_1 grids (a GGUF import): int4-asym-block32's TFLite logits stay near
     Keras (only activations are quantized), int4-block32's move several times further."""
     from export.block_offsets import _dense_layers
-    from export.tflite import convert_model
 
     lm = tfllm.load(tiny_run)
     table = lm.backbone.embedding.token_embeddings
@@ -273,18 +289,8 @@ def test_int4_asym_runs_q4_1_weights_that_symmetric_int4_moves(tiny_run, tmp_pat
             layer.kernel.assign(_to_q4_1(layer.kernel.numpy().T).T)
     ids = lm.tokenizer.encode("ROMEO:\nWhat say you, my lord?")[:24]
     keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
-    errors = {}
-    for mode in ("int4-block32", "int4-asym-block32"):
-        data, _ = convert_model(lm, (8,), mode)
-        path = str(tmp_path / f"{mode}.tflite")
-        with open(path, "wb") as f:
-            f.write(data)
-        runner = TFLiteRunner(path)
-        cache, got = runner.empty_cache(), []
-        for t, token in enumerate(ids):
-            logits, cache = runner.step(token, t, cache)
-            got.append(logits)
-        errors[mode] = float(np.abs(np.array(got) - keras_logits).mean())
+    errors = {mode: _tflite_logit_error(lm, ids, keras_logits, tmp_path, mode)[0]
+              for mode in ("int4-block32", "int4-asym-block32")}
     # The Keras model is unchanged by the export (its weights are put back).
     assert np.array_equal(lm(np.array([ids], np.int32)).numpy()[0], keras_logits)
     assert errors["int4-asym-block32"] < 0.3 * errors["int4-block32"], errors
@@ -337,7 +343,6 @@ def test_int4_asym_gives_outlier_blocks_their_own_activation_scale(tmp_path, mon
     from ai_edge_litert.tools import flatbuffer_utils
 
     import export.block_offsets as bo
-    from export.tflite import convert_model
 
     lm, ids, calibration = _massive_activation_lm()
     keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
@@ -352,16 +357,8 @@ def test_int4_asym_gives_outlier_blocks_their_own_activation_scale(tmp_path, mon
     np.testing.assert_allclose(split, keras_logits, atol=2e-3)
 
     def tflite_error(parts, cal):
-        data, _ = convert_model(lm, (8,), "int4-asym-block32", parts=parts, calibration=cal)
-        path = str(tmp_path / "model.tflite")
-        with open(path, "wb") as f:
-            f.write(data)
-        runner = TFLiteRunner(path)
-        cache, got = runner.empty_cache(), []
-        for t, token in enumerate(ids):
-            logits, cache = runner.step(token, t, cache)
-            got.append(logits)
-        return float(np.abs(np.array(got) - keras_logits).mean()), data
+        return _tflite_logit_error(lm, ids, keras_logits, tmp_path, "int4-asym-block32",
+                                   parts=parts, calibration=cal)
 
     # The feed-forward alone at int4: its gate and up matmuls read the massive channel
     # (10.6x their median block, so they are split), its down projection does not.
