@@ -86,7 +86,8 @@ def kerashub_tflite(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=5,
+                        help="timed repetitions (smollm2-135m: interleaved rounds)")
     parser.add_argument("--model", default="baby-gpt", choices=["baby-gpt", "smollm2-135m"],
                         help="baby-gpt: tfllm vs KerasHub, random weights (default); "
                              "smollm2-135m: see benchmarks/edge_smollm2.py")

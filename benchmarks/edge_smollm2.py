@@ -14,10 +14,14 @@ One run, 2 threads everywhere, a 128-token prompt and 128 new tokens, greedy:
 
 Every side reports file size, peak RSS of its process, prefill and decode tokens/s, and
 next-token top-1 agreement with tfllm's float model (Keras) on the same held-out windows
-of tiny Shakespeare (8 x 64 tokens, teacher-forced). The TFLite sides also report decode
-steps per second of that teacher-forced loop in ai-edge-litert (2 threads, Python driving
-each step), a second timer that runs tfllm's and litert-torch's models alike. The float model is the Q4_1 GGUF
-dequantized, so llama.cpp runs exactly its weights, while 4-bit exports re-quantize them.
+of tiny Shakespeare (8 x 64 tokens, teacher-forced). Speed is timed in `--reps` rounds,
+each side once per round and one at a time, its model loaded once in a worker process of
+its own, so that the machine's drift falls on every side alike; the figures are medians
+over rounds, and each tfllm row's decode is also given as per-round ratios to each peer.
+The TFLite sides also report the `decode` graph's milliseconds per call in LiteRT's
+CompiledModel (the kernels alone, without the runtime's sampling and bookkeeping). The
+float model is the Q4_1 GGUF dequantized, so llama.cpp runs exactly its weights, while
+4-bit exports re-quantize them.
 """
 
 import glob
@@ -54,20 +58,22 @@ def peak_rss_mib():
         return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
 """
 
-ENGINE_BENCH = PEAK_RSS + r"""
+# One worker per bundle, loaded once; each stdin line times one fresh `litert_lm.Benchmark`
+# (the runtime's own prefill/decode timer) and prints one JSON line; end of input prints the
+# process's peak RSS.
+ENGINE_WORKER = PEAK_RSS + r"""
 import json, sys
 import litert_lm
 litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
 path, prefill, decode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-runs = []
-for _ in range(int(sys.argv[4])):
+print(json.dumps({"ready": True}), flush=True)
+for _ in iter(sys.stdin.readline, ""):
     info = litert_lm.Benchmark(path, litert_lm.Backend.CPU(thread_count=2),
                                prefill_tokens=prefill, decode_tokens=decode,
                                cache_dir=":nocache").run()
-    runs.append((info.last_prefill_tokens_per_second, info.last_decode_tokens_per_second))
-runs.sort(key=lambda r: r[1])
-mid = runs[len(runs) // 2]
-print(json.dumps({"prefill_tps": mid[0], "decode_tps": mid[1], "peak_rss_mib": peak_rss_mib()}))
+    print(json.dumps({"prefill_tps": info.last_prefill_tokens_per_second,
+                      "decode_tps": info.last_decode_tokens_per_second}), flush=True)
+print(json.dumps({"peak_rss_mib": peak_rss_mib()}), flush=True)
 """
 
 
@@ -81,13 +87,105 @@ def last_json(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def engine_figures(bundle, reps):
-    """litert_lm.Benchmark in a fresh process: prefill/decode tokens/s and peak RSS."""
-    proc = subprocess.run([sys.executable, "-c", ENGINE_BENCH, bundle, str(PROMPT), str(NEW),
-                           str(reps)], capture_output=True, text=True, timeout=1800)
-    if proc.returncode:
-        return {"error": proc.stderr.strip()[-400:]}
-    return last_json(proc.stdout)
+def engine_worker(bundle):
+    """The command line of a worker that times `bundle` in `litert_lm.Benchmark`."""
+    return [sys.executable, "-c", ENGINE_WORKER, bundle, str(PROMPT), str(NEW)]
+
+
+def interleaved_speed(workers, rounds):
+    """Prefill and decode tokens/s of every side, timed round by round: each round times
+    each side once (one at a time, the others idle; the order rotates every round), so
+    the machine's drift (decode moved by 20% between back-to-back runs here) falls on all
+    sides alike and per-round ratios compare like with like.
+
+    Args:
+        workers: {side: worker command line}: each prints one JSON line when ready (or
+            its first result), then one JSON line of prefill_tps/decode_tps per stdin line,
+            and its peak_rss_mib at end of input.
+        rounds: rounds to time.
+
+    Returns:
+        {side: {"prefill_tps", "decode_tps" (medians), "decode_rounds", "prefill_rounds",
+        "peak_rss_mib"} or {"error": ...}}.
+    """
+    procs, out = {}, {}
+    for name, command in workers.items():
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        if not proc.stdout.readline():  # loaded (or dead: its stderr says why)
+            out[name] = {"error": proc.communicate()[1].strip()[-400:]}
+            continue
+        procs[name] = proc
+        out[name] = {"prefill_rounds": [], "decode_rounds": []}
+    names = list(procs)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            proc = procs[name]
+            if proc.poll() is not None:
+                continue
+            proc.stdin.write("run\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            if not line:
+                out[name] = {"error": proc.communicate()[1].strip()[-400:]}
+                continue
+            got = json.loads(line)
+            out[name]["prefill_rounds"].append(got["prefill_tps"])
+            out[name]["decode_rounds"].append(got["decode_tps"])
+    for name, proc in procs.items():
+        if "error" in out[name]:
+            continue
+        stdout, _ = proc.communicate("")
+        out[name].update(last_json(stdout), prefill_tps=float(np.median(
+            out[name]["prefill_rounds"])), decode_tps=float(np.median(out[name]["decode_rounds"])))
+    return out
+
+
+def graph_decode_ms(tflites, rounds, calls=20):
+    """Milliseconds per call of each model's `decode` signature alone: LiteRT's
+    CompiledModel (2 threads, XNNPACK), the caches updated in place, token 5 at
+    position 100, models interleaved `calls` at a time for `rounds` rounds; the median.
+    The kernels' time without the runtime's sampling and bookkeeping, the same for
+    tfllm's and litert-torch's graphs."""
+    import time
+
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import CpuOptions, Options
+
+    loaded = {}
+    for name, path in tflites.items():
+        model = CompiledModel.from_file(path, options=Options(
+            hardware_accelerators=HardwareAccelerator.CPU, cpu_options=CpuOptions(num_threads=2)))
+        details = model.get_input_tensor_details("decode")
+        inputs = {n: model.create_input_buffer_by_name("decode", n) for n in details}
+        for n, buf in inputs.items():
+            d = details[n]
+            value = 5 if "token" in n else 100 if "pos" in n else 0
+            buf.write(np.full(d["shape"], value, np.int32 if "int" in d["dtype"] else np.float32))
+        # The caches written in place, as the LiteRT-LM runtime runs them (separate output
+        # buffers would add a copy of every cache to each call).
+        outputs = {n: inputs[n] if n in inputs else model.create_output_buffer_by_name(
+            "decode", n) for n in model.get_output_tensor_details("decode")}
+        for _ in range(5):  # weights packed, caches warm
+            model.run_by_name("decode", inputs, outputs)
+        loaded[name] = (model, inputs, outputs, [])
+    for _ in range(rounds):
+        for model, inputs, outputs, times in loaded.values():
+            for _ in range(calls):
+                start = time.perf_counter()
+                model.run_by_name("decode", inputs, outputs)
+                times.append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t[3])) for name, t in loaded.items()}
+
+
+def paired_ratios(speed, side, against):
+    """Per-round decode ratios of `side` over `against`: {"median", "min", "max"}."""
+    a, b = speed.get(side, {}), speed.get(against, {})
+    if "decode_rounds" not in a or "decode_rounds" not in b:
+        return None
+    ratios = [x / y for x, y in zip(a["decode_rounds"], b["decode_rounds"]) if y]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
 
 
 def agreement_with(argmaxes, reference):
@@ -211,37 +309,36 @@ def run(args):
     reference = np.argmax(model(np.array(windows, np.int32)).numpy(), -1).tolist()
     with open(SHAKESPEARE, encoding="utf-8") as f:
         prompt = model.tokenizer.encode(f.read(4000))[:PROMPT]
-    rows = {}
+    rows, workers, graphs = {}, {}, {}
 
     for mode, flags in TFLLM_MODES:
         slug = re.sub(r"[^a-z0-9]+", "-", mode)
         bundle = os.path.join(work, f"tfllm-{slug}.litertlm")
         gate = export_tfllm(run_dir, flags, bundle)
         tflite = bundle_tflite(bundle, os.path.join(work, f"tfllm-{slug}-sections"))
-        argmaxes, step_tps = tflite_argmaxes(tflite, windows)
-        rows[f"tfllm {mode}"] = {
-            "bytes": os.path.getsize(bundle), **engine_figures(bundle, args.reps),
-            "top1_agreement": agreement_with(argmaxes, reference),
-            "litert_decode_steps_per_s": step_tps, **gate}
+        argmaxes, _ = tflite_argmaxes(tflite, windows)
+        rows[f"tfllm {mode}"] = {"bytes": os.path.getsize(bundle),
+                                 "top1_agreement": agreement_with(argmaxes, reference), **gate}
+        workers[f"tfllm {mode}"] = engine_worker(bundle)
+        graphs[f"tfllm {mode}"] = tflite
         print(f"tfllm {mode}: {rows[f'tfllm {mode}']}", flush=True)
 
     if args.llamacpp_python:
         job = os.path.join(work, "llamacpp-job.json")
         with open(job, "w") as f:
             json.dump({"prompt": prompt, "new_tokens": NEW, "threads": 2, "windows": windows,
-                       "reps": args.reps}, f)
-        proc = subprocess.run([args.llamacpp_python, os.path.join(REPO, "benchmarks",
-                                                                  "edge_llamacpp.py"),
-                               "--gguf", gguf, "--job", job], capture_output=True, text=True,
-                              timeout=3600)
+                       "reps": 1}, f)
+        command = [args.llamacpp_python, os.path.join(REPO, "benchmarks", "edge_llamacpp.py"),
+                   "--gguf", gguf, "--job", job]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if proc.returncode:
             rows["llama.cpp Q4_1"] = {"error": proc.stderr[-600:]}
         else:
             got = last_json(proc.stdout)
             rows["llama.cpp Q4_1"] = {
-                "bytes": os.path.getsize(gguf), "prefill_tps": got["prefill_tps"],
-                "decode_tps": got["decode_tps"], "peak_rss_mib": got["peak_rss_mib"],
+                "bytes": os.path.getsize(gguf),
                 "top1_agreement": agreement_with(got["window_argmax"], reference)}
+            workers["llama.cpp Q4_1"] = command + ["--serve"]
         print(f"llama.cpp Q4_1: {rows['llama.cpp Q4_1']}", flush=True)
 
     if args.litert_torch_python:
@@ -250,26 +347,40 @@ def run(args):
             try:
                 bundle, tflite = litert_torch_bundle(args.litert_torch_python, hf_dir,
                                                      quantize, work, run_dir)
-                argmaxes, step_tps = tflite_argmaxes(tflite, windows, CONTEXT)
+                argmaxes, _ = tflite_argmaxes(tflite, windows, CONTEXT)
                 rows[name] = {"bytes": os.path.getsize(bundle),
-                              **engine_figures(bundle, args.reps),
-                              "top1_agreement": agreement_with(argmaxes, reference),
-                              "litert_decode_steps_per_s": step_tps}
+                              "top1_agreement": agreement_with(argmaxes, reference)}
+                workers[name] = engine_worker(bundle)
+                graphs[name] = tflite
             except (SystemExit, Exception) as e:  # a peer's failure is a figure too
                 rows[name] = {"error": str(e)[-600:]}
             print(f"{name}: {rows[name]}", flush=True)
 
+    print(f"timing {len(workers)} sides in {args.reps} interleaved rounds ...", flush=True)
+    for name, figures in interleaved_speed(workers, args.reps).items():
+        rows[name].update(figures)
+    for name, ms in graph_decode_ms(graphs, args.reps).items():
+        rows[name]["graph_decode_ms"] = ms
+
     print(f"\n{'':36} {'MB':>7} {'RSS MiB':>8} {'prefill t/s':>12} {'decode t/s':>11} "
-          f"{'top-1':>6} {'litert steps/s':>14}")
+          f"{'top-1':>6} {'graph ms':>9}")
     for name, r in rows.items():
         if "error" in r:
             print(f"{name:36} error: {r['error'][:120]}")
             continue
-        steps = r.get("litert_decode_steps_per_s")
         print(f"{name:36} {r['bytes'] / 1e6:7.1f} {r.get('peak_rss_mib', 0):8.0f} "
               f"{r.get('prefill_tps', 0):12.1f} {r.get('decode_tps', 0):11.1f} "
-              f"{r['top1_agreement']:6.1%} {steps or 0:14.1f}")
+              f"{r['top1_agreement']:6.1%} {r.get('graph_decode_ms', 0):9.2f}")
+    peers = [name for name in rows if not name.startswith("tfllm")]
+    paired = {}
+    for name in rows:
+        if name.startswith("tfllm"):
+            paired[name] = {peer: ratio for peer in peers
+                            if (ratio := paired_ratios(rows, name, peer))}
+            for peer, ratio in paired[name].items():
+                print(f"decode {name} / {peer}, per round: median {ratio['median']:.2f}x "
+                      f"(min {ratio['min']:.2f}x, max {ratio['max']:.2f}x)")
     summary = {"benchmark": "edge", "model": "smollm2-135m", "threads": 2,
                "prompt_tokens": PROMPT, "new_tokens": NEW, "context": CONTEXT,
-               "reps": args.reps, "work": work, "rows": rows}
+               "rounds": args.reps, "work": work, "rows": rows, "paired_decode": paired}
     print(json.dumps(summary))
