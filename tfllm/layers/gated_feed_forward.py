@@ -60,13 +60,18 @@ class GatedFeedForward(keras.layers.Layer):
         self.down.build(tuple(input_shape[:-1]) + (self.ffn_dim,))
         self.built = True
 
+    def gate_up(self, x):
+        """(gate(x), up(x)): the two projections that read `x` (an exporter may trace them
+        as one matmul)."""
+        return self.gate(x), self.up(x)
+
     def call(self, x, training=None):
-        g = self.gate(x)
+        g, u = self.gate_up(x)
         if self.activation == "silu":
             g = keras.activations.silu(g)
         else:
             g = keras.activations.gelu(g, approximate=True)
-        return self.dropout_layer(self.down(g * self.up(x)), training=training)
+        return self.dropout_layer(self.down(g * u), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
