@@ -199,10 +199,7 @@ def agreement_with(argmaxes, reference):
 
 def tflite_argmaxes(path, windows, max_len=None):
     """Teacher-forced next-token argmax of a prefill/decode TFLite model, decode step by
-    step (its cache layout read from the signature: tfllm's or litert-torch's); returns
-    (argmaxes, decode steps per second in ai-edge-litert with 2 threads, median window)."""
-    import time
-
+    step (its cache layout read from the signature: tfllm's or litert-torch's)."""
     from export.tflite import TFLiteRunner
 
     runner = TFLiteRunner(path, num_threads=2)
@@ -213,16 +210,14 @@ def tflite_argmaxes(path, windows, max_len=None):
     details = runner.decode.get_input_details()
     runner.empty_cache = lambda: {k: np.zeros(details[k]["shape"], np.float32)
                                   for k in runner.cache_names}
-    out, rates = [], []
+    out = []
     for w in windows:
         cache, row = runner.empty_cache(), []
-        start = time.perf_counter()
         for t, token in enumerate(w):
             logits, cache = runner.step(token, t, cache)
             row.append(int(np.argmax(logits)))
-        rates.append(len(w) / (time.perf_counter() - start))
         out.append(row)
-    return out, float(np.median(rates))
+    return out
 
 
 def bundle_tflite(bundle, folder):
@@ -316,7 +311,7 @@ def run(args):
         bundle = os.path.join(work, f"tfllm-{slug}.litertlm")
         gate = export_tfllm(run_dir, flags, bundle)
         tflite = bundle_tflite(bundle, os.path.join(work, f"tfllm-{slug}-sections"))
-        argmaxes, _ = tflite_argmaxes(tflite, windows)
+        argmaxes = tflite_argmaxes(tflite, windows)
         rows[f"tfllm {mode}"] = {"bytes": os.path.getsize(bundle),
                                  "top1_agreement": agreement_with(argmaxes, reference), **gate}
         workers[f"tfllm {mode}"] = engine_worker(bundle)
@@ -347,7 +342,7 @@ def run(args):
             try:
                 bundle, tflite = litert_torch_bundle(args.litert_torch_python, hf_dir,
                                                      quantize, work, run_dir)
-                argmaxes, _ = tflite_argmaxes(tflite, windows, CONTEXT)
+                argmaxes = tflite_argmaxes(tflite, windows, CONTEXT)
                 rows[name] = {"bytes": os.path.getsize(bundle),
                               "top1_agreement": agreement_with(argmaxes, reference)}
                 workers[name] = engine_worker(bundle)
