@@ -108,16 +108,25 @@ def interleaved_speed(workers, rounds):
         {side: {"prefill_tps", "decode_tps" (medians), "decode_rounds", "prefill_rounds",
         "peak_rss_mib"} or {"error": ...}}.
     """
-    procs, out = {}, {}
+    procs, out, logs = {}, {}, {}
+
+    def failed(name):
+        procs[name].communicate()
+        logs[name].seek(0)
+        return {"error": logs[name].read().strip()[-400:]}
+
     for name, command in workers.items():
+        # stderr to a file: a pipe nobody reads during the rounds would fill with the
+        # runtimes' log lines and stall the worker.
+        logs[name] = tempfile.TemporaryFile("w+")
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        if not proc.stdout.readline():  # loaded (or dead: its stderr says why)
-            out[name] = {"error": proc.communicate()[1].strip()[-400:]}
-            continue
+                                stderr=logs[name], text=True)
         procs[name] = proc
+        if not proc.stdout.readline():  # loaded (or dead: its stderr says why)
+            out[name] = failed(name)
+            continue
         out[name] = {"prefill_rounds": [], "decode_rounds": []}
-    names = list(procs)
+    names = [name for name in procs if "error" not in out[name]]
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             proc = procs[name]
@@ -127,15 +136,17 @@ def interleaved_speed(workers, rounds):
             proc.stdin.flush()
             line = proc.stdout.readline()
             if not line:
-                out[name] = {"error": proc.communicate()[1].strip()[-400:]}
+                out[name] = failed(name)
                 continue
             got = json.loads(line)
             out[name]["prefill_rounds"].append(got["prefill_tps"])
             out[name]["decode_rounds"].append(got["decode_tps"])
     for name, proc in procs.items():
         if "error" in out[name]:
+            logs[name].close()
             continue
         stdout, _ = proc.communicate("")
+        logs[name].close()
         out[name].update(last_json(stdout), prefill_tps=float(np.median(
             out[name]["prefill_rounds"])), decode_tps=float(np.median(out[name]["decode_rounds"])))
     return out
