@@ -3,8 +3,10 @@ nn.Transformer, English -> French program messages (../shared/data/l10n-en-fr).
 
 Both train on the same pairs (tfllm's training split of train.tsv, the same SentencePiece
 ids, placeholders protected as tfllm's seq2seq training does by default, restored alike
-after decoding), at the same size and recipe, for the same wall-clock budget, one after the other on
-this machine; both translate valid.tsv with beam 4 (Hugging Face's beam rules); sacrebleu
+after decoding), at the same size (nn.Transformer gets at least tfllm's parameter count)
+and recipe, for the same wall-clock budget, one after the other on this machine; each side
+with its own blocks (tfllm's preset: rotary positions, RMSNorm, SwiGLU; nn.Transformer's:
+LayerNorm, ReLU feed-forward, learned positions added); both translate valid.tsv with beam 4 (Hugging Face's beam rules); sacrebleu
 scores both, with placeholder accuracy over the rows that have placeholders.
 
     python benchmarks/translation.py --torch-python /tmp/torchvenv/bin/python [--minutes 20]
@@ -76,16 +78,17 @@ def main():
     tfllm_train_sec = time.time() - t0
     t0 = time.time()
     ours = evaluate_translation(run, valid_spec, num_beams=a.num_beams, max_rows=a.eval_rows)
+    ours.update(decode_sec=round(time.time() - t0, 1))
+    import tfllm
+
+    model = tfllm.load(run)
     ours.update(steps=budget_cb.steps, train_sec=round(tfllm_train_sec, 1),
-                decode_sec=round(time.time() - t0, 1))
+                params=model.count_params())
     print("tfllm:", json.dumps(ours), flush=True)
 
     result = {"budget_minutes": a.minutes, "batch_size": a.batch_size, "steps": a.steps,
               "num_beams": a.num_beams, "tfllm": ours}
     if a.torch_python:
-        import tfllm
-
-        model = tfllm.load(run)
         tok = model.tokenizer
         cfg = model.config
         split = ParallelData(train_spec, "en", "fr", settings.seed)
@@ -98,10 +101,14 @@ def main():
         sources = [s for s, _ in encode_pairs(valid, tok, cfg.max_len, truncate=True,
                                               protect=protect)[0]]
         pairs_path = os.path.join(a.work, "pairs.json")
+        # nn.Transformer has only the plain two-matrix feed-forward: give it the width with
+        # at least the parameters of tfllm's (a SwiGLU of width f holds 3f columns, a plain
+        # one 2f), rounded up to a multiple of 64: 672 (SwiGLU) -> 1024.
+        ffn_dim = cfg.ffn_dim if cfg.ffn == "plain" else -(-3 * cfg.ffn_dim // 2 // 64) * 64
         json.dump({"config": dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model,
                                   num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                                   num_decoder_layers=cfg.num_decoder_layers,
-                                  ffn_dim=cfg.ffn_dim, max_len=cfg.max_len,
+                                  ffn_dim=ffn_dim, max_len=cfg.max_len,
                                   dropout=cfg.dropout, lr=a.lr, steps=a.steps,
                                   warmup_steps=100, weight_decay=settings.weight_decay,
                                   label_smoothing=0.1, batch_size=a.batch_size,
@@ -117,7 +124,7 @@ def main():
         if protect:
             outputs = [restore(o, src) for o, (src, _) in zip(outputs, valid)]
         theirs = score_translations([s for s, _ in valid], outputs, [t for _, t in valid])
-        theirs.update(steps=ref["steps"], train_sec=ref["train_sec"],
+        theirs.update(steps=ref["steps"], train_sec=ref["train_sec"], params=ref["params"],
                       decode_sec=ref["decode_sec"], rows=len(valid))
         result["torch_nn_transformer"] = theirs
         result["bleu_gain"] = round(ours["bleu"] - theirs["bleu"], 2)

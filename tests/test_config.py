@@ -12,7 +12,8 @@ DESIGN = {
     # shakespeare-char's size as a Llama-family decoder (issue #15).
     "llama-char": (4, 128, 4, 352, 64, 0.0, None),
     # Encoder-decoders (issue #17): encoder layers here, decoder layers in DECODER_LAYERS.
-    "transformer-mt-small": (3, 256, 4, 1024, 128, 0.1, 8000),
+    # Rotary, RMSNorm and SwiGLU blocks: 672 = the parameters of a 1024-wide ReLU FFN.
+    "transformer-mt-small": (3, 256, 4, 672, 128, 0.1, 8000),
     "transformer-base-mt": (6, 512, 8, 2048, 256, 0.1, 32000),
 }
 DECODER_LAYERS = {"transformer-mt-small": 3, "transformer-base-mt": 6}
@@ -32,6 +33,18 @@ def test_llama_char_is_a_llama_family_decoder():
     c = get_preset("llama-char")
     assert (c.position_embedding, c.norm, c.ffn, c.activation, c.kv_heads, c.qkv_bias,
             c.proj_bias) == ("rope", "rmsnorm", "gated", "silu", 2, False, False)
+
+
+def test_transformer_mt_small_has_no_more_parameters_than_the_original_blocks():
+    from tfllm.models.seq2seq_lm import Seq2SeqLM
+
+    c = get_preset("transformer-mt-small")
+    assert (c.position_embedding, c.norm, c.ffn, c.activation) == ("rope", "rmsnorm",
+                                                                  "gated", "silu")
+    original = c.replace(position_embedding="learned", norm="layernorm", ffn="plain",
+                         activation="relu", ffn_dim=1024)
+    ours, theirs = (Seq2SeqLM.from_model_config(x).count_params() for x in (c, original))
+    assert 0.97 * theirs < ours <= theirs
 
 
 def test_get_preset_returns_a_copy():

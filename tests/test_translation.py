@@ -53,11 +53,11 @@ def write_pairs(path, pairs, header=("en", "fr")):
     return f"tsv:{path}"
 
 
-def random_model(seed=0, vocab=50, max_len=16):
+def random_model(seed=0, vocab=50, max_len=16, **overrides):
     keras.utils.set_random_seed(seed)
     cfg = get_preset("transformer-mt-small").replace(
         vocab_size=vocab, num_layers=1, num_decoder_layers=2, d_model=32, num_heads=2,
-        ffn_dim=64, max_len=max_len, dropout=0.0)
+        ffn_dim=64, max_len=max_len, dropout=0.0, **overrides)
     return Seq2SeqLM.from_model_config(cfg)
 
 
@@ -73,8 +73,18 @@ def uncached_greedy(model, source, max_new, bos=2, end=3):
     return prefix[1:]
 
 
-def test_seq2seq_model_serializes_and_cached_decoding_equals_full(tmp_path):
-    model = random_model()
+# The original Transformer's blocks and learned positions, and the preset's rotary,
+# RMSNorm and SwiGLU blocks.
+ARCHITECTURES = {
+    "learned": dict(position_embedding="learned", norm="layernorm", ffn="plain",
+                    activation="relu"),
+    "rope": dict(position_embedding="rope", norm="rmsnorm", ffn="gated", activation="silu"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_seq2seq_model_serializes_and_cached_decoding_equals_full(tmp_path, arch):
+    model = random_model(**ARCHITECTURES[arch])
     src = np.random.RandomState(0).randint(4, 50, (2, 7))
     src[1, 5:] = 0  # padding
     tgt = np.random.RandomState(1).randint(4, 50, (2, 6))
@@ -84,7 +94,12 @@ def test_seq2seq_model_serializes_and_cached_decoding_equals_full(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, compile=False)
     np.testing.assert_array_equal(loaded(inputs).numpy(), logits)
-    assert loaded.get_config()["backbone"]["config"]["num_decoder_layers"] == 2
+    backbone_config = loaded.get_config()["backbone"]["config"]
+    assert backbone_config["num_decoder_layers"] == 2
+    assert backbone_config["position_embedding"] == arch
+    # Rotary models have no position table: positions live in the attention only.
+    has_table = any("position_embeddings" in w.path for w in loaded.weights)
+    assert has_table == (arch == "learned")
     # Padding in the source is never attended to: the padded row equals its unpadded self.
     alone = model({"encoder_token_ids": src[1:, :5], "decoder_token_ids": tgt[1:]}).numpy()
     np.testing.assert_allclose(alone[0], logits[1], atol=1e-5)

@@ -16,7 +16,7 @@ class Seq2SeqBackbone(keras.layers.Layer):
     """Source ids (batch, src_len) and target ids (batch, tgt_len) to decoder hidden states.
 
     The Transformer of "Attention Is All You Need" with pre-LN blocks (each stack ends with
-    a LayerNorm) and learned positions: `encode` runs the encoder once, `project_context`
+    a LayerNorm) and learned (or rotary) positions: `encode` runs the encoder once, `project_context`
     turns its output into every decoder block's cross-attention keys and values, and
     `decode` runs the decoder, in full (training) or one cached step at a time (generation).
 
@@ -27,6 +27,8 @@ class Seq2SeqBackbone(keras.layers.Layer):
         d_model, num_heads, ffn_dim, max_len, dropout, activation, norm_first,
         layer_norm_epsilon, norm, ffn, qkv_bias, proj_bias, initializer: as `ModelConfig`'s;
             `max_len` bounds source and target lengths (one position table serves both).
+        position_embedding, rope_theta: "learned" (a position table added to the token
+            embeddings) or "rope" (rotary queries and keys in both stacks' self-attention).
 
     Example:
         >>> bb = Seq2SeqBackbone(vocab_size=100, num_layers=1, num_decoder_layers=1,
@@ -39,9 +41,12 @@ class Seq2SeqBackbone(keras.layers.Layer):
     def __init__(self, vocab_size, num_layers, num_decoder_layers, d_model, num_heads, ffn_dim,
                  max_len, dropout=0.0, activation="relu", norm_first=True,
                  layer_norm_epsilon=1e-5, norm="layernorm", ffn="plain", qkv_bias=True,
-                 proj_bias=True, initializer="gpt2", **kwargs):
+                 proj_bias=True, initializer="gpt2", position_embedding="learned",
+                 rope_theta=10000.0, **kwargs):
         super().__init__(**kwargs)
         self.initializer = initializer
+        self.position_embedding = position_embedding
+        self.rope_theta = rope_theta
         self.vocab_size = vocab_size
         self.num_layers = num_layers
         self.num_decoder_layers = num_decoder_layers
@@ -58,14 +63,19 @@ class Seq2SeqBackbone(keras.layers.Layer):
         self.qkv_bias = qkv_bias
         self.proj_bias = proj_bias
         policy = self.dtype_policy
-        self.embedding = TokenAndPositionEmbedding(vocab_size, max_len, d_model, dropout,
-                                                   name="embedding", dtype=policy)
+        self.embedding = TokenAndPositionEmbedding(
+            vocab_size, max_len, d_model, dropout,
+            learned_positions=position_embedding == "learned", name="embedding", dtype=policy)
+        # Rotary positions rotate the self-attention queries and keys of both stacks; the
+        # cross-attention compares a target position with every source position, so it has
+        # none (as in T5's relative scheme, which also leaves cross-attention position-free).
+        rope = {"rope_theta": float(rope_theta)} if position_embedding == "rope" else None
 
         def blocks(n, prefix, cross):
             return [TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation,
                                      norm_first, layer_norm_epsilon, norm=norm, ffn=ffn,
                                      qkv_bias=qkv_bias, proj_bias=proj_bias,
-                                     cross_attention=cross, name=f"{prefix}_{i}",
+                                     cross_attention=cross, rope=rope, name=f"{prefix}_{i}",
                                      dtype=policy, **block_initializers(initializer, n))
                     for i in range(n)]
 
@@ -89,7 +99,9 @@ class Seq2SeqBackbone(keras.layers.Layer):
                    dropout=config.dropout, activation=config.activation,
                    norm_first=config.norm_first, layer_norm_epsilon=config.layer_norm_epsilon,
                    norm=config.norm, ffn=config.ffn, qkv_bias=config.qkv_bias,
-                   proj_bias=config.proj_bias, initializer=config.initializer, **kwargs)
+                   proj_bias=config.proj_bias, initializer=config.initializer,
+                   position_embedding=config.position_embedding, rope_theta=config.rope_theta,
+                   **kwargs)
 
     def to_model_config(self) -> ModelConfig:
         """The `ModelConfig` of this backbone (tokenizer fields at defaults)."""
@@ -100,7 +112,9 @@ class Seq2SeqBackbone(keras.layers.Layer):
                            activation=self.activation, norm_first=self.norm_first,
                            layer_norm_epsilon=self.layer_norm_epsilon, norm=self.norm_kind,
                            ffn=self.ffn, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
-                           initializer=self.initializer)
+                           initializer=self.initializer,
+                           position_embedding=self.position_embedding,
+                           rope_theta=self.rope_theta)
 
     @property
     def head_dim(self):
@@ -199,5 +213,6 @@ class Seq2SeqBackbone(keras.layers.Layer):
                       dropout=self.dropout, activation=self.activation,
                       norm_first=self.norm_first, layer_norm_epsilon=self.layer_norm_epsilon,
                       norm=self.norm_kind, ffn=self.ffn, qkv_bias=self.qkv_bias,
-                      proj_bias=self.proj_bias, initializer=self.initializer)
+                      proj_bias=self.proj_bias, initializer=self.initializer,
+                      position_embedding=self.position_embedding, rope_theta=self.rope_theta)
         return config
