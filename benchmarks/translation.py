@@ -27,6 +27,16 @@ sys.path.insert(0, REPO)
 DATA = os.environ.get("TFLLM_SHARED_DATA", os.path.join(REPO, "..", "shared", "data"))
 
 
+def reference_ffn_dim(cfg):
+    """The feed-forward width of a plain (two-matrix, ReLU) reference of `cfg`'s size: at
+    least its parameters (a SwiGLU of width f holds 3f columns, a plain one 2f), rounded up
+    to a multiple of 64: 672 (SwiGLU) -> 1024. Peers without gated feed-forwards
+    (nn.Transformer, KerasHub's BART) get this width."""
+    if cfg.ffn == "plain":
+        return cfg.ffn_dim
+    return -(-3 * cfg.ffn_dim // 2 // 64) * 64
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per side")
@@ -101,10 +111,7 @@ def main():
         sources = [s for s, _ in encode_pairs(valid, tok, cfg.max_len, truncate=True,
                                               protect=protect)[0]]
         pairs_path = os.path.join(a.work, "pairs.json")
-        # nn.Transformer has only the plain two-matrix feed-forward: give it the width with
-        # at least the parameters of tfllm's (a SwiGLU of width f holds 3f columns, a plain
-        # one 2f), rounded up to a multiple of 64: 672 (SwiGLU) -> 1024.
-        ffn_dim = cfg.ffn_dim if cfg.ffn == "plain" else -(-3 * cfg.ffn_dim // 2 // 64) * 64
+        ffn_dim = reference_ffn_dim(cfg)
         json.dump({"config": dict(vocab_size=cfg.vocab_size, d_model=cfg.d_model,
                                   num_heads=cfg.num_heads, num_layers=cfg.num_layers,
                                   num_decoder_layers=cfg.num_decoder_layers,

@@ -1,5 +1,6 @@
 """Translation speed: tfllm's cached encoder-decoder loop vs KerasHub's BartSeq2SeqLM.generate,
-same size (transformer-mt-small: 3 + 3 layers, 256 wide, 4 heads, 1024 FFN, 8k vocab),
+same size (transformer-mt-small: 3 + 3 layers, 256 wide, 4 heads, 8k vocab; its SwiGLU
+672 wide, BART's GELU feed-forward 1024, at least as many parameters),
 random weights, same shapes: a 16-token source, 32 new tokens (no early stop), beam 4,
 batches of 1 and 32. Median of 3 timed runs after one warm-up (compilation) run.
 
@@ -46,6 +47,7 @@ def main():
     import keras_hub
     import numpy as np
 
+    from benchmarks.translation import reference_ffn_dim
     from tfllm.config import get_preset
     from tfllm.models import Seq2SeqLM
     from tfllm.translation import Translator
@@ -58,7 +60,7 @@ def main():
     tr = Translator(ours, bos_id=2, end_id=cfg.vocab_size + 1)
     backbone = keras_hub.models.BartBackbone(
         vocabulary_size=cfg.vocab_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-        hidden_dim=cfg.d_model, intermediate_dim=cfg.ffn_dim, dropout=0.0,
+        hidden_dim=cfg.d_model, intermediate_dim=reference_ffn_dim(cfg), dropout=0.0,
         max_sequence_length=cfg.max_len)
     theirs = keras_hub.models.BartSeq2SeqLM(backbone=backbone, preprocessor=None)
     sampler = keras_hub.samplers.BeamSampler(num_beams=a.num_beams) if a.num_beams > 1 \
