@@ -100,6 +100,11 @@ def test_seq2seq_model_serializes_and_cached_decoding_equals_full(tmp_path, arch
     # Rotary models have no position table: positions live in the attention only.
     has_table = any("position_embeddings" in w.path for w in loaded.weights)
     assert has_table == (arch == "learned")
+    # Both kinds give the encoder word order: without positions, self-attention would map
+    # a reversed source to the reversed outputs.
+    memory = model.backbone.encode(src[:1]).numpy()[0]
+    reversed_memory = model.backbone.encode(src[:1, ::-1]).numpy()[0]
+    assert np.abs(reversed_memory[::-1] - memory).max() > 1e-3
     # Padding in the source is never attended to: the padded row equals its unpadded self.
     alone = model({"encoder_token_ids": src[1:, :5], "decoder_token_ids": tgt[1:]}).numpy()
     np.testing.assert_allclose(alone[0], logits[1], atol=1e-5)

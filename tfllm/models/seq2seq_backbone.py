@@ -16,9 +16,10 @@ class Seq2SeqBackbone(keras.layers.Layer):
     """Source ids (batch, src_len) and target ids (batch, tgt_len) to decoder hidden states.
 
     The Transformer of "Attention Is All You Need" with pre-LN blocks (each stack ends with
-    a LayerNorm) and learned (or rotary) positions: `encode` runs the encoder once, `project_context`
-    turns its output into every decoder block's cross-attention keys and values, and
-    `decode` runs the decoder, in full (training) or one cached step at a time (generation).
+    a norm) and learned (or rotary) positions: `encode` runs the encoder once,
+    `project_context` turns its output into every decoder block's cross-attention keys and
+    values, and `decode` runs the decoder, in full (training) or one cached step at a time
+    (generation).
 
     Args:
         vocab_size: the shared source/target vocabulary.
