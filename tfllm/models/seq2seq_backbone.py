@@ -9,6 +9,7 @@ from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
 from tfllm.layers.embedding import TokenAndPositionEmbedding
 from tfllm.layers.initializers import block_initializers
 from tfllm.layers.transformer_block import TransformerBlock, make_norm
+from tfllm.models.backbone import _rope_arguments
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -70,7 +71,7 @@ class Seq2SeqBackbone(keras.layers.Layer):
         # Rotary positions rotate the self-attention queries and keys of both stacks; the
         # cross-attention compares a target position with every source position, so it has
         # none (as in T5's relative scheme, which also leaves cross-attention position-free).
-        rope = {"rope_theta": float(rope_theta)} if position_embedding == "rope" else None
+        rope = _rope_arguments(rope_theta, None) if position_embedding == "rope" else None
 
         def blocks(n, prefix, cross):
             return [TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation,
