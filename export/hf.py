@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 DTYPES = ("float32", "bfloat16")
 
@@ -53,6 +52,7 @@ import numpy as np  # noqa: E402
 from tfllm import runs  # noqa: E402
 from tfllm.config import ModelConfig  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.publish import Output  # noqa: E402
 
 
 class HFExportError(TfllmError):
@@ -287,9 +287,10 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
 
     if dtype not in DTYPES:
         raise HFExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if os.path.exists(out) and os.listdir(out) and not overwrite:
-        raise HFExportError(f"{out} exists and is not empty; pass --overwrite to replace it")
     config = runs.read_run_config(run_dir)
+    output = Output(out, "hf-checkpoint", overwrite, runs.inputs_of(run_dir),
+                    command="export hf")
+    output.check()
     if config.get("objective", "clm") not in ("clm", "chat"):
         raise HFExportError(f"export.hf writes causal LMs; this run's objective is "
                             f"{config.get('objective')!r}")
@@ -297,10 +298,7 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
     cfg = ModelConfig.from_dict(model_config_of(model, config))
     model_type = architecture(cfg)
     tensors = (gpt2_tensors if model_type == "gpt2" else llama_tensors)(model, cfg)
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".hf-", dir=parent)
-    try:
+    with output.staging() as staging:
         tok_fields = tokenizer_files(run_dir, staging, model.tokenizer)
         chat = usable_chat_config(config, model.tokenizer)
         if chat:
@@ -323,12 +321,6 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
         save_file(tensors, os.path.join(staging, "model.safetensors"),
                   metadata={"format": "pt"})  # transformers reads "pt" checkpoints
         diff = _check_roundtrip(staging, model, cfg, model_type, check_ids, dtype)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"path": out, "model_type": model_type, "tensors": len(tensors),
             "bytes": os.path.getsize(os.path.join(out, "model.safetensors")),
             "max_logit_diff": diff}

@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 from export.options import (DEFAULT_PREFILL, QUANTIZE_MODES, add_gate_options, add_max_len,
-                            add_part_options)
+                            add_overwrite, add_part_options)
 
 
 def build_parser():
@@ -54,6 +54,7 @@ def build_parser():
                         "as text:PATH or tsv:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
+    add_overwrite(parser)
     return parser
 
 
@@ -70,7 +71,7 @@ from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
 
-from export.tflite import export_tflite, gate_line, parts_of  # noqa: E402
+from export.tflite import gate_line, parts_of, write_tflite  # noqa: E402
 
 
 class LiteRtLmExportError(TfllmError):
@@ -234,18 +235,20 @@ def message_text(message) -> str:
 
 def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt="ROMEO:",
                     max_new_tokens=16, quantize="float32", max_len=None, parts=None,
-                    data=None, text_column=None, min_agreement=None, max_loss_increase=None):
-    if os.path.isdir(out):
-        raise LiteRtLmExportError(f"--out {out} is a directory; give a file path "
-                                  "(e.g. models/NAME.litertlm)")
-    runs.read_run_config(run_dir)  # a missing run fails before any work
-    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
+                    data=None, text_column=None, min_agreement=None, max_loss_increase=None,
+                    overwrite=False):
+    """Build, check in the runtime and publish the bundle `out`; returns a report.
+
+    An existing `out` is replaced only with `overwrite`, and only when this exporter wrote
+    it (`tfllm.publish`).
+    """
+    output = runs.export_output(out, "litertlm", overwrite, run_dir, data, "export litertlm")
+    # The staged bundle keeps `out`'s name: the runtime reads the format from the extension.
+    with output.staging() as staging, tempfile.TemporaryDirectory() as tmp:
         tflite = os.path.join(tmp, "model.tflite")
-        report = export_tflite(run_dir, tflite, prefill_lengths, quantize, max_len=max_len,
-                               parts=parts, data=data, text_column=text_column,
-                               min_agreement=min_agreement,
-                               max_loss_increase=max_loss_increase)
+        report = write_tflite(run_dir, tflite, prefill_lengths, quantize, max_len=max_len,
+                              parts=parts, data=data, text_column=text_column,
+                              min_agreement=min_agreement, max_loss_increase=max_loss_increase)
         model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
         tok = model.tokenizer
@@ -256,44 +259,48 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
                                 tok.bos_id if getattr(tok, "add_bos", False) else None,
                                 runtime_template(chat["template"]) if chat else None,
                                 runtime_model_type(runs.read_run_config(run_dir)))
-        staging = out + ".partial.litertlm"  # the runtime reads the format from the extension
         try:
             build_bundle(tflite, tokenizer_file(run_dir, tmp), metadata, staging)
         except Exception as e:  # the builder validates with many exception types
             raise LiteRtLmExportError(f"building the bundle failed: {e}") from e
-    n = min(max_new_tokens, max_len - len(model.tokenizer.encode(check_prompt)) - 1)
+        got, chat_sample = _check_bundle(staging, model, chat, stop_ids, check_prompt,
+                                         max_new_tokens, quantize)
+        size = os.path.getsize(staging)
+    return {**report, "path": out, "bytes": size, "sample": got, "prompt": check_prompt,
+            "chat_sample": chat_sample}
+
+
+def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, quantize):
+    """Greedy text and a chat reply of the bundle in the runtime, checked against tfllm's
+    (equal in float32); returns `(text, chat reply or None)`."""
+    tok = model.tokenizer
+    max_len = model.backbone.max_len
+    n = min(max_new_tokens, max_len - len(tok.encode(check_prompt)) - 1)
     _, (ids,) = model.generate([check_prompt], max_new_tokens=n, return_ids=True)
     # The runtime also stops at a chat template's end-of-turn token.
     cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
     expected = tok.decode(ids[:cut])
     try:
-        got = engine_generate(staging, check_prompt, n)
+        got = engine_generate(path, check_prompt, n)
     except Exception as e:
-        os.remove(staging)
         raise LiteRtLmExportError(f"litert_lm.Engine could not run the bundle: {e}") from e
     # Quantized weights may change a greedy choice; export.tflite already held them to the
     # held-out accuracy bar, so only float32 must match token for token.
     if quantize == "float32" and got != expected:
-        os.remove(staging)
         raise LiteRtLmExportError(f"LiteRT-LM greedy output {got!r} differs from "
                                   f"CausalLM.generate {expected!r}")
-    chat_sample = None
-    if chat is not None:
-        message = CHAT_CHECK_MESSAGE
-        expected_reply = ChatSession(model, chat, max_new_tokens=n).reply(message)
-        try:
-            chat_sample = engine_chat(staging, message, n)
-        except Exception as e:
-            os.remove(staging)
-            raise LiteRtLmExportError(f"litert_lm conversation failed on the bundle: {e}") \
-                from e
-        if quantize == "float32" and chat_sample != expected_reply:
-            os.remove(staging)
-            raise LiteRtLmExportError(f"LiteRT-LM conversation reply {chat_sample!r} differs "
-                                      f"from tfllm chat's {expected_reply!r}")
-    os.replace(staging, out)
-    return {**report, "path": out, "bytes": os.path.getsize(out), "sample": got,
-            "prompt": check_prompt, "chat_sample": chat_sample}
+    if chat is None:
+        return got, None
+    message = CHAT_CHECK_MESSAGE
+    expected_reply = ChatSession(model, chat, max_new_tokens=n).reply(message)
+    try:
+        chat_sample = engine_chat(path, message, n)
+    except Exception as e:
+        raise LiteRtLmExportError(f"litert_lm conversation failed on the bundle: {e}") from e
+    if quantize == "float32" and chat_sample != expected_reply:
+        raise LiteRtLmExportError(f"LiteRT-LM conversation reply {chat_sample!r} differs "
+                                  f"from tfllm chat's {expected_reply!r}")
+    return got, chat_sample
 
 
 def main(argv=None):
@@ -306,7 +313,8 @@ def _main(args):
                              quantize=args.quantize, max_len=args.max_len,
                              parts=parts_of(args), data=args.data,
                              text_column=args.text_column, min_agreement=args.min_agreement,
-                             max_loss_increase=args.max_loss_increase)
+                             max_loss_increase=args.max_loss_increase,
+                             overwrite=args.overwrite)
     print(f"LiteRT-LM bundle written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     if "top1_agreement" in report:
         print(gate_line(report))

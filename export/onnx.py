@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from export.options import add_max_len
+from export.options import add_max_len, add_overwrite
 
 
 def build_parser():
@@ -48,6 +48,7 @@ def build_parser():
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--no-decode", action="store_true",
                         help="write only the forward pass, not FILE.decode.onnx")
+    add_overwrite(parser)
     return parser
 
 
@@ -60,46 +61,21 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfllm import runs  # noqa: E402
-from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.errors import run_main  # noqa: E402
 
-TOLERANCE = 1e-4
+from export.onnx_convert import (TOLERANCE, OnnxExportError, convert,  # noqa: E402,F401
+                                 decode_path, session)
+
 SAMPLE = "ROMEO:\nWhat say you to this?"
-
-
-class OnnxExportError(TfllmError):
-    """The ONNX conversion failed or disagrees with the Keras model."""
-
-
-def decode_path(out):
-    """Where the decode step of `out` goes: FILE.onnx -> FILE.decode.onnx."""
-    stem = out[:-5] if out.endswith(".onnx") else out
-    return stem + ".decode.onnx"
 
 
 def _cache_names(num_layers, prefix=""):
     return [f"{prefix}kv_cache_{kv}_{i}" for i in range(num_layers) for kv in ("k", "v")]
 
 
-def _convert(function, path, opset):
-    import tf2onnx
-
-    try:
-        tf2onnx.convert.from_function(function, input_signature=function.input_signature,
-                                      opset=opset, output_path=path)
-    except Exception as e:  # tf2onnx raises many types
-        raise OnnxExportError(f"tf2onnx could not convert the model: {e}") from e
-
-
-def _session(path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
-def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None):
-    """Convert, verify with onnxruntime, write; returns a report.
+def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None,
+                overwrite=False):
+    """Convert, verify with onnxruntime, publish; returns a report.
 
     Args:
         run_dir: a run directory (causal LM or classifier).
@@ -108,13 +84,15 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None
         sample: text whose tokens the check runs.
         decode: also write the cached decode step (causal LMs) to `decode_path(out)`.
         max_len: the context (KV cache) length; default the run's.
+        overwrite: replace files this exporter wrote before (both, with `decode`).
     """
-    if os.path.isdir(out):
-        raise OnnxExportError(f"--out {out} is a directory; give a file path "
-                              "(e.g. models/NAME.onnx)")
-    model = runs.load(run_dir, max_len=max_len)
     config = runs.read_run_config(run_dir)
     classifier = config.get("objective") == "classify"
+    decode = decode and not classifier and runs.model_config_of(run_dir).causal
+    # With the decode step: both files are checked before the work, and published together.
+    output = runs.export_output(out, "onnx", overwrite, run_dir, command="export onnx",
+                                companions=[decode_path(out)] if decode else ())
+    model = runs.load(run_dir, max_len=max_len)
     token_types = False
     if classifier:
         from tfllm.finetuning import uses_token_types
@@ -133,9 +111,21 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None
         def forward(token_ids):
             return {"logits": model(token_ids)}
 
-    tmp = out + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    _convert(forward, tmp, opset)
+    with output.staging() as tmp:
+        report = _write_checked(model, forward, tmp, opset, sample, config, classifier,
+                                token_types)
+        if decode:
+            report["decode"] = export_decode_step(model, output.staged(decode_path(out)),
+                                                  opset, report.pop("ids"))
+            report["decode"]["path"] = decode_path(out)
+        report["bytes"] = os.path.getsize(tmp)
+    report.pop("ids", None)
+    return {**report, "path": out}
+
+
+def _write_checked(model, forward, path, opset, sample, config, classifier, token_types):
+    """Convert `forward` to `path` and compare onnxruntime's logits with Keras'."""
+    convert(forward, path, opset)
     ids = model.tokenizer.encode(sample)[: model.backbone.max_len] or [model.tokenizer.bos_id]
     if classifier:
         from tfllm.finetuning import encode_rows
@@ -150,29 +140,18 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None
         batch = np.array([ids, ids[::-1]], np.int32)
         feed = {"token_ids": batch}
     try:
-        got = _session(tmp).run(None, feed)[0]
+        got = session(path).run(None, feed)[0]
     except Exception as e:  # an op tf2onnx could not map loads as an unknown custom op
-        os.remove(tmp)
         raise OnnxExportError(f"onnxruntime cannot run the converted model: "
                               f"{str(e).splitlines()[0][:500]}") from e
     expected = model(feed).numpy() if token_types else model(batch).numpy()
     diff = float(np.abs(got - expected).max())
     if not np.isfinite(got).all() or diff > TOLERANCE:
-        os.remove(tmp)
         raise OnnxExportError(f"onnxruntime logits differ from Keras by {diff} "
                               f"(tolerance {TOLERANCE})")
     agree = float(np.mean(got.argmax(-1) == expected.argmax(-1)))
-    report = {"path": out, "max_logit_diff": diff, "next_token_agreement": agree,
-              "classifier": classifier}
-    if decode and model.backbone.causal and not classifier:
-        try:
-            report["decode"] = export_decode_step(model, decode_path(out), opset, ids)
-        except TfllmError:
-            os.remove(tmp)  # nothing half-written: both files or neither
-            raise
-    os.replace(tmp, out)
-    report["bytes"] = os.path.getsize(out)
-    return report
+    return {"max_logit_diff": diff, "next_token_agreement": agree, "classifier": classifier,
+            "ids": ids}
 
 
 def decode_function(model):
@@ -210,7 +189,7 @@ class OnnxDecoder:
     """
 
     def __init__(self, path):
-        self.session = _session(path)
+        self.session = session(path)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.cache_names = [n for n in inputs if n.startswith("kv_cache_")]
         self.cache_shape = list(inputs[self.cache_names[0]].shape)
@@ -269,7 +248,8 @@ class OnnxDecoder:
 
 
 def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
-    """Write and verify the decode step of a causal LM; returns a report.
+    """Write the decode step of a causal LM to the path `out` and verify it; returns a
+    report (the caller publishes `out`).
 
     Checked in onnxruntime: a prefill of `ids` and then token-by-token steps give the
     Keras full-forward logits (within 1e-4), and greedy generation equals
@@ -277,33 +257,27 @@ def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
     """
     tok = model.tokenizer
     ids = list(ids or tok.encode(SAMPLE) or [tok.bos_id])[: model.backbone.max_len - 1]
-    tmp = out + ".tmp"
-    _convert(decode_function(model), tmp, opset)
-    try:
-        runner = OnnxDecoder(tmp)
-        full = model(np.array([ids], np.int32))[0].numpy()
-        half = max(1, len(ids) // 2)
-        logits, cache = runner.step([ids[:half]], 0, runner.empty_cache())
-        steps = [logits[0]]
-        for t in range(half, len(ids)):
-            logits, cache = runner.step([[ids[t]]], t, cache)
-            steps.append(logits[0])
-        got = np.concatenate(steps)
-        diff = float(np.abs(got - full).max()) if np.isfinite(got).all() else float("inf")
-        if diff > TOLERANCE:
-            raise OnnxExportError(f"the ONNX decode step's logits differ from Keras by {diff} "
-                                  f"(tolerance {TOLERANCE})")
-        prompt = ids[:half]
-        n = min(new_tokens, runner.max_len - len(prompt))
-        expected = model.generate([prompt], max_new_tokens=n, return_ids=True)[1][0]
-        generated = runner.generate(prompt, n, end_token_id=tok.eos_id)
-        if generated != expected:
-            raise OnnxExportError(f"ONNX greedy tokens differ from CausalLM.generate: "
-                                  f"{generated} != {expected}")
-    except TfllmError:
-        os.remove(tmp)
-        raise
-    os.replace(tmp, out)
+    convert(decode_function(model), out, opset)
+    runner = OnnxDecoder(out)
+    full = model(np.array([ids], np.int32))[0].numpy()
+    half = max(1, len(ids) // 2)
+    logits, cache = runner.step([ids[:half]], 0, runner.empty_cache())
+    steps = [logits[0]]
+    for t in range(half, len(ids)):
+        logits, cache = runner.step([[ids[t]]], t, cache)
+        steps.append(logits[0])
+    got = np.concatenate(steps)
+    diff = float(np.abs(got - full).max()) if np.isfinite(got).all() else float("inf")
+    if diff > TOLERANCE:
+        raise OnnxExportError(f"the ONNX decode step's logits differ from Keras by {diff} "
+                              f"(tolerance {TOLERANCE})")
+    prompt = ids[:half]
+    n = min(new_tokens, runner.max_len - len(prompt))
+    expected = model.generate([prompt], max_new_tokens=n, return_ids=True)[1][0]
+    generated = runner.generate(prompt, n, end_token_id=tok.eos_id)
+    if generated != expected:
+        raise OnnxExportError(f"ONNX greedy tokens differ from CausalLM.generate: "
+                              f"{generated} != {expected}")
     return {"path": out, "bytes": os.path.getsize(out), "max_logit_diff": diff,
             "greedy_tokens_equal": len(expected)}
 
@@ -317,14 +291,14 @@ def _main(args):
     if runs.read_run_config(args.run).get("objective") == "seq2seq":
         from export.onnx_seq2seq import export_seq2seq_onnx
 
-        report = export_seq2seq_onnx(args.run, args.out, args.opset)
+        report = export_seq2seq_onnx(args.run, args.out, args.opset, args.overwrite)
         print(f"ONNX encoder written to {report['path']} ({report['bytes'] / 1e6:.2f} MB), "
               f"decode step to {report['decode_path']} ({report['decode_bytes'] / 1e6:.2f} MB)")
         print(f"onnxruntime greedy translations equal Seq2SeqLM.generate on "
               f"{report['sources_agreeing']} sample sources")
         return 0
     report = export_onnx(args.run, args.out, args.opset, decode=not args.no_decode,
-                         max_len=args.max_len)
+                         max_len=args.max_len, overwrite=args.overwrite)
     print(f"ONNX model written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     what = "label agreement" if report["classifier"] else "next-token agreement"
     print(f"onnxruntime vs Keras: largest logit difference {report['max_logit_diff']:.2e}, "

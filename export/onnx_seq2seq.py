@@ -23,6 +23,8 @@ import tensorflow as tf
 from tfllm import runs
 from tfllm.errors import TfllmError
 
+from export.onnx_convert import convert, decode_path, session
+
 SAMPLE_SOURCES = ["File not found", "cannot open %s", "x"]
 
 
@@ -76,9 +78,7 @@ class OnnxTranslator:
     """
 
     def __init__(self, encode_path, decode_path):
-        from export.onnx import _session
-
-        self.encoder, self.decoder = _session(encode_path), _session(decode_path)
+        self.encoder, self.decoder = session(encode_path), session(decode_path)
         inputs = {i.name: i for i in self.decoder.get_inputs()}
         self.cache_names = sorted(n for n in inputs if n.startswith("kv_cache_"))
         self.cache_shape = [int(d) for d in inputs[self.cache_names[0]].shape[1:]]
@@ -103,19 +103,19 @@ class OnnxTranslator:
         return out
 
 
-def export_seq2seq_onnx(run_dir, out, opset=17):
-    """Convert, check greedy output against `generate`, write both files; a report."""
-    from export.onnx import _convert, decode_path
+def export_seq2seq_onnx(run_dir, out, opset=17, overwrite=False):
+    """Convert, check greedy output against `generate`, publish both files; a report."""
     from tfllm.translation import encode_sources
 
+    output = runs.export_output(out, "onnx", overwrite, run_dir, command="export onnx",
+                                companions=[decode_path(out)])
     model = runs.load(run_dir)
     tok = model.tokenizer
     encode, decode = functions(model)
-    tmp_enc, tmp_dec = out + ".tmp", decode_path(out) + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    try:
-        _convert(encode, tmp_enc, opset)
-        _convert(decode, tmp_dec, opset)
+    with output.staging() as tmp_enc:
+        tmp_dec = output.staged(decode_path(out))
+        convert(encode, tmp_enc, opset)
+        convert(decode, tmp_dec, opset)
         runner = OnnxTranslator(tmp_enc, tmp_dec)
         texts = [t for t in SAMPLE_SOURCES if len(tok.encode(t)) < model.backbone.max_len]
         expected = model.generate(texts, return_ids=True)[1]
@@ -125,12 +125,6 @@ def export_seq2seq_onnx(run_dir, out, opset=17):
         if got != expected:
             raise OnnxSeq2SeqError(f"ONNX greedy translations differ from Seq2SeqLM.generate: "
                                    f"{got} != {expected}")
-    except Exception:
-        for path in (tmp_enc, tmp_dec):
-            if os.path.exists(path):
-                os.remove(path)
-        raise
-    os.replace(tmp_enc, out)
-    os.replace(tmp_dec, decode_path(out))
-    return {"path": out, "decode_path": decode_path(out), "bytes": os.path.getsize(out),
-            "decode_bytes": os.path.getsize(decode_path(out)), "sources_agreeing": len(texts)}
+        sizes = os.path.getsize(tmp_enc), os.path.getsize(tmp_dec)
+    return {"path": out, "decode_path": decode_path(out), "bytes": sizes[0],
+            "decode_bytes": sizes[1], "sources_agreeing": len(texts)}

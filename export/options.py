@@ -53,3 +53,10 @@ def add_max_len(parser):
     parser.add_argument("--max-len", type=int, default=None,
                         help="context length of the export (its KV cache); default the run's. "
                              "Rotary models take any length, learned positions at most theirs")
+
+
+def add_overwrite(parser):
+    """`--overwrite`: replace an existing output, only one this exporter wrote."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that this exporter wrote (once the "
+                             "new one is verified; anything else is never replaced)")

@@ -92,9 +92,10 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 
 import tensorflow as tf  # noqa: E402
 
-from tfllm import atomic, runs  # noqa: E402
+from tfllm import runs  # noqa: E402
 from tfllm.chat_template import ChatTemplateError, usable_chat_config  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.publish import Output  # noqa: E402
 
 from export.saved_model_chat import (SAMPLE_MESSAGES, chat_signatures,  # noqa: E402
                                      expected_replies)
@@ -423,12 +424,9 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     for path in (out, os.path.join(out, name)):
         if os.path.lexists(path) and not os.path.isdir(path):
             raise ExportError(f"{path} is a file, not a directory; give --out a directory")
-    if os.path.lexists(target):
-        if not os.path.isfile(os.path.join(target, "saved_model.pb")):
-            raise ExportError(f"{target} exists and is not a SavedModel version; tfllm does "
-                              "not delete it: choose another --version or remove it yourself")
-        if not overwrite:
-            raise ExportError(f"{target} already exists; pass --overwrite or another --version")
+    output = Output(target, "saved-model", overwrite, runs.inputs_of(run_dir),
+                    option="the version directory", command="export saved-model")
+    output.check()
 
     model = runs.load(run_dir, max_len=max_len)
     if task == "classify":
@@ -450,9 +448,8 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         tf.saved_model.Asset(os.path.join(run_dir, f)) for f in files]
     # Written beside the target (TF Serving ignores non-numeric names), verified, made
     # readable to the server's user, then swapped in: a server polling the base path sees
-    # the old version or the new one, never a half-written or missing one. Leftovers of a
-    # killed export are removed here too.
-    with atomic.staging_dir(target) as tmp:
+    # the old version or the new one, never a half-written or missing one.
+    with output.staging() as tmp:
         archive.write_out(tmp, verbose=False)
         if verify:
             if task == "classify":
@@ -465,8 +462,6 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
                 verify_saved_model(run_dir, tmp, model=model)
                 if chat is not None:
                     verify_chat(tmp, model, chat)
-        if os.path.lexists(target) and not overwrite:  # another export got there first
-            raise ExportError(f"{target} already exists; pass --overwrite or another --version")
     return target
 
 
@@ -503,10 +498,10 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
 def _chat_signatures(config, tokenizer, generate):
     """`(chat entry, signatures)` of a run with a usable chat template, else (None, {}).
     A template the graph cannot apply is reported and left out, not fatal."""
-    chat = usable_chat_config(config, tokenizer)
-    if chat is None:
-        return None, {}
     try:
+        chat = usable_chat_config(config, tokenizer)
+        if chat is None:
+            return None, {}
         return chat, chat_signatures(generate, chat)
     except ChatTemplateError as e:
         print(f"note: no chat signatures: {e}", file=sys.stderr)

@@ -48,14 +48,13 @@ is checked against the Keras classifier's labels on held-out rows.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 
 from export.block_offsets import part_blocks
 from export.options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
-                            add_gate_options, add_max_len, add_part_options)
+                            add_gate_options, add_max_len, add_overwrite, add_part_options)
 from export.tflite_converter import convert_or_raise, tflite_converter
 
 
@@ -89,6 +88,7 @@ def build_parser():
     parser.add_argument("--keep-tensor-names", action="store_true",
                         help="keep internal tensor names (for debugging with a model viewer; "
                              "signature and input/output names are always kept)")
+    add_overwrite(parser)
     return parser
 
 
@@ -437,24 +437,35 @@ def agreement(runner, model, windows):
     return same / total, ce_tfl / total, ce_keras / total
 
 
-def _check_out_file(out):
-    if os.path.isdir(out):
-        raise TFLiteExportError(f"--out {out} is a directory; give a file path "
-                                "(e.g. models/NAME.tflite)")
-
-
 def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float32",
                   check_prompts=("ROMEO:",), min_agreement=None, max_loss_increase=None,
-                  strip_names=True, max_len=None, parts=None, data=None, text_column=None):
-    """Convert, write and verify; returns a report (`max_len`: the KV cache length).
+                  strip_names=True, max_len=None, parts=None, data=None, text_column=None,
+                  overwrite=False):
+    """Convert, verify and publish `out` (see `write_tflite`); returns a report.
+
+    An existing `out` is replaced only with `overwrite`, and only when this exporter wrote
+    it (`tfllm.publish`).
+    """
+    output = runs.export_output(out, "tflite", overwrite, run_dir, data, "export tflite")
+    with output.staging() as path:
+        report = write_tflite(run_dir, path, prefill_lengths, quantize, check_prompts,
+                              min_agreement, max_loss_increase, strip_names, max_len, parts,
+                              data, text_column)
+    return {**report, "path": out}
+
+
+def write_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float32",
+                 check_prompts=("ROMEO:",), min_agreement=None, max_loss_increase=None,
+                 strip_names=True, max_len=None, parts=None, data=None, text_column=None):
+    """Convert, write to the path `out` and verify; returns a report (`max_len`: the KV
+    cache length). The caller publishes `out` (it is a staging path).
 
     float32 must match Keras (logits within 1e-3, identical greedy tokens). Quantized modes
     must agree with Keras on >= `min_agreement` of next tokens over held-out text and stay
     within `max_loss_increase` (relative) of its loss (defaults: the mode's
-    `ACCURACY_GATES`); otherwise nothing is written. The held-out text is the run's
+    `ACCURACY_GATES`); otherwise an error is raised. The held-out text is the run's
     validation text, or `data` (a data spec; `text_column` its field).
     """
-    _check_out_file(out)
     gate = ACCURACY_GATES.get(quantize, (1.0, 0.0))
     min_agreement = gate[0] if min_agreement is None else min_agreement
     max_loss_increase = gate[1] if max_loss_increase is None else max_loss_increase
@@ -462,17 +473,10 @@ def export_tflite(run_dir, out, prefill_lengths=DEFAULT_PREFILL, quantize="float
         _check_windows(run_dir, data, text_column, quantize)
     tflite, model, lengths = convert(run_dir, prefill_lengths, quantize, strip_names,
                                      max_len, parts, data, text_column)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
+    with open(out, "wb") as f:
         f.write(tflite)
-    try:
-        report = _verify(tmp, model, check_prompts, quantize, run_dir, min_agreement,
-                         max_loss_increase, data, text_column)
-    except TfllmError:
-        os.remove(tmp)
-        raise
-    os.replace(tmp, out)
+    report = _verify(out, model, check_prompts, quantize, run_dir, min_agreement,
+                     max_loss_increase, data, text_column)
     return {**report, "path": out, "bytes": len(tflite), "prefill_lengths": lengths,
             "quantize": quantize, "parts": check_parts(quantize, parts), "model": model,
             "gate": (min_agreement, max_loss_increase)}
@@ -660,14 +664,14 @@ def tflite_classify(path, token_ids):
 
 def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
                              min_agreement=0.95, strip_names=True, data=None, text_column=None,
-                             seq_len=None, pair_column=None):
+                             seq_len=None, pair_column=None, overwrite=False):
     """Convert, write and verify a classifier; returns a report.
 
     float32 must give the Keras probabilities (within 1e-4) and labels on held-out rows;
     quantized modes must agree with Keras' labels on >= `min_agreement` of them. `data`:
     the texts to calibrate and check on where the run has none (imported classifiers).
     """
-    _check_out_file(out)
+    output = runs.export_output(out, "tflite", overwrite, run_dir, data, "export tflite")
     _classifier_rows(run_dir, 0, data, text_column, pair_column)  # no texts: fail first
     tflite, model, task = convert_classifier(run_dir, quantize, strip_names=strip_names,
                                              data=data, text_column=text_column,
@@ -675,11 +679,9 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
     _, held_out = _classifier_rows(run_dir, check_rows, data, text_column, pair_column)
     ids = encode_rows(model.tokenizer, task, held_out, uses_token_types(model, task))
     expected = tf.nn.softmax(model(ids), axis=-1).numpy()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(tflite)
-    try:
+    with output.staging() as tmp:
+        with open(tmp, "wb") as f:
+            f.write(tflite)
         got = tflite_classify(tmp, ids)
         diff = float(np.abs(got - expected).max())
         agree = float(np.mean(got.argmax(1) == expected.argmax(1)))
@@ -693,10 +695,6 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
                 f"--quantize {quantize} is not accurate enough for this classifier: labels "
                 f"agree with Keras on {agree:.1%} of {len(held_out)} held-out rows (needs >= "
                 f"{min_agreement:.0%}); refusing to write it")
-    except TfllmError:
-        os.remove(tmp)
-        raise
-    os.replace(tmp, out)
     return {"path": out, "bytes": len(tflite), "quantize": quantize, "max_prob_diff": diff,
             "label_agreement": agree, "rows_checked": len(held_out),
             "seq_len": task["seq_len"], "class_names": task["class_names"],
@@ -719,7 +717,7 @@ def _main(args):
     if objective == "seq2seq":
         from export.tflite_seq2seq import export_seq2seq_tflite
 
-        report = export_seq2seq_tflite(args.run, args.out, args.quantize)
+        report = export_seq2seq_tflite(args.run, args.out, args.quantize, args.overwrite)
         print(f"TFLite translation model written to {report['path']} "
               f"({report['bytes'] / 1e6:.2f} MB, {args.quantize}, signatures encode and decode)")
         print(f"greedy translations equal Seq2SeqLM.generate on {report['sources_agreeing']} of "
@@ -730,13 +728,15 @@ def _main(args):
         report = export_classifier_tflite(args.run, args.out, args.quantize,
                                           strip_names=strip, data=args.data,
                                           text_column=args.text_column, seq_len=args.seq_len,
-                                          pair_column=args.pair_column)
+                                          pair_column=args.pair_column,
+                                          overwrite=args.overwrite)
     else:
         report = export_tflite(args.run, args.out, args.prefill_lengths, args.quantize,
                                strip_names=strip, max_len=args.max_len, parts=parts_of(args),
                                data=args.data, text_column=args.text_column,
                                min_agreement=args.min_agreement,
-                               max_loss_increase=args.max_loss_increase)
+                               max_loss_increase=args.max_loss_increase,
+                               overwrite=args.overwrite)
     if "label_agreement" in report:
         inputs = " and ".join(f"{name} [1, {report['seq_len']}]" for name in report["inputs"])
         print(f"TFLite classifier written to {report['path']} ({report['bytes'] / 1e6:.2f} MB, "

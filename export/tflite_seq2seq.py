@@ -22,7 +22,6 @@ before the file is written.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
@@ -168,12 +167,13 @@ def teacher_forced_agreement(runner, model, pairs):
     return same / max(total, 1)
 
 
-def export_seq2seq_tflite(run_dir, out, quantize="float32", check_pairs=50):
-    """Convert a translation run, check it against Keras, write `out`; returns a report."""
+def export_seq2seq_tflite(run_dir, out, quantize="float32", overwrite=False, check_pairs=50):
+    """Convert a translation run, check it against Keras, publish `out`; returns a report."""
     from tfllm.data.parallel import ParallelData
     from tfllm.data.seq2seq import encode_pairs
     from tfllm.translation import encode_sources
 
+    output = runs.export_output(out, "tflite", overwrite, run_dir, command="export tflite")
     model = runs.load(run_dir)
     tok = model.tokenizer
     data = convert_seq2seq(model, quantize)
@@ -202,11 +202,7 @@ def export_seq2seq_tflite(run_dir, out, quantize="float32", check_pairs=50):
             f"--quantize {quantize} agrees with the float model on "
             f"{report['top1_agreement']:.1%} of held-out next tokens, below the "
             f"{MIN_AGREEMENT:.0%} required; nothing was written (use float32 or float16)")
-    if os.path.isdir(out):
-        raise Seq2SeqTFLiteError(f"--out {out} is a directory; give a file path "
-                                 "(e.g. models/NAME.tflite)")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".tmp", "wb") as f:  # a temporary name, then one rename
-        f.write(data)
-    os.replace(out + ".tmp", out)
+    with output.staging() as staged:
+        with open(staged, "wb") as f:
+            f.write(data)
     return report

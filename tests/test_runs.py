@@ -1,13 +1,12 @@
 """The run directory: --overwrite validates first, never deletes what is not a run, and
 a damaged run is reported in one line."""
 
-import json
 import os
 import shutil
 
 import pytest
 
-from tfllm import atomic, runs
+from tfllm import runs
 from tfllm.cli import main
 from tfllm.errors import RunDirError
 
@@ -100,39 +99,3 @@ def test_truncated_model_file_is_reported_as_damaged(old_run, capsys):
         runs.load(old_run)
     err = _one_line_error(["generate", "--run", old_run, "--prompt", "A"], capsys)
     assert "model.keras cannot be read" in err and "does not exist" not in err
-
-
-def test_check_new_run_dir_rules(tmp_path):
-    out = tmp_path / "r"
-    assert runs.check_new_run_dir(str(out), overwrite=False) is False
-    out.mkdir()
-    assert runs.check_new_run_dir(str(out), overwrite=False) is False  # empty: fine
-    (out / runs.CONFIG).write_text(json.dumps({"model": {}}))
-    with pytest.raises(RunDirError, match="--overwrite"):
-        runs.check_new_run_dir(str(out), overwrite=False)
-    assert runs.check_new_run_dir(str(out), overwrite=True) is True
-    runs.start_new_run_dir(str(out))
-    assert os.listdir(out) == []
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
-
-
-def test_staging_dir_publishes_whole_or_not_at_all(tmp_path):
-    target = tmp_path / "v"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic.staging_dir(str(target)) as tmp:
-            with open(os.path.join(tmp, "new.txt"), "w") as f:
-                f.write("half")
-            raise RuntimeError("killed half-way")
-    assert _snapshot(target) == {"old.txt": b"old"}
-    # A staging directory left by a dead process is removed by the next writer.
-    stale = tmp_path / ".v.partial-999999999-x"
-    stale.mkdir()
-    with atomic.staging_dir(str(target)) as tmp:
-        with open(os.path.join(tmp, "new.txt"), "w") as f:
-            f.write("new")
-    assert _snapshot(target) == {"new.txt": b"new"}
-    assert sorted(os.listdir(tmp_path)) == ["v"]
-    assert os.stat(target).st_mode & 0o055 == 0o055
-    assert os.stat(target / "new.txt").st_mode & 0o044 == 0o044

@@ -120,33 +120,25 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
 
 def merge(args):
     import tfllm
-    from tfllm import atomic, runs
+    from tfllm import runs
     from tfllm.tokenizers import tokenizer_files
 
     stored = runs.read_run_config(args.run)
     if not stored.get("lora"):
         raise TfllmError(f"{args.run} is not a LoRA run (no adapter to merge); it is "
                          "already a plain run")
-    if os.path.abspath(args.run) == os.path.abspath(args.out):
-        raise TfllmError("--out must differ from --run")
-    runs.check_new_run_dir(args.out, args.overwrite)
+    output = runs.new_run(args.out, args.overwrite, runs.inputs_of(args.run), "merge")
     model = tfllm.load(args.run)  # the adapter added into the base's kernels
-    tmp = args.out.rstrip("/") + ".tmp-merge"
-    if os.path.isdir(tmp):
-        atomic.remove_dir(tmp)
-    os.makedirs(tmp)
     spec = stored.get("tokenizer", runs.TOKENIZER)
-    for f in tokenizer_files(spec):
-        with open(os.path.join(args.run, f), "rb") as src, \
-                open(os.path.join(tmp, f), "wb") as dst:
-            dst.write(src.read())
-    model.save(os.path.join(tmp, runs.MODEL))
-    config = {k: v for k, v in stored.items() if k not in ("lora",)}
-    config["merged_from"] = {"run": os.path.abspath(args.run), "lora": stored["lora"]}
-    runs.write_run_config(tmp, config)
-    runs.start_new_run_dir(args.out)
-    os.rmdir(args.out)
-    os.replace(tmp, args.out)
+    with output.staging() as tmp:
+        for f in tokenizer_files(spec):
+            with open(os.path.join(args.run, f), "rb") as src, \
+                    open(os.path.join(tmp, f), "wb") as dst:
+                dst.write(src.read())
+        model.save(os.path.join(tmp, runs.MODEL))
+        config = {k: v for k, v in stored.items() if k not in ("lora",)}
+        config["merged_from"] = {"run": os.path.abspath(args.run), "lora": stored["lora"]}
+        runs.write_run_config(tmp, config)
     print(f"merged {args.run} (LoRA rank {stored['lora']['rank']}) into a plain run: "
           f"{args.out}")
 

@@ -9,6 +9,7 @@ returns a plain model for both (the adapter added into the base's kernels).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -18,7 +19,7 @@ import warnings
 
 import keras
 
-from tfllm import runs
+from tfllm import publish, runs
 from tfllm.config import ConfigError
 from tfllm.errors import DataError, RunDirError, TfllmError
 
@@ -199,6 +200,79 @@ def resume_chat(out: str, verbose="auto", extra_callbacks=None) -> dict:
                          extra_callbacks=extra_callbacks, _resume=True)
 
 
+def _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train, val,
+              too_long, settings, prompt_column, response_column, prompt_template, system,
+              total, interval, epochs, model, budget, verbose, extra_callbacks) -> float:
+    """Fine-tune into `run_dir` (`out`, or its staging sibling); returns the seconds fit
+    took."""
+    from tfllm.data.chat import make_chat_dataset
+    from tfllm.tokenizers import tokenizer_files
+    from tfllm.training import MetricsLogger, read_metrics
+
+    if not _resume:
+        for f in tokenizer_files(spec):
+            shutil.copyfile(os.path.join(run, f), os.path.join(run_dir, f))
+    config = {
+        "model": stored["model"], "objective": "chat", "tokenizer": spec, "chat": chat,
+        "base": {"run": os.path.abspath(run),
+                 **({"fingerprint": base_meta["base_fingerprint"]} if base_meta else {})},
+        "lora": ({k: v for k, v in base_meta.items() if k != "base_fingerprint"}
+                 if base_meta else None),
+        "data": {**chats.describe(), "too_long": too_long,
+                 "train": len(train), "val": len(val)},
+        "finetune": {**dataclasses.asdict(settings), "total_steps": total,
+                     "eval_interval": interval},
+        "chat_data": {"prompt_column": prompt_column, "response_column": response_column,
+                      "prompt_template": prompt_template, "system": system},
+    }
+    if not _resume:
+        runs.write_run_config(run_dir, config)
+    initial_epoch = restore_backup(model, run_dir) if _resume else 0
+    previous = read_metrics(run_dir) if _resume else []
+
+    train_ds = make_chat_dataset(train, settings.batch_size, training=True,
+                                 seed=settings.seed)
+    val_ds = make_chat_dataset(val, settings.batch_size, training=False) \
+        .take(settings.eval_steps)
+    best_path = os.path.join(run_dir, BEST_ADAPTER if base_meta else runs.BEST_WEIGHTS)
+    tokens_per_step = settings.batch_size * sum(len(ids) for ids, _ in train) / len(train)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        BestAdapterCheckpoint(best_path, base_meta, min(
+            (r["val_loss"] for r in previous if r.get("val_loss") is not None),
+            default=math.inf)),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, runs.LOGS), update_freq="epoch",
+                                    write_graph=False),
+        MetricsLogger(os.path.join(run_dir, runs.METRICS), interval, tokens_per_step),
+        *([budget] if budget else []),
+        ChatBackup(run_dir),
+        *(extra_callbacks or []),
+    ]
+    started = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=interval,
+                            validation_data=val_ds, callbacks=callbacks, verbose=verbose,
+                            initial_epoch=initial_epoch)
+    seconds = time.time() - started
+    losses = history.history.get("loss") or [0.0]  # none: resumed after the last interval
+    if not math.isfinite(losses[-1]):
+        raise TfllmError(f"fine-tuning diverged (the loss became NaN or infinite); lower "
+                         f"--lr (now {settings.lr:g}) and run again with --overwrite")
+    if not os.path.isfile(best_path):
+        raise TfllmError("no validation finished before the end of training; raise "
+                         "--max-minutes or lower --eval-interval")
+    if base_meta:
+        os.replace(best_path, os.path.join(run_dir, ADAPTER))
+    else:
+        model.load_weights(best_path)
+        model.save(os.path.join(run_dir, runs.MODEL))
+    # Finished: nothing left to resume.
+    publish.remove_tree(os.path.join(run_dir, runs.BACKUP))
+    return seconds
+
+
 def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None = None,
                   prompt_column=None, response_column=None, prompt_template=None,
                   system=None, template=None, overwrite: bool = False,
@@ -231,12 +305,12 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
     """
     from tfllm import lora
     from tfllm.chat_template import chat_config_of, template_of
-    from tfllm.data.chat import ChatData, encode_conversations, make_chat_dataset
+    from tfllm.data.chat import ChatData, encode_conversations
     from tfllm.models import make_optimizer
     from tfllm.models.causal_lm import Perplexity
     from tfllm.models.seq2seq_lm import SmoothedSparseCrossentropy
-    from tfllm.tokenizers import tokenizer_files
-    from tfllm.training import MetricsLogger, choose_strategy, read_metrics
+    from tfllm.data.spec import data_paths
+    from tfllm.training import choose_strategy, read_metrics
 
     settings = settings or ChatSettings()
     stored = runs.read_run_config(run)
@@ -244,11 +318,9 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
     if kind not in BASE_OBJECTIVES:
         raise RunDirError(f"{run} is a {kind!r} run; --task chat fine-tunes a causal "
                           "language model (tfllm train, tfllm import-hf / import-gguf)")
-    if os.path.abspath(run) == os.path.abspath(out):
-        raise RunDirError("--out must differ from --run (the base run is kept)")
     strategy = choose_strategy(settings.strategy)
-    if not _resume:
-        runs.check_new_run_dir(out, overwrite)
+    output = None if _resume else runs.new_run(out, overwrite, runs.inputs_of(run) +
+                                               data_paths(data), "finetune")
     keras.utils.set_random_seed(settings.seed)
 
     chats = ChatData(data, prompt_column, response_column, prompt_template, system,
@@ -290,72 +362,16 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
     total_params = int(sum(math.prod(v.shape) for v in model.weights
                            if "lora_kernel" not in v.path))
 
-    # Data and model are ready: only now is an old run in `out` replaced.
+    # Data and model are ready: a new run is written in place when nothing is replaced (so
+    # a killed one resumes), else beside the old one, which it replaces once complete.
     spec = stored.get("tokenizer", runs.TOKENIZER)
-    if not _resume:
-        runs.start_new_run_dir(out)
-        for f in tokenizer_files(spec):
-            shutil.copyfile(os.path.join(run, f), os.path.join(out, f))
-    config = {
-        "model": stored["model"], "objective": "chat", "tokenizer": spec, "chat": chat,
-        "base": {"run": os.path.abspath(run),
-                 **({"fingerprint": base_meta["base_fingerprint"]} if base_meta else {})},
-        "lora": ({k: v for k, v in base_meta.items() if k != "base_fingerprint"}
-                 if base_meta else None),
-        "data": {**chats.describe(), "too_long": too_long + val_too_long,
-                 "train": len(train), "val": len(val)},
-        "finetune": {**dataclasses.asdict(settings), "total_steps": total,
-                     "eval_interval": interval},
-        "chat_data": {"prompt_column": prompt_column, "response_column": response_column,
-                      "prompt_template": prompt_template, "system": system},
-    }
-    if not _resume:
-        runs.write_run_config(out, config)
-    initial_epoch = restore_backup(model, out) if _resume else 0
-    previous = read_metrics(out) if _resume else []
-
-    train_ds = make_chat_dataset(train, settings.batch_size, training=True,
-                                 seed=settings.seed)
-    val_ds = make_chat_dataset(val, settings.batch_size, training=False) \
-        .take(settings.eval_steps)
-    best_path = os.path.join(out, BEST_ADAPTER if base_meta else runs.BEST_WEIGHTS)
     budget = TimeBudget(settings.max_minutes) if settings.max_minutes else None
-    tokens_per_step = settings.batch_size * sum(len(ids) for ids, _ in train) / len(train)
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        BestAdapterCheckpoint(best_path, base_meta, min(
-            (r["val_loss"] for r in previous if r.get("val_loss") is not None),
-            default=math.inf)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience),
-        keras.callbacks.TensorBoard(os.path.join(out, runs.LOGS), update_freq="epoch",
-                                    write_graph=False),
-        MetricsLogger(os.path.join(out, runs.METRICS), interval, tokens_per_step),
-        *([budget] if budget else []),
-        ChatBackup(out),
-        *(extra_callbacks or []),
-    ]
-    started = time.time()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=interval,
-                            validation_data=val_ds, callbacks=callbacks, verbose=verbose,
-                            initial_epoch=initial_epoch)
-    seconds = time.time() - started
-    losses = history.history.get("loss") or [0.0]  # none: resumed after the last interval
-    if not math.isfinite(losses[-1]):
-        raise TfllmError(f"fine-tuning diverged (the loss became NaN or infinite); lower "
-                         f"--lr (now {settings.lr:g}) and run again with --overwrite")
-    if not os.path.isfile(best_path):
-        raise TfllmError("no validation finished before the end of training; raise "
-                         "--max-minutes or lower --eval-interval")
-    if base_meta:
-        os.replace(best_path, os.path.join(out, ADAPTER))
-    else:
-        model.load_weights(best_path)
-        model.save(os.path.join(out, runs.MODEL))
-    from tfllm import atomic
-
-    atomic.remove_dir(os.path.join(out, runs.BACKUP))  # finished: nothing left to resume
+    with contextlib.ExitStack() as publishing:
+        run_dir = out if _resume else publishing.enter_context(output.staging(in_place=True))
+        seconds = _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train,
+                            val, too_long + val_too_long, settings, prompt_column,
+                            response_column, prompt_template, system, total, interval, epochs,
+                            model, budget, verbose, extra_callbacks)
     records = read_metrics(out)
     best = min((r for r in records if r.get("val_loss") is not None),
                key=lambda r: r["val_loss"], default={})

@@ -11,7 +11,6 @@ config); tfllm's own runs use `DEFAULT_TEMPLATE` (ChatML, as SmolLM2 and Qwen us
 from __future__ import annotations
 
 import json
-from datetime import datetime
 
 from tfllm.errors import TfllmError
 
@@ -28,26 +27,91 @@ DEFAULT_END_OF_TURN = "<|im_end|>"
 
 
 class ChatTemplateError(TfllmError, ValueError):
-    """A conversation or template that cannot be rendered."""
+    """A conversation or template that cannot be rendered.
+
+    `kind`: "template" (the template refused or does not compile), "limit" (it ran past a
+    time, size or memory limit) or "failure" (its code failed).
+    """
+
+    def __init__(self, message: str, kind: str = "template"):
+        super().__init__(message)
+        self.kind = kind
 
 
-def _environment():
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+# A template's rendering may take this long (a request of several renders too) before its
+# worker process is killed; its text and memory are capped in tfllm/template_worker.py.
+TIME_LIMIT_S = 5.0
+# The longest template source accepted (Hugging Face's longest, with tools, are ~10 kB).
+MAX_TEMPLATE_CHARS = 1 << 20
 
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
-                          separators=separators, sort_keys=sort_keys)
+class _Sandbox:
+    """One worker process (tfllm/template_worker.py) that renders templates for this
+    process, started on first use and again after it is killed."""
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
+    def __init__(self):
+        import threading
+
+        self._proc, self._pid = None, None
+        self._lock = threading.Lock()
+
+    def _start(self):
+        import atexit
+        import os
+        import subprocess
+        import sys
+
+        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "template_worker.py")
+        self._proc = subprocess.Popen([sys.executable, "-I", worker], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._pid = os.getpid()
+        atexit.register(self._stop)
+
+    def _stop(self):
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def call(self, request: dict, timeout: float = TIME_LIMIT_S):
+        """The worker's answer to `request`; ChatTemplateError for a template that fails,
+        or runs past `timeout` seconds (the worker is then killed)."""
+        import os
+        import select
+        import time
+
+        line = (json.dumps(request, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None or \
+                    self._pid != os.getpid():
+                self._start()
+            deadline = time.monotonic() + timeout
+            try:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+                fd, chunks = self._proc.stdout.fileno(), []
+                while not chunks or not chunks[-1].endswith(b"\n"):
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([fd], [], [], left)[0]:
+                        self._stop()
+                        raise ChatTemplateError(
+                            f"the chat template took longer than {timeout:g} s to render "
+                            "(a loop without end?); it was stopped", "limit")
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        raise BrokenPipeError
+                    chunks.append(chunk)
+            except (BrokenPipeError, OSError):
+                self._stop()
+                raise ChatTemplateError("the chat template's worker process died while "
+                                        "rendering (out of memory?)", "limit") from None
+        reply = json.loads(b"".join(chunks))
+        if "error" in reply:
+            raise ChatTemplateError(reply["error"], reply.get("kind", "template"))
+        return reply["ok"]
+
+
+_SANDBOX = _Sandbox()
 
 
 def check_messages(messages) -> list[dict]:
@@ -82,26 +146,24 @@ class ChatTemplate:
     """
 
     def __init__(self, source: str | None = None, bos_token: str = "", eos_token: str = ""):
-        import jinja2
-
         self.source = DEFAULT_TEMPLATE if source is None else source
-        self.bos_token, self.eos_token = bos_token, eos_token
-        try:
-            self._template = _environment().from_string(self.source)
-        except jinja2.exceptions.TemplateError as e:
-            raise ChatTemplateError(f"the chat template does not compile: {e}") from e
+        if not isinstance(self.source, str) or len(self.source) > MAX_TEMPLATE_CHARS:
+            raise ChatTemplateError(f"a chat template is text of at most {MAX_TEMPLATE_CHARS:,} "
+                                    "characters")
+        self.bos_token, self.eos_token = bos_token or "", eos_token or ""
+        _SANDBOX.call({"op": "compile", "source": self.source})
+
+    def _ask(self, op: str, messages, **extra):
+        return _SANDBOX.call({"op": op, "source": self.source, "bos": self.bos_token,
+                              "eos": self.eos_token, "messages": check_messages(messages),
+                              **extra})
 
     def render(self, messages, add_generation_prompt: bool = False) -> str:
         """The text of a conversation; with `add_generation_prompt`, followed by the
-        opening of the assistant's next turn."""
-        import jinja2
-
-        try:
-            return self._template.render(
-                messages=check_messages(messages), add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token)
-        except jinja2.exceptions.TemplateError as e:
-            raise ChatTemplateError(f"the chat template refused the conversation: {e}") from e
+        opening of the assistant's next turn. Rendered in a worker process within
+        `TIME_LIMIT_S` seconds, 4 MiB of text and 512 MiB of memory (the template is code
+        from a checkpoint)."""
+        return self._ask("render", messages, add_generation_prompt=bool(add_generation_prompt))
 
     def segments(self, messages) -> list[tuple[str, bool]]:
         """The rendered conversation cut into `(text, is_assistant)` pieces whose joined
@@ -111,30 +173,7 @@ class ChatTemplate:
         The cut comes from rendering growing prefixes: what `render(messages[:i + 1])`
         adds to `render(messages[:i], add_generation_prompt=True)` is turn i's reply.
         """
-        messages = check_messages(messages)
-        out, done = [], ""
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            try:
-                prompt = self.render(messages[:i], add_generation_prompt=True)
-            except ChatTemplateError:
-                if i:
-                    raise
-                prompt = ""  # a template that cannot render an empty conversation
-            full = self.render(messages[:i + 1])
-            if not (prompt.startswith(done) and full.startswith(prompt)):
-                raise ChatTemplateError(
-                    f"turn {i + 1}: this template does not render a conversation as the "
-                    "text of its prefix plus the new turn, so replies cannot be located")
-            if prompt != done:
-                out.append((prompt[len(done):], False))
-            out.append((full[len(prompt):], True))
-            done = full
-        rest = self.render(messages)[len(done):]
-        if rest:
-            out.append((rest, False))
-        return out
+        return [(text, bool(reply)) for text, reply in self._ask("segments", messages)]
 
 
 def read_template_arg(value: str) -> str:
@@ -195,12 +234,16 @@ def template_of(chat: dict) -> ChatTemplate:
 def usable_chat_config(run_config: dict, tokenizer) -> dict | None:
     """The run's chat entry when it has a template that renders a one-turn conversation
     around the message (what `tfllm chat` and the exporters' chat paths need); None for
-    a run without one, or whose template does not (a placeholder template)."""
+    a run without one, or whose template does not (a placeholder template, or one that
+    refuses such a conversation). A template that fails otherwise (runs past its limits,
+    its code breaks) raises ChatTemplateError: it is not silently left out."""
     probe = "\ue000tfllm-probe\ue000"
     try:
         chat = chat_config_of(run_config, tokenizer)
         text = template_of(chat).render([{"role": "user", "content": probe}],
                                         add_generation_prompt=True)
-    except ChatTemplateError:
+    except ChatTemplateError as e:
+        if e.kind != "template":
+            raise
         return None
     return chat if probe in text else None

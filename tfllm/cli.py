@@ -342,8 +342,6 @@ def _train(args):
         what = "does not exist" if not os.path.exists(args.out) else \
             f"is not a tfllm run directory (no {runs.CONFIG})"
         raise TfllmError(f"--resume: {args.out} {what}; start a new run without --resume")
-    if not args.resume:
-        runs.check_new_run_dir(args.out, args.overwrite, resumable=True)
     stored = runs.read_run_config(args.out) if args.resume else None
     base = TrainSettings(**stored["training"]) if stored else TrainSettings()
     given = {k: getattr(args, k) for k in (
@@ -650,8 +648,9 @@ def _report_import(family, out):
 def _import_hf(args):
     from tfllm.checkpoints import FAMILY_NAMES, import_hf, model_type_of
 
+    family = FAMILY_NAMES[model_type_of(args.checkpoint)]  # read before anything is written
     out = import_hf(args.checkpoint, args.out, args.overwrite, args.max_len, args.dtype)
-    _report_import(FAMILY_NAMES[model_type_of(args.checkpoint)], out)
+    _report_import(family, out)
 
 
 def _import_gguf(args):

@@ -6,7 +6,8 @@ This module imports nothing from tfllm, so every other part can depend on it.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import os
 from typing import Any
 
 
@@ -34,6 +35,37 @@ ROPE_SCALING_TYPES = ("linear", "llama3")
 # by 1/sqrt(2 * layers) (GPT-2, nanoGPT); "xavier" Glorot-uniform (the original
 # Transformer, PyTorch's nn.Transformer). Embeddings are N(0, 0.02) in both.
 INITIALIZERS = ("gpt2", "xavier")
+# Bounds on a config's sizes, far beyond any published model (Llama 3 405B: 126 layers,
+# width 16384, 53248 feed-forward, 128 heads; Gemma 3: 262144 tokens), checked before
+# anything is allocated: a downloaded config.json is untrusted input.
+LIMITS = {"num_layers": 1024, "num_decoder_layers": 1024, "d_model": 1 << 16,
+          "num_heads": 1024, "num_kv_heads": 1024, "head_size": 4096, "ffn_dim": 1 << 18,
+          "max_len": 1 << 20, "vocab_size": 1 << 22, "type_vocab_size": 1024}
+_BOOLS = ("causal", "norm_first", "qkv_bias", "proj_bias", "qk_norm", "tie_embeddings",
+          "pooler")
+
+
+def _short(value, limit=60) -> str:
+    text = repr(value) if not isinstance(value, (list, dict, str)) or len(value) < 100 \
+        else repr(value[:100] if not isinstance(value, dict) else type(value).__name__)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclasses.dataclass
@@ -122,15 +154,40 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first field with a bad value."""
+        """Raise ConfigError naming the first field with a bad value: of the wrong type,
+        not finite, out of range (`LIMITS`), or a model too large for this machine."""
         for name in ("num_layers", "d_model", "num_heads", "ffn_dim", "max_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.vocab_size is not None and (
-            not isinstance(self.vocab_size, int) or self.vocab_size <= 1
-        ):
-            raise ConfigError(f"vocab_size must be an integer > 1, got {self.vocab_size!r}")
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {_short(value)}")
+        if self.vocab_size is not None and (not _is_int(self.vocab_size) or self.vocab_size <= 1):
+            raise ConfigError(f"vocab_size must be an integer > 1, got {_short(self.vocab_size)}")
+        for name in ("num_kv_heads", "head_size"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value <= 0):
+                raise ConfigError(f"{name} must be a positive integer, got {_short(value)}")
+        if not _is_int(self.type_vocab_size) or self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size must be an integer >= 0, got "
+                              f"{_short(self.type_vocab_size)}")
+        if not _is_int(self.num_decoder_layers) or self.num_decoder_layers < 0:
+            raise ConfigError(f"num_decoder_layers must be an integer >= 0, got "
+                              f"{_short(self.num_decoder_layers)}")
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise ConfigError(f"{name} {value:,} is above the largest tfllm builds "
+                                  f"({limit:,})")
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got "
+                                  f"{_short(getattr(self, name))}")
+        for name in ("dropout", "layer_norm_epsilon", "rope_theta"):
+            if not _is_number(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got "
+                                  f"{_short(getattr(self, name))}")
+        if not 0.0 < self.layer_norm_epsilon < 1.0:
+            raise ConfigError(f"layer_norm_epsilon must be in (0, 1), got "
+                              f"{self.layer_norm_epsilon!r}")
         if self.head_size is None and self.d_model % self.num_heads:
             raise ConfigError(
                 f"num_heads ({self.num_heads}) must divide d_model ({self.d_model}), or give "
@@ -158,15 +215,14 @@ class ModelConfig:
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("type") if isinstance(self.rope_scaling, dict) \
                 else None
-            if kind not in ROPE_SCALING_TYPES:
-                raise ConfigError(f"unsupported rope scaling {kind!r}; supported: "
+            if not isinstance(kind, str) or kind not in ROPE_SCALING_TYPES:
+                raise ConfigError(f"unsupported rope scaling {_short(kind)}; supported: "
                                   f"{', '.join(ROPE_SCALING_TYPES)}")
-        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
-            raise ConfigError(f"type_vocab_size must be an integer >= 0, got "
-                              f"{self.type_vocab_size!r}")
-        if not isinstance(self.num_decoder_layers, int) or self.num_decoder_layers < 0:
-            raise ConfigError(f"num_decoder_layers must be an integer >= 0, got "
-                              f"{self.num_decoder_layers!r}")
+            bad = [k for k, v in self.rope_scaling.items() if k != "type" and
+                   (not _is_number(v) or v <= 0)]
+            if bad:
+                raise ConfigError(f"rope_scaling {bad[0]} must be a positive finite number, "
+                                  f"got {_short(self.rope_scaling[bad[0]])}")
         if self.num_decoder_layers and (self.rope_scaling is not None or
                                         self.num_kv_heads not in (None, self.num_heads) or
                                         not self.tie_embeddings or self.qk_norm):
@@ -183,8 +239,33 @@ class ModelConfig:
             )
         if self.tokenizer not in TOKENIZER_TYPES:
             raise ConfigError(
-                f"tokenizer must be one of {TOKENIZER_TYPES}, got {self.tokenizer!r}"
+                f"tokenizer must be one of {TOKENIZER_TYPES}, got {_short(self.tokenizer)}"
             )
+        self._check_fits_memory()
+
+    def num_parameters(self) -> int:
+        """The model's parameter count (weights of the embeddings, blocks and output
+        projection; biases and norms are counted too)."""
+        d, f, hd = self.d_model, self.ffn_dim, self.head_dim
+        q, kv = self.num_heads * hd, self.kv_heads * hd
+        attention = d * (q + 2 * kv) + q * d + (q + 2 * kv + d)
+        ffn = (3 if self.ffn == "gated" else 2) * d * f + 2 * f + d
+        block = attention + ffn + 4 * d
+        vocab = self.vocab_size or 256
+        embeddings = vocab * d * (1 if self.tie_embeddings else 2) + \
+            (self.max_len * d if self.position_embedding == "learned" else 0)
+        decoder = self.num_decoder_layers * (block + attention)  # + cross-attention
+        return embeddings + self.num_layers * block + decoder
+
+    def _check_fits_memory(self) -> None:
+        # In its smallest dtype (bfloat16, 2 bytes) the model must fit this machine's
+        # memory, or building it would exhaust the machine before any error.
+        available = memory_bytes()
+        need = 2 * self.num_parameters()
+        if available and need > available:
+            raise ConfigError(f"a model of {self.num_parameters():,} parameters needs "
+                              f"{need / 2**30:.1f} GiB even in bfloat16, more than this "
+                              f"machine's {available / 2**30:.1f} GiB of memory")
 
     @property
     def head_dim(self) -> int:
@@ -210,14 +291,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config is a JSON object, got {_short(data)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise ConfigError(f"unknown model config fields {unknown}; known: {sorted(known)}")
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 # Named presets (see shared design notes). `vocab_size=None` means "from the trained tokenizer".

@@ -160,10 +160,11 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
         >>> finetune("runs/sst2", "tsv:train.tsv", run="runs/bert")  # doctest: +SKIP
     """
     from tfllm.data import LabeledData
-    from tfllm.models import SequenceClassifier, TransformerBackbone, make_optimizer
+    from tfllm.data.spec import data_paths
+    from tfllm.models import TransformerBackbone
     from tfllm.models.classifier import copy_backbone
     from tfllm.tokenizers import SentencePieceTokenizer
-    from tfllm.training import MetricsLogger, build_model_config, read_metrics
+    from tfllm.training import build_model_config, read_metrics
 
     settings = settings or FinetuneSettings()
     if task not in TASKS:
@@ -177,9 +178,9 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
             raise RunDirError(f"{run} is a {kind!r} run; --task classify fine-tunes a "
                               "pretrained language model or encoder (tfllm train --objective "
                               "mlm|clm, tfllm import-hf)")
-        if os.path.abspath(run) == os.path.abspath(out):
-            raise RunDirError("--out must differ from --run (the pretrained run is kept)")
-    runs.check_new_run_dir(out, overwrite)  # nothing is deleted before the data is read
+    # Checked before the data is read; nothing is replaced until the new run is complete.
+    output = runs.new_run(out, overwrite, (runs.inputs_of(run) if run else []) +
+                          data_paths(data, tfds_manual_dir, tfds_data_dir), "finetune")
     keras.utils.set_random_seed(settings.seed)
 
     data_rows = LabeledData(data, text_column, label_column, require_labels=True,
@@ -228,12 +229,37 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     total_steps = epochs * eval_interval
     spe = math.gcd(eval_interval, 50)
 
-    # Data, model and tokenizer are ready: only now is an old run in `out` replaced.
-    runs.start_new_run_dir(out)
+    # Data, model and tokenizer are ready: the new run is written in place when nothing is
+    # replaced, else beside the old one, which it replaces once complete.
+    with output.staging(in_place=True) as run_dir:
+        _fit_classifier(run_dir, out, run, tokenizer, tokenizer_spec, settings, backbone,
+                        class_names, model_config, add_bos, seq_len, is_pair, encoder_pooling,
+                        data_rows, preset, backbone_lr_ratio, total_steps, eval_interval,
+                        epochs, spe, train_texts, train_y, train_pairs, val_texts, val_y,
+                        val_pairs, verbose)
+    records = read_metrics(out)
+    best = max(records, key=lambda r: r.get("val_accuracy") or 0.0) if records else {}
+    return {"val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
+            "step": best.get("step"), "steps_run": records[-1]["step"] if records else 0,
+            "train_rows": len(train_texts), "val_rows": len(val_texts),
+            "skipped_empty": data_rows.skipped_empty, "seq_len": seq_len,
+            **({"dropped_contained": data_rows.dropped_contained}
+               if holdout != "random" else {})}
+
+
+def _fit_classifier(run_dir, out, run, tokenizer, tokenizer_spec, settings, backbone,
+                    class_names, model_config, add_bos, seq_len, is_pair, encoder_pooling,
+                    data_rows, preset, backbone_lr_ratio, total_steps, eval_interval, epochs,
+                    spe, train_texts, train_y, train_pairs, val_texts, val_y, val_pairs,
+                    verbose):
+    """Write the classifier run into `run_dir` (`out`, or its staging sibling)."""
+    from tfllm.models import SequenceClassifier, make_optimizer
+    from tfllm.training import MetricsLogger
+
     if run is not None:
         _copy_tokenizer_files(run, out, tokenizer_spec)
     else:
-        tokenizer.save(os.path.join(out, runs.TOKENIZER))
+        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
     head_dropout = settings.dropout if settings.dropout is not None else 0.1
     # An encoder trained to mean-pool (sentence-transformers) is fine-tuned mean-pooled.
     pooling = "first" if add_bos else "last"
@@ -242,7 +268,7 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
     task_info = {"type": "classify", "class_names": class_names, "seq_len": seq_len,
                  "add_bos": add_bos, "pooling": pooling}
     task_info["pair"] = is_pair
-    runs.write_run_config(out, {
+    runs.write_run_config(run_dir, {
         "model": model_config.to_dict(), "objective": "classify", "task": task_info,
         "data": data_rows.describe(), "tokenizer": tokenizer_spec,
         "pretrained": os.path.abspath(run) if run else None,
@@ -267,15 +293,15 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
                                            seed=settings.seed, pairs=train_pairs)
     val_ds = make_classification_dataset(tokenizer, val_texts, val_y, seq_len, add_bos,
                                          settings.batch_size, training=False, pairs=val_pairs)
-    best_path = os.path.join(out, runs.BEST_WEIGHTS)
+    best_path = os.path.join(run_dir, runs.BEST_WEIGHTS)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         BestAccuracyCheckpoint(best_path),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                       patience=settings.patience),
-        keras.callbacks.TensorBoard(os.path.join(out, runs.LOGS), update_freq="epoch",
+        keras.callbacks.TensorBoard(os.path.join(run_dir, runs.LOGS), update_freq="epoch",
                                     write_graph=False),
-        MetricsLogger(os.path.join(out, runs.METRICS), eval_interval,
+        MetricsLogger(os.path.join(run_dir, runs.METRICS), eval_interval,
                       settings.batch_size * seq_len),
     ]
     import warnings
@@ -289,22 +315,15 @@ def finetune(out: str, data: str, run: str | None = None, task: str = "classify"
                             validation_data=val_ds, callbacks=callbacks, verbose=verbose)
     losses = history.history.get("loss") or [float("nan")]
     if not math.isfinite(losses[-1]):
-        kept = (f"the best finite model so far is in {best_path}" if os.path.isfile(best_path)
+        kept = ("the run in --out is unchanged" if run_dir != out else
+                f"the best finite model so far is in {best_path}" if os.path.isfile(best_path)
                 else "no finite model was saved")
         raise TfllmError(f"fine-tuning diverged (the loss became NaN or infinite); {kept}; "
                          f"lower --lr (now {settings.lr:g}) and run again with --overwrite")
     # The model kept is the one with the best validation accuracy (early stopping's choice).
     if os.path.isfile(best_path):
         model.load_weights(best_path)
-    model.save(os.path.join(out, runs.MODEL))
-    records = read_metrics(out)
-    best = max(records, key=lambda r: r.get("val_accuracy") or 0.0) if records else {}
-    return {"val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
-            "step": best.get("step"), "steps_run": records[-1]["step"] if records else 0,
-            "train_rows": len(train_texts), "val_rows": len(val_texts),
-            "skipped_empty": data_rows.skipped_empty, "seq_len": seq_len,
-            **({"dropped_contained": data_rows.dropped_contained}
-               if holdout != "random" else {})}
+    model.save(os.path.join(run_dir, runs.MODEL))
 
 
 # -- using a classifier -----------------------------------------------------------------

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 
-from tfllm import atomic
 from tfllm.config import ModelConfig
 from tfllm.errors import RunDirError
+from tfllm.publish import Output
 
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.model"
@@ -34,38 +34,37 @@ def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG))
 
 
-def check_new_run_dir(out: str, overwrite: bool, resumable: bool = False) -> bool:
-    """Check that a new run may be written to `out`, before any work starts.
-
-    Nothing is deleted here (`start_new_run_dir` does it once the new run can start), and
-    a directory that is not a tfllm run is never deleted, even with `overwrite`.
-
-    Returns:
-        True when an existing run in `out` will be replaced.
-    """
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise RunDirError(f"--out {out} is a file, not a directory; give a directory path "
-                          "(e.g. runs/NAME)")
-    if not os.path.isdir(out) or not os.listdir(out):
-        return False
-    if not is_run_dir(out):
-        raise RunDirError(f"{out} is not empty and is not a tfllm run directory (no {CONFIG}); "
-                          "tfllm does not delete it, even with --overwrite: choose another "
-                          "--out or empty it yourself")
-    if not overwrite:
-        hint = "pass --resume to continue it or --overwrite to replace it" if resumable \
-            else "pass --overwrite to replace it"
-        raise RunDirError(f"{out} already exists and is not empty; {hint}")
-    return True
+def new_run(out: str, overwrite: bool = False, inputs=(), command: str | None = None) \
+        -> Output:
+    """The publisher of a new run directory `out` (see `tfllm.publish`), checked at once:
+    an existing `out` is replaced only with `overwrite` and only when it is a run tfllm
+    wrote; `out` never overlaps `inputs`."""
+    output = Output(out, "run", overwrite, inputs, command=command)
+    output.check()
+    return output
 
 
-def start_new_run_dir(out: str) -> None:
-    """Clear `out` for a new run (checked by `check_new_run_dir`) and create it."""
-    if os.path.isdir(out) and os.listdir(out):
-        if not is_run_dir(out):  # something appeared since the check: never delete it
-            raise RunDirError(f"{out} is not a tfllm run directory; not replacing it")
-        atomic.remove_dir(out)
-    os.makedirs(out, exist_ok=True)
+def export_output(out: str, kind: str, overwrite: bool, run_dir: str, data: str | None = None,
+                  command: str | None = None, companions=()) -> Output:
+    """The checked publisher of an output made from `run_dir` (an exporter's): it may not
+    overlap the run, its base run or the data files `data` names. `companions`: more
+    files published with it (see `tfllm.publish.Output`)."""
+    from tfllm.data.spec import data_paths
+
+    output = Output(out, kind, overwrite, inputs_of(run_dir) + (data_paths(data) if data else []),
+                    companions, command=command)
+    output.check()
+    return output
+
+
+def inputs_of(run_dir: str) -> list[str]:
+    """The paths a command reading `run_dir` reads: the run and, for a LoRA run, its base."""
+    paths = [run_dir]
+    try:
+        base = (read_run_config(run_dir).get("base") or {}).get("run")
+    except RunDirError:
+        base = None
+    return paths + ([base] if isinstance(base, str) else [])
 
 
 def read_run_config(run_dir: str) -> dict:
@@ -86,7 +85,7 @@ def write_run_config(run_dir: str, config: dict) -> None:
     os.makedirs(run_dir, exist_ok=True)
     tmp = os.path.join(run_dir, CONFIG + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+        json.dump(config, f, indent=2, sort_keys=True, allow_nan=False)  # standard JSON only
     os.replace(tmp, os.path.join(run_dir, CONFIG))  # atomic: a kill never leaves half a file
 
 

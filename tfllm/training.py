@@ -7,6 +7,7 @@ state (which Keras restores at epoch boundaries) all line up on the same steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -332,14 +333,21 @@ def _steps_per_execution(eval_interval: int) -> int:
     return math.gcd(eval_interval, 50)
 
 
-def prepare_run_dir(out: str, resume: bool, overwrite: bool) -> None:
-    """Check that `out` may be written, before any work: nothing is deleted here."""
+def prepare_run_dir(out: str, resume: bool, overwrite: bool, inputs=()):
+    """Check that `out` may be written, before any work: nothing is changed here.
+
+    Returns:
+        None to resume the run in `out`, else the publisher of the new run.
+    """
     if resume:
         if not runs.is_run_dir(out):
             raise RunDirError(f"--resume: {out} is not a run directory to resume "
                               f"(no {runs.CONFIG}); start a new run without --resume")
-        return
-    runs.check_new_run_dir(out, overwrite, resumable=True)
+        return None
+    if os.path.isdir(out) and os.listdir(out) and runs.is_run_dir(out) and not overwrite:
+        raise RunDirError(f"{out} already exists and is not empty; pass --resume to continue "
+                          "it or --overwrite to replace it")
+    return runs.new_run(out, overwrite, inputs, command="train")
 
 
 def _backup_step(out: str, eval_interval: int) -> int:
@@ -395,8 +403,8 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
     Example:
         >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
     """
-    from tfllm.data import Corpus, check_nonempty, make_lm_dataset, make_mlm_dataset
-    from tfllm.models import CausalLM, MaskedLM, Seq2SeqLM
+    from tfllm.data import Corpus, check_nonempty
+    from tfllm.data.spec import data_paths
     from tfllm.tokenizers import SentencePieceTokenizer
 
     settings = settings or TrainSettings()
@@ -404,7 +412,8 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     # Multi-worker strategies must exist before any other TF op runs.
     strategy = strategy or choose_strategy(settings.strategy, settings.tpu)
-    prepare_run_dir(out, resume, overwrite)
+    output = prepare_run_dir(out, resume, overwrite,
+                             data_paths(data, tfds_manual_dir, tfds_data_dir))
 
     requested = build_model_config(preset, model_overrides)
     seq2seq = objective == "seq2seq"
@@ -461,8 +470,9 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
             user_symbols=[placeholders.SENTINEL] if seq2seq and protect_placeholders else ())
     model_config = requested.replace(vocab_size=tokenizer.vocab_size)
     seq_len = model_config.max_len
+    train_pairs = val_pairs = None
     if seq2seq:
-        from tfllm.data.seq2seq import encode_pairs, make_seq2seq_dataset
+        from tfllm.data.seq2seq import encode_pairs
 
         train_pairs, cut = encode_pairs(corpus.train, tokenizer, seq_len, truncate,
                                         protect_placeholders)
@@ -479,11 +489,33 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         check_nonempty(corpus.train_texts(), tokenizer, seq_len, "training")
         check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
 
+    with contextlib.ExitStack() as publishing:
+        # Everything is checked: a new run is written in place when nothing is replaced (so
+        # a killed one resumes), else beside the old one, which it replaces when done.
+        run_dir = out if resume else publishing.enter_context(output.staging(in_place=True))
+        diverged = _fit(run_dir, out, resume, tokenizer, model_config, preset, corpus,
+                        settings, objective, seq2seq, label_smoothing, truncate,
+                        protect_placeholders, strategy, verbose, extra_callbacks,
+                        train_pairs, val_pairs)
+    if diverged is not None:
+        raise diverged
+    records = read_metrics(out)
+    return records[-1] if records else {}
+
+
+def _fit(run_dir, out, resume, tokenizer, model_config, preset, corpus, settings, objective,
+         seq2seq, label_smoothing, truncate, protect_placeholders, strategy, verbose,
+         extra_callbacks, train_pairs, val_pairs):
+    """Train into `run_dir` (`out` itself, or its staging sibling); returns the
+    TrainingDivergedError to raise once the run is published, or None."""
+    from tfllm.data import make_lm_dataset, make_mlm_dataset
+    from tfllm.data.seq2seq import make_seq2seq_dataset
+    from tfllm.models import CausalLM, MaskedLM, Seq2SeqLM
+
+    seq_len = model_config.max_len
     if not resume:
-        # Everything is checked and the new run can start: only now is an old one replaced.
-        runs.start_new_run_dir(out)
-        tokenizer.save(tok_path)
-        runs.write_run_config(out, {
+        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+        runs.write_run_config(run_dir, {
             "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
             "training": dataclasses.asdict(settings), "objective": objective,
             "tokenizer": runs.TOKENIZER,
@@ -547,22 +579,22 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
                                    and static_shapes),
                       steps_per_execution=spe)
 
-    previous = read_metrics(out) if resume else []
+    previous = read_metrics(run_dir) if resume else []
     best_so_far = min((r["val_loss"] for r in previous if r.get("val_loss") is not None),
                       default=None)
-    metrics_logger = MetricsLogger(os.path.join(out, runs.METRICS), settings.eval_interval,
+    metrics_logger = MetricsLogger(os.path.join(run_dir, runs.METRICS), settings.eval_interval,
                                    tokens_per_step)
     guard = DivergenceGuard(settings.eval_interval,
-                            initial_step=_backup_step(out, settings.eval_interval))
+                            initial_step=_backup_step(run_dir, settings.eval_interval))
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         guard,
-        FiniteBackupAndRestore(guard, os.path.join(out, runs.BACKUP), save_freq="epoch",
+        FiniteBackupAndRestore(guard, os.path.join(run_dir, runs.BACKUP), save_freq="epoch",
                                delete_checkpoint=False),
-        FiniteModelCheckpoint(guard, os.path.join(out, runs.BEST_WEIGHTS),
+        FiniteModelCheckpoint(guard, os.path.join(run_dir, runs.BEST_WEIGHTS),
                               monitor="val_loss", save_best_only=True,
                               save_weights_only=True, initial_value_threshold=best_so_far),
-        keras.callbacks.TensorBoard(os.path.join(out, runs.LOGS), update_freq="epoch",
+        keras.callbacks.TensorBoard(os.path.join(run_dir, runs.LOGS), update_freq="epoch",
                                     write_graph=False),
         metrics_logger,
         *(extra_callbacks or []),
@@ -576,10 +608,11 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
                   validation_data=val_ds, validation_steps=val_steps,
                   callbacks=callbacks, verbose=verbose)
     if guard.diverged:
-        raise TrainingDivergedError(out, settings.lr, guard.last_good_step, guard.diverged_step)
-    model.save(os.path.join(out, runs.MODEL))
-    records = read_metrics(out)
-    return records[-1] if records else {}
+        # The run keeps its last finite state and resumes from it, like a killed one.
+        return TrainingDivergedError(out, settings.lr, guard.last_good_step,
+                                     guard.diverged_step)
+    model.save(os.path.join(run_dir, runs.MODEL))
+    return None
 
 
 def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = None,

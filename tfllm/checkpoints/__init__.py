@@ -17,6 +17,7 @@ from tfllm.checkpoints.common import CheckpointError, read_hf_config
 from tfllm.checkpoints.bert import import_bert
 from tfllm.checkpoints.gpt2 import import_gpt2
 from tfllm.checkpoints.llama import DTYPES, import_llama
+from tfllm.untrusted import excerpt
 
 # model_type (config.json) -> importer(checkpoint, out, overwrite, max_len, dtype) -> out
 IMPORTERS = {"gpt2": import_gpt2, "llama": import_llama, "mistral": import_llama,
@@ -41,7 +42,7 @@ def import_hf(checkpoint: str, out: str, overwrite: bool = False, max_len: int |
     Example:
         >>> import_hf("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
     """
-    runs.check_new_run_dir(out, overwrite)  # before any reading: a bad --out fails at once
+    runs.new_run(out, overwrite, [checkpoint])  # before any reading: a bad --out fails at once
     return IMPORTERS[model_type_of(checkpoint)](checkpoint, out, overwrite, max_len, dtype)
 
 
@@ -50,8 +51,8 @@ def model_type_of(checkpoint: str) -> str:
     path, cfg = read_hf_config(checkpoint)
     # GPT-2 configs written before model_type existed have none.
     model_type = cfg.get("model_type", "gpt2")
-    if model_type not in IMPORTERS:
-        raise CheckpointError(f"{path}: model_type {model_type!r} is not supported; "
+    if not isinstance(model_type, str) or model_type not in IMPORTERS:
+        raise CheckpointError(f"{path}: model_type {excerpt(model_type)} is not supported; "
                               f"supported: {', '.join(sorted(IMPORTERS))}")
     return model_type
 

@@ -21,9 +21,8 @@ import os
 import numpy as np
 
 from tfllm.checkpoints.common import (CheckpointError, build_deferred, check_tensors,
-                                      read_hf_config, read_safetensors, require_fields,
-                                      write_imported_run)
-from tfllm.config import ModelConfig
+                                      config_fields, read_safetensors, write_imported_run)
+from tfllm.config import LIMITS, ConfigError, ModelConfig
 
 MODEL_TYPES = ("bert",)
 _ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu",
@@ -36,38 +35,41 @@ _LEGACY = ((".gamma", ".weight"), (".beta", ".bias"))
 
 
 def read_config(checkpoint: str, max_len: int | None = None) -> tuple[ModelConfig, dict]:
-    """(ModelConfig, parsed config.json) of a BERT checkpoint; the pooler and the head are
-    decided by the tensors (see `import_bert`)."""
+    """(ModelConfig, parsed config.json) of a BERT checkpoint, every value type-checked and
+    bounded before anything is built; the pooler and the head are decided by the tensors
+    (see `import_bert`)."""
     from tfllm.checkpoints.llama import choose_max_len
 
-    path, cfg = read_hf_config(checkpoint)
-    if cfg.get("model_type") not in MODEL_TYPES:
-        raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not one of "
-                              f"{', '.join(MODEL_TYPES)}")
-    require_fields(path, cfg, ("hidden_size", "intermediate_size", "num_attention_heads",
-                               "num_hidden_layers", "vocab_size", "max_position_embeddings"),
-                   "bert")
-    act = cfg.get("hidden_act", "gelu")
-    if act not in _ACTIVATIONS:
-        raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (supported: "
-                              f"{', '.join(sorted(_ACTIVATIONS))})")
-    kind = cfg.get("position_embedding_type", "absolute")
-    if kind != "absolute":
-        raise CheckpointError(f"{path}: position_embedding_type {kind!r} is not supported; "
-                              "tfllm reads absolute position embeddings")
-    if cfg["hidden_size"] % cfg["num_attention_heads"]:
-        raise CheckpointError(f"{path}: num_attention_heads {cfg['num_attention_heads']} does "
-                              f"not divide hidden_size {cfg['hidden_size']}")
-    model_max = cfg["max_position_embeddings"]
-    return ModelConfig(
-        vocab_size=cfg["vocab_size"], num_layers=cfg["num_hidden_layers"],
-        d_model=cfg["hidden_size"], num_heads=cfg["num_attention_heads"],
-        ffn_dim=cfg["intermediate_size"],
-        max_len=choose_max_len(model_max, max_len, "this checkpoint"),
-        dropout=float(cfg.get("hidden_dropout_prob", 0.1)), causal=False,
-        activation=_ACTIVATIONS[act], norm_first=False,
-        layer_norm_epsilon=float(cfg.get("layer_norm_eps", 1e-12)), tokenizer="unigram",
-        type_vocab_size=int(cfg.get("type_vocab_size", 2)), pooler=False), cfg
+    f = config_fields(checkpoint)
+    path, cfg = f.path, f.data
+    f.text("model_type", choices=MODEL_TYPES)
+    f.require(("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+               "vocab_size", "max_position_embeddings"),
+              "a bert config.json")
+    act = f.text("hidden_act", "gelu", choices=_ACTIVATIONS)
+    f.text("position_embedding_type", "absolute", choices=("absolute",))
+    hidden = f.integer("hidden_size", high=LIMITS["d_model"])
+    heads = f.integer("num_attention_heads", high=LIMITS["num_heads"])
+    if hidden % heads:
+        raise CheckpointError(f"{path}: num_attention_heads {heads} does not divide "
+                              f"hidden_size {hidden}")
+    model_max = f.integer("max_position_embeddings", high=LIMITS["max_len"])
+    try:
+        return ModelConfig(
+            vocab_size=f.integer("vocab_size", low=2, high=LIMITS["vocab_size"]),
+            num_layers=f.integer("num_hidden_layers", high=LIMITS["num_layers"]),
+            d_model=hidden, num_heads=heads,
+            ffn_dim=f.integer("intermediate_size", high=LIMITS["ffn_dim"]),
+            max_len=choose_max_len(model_max, max_len, "this checkpoint"),
+            dropout=f.number("hidden_dropout_prob", 0.1, low=0, high=0.99, low_open=False),
+            causal=False, activation=_ACTIVATIONS[act], norm_first=False,
+            layer_norm_epsilon=f.number("layer_norm_eps", 1e-12, low=0, high=0.5),
+            tokenizer="unigram",
+            type_vocab_size=f.integer("type_vocab_size", 2, low=0,
+                                      high=LIMITS["type_vocab_size"]),
+            pooler=False), cfg
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def normalized_names(names) -> dict[str, str]:
@@ -209,7 +211,7 @@ def bert_weights(model, cfg: ModelConfig, w, names: dict[str, str], head: str,
 def tokenizer_entry(checkpoint: str, vocab_size: int):
     """(the run's tokenizer entry, the file to copy, the tokenizer): a WordPiece
     `tokenizer.json`, or a `vocab.txt` with `tokenizer_config.json`'s `do_lower_case`."""
-    from tfllm.checkpoints.llama import _read_json
+    from tfllm.checkpoints.common import read_optional_json
     from tfllm.errors import TokenizerError
     from tfllm.tokenizers.wordpiece import WordPieceTokenizer
 
@@ -217,13 +219,14 @@ def tokenizer_entry(checkpoint: str, vocab_size: int):
     txt_path = os.path.join(checkpoint, "vocab.txt")
     try:
         if os.path.isfile(json_path):
-            tok = WordPieceTokenizer.from_tokenizer_json(json_path)
+            tok = WordPieceTokenizer.from_tokenizer_json(json_path, vocab_size)
             entry, files = {"type": "wordpiece", "file": "tokenizer.json"}, {
                 "tokenizer.json": json_path}
         elif os.path.isfile(txt_path):
-            config = _read_json(checkpoint, "tokenizer_config.json")
+            config = read_optional_json(checkpoint, "tokenizer_config.json")
             lowercase = bool(config.get("do_lower_case", True))
-            tok = WordPieceTokenizer.from_vocab_txt(txt_path, lowercase=lowercase)
+            tok = WordPieceTokenizer.from_vocab_txt(txt_path, lowercase=lowercase,
+                                                    vocab_size=vocab_size)
             entry, files = {"type": "wordpiece", "file": "vocab.txt",
                             "lowercase": lowercase}, {"vocab.txt": txt_path}
         else:
@@ -259,7 +262,7 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    runs.check_new_run_dir(out, overwrite)
+    output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg, hf = read_config(checkpoint, max_len)
     entry, files, tok = tokenizer_entry(checkpoint, cfg.vocab_size)
     path, raw = read_safetensors(checkpoint, ignore=_BUFFERS)
@@ -293,7 +296,7 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
                               "seq_len": min(128, cfg.max_len), "add_bos": True,
                               "pooling": "first", "pair": None}
     weights = bert_weights(model, cfg, raw, names, head, _numpy_dtype(dtype))
-    return write_imported_run(out, overwrite, model, weights, run_config, files)
+    return write_imported_run(output, model, weights, run_config, files)
 
 
 def _build(cfg: ModelConfig, head: str, dtype: str, classes, pad_id: int):

@@ -10,12 +10,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tfllm import atomic, runs
+from tfllm import runs
 from tfllm.errors import TfllmError
+from tfllm.untrusted import Fields, read_json_object
 
 
 class CheckpointError(TfllmError):
     """The checkpoint is missing, incomplete or does not fit its config."""
+
+
+# A config.json is a few kB; one far larger is not a checkpoint's.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def read_hf_config(checkpoint: str) -> tuple[str, dict]:
@@ -26,29 +31,21 @@ def read_hf_config(checkpoint: str) -> tuple[str, dict]:
     if not os.path.isfile(path):
         raise CheckpointError(f"{checkpoint} has no config.json (is it a Hugging Face "
                               "checkpoint?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return path, cfg
+    return path, read_json_object(path, CheckpointError, MAX_CONFIG_BYTES)
 
 
-def require_fields(path: str, cfg: dict, fields, family: str) -> None:
-    """CheckpointError naming every missing field, and every one that is not a positive
-    integer."""
-    missing = [k for k in fields if k not in cfg]
-    if missing:
-        raise CheckpointError(f"{path} lacks the field(s) {', '.join(missing)} that a "
-                              f"{family} config.json has; is it a complete Hugging Face "
-                              "checkpoint?")
-    bad = [k for k in fields if not isinstance(cfg[k], int) or isinstance(cfg[k], bool)
-           or cfg[k] <= 0]
-    if bad:
-        raise CheckpointError(f"{path}: {', '.join(f'{k}={cfg[k]!r}' for k in bad)} must be "
-                              "positive integers")
+def config_fields(checkpoint: str) -> Fields:
+    """Typed access to a checkpoint's config.json (`tfllm.untrusted.Fields`)."""
+    return Fields(*read_hf_config(checkpoint), CheckpointError)
+
+
+def read_optional_json(checkpoint: str, name: str) -> dict:
+    """A JSON object file beside config.json (tokenizer_config.json,
+    generation_config.json), {} when absent; CheckpointError naming it when malformed."""
+    path = os.path.join(checkpoint, name)
+    if not os.path.isfile(path):
+        return {}
+    return read_json_object(path, CheckpointError, 64 << 20)
 
 
 class TensorFiles(Mapping):
@@ -144,13 +141,17 @@ def check_tensors(path: str, shapes: dict[str, tuple], expected: dict[str, tuple
     extra = sorted(set(shapes) - set(expected))
     wrong = sorted(f"{k} {tuple(shapes[k])} (expected {expected[k]})"
                    for k in set(expected) & set(shapes) if tuple(shapes[k]) != expected[k])
+    def listed(names, most=8):  # a message names a few, and counts the rest
+        more = f" and {len(names) - most:,} more" if len(names) > most else ""
+        return ", ".join(n[:120] for n in names[:most]) + more
+
     problems = []
     if missing:
-        problems.append(f"missing tensors: {', '.join(missing)}")
+        problems.append(f"missing tensors: {listed(missing)}")
     if extra:
-        problems.append(f"unexpected tensors: {', '.join(extra)}")
+        problems.append(f"unexpected tensors: {listed(extra)}")
     if wrong:
-        problems.append(f"mis-shaped tensors: {', '.join(wrong)}")
+        problems.append(f"mis-shaped tensors: {listed(wrong)}")
     if problems:
         raise CheckpointError(f"{path} does not match its config.json: " + "; ".join(problems))
 
@@ -164,18 +165,16 @@ def build_deferred(build):
         return build()
 
 
-def write_imported_run(out: str, overwrite: bool, model, weights, run_config: dict,
-                       files: dict[str, str]) -> str:
+def write_imported_run(output, model, weights, run_config: dict, files: dict[str, str]) -> str:
     """Write an imported model (see `save_with_weights`), its run config and its tokenizer
-    files (name -> source path) beside `out`, then swap them in: an old run is replaced in
-    one step."""
-    with atomic.staging_dir(out) as tmp:
+    files (name -> source path) into the staging sibling of `output` (a
+    `tfllm.publish.Output`), then publish it: an old run is replaced in one step."""
+    with output.staging() as tmp:
         for name, source in files.items():
             shutil.copy(source, os.path.join(tmp, name))
         save_with_weights(model, weights, os.path.join(tmp, runs.MODEL))
         runs.write_run_config(tmp, run_config)
-        runs.check_new_run_dir(out, overwrite)  # still a run (or nothing) to replace
-    return out
+    return output.path
 
 
 def save_with_weights(model, weights, path: str) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 from tfllm.checkpoints.common import CheckpointError, check_tensors
 from tfllm.checkpoints.llama import (DTYPES, _numpy_dtype, build_model, check_tokenizer_fits,
                                      choose_max_len, expected_shapes, llama_weights)
-from tfllm.config import ModelConfig
+from tfllm.config import LIMITS, ConfigError, ModelConfig
+from tfllm.untrusted import Fields, excerpt
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
@@ -83,46 +84,42 @@ def metadata(reader) -> dict:
 
 
 def read_config(path: str, meta: dict, max_len: int | None) -> tuple[ModelConfig, str]:
-    """(ModelConfig, architecture) of a GGUF's metadata."""
+    """(ModelConfig, architecture) of a GGUF's metadata, every value type-checked and
+    bounded before anything is built."""
     arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: architecture {arch!r} is not supported; supported: "
-                              f"{', '.join(ARCHITECTURES)}")
-
-    def get(key, default=None, kind=int):
-        value = meta.get(f"{arch}.{key}", default)
-        if value is None:
-            raise CheckpointError(f"{path} lacks the metadata {arch}.{key}")
-        try:
-            return kind(value)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: {arch}.{key}={value!r} is not a number") from e
-
-    heads = get("attention.head_count")
-    d_model = get("embedding_length")
-    head_dim = get("attention.key_length", d_model // heads if heads else 0)
-    vocab = meta.get(f"{arch}.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or [])
-    scaling = meta.get(f"{arch}.rope.scaling.type")
-    if scaling not in (None, "none", "linear"):
-        raise CheckpointError(f"{path}: rope scaling type {scaling!r} is not supported; "
-                              "supported: none, linear")
-    rope_scaling = {"type": "linear", "factor": get("rope.scaling.factor", kind=float)} \
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: architecture {excerpt(arch)} is not supported; "
+                              f"supported: {', '.join(ARCHITECTURES)}")
+    f = Fields(path, {k[len(arch) + 1:]: v for k, v in meta.items()
+                      if k.startswith(arch + ".")}, CheckpointError, arch + ".")
+    heads = f.integer("attention.head_count", high=LIMITS["num_heads"])
+    d_model = f.integer("embedding_length", high=LIMITS["d_model"])
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = f.integer("vocab_size", len(tokens) if isinstance(tokens, list) else 0, low=2,
+                      high=LIMITS["vocab_size"])
+    scaling = f.text("rope.scaling.type", "none", choices=("none", "linear"))
+    rope_scaling = {"type": "linear", "factor": f.number("rope.scaling.factor", low=0)} \
         if scaling == "linear" else None
-    model_max = get("context_length")
+    model_max = f.integer("context_length", high=LIMITS["max_len"])
     try:
         return ModelConfig(
-            vocab_size=int(vocab), num_layers=get("block_count"), d_model=d_model,
-            num_heads=heads, ffn_dim=get("feed_forward_length"),
+            vocab_size=vocab, num_layers=f.integer("block_count", high=LIMITS["num_layers"]),
+            d_model=d_model, num_heads=heads,
+            ffn_dim=f.integer("feed_forward_length", high=LIMITS["ffn_dim"]),
             max_len=choose_max_len(model_max, max_len, "this model"), dropout=0.0,
             causal=True, activation="silu", norm_first=True,
-            layer_norm_epsilon=get("attention.layer_norm_rms_epsilon", 1e-6, float),
-            tokenizer="bpe", num_kv_heads=get("attention.head_count_kv", heads),
-            head_size=head_dim, position_embedding="rope",
-            rope_theta=get("rope.freq_base", 10000.0, float), rope_scaling=rope_scaling,
-            norm="rmsnorm", ffn="gated", qkv_bias=arch == "qwen2", proj_bias=False,
-            qk_norm=arch == "qwen3", tie_embeddings=False), arch
-    except ValueError as e:  # ConfigError: an inconsistent shape
-        raise CheckpointError(f"{path}: {e}") from e
+            layer_norm_epsilon=f.number("attention.layer_norm_rms_epsilon", 1e-6, low=0,
+                                        high=0.5),
+            tokenizer="bpe",
+            num_kv_heads=f.integer("attention.head_count_kv", heads,
+                                   high=LIMITS["num_kv_heads"]),
+            head_size=f.integer("attention.key_length", d_model // heads or 1,
+                                high=LIMITS["head_size"]),
+            position_embedding="rope", rope_theta=f.number("rope.freq_base", 10000.0, low=0),
+            rope_scaling=rope_scaling, norm="rmsnorm", ffn="gated", qkv_bias=arch == "qwen2",
+            proj_bias=False, qk_norm=arch == "qwen3", tie_embeddings=False), arch
+    except ConfigError as e:  # an inconsistent shape, a model too large
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -202,14 +199,20 @@ def tokenizer_json(path: str, meta: dict) -> tuple[dict, dict]:
                               "reads byte-level BPE ('gpt2') GGUF tokenizers; for "
                               "SentencePiece models import the Hugging Face checkpoint")
     pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in PRE_TOKENIZERS:
-        raise CheckpointError(f"{path}: pre-tokenizer {pre!r} is not supported; supported: "
-                              f"{', '.join(sorted(PRE_TOKENIZERS))}")
+    if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
+        raise CheckpointError(f"{path}: pre-tokenizer {excerpt(pre)} is not supported; "
+                              f"supported: {', '.join(sorted(PRE_TOKENIZERS))}")
     tokens = meta.get("tokenizer.ggml.tokens")
     merges = meta.get("tokenizer.ggml.merges")
     if not tokens or merges is None:
         raise CheckpointError(f"{path} lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) and
+            isinstance(merges, list) and all(isinstance(m, str) for m in merges) and
+            isinstance(types, list) and len(types) == len(tokens) and
+            all(isinstance(k, int) for k in types)):
+        raise CheckpointError(f"{path}: tokenizer.ggml.tokens, merges and token_type must be "
+                              "lists of strings, strings and integers (one type a token)")
     added = [{"id": i, "content": tok, "single_word": False, "lstrip": False,
               "rstrip": False, "normalized": False, "special": kind == 3}
              for i, (tok, kind) in enumerate(zip(tokens, types)) if kind in (3, 4)]
@@ -260,7 +263,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    runs.check_new_run_dir(out, overwrite)
+    output = runs.new_run(out, overwrite, [gguf_path], "import-gguf")
     reader = open_gguf(gguf_path)
     meta = metadata(reader)
     cfg, arch = read_config(gguf_path, meta, max_len)
@@ -280,7 +283,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
         del meta, spec
         model = build_deferred(lambda: build_model(cfg, dtype))
         weights = llama_weights(model, cfg, tensors, _numpy_dtype(dtype))
-        return write_imported_run(out, overwrite, model, weights, {
+        return write_imported_run(output, model, weights, {
             "model": cfg.to_dict(), "preset": arch, "objective": "clm", "data": None,
             "training": None, "dtype": dtype, "imported_from": source, "tokenizer": entry,
         }, files)

@@ -15,9 +15,8 @@ import numpy as np
 
 from tfllm import runs
 from tfllm.checkpoints.common import (CheckpointError, build_deferred, check_tensors,
-                                      read_hf_config, read_safetensors, require_fields,
-                                      write_imported_run)
-from tfllm.config import ModelConfig
+                                      config_fields, read_safetensors, write_imported_run)
+from tfllm.config import LIMITS, ConfigError, ModelConfig
 
 _ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu"}
 # Non-weight buffers some GPT-2 checkpoints carry (causal-mask tables).
@@ -25,26 +24,28 @@ _BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def read_config(checkpoint: str) -> ModelConfig:
-    """The ModelConfig of a GPT-2 `config.json` (any size: small to xl)."""
-    path, cfg = read_hf_config(checkpoint)
-    require_fields(path, cfg, ("n_embd", "n_layer", "n_head", "vocab_size"), "GPT-2")
-    optional = [k for k in ("n_inner", "n_positions", "n_ctx") if cfg.get(k) is not None]
-    require_fields(path, cfg, optional, "GPT-2")
-    if cfg.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{path}: model_type {cfg.get('model_type')!r} is not gpt2")
-    act = cfg.get("activation_function", "gelu_new")
-    if act not in _ACTIVATIONS:
-        raise CheckpointError(f"{path}: activation_function {act!r} is not supported "
-                           f"(supported: {sorted(_ACTIVATIONS)})")
-    d_model = cfg["n_embd"]
-    return ModelConfig(vocab_size=cfg["vocab_size"], num_layers=cfg["n_layer"],
-                       d_model=d_model, num_heads=cfg["n_head"],
-                       ffn_dim=cfg.get("n_inner") or 4 * d_model,
-                       max_len=cfg.get("n_positions", cfg.get("n_ctx", 1024)),
-                       dropout=float(cfg.get("resid_pdrop", 0.1)), causal=True,
-                       activation=_ACTIVATIONS[act], norm_first=True,
-                       layer_norm_epsilon=float(cfg.get("layer_norm_epsilon", 1e-5)),
-                       tokenizer="bpe")
+    """The ModelConfig of a GPT-2 `config.json` (any size: small to xl), every value
+    type-checked and bounded before anything is built."""
+    f = config_fields(checkpoint)
+    f.require(("n_embd", "n_layer", "n_head", "vocab_size"),
+              "a GPT-2 config.json")
+    f.text("model_type", "gpt2", choices=("gpt2",))
+    act = f.text("activation_function", "gelu_new", choices=_ACTIVATIONS)
+    d_model = f.integer("n_embd", high=LIMITS["d_model"])
+    try:
+        return ModelConfig(
+            vocab_size=f.integer("vocab_size", low=2, high=LIMITS["vocab_size"]),
+            num_layers=f.integer("n_layer", high=LIMITS["num_layers"]), d_model=d_model,
+            num_heads=f.integer("n_head", high=LIMITS["num_heads"]),
+            ffn_dim=f.integer("n_inner", 4 * d_model, high=LIMITS["ffn_dim"]),
+            max_len=f.integer("n_positions", f.integer("n_ctx", 1024, high=LIMITS["max_len"]),
+                              high=LIMITS["max_len"]),
+            dropout=f.number("resid_pdrop", 0.1, low=0, high=0.99, low_open=False),
+            causal=True, activation=_ACTIVATIONS[act], norm_first=True,
+            layer_norm_epsilon=f.number("layer_norm_epsilon", 1e-5, low=0, high=0.5),
+            tokenizer="bpe")
+    except ConfigError as e:
+        raise CheckpointError(f"{f.path}: {e}") from None
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
@@ -125,7 +126,7 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
         raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    runs.check_new_run_dir(out, overwrite)
+    output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg = read_config(checkpoint)
     weights = read_weights(checkpoint, cfg)
     context = choose_max_len(cfg.max_len, max_len, "this checkpoint")
@@ -137,7 +138,7 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
         raise CheckpointError(f"vocab.json has {tokenizer.vocab_size} tokens but the model only "
                               f"{cfg.vocab_size}")
     model = build_deferred(lambda: build_model(cfg, dtype))
-    return write_imported_run(out, overwrite, model, gpt2_weights(model, weights,
+    return write_imported_run(output, model, gpt2_weights(model, weights,
                                                                   _numpy_dtype(dtype)), {
         "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
         "data": None, "training": None, "dtype": dtype,

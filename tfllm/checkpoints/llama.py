@@ -15,9 +15,11 @@ import os
 
 import numpy as np
 
-from tfllm.checkpoints.common import (CheckpointError, check_tensors, read_hf_config,
-                                      read_safetensors, require_fields)
-from tfllm.config import ModelConfig
+from tfllm.checkpoints.common import (CheckpointError, check_tensors, config_fields,
+                                      read_hf_config, read_optional_json, read_safetensors)
+from tfllm.config import LIMITS, ConfigError, ModelConfig
+from tfllm.errors import TokenizerError
+from tfllm.untrusted import Fields, excerpt, read_json_object
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 DEFAULT_MAX_LEN = 2048
@@ -43,69 +45,72 @@ def rope_scaling_of(path: str, params: dict | None) -> dict | None:
     """tfllm's `rope_scaling` of a Hugging Face `rope_scaling` / `rope_parameters` dict."""
     if not params:
         return None
-    kind = params.get("rope_type", params.get("type", "default"))
+    f = Fields(path, params, CheckpointError, "rope_scaling.")
+    kind = f.text("rope_type", params.get("type", "default")) if "rope_type" in params \
+        else f.text("type", "default")
     if kind == "default":
         return None
     if kind == "linear":
-        return {"type": "linear", "factor": float(params["factor"])}
+        return {"type": "linear", "factor": f.number("factor", low=0)}
     if kind == "llama3":
-        try:
-            return {"type": "llama3", "factor": float(params["factor"]),
-                    "low_freq_factor": float(params["low_freq_factor"]),
-                    "high_freq_factor": float(params["high_freq_factor"]),
-                    "original_max_position_embeddings":
-                        int(params["original_max_position_embeddings"])}
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: llama3 rope scaling lacks {e}") from e
-    raise CheckpointError(f"{path}: rope scaling type {kind!r} is not supported; supported: "
-                          "default, linear, llama3")
+        return {"type": "llama3", "factor": f.number("factor", low=0),
+                "low_freq_factor": f.number("low_freq_factor", low=0),
+                "high_freq_factor": f.number("high_freq_factor", low=0),
+                "original_max_position_embeddings":
+                    f.integer("original_max_position_embeddings", high=LIMITS["max_len"])}
+    raise CheckpointError(f"{path}: rope scaling type {excerpt(kind)} is not supported; "
+                          "supported: default, linear, llama3")
 
 
 def read_config(checkpoint: str, max_len: int | None = None) -> ModelConfig:
-    """The ModelConfig of a llama / mistral / qwen2 / qwen3 `config.json`."""
-    path, cfg = read_hf_config(checkpoint)
-    model_type = cfg.get("model_type")
-    if model_type not in MODEL_TYPES:
-        raise CheckpointError(f"{path}: model_type {model_type!r} is not one of "
-                              f"{', '.join(MODEL_TYPES)}")
-    require_fields(path, cfg, ("hidden_size", "intermediate_size", "num_attention_heads",
-                               "num_hidden_layers", "vocab_size"), model_type)
-    optional = [k for k in ("num_key_value_heads", "head_dim", "max_position_embeddings")
-                if cfg.get(k) is not None]
-    require_fields(path, cfg, optional, model_type)
-    act = cfg.get("hidden_act", "silu")
-    if act not in _ACTIVATIONS:
-        raise CheckpointError(f"{path}: hidden_act {act!r} is not supported (supported: "
-                              f"{', '.join(sorted(_ACTIVATIONS))})")
-    model_max = cfg.get("max_position_embeddings", 2048)
+    """The ModelConfig of a llama / mistral / qwen2 / qwen3 `config.json`, every value
+    type-checked and bounded before anything is built."""
+    f = config_fields(checkpoint)
+    path, cfg = f.path, f.data
+    model_type = f.text("model_type", choices=MODEL_TYPES)
+    f.require(("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+               "vocab_size"),
+              "a Llama-family config.json")
+    heads = f.integer("num_attention_heads", high=LIMITS["num_heads"])
+    d_model = f.integer("hidden_size", high=LIMITS["d_model"])
+    act = f.text("hidden_act", "silu", choices=_ACTIVATIONS)
+    model_max = f.integer("max_position_embeddings", 2048, high=LIMITS["max_len"])
     context = choose_max_len(model_max, max_len, "this checkpoint")
-    window = cfg.get("sliding_window")
     uses_window = model_type == "mistral" or (model_type in ("qwen2", "qwen3")
-                                              and cfg.get("use_sliding_window"))
-    if uses_window and isinstance(window, int) and window < context:
+                                              and bool(cfg.get("use_sliding_window")))
+    window = f.integer("sliding_window", 0, low=0) if uses_window else 0
+    if window and window < context:
         raise CheckpointError(
             f"{path}: sliding_window {window} is smaller than the chosen context of {context} "
             "tokens, and tfllm implements full attention only; pass --max-len "
             f"{window} (or less)")
-    attention_bias = bool(cfg.get("attention_bias", False))
-    if attention_bias and not cfg.get("mlp_bias", False) and model_type == "llama":
+    attention_bias = f.boolean("attention_bias", False)
+    if attention_bias and not f.boolean("mlp_bias", False) and model_type == "llama":
         raise CheckpointError(f"{path}: attention_bias without mlp_bias is not supported")
     # transformers 5.x folds theta and scaling into rope_parameters.
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling")
-    theta = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
-    heads = cfg["num_attention_heads"]
-    return ModelConfig(
-        vocab_size=cfg["vocab_size"], num_layers=cfg["num_hidden_layers"],
-        d_model=cfg["hidden_size"], num_heads=heads, ffn_dim=cfg["intermediate_size"],
-        max_len=context, dropout=0.0, causal=True, activation=_ACTIVATIONS[act],
-        norm_first=True, layer_norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
-        tokenizer="bpe", num_kv_heads=cfg.get("num_key_value_heads", heads),
-        head_size=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        position_embedding="rope", rope_theta=float(theta),
-        rope_scaling=rope_scaling_of(path, rope), norm="rmsnorm", ffn="gated",
-        qkv_bias=model_type == "qwen2" or attention_bias, proj_bias=attention_bias,
-        qk_norm=model_type == "qwen3", tie_embeddings=bool(cfg.get("tie_word_embeddings",
-                                                                   False)))
+    parameters = f.mapping("rope_parameters")
+    rope = parameters or f.mapping("rope_scaling")
+    theta = Fields(path, parameters, CheckpointError, "rope_parameters.").number(
+        "rope_theta", 10000.0, low=0) if parameters and "rope_theta" in parameters else \
+        f.number("rope_theta", 10000.0, low=0)
+    try:
+        return ModelConfig(
+            vocab_size=f.integer("vocab_size", low=2, high=LIMITS["vocab_size"]),
+            num_layers=f.integer("num_hidden_layers", high=LIMITS["num_layers"]),
+            d_model=d_model, num_heads=heads,
+            ffn_dim=f.integer("intermediate_size", high=LIMITS["ffn_dim"]),
+            max_len=context, dropout=0.0, causal=True, activation=_ACTIVATIONS[act],
+            norm_first=True, layer_norm_epsilon=f.number("rms_norm_eps", 1e-6, low=0, high=0.5),
+            tokenizer="bpe",
+            num_kv_heads=f.integer("num_key_value_heads", heads, high=LIMITS["num_kv_heads"]),
+            head_size=f.integer("head_dim", d_model // heads or 1, high=LIMITS["head_size"]),
+            position_embedding="rope", rope_theta=theta,
+            rope_scaling=rope_scaling_of(path, rope), norm="rmsnorm", ffn="gated",
+            qkv_bias=model_type == "qwen2" or attention_bias, proj_bias=attention_bias,
+            qk_norm=model_type == "qwen3",
+            tie_embeddings=f.boolean("tie_word_embeddings", False))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
@@ -195,18 +200,6 @@ def llama_weights(model, cfg: ModelConfig, w, dtype) -> list[tuple]:
     return pairs
 
 
-def _read_json(checkpoint: str, name: str) -> dict:
-    path = os.path.join(checkpoint, name)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
-    return value if isinstance(value, dict) else {}
-
-
 def _token_id(token, vocab_ids: dict) -> int | None:
     if isinstance(token, dict):  # {"content": "<s>", ...} in older tokenizer_configs
         token = token.get("content")
@@ -217,19 +210,24 @@ def tokenizer_entry(checkpoint: str) -> tuple[dict, dict[str, str]]:
     """The run's tokenizer entry and the files to copy, from the checkpoint's tokenizer
     files: `tokenizer.json` (byte-level BPE) or `tokenizer.model` (SentencePiece). Special
     ids come from generation_config.json, config.json and tokenizer_config.json."""
-    config = _read_json(checkpoint, "config.json")
-    generation = _read_json(checkpoint, "generation_config.json")
-    tok_config = _read_json(checkpoint, "tokenizer_config.json")
+    config = read_optional_json(checkpoint, "config.json")
+    generation = read_optional_json(checkpoint, "generation_config.json")
+    tok_config = read_optional_json(checkpoint, "tokenizer_config.json")
     hf_json = os.path.join(checkpoint, "tokenizer.json")
     sp_model = os.path.join(checkpoint, "tokenizer.model")
     vocab_ids = {}
     if os.path.isfile(hf_json):
-        with open(hf_json, encoding="utf-8") as f:
-            spec = json.load(f)
-        if (spec.get("model") or {}).get("type") == "BPE" and \
+        spec = read_json_object(hf_json, CheckpointError)
+        model = spec.get("model")
+        if isinstance(model, dict) and model.get("type") == "BPE" and \
                 "ByteLevel" in json.dumps(spec.get("pre_tokenizer")):
-            vocab_ids = dict(spec["model"].get("vocab", {}))
-            vocab_ids.update({t["content"]: t["id"] for t in spec.get("added_tokens", [])})
+            from tfllm.tokenizers.hf_bpe import read_tokenizer_json
+
+            try:
+                vocab_ids = read_tokenizer_json(hf_json)[0]
+            except TokenizerError as e:
+                raise CheckpointError(f"the checkpoint's tokenizer cannot be used: {e}") \
+                    from None
             kind, source = "hf-bpe", hf_json
         elif not os.path.isfile(sp_model):
             raise CheckpointError(f"{hf_json} is not a byte-level BPE tokenizer and there is "
@@ -296,14 +294,14 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    runs.check_new_run_dir(out, overwrite)
+    output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg = read_config(checkpoint, max_len)
     entry, files = tokenizer_entry(checkpoint)
     check_tokenizer_fits(entry, files, cfg)
     weights = read_weights(checkpoint, cfg)
     model_type = read_hf_config(checkpoint)[1]["model_type"]
     model = build_deferred(lambda: build_model(cfg, dtype))
-    return write_imported_run(out, overwrite, model,
+    return write_imported_run(output, model,
                               llama_weights(model, cfg, weights, _numpy_dtype(dtype)), {
         "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
         "training": None, "dtype": dtype,

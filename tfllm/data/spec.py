@@ -11,6 +11,8 @@ every reader shares.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 
 from tfllm.errors import DataError
 
@@ -59,3 +61,19 @@ def parse_data_spec(spec: str) -> DataSpec:
 def is_labeled_spec(spec: str) -> bool:
     """True for the table kinds (tsv, csv, jsonl)."""
     return spec.partition(":")[0] in FILE_KINDS
+
+
+def data_paths(spec: str, tfds_manual_dir: str | None = None,
+               tfds_data_dir: str | None = None) -> list[str]:
+    """The local paths a `--data` value reads (an output may not overlap them): the files
+    of `text:GLOB`, a table's file, a TFDS dataset's manual and data directories."""
+    try:
+        parsed = parse_data_spec(spec)
+    except DataError:
+        return []  # the reader reports it
+    if parsed.kind == "text":
+        return sorted(glob.glob(os.path.expanduser(parsed.name), recursive=True))
+    if parsed.kind in FILE_KINDS:
+        return [os.path.expanduser(parsed.name)]
+    return [d for d in (tfds_manual_dir or os.environ.get("TFDS_MANUAL_DIR"),
+                        tfds_data_dir or os.environ.get("TFDS_DATA_DIR")) if d]

@@ -26,7 +26,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from tfllm.config import LIMITS
 from tfllm.errors import TokenizerError
+from tfllm.untrusted import excerpt, read_json_object
 from tfllm.tokenizers.special import prepend_bos
 
 # Oniguruma's \s (Unicode White_Space); RE2's \s is ASCII only.
@@ -35,6 +37,7 @@ _WS = (r"\t\n\x{0b}\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LOOKAHEAD = r"\s+(?!\S)|\s+"
 SUPPORTED_NORMALIZERS = (None, "NFC")
+MAX_VOCAB = LIMITS["vocab_size"]
 
 
 def translate_pattern(pattern: str) -> str:
@@ -187,8 +190,12 @@ def _layer_class():
 
 def _pre_tokenizer_spec(spec, path):
     """(regex or None, digits mode) of a tokenizer.json pre_tokenizer."""
+    if spec is not None and not isinstance(spec, dict):
+        raise TokenizerError(f"{path}: pre_tokenizer must be an object")
     steps = spec.get("pretokenizers", []) if spec and spec.get("type") == "Sequence" \
         else [spec] if spec else []
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise TokenizerError(f"{path}: pre_tokenizer.pretokenizers must be a list of objects")
     pattern, digits, byte_level = None, None, False
     for step in steps:
         kind = step.get("type")
@@ -201,7 +208,8 @@ def _pre_tokenizer_spec(spec, path):
             byte_level = True
             if step.get("use_regex", True):
                 pattern = GPT2_PATTERN
-        elif kind == "Split" and "Regex" in (step.get("pattern") or {}) \
+        elif kind == "Split" and isinstance(step.get("pattern"), dict) and \
+                isinstance(step["pattern"].get("Regex"), str) \
                 and step.get("behavior") == "Isolated" and not step.get("invert"):
             pattern = step["pattern"]["Regex"]
         else:
@@ -221,27 +229,45 @@ def read_tokenizer_json(path: str) -> tuple:
     """
     if not os.path.isfile(path):
         raise TokenizerError(f"tokenizer file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
-        model = spec["model"]
-        vocabulary = dict(model["vocab"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TokenizerError(f"{path} is not a tokenizer.json: {e}") from e
+    spec = read_json_object(path, TokenizerError)
+    model = spec.get("model")
+    vocabulary = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocabulary, dict) or not vocabulary:
+        raise TokenizerError(f"{path} is not a tokenizer.json: its model.vocab is not a "
+                             "token -> id object")
+    if not all(isinstance(t, str) and isinstance(i, int) and not isinstance(i, bool)
+               and 0 <= i < MAX_VOCAB for t, i in vocabulary.items()):
+        raise TokenizerError(f"{path}: model.vocab must map token strings to ids from 0 to "
+                             f"{MAX_VOCAB - 1}")
+    vocabulary = dict(vocabulary)
     if model.get("type") != "BPE" or model.get("byte_fallback") \
             or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         raise TokenizerError(f"{path}: only plain byte-level BPE models are supported "
                              f"(got type {model.get('type')!r})")
-    normalizer = (spec.get("normalizer") or {}).get("type")
+    normalizer = spec.get("normalizer")
+    normalizer = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
     if normalizer not in SUPPORTED_NORMALIZERS:
-        raise TokenizerError(f"{path}: normalizer {normalizer!r} is not supported "
+        raise TokenizerError(f"{path}: normalizer {excerpt(normalizer)} is not supported "
                              "(none or NFC are)")
     pattern, digits = _pre_tokenizer_spec(spec.get("pre_tokenizer"), path)
     if pattern:
         translate_pattern(pattern)
-    added = {t["content"]: int(t["id"]) for t in spec.get("added_tokens", [])}
+    added_tokens = spec.get("added_tokens") or []
+    if not isinstance(added_tokens, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("content"), str) and
+            isinstance(t.get("id"), int) and not isinstance(t.get("id"), bool) and
+            0 <= t["id"] < MAX_VOCAB for t in added_tokens):
+        raise TokenizerError(f"{path}: added_tokens must be a list of objects with a "
+                             "content string and an id")
+    added = {t["content"]: t["id"] for t in added_tokens}
     vocabulary.update(added)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    merges = model.get("merges") or []
+    if not isinstance(merges, list) or not all(
+            isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m))
+            for m in merges):
+        raise TokenizerError(f"{path}: model.merges must be a list of \"a b\" strings or "
+                             "pairs")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     bad = [m for m in merges if len(m.split(" ")) != 2
            or any(part not in vocabulary for part in m.split(" "))]
     if bad:

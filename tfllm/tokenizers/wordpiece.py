@@ -17,14 +17,14 @@ ops:
 
 from __future__ import annotations
 
-import json
-import os
 import re
 
 import numpy as np
 import tensorflow as tf
 
+from tfllm.config import LIMITS
 from tfllm.errors import TokenizerError
+from tfllm.untrusted import Fields, excerpt, read_json_object
 
 # Hugging Face's _is_chinese_char ranges (CJK Unified Ideographs and their extensions).
 _CJK = (r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x{2B73F}"
@@ -83,47 +83,70 @@ class WordPieceTokenizer:
             unknown_token=unk_token, lower_case_nfd_strip_accents=False)
 
     @classmethod
-    def from_tokenizer_json(cls, path: str) -> "WordPieceTokenizer":
-        """Read a Hugging Face WordPiece `tokenizer.json` (BertNormalizer, BertPreTokenizer)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                spec = json.load(f)
-            model = spec["model"]
-            vocab = model["vocab"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise TokenizerError(f"{path} is not a Hugging Face tokenizer.json: {e}") from e
+    def from_tokenizer_json(cls, path: str, vocab_size: int | None = None) \
+            -> "WordPieceTokenizer":
+        """Read a Hugging Face WordPiece `tokenizer.json` (BertNormalizer, BertPreTokenizer).
+
+        Args:
+            vocab_size: the size the model expects; checked before anything is built.
+        """
+        spec = read_json_object(path, TokenizerError)
+        model = spec.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+        if not isinstance(vocab, dict) or not vocab or not all(
+                isinstance(t, str) and isinstance(i, int) and not isinstance(i, bool) and
+                0 <= i < LIMITS["vocab_size"] for t, i in vocab.items()):
+            raise TokenizerError(f"{path} is not a Hugging Face tokenizer.json: its model.vocab "
+                                 "is not a token -> id object")
         if model.get("type") != "WordPiece":
-            raise TokenizerError(f"{path} holds a {model.get('type')!r} model, not WordPiece")
+            raise TokenizerError(f"{path} holds a {excerpt(model.get('type'))} model, not "
+                                 "WordPiece")
         normalizer = spec.get("normalizer") or {}
-        if normalizer.get("type") != "BertNormalizer":
-            raise TokenizerError(f"{path}: normalizer {normalizer.get('type')!r} is not "
+        kind = normalizer.get("type") if isinstance(normalizer, dict) else normalizer
+        if kind != "BertNormalizer":
+            raise TokenizerError(f"{path}: normalizer {excerpt(kind)} is not "
                                  "supported; tfllm reads BertNormalizer WordPiece tokenizers")
         lowercase = bool(normalizer.get("lowercase", True))
         strip = normalizer.get("strip_accents")
         if strip is not None and bool(strip) != lowercase:
-            raise TokenizerError(f"{path}: strip_accents={strip} with lowercase={lowercase} "
-                                 "is not supported (tf-text strips accents exactly when it "
-                                 "lower-cases)")
+            raise TokenizerError(f"{path}: strip_accents={excerpt(strip)} with "
+                                 f"lowercase={lowercase} is not supported (tf-text strips "
+                                 "accents exactly when it lower-cases)")
         tokens = [None] * (max(vocab.values()) + 1)
         for token, i in vocab.items():
             tokens[i] = token
         if None in tokens:
             raise TokenizerError(f"{path}: the WordPiece vocabulary has holes (id "
                                  f"{tokens.index(None)} is missing)")
-        return cls(tokens, lowercase=lowercase, unk_token=model.get("unk_token", "[UNK]"),
-                   suffix_indicator=model.get("continuing_subword_prefix", "##"),
-                   max_chars_per_word=int(model.get("max_input_chars_per_word", 100)),
-                   chinese_chars=bool(normalizer.get("handle_chinese_chars", True)))
+        _check_size(path, tokens, vocab_size)
+        fields = Fields(path, model, TokenizerError, "model.")
+        return cls._build(path, tokens, lowercase=lowercase,
+                          unk_token=fields.text("unk_token", "[UNK]"),
+                          suffix_indicator=fields.text("continuing_subword_prefix", "##"),
+                          max_chars_per_word=fields.integer("max_input_chars_per_word", 100,
+                                                            high=1 << 16),
+                          chinese_chars=bool(normalizer.get("handle_chinese_chars", True)))
 
     @classmethod
-    def from_vocab_txt(cls, path: str, lowercase: bool = True, chinese_chars: bool = True):
-        """Read a `vocab.txt` (one token a line, as BERT's original checkpoints ship)."""
+    def from_vocab_txt(cls, path: str, lowercase: bool = True, chinese_chars: bool = True,
+                       vocab_size: int | None = None):
+        """Read a `vocab.txt` (one token a line, as BERT's original checkpoints ship);
+        `vocab_size`: the size the model expects, checked before anything is built."""
         try:
             with open(path, encoding="utf-8") as f:
                 tokens = [line.rstrip("\n") for line in f]
         except (OSError, UnicodeDecodeError) as e:
             raise TokenizerError(f"{path} cannot be read as a vocab.txt: {e}") from e
-        return cls(tokens, lowercase=lowercase, chinese_chars=chinese_chars)
+        _check_size(path, tokens, vocab_size)
+        return cls._build(path, tokens, lowercase=lowercase, chinese_chars=chinese_chars)
+
+    @classmethod
+    def _build(cls, path, tokens, **kwargs):
+        try:
+            return cls(tokens, **kwargs)
+        except (RuntimeError, ValueError) as e:  # tf-text refuses some vocabularies
+            raise TokenizerError(f"{path}: tf-text cannot build a WordPiece tokenizer of "
+                                 f"this vocabulary ({excerpt(str(e), 120)})") from None
 
     @property
     def vocab_size(self) -> int:
@@ -183,11 +206,10 @@ class WordPieceTokenizer:
         return " ".join(out)
 
 
-def read_vocab_size(path: str) -> int:
-    """The vocabulary size of a WordPiece tokenizer.json or vocab.txt, read without
-    building the tokenizer."""
-    if os.path.basename(path).endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            return max(json.load(f)["model"]["vocab"].values()) + 1
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for _ in f)
+def _check_size(path, tokens, vocab_size):
+    """The vocabulary must have the model's size (checked before tf-text builds anything:
+    it fails with a RuntimeError on some vocabularies, e.g. one of special tokens only)."""
+    if vocab_size is not None and len(tokens) != vocab_size:
+        raise TokenizerError(f"{path}: the WordPiece vocabulary has {len(tokens)} tokens but "
+                             f"config.json's vocab_size is {vocab_size}; the tokenizer does "
+                             "not belong to this model")
