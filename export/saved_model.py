@@ -99,7 +99,7 @@ from tfllm.publish import Output  # noqa: E402
 
 from export.saved_model_chat import (SAMPLE_MESSAGES, chat_signatures,  # noqa: E402
                                      expected_replies)
-from tfllm.tokenizers import tokenizer_files  # noqa: E402
+from tfllm.tokenizers import max_text_bytes, tokenizer_files  # noqa: E402
 
 SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
 _MIN_BUCKET = 8
@@ -130,6 +130,23 @@ def _after(checks, *tensors):
     return out if len(out) > 1 else out[0]
 
 
+def _text_checks(limit, **texts):
+    """Every string of each named input is at most `limit` bytes (`max_text_bytes`): checked
+    before tokenizing, so a huge string is refused in milliseconds."""
+    return [_require(tf.reduce_all(tf.strings.length(t) <= limit),
+                     f"{name} longer than {limit} bytes; the model's context cannot hold it")
+            for name, t in texts.items()]
+
+
+def _cut_text(text, limit):
+    """Strings of more than `limit` bytes cut to `limit` (a character cut in two dropped):
+    classifiers and encoders keep only a context's worth of tokens anyway."""
+    long = tf.strings.length(text) > limit
+    cut = tf.strings.unicode_transcode(tf.strings.substr(text, 0, limit), "UTF-8", "UTF-8",
+                                       errors="ignore")
+    return tf.where(long, cut, text)
+
+
 def _batch_checks(max_batch, first, *others):
     """Every input has the same batch size, from 1 to `max_batch`."""
     batch = tf.shape(first)[0]
@@ -141,28 +158,35 @@ def _batch_checks(max_batch, first, *others):
     return checks
 
 
-def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
-    """Endpoint functions of a causal LM: {name: (fn, input_signature)}.
+class CausalDecoder:
+    """The in-graph decoding of a causal LM endpoint: checks of a request's inputs, then
+    the cached decoding loop from token ids (the `generate` and `chat` signatures share it).
 
     Every input is checked in the graph before anything that scales with it is allocated;
     an out-of-range value fails the request with InvalidArgument naming the input and its
     limit (see README, "Limits and errors").
     """
-    from tfllm.generation import Generator
 
-    eos_ids = getattr(tokenizer, "eos_ids", [tokenizer.eos_id])
-    gen = Generator(model, end_token_id=eos_ids, jit_compile=jit_compile)
-    # tokenize: the in-graph tokenizer (+ BOS where the checkpoint adds one); detokenize:
-    # the tracked layer itself (tf-text SentencePiece ops ship with TF Serving).
-    sp = tokenizer.tf_tokenizer
-    max_len = gen.max_len
-    bos = tokenizer.bos_id
+    def __init__(self, model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
+        from tfllm.generation import Generator
 
-    def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        checks = _batch_checks(max_batch, prompt, ("max_new_tokens", max_new_tokens),
+        self.tokenizer, self.max_batch = tokenizer, max_batch
+        self.eos_ids = getattr(tokenizer, "eos_ids", [tokenizer.eos_id])
+        self.gen = Generator(model, end_token_id=self.eos_ids, jit_compile=jit_compile)
+        self.max_len = self.gen.max_len
+        self.text_bytes = max_text_bytes(tokenizer, self.max_len)
+
+    def checks(self, texts: dict, max_new_tokens, temperature, top_k, top_p, seed):
+        """In-graph checks of the string inputs `texts` (name -> tensor, bounded by
+        `text_bytes`) and the sampling inputs, to pass before tokenizing (`_after`)."""
+        max_len = self.max_len
+        first, *others = list(texts.items())
+        checks = _batch_checks(self.max_batch, first[1], *others,
+                               ("max_new_tokens", max_new_tokens),
                                ("temperature", temperature), ("top_k", top_k),
                                ("top_p", top_p), ("seed", seed))
-        checks += [
+        checks += _text_checks(self.text_bytes, **texts)
+        return checks + [
             _require(tf.reduce_all(tf.logical_and(max_new_tokens >= 1,
                                                   max_new_tokens <= max_len - 1)),
                      f"max_new_tokens must be from 1 to {max_len - 1} (the model context of "
@@ -174,13 +198,21 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
             _require(tf.reduce_all(tf.logical_and(top_p > 0.0, top_p <= 1.0)),
                      "top_p must be > 0 and <= 1 (1 = off)"),
         ]
-        prompt, max_new_tokens = _after(checks, prompt, max_new_tokens)
-        ids = tokenizer.tokenize(prompt)
-        batch = tf.shape(prompt)[0]
+
+    @staticmethod
+    def after(checks, *tensors):
+        """`tensors`, usable once every check has passed (see `_after`)."""
+        return _after(checks, *tensors)
+
+    def decode(self, ids, max_new_tokens, temperature, top_k, top_p, seed):
+        """Generate after the prompts' ragged token ids (batch, None); the outputs of the
+        `generate` signature."""
+        tokenizer, max_len, eos_ids = self.tokenizer, self.max_len, self.eos_ids
+        batch = ids.nrows(out_type=tf.int32)
         # An empty prompt starts from BOS, as CausalLM.generate does.
         empty = tf.cast(tf.equal(ids.row_lengths(), 0), tf.int64)
         ids = tf.concat([tf.RaggedTensor.from_row_lengths(
-            tf.fill([tf.reduce_sum(empty)], bos), empty), ids], axis=1)
+            tf.fill([tf.reduce_sum(empty)], tokenizer.bos_id), empty), ids], axis=1)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         longest = tf.reduce_max(lengths)
         room = tf.reduce_max(max_new_tokens)
@@ -194,8 +226,8 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
         right = ids.to_tensor(0, shape=tf.stack([batch, bucket]))
         src = tf.range(bucket)[None, :] - (bucket - lengths)[:, None]
         padded = tf.where(src >= 0, tf.gather(right, tf.maximum(src, 0), batch_dims=1), 0)
-        out, n_gen = gen._generate(padded, lengths, max_new_tokens, temperature, top_k,
-                                   top_p, seed, tf.constant(True))
+        out, n_gen = self.gen._generate(padded, lengths, max_new_tokens, temperature, top_k,
+                                        top_p, seed, tf.constant(True))
         width = room
         new_ids = out[:, :width]
         keep = tf.sequence_mask(n_gen, width)
@@ -203,12 +235,32 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
         is_end = tf.logical_and(keep, tf.reduce_any(
             tf.equal(new_ids[:, :, None], tf.constant(eos_ids, tf.int32)), axis=2))
         text_len = n_gen - tf.cast(tf.reduce_any(is_end, axis=1), tf.int32)
-        text = sp.detokenize(tf.RaggedTensor.from_tensor(new_ids, lengths=text_len))
+        # detokenize: the tracked layer itself (tf-text SentencePiece ops ship with TF
+        # Serving).
+        text = tokenizer.tf_tokenizer.detokenize(
+            tf.RaggedTensor.from_tensor(new_ids, lengths=text_len))
         token_ids = tf.where(keep, new_ids, tokenizer.pad_id)
         return {"text": text, "token_ids": token_ids, "num_generated": n_gen}
 
+
+def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH,
+                         decoder=None):
+    """Endpoint functions of a causal LM: {name: (fn, input_signature)} (`decoder`: a
+    `CausalDecoder` to share with the chat signatures)."""
+    decoder = decoder or CausalDecoder(model, tokenizer, jit_compile, max_batch)
+    max_len, text_bytes = decoder.max_len, decoder.text_bytes
+
+    def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        checks = decoder.checks({"prompt": prompt}, max_new_tokens, temperature, top_k,
+                                top_p, seed)
+        prompt, max_new_tokens = _after(checks, prompt, max_new_tokens)
+        # The in-graph tokenizer (+ BOS where the checkpoint adds one).
+        return decoder.decode(tokenizer.tokenize(prompt), max_new_tokens, temperature, top_k,
+                              top_p, seed)
+
     def score(text):
-        text = _after(_batch_checks(max_batch, text), text)
+        text = _after(_batch_checks(max_batch, text) + _text_checks(text_bytes, text=text),
+                      text)
         ids = tokenizer.tokenize(text)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         longest = tf.reduce_max(lengths)
@@ -253,6 +305,7 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
     task = model.task_info
     names = tf.constant(model.class_names)
     max_len = model.backbone.max_len
+    text_bytes = max_text_bytes(tokenizer, max_len)
 
     def run(text, text_pair=None):
         pair = text_pair is not None
@@ -260,6 +313,8 @@ def classifier_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_
         checked = _after(_batch_checks(max_batch, text, *others), text, *(
             [text_pair] if pair else []))
         text, text_pair = checked if pair else (checked, None)
+        text = _cut_text(text, text_bytes)
+        text_pair = None if text_pair is None else _cut_text(text_pair, text_bytes)
         # Padded to the longest row of the request (masked: the padding length does not
         # change the result), at most the model's context. The run's tokenizer object adds
         # the checkpoint's own BOS where it has one.
@@ -295,9 +350,10 @@ def encoder_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
     from tfllm.data.classification import encode_to_longest
 
     max_len = model.backbone.max_len
+    text_bytes = max_text_bytes(tokenizer, max_len)
 
     def embed(text):
-        text = _after(_batch_checks(max_batch, text), text)
+        text = _cut_text(_after(_batch_checks(max_batch, text), text), text_bytes)
         inputs = encode_to_longest(tokenizer, text, max_len, add_bos=True)
         return {"embedding": model(inputs)}
 
@@ -321,11 +377,13 @@ def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
     protect = model.protect_placeholders
     sp = tokenizer.tf_tokenizer
     max_len, eos = tr.max_len, tokenizer.eos_id
+    text_bytes = max_text_bytes(tokenizer, max_len)
 
     def translate(text, num_beams, max_new_tokens, length_penalty):
         checks = _batch_checks(max_batch, text, ("num_beams", num_beams),
                                ("max_new_tokens", max_new_tokens),
                                ("length_penalty", length_penalty))
+        checks += _text_checks(text_bytes, text=text)
         checks += [
             _require(tf.reduce_all(tf.logical_and(num_beams >= 1, num_beams <= 64)),
                      "num_beams must be from 1 to 64"),
@@ -437,7 +495,8 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
     signatures = SIGNATURE_BUILDERS[task](model, model.tokenizer, jit_compile, max_batch)
     chat = None
     if task in ("clm", "chat"):
-        chat, extra = _chat_signatures(config, model.tokenizer, signatures["generate"][0])
+        chat, extra = _chat_signatures(config, CausalDecoder(model, model.tokenizer, jit_compile,
+                                                             max_batch))
         signatures.update(extra)
     for sig_name, (fn, spec) in signatures.items():
         archive.add_endpoint(sig_name, fn, input_signature=spec)
@@ -495,14 +554,14 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
     return got
 
 
-def _chat_signatures(config, tokenizer, generate):
+def _chat_signatures(config, decoder):
     """`(chat entry, signatures)` of a run with a usable chat template, else (None, {}).
     A template the graph cannot apply is reported and left out, not fatal."""
     try:
-        chat = usable_chat_config(config, tokenizer)
+        chat = usable_chat_config(config, decoder.tokenizer)
         if chat is None:
             return None, {}
-        return chat, chat_signatures(generate, chat)
+        return chat, chat_signatures(decoder, chat)
     except ChatTemplateError as e:
         print(f"note: no chat signatures: {e}", file=sys.stderr)
         return None, {}

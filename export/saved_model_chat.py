@@ -12,14 +12,20 @@ The template's single-turn form is applied in the graph: at export the template 
 rendered once around sentinel strings, which cuts it into constant pieces, and a request's
 prompt is `piece + system + piece + message + piece` (`tf.strings.join`). A template that
 does not render a turn by inserting its text as it is (one that trims or inspects the
-content) is refused at export, checked on sample messages.
+content) is refused at export, checked on sample messages. A message or system text that
+holds a control token's text (`<|im_start|>`) is tokenized as plain characters, as `tfllm
+chat` does (see `prompt_ids`); both are bounded in bytes before anything is tokenized.
 """
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import tensorflow as tf
 
 from tfllm.chat_template import ChatTemplateError, template_of
+from tfllm.data.chat import encode_text
 
 _MESSAGE, _SYSTEM = "\ue000tfllm-message\ue000", "\ue000tfllm-system\ue000"
 SAMPLE_MESSAGES = ["Translate to French: Open the file", "Hi", "  spaced  {x} %s\n"]
@@ -67,28 +73,35 @@ def python_prompt(pieces, message, system=None):
     return head + system + between + message + tail
 
 
-def chat_signatures(generate, chat: dict) -> dict:
-    """{name: (fn, input_signature)} of `chat` and `chat_with_system`, over the
-    `generate` endpoint function of `causal_lm_signatures`."""
+def chat_signatures(decoder, chat: dict) -> dict:
+    """{name: (fn, input_signature)} of `chat` and `chat_with_system`, over a
+    `CausalDecoder` (export.saved_model) of the run."""
     pieces = prompt_pieces(chat)
     end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
+    tokenizer = decoder.tokenizer
+    ids_of = {form: piece_ids(tokenizer, parts) for form, parts in pieces.items()}
 
-    def reply(prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        out = generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    def reply(ids, max_new_tokens, temperature, top_k, top_p, seed):
+        out = decoder.decode(ids, max_new_tokens, temperature, top_k, top_p, seed)
         text = out["text"]
         for marker in end_of_turn:  # the text before the first end-of-turn marker
             text = tf.strings.split(text, sep=marker).to_tensor("")[:, 0]
         return {"text": text, "num_generated": out["num_generated"]}
 
     def chat_plain(message, max_new_tokens, temperature, top_k, top_p, seed):
-        before, after = pieces["plain"]
-        prompt = tf.strings.join([before, message, after])
-        return reply(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        checks = decoder.checks({"message": message}, max_new_tokens, temperature, top_k,
+                                top_p, seed)
+        message, max_new_tokens = decoder.after(checks, message, max_new_tokens)
+        ids = prompt_ids(tokenizer, pieces["plain"], [message], ids_of["plain"])
+        return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
     def chat_with_system(message, system, max_new_tokens, temperature, top_k, top_p, seed):
-        head, between, tail = pieces["system"]
-        prompt = tf.strings.join([head, system, between, message, tail])
-        return reply(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        checks = decoder.checks({"message": message, "system": system}, max_new_tokens,
+                                temperature, top_k, top_p, seed)
+        message, system, max_new_tokens = decoder.after(checks, message, system,
+                                                        max_new_tokens)
+        ids = prompt_ids(tokenizer, pieces["system"], [system, message], ids_of["system"])
+        return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
     batch = [None]
     sampling = [tf.TensorSpec(batch, tf.int32, name="max_new_tokens"),
@@ -100,6 +113,47 @@ def chat_signatures(generate, chat: dict) -> dict:
     system = tf.TensorSpec(batch, tf.string, name="system")
     return {"chat": (chat_plain, [message, *sampling]),
             "chat_with_system": (chat_with_system, [message, system, *sampling])}
+
+
+def piece_ids(tokenizer, parts) -> list[list[int]]:
+    """Token ids of a template's constant pieces, for `prompt_ids` (computed eagerly, once):
+    the first as a text starts (with the BOS some checkpoints add), the others as
+    continuations."""
+    return [tokenizer.encode(part) if k == 0 else encode_text(tokenizer, part)
+            for k, part in enumerate(parts)]
+
+
+def prompt_ids(tokenizer, parts, texts, parts_ids=None):
+    """Ragged token ids (batch, None) of the prompts `parts[0] + texts[0] + parts[1] + ...`
+    in the graph, as `tfllm chat` encodes them (tfllm.data.chat.chat_pieces): one pass over
+    the whole prompt, except for rows where a text (from the request) holds a control
+    token's text; there each text is tokenized as plain characters between the template's
+    own pieces, so a request cannot forge turns.
+
+    Args:
+        parts: the template's constant pieces (one more than `texts`).
+        texts: string tensors (batch,), the system text and the message.
+        parts_ids: `piece_ids(tokenizer, parts)`, computed outside the graph.
+    """
+    joined = tf.strings.join([tf.convert_to_tensor(x, tf.string) for pair in zip(parts, texts)
+                              for x in pair] + [tf.constant(parts[-1])])
+    whole = tf.cast(tokenizer.tokenize(joined), tf.int32)
+    specials = list(getattr(tokenizer, "special_tokens", ()))
+    if not specials or not hasattr(tokenizer, "tokenize_plain"):
+        return whole
+    batch = tf.shape(texts[0])[0]
+    pieces = []
+    for k, const in enumerate(parts_ids):
+        row = tf.constant(np.asarray(const, np.int32).reshape(1, len(const)))
+        pieces.append(tf.RaggedTensor.from_tensor(tf.tile(row, [batch, 1])))
+        if k < len(texts):
+            pieces.append(tf.cast(tokenizer.tokenize_plain(texts[k]), tf.int32))
+    plain = tf.concat(pieces, axis=1)
+    pattern = "(?s).*(?:" + "|".join(re.escape(t) for t in specials) + ").*"
+    has = tf.reduce_any(tf.stack([tf.strings.regex_full_match(t, pattern) for t in texts]),
+                        axis=0)
+    rows = tf.range(batch)
+    return tf.gather(tf.concat([whole, plain], axis=0), tf.where(has, rows + batch, rows))
 
 
 def expected_replies(model, chat, messages, max_new_tokens, system=None):

@@ -46,6 +46,10 @@ def build_parser():
                              "before it is closed (default 15)")
     parser.add_argument("--max-connections", type=int, default=128,
                         help="connections served at once; more get 503 (default 128)")
+    parser.add_argument("--poll-seconds", type=float, default=2.0,
+                        help="how often new, replaced and removed version directories are "
+                             "looked for, as TF Serving polls its base path (default 2; 0: "
+                             "never)")
     return parser
 
 
@@ -57,6 +61,8 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.idle_timeout < 86400:
         parser.error("--idle-timeout must be a positive number of seconds")
+    if not 0 <= args.poll_seconds < 86400:
+        parser.error("--poll-seconds must be a number of seconds >= 0")
     return args
 
 
@@ -88,29 +94,91 @@ class RequestError(Exception):
 
 
 class ServedModel:
-    """Every version of one SavedModel directory tree (DIR/VERSION/saved_model.pb)."""
+    """The versions of one SavedModel directory tree (DIR/VERSION/saved_model.pb), served
+    as TF Serving serves them: the newest version that loads answers unversioned requests;
+    a version that fails to load is listed with its error (state END) and the others keep
+    serving; `refresh` (polled every `--poll-seconds`) loads new versions, reloads replaced
+    ones and drops removed ones without a restart. A version appears only once complete:
+    tfllm's exporter publishes it with one rename, and a directory without saved_model.pb
+    is not a version yet."""
 
     def __init__(self, model_dir, max_batch=32):
+        self.model_dir = model_dir
         self.name = os.path.basename(os.path.normpath(model_dir))
         self.max_batch = max_batch
-        versions = sorted(int(d) for d in os.listdir(model_dir) if d.isdigit() and
-                          os.path.isfile(os.path.join(model_dir, d, "saved_model.pb")))
-        if not versions:
-            raise ServerStartError(f"no versions (DIR/N/saved_model.pb) in {model_dir}")
-        self.versions = {v: _load(os.path.join(model_dir, str(v))) for v in versions}
-        self.latest = versions[-1]
+        self.versions, self.failed, self._seen = {}, {}, {}
+        self._lock = threading.Lock()
+        self.refresh()
+        if not self.versions:
+            reasons = "; ".join(f"version {v}: {e}" for v, e in sorted(self.failed.items()))
+            raise ServerStartError(f"no version of {model_dir} loads"
+                                   + (f" ({reasons})" if reasons else
+                                      " (no DIR/N/saved_model.pb)"))
+
+    @property
+    def latest(self):
+        return max(self.versions)
+
+    def _on_disk(self):
+        found = {}
+        try:
+            names = os.listdir(self.model_dir)
+        except OSError:
+            return found
+        for d in names:
+            path = os.path.join(self.model_dir, d)
+            if d.isdigit() and os.path.isfile(os.path.join(path, "saved_model.pb")):
+                st = os.stat(path)
+                found[int(d)] = (st.st_ino, st.st_mtime_ns)
+        return found
+
+    def refresh(self) -> list[str]:
+        """Load new and replaced versions, drop removed ones; returns what changed."""
+        on_disk = self._on_disk()
+        changes = []
+        for version, stamp in sorted(on_disk.items()):
+            if self._seen.get(version) == stamp:
+                continue
+            path = os.path.join(self.model_dir, str(version))
+            try:
+                loaded, error = _load(path), None
+            except ServerStartError as e:
+                loaded, error = None, str(e)
+            with self._lock:
+                self._seen[version] = stamp
+                if loaded is None:
+                    self.versions.pop(version, None)
+                    self.failed[version] = error
+                    changes.append(f"version {version} failed to load: {error}")
+                else:
+                    self.versions[version] = loaded
+                    self.failed.pop(version, None)
+                    changes.append(f"version {version} loaded")
+        with self._lock:
+            for version in sorted(set(self._seen) - set(on_disk)):
+                del self._seen[version]
+                self.failed.pop(version, None)
+                if self.versions.pop(version, None) is not None:
+                    changes.append(f"version {version} removed")
+        return changes
 
     def signature(self, version, name):
-        if version is None:
-            version = self.latest
-        if version not in self.versions:
-            raise RequestError(f"Servable not found for request: Specific({self.name}, "
-                               f"{version})", 404)
-        sigs = self.versions[version].signatures
-        name = name or "serving_default"
+        with self._lock:
+            if not self.versions:
+                raise RequestError(f"Servable not found for request: Latest({self.name})", 404)
+            if version is None:
+                version = self.latest
+            if version not in self.versions:
+                raise RequestError(f"Servable not found for request: Specific({self.name}, "
+                                   f"{version})", 404)
+            sigs = self.versions[version].signatures
+        if name is None or name == "":  # absent (REST) or empty (a gRPC default)
+            name = "serving_default"
+        if not isinstance(name, str):
+            raise RequestError(f"signature_name must be a string, got {type(name).__name__}")
         if name not in sigs:
-            raise RequestError(f"Serving signature name: \"{name}\" not found in signature def; "
-                               f"available: {sorted(sigs)}")
+            raise RequestError(f"Serving signature name: \"{name[:100]}\" not found in "
+                               f"signature def; available: {sorted(sigs)}")
         return sigs[name]
 
     def run(self, fn, columns: dict):
@@ -265,12 +333,14 @@ def predict_json(model: ServedModel, version, body: dict) -> dict:
 
 
 def metadata_json(model: ServedModel, version) -> dict:
-    version = model.latest if version is None else version
-    if version not in model.versions:
+    with model._lock:
+        version = (model.latest if model.versions else None) if version is None else version
+        loaded = model.versions.get(version)
+    if loaded is None:
         raise RequestError(f"Servable not found for request: Specific({model.name}, {version})",
                            404)
     defs = {}
-    for name, fn in model.versions[version].signatures.items():
+    for name, fn in loaded.signatures.items():
         def spec_json(specs):
             return {k: {"dtype": "DT_" + v.dtype.name.upper(), "name": k,
                         "tensor_shape": {"dim": [{"size": str(d if d is not None else -1)}
@@ -284,13 +354,20 @@ def metadata_json(model: ServedModel, version) -> dict:
 
 
 def status_json(model: ServedModel, version) -> dict:
-    versions = [version] if version is not None else sorted(model.versions, reverse=True)
-    if version is not None and version not in model.versions:
-        raise RequestError(f"Servable not found for request: Specific({model.name}, {version})",
-                           404)
+    """TF Serving's model status: loaded versions AVAILABLE, failed ones END with their
+    error."""
+    with model._lock:
+        states = {v: ("AVAILABLE", "OK", "") for v in model.versions}
+        states.update({v: ("END", "UNKNOWN", e) for v, e in model.failed.items()})
+    if version is not None:
+        if version not in states:
+            raise RequestError(f"Servable not found for request: Specific({model.name}, "
+                               f"{version})", 404)
+        states = {version: states[version]}
     return {"model_version_status": [
-        {"version": str(v), "state": "AVAILABLE",
-         "status": {"error_code": "OK", "error_message": ""}} for v in versions]}
+        {"version": str(v), "state": state,
+         "status": {"error_code": code, "error_message": message}}
+        for v, (state, code, message) in sorted(states.items(), reverse=True)]}
 
 
 def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1 << 20,
@@ -518,13 +595,22 @@ def _serve(args):
     if args.grpc_port:
         grpc_server = make_grpc_server(model, args.host, args.grpc_port, args.max_body_bytes)
         grpc_server.start()
+    failed = "".join(f"; version {v} failed to load: {e}" for v, e in sorted(model.failed.items()))
     print(f"serving {model.name} versions {sorted(model.versions)} on "
           f"http://{args.host}:{args.port}"
-          + (f" and grpc {args.host}:{args.grpc_port}" if grpc_server else ""), flush=True)
+          + (f" and grpc {args.host}:{args.grpc_port}" if grpc_server else "") + failed,
+          flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
+    if args.poll_seconds:
+        def poll():
+            while not stop.wait(args.poll_seconds):
+                for change in model.refresh():
+                    print(f"{model.name}: {change}", flush=True)
+
+        threading.Thread(target=poll, daemon=True).start()
     try:
         stop.wait()
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from tfllm.chat_template import template_of
-from tfllm.data.chat import encode_text
+from tfllm.data.chat import chat_pieces, encode_pieces
 from tfllm.errors import TfllmError
 
 
@@ -25,6 +25,9 @@ class ChatSession:
         system: a system turn put first (None: the template's own default, if any).
         max_new_tokens: the longest reply.
         temperature, top_k, top_p, seed: sampling, as `tfllm generate` (0: greedy).
+        split_special_tokens: a message holding a control token's text (`<|im_start|>`)
+            is encoded as plain characters, so it cannot forge turns; False (trusted
+            callers) reads it as control tokens.
 
     Attributes:
         history: the turns so far ({"role", "content"}).
@@ -33,7 +36,7 @@ class ChatSession:
 
     def __init__(self, model, chat: dict, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
-                 seed=None):
+                 seed=None, split_special_tokens: bool = True):
         from tfllm.generation import GenerationParams, get_generator
 
         self.model, self.tokenizer = model, model.tokenizer
@@ -48,9 +51,11 @@ class ChatSession:
         self.history = [] if system is None else [{"role": "system", "content": system}]
         self.dropped = 0
         self.last_dropped = 0
+        self.split_special_tokens = split_special_tokens
 
-    def _encode(self, text: str) -> list[int]:
-        return encode_text(self.tokenizer, text)
+    def _encode(self, turns) -> list[int]:
+        return encode_pieces(self.tokenizer, chat_pieces(
+            self.template, turns, self.tokenizer, True, self.split_special_tokens))
 
     def prompt_ids(self, turns) -> tuple[list[int], int]:
         """Ids of `turns` with the generation prompt, oldest non-system turns dropped
@@ -58,7 +63,7 @@ class ChatSession:
         turns, dropped = list(turns), 0
         room = self.max_len - self.params.max_new_tokens
         while True:
-            ids = self._encode(self.template.render(turns, add_generation_prompt=True))
+            ids = self._encode(turns)
             if len(ids) <= room:
                 return ids, dropped
             first = 1 if turns and turns[0]["role"] == "system" else 0

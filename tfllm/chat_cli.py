@@ -116,6 +116,10 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
     c.add_argument("--top-k", type=positive_int, help="sample among the k likeliest")
     c.add_argument("--top-p", type=finite_float, help="nucleus sampling, 0 < p <= 1")
     c.add_argument("--seed", type=int, help="seed of sampling")
+    c.add_argument("--allow-control-tokens", action="store_true",
+                   help="read control tokens' text in messages (e.g. <|im_start|>) as control "
+                        "tokens; default: as plain characters, so a message cannot forge "
+                        "turns. For trusted input only")
 
 
 def merge(args):
@@ -159,7 +163,8 @@ def chat(args):
     model = tfllm.load(args.run)
     chat_config = chat_config_of(stored, model.tokenizer, template)
     session = ChatSession(model, chat_config, args.system, args.max_new_tokens,
-                          args.temperature, args.top_k, args.top_p, args.seed)
+                          args.temperature, args.top_k, args.top_p, args.seed,
+                          split_special_tokens=not args.allow_control_tokens)
 
     def answer(message):
         pieces = session.send(message)

@@ -107,6 +107,10 @@ def test_32_concurrent_requests(server, expected):
     ("/v1/models/tiny/versions/7:predict", {"instances": ["x"]}, 404, "Servable not found"),
     ("/v1/models/tiny:predict", {"signature_name": "bogus", "instances": ["x"]}, 400,
      "not found in signature def"),
+    ("/v1/models/tiny:predict", {"signature_name": ["score"], "instances": ["x"]}, 400,
+     "signature_name must be a string, got list"),
+    ("/v1/models/tiny:predict", {"signature_name": {"a": 1}, "instances": ["x"]}, 400,
+     "signature_name must be a string, got dict"),
     ("/v1/models/tiny:predict", {"signature_name": "score", "instances": ["a"] * 5}, 400,
      "exceeds this server's limit of 4"),
     ("/v1/models/tiny:predict", {"signature_name": "generate", "instances": [
@@ -252,3 +256,50 @@ def test_unknown_methods_and_garbage_are_4xx(server):
     assert _raw(server["url"], b"BREW /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 405
     status, closed, data = _raw(server["url"], b"\x00\xff\x10 garbage\r\n\r\n")
     assert closed and b"Error code: 400" in data  # HTTP/0.9 framing: no status line
+
+
+def _get(url, path):
+    with urllib.request.urlopen(url + path, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def test_a_damaged_version_is_reported_and_the_others_serve(exported, tmp_path, expected):
+    """TF Serving's version policy: the newest version that loads serves; a damaged one is
+    listed with its error; new versions are picked up and removed ones dropped without a
+    restart."""
+    import shutil
+    import time
+
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(exported["path"], model_dir / "1")
+    shutil.copytree(exported["path"], model_dir / "2")
+    (model_dir / "2" / "saved_model.pb").write_bytes(b"not a protobuf")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.dev_server", "--model-dir",
+                             str(model_dir), "--port", str(port), "--grpc-port", "0",
+                             "--poll-seconds", "0.5"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        line = proc.stdout.readline()
+        assert "versions [1]" in line and "version 2 failed to load" in line, line
+        status = _get(url, "/v1/models/tiny")["model_version_status"]
+        assert [(v["version"], v["state"]) for v in status] == [("2", "END"), ("1", "AVAILABLE")]
+        assert "cannot load the SavedModel" in status[0]["status"]["error_message"]
+        assert generate_rest(url, "tiny", PROMPTS[:1], max_new_tokens=10)[0]["text"] == \
+            expected[0]
+        # A new version published in one rename is served once the poll sees it.
+        shutil.copytree(exported["path"], tmp_path / ".3.staging")
+        (tmp_path / ".3.staging").rename(model_dir / "3")
+        assert "version 3 loaded" in proc.stdout.readline()
+        assert _get(url, "/v1/models/tiny/metadata")["model_spec"]["version"] == "3"
+        shutil.rmtree(model_dir / "3")
+        assert "version 3 removed" in proc.stdout.readline()
+        deadline = time.time() + 10
+        while _get(url, "/v1/models/tiny/metadata")["model_spec"]["version"] != "1":
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -10,6 +10,7 @@ jsonl file, the prompt optionally formatted by a template such as
 from __future__ import annotations
 
 import os
+import re
 
 from tfllm.chat_template import ChatTemplateError, check_messages
 from tfllm.data.tables import cell, read_rows, split_rows
@@ -114,13 +115,97 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return ids
 
 
-def encode_chat(conversation, template, tokenizer):
+def encode_plain(tokenizer, text: str) -> list[int]:
+    """Ids of a message's text with control tokens' text read as ordinary characters (a
+    tokenizer that recognizes none in text encodes it as `encode_text` does)."""
+    if hasattr(tokenizer, "encode_plain"):
+        return tokenizer.encode_plain(text)
+    return encode_text(tokenizer, text)
+
+
+# Marks a message's place when a template is rendered around placeholders (Unicode private
+# use: no tokenizer or template gives it a meaning).
+_MARK = "\ue001"
+_MARKED = re.compile(f"{_MARK}(\\d+){_MARK}")
+
+
+def has_control_text(tokenizer, texts) -> bool:
+    """True when one of `texts` holds the text of a control token of `tokenizer` (one
+    that tokenizing a whole rendered conversation would read as that token)."""
+    specials = getattr(tokenizer, "special_tokens", ())
+    return any(special in text for text in texts for special in specials)
+
+
+def _marked(messages):
+    return [{**m, "content": f"{_MARK}{i}{_MARK}"} for i, m in enumerate(messages)]
+
+
+def _split_marked(marked_text, real_text, contents):
+    """`[(text, is_message)]` of a rendering around placeholders, the messages put back;
+    ChatTemplateError unless their join is `real_text` (a template that changes a message
+    cannot have its messages located)."""
+    parts = _MARKED.split(marked_text)
+    pieces = [(contents[int(part)], True) if k % 2 else (part, False)
+              for k, part in enumerate(parts) if k % 2 or part]
+    if "".join(text for text, _ in pieces) != real_text:
+        raise ChatTemplateError("this chat template changes a message's text, so a message "
+                                "holding a control token's text (e.g. <|im_start|>) cannot be "
+                                "kept as plain text; remove it from the message")
+    return pieces
+
+
+def chat_pieces(template, messages, tokenizer, add_generation_prompt: bool = False,
+                split_special_tokens: bool = True) -> list[tuple[str, bool]]:
+    """A conversation's rendering as `[(text, is_message)]` pieces for `encode_pieces`.
+
+    A message holding the text of a control token (`<|im_start|>`, `<start_of_turn>`) is
+    one piece of its own, encoded as plain characters, while the template's own markers
+    stay control tokens: a user cannot forge turns (Hugging Face's
+    `split_special_tokens=True`, for messages only). Otherwise the whole text is one piece,
+    tokenized in one pass as always. `split_special_tokens=False` (trusted callers) reads
+    control tokens' text in messages as control tokens.
+    """
+    text = template.render(messages, add_generation_prompt)
+    contents = [m["content"] for m in messages]
+    if not split_special_tokens or not has_control_text(tokenizer, contents):
+        return [(text, False)]
+    return _split_marked(template.render(_marked(messages), add_generation_prompt), text,
+                         contents)
+
+
+def encode_pieces(tokenizer, pieces) -> list[int]:
+    """Ids of `[(text, is_message)]` pieces: messages by `encode_plain`, the template's
+    text by `encode_text`."""
+    ids = []
+    for text, plain in pieces:
+        ids += encode_plain(tokenizer, text) if plain else encode_text(tokenizer, text)
+    return ids
+
+
+def segment_pieces(template, conversation, tokenizer, split_special_tokens: bool = True):
+    """`template.segments(conversation)` as `[(text, is_reply, is_message)]`: as
+    `chat_pieces`, a message holding a control token's text is a piece of its own."""
+    segments = template.segments(conversation)
+    contents = [m["content"] for m in conversation]
+    if not split_special_tokens or not has_control_text(tokenizer, contents):
+        return [(text, reply, False) for text, reply in segments]
+    marked = template.segments(_marked(conversation))
+    if [r for _, r in marked] != [r for _, r in segments]:
+        raise ChatTemplateError("this chat template renders placeholders and messages into "
+                                "different turns; a message holding a control token's text "
+                                "cannot be kept as plain text")
+    return [(text, reply, plain) for (marked_text, _), (real_text, reply) in zip(marked, segments)
+            for text, plain in _split_marked(marked_text, real_text, contents)]
+
+
+def encode_chat(conversation, template, tokenizer, split_special_tokens: bool = True):
     """`(ids, mask)` of one conversation: its rendered text's token ids, and 1 on exactly
     the tokens of the assistant replies (their content and end of turn), 0 elsewhere.
 
     Each piece of `template.segments` is tokenized on its own, so no token straddles a
     reply's edge; templates cut at special tokens or newlines, where whole-text
-    tokenization cuts too.
+    tokenization cuts too. A message holding a control token's text is encoded as plain
+    characters (see `chat_pieces`).
 
     Args:
         conversation: a list of {"role", "content"}.
@@ -129,8 +214,9 @@ def encode_chat(conversation, template, tokenizer):
             template writes the BOS it wants).
     """
     ids, mask = [], []
-    for text, reply in template.segments(conversation):
-        piece = encode_text(tokenizer, text)
+    for text, reply, plain in segment_pieces(template, conversation, tokenizer,
+                                             split_special_tokens):
+        piece = encode_plain(tokenizer, text) if plain else encode_text(tokenizer, text)
         ids += piece
         mask += [int(reply)] * len(piece)
     return ids, mask
@@ -149,12 +235,17 @@ def encode_conversations(conversations, template, tokenizer, max_len: int):
     """
     pieces, owners = [], []
     for n, conversation in enumerate(conversations):
-        for text, reply in template.segments(conversation):
-            pieces.append((text, reply))
+        for piece in segment_pieces(template, conversation, tokenizer):
+            pieces.append(piece)
             owners.append(n)
-    piece_ids = _tokenize_many(tokenizer, [text for text, _ in pieces])
+    piece_ids = [None] * len(pieces)
+    for plain in (False, True):
+        which = [k for k, p in enumerate(pieces) if p[2] == plain]
+        for k, ids in zip(which, _tokenize_many(tokenizer, [pieces[k][0] for k in which],
+                                                plain=plain)):
+            piece_ids[k] = ids
     rows = [([], []) for _ in conversations]
-    for (text, reply), n, ids in zip(pieces, owners, piece_ids):
+    for (text, reply, _), n, ids in zip(pieces, owners, piece_ids):
         rows[n][0].extend(ids)
         rows[n][1].extend([int(reply)] * len(ids))
     encoded, too_long = [], 0
@@ -170,14 +261,17 @@ def encode_conversations(conversations, template, tokenizer, max_len: int):
     return encoded, too_long
 
 
-def _tokenize_many(tokenizer, texts, chunk=4096):
-    """Ids of each text as `encode_chat` takes them (no auto-added BOS)."""
+def _tokenize_many(tokenizer, texts, chunk=4096, plain=False):
+    """Ids of each text as `encode_chat` takes them (no auto-added BOS; with `plain`,
+    control tokens' text as plain characters)."""
     import tensorflow as tf
 
     auto_bos = getattr(tokenizer, "add_bos", False)
+    tokenize = tokenizer.tokenize_plain if plain and hasattr(tokenizer, "tokenize_plain") \
+        else tokenizer.tokenize
     out = []
     for start in range(0, len(texts), chunk):
-        batch = tokenizer.tokenize(tf.constant(texts[start:start + chunk]))
+        batch = tokenize(tf.constant(texts[start:start + chunk]))
         # tf-text gives a RaggedTensor; keras-hub's tokenizers, eagerly, Python lists.
         rows = batch.to_list() if hasattr(batch, "to_list") else batch
         for ids in rows:

@@ -56,6 +56,21 @@ def load_tokenizer(run_dir: str, spec):
     raise TokenizerError(f"unknown tokenizer entry in {run_dir}/config.json: {spec!r}")
 
 
+# A text longer than this many bytes per context token cannot fit the context (beyond the
+# longest token, Unicode normalization may shrink a character to a quarter of its bytes).
+_NORMALIZATION_SHRINK = 4
+MIN_TEXT_BYTES = 16 << 10
+
+
+def max_text_bytes(tokenizer, max_len: int) -> int:
+    """The byte limit of one text given to a model of `max_len` tokens: `max_len` times the
+    longest token's bytes (at least 4), times 4 for normalization, and at least 16 KiB.
+    Served graphs refuse (or cut) longer strings before tokenizing them, so a huge request
+    costs milliseconds; whitespace runs that normalization collapses count in full."""
+    per_token = max(int(getattr(tokenizer, "max_token_bytes", 4)), 4)
+    return max(max_len * per_token * _NORMALIZATION_SHRINK, MIN_TEXT_BYTES)
+
+
 def tokenizer_files(spec) -> list[str]:
     """The file names (in the run directory) of a run's tokenizer entry."""
     if isinstance(spec, str):
@@ -65,6 +80,6 @@ def tokenizer_files(spec) -> list[str]:
     return [spec["file"]]
 
 
-__all__ = ["tokenizer_files", "SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "WordPieceTokenizer",
+__all__ = ["max_text_bytes", "tokenizer_files", "SentencePieceTokenizer", "BytePairTokenizer", "HFBytePairTokenizer", "WordPieceTokenizer",
            "load_tokenizer", "PAD_ID", "UNK_ID",
            "BOS_ID", "EOS_ID", "MASK_PIECE"]

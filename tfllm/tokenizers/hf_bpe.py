@@ -155,18 +155,28 @@ def _layer_class():
 
     # Not serializable on its own: runs rebuild it from their tokenizer.json.
     class HFByteLevelBPE(keras_hub.tokenizers.BytePairTokenizer):
-        def __init__(self, vocabulary=None, merges=None, pre_tokenizer=None, **kwargs):
+        def __init__(self, vocabulary=None, merges=None, pre_tokenizer=None,
+                     plain_pre_tokenizer=None, **kwargs):
             self.pre_tokenizer = pre_tokenizer
+            self.plain_pre_tokenizer = plain_pre_tokenizer or pre_tokenizer
             super().__init__(vocabulary=vocabulary, merges=merges, **kwargs)
 
         @preprocessing_function
         def _tokenize_tf(self, inputs):
+            return self._ids(inputs, self.pre_tokenizer)
+
+        def tokenize_plain(self, inputs):
+            """Ids of `inputs` where special tokens are not recognized: their text is
+            tokenized as ordinary characters (Hugging Face's split_special_tokens=True)."""
+            return self._ids(inputs, self.plain_pre_tokenizer)
+
+        def _ids(self, inputs, pre_tokenizer):
             self._maybe_initialized_tf()
             inputs = tf.convert_to_tensor(inputs)
             unbatched = inputs.shape.rank == 0
             if unbatched:
                 inputs = tf.expand_dims(inputs, 0)
-            raw = self.pre_tokenizer.split(inputs)
+            raw = pre_tokenizer.split(inputs)
             flat = raw.flat_values
             lookup = self.cache.lookup(flat)
             unseen = (lookup == "") & (flat != "")
@@ -223,7 +233,8 @@ def _pre_tokenizer_spec(spec, path):
 
 
 def read_tokenizer_json(path: str) -> tuple:
-    """`(vocabulary, merges, pattern, digits, normalizer, added_tokens, ignore_merges)` of a
+    """`(vocabulary, merges, pattern, digits, normalizer, added_tokens, ignore_merges,
+    special_tokens)` of a
     byte-level BPE `tokenizer.json`, checked without building anything (importers validate
     a checkpoint's tokenizer with it before they write).
     """
@@ -273,8 +284,9 @@ def read_tokenizer_json(path: str) -> tuple:
     if bad:
         raise TokenizerError(f"{path}: {len(bad)} merge rule(s) name tokens the vocabulary "
                              f"lacks, e.g. {bad[0]!r}")
+    special = [t["content"] for t in added_tokens if t.get("special", True) is not False]
     return (vocabulary, merges, pattern, digits, normalizer, list(added),
-            bool(model.get("ignore_merges")))
+            bool(model.get("ignore_merges")), special)
 
 
 class HFBytePairTokenizer:
@@ -301,13 +313,20 @@ class HFBytePairTokenizer:
 
     def __init__(self, vocabulary: dict, merges, pattern: str | None, digits=None,
                  normalizer=None, added_tokens=(), ignore_merges=False, bos_id=None,
-                 eos_ids=(), pad_id=None, add_bos=False):
+                 eos_ids=(), pad_id=None, add_bos=False, special_tokens=None):
         self._vocab_size = max(vocabulary.values()) + 1
+        # Byte-level tokens spell one byte a character; added tokens are their UTF-8 text.
+        self.max_token_bytes = max(len(t.encode("utf-8")) if t in added_tokens else len(t)
+                                   for t in vocabulary)
         ids = [i for i in [bos_id, pad_id, *eos_ids] if i is not None]
         if not eos_ids or any(not 0 <= int(i) < self._vocab_size for i in ids):
             raise TokenizerError(f"special token ids {ids} do not fit the {self._vocab_size}-"
                                  "token vocabulary")
         self.added_tokens = list(added_tokens)
+        # Control tokens (tokenizer.json's "special": true): tokenize_plain reads their text
+        # as ordinary characters; the other added tokens (Qwen's <tool_call>) stay whole.
+        self.special_tokens = list(self.added_tokens if special_tokens is None
+                                   else special_tokens)
         self.eos_ids = [int(i) for i in eos_ids]
         self.eos_id = self.eos_ids[0]
         self.bos_id = self.eos_id if bos_id is None else int(bos_id)
@@ -317,11 +336,14 @@ class HFBytePairTokenizer:
         self._decode_fn = None
         self._encode_fn = None
         self.pre_tokenizer = PreTokenizer(pattern, digits, normalizer, self.added_tokens)
+        plain = PreTokenizer(pattern, digits, normalizer,
+                             [t for t in self.added_tokens if t not in self.special_tokens])
         try:
             # The TF path always, so that eager encode() and exported graphs agree (keras-hub
             # would otherwise take its Python path, with another split rule, when eager).
             self._layer = _layer_class()(vocabulary=vocabulary, merges=list(merges),
                                          pre_tokenizer=self.pre_tokenizer,
+                                         plain_pre_tokenizer=plain,
                                          unsplittable_tokens=self.added_tokens,
                                          _allow_python_workflow=False)
         except ValueError as e:  # a merge naming a token the vocabulary lacks
@@ -334,9 +356,9 @@ class HFBytePairTokenizer:
     def from_tokenizer_json(cls, path: str, bos_id=None, eos_ids=(), pad_id=None,
                             add_bos=False) -> "HFBytePairTokenizer":
         """Read a Hugging Face `tokenizer.json` (a byte-level BPE one)."""
-        args = read_tokenizer_json(path)
+        *args, special = read_tokenizer_json(path)
         try:
-            return cls(*args, bos_id, eos_ids, pad_id, add_bos)
+            return cls(*args, bos_id, eos_ids, pad_id, add_bos, special_tokens=special)
         except TokenizerError as e:
             raise TokenizerError(f"{path}: {e}") from e
 
@@ -370,6 +392,18 @@ class HFBytePairTokenizer:
 
     def detokenize(self, ids):
         return self._layer.detokenize(ids)
+
+    def tokenize_plain(self, text):
+        """`tokenize` with control tokens' text read as ordinary characters and no BOS: for
+        text from users inside a chat template (see `tfllm.data.chat.encode_pieces`)."""
+        return self._layer.tokenize_plain(text)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of `text` by `tokenize_plain`."""
+        if getattr(self, "_plain_fn", None) is None:
+            self._plain_fn = tf.function(self.tokenize_plain,
+                                         input_signature=[tf.TensorSpec([], tf.string)])
+        return [int(i) for i in np.asarray(self._plain_fn(tf.constant(text)))]
 
     def encode(self, text: str) -> list[int]:
         # One traced function for every call: eagerly, keras-hub traces its merge loop

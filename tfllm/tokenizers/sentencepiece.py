@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
@@ -134,6 +135,16 @@ class SentencePieceTokenizer:
             f.write(self.proto)
 
     @property
+    def max_token_bytes(self) -> int:
+        """The most UTF-8 bytes of text one token stands for (a byte-fallback piece: 1)."""
+        if not hasattr(self, "_max_token_bytes"):
+            sizes = [1 if self._sp.is_byte(i) else
+                     len(self._sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+                     for i in range(self._sp.get_piece_size())]
+            self._max_token_bytes = max(sizes)
+        return self._max_token_bytes
+
+    @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
@@ -167,3 +178,46 @@ class SentencePieceTokenizer:
     def decode(self, ids) -> str:
         """Python-side detokenization."""
         return self._sp.decode([int(i) for i in ids])
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """The model's user-defined symbols of more than one character (`<|im_start|>` in a
+        chat run's): SentencePiece reads them as one token wherever their text occurs."""
+        if not hasattr(self, "_special_tokens"):
+            from sentencepiece import sentencepiece_model_pb2
+
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(self.proto)
+            user = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+            self._special_tokens = [p.piece for p in proto.pieces
+                                    if p.type == user and len(p.piece) > 1]
+        return self._special_tokens
+
+    def tokenize_plain(self, text):
+        """`tokenize` without BOS, where the text of `special_tokens` is tokenized one
+        character at a time (plain characters, never the symbol): for text from users inside
+        a chat template (see `tfllm.data.chat.encode_pieces`). In-graph."""
+        if not self.special_tokens:
+            return self._tf.tokenize(text)
+        text = tf.convert_to_tensor(text, tf.string)
+        scalar = text.shape.rank == 0
+        batch = tf.reshape(text, [-1])
+        alternatives = "|".join(re.escape(t) for t in sorted(self.special_tokens, key=len,
+                                                                reverse=True))
+        pieces = tf_text.regex_split(batch, alternatives, alternatives)  # (batch, pieces)
+        flat = pieces.flat_values  # (P,)
+        special = tf.strings.regex_full_match(flat, alternatives)
+        whole = tf.RaggedTensor.from_tensor(flat[:, None])  # (P, 1)
+        chars = tf.strings.unicode_split(flat, "UTF-8")  # (P, chars)
+        n = tf.shape(flat, out_type=tf.int64)[0]
+        rows = tf.range(n)
+        units = tf.gather(tf.concat([whole, chars], axis=0), tf.where(special, rows + n, rows))
+        ids = self._tf.tokenize(units.flat_values)  # (units, tokens)
+        ids = pieces.with_flat_values(units.with_flat_values(ids)).merge_dims(1, 3)
+        return ids[0] if scalar else ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of `text` by `tokenize_plain` (Python side)."""
+        if not self.special_tokens:
+            return self._sp.encode(text)
+        return [int(i) for i in self.tokenize_plain(tf.constant(text)).numpy()]

@@ -77,6 +77,9 @@ class WordPieceTokenizer:
         self._special_re = "|".join(re.escape(t) for t in sorted(self.specials, key=len,
                                                                  reverse=True))
         self.suffix_indicator = suffix_indicator
+        # [UNK] stands for a whole word of up to max_chars_per_word characters.
+        self.max_token_bytes = max(4 * max_chars_per_word,
+                                   max(len(t.encode("utf-8")) for t in self.vocabulary))
         self._tokenizer = tf_text.FastBertTokenizer(
             vocab=self.vocabulary, suffix_indicator=suffix_indicator,
             max_bytes_per_word=max_chars_per_word, token_out_type=tf.int32,
