@@ -48,8 +48,9 @@ def test_failed_overwrite_keeps_the_old_run(old_run, tmp_path, capsys, labeled_t
     err = _one_line_error(["finetune", "--from-scratch", "--data", f"tsv:{tmp_path}/none.tsv",
                            "--out", old_run, "--overwrite"], capsys)
     assert "none.tsv" in err
-    err = _one_line_error(["import-hf", "--checkpoint", str(tmp_path), "--out", old_run,
-                           "--overwrite"], capsys)
+    (tmp_path / "ckpt").mkdir()
+    err = _one_line_error(["import-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out",
+                           old_run, "--overwrite"], capsys)
     assert "config.json" in err
     assert _snapshot(old_run) == before
 
@@ -63,11 +64,11 @@ def test_a_directory_that_is_not_a_run_is_never_deleted(tmp_path, capsys, small_
                   "--overwrite"],
                  ["finetune", "--from-scratch", "--data", labeled_tsv, "--out", str(mine),
                   "--overwrite"],
-                 ["import-hf", "--checkpoint", str(tmp_path), "--out", str(mine),
+                 ["import-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(mine),
                   "--overwrite"]):
         err = _one_line_error(argv, capsys)
-        assert f"{mine} is not empty and is not a tfllm run directory" in err
-        assert "does not delete it" in err
+        assert f"{mine} exists and is not a tfllm run (no tfllm marker" in err
+        assert "does not replace it, even with --overwrite" in err
     assert (mine / "holiday.jpg").read_bytes() == b"\xff\xd8 not a run"
 
 
@@ -76,7 +77,7 @@ def test_out_naming_a_file_is_one_line(tmp_path, capsys, small_corpus, labeled_t
     target.write_text("keep me")
     for argv in (["train", "--data", small_corpus, "--out", str(target)],
                  ["finetune", "--from-scratch", "--data", labeled_tsv, "--out", str(target)],
-                 ["import-hf", "--checkpoint", str(tmp_path), "--out", str(target)]):
+                 ["import-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(target)]):
         assert "is a file, not a directory" in _one_line_error(argv, capsys)
     assert target.read_text() == "keep me"
 

@@ -153,17 +153,22 @@ class ChatTemplate:
         self.bos_token, self.eos_token = bos_token or "", eos_token or ""
         _SANDBOX.call({"op": "compile", "source": self.source})
 
-    def _ask(self, op: str, messages, **extra):
+    def _ask(self, op: str, messages, check: bool = True, **extra):
         return _SANDBOX.call({"op": op, "source": self.source, "bos": self.bos_token,
-                              "eos": self.eos_token, "messages": check_messages(messages),
+                              "eos": self.eos_token,
+                              "messages": check_messages(messages) if check else messages,
                               **extra})
 
-    def render(self, messages, add_generation_prompt: bool = False) -> str:
+    def render(self, messages, add_generation_prompt: bool = False, check: bool = True) -> str:
         """The text of a conversation; with `add_generation_prompt`, followed by the
         opening of the assistant's next turn. Rendered in a worker process within
         `TIME_LIMIT_S` seconds, 4 MiB of text and 512 MiB of memory (the template is code
-        from a checkpoint)."""
-        return self._ask("render", messages, add_generation_prompt=bool(add_generation_prompt))
+        from a checkpoint).
+
+        `check=False` passes the turns as given (JSON values), e.g. content as a list of
+        text parts, as the LiteRT-LM runtime passes it."""
+        return self._ask("render", messages, check,
+                         add_generation_prompt=bool(add_generation_prompt))
 
     def segments(self, messages) -> list[tuple[str, bool]]:
         """The rendered conversation cut into `(text, is_assistant)` pieces whose joined

@@ -648,9 +648,9 @@ def _report_import(family, out):
 def _import_hf(args):
     from tfllm.checkpoints import FAMILY_NAMES, import_hf, model_type_of
 
-    family = FAMILY_NAMES[model_type_of(args.checkpoint)]  # read before anything is written
     out = import_hf(args.checkpoint, args.out, args.overwrite, args.max_len, args.dtype)
-    _report_import(family, out)
+    # The checkpoint is an input: --out can never have replaced it.
+    _report_import(FAMILY_NAMES[model_type_of(args.checkpoint)], out)
 
 
 def _import_gguf(args):

@@ -135,7 +135,9 @@ def test_refusals(tiny_run, exported_llama, tmp_path):
     from export.hf import HFExportError, export_hf
 
     _, run, out, _ = exported_llama
-    with pytest.raises(HFExportError, match="--overwrite"):
+    from tfllm.publish import PublishError
+
+    with pytest.raises(PublishError, match="--overwrite"):
         export_hf(run, out)
     with pytest.raises(HFExportError, match="--dtype"):
         export_hf(run, str(tmp_path / "x"), dtype="int4")

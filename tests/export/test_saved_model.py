@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import tfllm
 from export.saved_model import ExportError, export_saved_model
+from tfllm.publish import PublishError
 
 PROMPTS = ["ROMEO:", "First Citizen:\nWe", ""]
 
@@ -90,7 +91,7 @@ def test_score_matches_keras(exported, lm):
 
 
 def test_refuses_to_overwrite_and_bad_version(exported, tiny_run):
-    with pytest.raises(ExportError, match="already exists"):
+    with pytest.raises(PublishError, match="already exists"):
         export_saved_model(tiny_run, exported["base"], "tiny", 1, verify=False)
     with pytest.raises(ExportError, match="--version"):
         export_saved_model(tiny_run, exported["base"], "tiny", 0, verify=False)
@@ -203,7 +204,7 @@ def test_killed_overwrite_keeps_the_live_version(exported, tiny_run, tmp_path):
                             stderr=subprocess.DEVNULL)
     # Kill it once the new version is being written beside the live one.
     deadline = time.time() + 300
-    while not any(n.startswith(".1.partial-") and os.listdir(base / "tiny" / n)
+    while not any(n.startswith(".1.tfllm-staging-") and len(os.listdir(base / "tiny" / n)) > 1
                   for n in os.listdir(base / "tiny")):
         assert proc.poll() is None and time.time() < deadline, "export ended before the kill"
         time.sleep(0.05)
