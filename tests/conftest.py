@@ -20,6 +20,21 @@ os.environ.setdefault("TFLLM_LOG_LEVEL", "info")
 TINY = dict(num_layers=2, d_model=32, num_heads=2, ffn_dim=64, max_len=32, dropout=0.0)
 
 
+def snapshot(path):
+    """{relative path: bytes} of every file under a directory, or a file's bytes: what a
+    failed command must leave as it was."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, path)] = f.read()
+    return files
+
+
 def shakespeare_text(n_chars=None):
     with open(os.path.join(SHAKESPEARE, "input.txt"), encoding="utf-8") as f:
         text = f.read()

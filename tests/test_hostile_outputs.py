@@ -18,23 +18,10 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, quiet_env, write_tsv, labeled_rows
+from tests.conftest import REPO, labeled_rows, quiet_env, snapshot, write_tsv
 from tfllm.publish import MARKER, Output, is_ours
 
 pytestmark = pytest.mark.slow
-
-
-def _snapshot(path):
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            return f.read()
-    files = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                files[os.path.relpath(full, path)] = f.read()
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +154,7 @@ def test_hostile_out_is_refused_and_nothing_is_lost(command, inputs, tmp_path, c
         else:
             out = _path(root, kind)
             _publish_dummy(out, OTHER[kind])
-        before = _snapshot(root)
+        before = snapshot(root)
         started = time.time()
         status, err = _main(module, args(out, given) + ["--overwrite"], capsys)
         assert status == 2, (case, err[-2000:])
@@ -175,7 +162,7 @@ def test_hostile_out_is_refused_and_nothing_is_lost(command, inputs, tmp_path, c
         assert "does not replace it" in err or "the input" in err or "is a file" in err \
             or "is a directory" in err, (case, err)
         assert time.time() - started < 120, case
-        assert _snapshot(root) == before, case
+        assert snapshot(root) == before, case
 
 
 def _staging_leftovers(path):
@@ -189,7 +176,7 @@ def test_killed_while_writing_the_old_output_stays_then_is_replaced(command, inp
     kind, module, _, args = COMMANDS[command]
     out = _path(str(tmp_path), kind)
     _publish_dummy(out, kind)
-    before = _snapshot(out)
+    before = snapshot(out)
     parent = os.path.dirname(os.path.abspath(out))
     name = os.path.basename(out)
     users = os.path.join(parent, f".{name}.tfllm-staging-1-users")  # no marker: not ours
@@ -207,11 +194,11 @@ def test_killed_while_writing_the_old_output_stays_then_is_replaced(command, inp
     finally:
         proc.kill()
         proc.wait()
-    assert _snapshot(out) == before and is_ours(out, kind)
+    assert snapshot(out) == before and is_ours(out, kind)
     assert len(_staging_leftovers(out)) == 2
     status, err = _main(module, args(out, inputs) + ["--overwrite"], capsys)
     assert status == 0, err[-3000:]
-    assert _snapshot(out) != before and is_ours(out, kind)
+    assert snapshot(out) != before and is_ours(out, kind)
     assert _staging_leftovers(out) == [os.path.basename(users)]
     if kind not in SUFFIX:
         assert MARKER in os.listdir(out) and "notes.txt" not in os.listdir(out)

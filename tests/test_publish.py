@@ -9,21 +9,8 @@ import time
 
 import pytest
 
+from tests.conftest import snapshot
 from tfllm.publish import MARKER, Output, PublishError, is_ours, marker_path, read_marker
-
-
-def _snapshot(path):
-    """{relative path: bytes} of every file under a directory, or a file's bytes."""
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            return f.read()
-    files = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                files[os.path.relpath(full, path)] = f.read()
-    return files
 
 
 def _publish_dir(path, kind="run", text="new", **kwargs):
@@ -41,7 +28,7 @@ def _publish_file(path, data=b"new", kind="tflite", **kwargs):
 def test_a_directory_output_is_published_marked_and_readable(tmp_path):
     out = tmp_path / "runs" / "a"
     _publish_dir(out)
-    assert _snapshot(out)["data.txt"] == b"new"
+    assert snapshot(out)["data.txt"] == b"new"
     assert read_marker(str(out))["kind"] == "run" and "staging" not in read_marker(str(out))
     assert is_ours(str(out), "run") and not is_ours(str(out), "saved-model")
     assert os.stat(out).st_mode & 0o055 == 0o055
@@ -50,7 +37,7 @@ def test_a_directory_output_is_published_marked_and_readable(tmp_path):
     with pytest.raises(PublishError, match="already exists; pass --overwrite"):
         _publish_dir(out, text="newer")
     _publish_dir(out, text="newer", overwrite=True)
-    assert _snapshot(out)["data.txt"] == b"newer"
+    assert snapshot(out)["data.txt"] == b"newer"
     assert os.listdir(out.parent) == ["a"]
 
 
@@ -71,10 +58,10 @@ def test_what_is_not_ours_is_never_replaced(tmp_path, case):
             os.replace(tmp_path / "sm" / MARKER, out / MARKER)
         if case == "malformed_marker":
             (out / MARKER).write_text("[1, 2")
-    before = _snapshot(str(out))
+    before = snapshot(str(out))
     with pytest.raises(PublishError, match="does not replace it|not a directory|symbolic"):
         _publish_dir(out, overwrite=True)
-    assert _snapshot(str(out)) == before
+    assert snapshot(str(out)) == before
 
 
 @pytest.mark.parametrize("where", ["itself", "inside", "parent"])
@@ -82,26 +69,26 @@ def test_out_may_not_overlap_an_input(tmp_path, where):
     run = tmp_path / "runs" / "base"
     _publish_dir(run, text="base")
     out = {"itself": run, "inside": run / "export", "parent": run.parent}[where]
-    before = _snapshot(str(run))
+    before = snapshot(str(run))
     with pytest.raises(PublishError, match="the input"):
         _publish_dir(out, overwrite=True, inputs=[str(run)])
     # A path reaching the input through a symbolic link is the input too.
     os.symlink(run, tmp_path / "alias")
     with pytest.raises(PublishError, match="the input"):
         _publish_dir(tmp_path / "alias" / "x", inputs=[str(run)])
-    assert _snapshot(str(run)) == before
+    assert snapshot(str(run)) == before
 
 
 def test_a_failure_while_staging_changes_nothing(tmp_path):
     out = tmp_path / "v"
     _publish_dir(out, text="old")
-    before = _snapshot(str(out))
+    before = snapshot(str(out))
     with pytest.raises(RuntimeError):
         with Output(str(out), "run", overwrite=True).staging() as tmp:
             with open(os.path.join(tmp, "data.txt"), "w") as f:
                 f.write("half")
             raise RuntimeError("failed half-way")
-    assert _snapshot(str(out)) == before
+    assert snapshot(str(out)) == before
     assert os.listdir(tmp_path) == ["v"]
 
 
@@ -109,7 +96,7 @@ def test_an_empty_directory_is_filled(tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
     _publish_dir(out)  # nothing to lose: no --overwrite needed
-    assert _snapshot(str(out))["data.txt"] == b"new"
+    assert snapshot(str(out))["data.txt"] == b"new"
 
 
 def test_file_outputs_are_proven_ours_by_their_hash(tmp_path):
@@ -184,7 +171,7 @@ def test_a_killed_writer_loses_nothing_and_its_leftover_is_cleaned(tmp_path, kin
         _publish_dir(out, text="old")
     else:
         _publish_file(out, b"old", kind=kind)
-    before = _snapshot(str(out))
+    before = snapshot(str(out))
     # A hidden folder of the user's with a similar name but no marker is never touched.
     foreign = tmp_path / f".{name}.tfllm-staging-1-mine"
     foreign.mkdir()
@@ -193,12 +180,12 @@ def test_a_killed_writer_loses_nothing_and_its_leftover_is_cleaned(tmp_path, kin
     assert proc.stdout.readline().strip() == "staged"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _snapshot(str(out)) == before
+    assert snapshot(str(out)) == before
     leftovers = sorted(n for n in os.listdir(tmp_path) if ".tfllm-staging-" in n)
     assert len(leftovers) == 2  # the killed writer's and the user's
     if kind == "run":
         _publish_dir(out, text="new", overwrite=True)
-        assert _snapshot(str(out))["data.txt"] == b"new"
+        assert snapshot(str(out))["data.txt"] == b"new"
     else:
         _publish_file(out, b"new", kind=kind, overwrite=True)
         assert out.read_bytes() == b"new"

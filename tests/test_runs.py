@@ -6,20 +6,10 @@ import shutil
 
 import pytest
 
+from tests.conftest import snapshot
 from tfllm import runs
 from tfllm.cli import main
 from tfllm.errors import RunDirError
-
-
-def _snapshot(path):
-    """{relative path: bytes} of every file under `path`."""
-    files = {}
-    for root, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                files[os.path.relpath(full, path)] = f.read()
-    return files
 
 
 def _one_line_error(argv, capsys):
@@ -38,7 +28,7 @@ def old_run(tiny_run, tmp_path):
 
 
 def test_failed_overwrite_keeps_the_old_run(old_run, tmp_path, capsys, labeled_tsv):
-    before = _snapshot(old_run)
+    before = snapshot(old_run)
     err = _one_line_error(["train", "--data", f"text:{tmp_path}/missing.txt", "--steps", "5",
                            "--out", old_run, "--overwrite"], capsys)
     assert "no files match" in err
@@ -52,7 +42,7 @@ def test_failed_overwrite_keeps_the_old_run(old_run, tmp_path, capsys, labeled_t
     err = _one_line_error(["import-hf", "--checkpoint", str(tmp_path / "ckpt"), "--out",
                            old_run, "--overwrite"], capsys)
     assert "config.json" in err
-    assert _snapshot(old_run) == before
+    assert snapshot(old_run) == before
 
 
 def test_a_directory_that_is_not_a_run_is_never_deleted(tmp_path, capsys, small_corpus,

@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfllm import placeholders, runs
 from tfllm.config import PRECISIONS, STRATEGIES, ConfigError, ModelConfig, get_preset
 from tfllm.errors import DataError, RunDirError, TfllmError
+from tfllm.untrusted import in_range
 
 OBJECTIVES = ("clm", "mlm", "seq2seq")
 # Largest peak learning rate accepted: AdamW steps above it only diverge.
@@ -113,13 +114,7 @@ class TrainSettings:
 def check_number(name, value, low=None, high=None, low_open=False):
     """Raise ConfigError unless `value` is a finite number in [low, high] ((low, high] if
     `low_open`); the message names the option and the range."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
+    if not in_range(value, low, high, low_open):
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         bracket = "(" if low_open else "["

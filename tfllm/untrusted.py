@@ -33,6 +33,16 @@ def excerpt(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def in_range(value, low=None, high=None, low_open: bool = False) -> bool:
+    """True for a finite number (not a bool) from `low` (excluded with `low_open`) to
+    `high`."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    return ok and (high is None or value <= high)
+
+
 def read_json(path: str, error=TfllmError, max_bytes: int = MAX_JSON_BYTES):
     """The parsed JSON file `path`; `error` (an exception type) names the file when it is
     missing, larger than `max_bytes`, not UTF-8, not JSON or nested too deeply."""
@@ -112,13 +122,7 @@ class Fields:
                high: float | None = None, low_open: bool = True) -> float:
         """A finite number above `low` (or at it, without `low_open`) and at most `high`."""
         value = self._get(key, default)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-            math.isfinite(value)
-        if ok and low is not None:
-            ok = value > low if low_open else value >= low
-        if ok and high is not None:
-            ok = value <= high
-        if not ok:
+        if not in_range(value, low, high, low_open):
             span = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
             span += "" if high is None else f" and <= {high:g}"
             raise self._bad(key, value, f"a finite number{span}")
