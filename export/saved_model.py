@@ -545,8 +545,8 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
                           capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if proc.returncode != 0:
-        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
-                          + proc.stderr[-2000:])
+        raise ExportError("the exported SavedModel failed to load or run in a fresh process: "
+                          + _child_failure(proc))
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     if got != expected:
         raise ExportError(f"SavedModel greedy output differs from CausalLM.generate: "
@@ -569,11 +569,25 @@ def _chat_signatures(config, decoder):
 
 def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=16):
     """Greedy `chat` and `chat_with_system` replies of a fresh-process reload must equal
-    `tfllm chat`'s first replies."""
+    `tfllm chat`'s first replies. The reply length is cut to what the context leaves after
+    the longest sample prompt (a short-context run is checked on fewer tokens)."""
+    from tfllm.chat import ChatSession
+
+    system = "Be brief."
+    longest = 0
+    for sys_text in (None, system):
+        session = ChatSession(model, chat, sys_text, max_new_tokens=1)
+        for message in messages:
+            turns = session.history + [{"role": "user", "content": message}]
+            longest = max(longest, len(session.prompt_ids(turns)[0]))
+    max_new_tokens = min(max_new_tokens, model.backbone.max_len - longest)
+    if max_new_tokens < 1:
+        raise ExportError(f"the chat check's sample prompts take {longest} tokens with the "
+                          f"template, the whole context of {model.backbone.max_len}; export "
+                          "with a longer --max-len")
     n = len(messages)
     sampling = {"max_new_tokens": [max_new_tokens] * n, "temperature": [0.0] * n,
                 "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}
-    system = "Be brief."
     got_plain, got_system = _fresh_process_outputs(path, [
         ("chat", "text", {"message": list(messages), **sampling}),
         ("chat_with_system", "text", {"message": list(messages), "system": [system] * n,
@@ -583,6 +597,13 @@ def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=
         if got.tolist() != expected:
             raise ExportError(f"SavedModel chat reply differs from tfllm chat: "
                               f"{got.tolist()!r} != {expected!r}")
+
+
+def _child_failure(proc) -> str:
+    """One line of a failed fresh-process check: its last error line, not its traceback."""
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()
+             and not line.startswith((" ", "Traceback", "I0000", "W0000", "E0000"))]
+    return (lines[-1] if lines else f"exit status {proc.returncode}")[:300]
 
 
 SAMPLE_TEXTS = ["a gripping , funny and moving film", "dull and lifeless", "x",
@@ -641,8 +662,8 @@ def _fresh_process_outputs(path, calls):
                           capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if proc.returncode != 0:
-        raise ExportError("the exported SavedModel failed to load or run in a fresh process:\n"
-                          + proc.stderr[-2000:])
+        raise ExportError("the exported SavedModel failed to load or run in a fresh process: "
+                          + _child_failure(proc))
     return [np.array(g) for g in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
