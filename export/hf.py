@@ -25,11 +25,13 @@ import os
 import shutil
 import sys
 
+from .options import prog
+
 DTYPES = ("float32", "bfloat16")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m export.hf", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("hf"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow)")

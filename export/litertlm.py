@@ -30,12 +30,12 @@ import os
 import sys
 import tempfile
 
-from export.options import (DEFAULT_PREFILL, QUANTIZE_MODES, add_gate_options, add_max_len,
-                            add_overwrite, add_part_options)
+from .options import (DEFAULT_PREFILL, QUANTIZE_MODES, add_gate_options, add_max_len,
+                            add_overwrite, add_part_options, prog)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m export.litertlm", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("litertlm"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
@@ -71,7 +71,7 @@ from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
 
-from export.tflite import gate_line, parts_of, write_tflite  # noqa: E402
+from .tflite import gate_line, parts_of, write_tflite  # noqa: E402
 
 
 class LiteRtLmExportError(TfllmError):

@@ -34,11 +34,11 @@ import argparse
 import os
 import sys
 
-from export.options import add_max_len, add_overwrite
+from .options import add_max_len, add_overwrite, prog
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("onnx"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
@@ -63,7 +63,7 @@ import tensorflow as tf  # noqa: E402
 from tfllm import runs  # noqa: E402
 from tfllm.errors import run_main  # noqa: E402
 
-from export.onnx_convert import (TOLERANCE, OnnxExportError, convert,  # noqa: E402,F401
+from .onnx_convert import (TOLERANCE, OnnxExportError, convert,  # noqa: E402,F401
                                  decode_path, session)
 
 SAMPLE = "ROMEO:\nWhat say you to this?"
@@ -289,7 +289,7 @@ def main(argv=None):
 
 def _main(args):
     if runs.read_run_config(args.run).get("objective") == "seq2seq":
-        from export.onnx_seq2seq import export_seq2seq_onnx
+        from .onnx_seq2seq import export_seq2seq_onnx
 
         report = export_seq2seq_onnx(args.run, args.out, args.opset, args.overwrite)
         print(f"ONNX encoder written to {report['path']} ({report['bytes'] / 1e6:.2f} MB), "

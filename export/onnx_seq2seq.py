@@ -23,7 +23,7 @@ import tensorflow as tf
 from tfllm import runs
 from tfllm.errors import TfllmError
 
-from export.onnx_convert import convert, decode_path, session
+from .onnx_convert import convert, decode_path, session
 
 SAMPLE_SOURCES = ["File not found", "cannot open %s", "x"]
 

@@ -1,5 +1,13 @@
 """Choices the exporters share, importable without TensorFlow (their --help reads them)."""
 
+import os
+
+
+def prog(module: str) -> str:
+    """An exporter's name in its --help and messages: `tfllm export FORMAT` when the tfllm
+    command runs it, else `python -m export.MODULE`."""
+    return os.environ.get("TFLLM_PROG") or f"python -m export.{module}"
+
 # Prefill signature lengths of the on-device exports (capped at the model's context).
 DEFAULT_PREFILL = (32, 128)
 # Weight precisions of export.tflite; int8 (full integer) is for classifiers only. The

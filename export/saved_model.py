@@ -58,12 +58,12 @@ import os
 import subprocess
 import sys
 
-from export.options import DEFAULT_MAX_BATCH, add_max_len
+from .options import DEFAULT_MAX_BATCH, add_max_len, prog
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m export.saved_model",
+        prog=prog("saved_model"),
         description="Export a tfllm run as a text-in/text-out SavedModel in TF Serving's "
                     "layout (OUT/NAME/VERSION/).")
     parser.add_argument("--verbose", action="store_true",
@@ -97,7 +97,7 @@ from tfllm.chat_template import ChatTemplateError, usable_chat_config  # noqa: E
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 from tfllm.publish import Output  # noqa: E402
 
-from export.saved_model_chat import (SAMPLE_MESSAGES, chat_signatures,  # noqa: E402
+from .saved_model_chat import (SAMPLE_MESSAGES, chat_signatures,  # noqa: E402
                                      expected_replies)
 from tfllm.tokenizers import max_text_bytes, tokenizer_files  # noqa: E402
 
@@ -573,18 +573,26 @@ def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=
     the longest sample prompt (a short-context run is checked on fewer tokens)."""
     from tfllm.chat import ChatSession
 
+    from tfllm.errors import TfllmError
+
     system = "Be brief."
-    longest = 0
-    for sys_text in (None, system):
-        session = ChatSession(model, chat, sys_text, max_new_tokens=1)
-        for message in messages:
+    context = model.backbone.max_len
+    lengths = {}
+    for message in messages:  # the prompt's tokens with and without the system text
+        for sys_text in (None, system):
+            session = ChatSession(model, chat, sys_text, max_new_tokens=1)
             turns = session.history + [{"role": "user", "content": message}]
-            longest = max(longest, len(session.prompt_ids(turns)[0]))
-    max_new_tokens = min(max_new_tokens, model.backbone.max_len - longest)
-    if max_new_tokens < 1:
-        raise ExportError(f"the chat check's sample prompts take {longest} tokens with the "
-                          f"template, the whole context of {model.backbone.max_len}; export "
-                          "with a longer --max-len")
+            try:
+                size = len(session.prompt_ids(turns)[0])
+            except TfllmError:  # longer than the context
+                size = context
+            lengths[message] = max(lengths.get(message, 0), size)
+    messages = [m for m in messages if lengths[m] < context]
+    if not messages:
+        raise ExportError(f"the chat check's sample messages do not fit the context of "
+                          f"{context} tokens with the template; export with a longer "
+                          "--max-len")
+    max_new_tokens = min(max_new_tokens, context - max(lengths[m] for m in messages))
     n = len(messages)
     sampling = {"max_new_tokens": [max_new_tokens] * n, "temperature": [0.0] * n,
                 "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}

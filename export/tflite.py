@@ -52,14 +52,14 @@ import shutil
 import sys
 import tempfile
 
-from export.block_offsets import part_blocks
-from export.options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
-                            add_gate_options, add_max_len, add_overwrite, add_part_options)
-from export.tflite_converter import convert_or_raise, tflite_converter
+from .block_offsets import part_blocks
+from .options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
+                            add_gate_options, add_max_len, add_overwrite, add_part_options, prog)
+from .tflite_converter import convert_or_raise, tflite_converter
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog("tflite"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
@@ -162,7 +162,7 @@ def compact_tflite(data, strip_names=True):
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from export.weight_quantization import buffers_as_arrays
+    from .weight_quantization import buffers_as_arrays
 
     model = flatbuffer_utils.read_model_from_bytearray(data)
     packed = {}  # id(shared table) -> its offset in the one builder Pack() runs with
@@ -247,8 +247,8 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
     """Convert a CausalLM object (see `convert`; `calibration`: token id windows for the
     int4-asym modes' outlier blocks, None for none); returns (tflite bytes, prefill
     lengths)."""
-    from export.block_offsets import block_offsets
-    from export.weight_quantization import WeightQuantizationError, quantize_weights
+    from .block_offsets import block_offsets
+    from .weight_quantization import WeightQuantizationError, quantize_weights
 
     import keras
 
@@ -715,7 +715,7 @@ def _main(args):
                                 f"causal LMs; a {objective} run takes float32, float16, "
                                 "dynamic-int8" + (" or int8" if objective == "classify" else ""))
     if objective == "seq2seq":
-        from export.tflite_seq2seq import export_seq2seq_tflite
+        from .tflite_seq2seq import export_seq2seq_tflite
 
         report = export_seq2seq_tflite(args.run, args.out, args.quantize, args.overwrite)
         print(f"TFLite translation model written to {report['path']} "

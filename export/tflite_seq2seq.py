@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from export.tflite_converter import convert_or_raise, tflite_converter
+from .tflite_converter import convert_or_raise, tflite_converter
 from tfllm import runs
 from tfllm.errors import TfllmError
 

@@ -24,8 +24,8 @@ import re
 
 import numpy as np
 
-from export.block_offsets import OFFSET_SCOPE
-from export.options import PART_MODES, QUANTIZER_MODES
+from .block_offsets import OFFSET_SCOPE
+from .options import PART_MODES, QUANTIZER_MODES
 
 # Op output names carry the Keras layer path (".../block_3/attention/qkv/..."); the
 # exporter keeps names until this step has run.

@@ -29,7 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m serving.dev_server", description=__doc__,
+    name = os.environ.get("TFLLM_PROG") or "python -m serving.dev_server"
+    parser = argparse.ArgumentParser(prog=name, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")

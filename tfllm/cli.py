@@ -1,5 +1,6 @@
 """The `tfllm` command line: train, finetune, generate, translate, chat, merge, classify,
-embed, evaluate, import-hf, import-gguf."""
+embed, evaluate, import-hf, import-gguf, export (saved-model, tflite, litertlm, onnx, hf)
+and serve."""
 
 from __future__ import annotations
 
@@ -268,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     chat_cli.add_parsers(sub, common, _positive_int, _positive_float, _finite_float)
+
+    # Listed here for `tfllm --help`; `main` hands their arguments to the exporter or the
+    # server unparsed (see `_passthrough`).
+    x = sub.add_parser(
+        "export", help=f"export a run: {', '.join(EXPORTERS)}",
+        description="tfllm export FORMAT --run RUN --out OUT [options]: the exporters of "
+                    "export/ (formats: " + ", ".join(EXPORTERS) + "); `tfllm export FORMAT "
+                    "--help` lists a format's options.")
+    x.add_argument("format", choices=sorted(EXPORTERS))
+    sub.add_parser("serve", help="serve exported SavedModels over TF Serving's REST and gRPC "
+                                 "APIs (development; `tfllm serve --help`)")
 
     c = sub.add_parser(
         "classify", parents=[common],
@@ -691,7 +703,48 @@ COMMANDS = {"train": _train, "finetune": _finetune, "generate": _generate,
             "import-hf": _import_hf, "import-gguf": _import_gguf}
 
 
+# `tfllm export FORMAT` and `tfllm serve` run these modules (installed as tfllm_export and
+# tfllm_serving; `python -m export.X` / `python -m serving.dev_server` in a checkout).
+EXPORTERS = {"saved-model": "saved_model", "tflite": "tflite", "litertlm": "litertlm",
+             "onnx": "onnx", "hf": "hf"}
+
+
+def _passthrough(argv):
+    """(package, module, arguments, name) when `argv` is `[--verbose] export FORMAT ...` or
+    `[--verbose] serve ...`, else None: their options are the exporter's or the server's
+    own, parsed there."""
+    verbose = [a for a in argv[:1] if a == "--verbose"]
+    rest = argv[len(verbose):]
+    if rest[:1] == ["serve"]:
+        return "serving", "dev_server", rest[1:] + verbose, "tfllm serve"
+    if rest[:1] == ["export"] and len(rest) > 1 and rest[1] in EXPORTERS:
+        return "export", EXPORTERS[rest[1]], rest[2:] + verbose, f"tfllm export {rest[1]}"
+    return None
+
+
+def _run_module(package, module, args, name) -> int:
+    """Run `python -m tfllm_PACKAGE.MODULE ARGS` (or the checkout's `PACKAGE.MODULE`) in a
+    child process: the same options, messages and exit status as that module, and its
+    --help answers before TensorFlow loads."""
+    import importlib.util
+    import subprocess
+
+    installed = f"tfllm_{package}"
+    if importlib.util.find_spec(installed) is None:
+        installed = package  # a checkout without an install
+    env = dict(os.environ, TFLLM_PROG=name)
+    try:
+        return subprocess.run([sys.executable, "-m", f"{installed}.{module}", *args],
+                              env=env).returncode
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = _passthrough(argv)
+    if passthrough:
+        return _run_module(*passthrough)
     parser = build_parser()
     args = parser.parse_args(argv)
     from tfllm.logs import quiet_native
