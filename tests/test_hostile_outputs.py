@@ -181,6 +181,13 @@ def test_killed_while_writing_the_old_output_stays_then_is_replaced(command, inp
     name = os.path.basename(out)
     users = os.path.join(parent, f".{name}.tfllm-staging-1-users")  # no marker: not ours
     os.makedirs(users)
+    # Folders named as earlier versions named their scratch space are the user's now.
+    others = [os.path.join(parent, n) for n in (f"{name}.tmp-merge", ".hf-x", f"{name}.tmp",
+                                                f".{name}.partial-1-x")]
+    for folder in others:
+        os.makedirs(folder)
+        with open(os.path.join(folder, "keep.txt"), "w") as f:
+            f.write("mine")
     proc = subprocess.Popen([sys.executable, "-m", module, *args(out, inputs), "--overwrite"],
                             cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -200,5 +207,6 @@ def test_killed_while_writing_the_old_output_stays_then_is_replaced(command, inp
     assert status == 0, err[-3000:]
     assert snapshot(out) != before and is_ours(out, kind)
     assert _staging_leftovers(out) == [os.path.basename(users)]
+    assert all(snapshot(folder) == {"keep.txt": b"mine"} for folder in others)
     if kind not in SUFFIX:
         assert MARKER in os.listdir(out) and "notes.txt" not in os.listdir(out)

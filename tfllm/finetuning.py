@@ -257,7 +257,7 @@ def _fit_classifier(run_dir, out, run, tokenizer, tokenizer_spec, settings, back
     from tfllm.training import MetricsLogger
 
     if run is not None:
-        _copy_tokenizer_files(run, out, tokenizer_spec)
+        _copy_tokenizer_files(run, run_dir, tokenizer_spec)
     else:
         tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
     head_dropout = settings.dropout if settings.dropout is not None else 0.1

@@ -19,7 +19,7 @@ A killed command leaves only its staging sibling, whose marker names the process
 it; the next command writing the same output removes it (and only such siblings).
 
 Example:
-    >>> out = Output("runs/demo", "run", overwrite=True, inputs=["data/corpus.txt"])  # doctest: +SKIP
+    >>> out = Output("runs/demo", "run", True, ["data/corpus.txt"])  # doctest: +SKIP
     >>> out.check()  # doctest: +SKIP
     >>> with out.staging() as tmp:  # doctest: +SKIP
     ...     write_everything(tmp)
@@ -194,7 +194,8 @@ def clean_stale(target: str) -> list[str]:
             continue  # not ours: never removed
         staging = marker.get("staging")
         if isinstance(staging, dict):
-            if staging.get("target") != _real(target) or staging.get("host") != socket.gethostname():
+            if staging.get("target") != _real(target) or \
+                    staging.get("host") != socket.gethostname():
                 continue
             pid = staging.get("pid")
         else:  # an old output swapped out by a publisher killed before it removed it

@@ -27,12 +27,12 @@ def test_prompt_pieces_rebuild_the_rendered_prompt():
 def test_saved_model_chat_signatures_answer_as_tfllm_chat(chat_runs, tmp_path):
     """The exporter itself checks both signatures in a fresh process against tfllm chat
     (`verify_chat`); here the LoRA run is exported (merged on the fly) at a context too
-    short for the check's full 16-token replies (it checks shorter ones) and its
-    signatures are listed."""
+    short for the check's full 16-token replies after its longest sample prompt (39 tokens:
+    it checks shorter replies) and its signatures are listed."""
     from export.saved_model import describe_signatures, export_saved_model
 
     path = export_saved_model(chat_runs["lora"], str(tmp_path / "models"), name="chat",
-                              max_len=32)
+                              max_len=48)
     lines = "\n".join(describe_signatures(path))
     assert "chat(max_new_tokens int32[None], message string[None]" in lines
     assert "chat_with_system(" in lines and "system string[None]" in lines

@@ -97,6 +97,21 @@ def test_refuses_to_overwrite_and_bad_version(exported, tiny_run):
         export_saved_model(tiny_run, exported["base"], "tiny", 0, verify=False)
 
 
+def test_a_huge_prompt_is_refused_by_bytes_before_tokenizing(exported):
+    import time
+
+    loaded = tf.saved_model.load(exported["path"])
+    started = time.time()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="prompt longer than 16384 bytes"):
+        _generate(loaded, ["x" * 10_000_000])
+    assert time.time() - started < 2.0
+    with pytest.raises(tf.errors.InvalidArgumentError, match="text longer than 16384 bytes"):
+        loaded.signatures["score"](text=tf.constant(["y" * 20_000]))
+    # At the limit the usual context check answers instead.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exceed the model context"):
+        _generate(loaded, ["z" * 16_384])
+
+
 def test_prompt_too_long_is_a_clear_error(exported):
     loaded = tf.saved_model.load(exported["path"])
     with pytest.raises(tf.errors.InvalidArgumentError, match="exceed the model context"):
