@@ -53,6 +53,8 @@ import contextlib
 
 import numpy as np
 
+from tfllm.layers import export_hooks
+
 # Name scope of the offset matmuls and lookups, which the quantizer's recipe gives int8.
 OFFSET_SCOPE = "block_offset"
 # Name scope of the outlier blocks' matmuls (a name only: their part's recipe applies).
@@ -138,19 +140,18 @@ def input_peaks(model, layers, windows):
         flat = ops.convert_to_numpy(ops.max(ops.abs(ops.reshape(x, (-1, x.shape[-1]))), 0))
         peaks[key] = np.maximum(peaks.get(key, 0.0), flat)
 
+    wanted = {id(layer) for layer in layers}
     emb = model.backbone.embedding
-    for layer in layers:
-        object.__setattr__(layer, "call", lambda x, *a, _l=layer, **k: (
-            record(id(_l), x), type(_l).call(_l, x, *a, **k))[1])
-    object.__setattr__(emb, "logits", lambda h: (record("head", h), type(emb).logits(emb, h))[1])
-    try:
+
+    def observe(layer, step, x):
+        if step == "call" and id(layer) in wanted:
+            record(id(layer), x)
+        elif step == "logits" and layer is emb:
+            record("head", x)
+
+    with export_hooks.tracing(observe=observe):
         for w in windows:
             model(np.array([w], np.int32))
-    finally:
-        for layer in [*layers, emb]:
-            for attr in ("call", "logits"):
-                if attr in layer.__dict__:
-                    object.__delattr__(layer, attr)
     return peaks
 
 
@@ -228,27 +229,28 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
             table's quantization block, 32 for per-channel modes); None splits nothing.
 
     Yields:
-        the shapes of the token-offset tables (for `weight_quantization.quantize_weights`).
+        (the shapes of the token-offset tables, for `weight_quantization.quantize_weights`;
+        a tf.Module holding the grids' and offsets' variables, which the caller's export
+        archive must track).
 
     Example:
-        >>> with block_offsets(model, {"ffn": 32}, windows):  # doctest: +SKIP
+        >>> with block_offsets(model, {"ffn": 32}, windows) as (shapes, tables):  # doctest: +SKIP
+        ...     archive.track(tables)
         ...     archive.add_endpoint("decode", step, input_signature=signature)
     """
     import tensorflow as tf
     from keras import ops
 
-    from tfllm.layers import embedding_lookup
+    from tfllm.layers import GatedFeedForward, RMSNorm, embedding_lookup
 
-    restore, patched = [], []
-    holders = []
+    restore, holders = [], []
+    replace = {}  # layer -> {step: fn(default, ...)}: how it traces (export_hooks)
 
     def variable(values, name):
         # Variables (not constants) so every signature shares one copy.
         var = tf.Variable(values, trainable=False, name=name)
         holders.append(var)
         return var
-
-    from tfllm.layers import GatedFeedForward, RMSNorm
 
     dense, norms, gated, fused = [], [], [], set()
     for blk in model.backbone.blocks:
@@ -268,13 +270,6 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
     if calibration and (dense or head_block):
         peaks = input_peaks(model, [layer for layer, _ in dense], calibration)
     try:
-        # The converter folds a norm's constant scale into the next matmul's weights, which
-        # would take them off their grid: the scale is applied per token instead.
-        for norm in norms:
-            object.__setattr__(norm, "call", lambda x, foldable_scale=True, _norm=norm:
-                               RMSNorm.call(_norm, x, foldable_scale=False))
-            patched.append(norm)
-
         for layer, block in dense:
             if id(layer) in fused:
                 continue
@@ -283,14 +278,13 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
                 continue
             matmul = _grid_matmul(kernel, block, peaks.get(id(layer)), layer.name, variable)
 
-            def call(inputs, *args, _layer=layer, _matmul=matmul, **kwargs):
+            def call(default, inputs, *args, _layer=layer, _matmul=matmul, **kwargs):
                 y = _matmul(inputs)
                 if _layer.use_bias:
                     y = y + ops.cast(_layer.bias, y.dtype)
                 return _layer.activation(y) if _layer.activation is not None else y
 
-            object.__setattr__(layer, "call", call)
-            patched.append(layer)
+            replace[layer] = {"call": call}
 
         for ffn, block in gated:
             # gate and up read the same input: one grid matmul (per group) and one offsets
@@ -300,15 +294,14 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
             matmul = _grid_matmul(kernel, block, peaks.get(id(ffn.gate)), ffn.name + "_gate_up",
                                   variable)
 
-            def gate_up(x, _ffn=ffn, _matmul=matmul):
+            def gate_up(default, x, _ffn=ffn, _matmul=matmul):
                 y = _matmul(x)  # (..., 2 * ffn_dim): [gate | up]
                 if _ffn.use_bias:
                     y = y + ops.cast(ops.concatenate([_ffn.gate.bias, _ffn.up.bias], 0),
                                      y.dtype)
                 return y[..., :_ffn.ffn_dim], y[..., _ffn.ffn_dim:]
 
-            object.__setattr__(ffn, "gate_up", gate_up)
-            patched.append(ffn)
+            replace[ffn] = {"gate_up": gate_up}
 
         emb = model.backbone.embedding
         block = blocks.get("embedding")
@@ -329,8 +322,8 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
             head = emb.token_embeddings if emb.tie_embeddings else emb.output_embeddings
             head_offsets = grids.get(id(head))
 
-            def emb_call(token_ids, *args, **kwargs):
-                x = type(emb).call(emb, token_ids, *args, **kwargs)
+            def emb_call(default, token_ids, *args, **kwargs):
+                x = default(token_ids, *args, **kwargs)
                 if lookup_offsets is None:
                     return x
                 with tf.name_scope(OFFSET_SCOPE):
@@ -340,32 +333,28 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
                     x = ops.reshape(x, (*shape[:-1], shape[-1] // block, block))
                     return ops.reshape(x + rows[..., None], shape)
 
-            def logits(hidden):
-                y = type(emb).logits(emb, hidden)
+            def logits(default, hidden):
+                y = default(hidden)
                 if head_offsets is None:
                     return y
                 with tf.name_scope(OFFSET_SCOPE):
                     return y + ops.matmul(block_sums(hidden, block),
                                           ops.transpose(ops.cast(head_offsets, y.dtype)))
 
-            object.__setattr__(emb, "call", emb_call)
-            object.__setattr__(emb, "logits", logits)
-            patched.append(emb)
+            replace[emb] = {"call": emb_call, "logits": logits}
         elif head_block and "head" in peaks and not (emb.type_vocab_size or emb.learned_positions):
-            _split_head(emb, peaks["head"], head_block, variable, patched)
-        # The export archive saves what the model tracks; the offsets ride along.
-        object.__setattr__(model, "_tfllm_block_offsets", tf.Module())
-        model._tfllm_block_offsets.tables = holders
-        yield [tuple(v.shape) for v in grids.values()]
+            replace[emb] = _split_head(emb, peaks["head"], head_block, variable)
+        # The export archive saves what it tracks: the caller tracks these variables.
+        module = tf.Module()
+        module.tables = holders
+        # The converter folds a norm's constant scale into the next matmul's weights, which
+        # would take them off their grid: the scale is applied per token instead.
+        with export_hooks.tracing(replace={k: v for k, v in replace.items() if v},
+                                  norm_scale={norm: "per_token" for norm in norms}):
+            yield [tuple(v.shape) for v in grids.values()], module
     finally:
         for var, original in restore:
             var.assign(original)
-        for layer in patched:
-            for attr in ("call", "logits", "gate_up"):
-                if attr in layer.__dict__:
-                    object.__delattr__(layer, attr)
-        if "_tfllm_block_offsets" in model.__dict__:
-            object.__delattr__(model, "_tfllm_block_offsets")
 
 
 def _grid_matmul(kernel, block, peaks, name, variable):
@@ -402,9 +391,10 @@ def _grid_matmul(kernel, block, peaks, name, variable):
     return matmul
 
 
-def _split_head(emb, peaks, block, variable, patched):
-    """Give the output projection's outlier input blocks a matmul of their own (a token
-    table in two column sets; a tied lookup reads both and puts the columns back)."""
+def _split_head(emb, peaks, block, variable):
+    """The token embedding's steps ({} where nothing is split) that give the output
+    projection's outlier input blocks a matmul of their own (a token table in two column
+    sets; a tied lookup reads both and puts the columns back)."""
     from keras import ops
 
     from tfllm.layers import embedding_lookup
@@ -412,10 +402,10 @@ def _split_head(emb, peaks, block, variable, patched):
     head = emb.token_embeddings if emb.tie_embeddings else emb.output_embeddings
     width = head.shape[1]
     if width % block:
-        return
+        return {}
     outliers = outlier_blocks(peaks, block, ratio=HEAD_OUTLIER_RATIO)
     if not outliers:
-        return
+        return {}
     main = block_runs([b for b in range(width // block) if b not in outliers], block)
     extra = block_runs(outliers, block)
     original = np.array(head.numpy())  # (vocab, d)
@@ -426,18 +416,15 @@ def _split_head(emb, peaks, block, variable, patched):
     position = np.argsort(order)
     back = block_runs(list(position[::block] // block), block)
 
-    def logits(hidden):
+    def logits(default, hidden):
         y = ops.matmul(take_runs(hidden, main, width),
                        ops.transpose(ops.cast(tables[0], hidden.dtype)))
         return y + ops.matmul(take_runs(hidden, extra, width),
                               ops.transpose(ops.cast(tables[1], hidden.dtype)))
 
-    def emb_call(token_ids, *args, **kwargs):
+    def emb_call(default, token_ids, *args, **kwargs):
         dtype = emb.compute_dtype
         parts = [embedding_lookup(ops.cast(t, dtype), token_ids) for t in tables]
         return take_runs(ops.concatenate(parts, axis=-1), back, width)
 
-    object.__setattr__(emb, "logits", logits)
-    if emb.tie_embeddings:
-        object.__setattr__(emb, "call", emb_call)
-    patched.append(emb)
+    return {"logits": logits, **({"call": emb_call} if emb.tie_embeddings else {})}

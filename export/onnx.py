@@ -156,7 +156,7 @@ def _write_checked(model, forward, path, opset, sample, config, classifier, toke
 
 def decode_function(model):
     """The cached step of a causal LM as a tf.function with ONNX-friendly ops."""
-    from tfllm.layers import cache_write_mode
+    from tfllm.layers import export_hooks
 
     bb = model.backbone
     cache = tf.TensorSpec([None, bb.kv_heads, bb.max_len, bb.head_dim], tf.float32)
@@ -168,7 +168,7 @@ def decode_function(model):
     @tf.function(input_signature=spec)
     def step(token_ids, cache_index, *flat):
         caches = [(flat[2 * i], flat[2 * i + 1]) for i in range(bb.num_layers)]
-        with cache_write_mode("one_hot"):
+        with export_hooks.tracing(cache_write="one_hot"):
             logits, caches = model.call_with_cache(token_ids, caches, cache_index)
         out = {"logits": logits}
         for i, (k, v) in enumerate(caches):

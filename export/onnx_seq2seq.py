@@ -38,7 +38,7 @@ def _names(prefix, layers):
 
 def functions(model):
     """(encode, decode) tf.functions with ONNX-friendly ops."""
-    from tfllm.layers import cache_write_mode
+    from tfllm.layers import export_hooks
 
     bb = model.backbone
     layers = bb.num_decoder_layers
@@ -59,7 +59,7 @@ def functions(model):
     def decode(token_ids, cache_index, source_ids, *flat):
         kv = [(flat[2 * i], flat[2 * i + 1]) for i in range(layers)]
         caches = [(flat[2 * (layers + i)], flat[2 * (layers + i) + 1]) for i in range(layers)]
-        with cache_write_mode("one_hot"):
+        with export_hooks.tracing(cache_write="one_hot"):
             hidden, caches = bb.decode(token_ids, source_mask=model.source_mask(source_ids),
                                        context_kv=kv, caches=caches, cache_index=cache_index)
         out = {"logits": tf.cast(bb.logits(hidden), tf.float32)}

@@ -186,8 +186,9 @@ def compact_tflite(data, strip_names=True):
             key = tuple(None if v is None else np.asarray(v).tobytes()
                         for v in (q.min, q.max, q.scale, q.zeroPoint)) + (q.quantizedDimension,)
             if key not in canonical:
-                q.__class__ = SharedQuantization
-                canonical[key] = q
+                shared = SharedQuantization()
+                vars(shared).update(vars(q))  # the same fields, packed once
+                canonical[key] = shared
             tensor.quantization = canonical[key]
     return flatbuffer_utils.convert_object_to_bytearray(model)
 
@@ -252,8 +253,7 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
 
     import keras
 
-    from tfllm.layers import token_lookup_mode
-    from tfllm.layers.attention import decode_read_mode
+    from tfllm.layers import RMSNorm, export_hooks
 
     max_len = model.backbone.max_len
     lengths = sorted({n for n in prefill_lengths if 1 < n <= max_len})
@@ -268,9 +268,17 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
         # EMBEDDING_LOOKUP (not GATHER) lets the weight quantizer reach the token table.
         # int4-asym modes trace the weights as int4 grids plus per-block offsets.
         offsets = part_blocks(quantize, parts) if quantize in QUANTIZER_MODES else {}
-        with decode_read_mode("after_write"), token_lookup_mode("embedding_lookup"), \
+        # A tied output projection keeps the token table's weights (one copy, not a second
+        # with the final norm's scale folded in).
+        bb = model.backbone
+        tied_norm = {bb.norm: "per_token"} if bb.embedding.tie_embeddings and \
+            bb.norm_first and isinstance(getattr(bb, "norm", None), RMSNorm) else {}
+        with export_hooks.tracing(decode_read="after_write", token_lookup="embedding_lookup",
+                                  norm_scale=tied_norm), \
                 block_offsets(model, offsets, calibration,
-                              head_split_block(quantize, parts, offsets)) as offset_tables:
+                              head_split_block(quantize, parts, offsets)) as (offset_tables,
+                                                                              holders):
+            archive.track(holders)
             archive.add_endpoint("decode", _step_fn(model, True),
                                  input_signature=_signature(model, 1))
             for n in lengths:
@@ -604,7 +612,7 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
     """
     import keras
 
-    from tfllm.layers.attention import mask_fill_mode
+    from tfllm.layers import export_hooks
 
     def classify(token_ids):
         return {"probabilities": tf.nn.softmax(model(token_ids), axis=-1)}
@@ -624,7 +632,7 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
     fill = mask_fill or ("bounded" if quantize == "int8" else "constant")
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
     try:
-        with mask_fill_mode(fill):
+        with export_hooks.tracing(mask_fill=fill):
             archive.add_endpoint("classify", classify_pair if token_types else classify,
                                  input_signature=spec)
             archive.write_out(tmp, verbose=False)

@@ -49,7 +49,7 @@ def convert_seq2seq(model, quantize="float32"):
     """TFLite bytes with `encode` and `decode` signatures for a `Seq2SeqLM`."""
     import keras
 
-    from tfllm.layers.attention import decode_read_mode
+    from tfllm.layers import export_hooks
 
     if quantize not in MODES:
         raise Seq2SeqTFLiteError(f"--quantize {quantize!r} is not available for translation "
@@ -86,7 +86,7 @@ def convert_seq2seq(model, quantize="float32"):
     archive.track(model)
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-s2s-")
     try:
-        with decode_read_mode("after_write"):  # TFLite's faster form (see export.tflite)
+        with export_hooks.tracing(decode_read="after_write"):  # TFLite's faster form (see export.tflite)
             archive.add_endpoint("encode", encode, input_signature=[{"source_ids": source_spec}])
             archive.add_endpoint("decode", decode, input_signature=[decode_spec])
             archive.write_out(tmp, verbose=False)

@@ -190,44 +190,45 @@ def test_masks():
 @pytest.mark.parametrize("start,seq", [(0, 5), (3, 1), (11, 1), (6, 6)])
 def test_one_hot_cache_write_equals_slice_write(start, seq):
     """The ONNX-friendly cache write gives exactly the dynamic-update-slice result."""
-    from tfllm.layers.attention import cache_write_mode, write_cache
+    from tfllm.layers import export_hooks
+    from tfllm.layers.attention import write_cache
 
     rng = np.random.default_rng(start)
     cache = rng.normal(size=(2, 3, 12, 4)).astype("float32")
     new = rng.normal(size=(2, 3, seq, 4)).astype("float32")
     sliced = ops.convert_to_numpy(write_cache(cache, new, start))
-    with cache_write_mode("one_hot"):
+    with export_hooks.tracing(cache_write="one_hot"):
         blended = ops.convert_to_numpy(write_cache(cache, new, start))
     np.testing.assert_array_equal(blended, sliced)
     np.testing.assert_array_equal(sliced[:, :, start:start + seq], new)
     np.testing.assert_array_equal(np.delete(sliced, range(start, start + seq), axis=2),
                                   np.delete(cache, range(start, start + seq), axis=2))
     with pytest.raises(ValueError, match="one_hot"):
-        with cache_write_mode("scatter"):
+        with export_hooks.tracing(cache_write="scatter"):
             pass
 
 
 def test_bounded_mask_fill_equals_constant_fill():
     """The int8-friendly mask fill gives the same attention output in float."""
-    from tfllm.layers.attention import mask_fill_mode
+    from tfllm.layers import export_hooks
 
     layer = MultiHeadAttention(d_model=16, num_heads=4)
     mask = np.ones((2, 6, 6), bool)
     mask[0, :, 3:] = False  # padded keys
     mask = np.logical_and(mask, np.tril(np.ones((6, 6), bool)))
     constant = ops.convert_to_numpy(layer(X, attention_mask=mask))
-    with mask_fill_mode("bounded"):
+    with export_hooks.tracing(mask_fill="bounded"):
         bounded = ops.convert_to_numpy(layer(X, attention_mask=mask))
     np.testing.assert_allclose(bounded, constant, atol=1e-6)
     with pytest.raises(ValueError, match="bounded"):
-        with mask_fill_mode("zero"):
+        with export_hooks.tracing(mask_fill="zero"):
             pass
 
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_decode_step_reads_before_write_equal_after_write(padded):
     """Both forms of the one-token cached step give the same output and new caches."""
-    from tfllm.layers.attention import decode_read_mode
+    from tfllm.layers import export_hooks
 
     layer = MultiHeadAttention(d_model=16, num_heads=4)
     rng = np.random.default_rng(1)
@@ -239,7 +240,7 @@ def test_decode_step_reads_before_write_equal_after_write(padded):
         mask[1, :, :2] = False  # row 1's first two slots are padding
     results = {}
     for mode in ("before_write", "after_write"):
-        with decode_read_mode(mode):
+        with export_hooks.tracing(decode_read=mode):
             out, (k, v) = layer(x, attention_mask=mask, cache=(k_cache, v_cache),
                                 cache_index=5)
         results[mode] = [ops.convert_to_numpy(t) for t in (out, k, v)]
@@ -249,5 +250,35 @@ def test_decode_step_reads_before_write_equal_after_write(padded):
     np.testing.assert_array_equal(np.delete(new_k, 5, axis=2), np.delete(k_cache, 5, axis=2))
     assert not np.allclose(new_k[:, :, 5], k_cache[:, :, 5])
     with pytest.raises(ValueError, match="after_write"):
-        with decode_read_mode("later"):
+        with export_hooks.tracing(decode_read="later"):
+            pass
+
+
+def test_export_hooks_replace_observe_and_restore():
+    """An exporter's hooks change how layers trace inside the block only, never the layers
+    themselves: a replaced step gets the layer's own as `default`, observers see inputs."""
+    from tfllm.layers import GatedFeedForward, export_hooks
+
+    ffn = GatedFeedForward(d_model=16, ffn_dim=8)
+    plain = ops.convert_to_numpy(ffn(X))
+    seen = []
+
+    def doubled(default, x):
+        g, u = default(x)
+        return g, 2 * u
+
+    with export_hooks.tracing(replace={ffn: {"gate_up": doubled}},
+                              observe=lambda layer, step, x: seen.append((layer, step))):
+        twice = ops.convert_to_numpy(ffn(X))
+        with export_hooks.tracing(mask_fill="bounded"):  # nested: adds, keeps the outer's
+            assert export_hooks.setting("mask_fill") == "bounded"
+            np.testing.assert_allclose(ops.convert_to_numpy(ffn(X)), twice, atol=1e-6)
+    assert export_hooks.setting("mask_fill") == "constant"
+    # down(silu(g) * 2u) = 2 down(silu(g) * u): no biases by default
+    np.testing.assert_allclose(twice, 2 * plain, atol=1e-5)
+    assert (ffn, "gate_up") in seen and (ffn.down, "call") in seen
+    np.testing.assert_allclose(ops.convert_to_numpy(ffn(X)), plain, atol=0)  # restored
+    assert "call" not in vars(ffn.down) and "gate_up" not in vars(ffn)
+    with pytest.raises(ValueError, match="unknown trace setting"):
+        with export_hooks.tracing(cache="slice"):
             pass

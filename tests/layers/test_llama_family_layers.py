@@ -21,7 +21,11 @@ def test_rms_norm(tmp_path):
     expected = X / np.sqrt((X.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * scale
     np.testing.assert_allclose(ops.convert_to_numpy(layer(X)), expected, atol=1e-5)
     # The unfoldable form (the final norm of TFLite exports with a tied table) agrees.
-    np.testing.assert_allclose(ops.convert_to_numpy(layer(X, foldable_scale=False)), expected,
+    from tfllm.layers import export_hooks
+
+    with export_hooks.tracing(norm_scale={layer: "per_token"}):
+        per_token = layer(X)
+    np.testing.assert_allclose(ops.convert_to_numpy(per_token), expected,
                                atol=1e-5)
 
 

@@ -7,12 +7,13 @@ generation, the SavedModel and the TFLite/LiteRT-LM export do): per layer two te
 what the on-device runtime expects, so one attention implementation serves every path.
 """
 
-import contextlib
 import warnings
 
 import keras
 from keras import ops
 
+from tfllm.layers import export_hooks
+from tfllm.layers.export_hooks import through
 from tfllm.layers.initializers import kernel_initializer as kernel_initializer_of
 from tfllm.layers.rms_norm import RMSNorm
 from tfllm.layers.rotary import RotaryEmbedding
@@ -56,74 +57,13 @@ def empty_cache(batch_size, num_heads, max_len, head_dim, dtype="float32"):
     return ops.zeros(shape, dtype), ops.zeros(shape, dtype)
 
 
-@contextlib.contextmanager
-def _trace_mode(stack, choices, mode, what):
-    # Trace-time switches: read when a function is traced, never part of a layer's config.
-    if mode not in choices:
-        raise ValueError(f"{what} must be one of {choices}, got {mode!r}")
-    stack.append(mode)
-    try:
-        yield
-    finally:
-        stack.pop()
-
-
-CACHE_WRITES = ("slice", "one_hot")
-_cache_write = ["slice"]
-
-
-def cache_write_mode(mode):
-    """Trace the cache write inside this block as `"slice"` (default) or `"one_hot"`.
-
-    `"slice"` is a dynamic-update-slice: cheapest, and what XLA and TFLite run. tf2onnx
-    cannot convert that op, so the ONNX exporter traces with `"one_hot"`: the new rows
-    are spread over the cache by a one-hot contraction and blended in, which is exact
-    (products with 0 and 1) and uses only MatMul/Einsum, Mul and Add. The mode is read
-    when a function is traced; it is not part of any layer's config.
-
-    Example:
-        >>> with cache_write_mode("one_hot"):  # doctest: +SKIP
-        ...     concrete = tf.function(step).get_concrete_function(...)
-    """
-    return _trace_mode(_cache_write, CACHE_WRITES, mode, "cache write mode")
-
-
-MASK_FILLS = ("constant", "bounded")
-_mask_fill = ["constant"]
-
-
-def mask_fill_mode(mode):
-    """Trace masked attention scores as `"constant"` (-1e9, default) or `"bounded"`.
-
-    Full-integer quantization gives each tensor one int8 range; a -1e9 fill stretches the
-    scores' range so far that every real score rounds to the same value. `"bounded"` fills
-    with (the row's smallest score - 30) instead: masked keys still get a softmax weight
-    below e^-30 of the largest, and the range stays that of real scores. Read at trace time.
-    """
-    return _trace_mode(_mask_fill, MASK_FILLS, mode, "mask fill mode")
-
-
-DECODE_READS = ("before_write", "after_write")
-_decode_read = ["before_write"]
-
-
-def decode_read_mode(mode):
-    """Trace one-token cached calls to read the cache `"before_write"` (default) or after.
-
-    `"before_write"` attends to the cache as it was plus the new token's own key and
-    value, then writes: XLA then updates the cache in place (see
-    `MultiHeadAttention._attend_one`). TFLite runs the plain `"after_write"` form (write,
-    then attend to the written cache) 5-10% faster, so the TFLite exporter traces with it.
-    Both give the same results. Read at trace time.
-    """
-    return _trace_mode(_decode_read, DECODE_READS, mode, "decode read mode")
-
-
 def write_cache(cache, new, start):
     """`cache` (batch, heads, max_len, head_dim) with `new` (batch, heads, seq, head_dim)
     written at slots start..start+seq-1."""
     new = ops.cast(new, cache.dtype)
-    if _cache_write[-1] == "slice":
+    # An exporter may trace the write as a one-hot blend (tf2onnx has no
+    # dynamic-update-slice): see tfllm.layers.export_hooks.
+    if export_hooks.setting("cache_write") == "slice":
         return ops.slice_update(cache, [0, 0, start, 0], new)
     slots = ops.arange(ops.shape(new)[2], dtype="int32") + start  # (seq,)
     pick = ops.one_hot(slots, ops.shape(cache)[2], dtype=cache.dtype)  # (seq, max_len)
@@ -248,10 +188,11 @@ class MultiHeadAttention(keras.layers.Layer):
     def _split_heads(self, x):
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         if self.groups == 1:
-            qkv = ops.reshape(self.qkv(x), (batch, seq, 3, self.num_heads, self.head_dim))
+            qkv = ops.reshape(through(self.qkv, "call", self.qkv, x),
+                              (batch, seq, 3, self.num_heads, self.head_dim))
             # Three (batch, heads, seq, head_dim) tensors.
             return [ops.transpose(qkv[:, :, i], (0, 2, 1, 3)) for i in range(3)]
-        qkv = self.qkv(x)
+        qkv = through(self.qkv, "call", self.qkv, x)
         nq, nkv = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
         parts = [(qkv[..., :nq], self.num_heads), (qkv[..., nq:nq + nkv], self.kv_heads),
                  (qkv[..., nq + nkv:], self.kv_heads)]
@@ -263,7 +204,8 @@ class MultiHeadAttention(keras.layers.Layer):
         """Cross-attention keys and values of `context` (batch, src_len, d_model): two
         (batch, kv_heads, src_len, head_dim) tensors, computed once per source sequence."""
         batch, src_len = ops.shape(context)[0], ops.shape(context)[1]
-        kv = ops.reshape(self.kv(context), (batch, src_len, 2, self.kv_heads, self.head_dim))
+        kv = ops.reshape(through(self.kv, "call", self.kv, context),
+                         (batch, src_len, 2, self.kv_heads, self.head_dim))
         return tuple(ops.transpose(kv[:, :, i], (0, 2, 1, 3)) for i in range(2))
 
     def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
@@ -274,7 +216,8 @@ class MultiHeadAttention(keras.layers.Layer):
                     raise ValueError("cross-attention needs `context` or `context_kv`")
                 context_kv = self.project_context(context)
             batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-            q = ops.reshape(self.q(x), (batch, seq, self.num_heads, self.head_dim))
+            q = ops.reshape(through(self.q, "call", self.q, x),
+                            (batch, seq, self.num_heads, self.head_dim))
             q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, seq, head_dim)
             q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
             k, v = context_kv
@@ -293,7 +236,7 @@ class MultiHeadAttention(keras.layers.Layer):
             return self._attend(q, k, v, attention_mask, training)
         k_cache, v_cache = cache
         start = ops.cast(cache_index, "int32")
-        if x.shape[1] == 1 and _decode_read[-1] == "before_write":
+        if x.shape[1] == 1 and export_hooks.setting("decode_read") == "before_write":
             out, h = self._attend_one(q, k, v, k_cache, v_cache, start, attention_mask, training)
             # The write depends on the attention output (a zero that XLA may not fold away:
             # h * 0 is NaN for non-finite h), so every read of the old cache is ordered
@@ -315,7 +258,7 @@ class MultiHeadAttention(keras.layers.Layer):
         # Softmax in float32: bf16/fp16 logits lose too much precision, and -1e9 overflows fp16.
         scores = ops.cast(scores, "float32")
         if mask is not None:
-            if _mask_fill[-1] == "constant":
+            if export_hooks.setting("mask_fill") == "constant":
                 fill = ops.cast(-1e9, "float32")
             else:
                 fill = ops.min(scores, axis=-1, keepdims=True) - 30.0  # (batch, heads, seq, 1)
@@ -326,7 +269,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def _output(self, h, training):
         h = ops.transpose(h, (0, 2, 1, 3))  # (batch, seq, heads, head_dim)
         h = ops.reshape(h, (ops.shape(h)[0], ops.shape(h)[1], self.num_heads * self.head_dim))
-        return self.out_dropout(self.out(h), training=training)
+        return self.out_dropout(through(self.out, "call", self.out, h), training=training)
 
     def _attend(self, q, k, v, attention_mask, training):
         mask = None

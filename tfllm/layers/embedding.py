@@ -3,38 +3,15 @@
 import keras
 from keras import ops
 
-from tfllm.layers.attention import _trace_mode
-
-TOKEN_LOOKUPS = ("take", "embedding_lookup")
-_token_lookup = ["take"]
-
-
-def token_lookup_mode(mode):
-    """Trace the token-embedding lookup as `"take"` (a gather, default) or
-    `"embedding_lookup"`.
-
-    TFLite converts a gather into GATHER, which weight quantizers leave in float; for a
-    49k-token vocabulary that one table is a fifth of a 135M model. `"embedding_lookup"`
-    routes the lookup through a function marked `embedding_matmul`, which the TFLite
-    converter turns into its EMBEDDING_LOOKUP op (one table shared with the tied output
-    projection's FULLY_CONNECTED), and which ai-edge-quantizer quantizes to int8 or int4.
-    Same values; TensorFlow backend only. Read at trace time.
-    """
-    return _trace_mode(_token_lookup, TOKEN_LOOKUPS, mode, "token lookup mode")
-
-
-def shares_token_table(embedding) -> bool:
-    """Whether a trace under way looks tokens up with EMBEDDING_LOOKUP and the output
-    projection is tied to that table (so the export should keep one copy of it)."""
-    return _token_lookup[-1] == "embedding_lookup" and embedding.tie_embeddings
-
+from tfllm.layers import export_hooks
 
 _fused_lookup = None
 
 
 def embedding_lookup(table, token_ids):
     """Rows of `table` [rows, width] for `token_ids` (any shape), traced so that the TFLite
-    converter emits EMBEDDING_LOOKUP (see `token_lookup_mode`); TensorFlow backend only."""
+    converter emits EMBEDDING_LOOKUP (see `tfllm.layers.export_hooks`, token_lookup);
+    TensorFlow backend only."""
     global _fused_lookup
     import tensorflow as tf
 
@@ -110,8 +87,13 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         """Embed `token_ids` (batch, seq) at `positions` (batch, seq) or (seq,); default
         0..seq-1. `token_type_ids` (batch, seq) default to type 0 (BERT adds its embedding
         to single texts too)."""
+        return export_hooks.through(self, "call", self._embed, token_ids, positions,
+                                    token_type_ids, training)
+
+    def _embed(self, token_ids, positions=None, token_type_ids=None, training=None):
         table = ops.cast(self.token_embeddings, self.compute_dtype)
-        if _token_lookup[-1] == "embedding_lookup":
+        # TFLite's EMBEDDING_LOOKUP where an exporter asks (weight quantizers reach it).
+        if export_hooks.setting("token_lookup") == "embedding_lookup":
             tokens = embedding_lookup(table, token_ids)
         else:
             tokens = ops.take(table, token_ids, axis=0)
@@ -130,6 +112,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def logits(self, hidden):
         """Project hidden states (batch, seq, d_model) to vocabulary logits (batch, seq, vocab)."""
+        return export_hooks.through(self, "logits", self._project, hidden)
+
+    def _project(self, hidden):
         kernel = self.token_embeddings if self.tie_embeddings else self.output_embeddings
         kernel = ops.cast(kernel, hidden.dtype)
         return ops.matmul(hidden, ops.transpose(kernel))

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tfllm.layers.export_hooks import through
+
 from tfllm.config import ACTIVATIONS, ConfigError
 from tfllm.layers.initializers import kernel_initializer as kernel_initializer_of
 
@@ -53,7 +55,7 @@ class FeedForward(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=None):
-        h = self.inner(x)
+        h = through(self.inner, "call", self.inner, x)
         if self.activation == "gelu":
             h = keras.activations.gelu(h, approximate=True)
         elif self.activation == "gelu_exact":
@@ -62,7 +64,7 @@ class FeedForward(keras.layers.Layer):
             h = 0.5 * h * (1.0 + ops.erf(h * 0.7071067811865476))
         else:
             h = keras.activations.relu(h)
-        return self.dropout_layer(self.outer(h), training=training)
+        return self.dropout_layer(through(self.outer, "call", self.outer, h), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

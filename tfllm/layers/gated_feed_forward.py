@@ -2,6 +2,8 @@
 
 import keras
 
+from tfllm.layers.export_hooks import through
+
 from tfllm.config import ConfigError
 from tfllm.layers.initializers import kernel_initializer as kernel_initializer_of
 
@@ -60,18 +62,17 @@ class GatedFeedForward(keras.layers.Layer):
         self.down.build(tuple(input_shape[:-1]) + (self.ffn_dim,))
         self.built = True
 
-    def gate_up(self, x):
-        """(gate(x), up(x)): the two projections that read `x` (an exporter may trace them
-        as one matmul)."""
-        return self.gate(x), self.up(x)
+    def _gate_up(self, x):
+        return through(self.gate, "call", self.gate, x), through(self.up, "call", self.up, x)
 
     def call(self, x, training=None):
-        g, u = self.gate_up(x)
+        # Both projections read `x`: an exporter may trace them as one matmul ("gate_up").
+        g, u = through(self, "gate_up", self._gate_up, x)
         if self.activation == "silu":
             g = keras.activations.silu(g)
         else:
             g = keras.activations.gelu(g, approximate=True)
-        return self.dropout_layer(self.down(g * u), training=training)
+        return self.dropout_layer(through(self.down, "call", self.down, g * u), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tfllm.layers import export_hooks
+
 
 @keras.saving.register_keras_serializable(package="tfllm")
 class RMSNorm(keras.layers.Layer):
@@ -27,14 +29,12 @@ class RMSNorm(keras.layers.Layer):
         self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
         self.built = True
 
-    def call(self, x, foldable_scale=True):
-        """Normalize `x`. `foldable_scale=False` multiplies by the per-token product
-        `inv_rms * scale` (same values): a converter folds a constant scale into the next
-        matmul's weights, which is right unless those weights are shared with another op
-        (the tied output projection and the token table)."""
+    def call(self, x):
         x32 = ops.cast(x, "float32")
         inv_rms = ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        if not foldable_scale:
+        if export_hooks.norm_scale(self) == "per_token":
+            # Same values; an exporter asks for it where a converter must not fold the
+            # constant scale into the next matmul's weights (tfllm.layers.export_hooks).
             return ops.cast(x32 * (inv_rms * ops.cast(self.scale, "float32")), x.dtype)
         return ops.cast(x32 * inv_rms, x.dtype) * ops.cast(self.scale, x.dtype)
 

@@ -5,9 +5,8 @@ from keras import ops
 
 from tfllm.config import ModelConfig
 from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
-from tfllm.layers.embedding import TokenAndPositionEmbedding, shares_token_table
+from tfllm.layers.embedding import TokenAndPositionEmbedding
 from tfllm.layers.initializers import block_initializers, kernel_initializer
-from tfllm.layers.rms_norm import RMSNorm
 from tfllm.layers.transformer_block import TransformerBlock, make_norm
 
 # ModelConfig fields after the GPT-2 ones, with the defaults that keep GPT-2's architecture.
@@ -196,12 +195,7 @@ class TransformerBackbone(keras.layers.Layer):
                                  cache_index=offset, positions=positions, training=training)
                 new_caches.append(cache)
         if self.norm_first:
-            if shares_token_table(self.embedding) and isinstance(self.norm, RMSNorm):
-                # The tied projection's weights stay the token table in TFLite exports
-                # (one copy, not a second with the norm's scale folded in).
-                x = self.norm(x, foldable_scale=False)
-            else:
-                x = self.norm(x)
+            x = self.norm(x)
         return x if caches is None else (x, new_caches)
 
     def compute_output_shape(self, input_shape):
