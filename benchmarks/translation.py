@@ -55,7 +55,7 @@ def main():
 
     from tfllm.data.parallel import ParallelData
     from tfllm.data.seq2seq import encode_pairs
-    from tfllm.placeholders import restore
+    from tfllm.tokenizers.placeholders import restore
     from tfllm.training import TrainSettings, train
     from tfllm.translation_metrics import evaluate_translation, score_translations
 

@@ -50,7 +50,7 @@ def main():
     from benchmarks.translation import reference_ffn_dim
     from tfllm.config import get_preset
     from tfllm.models import Seq2SeqLM
-    from tfllm.translation import Translator
+    from tfllm.models.translation import Translator
 
     cfg = get_preset("transformer-mt-small").replace(vocab_size=8000)
     keras.utils.set_random_seed(0)

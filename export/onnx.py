@@ -212,7 +212,7 @@ class OnnxDecoder:
         """Continue `prompt_ids`; returns the new token ids (without the prompt).
 
         Greedy by default. With `temperature` > 0 each token is drawn by tfllm's own sampler
-        (`tfllm.generation.row_sampler`), so a seeded run draws the tokens
+        (`tfllm.models.generation.row_sampler`), so a seeded run draws the tokens
         `CausalLM.generate(..., seed=seed)` draws from the same logits.
 
         Args:
@@ -221,7 +221,7 @@ class OnnxDecoder:
             end_token_id: stop (without returning it) when this token is chosen.
             temperature, top_k, top_p, seed: as in `CausalLM.generate`.
         """
-        from tfllm.generation import GenerationError, GenerationParams, row_sampler
+        from tfllm.models.generation import GenerationError, GenerationParams, row_sampler
 
         if not prompt_ids:
             raise OnnxExportError("empty prompt: start from BOS")

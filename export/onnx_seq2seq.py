@@ -105,7 +105,7 @@ class OnnxTranslator:
 
 def export_seq2seq_onnx(run_dir, out, opset=17, overwrite=False):
     """Convert, check greedy output against `generate`, publish both files; a report."""
-    from tfllm.translation import encode_sources
+    from tfllm.models.translation import encode_sources
 
     output = runs.export_output(out, "onnx", overwrite, run_dir, command="export onnx",
                                 companions=[decode_path(out)])

@@ -168,7 +168,7 @@ class CausalDecoder:
     """
 
     def __init__(self, model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
-        from tfllm.generation import Generator
+        from tfllm.models.generation import Generator
 
         self.tokenizer, self.max_batch = tokenizer, max_batch
         self.eos_ids = getattr(tokenizer, "eos_ids", [tokenizer.eos_id])
@@ -367,11 +367,11 @@ def seq2seq_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
 
     The beam width is a request input, so the loop's shapes are not static: it runs as a
     plain TensorFlow graph (`jit_compile` is not used; XLA needs one compiled loop per
-    width). Beam search with one beam is greedy decoding (`tfllm.beam_search`). A model
+    width). Beam search with one beam is greedy decoding (`tfllm.models.beam_search`). A model
     trained with `protect_placeholders` gets the same protection in the graph.
     """
-    from tfllm.placeholders import protect_tf, restore_tf
-    from tfllm.translation import Translator
+    from tfllm.tokenizers.placeholders import protect_tf, restore_tf
+    from tfllm.models.translation import Translator
 
     tr = Translator(model, tokenizer.bos_id, tokenizer.eos_id, jit_compile=False)
     protect = model.protect_placeholders

@@ -372,7 +372,7 @@ class TFLiteRunner:
         """Continue `prompt_ids`; returns the new token ids (without the prompt).
 
         Greedy by default. With `temperature` > 0 each token is drawn by tfllm's own sampler
-        (`tfllm.generation.sample_next`: temperature, then top-k, then top-p), so a seeded
+        (`tfllm.models.generation.sample_next`: temperature, then top-k, then top-p), so a seeded
         run draws the tokens `CausalLM.generate(..., seed=seed)` draws from the same logits.
 
         Args:
@@ -381,7 +381,7 @@ class TFLiteRunner:
             end_token_id: stop (without returning it) when this token is chosen.
             temperature, top_k, top_p, seed: as in `CausalLM.generate`.
         """
-        from tfllm.generation import GenerationError, GenerationParams, row_sampler
+        from tfllm.models.generation import GenerationError, GenerationParams, row_sampler
 
         if not prompt_ids:
             raise TFLiteExportError("empty prompt: start from BOS")

@@ -171,7 +171,7 @@ def export_seq2seq_tflite(run_dir, out, quantize="float32", overwrite=False, che
     """Convert a translation run, check it against Keras, publish `out`; returns a report."""
     from tfllm.data.parallel import ParallelData
     from tfllm.data.seq2seq import encode_pairs
-    from tfllm.translation import encode_sources
+    from tfllm.models.translation import encode_sources
 
     output = runs.export_output(out, "tflite", overwrite, run_dir, command="export tflite")
     model = runs.load(run_dir)

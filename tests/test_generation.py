@@ -5,7 +5,7 @@ import tensorflow as tf
 import tfllm
 from tests.conftest import TINY
 from tfllm.cli import main
-from tfllm.generation import (GenerationError, GenerationParams, Generator, filter_top_k,
+from tfllm.models.generation import (GenerationError, GenerationParams, Generator, filter_top_k,
                               filter_top_p, sample_next)
 
 PROMPTS = ["ROMEO:", "First Citizen:\nWe are", "O"]

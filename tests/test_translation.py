@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import run_cli
-from tfllm.beam_search import beam_search
+from tfllm.models.beam_search import beam_search
 from tfllm.config import ConfigError, get_preset
 from tfllm.errors import DataError
-from tfllm.generation import GenerationError
+from tfllm.models.generation import GenerationError
 from tfllm.models import Seq2SeqLM, SmoothedSparseCrossentropy
-from tfllm.placeholders import SENTINEL, protect, protect_tf, restore, restore_tf
-from tfllm.translation import Translator
+from tfllm.tokenizers.placeholders import SENTINEL, protect, protect_tf, restore, restore_tf
+from tfllm.models.translation import Translator
 from tfllm.translation_metrics import placeholder_accuracy, placeholders, score_translations
 
 # GPT-2's init: the fitted-model thresholds below were set with it (with the preset's
@@ -360,7 +360,7 @@ def test_tflite_encode_decode_equals_generate(mt_run, tmp_path):
     import tfllm
     from export.tflite_seq2seq import Seq2SeqTFLiteError, Seq2SeqTFLiteRunner, \
         export_seq2seq_tflite
-    from tfllm.translation import encode_sources
+    from tfllm.models.translation import encode_sources
 
     out, pairs, _ = mt_run
     path = str(tmp_path / "mt.tflite")
@@ -387,7 +387,7 @@ def test_tflite_encode_decode_equals_generate(mt_run, tmp_path):
 def test_onnx_encode_decode_equals_generate(mt_run, tmp_path):
     import tfllm
     from export.onnx_seq2seq import OnnxTranslator, export_seq2seq_onnx
-    from tfllm.translation import encode_sources
+    from tfllm.models.translation import encode_sources
 
     out, pairs, _ = mt_run
     report = export_seq2seq_onnx(out, str(tmp_path / "mt.onnx"))

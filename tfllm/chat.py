@@ -37,7 +37,7 @@ class ChatSession:
     def __init__(self, model, chat: dict, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
                  seed=None, split_special_tokens: bool = True):
-        from tfllm.generation import GenerationParams, get_generator
+        from tfllm.models.generation import GenerationParams, get_generator
 
         self.model, self.tokenizer = model, model.tokenizer
         self.template = template_of(chat)

@@ -152,7 +152,7 @@ def chat(args):
     from tfllm import runs
     from tfllm.chat import ChatSession
     from tfllm.chat_template import chat_config_of, read_template_arg
-    from tfllm.generation import GenerationParams
+    from tfllm.models.generation import GenerationParams
 
     GenerationParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     stored = runs.read_run_config(args.run)

@@ -581,7 +581,7 @@ def _read_prompts(args) -> list[str]:
 
 def _generate(args):
     import tfllm
-    from tfllm.generation import GenerationError, GenerationParams, encode_prompt, get_generator
+    from tfllm.models.generation import GenerationError, GenerationParams, encode_prompt, get_generator
 
     # Validate sampling arguments before the (slow) model load.
     GenerationParams(args.max_new_tokens or 1, args.temperature, args.top_k, args.top_p)
@@ -681,7 +681,7 @@ def _seq2seq_run(run_dir) -> bool:
 
 def _translate(args):
     import tfllm
-    from tfllm.translation import check_num_beams, translate
+    from tfllm.models.translation import check_num_beams, translate
 
     check_num_beams(args.num_beams)
     if not _seq2seq_run(args.run):

@@ -18,7 +18,8 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfllm import placeholders, runs
+from tfllm import runs
+from tfllm.tokenizers import placeholders
 from tfllm.config import PRECISIONS, STRATEGIES, ConfigError, ModelConfig, get_preset
 from tfllm.errors import DataError, RunDirError, TfllmError
 from tfllm.untrusted import in_range
@@ -393,7 +394,7 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
         truncate: seq2seq only: cut pairs longer than the context instead of failing.
         protect_placeholders: seq2seq only: train with format placeholders (`%s`,
             `{name}`) replaced by one sentinel token, which translation puts back
-            (`tfllm.placeholders`); a model then keeps them far more reliably.
+            (`tfllm.tokenizers.placeholders`); a model then keeps them far more reliably.
 
     Example:
         >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP

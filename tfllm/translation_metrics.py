@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tfllm.placeholders import placeholders
+from tfllm.tokenizers.placeholders import placeholders
 
 def placeholder_accuracy(sources, outputs) -> float:
     """Share of rows whose output keeps exactly the source's placeholders (no more, no
@@ -61,7 +61,7 @@ def evaluate_translation(run_dir, data=None, source_column=None, target_column=N
     from tfllm.data.seq2seq import encode_pairs, make_seq2seq_dataset
     from tfllm.errors import TfllmError
     from tfllm.models.seq2seq_lm import SmoothedSparseCrossentropy
-    from tfllm.translation import check_num_beams, translate
+    from tfllm.models.translation import check_num_beams, translate
 
     stored = runs.read_run_config(run_dir)
     if stored.get("objective") != "seq2seq":

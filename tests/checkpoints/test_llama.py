@@ -51,7 +51,7 @@ def test_imported_logits_match_numpy_reference(tmp_path, model_type):
 
 def test_cached_greedy_equals_full_forward_and_every_eos_stops(tmp_path):
     import tfllm
-    from tfllm.generation import GenerationParams, get_generator
+    from tfllm.models.generation import GenerationParams, get_generator
 
     ckpt = write_checkpoint(str(tmp_path / "ckpt"), "llama")
     lm = tfllm.load(import_hf(ckpt, str(tmp_path / "run"), max_len=32))
@@ -66,7 +66,7 @@ def test_cached_greedy_equals_full_forward_and_every_eos_stops(tmp_path):
     gen = get_generator(lm)
     assert gen.end_token_ids == (1, 2)
     first = got[0][0]
-    from tfllm.generation import Generator
+    from tfllm.models.generation import Generator
 
     stopped = Generator(lm, end_token_id=[99, first]).generate_ids(
         [prompts[0]], GenerationParams(12))

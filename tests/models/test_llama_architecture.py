@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfllm.config import ModelConfig, get_preset
-from tfllm.generation import GenerationParams, get_generator
+from tfllm.models.generation import GenerationParams, get_generator
 from tfllm.layers.rotary import rope_inverse_frequencies
 from tfllm.models import CausalLM
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfllm.data.lm import training_options
-from tfllm import placeholders
+from tfllm.tokenizers import placeholders
 from tfllm.errors import DataError
 
 _SHUFFLE_BUFFER = 20_000
@@ -46,7 +46,7 @@ def encode_pairs(pairs, tokenizer, max_len: int, truncate: bool = False,
         tokenizer: a `SentencePieceTokenizer`.
         max_len: the model's context.
         truncate: cut long sides instead of raising.
-        protect: replace placeholders by `tfllm.placeholders.SENTINEL` on both sides
+        protect: replace placeholders by `tfllm.tokenizers.placeholders.SENTINEL` on both sides
             (the tokenizer must hold it as one piece).
     """
     eos = tokenizer.eos_id

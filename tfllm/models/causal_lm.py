@@ -203,17 +203,29 @@ class CausalLM(LanguageModelTask, keras.Model):
 
     def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,
                  seed=None, stop_at_end=True, return_ids=False, truncate="error"):
-        """Generate continuations with the KV cache (see `tfllm.generation.generate`).
+        """Generate continuations with the KV cache (see `tfllm.models.generation.generate`).
 
         Example:
             >>> lm = tfllm.load("runs/demo")  # doctest: +SKIP
             >>> lm.generate("ROMEO:", max_new_tokens=40)  # doctest: +SKIP
         """
-        # Imported here: generation builds on models, not the other way round.
-        from tfllm.generation import generate
+        # Imported when used: generation loads TensorFlow, the model classes only Keras.
+        from tfllm.models.generation import generate
 
         return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                         stop_at_end, return_ids, truncate)
+
+    def generator(self):
+        """This model's `Generator` (tfllm.models.generation), made on first use and kept:
+        its compiled decoding functions are reused by every later call."""
+        if getattr(self, "_generator", None) is None:
+            from tfllm.models.generation import Generator
+
+            tokenizer = self.tokenizer
+            end = getattr(tokenizer, "eos_ids", [tokenizer.eos_id]) if tokenizer is not None \
+                else 3
+            self._generator = Generator(self, end_token_id=end)
+        return self._generator
 
 
 @keras.saving.register_keras_serializable(package="tfllm")

@@ -58,7 +58,7 @@ class Seq2SeqLM(LanguageModelTask, keras.Model):
         label_smoothing: of the default loss (0.1, the original Transformer's).
         pad_id: the padding id of the tokenizer.
         protect_placeholders: the model was trained with placeholders replaced by
-            `tfllm.placeholders.SENTINEL`; translating (`generate`, the exports) then
+            `tfllm.tokenizers.placeholders.SENTINEL`; translating (`generate`, the exports) then
             protects the source's and restores them in the output.
 
     Example:
@@ -103,16 +103,27 @@ class Seq2SeqLM(LanguageModelTask, keras.Model):
     def generate(self, texts, max_new_tokens=None, num_beams=1, length_penalty=1.0,
                  temperature=0.0, top_k=None, top_p=None, seed=None, truncate=False,
                  return_ids=False):
-        """Translate strings (see `tfllm.translation.translate`).
+        """Translate strings (see `tfllm.models.translation.translate`).
 
         Example:
             >>> mt = tfllm.load("runs/en-fr")  # doctest: +SKIP
             >>> mt.generate("File not found", num_beams=4)  # doctest: +SKIP
         """
-        from tfllm.translation import translate  # translation builds on models
+        from tfllm.models.translation import translate  # loads TensorFlow: when used
 
         return translate(self, texts, max_new_tokens, num_beams, length_penalty, temperature,
                          top_k, top_p, seed, truncate, return_ids)
+
+    def translator(self):
+        """This model's `Translator` (tfllm.models.translation), made on first use and
+        kept: its compiled encoder and decoding loops are reused by every later call."""
+        if getattr(self, "_translator", None) is None:
+            from tfllm.models.translation import Translator
+
+            tok = getattr(self, "tokenizer", None)
+            self._translator = Translator(self, tok.bos_id if tok else 2,
+                                          tok.eos_id if tok else 3)
+        return self._translator
 
     def get_config(self):
         return {"backbone": keras.saving.serialize_keras_object(self.backbone),

@@ -4,8 +4,8 @@ The encoder runs once per request and each decoder block's cross-attention keys 
 values are computed from its output once (`Seq2SeqBackbone.project_context`); the loop
 then feeds one token per step through the decoder's self-attention KV cache, inside a
 `tf.while_loop` compiled with XLA per (batch bucket, source-length bucket, beams).
-Greedy and sampled decoding share `tfllm.generation.sample_next` with the causal LM;
-beam search is `tfllm.beam_search.beam_search`.
+Greedy and sampled decoding share `tfllm.models.generation.sample_next` with the causal LM;
+beam search is `tfllm.models.beam_search.beam_search`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfllm import placeholders
-from tfllm.beam_search import beam_search
+from tfllm.tokenizers import placeholders
+from tfllm.models.beam_search import beam_search
 from tfllm.data.seq2seq import bucket_widths
-from tfllm.generation import GenerationError, GenerationParams, row_seeds, sample_next
+from tfllm.models.generation import GenerationError, GenerationParams, row_seeds, sample_next
 
 
 def check_num_beams(num_beams) -> int:
@@ -165,13 +165,8 @@ class Translator:
 
 
 def get_translator(model) -> Translator:
-    """The model's cached Translator (compiled functions reused between calls)."""
-    tr = getattr(model, "_tfllm_translator", None)
-    if tr is None:
-        tok = getattr(model, "tokenizer", None)
-        tr = Translator(model, tok.bos_id if tok else 2, tok.eos_id if tok else 3)
-        object.__setattr__(model, "_tfllm_translator", tr)
-    return tr
+    """The model's Translator, made once per model (`Seq2SeqLM.translator`)."""
+    return model.translator()
 
 
 def encode_sources(tokenizer, texts, max_len, truncate=False, protect=False):

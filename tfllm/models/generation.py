@@ -418,12 +418,5 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 
 
 def get_generator(model) -> Generator:
-    """The model's cached Generator (one per model, so compiled functions are reused)."""
-    gen = getattr(model, "_tfllm_generator", None)
-    if gen is None:
-        tokenizer = getattr(model, "tokenizer", None)
-        end = getattr(tokenizer, "eos_ids", [tokenizer.eos_id]) if tokenizer is not None \
-            else 3
-        gen = Generator(model, end_token_id=end)
-        object.__setattr__(model, "_tfllm_generator", gen)
-    return gen
+    """The model's Generator, made once per model (`CausalLM.generator`)."""
+    return model.generator()
