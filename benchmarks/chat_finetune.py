@@ -61,7 +61,7 @@ def tokenize_all(tok, texts):
 def translate_rows(run, sources, batch_size, max_new_cap=160):
     """Greedy replies to "Translate to French: SOURCE" chats, in the run's template."""
     import tfllm
-    from tfllm.chat_template import chat_config_of, template_of
+    from tfllm.tokenizers.chat_template import chat_config_of, template_of
     from tfllm.models.generation import GenerationParams, get_generator
     from tfllm.runs import read_run_config
 
@@ -92,7 +92,7 @@ def translate_rows(run, sources, batch_size, max_new_cap=160):
 
 def phase_eval(args, run):
     from tfllm.data.tables import read_rows
-    from tfllm.translation_metrics import score_translations
+    from tfllm.tasks.translate.evaluate import score_translations
 
     _, rows = read_rows("tsv", os.path.join(DATA, "l10n-en-fr", "valid.tsv"))
     rows = rows[: args.eval_rows] if args.eval_rows else rows
@@ -106,7 +106,7 @@ def phase_eval(args, run):
 
 
 def phase_finetune(args, base, out, lora):
-    from tfllm.chat_finetuning import ChatSettings, finetune_chat
+    from tfllm.tasks.chat.finetune import ChatSettings, finetune_chat
     from tfllm.training import read_metrics
 
     spec = f"tsv:{os.path.join(DATA, 'l10n-en-fr', 'train.tsv')}"

@@ -131,7 +131,7 @@ def main(argv=None):
     from export.saved_model import export_saved_model
     from tfllm.checkpoints import import_hf
     from tfllm.data import LabeledData
-    from tfllm.finetuning import load_classifier, predict_proba
+    from tfllm.tasks.classify.predict import load_classifier, predict_proba
 
     data = f"tsv:{os.path.join(SHARED, 'sst2', 'train.tsv')}"
     texts = [t for t, _ in LabeledData(data, holdout="longest").val][:args.texts]

@@ -66,8 +66,10 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     from tfllm.data import LabeledData
-    from tfllm.finetuning import FinetuneSettings, evaluate_classifier, finetune
-    from tfllm.training import TrainSettings, train
+    from tfllm.tasks.classify.evaluate import evaluate_classifier
+    from tfllm.tasks.classify.finetune import FinetuneSettings, finetune
+    from tfllm.tasks import train
+    from tfllm.training import TrainSettings
 
     wanted = {args.only} if args.only else {"scratch", "mlm"} | (
         {"minilm"} if args.pretrained else set())

@@ -54,10 +54,11 @@ def main():
     import keras
 
     from tfllm.data.parallel import ParallelData
-    from tfllm.data.seq2seq import encode_pairs
+    from tfllm.tasks.translate.data import encode_pairs
     from tfllm.tokenizers.placeholders import restore
-    from tfllm.training import TrainSettings, train
-    from tfllm.translation_metrics import evaluate_translation, score_translations
+    from tfllm.tasks import train
+    from tfllm.training import TrainSettings
+    from tfllm.tasks.translate.evaluate import evaluate_translation, score_translations
 
     budget = a.minutes * 60
     data_dir = os.path.join(DATA, "l10n-en-fr")

@@ -53,8 +53,6 @@ import contextlib
 
 import numpy as np
 
-from tfllm.layers import export_hooks
-
 # Name scope of the offset matmuls and lookups, which the quantizer's recipe gives int8.
 OFFSET_SCOPE = "block_offset"
 # Name scope of the outlier blocks' matmuls (a name only: their part's recipe applies).
@@ -133,6 +131,8 @@ def input_peaks(model, layers, windows):
         {id(layer): float array [in]} and "head": [d_model].
     """
     from keras import ops
+
+    from tfllm.layers import export_hooks
 
     peaks = {}
 
@@ -241,7 +241,7 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
     import tensorflow as tf
     from keras import ops
 
-    from tfllm.layers import GatedFeedForward, RMSNorm, embedding_lookup
+    from tfllm.layers import GatedFeedForward, RMSNorm, embedding_lookup, export_hooks
 
     restore, holders = [], []
     replace = {}  # layer -> {step: fn(default, ...)}: how it traces (export_hooks)

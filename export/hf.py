@@ -51,7 +51,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 
 import numpy as np  # noqa: E402
 
-from tfllm import runs  # noqa: E402
+from tfllm import runs, tasks  # noqa: E402
 from tfllm.config import ModelConfig  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 from tfllm.publish import Output  # noqa: E402
@@ -285,24 +285,23 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
     """
     from safetensors.numpy import save_file
 
-    from tfllm.chat_template import usable_chat_config
-
     if dtype not in DTYPES:
         raise HFExportError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     config = runs.read_run_config(run_dir)
     output = Output(out, "hf-checkpoint", overwrite, runs.inputs_of(run_dir),
                     command="export hf")
     output.check()
-    if config.get("objective", "clm") not in ("clm", "chat"):
-        raise HFExportError(f"export.hf writes causal LMs; this run's objective is "
-                            f"{config.get('objective')!r}")
+    task = tasks.of_config(config)
+    if not task.causal:
+        raise HFExportError(f"export.hf writes causal LMs; this run is {task.summary} "
+                            f"({task.name})")
     model = runs.load(run_dir)
     cfg = ModelConfig.from_dict(model_config_of(model, config))
     model_type = architecture(cfg)
     tensors = (gpt2_tensors if model_type == "gpt2" else llama_tensors)(model, cfg)
     with output.staging() as staging:
         tok_fields = tokenizer_files(run_dir, staging, model.tokenizer)
-        chat = usable_chat_config(config, model.tokenizer)
+        chat = task.chat_config(config, model.tokenizer)
         if chat:
             tok_fields["chat_template"] = chat["template"]
         special = config.get("tokenizer") if isinstance(config.get("tokenizer"), dict) else {}

@@ -63,10 +63,9 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 
     parse_then_quiet(build_parser().parse_args)
 
-from tfllm import runs  # noqa: E402
-from tfllm.chat import ChatSession  # noqa: E402
-from tfllm.chat_template import usable_chat_config  # noqa: E402
-from tfllm.data.chat import encode_text  # noqa: E402
+from tfllm import runs, tasks  # noqa: E402
+from tfllm.models.chat_session import ChatSession  # noqa: E402
+from tfllm.tokenizers.chat_encoding import encode_text  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
@@ -243,6 +242,8 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
     it (`tfllm.publish`).
     """
     output = runs.export_output(out, "litertlm", overwrite, run_dir, data, "export litertlm")
+    config = runs.read_run_config(run_dir)
+    task = tasks.of_config(config)
     # The staged bundle keeps `out`'s name: the runtime reads the format from the extension.
     with output.staging() as staging, tempfile.TemporaryDirectory() as tmp:
         tflite = os.path.join(tmp, "model.tflite")
@@ -252,13 +253,14 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
         model = report.pop("model")  # already loaded by the TFLite export
         max_len = model.backbone.max_len
         tok = model.tokenizer
-        # A plain language model (or a placeholder template): no template in the bundle.
-        chat = usable_chat_config(runs.read_run_config(run_dir), tok)
+        # The task's template (a chat run's, an imported one's); a plain language model or
+        # a placeholder template: none in the bundle.
+        chat = task.chat_config(config, tok)
         stop_ids = chat_stop_ids(tok, chat)
         metadata = llm_metadata(stop_ids, max_len,
                                 tok.bos_id if getattr(tok, "add_bos", False) else None,
                                 runtime_template(chat["template"]) if chat else None,
-                                runtime_model_type(runs.read_run_config(run_dir)))
+                                runtime_model_type(config))
         try:
             build_bundle(tflite, tokenizer_file(run_dir, tmp), metadata, staging)
         except Exception as e:  # the builder validates with many exception types

@@ -60,7 +60,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfllm import runs  # noqa: E402
+from tfllm import runs, tasks  # noqa: E402
 from tfllm.errors import run_main  # noqa: E402
 
 from .onnx_convert import (TOLERANCE, OnnxExportError, convert,  # noqa: E402,F401
@@ -87,15 +87,19 @@ def export_onnx(run_dir, out, opset=17, sample=SAMPLE, decode=True, max_len=None
         overwrite: replace files this exporter wrote before (both, with `decode`).
     """
     config = runs.read_run_config(run_dir)
-    classifier = config.get("objective") == "classify"
-    decode = decode and not classifier and runs.model_config_of(run_dir).causal
+    family = tasks.of_config(config).family
+    if family == "encoder-decoder":
+        raise OnnxExportError("an encoder-decoder run exports as an encoder and a decode step "
+                              "(export.onnx_seq2seq.export_seq2seq_onnx)")
+    classifier = family == "classifier"
+    decode = decode and family == "decoder"
     # With the decode step: both files are checked before the work, and published together.
     output = runs.export_output(out, "onnx", overwrite, run_dir, command="export onnx",
                                 companions=[decode_path(out)] if decode else ())
     model = runs.load(run_dir, max_len=max_len)
     token_types = False
     if classifier:
-        from tfllm.finetuning import uses_token_types
+        from tfllm.tasks.classify.predict import uses_token_types
 
         token_types = uses_token_types(model, config["task"])
     ids_spec = tf.TensorSpec([None, None], tf.int32, name="token_ids")
@@ -128,7 +132,7 @@ def _write_checked(model, forward, path, opset, sample, config, classifier, toke
     convert(forward, path, opset)
     ids = model.tokenizer.encode(sample)[: model.backbone.max_len] or [model.tokenizer.bos_id]
     if classifier:
-        from tfllm.finetuning import encode_rows
+        from tfllm.tasks.classify.predict import encode_rows
 
         # Rows as the classifier sees them: BOS first (encoders), right-padded with pad_id;
         # pairs where the classifier reads them.
@@ -288,7 +292,7 @@ def main(argv=None):
 
 
 def _main(args):
-    if runs.read_run_config(args.run).get("objective") == "seq2seq":
+    if tasks.of_run(args.run).family == "encoder-decoder":
         from .onnx_seq2seq import export_seq2seq_onnx
 
         report = export_seq2seq_onnx(args.run, args.out, args.opset, args.overwrite)

@@ -100,9 +100,9 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tfllm import runs  # noqa: E402
+from tfllm import runs, tasks  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
-from tfllm.finetuning import encode_rows, uses_token_types  # noqa: E402
+from tfllm.tasks.classify.predict import encode_rows, uses_token_types  # noqa: E402
 
 class TFLiteExportError(TfllmError):
     """The TFLite export failed or disagrees with the Keras model."""
@@ -230,9 +230,11 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
             "the KV cache in and out as float tensors; use --quantize dynamic-int8 (int8 "
             "weights), which gives most of the size reduction")
     config = runs.read_run_config(run_dir)
-    if config.get("objective", "clm") not in ("clm", "chat"):
-        raise TFLiteExportError(f"runs of objective {config.get('objective')!r} have no TFLite "
-                                "decode export (classifier runs: export_classifier_tflite)")
+    task = tasks.of_config(config)
+    if not task.causal:
+        raise TFLiteExportError(f"{task.name} runs have no TFLite decode export (classifier "
+                                "runs: export_classifier_tflite; translation runs: "
+                                "export_seq2seq_tflite)")
     model = runs.load(run_dir, max_len=max_len)
     calibration = None
     if quantize in QUANTIZER_MODES and part_blocks(quantize, parts):
@@ -544,7 +546,7 @@ def _classifier_rows(run_dir, count, data=None, text_column=None, pair_column=No
     """(calibration texts, check texts): the run's training and held-out rows, or those of
     `data` (labels not needed); texts are `(text, pair)` tuples for pair classifiers."""
     from tfllm.data import LabeledData
-    from tfllm.finetuning import check_pairs
+    from tfllm.tasks.classify.predict import check_pairs
 
     config = runs.read_run_config(run_dir)
     seed = (config.get("finetune") or {}).get("seed", 0)
@@ -576,7 +578,7 @@ def convert_classifier(run_dir, quantize="float32", calibration_rows=200, strip_
     `data`/`text_column`: texts for int8 calibration where the run has none of its own;
     `seq_len`: the fixed input length in place of the run's.
     """
-    from tfllm.finetuning import load_classifier
+    from tfllm.tasks.classify.predict import load_classifier
 
     if quantize not in QUANTIZE_MODES or quantize in QUANTIZER_MODES:
         raise TFLiteExportError(f"--quantize {quantize!r} is not available for classifiers; "
@@ -716,13 +718,19 @@ def main(argv=None):
 
 def _main(args):
     strip = not args.keep_tensor_names
-    objective = runs.read_run_config(args.run).get("objective")
-    if objective in ("seq2seq", "classify") and (args.quantize in QUANTIZER_MODES
-                                                 or any(parts_of(args).values())):
+    # The conversion follows the run's architecture: a causal LM's prefill and decode
+    # steps with a KV cache, a classifier's one forward pass, a translator's encoder and
+    # decode step.
+    family = tasks.of_run(args.run).family
+    if family not in ("decoder", "classifier", "encoder-decoder"):
+        raise TFLiteExportError(f"no TFLite export for {family} runs (causal LMs, classifiers "
+                                "and translators have one)")
+    if family != "decoder" and (args.quantize in QUANTIZER_MODES
+                                or any(parts_of(args).values())):
         raise TFLiteExportError(f"--quantize {args.quantize} and the per-part modes are for "
-                                f"causal LMs; a {objective} run takes float32, float16, "
-                                "dynamic-int8" + (" or int8" if objective == "classify" else ""))
-    if objective == "seq2seq":
+                                f"causal LMs; a {family} run takes float32, float16, "
+                                "dynamic-int8" + (" or int8" if family == "classifier" else ""))
+    if family == "encoder-decoder":
         from .tflite_seq2seq import export_seq2seq_tflite
 
         report = export_seq2seq_tflite(args.run, args.out, args.quantize, args.overwrite)
@@ -732,7 +740,7 @@ def _main(args):
               f"{report['sources_checked']} sample sources; held-out next-token agreement "
               f"with Keras {report['top1_agreement']:.1%}")
         return 0
-    if runs.read_run_config(args.run).get("objective") == "classify":
+    if family == "classifier":
         report = export_classifier_tflite(args.run, args.out, args.quantize,
                                           strip_names=strip, data=args.data,
                                           text_column=args.text_column, seq_len=args.seq_len,

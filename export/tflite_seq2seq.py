@@ -170,7 +170,7 @@ def teacher_forced_agreement(runner, model, pairs):
 def export_seq2seq_tflite(run_dir, out, quantize="float32", overwrite=False, check_pairs=50):
     """Convert a translation run, check it against Keras, publish `out`; returns a report."""
     from tfllm.data.parallel import ParallelData
-    from tfllm.data.seq2seq import encode_pairs
+    from tfllm.tasks.translate.data import encode_pairs
     from tfllm.models.translation import encode_sources
 
     output = runs.export_output(out, "tflite", overwrite, run_dir, command="export tflite")

@@ -30,7 +30,7 @@ def make_base_run(out, seed=0, max_len=64):
     import keras
 
     from tfllm import runs
-    from tfllm.chat_template import ChatTemplate
+    from tfllm.tokenizers.chat_template import ChatTemplate
     from tfllm.config import ModelConfig
     from tfllm.models import CausalLM
     from tfllm.tokenizers import SentencePieceTokenizer

@@ -53,7 +53,8 @@ def small_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, small_corpus):
     """A tiny causal LM trained for 300 steps on the small corpus (a real, if weak, model)."""
-    from tfllm.training import TrainSettings, train
+    from tfllm.tasks import train
+    from tfllm.training import TrainSettings
 
     out = str(tmp_path_factory.mktemp("runs") / "tiny")
     train(out, small_corpus, "shakespeare-char",
@@ -98,7 +99,7 @@ def exported(tmp_path_factory, tiny_run):
 @pytest.fixture(scope="session")
 def chat_runs(tmp_path_factory):
     """A base run, a LoRA chat run and a fully fine-tuned chat run of it."""
-    from tfllm.chat_finetuning import ChatSettings, finetune_chat
+    from tfllm.tasks.chat.finetune import ChatSettings, finetune_chat
 
     from tests.chat_fixtures import make_base_run, write_pairs_tsv
 
@@ -150,7 +151,7 @@ def labeled_tsv(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory, labeled_tsv):
-    from tfllm.finetuning import FinetuneSettings, finetune
+    from tfllm.tasks.classify.finetune import FinetuneSettings, finetune
 
     out = str(tmp_path_factory.mktemp("runs") / "clf")
     result = finetune(out, labeled_tsv, from_scratch=True, preset="bert-mini",

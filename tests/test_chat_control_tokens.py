@@ -55,8 +55,9 @@ def chat_tokenizers(tokenizers_pair, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["hf-bpe", "sentencepiece"])
 def test_chat_encoding_keeps_the_templates_markers_only(chat_tokenizers, kind):
-    from tfllm.chat_template import ChatTemplate
-    from tfllm.data.chat import chat_pieces, encode_chat, encode_pieces, encode_text
+    from tfllm.tokenizers.chat_template import ChatTemplate
+    from tfllm.tasks.chat.data import encode_chat
+    from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces, encode_text
 
     ours, start = chat_tokenizers[kind]
     template = ChatTemplate()
@@ -83,9 +84,9 @@ def test_chat_encoding_keeps_the_templates_markers_only(chat_tokenizers, kind):
 def test_saved_model_graph_encodes_as_tfllm_chat(chat_tokenizers, kind):
     import tensorflow as tf
 
-    from export.saved_model_chat import piece_ids, prompt_ids, prompt_pieces
-    from tfllm.chat_template import DEFAULT_TEMPLATE, ChatTemplate
-    from tfllm.data.chat import chat_pieces, encode_pieces
+    from tfllm.signatures.chat import piece_ids, prompt_ids, prompt_pieces
+    from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate
+    from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
 
     ours, _ = chat_tokenizers[kind]
     pieces = prompt_pieces({"template": DEFAULT_TEMPLATE})

@@ -18,7 +18,8 @@ def _weights(model):
 
 
 def test_lora_changes_only_the_adapter_and_merges_exactly(chat_runs):
-    from tfllm import lora, runs
+    from tfllm import runs
+    from tfllm.models import lora
 
     base = runs.load(chat_runs["base"])
     adapted = runs.load(chat_runs["lora"], adapter="keep")
@@ -50,7 +51,8 @@ def test_lora_changes_only_the_adapter_and_merges_exactly(chat_runs):
 
 
 def test_merge_writes_a_plain_run_and_an_adapter_refuses_another_base(chat_runs, tmp_path):
-    from tfllm import lora, runs
+    from tfllm import runs
+    from tfllm.models import lora
 
     out = str(tmp_path / "merged")
     proc = run_cli(["merge", "--run", chat_runs["lora"], "--out", out])
@@ -77,7 +79,7 @@ def test_merge_writes_a_plain_run_and_an_adapter_refuses_another_base(chat_runs,
 
 def test_fine_tuning_learns_the_replies_and_chat_stops_at_end_of_turn(chat_runs):
     from tfllm import runs
-    from tfllm.chat import ChatSession
+    from tfllm.models.chat_session import ChatSession
     from tfllm.training import read_metrics
 
     records = read_metrics(chat_runs["full"])
@@ -99,7 +101,7 @@ def test_fine_tuning_learns_the_replies_and_chat_stops_at_end_of_turn(chat_runs)
 
 def test_history_is_trimmed_to_the_context(chat_runs):
     from tfllm import runs
-    from tfllm.chat import ChatSession
+    from tfllm.models.chat_session import ChatSession
 
     model = runs.load(chat_runs["full"])
     chat = runs.read_run_config(chat_runs["full"])["chat"]
@@ -119,7 +121,7 @@ def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path):
                     "Translate to French: cat", "--max-new-tokens", "12"])
     assert proc.returncode == 0, proc.stderr
     from tfllm import runs
-    from tfllm.chat import ChatSession
+    from tfllm.models.chat_session import ChatSession
 
     model = runs.load(chat_runs["full"])
     chat = runs.read_run_config(chat_runs["full"])["chat"]
@@ -147,7 +149,7 @@ def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path):
 
 
 def test_conversations_longer_than_the_context_are_skipped_and_counted(chat_runs, tmp_path):
-    from tfllm.chat_finetuning import ChatSettings, finetune_chat
+    from tfllm.tasks.chat.finetune import ChatSettings, finetune_chat
     from tfllm.errors import DataError
 
     rows = tmp_path / "chats.jsonl"
@@ -174,7 +176,7 @@ def test_a_killed_chat_fine_tune_resumes_where_it_stopped(chat_runs, tmp_path):
     import keras
 
     from tfllm import runs
-    from tfllm.chat_finetuning import ChatSettings, finetune_chat, resume_chat
+    from tfllm.tasks.chat.finetune import ChatSettings, finetune_chat, resume_chat
     from tfllm.training import read_metrics
 
     class Killed(Exception):

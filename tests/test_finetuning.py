@@ -9,8 +9,9 @@ import pytest
 
 from tests.conftest import FAST_FINETUNE, TINY_ENCODER, labeled_rows, run_cli, write_tsv
 from tfllm.errors import DataError, RunDirError
-from tfllm.finetuning import (FinetuneSettings, classification_report, evaluate_classifier,
-                              finetune, load_classifier, predict_proba)
+from tfllm.tasks.classify.evaluate import classification_report, evaluate_classifier
+from tfllm.tasks.classify.finetune import FinetuneSettings, finetune
+from tfllm.tasks.classify.predict import load_classifier, predict_proba
 from tfllm.data import LabeledData
 
 # -- labeled data ----------------------------------------------------------------------------
@@ -170,7 +171,9 @@ def test_cli_evaluate_and_classify(tiny_classifier, labeled_tsv):
 
 @pytest.mark.slow
 def test_mlm_pretraining_then_finetune(tmp_path, labeled_tsv, tiny_run):
-    from tfllm.training import TrainSettings, evaluate, read_metrics, train
+    from tfllm.tasks import train
+    from tfllm.tasks.mlm.evaluate import evaluate_mlm as evaluate
+    from tfllm.training import TrainSettings, read_metrics
 
     mlm = str(tmp_path / "mlm")
     train(mlm, labeled_tsv, "bert-mini",

@@ -32,7 +32,7 @@ def inputs(tmp_path_factory, tiny_run):
     from tests.checkpoints.llama_fixtures import write_checkpoint
     from tests.checkpoints.test_gguf import write_gguf
     from tests.tokenizers.hf_fixtures import make_tokenizer_json
-    from tfllm.chat_finetuning import ChatSettings, finetune_chat
+    from tfllm.tasks.chat.finetune import ChatSettings, finetune_chat
 
     root = tmp_path_factory.mktemp("inputs")
     base = make_base_run(str(root / "base"))

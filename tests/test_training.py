@@ -16,8 +16,10 @@ import tfllm.models  # noqa: F401  (registers the classes keras.saving.load_mode
 from tests.conftest import REPO, TINY, run_cli, shakespeare_text
 from tfllm.cli import main
 from tfllm.config import ConfigError
+from tfllm.tasks import train
+from tfllm.tasks.lm.evaluate import evaluate_lm as evaluate
 from tfllm.training import (MetricsLogger, StrategyError, TrainingDivergedError,
-                            TrainSettings, evaluate, read_metrics, resolve_strategy_name, train)
+                            TrainSettings, read_metrics, resolve_strategy_name)
 
 
 # -- settings and strategies --------------------------------------------------------------
@@ -82,7 +84,8 @@ def test_load_attaches_tokenizer(tiny_run):
 def test_evaluate_matches_a_manual_computation(tiny_run):
     result = evaluate(tiny_run, eval_steps=3, batch_size=4)
     lm = tfllm.load(tiny_run)
-    from tfllm.data import Corpus, make_lm_dataset
+    from tfllm.data import Corpus
+    from tfllm.data.windows import make_lm_dataset
 
     corpus = Corpus(json.load(open(os.path.join(tiny_run, "config.json")))["data"]["spec"])
     ds = make_lm_dataset(corpus.val_texts(), lm.tokenizer, 32, 4, training=False).take(3)

@@ -20,7 +20,7 @@ from tfllm.models.generation import GenerationError
 from tfllm.models import Seq2SeqLM, SmoothedSparseCrossentropy
 from tfllm.tokenizers.placeholders import SENTINEL, protect, protect_tf, restore, restore_tf
 from tfllm.models.translation import Translator
-from tfllm.translation_metrics import placeholder_accuracy, placeholders, score_translations
+from tfllm.tasks.translate.evaluate import placeholder_accuracy, placeholders, score_translations
 
 # GPT-2's init: the fitted-model thresholds below were set with it (with the preset's
 # Xavier init this 64-wide model reproduced 192 of the 200 pairs after the same 600 steps);
@@ -233,7 +233,8 @@ def test_placeholder_protection_python_and_graph_agree():
 @pytest.fixture(scope="module")
 def mt_run(tmp_path_factory):
     """A tiny encoder-decoder trained on 200 synthetic pairs until it reproduces them."""
-    from tfllm.training import TrainSettings, train
+    from tfllm.tasks import train
+    from tfllm.training import TrainSettings
 
     d = tmp_path_factory.mktemp("mt")
     pairs = synthetic_pairs(200)
@@ -318,7 +319,8 @@ def test_saved_model_translate_equals_generate(mt_run, tmp_path):
 
 def test_bad_parallel_data_and_settings(tmp_path, tiny_run):
     from tfllm.data.parallel import ParallelData
-    from tfllm.training import TrainSettings, train
+    from tfllm.tasks import train
+    from tfllm.training import TrainSettings
 
     rows = [("a b", "x y"), ("", "z"), ("c", ""), ("d e", "w")] * 3
     spec = write_pairs(tmp_path / "p.tsv", rows)
@@ -343,7 +345,7 @@ def test_bad_parallel_data_and_settings(tmp_path, tiny_run):
 
 
 def test_too_long_rows_error_or_truncate(tmp_path):
-    from tfllm.data.seq2seq import encode_pairs
+    from tfllm.tasks.translate.data import encode_pairs
     from tfllm.tokenizers import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer.train(["abc def", "ghi"], "char")

@@ -16,9 +16,10 @@ warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
 
 # Nothing here imports TensorFlow: --help and argument errors answer at once, and the
 # commands import what they need once the arguments are known.
-from tfllm import chat_cli
+from tfllm import tasks
 from tfllm.config import PRECISIONS, PRESETS, STRATEGIES
 from tfllm.errors import TfllmError, run_main
+from tfllm.tasks.chat import commands as chat_cli
 
 
 def _number(cast, accept, what):
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with model.fit under tf.distribute. Writes config, tokenizer, "
                     "checkpoints, metrics.jsonl, TensorBoard logs and "
                     "model.keras to --out.")
-    t.add_argument("--objective", choices=("clm", "mlm", "seq2seq"), default=None,
+    t.add_argument("--objective", choices=tasks.PRETRAINING, default=None,
                    help="clm: next-token prediction (default); mlm: BERT's masked LM "
                         "(15%% of tokens, 80/10/10 replacement) on an encoder preset; "
                         "seq2seq: translation, source -> target columns of --data, on an "
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no pretraining: train tokenizer and model on the labeled data")
     f.add_argument("--preset", choices=sorted(PRESETS), default="bert-mini",
                    help="model preset with --from-scratch (default bert-mini)")
-    f.add_argument("--task", choices=("classify", "chat"), default="classify",
+    f.add_argument("--task", choices=tasks.FINETUNING, default="classify",
                    help="what to fine-tune for (default classify)")
     _add_labeled_args(f, required=False)  # required, but --resume reads it from the run
     chat_cli.add_finetune_arguments(f, _positive_int, _positive_float)
@@ -347,8 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args):
+    import dataclasses
+
     from tfllm import runs
-    from tfllm.training import TrainSettings, train
+    from tfllm.training import TrainSettings
 
     if args.resume and not runs.is_run_dir(args.out):
         what = "does not exist" if not os.path.exists(args.out) else \
@@ -365,12 +368,10 @@ def _train(args):
     if "steps" in changes and "eval_interval" not in changes and \
             changes["steps"] < base.eval_interval:
         changes["eval_interval"] = changes["steps"]
-    import dataclasses
     settings = dataclasses.replace(base, **changes)
-    objective = args.objective or (stored.get("objective", "clm") if stored else "clm")
-    preset = args.preset or (stored["preset"] if stored else
-                             {"mlm": "bert-mini", "seq2seq": "transformer-mt-small"}.get(
-                                 objective, "shakespeare-char"))
+    task = tasks.for_objective(args.objective) if args.objective else \
+        tasks.of_config(stored) if stored else tasks.for_objective(tasks.DEFAULT_OBJECTIVE)
+    preset = args.preset or (stored["preset"] if stored else task.default_preset)
     data = args.data or (stored["data"]["spec"] if stored else None)
     if data is None:
         raise TfllmError("--data is required (tfds:NAME[:SPLIT] or text:GLOB)")
@@ -380,115 +381,23 @@ def _train(args):
     if stored:
         overrides = {**{k: stored["model"][k] for k in ("dropout", "max_len")},
                      **{k: v for k, v in overrides.items() if v is not None}}
-    s2s = {}
-    if objective == "seq2seq":
-        old_data = stored["data"] if stored else {}
-        old = (stored or {}).get("seq2seq", {})
-        s2s = dict(source_column=args.source_column or old_data.get("source_column"),
-                   target_column=args.target_column or old_data.get("target_column"),
-                   label_smoothing=(args.label_smoothing if args.label_smoothing is not None
-                                    else old.get("label_smoothing", 0.1)),
-                   truncate=args.truncate or old.get("truncate", False),
-                   # Runs from before protection existed trained without it.
-                   protect_placeholders=(old.get("protect_placeholders", False) if stored
-                                         else not args.no_protect_placeholders))
-    elif (args.source_column or args.target_column or args.label_smoothing is not None
-          or args.no_protect_placeholders):
-        raise TfllmError("--source-column, --target-column, --label-smoothing and "
-                         "--no-protect-placeholders apply to --objective seq2seq")
-    record = train(args.out, data, preset, settings, overrides, text_feature,
-                   args.tfds_manual_dir, args.tfds_data_dir, args.resume, args.overwrite,
-                   verbose=1 if sys.stdout.isatty() else 2, objective=objective, **s2s)
+    options = task.train_options({k: getattr(args, k) for k in (
+        "source_column", "target_column", "label_smoothing", "truncate",
+        "no_protect_placeholders")}, stored)
+    record = tasks.train(args.out, data, preset, settings, overrides, text_feature,
+                         args.tfds_manual_dir, args.tfds_data_dir, args.resume, args.overwrite,
+                         verbose=1 if sys.stdout.isatty() else 2, objective=task.objective,
+                         **options)
     print(f"run directory: {args.out}")
     print(json.dumps(record))
 
 
 def _evaluate(args):
-    from tfllm import runs
-    from tfllm.training import evaluate
-
-    if _seq2seq_run(args.run):
-        from tfllm.translation_metrics import evaluate_translation
-
-        result = evaluate_translation(args.run, args.data, args.source_column,
-                                      args.target_column, args.num_beams, args.length_penalty,
-                                      args.batch_size or 32, args.max_rows, args.weights,
-                                      args.tfds_manual_dir, args.tfds_data_dir,
-                                      progress=sys.stderr.isatty())
-        print(f"data: {result['data']}  rows: {result['rows']}  target tokens: "
-              f"{result['tokens']}")
-        print(f"loss: {result['loss']:.4f}  perplexity: {result['perplexity']:.3f}")
-        print(f"BLEU: {result['bleu']:.2f}  chrF: {result['chrf']:.2f}  (beam "
-              f"{result['num_beams']}, sacrebleu)")
-        acc = result["placeholder_accuracy"]
-        print(f"placeholder accuracy: {'n/a' if acc is None else f'{acc:.2%}'} over "
-              f"{result['placeholder_rows']} rows with placeholders")
-        print(json.dumps(result, ensure_ascii=False))
-        return
-    objective = runs.read_run_config(args.run).get("objective")
-    if objective == "chat" and not args.data:
-        raise TfllmError(f"{args.run} is a chat run: its validation loss over the replies is "
-                         "in metrics.jsonl; pass --data to measure language-model loss on a "
-                         "text corpus")
-    if objective == "classify":
-        from tfllm.finetuning import evaluate_classifier, format_report
-
-        report = evaluate_classifier(args.run, args.data, args.text_feature, args.label_column,
-                                     args.weights, args.batch_size or 64,
-                                     args.tfds_manual_dir, args.tfds_data_dir,
-                                     args.pair_column)
-        print("\n".join(format_report(report)))
-        print(json.dumps(report))
-        return
-    result = evaluate(args.run, args.data, args.batch_size, args.eval_steps, args.weights,
-                      args.text_feature, args.tfds_manual_dir, args.tfds_data_dir)
-    print(f"data: {result['data']}  tokens: {result['tokens']}")
-    print(f"validation loss: {result['loss']:.4f}")
-    print(f"perplexity: {result['perplexity']:.3f}")
-    if "accuracy" in result:
-        print(f"masked-token accuracy: {result['accuracy']:.4f}")
-    print(json.dumps(result))
+    tasks.of_run(args.run).evaluate(args)
 
 
 def _finetune(args):
-    from tfllm.finetuning import FinetuneSettings, finetune
-
-    if args.task == "chat":
-        return chat_cli.finetune_chat(args)
-    if args.resume:
-        raise TfllmError("--resume is for --task chat (a classifier fine-tune is short: run "
-                         "it again with --overwrite)")
-    if not args.data:
-        raise TfllmError("--data is required (labeled data: tsv:PATH, csv:PATH, jsonl:PATH "
-                         "or tfds:NAME)")
-    chat_only = [name for name in ("prompt_column", "response_column", "prompt_template",
-                                   "system", "template", "lora_rank", "lora_alpha", "steps",
-                                   "eval_steps", "max_minutes") if getattr(args, name)]
-    if chat_only:
-        raise TfllmError(f"--{chat_only[0].replace('_', '-')} is for --task chat")
-
-    given = {k: getattr(args, k) for k in (
-        "epochs", "batch_size", "lr", "backbone_lr_ratio", "warmup_ratio", "weight_decay",
-        "dropout", "eval_interval", "patience", "seed")}
-    settings = FinetuneSettings(**{k: v for k, v in given.items() if v is not None},
-                                jit_compile=not args.no_jit)
-    if args.run is None and not args.from_scratch:
-        raise TfllmError("pass --run PRETRAINED (a tfllm train run) or --from-scratch")
-    if args.max_len and not args.from_scratch:
-        raise TfllmError("--max-len applies to --from-scratch only (a pretrained run keeps "
-                         "its context)")
-    result = finetune(args.out, args.data, args.run, args.task, args.from_scratch,
-                      args.preset, settings, args.text_column, args.label_column,
-                      {"max_len": args.max_len}, args.overwrite, args.tfds_manual_dir,
-                      args.tfds_data_dir, verbose=1 if sys.stdout.isatty() else 2,
-                      pair_column=args.pair_column, holdout=args.holdout)
-    if result.get("skipped_empty"):
-        print(f"skipped {result['skipped_empty']} row(s) with empty text")
-    if result.get("dropped_contained"):
-        print(f"dropped {result['dropped_contained']} training row(s) found inside held-out "
-              "rows (--holdout longest)")
-    print(f"run directory: {args.out}")
-    print(json.dumps(result))
+    return tasks.get(args.task).finetune(args)
 
 
 def _texts(args) -> list[str]:
@@ -504,7 +413,7 @@ def _texts(args) -> list[str]:
 def _text_pairs(args, texts, task) -> list[str] | None:
     """The second texts of a sentence-pair classifier: --text-pair values, or the part of
     each stdin line after its first tab (then `texts` is cut to the part before it)."""
-    from tfllm.finetuning import check_pairs, pair_mode
+    from tfllm.tasks.classify.predict import check_pairs, pair_mode
 
     pairs = list(args.text_pair or [])
     if pair_mode(task) is True and not pairs and not args.text:
@@ -523,7 +432,7 @@ def _text_pairs(args, texts, task) -> list[str] | None:
 
 
 def _classify(args):
-    from tfllm.finetuning import load_classifier, predict_proba
+    from tfllm.tasks.classify.predict import load_classifier, predict_proba
 
     texts = _texts(args)
     model, task = load_classifier(args.run, args.weights)
@@ -545,7 +454,7 @@ def _classify(args):
 
 def _embed(args):
     from tfllm import runs
-    from tfllm.embeddings import embed_texts, text_encoder
+    from tfllm.tasks.embed.embeddings import embed_texts, text_encoder
 
     texts = _texts(args)
     encoder = text_encoder(runs.load(args.run), args.pooling)
@@ -585,9 +494,7 @@ def _generate(args):
 
     # Validate sampling arguments before the (slow) model load.
     GenerationParams(args.max_new_tokens or 1, args.temperature, args.top_k, args.top_p)
-    if _seq2seq_run(args.run):
-        raise TfllmError(f"{args.run} is a translation (seq2seq) run; use: tfllm translate "
-                         f"--run {args.run} --text ...")
+    _require_causal(args.run)
     prompts = _read_prompts(args)
     model = tfllm.load(args.run, weights=args.weights)
     tok, gen = model.tokenizer, get_generator(model)
@@ -673,10 +580,13 @@ def _import_gguf(args):
     _report_import(f"GGUF {read_run_config(out)['preset']}", out)
 
 
-def _seq2seq_run(run_dir) -> bool:
-    from tfllm import runs
-
-    return runs.read_run_config(run_dir).get("objective") == "seq2seq"
+def _require_causal(run_dir):
+    """TfllmError unless `run_dir` is a causal LM run (what `tfllm generate` reads)."""
+    task = tasks.of_run(run_dir)
+    if not task.causal:
+        hint = task.generate_hint()
+        raise TfllmError(f"{run_dir} is not a causal language model ({task.summary})"
+                         + (f"; {hint}" if hint else ""))
 
 
 def _translate(args):
@@ -684,7 +594,7 @@ def _translate(args):
     from tfllm.models.translation import check_num_beams, translate
 
     check_num_beams(args.num_beams)
-    if not _seq2seq_run(args.run):
+    if tasks.of_run(args.run) is not tasks.get("translate"):
         raise TfllmError(f"{args.run} is not a translation run (trained with --objective "
                          "seq2seq); use tfllm generate for language models")
     texts = _texts(args)

@@ -103,7 +103,7 @@ def load(run_dir: str, weights: str = "final", max_len: int | None = None,
         max_len: another context (KV cache) length for a causal LM (exporters' --max-len).
         adapter: for a LoRA run (an adapter over a base run): "merge" adds the adapter
             into the base's kernels (a plain model, what inference and export want);
-            "keep" keeps it apart and trainable (`tfllm.lora.load_adapter`).
+            "keep" keeps it apart and trainable (`tfllm.models.lora.load_adapter`).
 
     Example:
         >>> lm = tfllm.load("runs/demo")  # doctest: +SKIP
@@ -149,7 +149,7 @@ def load(run_dir: str, weights: str = "final", max_len: int | None = None,
 
 
 def _load_adapted(run_dir, config, max_len, adapter):
-    from tfllm import lora
+    from tfllm.models import lora
     from tfllm.tokenizers import load_tokenizer
 
     path = os.path.join(run_dir, ADAPTER)

@@ -1,8 +1,12 @@
-"""Training: strategy choice, precision, callbacks, checkpoints and resume.
+"""Training, written once for every task: strategy choice, precision, the run directory
+(overwrite, resume, publishing), the one fit loop (`fit`: callbacks, metrics.jsonl,
+TensorBoard, backup and resume, divergence guard, best checkpoint, early stopping, time
+budget), pretraining (`pretrain`) and language-model evaluation (`evaluate_windows`)
+driven by a task's hooks (tfllm/tasks/).
 
-`train()` is what `tfllm train` runs. One "epoch" of `model.fit` is one evaluation
-interval, so validation, the best checkpoint, metrics.jsonl and the BackupAndRestore
-state (which Keras restores at epoch boundaries) all line up on the same steps.
+One "epoch" of `model.fit` is one evaluation interval, so validation, the best checkpoint,
+metrics.jsonl and the backup state (which Keras restores at epoch boundaries) all line up
+on the same steps.
 """
 
 from __future__ import annotations
@@ -19,12 +23,10 @@ import keras
 import tensorflow as tf
 
 from tfllm import runs
-from tfllm.tokenizers import placeholders
 from tfllm.config import PRECISIONS, STRATEGIES, ConfigError, ModelConfig, get_preset
-from tfllm.errors import DataError, RunDirError, TfllmError
+from tfllm.errors import RunDirError, TfllmError
 from tfllm.untrusted import in_range
 
-OBJECTIVES = ("clm", "mlm", "seq2seq")
 # Largest peak learning rate accepted: AdamW steps above it only diverge.
 MAX_LR = 1.0
 
@@ -322,28 +324,151 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-# -- the run ------------------------------------------------------------------------------
+# -- the run directory --------------------------------------------------------------------
 
-def _steps_per_execution(eval_interval: int) -> int:
-    # Several steps per host round trip cut Keras' per-step overhead; must divide the epoch.
-    return math.gcd(eval_interval, 50)
-
-
-def prepare_run_dir(out: str, resume: bool, overwrite: bool, inputs=()):
+def run_output(out: str, resume: bool, overwrite: bool, inputs=(), command: str = "train",
+               resumable: bool = True):
     """Check that `out` may be written, before any work: nothing is changed here.
 
     Returns:
-        None to resume the run in `out`, else the publisher of the new run.
+        None to continue the run in `out` (`resume`), else the publisher of the new run
+        (`tfllm.publish.Output`), which `writing_run` writes through.
     """
     if resume:
         if not runs.is_run_dir(out):
             raise RunDirError(f"--resume: {out} is not a run directory to resume "
                               f"(no {runs.CONFIG}); start a new run without --resume")
         return None
-    if os.path.isdir(out) and os.listdir(out) and runs.is_run_dir(out) and not overwrite:
+    if resumable and os.path.isdir(out) and os.listdir(out) and runs.is_run_dir(out) and \
+            not overwrite:
         raise RunDirError(f"{out} already exists and is not empty; pass --resume to continue "
                           "it or --overwrite to replace it")
-    return runs.new_run(out, overwrite, inputs, command="train")
+    return runs.new_run(out, overwrite, inputs, command=command)
+
+
+@contextlib.contextmanager
+def writing_run(output, out: str):
+    """Where a run is written: `out` itself when it is resumed (`output` None) or when
+    nothing is replaced (in place, so that a killed run resumes), else a staging sibling
+    that replaces the old run when the block ends without an error."""
+    if output is None:
+        yield out
+        return
+    with output.staging(in_place=True) as run_dir:
+        yield run_dir
+
+
+# -- the one fit loop ---------------------------------------------------------------------
+
+def _steps_per_execution(eval_interval: int) -> int:
+    # Several steps per host round trip cut Keras' per-step overhead; must divide the epoch.
+    return math.gcd(eval_interval, 50)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop `fit` once `minutes` have passed (checked after every execution)."""
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.stopped = False
+
+    def on_train_begin(self, logs=None):
+        self._start = time.time()
+        self.stopped = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() - self._start > self.seconds:
+            self.model.stop_training = True
+            self.stopped = True
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` saw: Keras' history, the divergence guard (`guard.diverged`,
+    `guard.last_good_step`), whether the time budget stopped it, and its seconds."""
+
+    history: dict
+    guard: "DivergenceGuard"
+    stopped_by_time: bool
+    seconds: float
+
+
+def fit(model, train_ds, val_ds, run_dir: str, *, interval: int, epochs: int,
+        tokens_per_step: float, checkpoint=None, backup=None, early_stopping=None,
+        max_minutes: float | None = None, initial_epoch: int = 0, initial_step: int = 0,
+        val_steps: int | None = None, extra_callbacks=(), verbose="auto",
+        ignore_warnings=()) -> FitResult:
+    """The one fit loop of every task: `model.fit` over `epochs` intervals of `interval`
+    steps, with tfllm's callbacks, in this order:
+
+    TerminateOnNaN; a `DivergenceGuard` (an interval whose loss or weights are not finite
+    stops the run, and nothing saves it); `backup` (resume state); `checkpoint` (the best
+    model so far); EarlyStopping; TensorBoard (run_dir/logs); a `MetricsLogger`
+    (run_dir/metrics.jsonl); a `TimeBudget`; `extra_callbacks`.
+
+    Args:
+        model: a compiled Keras model.
+        train_ds, val_ds: the datasets (`val_steps`: validation batches when `val_ds`
+            repeats).
+        run_dir: the run directory being written.
+        interval: steps per evaluation interval (one Keras epoch).
+        epochs: intervals to run in all (`initial_epoch` of them already done).
+        tokens_per_step: for the metrics' tokens/s.
+        checkpoint: a function of the guard returning the callback that keeps the best
+            model (it must not save a diverged interval: the guard says).
+        backup: a function of the guard returning the callback that writes resume state.
+        early_stopping: `(monitor, mode, patience)`, or None.
+        max_minutes: stop after this many minutes (the best model is kept).
+        initial_step: the step the resumed state holds (for the guard's messages).
+        ignore_warnings: message patterns of Keras warnings that are expected.
+
+    Example:
+        >>> result = fit(model, train_ds, val_ds, "runs/x", interval=250, epochs=8,  # doctest: +SKIP
+        ...              tokens_per_step=768)
+    """
+    guard = DivergenceGuard(interval, initial_step=initial_step)
+    budget = TimeBudget(max_minutes) if max_minutes else None
+    callbacks = [keras.callbacks.TerminateOnNaN(), guard]
+    if backup is not None:
+        callbacks.append(backup(guard))
+    if checkpoint is not None:
+        callbacks.append(checkpoint(guard))
+    if early_stopping is not None:
+        monitor, mode, patience = early_stopping
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                                       patience=patience))
+    callbacks += [keras.callbacks.TensorBoard(os.path.join(run_dir, runs.LOGS),
+                                              update_freq="epoch", write_graph=False),
+                  MetricsLogger(os.path.join(run_dir, runs.METRICS), interval,
+                                tokens_per_step),
+                  *([budget] if budget else []), *extra_callbacks]
+    started = time.time()
+    with warnings.catch_warnings():
+        # Validation is one exact pass over a finite set, which Keras reports as running
+        # out of data.
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        for pattern in ignore_warnings:
+            warnings.filterwarnings("ignore", message=pattern)
+        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=interval,
+                            validation_data=val_ds, validation_steps=val_steps,
+                            callbacks=callbacks, verbose=verbose, initial_epoch=initial_epoch)
+    return FitResult(history.history, guard, bool(budget and budget.stopped),
+                     time.time() - started)
+
+
+def best_weights(path: str, best_so_far=None):
+    """A `fit` checkpoint: the weights at the lowest validation loss, in `path`."""
+    return lambda guard: FiniteModelCheckpoint(
+        guard, path, monitor="val_loss", save_best_only=True, save_weights_only=True,
+        initial_value_threshold=best_so_far)
+
+
+def keras_backup(run_dir: str):
+    """A `fit` backup: Keras' BackupAndRestore in run_dir/backup, never of a diverged
+    interval."""
+    return lambda guard: FiniteBackupAndRestore(guard, os.path.join(run_dir, runs.BACKUP),
+                                                save_freq="epoch", delete_checkpoint=False)
 
 
 def _backup_step(out: str, eval_interval: int) -> int:
@@ -362,73 +487,35 @@ def build_model_config(preset: str, overrides: dict | None = None) -> ModelConfi
     return cfg.replace(**overrides) if overrides else cfg
 
 
-def train(out: str, data: str, preset: str = "shakespeare-char", settings: TrainSettings = None,
-          model_overrides: dict | None = None, text_feature: str | None = None,
-          tfds_manual_dir: str | None = None, tfds_data_dir: str | None = None,
-          resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
-          strategy=None, objective: str = "clm", extra_callbacks=None,
-          source_column: str | None = None, target_column: str | None = None,
-          label_smoothing: float = 0.1, truncate: bool = False,
-          protect_placeholders: bool = True) -> dict:
-    """Pretrain a language model into the run directory `out`; returns the last metrics record.
+# -- pretraining ----------------------------------------------------------------------------
 
-    Args:
-        out: run directory to create (or continue with `resume=True`).
-        data: data spec, `tfds:NAME[:SPLIT]`, `text:GLOB` or a labeled table's text
-            (`tsv:PATH`, `csv:PATH`, `jsonl:PATH`).
-        preset: a preset name from `tfllm.config.PRESETS`.
-        settings: `TrainSettings` (defaults if None).
-        model_overrides: ModelConfig fields to change from the preset (e.g. dropout).
-        text_feature, tfds_manual_dir, tfds_data_dir: see `tfllm.data.Corpus`.
-        resume: continue a killed run from its last saved interval.
-        overwrite: replace an existing run directory.
-        verbose: Keras fit verbosity.
-        strategy: an existing `tf.distribute.Strategy` (else created from settings).
-        objective: "clm" (next-token prediction, causal presets), "mlm" (BERT's masked
-            LM, bidirectional presets such as bert-mini) or "seq2seq" (translation:
-            encoder-decoder presets such as transformer-mt-small, on parallel data).
-        extra_callbacks: more Keras callbacks for `fit`, run after tfllm's own.
-        source_column, target_column: seq2seq only: the two sides of the parallel data
-            (see `tfllm.data.parallel.ParallelData`).
-        label_smoothing: seq2seq only: of the cross-entropy (0.1, the Transformer's).
-        truncate: seq2seq only: cut pairs longer than the context instead of failing.
-        protect_placeholders: seq2seq only: train with format placeholders (`%s`,
-            `{name}`) replaced by one sentinel token, which translation puts back
-            (`tfllm.tokenizers.placeholders`); a model then keeps them far more reliably.
+def pretrain(task, out: str, data: str, preset: str, settings: TrainSettings = None,
+             model_overrides: dict | None = None, text_feature: str | None = None,
+             tfds_manual_dir: str | None = None, tfds_data_dir: str | None = None,
+             resume: bool = False, overwrite: bool = False, verbose: int | str = "auto",
+             strategy=None, extra_callbacks=None) -> dict:
+    """Pretrain a model into the run directory `out` the way `task` says (its pretraining
+    hooks: `tfllm.tasks.lm`, `mlm`, `translate`); returns the last metrics record.
 
-    Example:
-        >>> train("runs/demo", "tfds:tiny_shakespeare", settings=TrainSettings(steps=100))  # doctest: +SKIP
+    The task's hooks: `objective` (stored in config.json), `check_preset(config, preset)`,
+    `matches(stored_config)`, `read(data, settings, text_feature, tfds_manual_dir,
+    tfds_data_dir)` -> its data, `tokenizer_texts(data)`, `tokenizer_options()`,
+    `prepare(data, tokenizer, seq_len, verbose)`, `static_shapes(strategy)`,
+    `datasets(data, tokenizer, seq_len, global_batch, seed, static_shapes)` ->
+    (train, val, tokens per step), `build(model_config, tokenizer)` -> a model, and
+    `run_config()` -> more config.json entries.
+
+    Args: as `tfllm.tasks.train`.
     """
-    from tfllm.data import Corpus, check_nonempty
     from tfllm.data.spec import data_paths
     from tfllm.tokenizers import SentencePieceTokenizer
 
     settings = settings or TrainSettings()
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     # Multi-worker strategies must exist before any other TF op runs.
     strategy = strategy or choose_strategy(settings.strategy, settings.tpu)
-    output = prepare_run_dir(out, resume, overwrite,
-                             data_paths(data, tfds_manual_dir, tfds_data_dir))
-
+    output = run_output(out, resume, overwrite, data_paths(data, tfds_manual_dir, tfds_data_dir))
     requested = build_model_config(preset, model_overrides)
-    seq2seq = objective == "seq2seq"
-    if seq2seq or requested.is_seq2seq:
-        if not (seq2seq and requested.is_seq2seq):
-            raise ConfigError(
-                f"preset {preset!r} is "
-                f"{'an encoder-decoder' if requested.is_seq2seq else 'not an encoder-decoder'}"
-                f"; --objective {objective} needs "
-                f"{'an encoder-decoder preset (e.g. transformer-mt-small)' if seq2seq else 'a decoder or encoder preset'}")
-        check_number("--label-smoothing", label_smoothing, low=0.0, high=0.99)
-        if not target_column:
-            raise ConfigError("--objective seq2seq needs --source-column and --target-column "
-                              "(e.g. --source-column en --target-column fr)")
-    elif requested.causal != (objective == "clm"):
-        raise ConfigError(
-            f"preset {preset!r} is a {'causal decoder' if requested.causal else 'bidirectional encoder'}"
-            f"; --objective {objective} needs "
-            f"{'a causal preset (e.g. shakespeare-char)' if objective == 'clm' else 'an encoder preset (e.g. bert-mini)'}")
+    task.check_preset(requested, preset)
     if resume:
         stored = runs.read_run_config(out)
         stored_model = ModelConfig.from_dict(stored["model"])
@@ -437,113 +524,49 @@ def train(out: str, data: str, preset: str = "shakespeare-char", settings: Train
             raise RunDirError(f"{out} was written by another model config (preset "
                               f"{stored.get('preset')!r}); resume it with the same --preset "
                               "and model options, or train into a new --out")
-        if stored.get("objective", "clm") != objective:
+        if not task.matches(stored):
             raise RunDirError(f"{out} was trained with --objective {stored.get('objective')}, "
-                              f"not {objective}")
+                              f"not {task.objective}")
         if stored["data"]["spec"] != data:
             raise RunDirError(f"{out} was trained on {stored['data']['spec']!r}, not {data!r}")
     set_precision(settings.precision)
     keras.utils.set_random_seed(settings.seed)
 
-    if seq2seq:
-        from tfllm.data.parallel import ParallelData
-
-        corpus = ParallelData(data, source_column, target_column, settings.seed,
-                              tfds_manual_dir, tfds_data_dir)
-        # A joint vocabulary of both sides, as the model sees them.
-        sample_texts = (placeholders.protect(text) if protect_placeholders else text
-                        for pair in corpus.train for text in pair)
-    else:
-        corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
-        sample_texts = corpus.sample_texts()
-    tok_path = os.path.join(out, runs.TOKENIZER)
+    source = task.read(data, settings, text_feature, tfds_manual_dir, tfds_data_dir)
     if resume:
-        tokenizer = SentencePieceTokenizer.load(tok_path)
+        tokenizer = SentencePieceTokenizer.load(os.path.join(out, runs.TOKENIZER))
     else:
-        tokenizer = SentencePieceTokenizer.train(
-            sample_texts, requested.tokenizer, requested.vocab_size,
-            mask_token=objective == "mlm",
-            user_symbols=[placeholders.SENTINEL] if seq2seq and protect_placeholders else ())
+        tokenizer = SentencePieceTokenizer.train(task.tokenizer_texts(source),
+                                                 requested.tokenizer, requested.vocab_size,
+                                                 **task.tokenizer_options())
     model_config = requested.replace(vocab_size=tokenizer.vocab_size)
-    seq_len = model_config.max_len
-    train_pairs = val_pairs = None
-    if seq2seq:
-        from tfllm.data.seq2seq import encode_pairs
-
-        train_pairs, cut = encode_pairs(corpus.train, tokenizer, seq_len, truncate,
-                                        protect_placeholders)
-        val_pairs, val_cut = encode_pairs(corpus.val, tokenizer, seq_len, truncate,
-                                          protect_placeholders)
-        if not val_pairs:
-            raise DataError(f"{data} has too few pairs to hold some out for validation")
-        if verbose:
-            print(f"{len(train_pairs)} training pairs, {len(val_pairs)} validation pairs"
-                  + (f"; {corpus.skipped_empty} rows with an empty side skipped"
-                     if corpus.skipped_empty else "")
-                  + (f"; {cut + val_cut} long rows cut (--truncate)" if cut + val_cut else ""))
-    else:
-        check_nonempty(corpus.train_texts(), tokenizer, seq_len, "training")
-        check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
-
-    with contextlib.ExitStack() as publishing:
+    task.prepare(source, tokenizer, model_config.max_len, verbose)
+    with writing_run(output, out) as run_dir:
         # Everything is checked: a new run is written in place when nothing is replaced (so
         # a killed one resumes), else beside the old one, which it replaces when done.
-        run_dir = out if resume else publishing.enter_context(output.staging(in_place=True))
-        diverged = _fit(run_dir, out, resume, tokenizer, model_config, preset, corpus,
-                        settings, objective, seq2seq, label_smoothing, truncate,
-                        protect_placeholders, strategy, verbose, extra_callbacks,
-                        train_pairs, val_pairs)
+        if not resume:
+            tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
+            runs.write_run_config(run_dir, {
+                "model": model_config.to_dict(), "preset": preset, "data": source.describe(),
+                "training": dataclasses.asdict(settings), "objective": task.objective,
+                "tokenizer": runs.TOKENIZER, **task.run_config()})
+        diverged = _pretrain_fit(task, run_dir, out, resume, tokenizer, model_config, source,
+                                 settings, strategy, verbose, extra_callbacks)
     if diverged is not None:
         raise diverged
     records = read_metrics(out)
     return records[-1] if records else {}
 
 
-def _fit(run_dir, out, resume, tokenizer, model_config, preset, corpus, settings, objective,
-         seq2seq, label_smoothing, truncate, protect_placeholders, strategy, verbose,
-         extra_callbacks, train_pairs, val_pairs):
-    """Train into `run_dir` (`out` itself, or its staging sibling); returns the
+def _pretrain_fit(task, run_dir, out, resume, tokenizer, model_config, source, settings,
+                  strategy, verbose, extra_callbacks):
+    """Build, compile and fit the task's model into `run_dir`; returns the
     TrainingDivergedError to raise once the run is published, or None."""
-    from tfllm.data import make_lm_dataset, make_mlm_dataset
-    from tfllm.data.seq2seq import make_seq2seq_dataset
-    from tfllm.models import CausalLM, MaskedLM, Seq2SeqLM
-
-    seq_len = model_config.max_len
-    if not resume:
-        tokenizer.save(os.path.join(run_dir, runs.TOKENIZER))
-        runs.write_run_config(run_dir, {
-            "model": model_config.to_dict(), "preset": preset, "data": corpus.describe(),
-            "training": dataclasses.asdict(settings), "objective": objective,
-            "tokenizer": runs.TOKENIZER,
-            **({"seq2seq": {"label_smoothing": label_smoothing, "truncate": truncate,
-                            "protect_placeholders": protect_placeholders}}
-               if seq2seq else {}),
-        })
-
     replicas = strategy.num_replicas_in_sync
     global_batch = settings.batch_size * replicas
-    # Seq2seq batches vary in width. XLA would compile one train step per width (measured
-    # 23-27 s each for transformer-mt-small on 2 CPU cores, 9 widths) and fixed widths pad
-    # 21% more than padding each batch to its longest pair (l10n-en-fr), so on CPUs and
-    # GPUs a plain graph with dynamic widths trains more pairs per minute
-    # (benchmarks/README.md). TPUs need static shapes.
-    static_shapes = not seq2seq or isinstance(strategy, tf.distribute.TPUStrategy)
-    if seq2seq:
-        train_ds = make_seq2seq_dataset(train_pairs, tokenizer, seq_len, global_batch,
-                                        training=True, seed=settings.seed,
-                                        static_shapes=static_shapes)
-        val_ds = make_seq2seq_dataset(val_pairs, tokenizer, seq_len, global_batch,
-                                      training=False)
-        # Real (unpadded) source and target tokens of an average step, for tokens/sec.
-        tokens_per_step = global_batch * sum(len(s) + len(t) + 1 for s, t in train_pairs) \
-            / len(train_pairs)
-    else:
-        make_dataset = make_lm_dataset if objective == "clm" else make_mlm_dataset
-        train_ds = make_dataset(corpus.train_texts(), tokenizer, seq_len, global_batch,
-                                training=True, seed=settings.seed)
-        val_ds = make_dataset(corpus.val_texts(), tokenizer, seq_len, global_batch,
-                              training=False, seed=settings.seed)
-        tokens_per_step = global_batch * seq_len
+    static_shapes = task.static_shapes(strategy)
+    train_ds, val_ds, tokens_per_step = task.datasets(
+        source, tokenizer, model_config.max_len, global_batch, settings.seed, static_shapes)
     val_ds = val_ds.take(settings.eval_steps)
     spe = _steps_per_execution(settings.eval_interval)
     lockstep = (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
@@ -559,15 +582,7 @@ def _fit(run_dir, out, resume, tokenizer, model_config, preset, corpus, settings
         val_steps = None  # one exact pass over the held-out batches
 
     with strategy.scope():
-        if objective == "clm":
-            model = CausalLM.from_model_config(model_config, name="causal_lm")
-        elif seq2seq:
-            model = Seq2SeqLM.from_model_config(model_config, name="seq2seq_lm",
-                                                label_smoothing=label_smoothing,
-                                                protect_placeholders=protect_placeholders,
-                                                pad_id=tokenizer.pad_id)
-        else:
-            model = MaskedLM.from_model_config(model_config, name="masked_lm")
+        model = task.build(model_config, tokenizer)
         model.compile(learning_rate=settings.lr, warmup_steps=settings.warmup_steps,
                       total_steps=settings.steps, min_lr_ratio=settings.min_lr_ratio,
                       weight_decay=settings.weight_decay,
@@ -578,46 +593,56 @@ def _fit(run_dir, out, resume, tokenizer, model_config, preset, corpus, settings
     previous = read_metrics(run_dir) if resume else []
     best_so_far = min((r["val_loss"] for r in previous if r.get("val_loss") is not None),
                       default=None)
-    metrics_logger = MetricsLogger(os.path.join(run_dir, runs.METRICS), settings.eval_interval,
-                                   tokens_per_step)
-    guard = DivergenceGuard(settings.eval_interval,
-                            initial_step=_backup_step(run_dir, settings.eval_interval))
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        guard,
-        FiniteBackupAndRestore(guard, os.path.join(run_dir, runs.BACKUP), save_freq="epoch",
-                               delete_checkpoint=False),
-        FiniteModelCheckpoint(guard, os.path.join(run_dir, runs.BEST_WEIGHTS),
-                              monitor="val_loss", save_best_only=True,
-                              save_weights_only=True, initial_value_threshold=best_so_far),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, runs.LOGS), update_freq="epoch",
-                                    write_graph=False),
-        metrics_logger,
-        *(extra_callbacks or []),
-    ]
-    epochs = settings.steps // settings.eval_interval
-    with warnings.catch_warnings():
-        # Validation is one exact pass over a finite set, which Keras reports as running
-        # out of data.
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        model.fit(train_ds, epochs=epochs, steps_per_epoch=settings.eval_interval,
-                  validation_data=val_ds, validation_steps=val_steps,
-                  callbacks=callbacks, verbose=verbose)
-    if guard.diverged:
+    result = fit(model, train_ds, val_ds, run_dir, interval=settings.eval_interval,
+                 epochs=settings.steps // settings.eval_interval,
+                 tokens_per_step=tokens_per_step, val_steps=val_steps,
+                 backup=keras_backup(run_dir),
+                 checkpoint=best_weights(os.path.join(run_dir, runs.BEST_WEIGHTS),
+                                         best_so_far),
+                 initial_step=_backup_step(run_dir, settings.eval_interval),
+                 extra_callbacks=extra_callbacks or (), verbose=verbose)
+    if result.guard.diverged:
         # The run keeps its last finite state and resumes from it, like a killed one.
-        return TrainingDivergedError(out, settings.lr, guard.last_good_step,
-                                     guard.diverged_step)
+        return TrainingDivergedError(out, settings.lr, result.guard.last_good_step,
+                                     result.guard.diverged_step)
     model.save(os.path.join(run_dir, runs.MODEL))
     return None
 
 
-def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = None,
-             eval_steps: int | None = None, weights: str = "final", text_feature=None,
-             tfds_manual_dir=None, tfds_data_dir=None) -> dict:
-    """Validation loss and perplexity of a language model run (causal or masked).
+# -- evaluating a language model ----------------------------------------------------------
 
-    A masked LM is scored on its masked tokens (a fixed draw of BERT's masking), and
-    also reports the accuracy of predicting them.
+class CausalWindows:
+    """`evaluate_windows` hooks of a causal LM: next-token loss over token windows (the lm
+    and chat tasks score their runs so)."""
+
+    @staticmethod
+    def eval_dataset(texts, tokenizer, seq_len, batch_size):
+        from tfllm.data.windows import make_lm_dataset
+
+        return make_lm_dataset(texts, tokenizer, seq_len, batch_size, training=False)
+
+    @staticmethod
+    def compile_eval(model):
+        from tfllm.models import Perplexity
+
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True), metrics=[Perplexity()], jit_compile=True)
+
+    @staticmethod
+    def count_tokens(ds) -> int:
+        return sum(int(tf.size(y)) for _, y in ds)
+
+    @staticmethod
+    def eval_fields(results) -> dict:
+        return {}
+
+
+def evaluate_windows(task, run_dir: str, data: str | None = None, batch_size: int | None = None,
+                     eval_steps: int | None = None, weights: str = "final", text_feature=None,
+                     tfds_manual_dir=None, tfds_data_dir=None) -> dict:
+    """Validation loss and perplexity of a language model run on token windows of text,
+    the way `task` scores them (its hooks `eval_dataset(texts, tokenizer, seq_len, batch)`,
+    `compile_eval(model)`, `count_tokens(ds)` and `eval_fields(results)`).
 
     Args:
         run_dir: a run directory.
@@ -627,19 +652,11 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
         weights: "final" or "best".
 
     Returns:
-        {"loss", "perplexity", "tokens", "data"} (+ "accuracy" for masked LMs).
+        {"loss", "perplexity", "tokens", "data", ...the task's fields}.
     """
-    from tfllm.data import Corpus, check_nonempty, make_lm_dataset, make_mlm_dataset
-    from tfllm.models import Perplexity
+    from tfllm.data import Corpus, check_nonempty
 
     stored = runs.read_run_config(run_dir)
-    objective = stored.get("objective", "clm")
-    if objective == "seq2seq":
-        raise TfllmError(f"{run_dir} is a translation run: score it with "
-                         "tfllm.translation_metrics.evaluate_translation (tfllm evaluate "
-                         "does)")
-    if objective not in OBJECTIVES:
-        raise TfllmError(f"{run_dir} is a {objective!r} run, not a language model")
     # Fixed masks for every evaluation. Seeded first: reseeding later invalidates the
     # tokenizer's kernel resources.
     keras.utils.set_random_seed(0)
@@ -657,28 +674,24 @@ def evaluate(run_dir: str, data: str | None = None, batch_size: int | None = Non
     batch_size = batch_size or (stored.get("training") or {}).get("batch_size", 12)
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
-    if objective == "clm":
-        ds = make_lm_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size, training=False)
-        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True), metrics=[Perplexity()], jit_compile=True)
-    else:
-        ds = make_mlm_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size,
-                              training=False)
-        model.compile(optimizer="sgd", jit_compile=True)
+    ds = task.eval_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size)
+    task.compile_eval(model)
     if eval_steps:
         ds = ds.take(eval_steps)
     with warnings.catch_warnings():
         # A finite evaluation set ends by running out of data, which Keras warns about.
         warnings.filterwarnings("ignore", message=".*ran out of data.*")
         results = model.evaluate(ds, verbose=0, return_dict=True)
-    if objective == "clm":
-        tokens = sum(int(tf.size(y)) for _, y in ds)
-    else:
-        tokens = int(sum(float(tf.reduce_sum(w)) for _, _, w in ds))
     # Perplexity accumulates over all tokens; loss is the same token-weighted mean.
-    out = {"loss": round(math.log(float(results["perplexity"])), 6),
-           "perplexity": round(float(results["perplexity"]), 4),
-           "tokens": tokens, "data": data}
-    if objective == "mlm":
-        out["accuracy"] = round(float(results["accuracy"]), 4)
-    return out
+    return {"loss": round(math.log(float(results["perplexity"])), 6),
+            "perplexity": round(float(results["perplexity"]), 4),
+            "tokens": task.count_tokens(ds), "data": data, **task.eval_fields(results)}
+
+
+def window_score_lines(result: dict) -> list[str]:
+    """The lines `tfllm evaluate` prints of an `evaluate_windows` result."""
+    lines = [f"data: {result['data']}  tokens: {result['tokens']}",
+             f"validation loss: {result['loss']:.4f}", f"perplexity: {result['perplexity']:.3f}"]
+    if "accuracy" in result:
+        lines.append(f"masked-token accuracy: {result['accuracy']:.4f}")
+    return lines

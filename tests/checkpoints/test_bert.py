@@ -18,7 +18,7 @@ from tfllm.checkpoints import CheckpointError, import_hf
 
 def _ids(lm, texts):
     """Encoded like classification: [CLS] text [SEP], right-padded; (ids, mask)."""
-    from tfllm.finetuning import encode_texts
+    from tfllm.tokenizers.packing import encode_texts
 
     import tensorflow as tf
 
@@ -58,7 +58,7 @@ def test_pair_encoding_equals_the_tokenizers_library(tmp_path):
     import tensorflow as tf
     from tokenizers import Tokenizer
 
-    from tfllm.data.classification import pack
+    from tfllm.tokenizers.packing import pack
     from tfllm.tokenizers import WordPieceTokenizer
 
     path = str(tmp_path / "tokenizer.json")
@@ -134,7 +134,8 @@ def test_imported_classifier_on_sentence_pairs_equals_numpy(classifier, capsys):
     import tensorflow as tf
 
     from tfllm.cli import main
-    from tfllm.finetuning import encode_texts, load_classifier, predict_proba
+    from tfllm.tasks.classify.predict import load_classifier, predict_proba
+    from tfllm.tokenizers.packing import encode_texts
 
     out, config, w, _ = classifier
     model, task = load_classifier(out)
@@ -277,8 +278,9 @@ def test_imported_encoder_fine_tunes_on_sentence_pairs(tmp_path, capsys, monkeyp
     from tests.conftest import FAST_FINETUNE, labeled_rows
     from tfllm.cli import main
     from tfllm.errors import DataError
-    from tfllm.finetuning import (FinetuneSettings, evaluate_classifier, finetune,
-                                  load_classifier, predict_proba)
+    from tfllm.tasks.classify.evaluate import evaluate_classifier
+    from tfllm.tasks.classify.finetune import FinetuneSettings, finetune
+    from tfllm.tasks.classify.predict import load_classifier, predict_proba
 
     ckpt, _, _ = write_checkpoint(str(tmp_path / "ckpt"), "encoder", seed=5)
     base = import_hf(ckpt, str(tmp_path / "base"), max_len=32)

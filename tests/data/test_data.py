@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import SHAKESPEARE, shakespeare_text
-from tfllm.data import Corpus, check_nonempty, make_lm_dataset, parse_data_spec
+from tfllm.data import Corpus, check_nonempty, parse_data_spec
+from tfllm.data.windows import make_lm_dataset
 from tfllm.errors import DataError
 from tfllm.tokenizers import SentencePieceTokenizer
 
@@ -93,7 +94,7 @@ def test_data_errors(tmp_path, tok):
 def _mlm_batches(path, tok, seed, batch_size, training, n=3, other_random_ops=0):
     import tensorflow as tf
 
-    from tfllm.data import make_mlm_dataset
+    from tfllm.tasks.mlm.data import make_mlm_dataset
 
     for _ in range(other_random_ops):  # what a process did before must not matter
         tf.random.uniform([3])
@@ -156,8 +157,8 @@ def test_mlm_masks_follow_berts_rule_and_depend_on_the_seed_alone(tmp_path):
 def test_fit_pipelines_run_without_the_autotuner(tmp_path, tok):
     # tf.data's autotuner left Keras fit idle at a fixed 51 ms per step on 2-vCPU machines
     # (benchmarks/README.md); every pipeline tfllm feeds to fit turns it off.
-    from tfllm.data import make_mlm_dataset
-    from tfllm.finetuning import make_classification_dataset
+    from tfllm.tasks.mlm.data import make_mlm_dataset
+    from tfllm.tasks.classify.data import make_classification_dataset
 
     (tmp_path / "t.txt").write_text(shakespeare_text(5_000))
     c = Corpus(f"text:{tmp_path}/t.txt")
@@ -181,7 +182,8 @@ def test_fit_pipelines_run_without_the_autotuner(tmp_path, tok):
 def test_seq2seq_batches_pad_to_their_longest_pair_or_a_fixed_width(tok, static_shapes):
     """Without static shapes (CPU/GPU) each batch is as wide as its longest side; with them
     (TPU, XLA) widths come from `bucket_widths`. Weights mark exactly the real labels."""
-    from tfllm.data.seq2seq import bucket_widths, make_seq2seq_dataset
+    from tfllm.models.translation import bucket_widths
+    from tfllm.tasks.translate.data import make_seq2seq_dataset
 
     rng = np.random.default_rng(0)
     encoded = [(list(rng.integers(4, 30, size=rng.integers(1, 40))) + [tok.eos_id],

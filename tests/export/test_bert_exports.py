@@ -20,7 +20,7 @@ def _pair_inputs(model, length):
     """{"token_ids", "token_type_ids"} of TEXTS paired with PAIRS, padded to `length`."""
     import tensorflow as tf
 
-    from tfllm.finetuning import encode_texts
+    from tfllm.tokenizers.packing import encode_texts
 
     inputs = encode_texts(model.tokenizer, tf.constant(TEXTS), length, True,
                           tf.constant(PAIRS))
@@ -68,7 +68,8 @@ def test_imported_classifier_tflite(bert_runs, tmp_path, quantize):
                      "--quantize", quantize, "--data", bert_runs["data"], "--seq-len", "16")
     assert "input token_ids [1, 16] and token_type_ids [1, 16]" in stdout
     from export.tflite import tflite_classify
-    from tfllm.finetuning import encode_texts, load_classifier
+    from tfllm.tasks.classify.predict import load_classifier
+    from tfllm.tokenizers.packing import encode_texts
 
     import tensorflow as tf
 
@@ -105,7 +106,8 @@ def test_imported_classifier_tflite_without_data_is_refused(bert_runs, tmp_path)
 def test_imported_classifier_onnx(bert_runs, tmp_path):
     import onnxruntime as ort
 
-    from tfllm.finetuning import encode_texts, load_classifier
+    from tfllm.tasks.classify.predict import load_classifier
+    from tfllm.tokenizers.packing import encode_texts
 
     import tensorflow as tf
 
@@ -122,7 +124,7 @@ def test_imported_classifier_onnx(bert_runs, tmp_path):
 
 @pytest.mark.slow
 def test_encoder_saved_model_embed_signature(bert_runs, tmp_path):
-    from export.saved_model import verify_embeddings
+    from tfllm.tasks.embed.saved_model import verify_embeddings
 
     import tfllm
 

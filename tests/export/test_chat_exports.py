@@ -3,8 +3,8 @@
 
 import pytest
 
-from export.saved_model_chat import prompt_pieces, python_prompt
-from tfllm.chat_template import DEFAULT_TEMPLATE, ChatTemplate, ChatTemplateError
+from tfllm.signatures.chat import prompt_pieces, python_prompt
+from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate, ChatTemplateError
 
 
 def test_prompt_pieces_rebuild_the_rendered_prompt():
@@ -42,7 +42,7 @@ def test_saved_model_chat_signatures_answer_as_tfllm_chat(chat_runs, tmp_path):
 def test_litertlm_conversation_replies_as_tfllm_chat(chat_runs, tmp_path):
     from export.litertlm import CHAT_CHECK_MESSAGE, engine_chat, export_litertlm
     from tfllm import runs
-    from tfllm.chat import ChatSession
+    from tfllm.models.chat_session import ChatSession
 
     out = str(tmp_path / "chat.litertlm")
     report = export_litertlm(chat_runs["full"], out, prefill_lengths=(32,))

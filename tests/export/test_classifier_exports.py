@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, labeled_rows
-from tfllm.finetuning import load_classifier, predict_proba
+from tfllm.tasks.classify.predict import load_classifier, predict_proba
 
 TEXTS = [t for t, _ in labeled_rows(12, seed=5)]
 

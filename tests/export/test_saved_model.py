@@ -243,7 +243,7 @@ def test_killed_overwrite_keeps_the_live_version(exported, tiny_run, tmp_path):
 def test_failed_verification_keeps_the_old_version(exported, tiny_run, tmp_path, monkeypatch):
     import shutil
 
-    import export.saved_model as sm
+    import tfllm.signatures.causal as causal
 
     live = tmp_path / "tiny" / "1"
     shutil.copytree(exported["path"], live)
@@ -251,7 +251,7 @@ def test_failed_verification_keeps_the_old_version(exported, tiny_run, tmp_path,
 
     def disagree(*args, **kwargs):
         raise ExportError("SavedModel greedy output differs (forced)")
-    monkeypatch.setattr(sm, "verify_saved_model", disagree)
+    monkeypatch.setattr(causal, "verify_saved_model", disagree)
     with pytest.raises(ExportError, match="forced"):
         export_saved_model(tiny_run, str(tmp_path), "tiny", 1, overwrite=True)
     assert _tree(live) == before and os.listdir(tmp_path / "tiny") == ["1"]

@@ -105,7 +105,8 @@ def demo_shape_run(tmp_path_factory, small_corpus):
     The size targets are about weights; on the 30k-parameter tiny model the graph's fixed
     size is most of the file.
     """
-    from tfllm.training import TrainSettings, train
+    from tfllm.tasks import train
+    from tfllm.training import TrainSettings
 
     out = str(tmp_path_factory.mktemp("runs") / "demo-shape")
     train(out, small_corpus, "shakespeare-char",

@@ -17,7 +17,6 @@ import tensorflow as tf
 
 from tfllm.tokenizers import placeholders
 from tfllm.models.beam_search import beam_search
-from tfllm.data.seq2seq import bucket_widths
 from tfllm.models.generation import GenerationError, GenerationParams, row_seeds, sample_next
 
 
@@ -28,6 +27,23 @@ def check_num_beams(num_beams) -> int:
         raise GenerationError(f"num_beams must be an integer >= 1, got {num_beams!r}")
     return int(num_beams)
 
+
+
+# The narrowest padded batch width (decoding batches and translation training's buckets).
+MIN_WIDTH = 8
+
+def bucket_widths(max_len: int) -> list[int]:
+    """Padded widths: 8, 12, 16, 24, 32, 48, ... (steps of 1.5x and 2x), up to `max_len`.
+
+    Example:
+        >>> bucket_widths(64)
+        [8, 12, 16, 24, 32, 48, 64]
+    """
+    widths, w = [], MIN_WIDTH
+    while w < max_len:
+        widths += [w, w * 3 // 2] if w * 3 // 2 < max_len else [w]
+        w *= 2
+    return sorted(set(widths + [max_len]))
 
 class Translator:
     """Cached, XLA-compiled decoding for a `Seq2SeqLM` (source ids in, target ids out).

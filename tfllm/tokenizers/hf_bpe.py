@@ -395,7 +395,7 @@ class HFBytePairTokenizer:
 
     def tokenize_plain(self, text):
         """`tokenize` with control tokens' text read as ordinary characters and no BOS: for
-        text from users inside a chat template (see `tfllm.data.chat.encode_pieces`)."""
+        text from users inside a chat template (see `tfllm.tokenizers.chat_encoding.encode_pieces`)."""
         return self._layer.tokenize_plain(text)
 
     def encode_plain(self, text: str) -> list[int]:

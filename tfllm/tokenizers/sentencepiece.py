@@ -196,7 +196,7 @@ class SentencePieceTokenizer:
     def tokenize_plain(self, text):
         """`tokenize` without BOS, where the text of `special_tokens` is tokenized one
         character at a time (plain characters, never the symbol): for text from users inside
-        a chat template (see `tfllm.data.chat.encode_pieces`). In-graph."""
+        a chat template (see `tfllm.tokenizers.chat_encoding.encode_pieces`). In-graph."""
         if not self.special_tokens:
             return self._tf.tokenize(text)
         text = tf.convert_to_tensor(text, tf.string)

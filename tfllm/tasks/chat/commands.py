@@ -46,8 +46,8 @@ def add_finetune_arguments(f, positive_int, positive_float):
 
 
 def finetune_chat(args):
-    from tfllm.chat_finetuning import ChatSettings, finetune_chat, resume_chat
-    from tfllm.chat_template import read_template_arg
+    from tfllm.tasks.chat.finetune import ChatSettings, finetune_chat, resume_chat
+    from tfllm.tokenizers.chat_template import read_template_arg
 
     verbose = 1 if sys.stdout.isatty() else 2
     if args.resume:
@@ -149,14 +149,14 @@ def merge(args):
 
 def chat(args):
     import tfllm
-    from tfllm import runs
-    from tfllm.chat import ChatSession
-    from tfllm.chat_template import chat_config_of, read_template_arg
+    from tfllm import runs, tasks
+    from tfllm.models.chat_session import ChatSession
     from tfllm.models.generation import GenerationParams
+    from tfllm.tokenizers.chat_template import chat_config_of, read_template_arg
 
     GenerationParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     stored = runs.read_run_config(args.run)
-    if stored.get("objective", "clm") not in ("clm", "chat"):
+    if not tasks.of_config(stored).causal:
         raise TfllmError(f"{args.run} is a {stored.get('objective')!r} run; tfllm chat "
                          "talks with causal language models")
     template = read_template_arg(args.template) if args.template else None

@@ -44,7 +44,7 @@ def embed_texts(encoder, texts, batch_size: int = 64) -> np.ndarray:
         >>> embed_texts(enc, ["A man is eating food."]).shape  # doctest: +SKIP
         (1, 384)
     """
-    from tfllm.finetuning import choose_seq_len, encode_texts
+    from tfllm.tokenizers.packing import choose_seq_len, encode_texts
 
     texts = list(texts)
     if not texts:

@@ -9,13 +9,10 @@ returns a plain model for both (the adapter added into the base's kernels).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import shutil
-import time
-import warnings
 
 import keras
 
@@ -25,9 +22,6 @@ from tfllm.errors import DataError, RunDirError, TfllmError
 
 ADAPTER = runs.ADAPTER
 BEST_ADAPTER = "best.adapter.safetensors"
-# Runs a chat fine-tune may start from: a language model (imported or trained) or a
-# fine-tuned chat run (LoRA runs are loaded merged).
-BASE_OBJECTIVES = ("clm", "chat")
 
 
 @dataclasses.dataclass
@@ -47,7 +41,7 @@ class ChatSettings:
         max_minutes: stop training after this many minutes (the best model is kept).
         lora_rank: adapter rank; None for full fine-tuning.
         lora_alpha: adapter scale numerator (`alpha / rank`); default 2 * rank.
-        lora_targets: comma-separated `tfllm.lora.TARGETS` ("qkv,out,ffn").
+        lora_targets: comma-separated `tfllm.models.lora.TARGETS` ("qkv,out,ffn").
         seed: seed of adapter initialization and data order.
         strategy: as `tfllm train --strategy`.
     """
@@ -69,7 +63,7 @@ class ChatSettings:
     strategy: str = "auto"
 
     def __post_init__(self):
-        from tfllm import lora
+        from tfllm.models import lora
         from tfllm.training import MAX_LR, check_number
 
         for name in ("epochs", "batch_size", "eval_interval", "eval_steps", "patience"):
@@ -94,23 +88,6 @@ class ChatSettings:
             raise ConfigError("--lora-alpha needs --lora-rank (LoRA fine-tuning)")
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stop `fit` once `minutes` have passed (checked after every execution)."""
-
-    def __init__(self, minutes):
-        super().__init__()
-        self.seconds = minutes * 60.0
-
-    def on_train_begin(self, logs=None):
-        self._start = time.time()
-        self.stopped = False
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.time() - self._start > self.seconds:
-            self.model.stop_training = True
-            self.stopped = True
-
-
 class BestAdapterCheckpoint(keras.callbacks.Callback):
     """Write the adapter (or, in a full fine-tune, the weights) at the lowest
     validation loss."""
@@ -121,7 +98,7 @@ class BestAdapterCheckpoint(keras.callbacks.Callback):
         self.best = best
 
     def on_epoch_end(self, epoch, logs=None):
-        from tfllm import lora
+        from tfllm.models import lora
         from tfllm.training import weights_finite
 
         val = (logs or {}).get("val_loss")
@@ -141,7 +118,7 @@ class ChatBackup(keras.callbacks.Callback):
     temporary name, then renamed), for `--resume` after a kill.
 
     Keras' BackupAndRestore cannot do it for LoRA: its weights files hold merged kernels
-    and zero the adapters on load (see `tfllm.lora`).
+    and zero the adapters on load (see `tfllm.models.lora`).
     """
 
     def __init__(self, out):
@@ -202,12 +179,12 @@ def resume_chat(out: str, verbose="auto", extra_callbacks=None) -> dict:
 
 def _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train, val,
               too_long, settings, prompt_column, response_column, prompt_template, system,
-              total, interval, epochs, model, budget, verbose, extra_callbacks) -> float:
-    """Fine-tune into `run_dir` (`out`, or its staging sibling); returns the seconds fit
-    took."""
-    from tfllm.data.chat import make_chat_dataset
+              total, interval, epochs, model, verbose, extra_callbacks):
+    """Fine-tune into `run_dir` (`out`, or its staging sibling); returns the
+    `tfllm.training.FitResult`."""
+    from tfllm.tasks.chat.data import make_chat_dataset
     from tfllm.tokenizers import tokenizer_files
-    from tfllm.training import MetricsLogger, read_metrics
+    from tfllm.training import fit, read_metrics
 
     if not _resume:
         for f in tokenizer_files(spec):
@@ -236,28 +213,18 @@ def _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train
         .take(settings.eval_steps)
     best_path = os.path.join(run_dir, BEST_ADAPTER if base_meta else runs.BEST_WEIGHTS)
     tokens_per_step = settings.batch_size * sum(len(ids) for ids, _ in train) / len(train)
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        BestAdapterCheckpoint(best_path, base_meta, min(
-            (r["val_loss"] for r in previous if r.get("val_loss") is not None),
-            default=math.inf)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, runs.LOGS), update_freq="epoch",
-                                    write_graph=False),
-        MetricsLogger(os.path.join(run_dir, runs.METRICS), interval, tokens_per_step),
-        *([budget] if budget else []),
-        ChatBackup(run_dir),
-        *(extra_callbacks or []),
-    ]
-    started = time.time()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*ran out of data.*")
-        history = model.fit(train_ds, epochs=epochs, steps_per_epoch=interval,
-                            validation_data=val_ds, callbacks=callbacks, verbose=verbose,
-                            initial_epoch=initial_epoch)
-    seconds = time.time() - started
-    losses = history.history.get("loss") or [0.0]  # none: resumed after the last interval
-    if not math.isfinite(losses[-1]):
+    best_so_far = min((r["val_loss"] for r in previous if r.get("val_loss") is not None),
+                      default=math.inf)
+    result = fit(model, train_ds, val_ds, run_dir, interval=interval, epochs=epochs,
+                 tokens_per_step=tokens_per_step,
+                 checkpoint=lambda guard: BestAdapterCheckpoint(best_path, base_meta,
+                                                                best_so_far),
+                 backup=lambda guard: ChatBackup(run_dir),
+                 early_stopping=("val_loss", "min", settings.patience),
+                 max_minutes=settings.max_minutes, initial_epoch=initial_epoch,
+                 extra_callbacks=extra_callbacks or (), verbose=verbose)
+    losses = result.history.get("loss") or [0.0]  # none: resumed after the last interval
+    if result.guard.diverged or not math.isfinite(losses[-1]):
         raise TfllmError(f"fine-tuning diverged (the loss became NaN or infinite); lower "
                          f"--lr (now {settings.lr:g}) and run again with --overwrite")
     if not os.path.isfile(best_path):
@@ -270,7 +237,7 @@ def _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train
         model.save(os.path.join(run_dir, runs.MODEL))
     # Finished: nothing left to resume.
     publish.remove_tree(os.path.join(run_dir, runs.BACKUP))
-    return seconds
+    return result
 
 
 def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None = None,
@@ -288,7 +255,7 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
         prompt_template: formats prompts from a row, e.g. "Translate to French: {en}".
         system: a system turn put first in every conversation that has none.
         template: a Jinja chat template (text) to use instead of the run's; tfllm's own
-            runs without one get `tfllm.chat_template.DEFAULT_TEMPLATE`.
+            runs without one get `tfllm.tokenizers.chat_template.DEFAULT_TEMPLATE`.
         overwrite: replace an existing `out`.
         extra_callbacks: more Keras callbacks for `fit`, run after tfllm's own.
 
@@ -303,24 +270,27 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
         ...               ChatSettings(lora_rank=8), prompt_column="en", response_column="fr",
         ...               prompt_template="Translate to French: {en}")
     """
-    from tfllm import lora
-    from tfllm.chat_template import chat_config_of, template_of
-    from tfllm.data.chat import ChatData, encode_conversations
+    from tfllm.models import lora
+    from tfllm.tokenizers.chat_template import chat_config_of, template_of
+    from tfllm.tasks.chat.data import ChatData, encode_conversations
     from tfllm.models import make_optimizer
     from tfllm.models.causal_lm import Perplexity
     from tfllm.models.seq2seq_lm import SmoothedSparseCrossentropy
     from tfllm.data.spec import data_paths
-    from tfllm.training import choose_strategy, read_metrics
+    from tfllm import tasks
+    from tfllm.training import choose_strategy, read_metrics, run_output, writing_run
 
     settings = settings or ChatSettings()
     stored = runs.read_run_config(run)
-    kind = stored.get("objective", "clm")
-    if kind not in BASE_OBJECTIVES:
-        raise RunDirError(f"{run} is a {kind!r} run; --task chat fine-tunes a causal "
-                          "language model (tfllm train, tfllm import-hf / import-gguf)")
+    # A language model (imported or trained) or a fine-tuned chat run (LoRA runs load
+    # merged).
+    if not tasks.of_config(stored).causal:
+        raise RunDirError(f"{run} is a {stored.get('objective')!r} run; --task chat "
+                          "fine-tunes a causal language model (tfllm train, tfllm import-hf / "
+                          "import-gguf)")
     strategy = choose_strategy(settings.strategy)
-    output = None if _resume else runs.new_run(out, overwrite, runs.inputs_of(run) +
-                                               data_paths(data), "finetune")
+    output = run_output(out, _resume, overwrite, runs.inputs_of(run) + data_paths(data),
+                        "finetune")
     keras.utils.set_random_seed(settings.seed)
 
     chats = ChatData(data, prompt_column, response_column, prompt_template, system,
@@ -365,13 +335,11 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
     # Data and model are ready: a new run is written in place when nothing is replaced (so
     # a killed one resumes), else beside the old one, which it replaces once complete.
     spec = stored.get("tokenizer", runs.TOKENIZER)
-    budget = TimeBudget(settings.max_minutes) if settings.max_minutes else None
-    with contextlib.ExitStack() as publishing:
-        run_dir = out if _resume else publishing.enter_context(output.staging(in_place=True))
-        seconds = _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train,
-                            val, too_long + val_too_long, settings, prompt_column,
-                            response_column, prompt_template, system, total, interval, epochs,
-                            model, budget, verbose, extra_callbacks)
+    with writing_run(output, out) as run_dir:
+        result = _fit_chat(run_dir, _resume, run, spec, stored, chat, base_meta, chats, train,
+                           val, too_long + val_too_long, settings, prompt_column,
+                           response_column, prompt_template, system, total, interval, epochs,
+                           model, verbose, extra_callbacks)
     records = read_metrics(out)
     best = min((r for r in records if r.get("val_loss") is not None),
                key=lambda r: r["val_loss"], default={})
@@ -380,5 +348,5 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
             "train_conversations": len(train), "val_conversations": len(val),
             "too_long": too_long + val_too_long, "skipped": chats.skipped,
             "trainable_params": trainable, "base_params": total_params,
-            "train_seconds": round(seconds, 1),
-            "stopped_by_time": bool(budget and budget.stopped)}
+            "train_seconds": round(result.seconds, 1),
+            "stopped_by_time": result.stopped_by_time}

@@ -11,26 +11,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfllm.data.lm import training_options
-from tfllm.tokenizers import placeholders
+from tfllm.data.windows import training_options
 from tfllm.errors import DataError
+from tfllm.models.translation import MIN_WIDTH, bucket_widths
+from tfllm.tokenizers import placeholders
 
 _SHUFFLE_BUFFER = 20_000
-_MIN_WIDTH = 8
-
-
-def bucket_widths(max_len: int) -> list[int]:
-    """Padded widths: 8, 12, 16, 24, 32, 48, ... (steps of 1.5x and 2x), up to `max_len`.
-
-    Example:
-        >>> bucket_widths(64)
-        [8, 12, 16, 24, 32, 48, 64]
-    """
-    widths, w = [], _MIN_WIDTH
-    while w < max_len:
-        widths += [w, w * 3 // 2] if w * 3 // 2 < max_len else [w]
-        w *= 2
-    return sorted(set(widths + [max_len]))
 
 
 def encode_pairs(pairs, tokenizer, max_len: int, truncate: bool = False,
@@ -110,7 +96,7 @@ def make_seq2seq_dataset(encoded, tokenizer, max_len: int, batch_size: int, trai
         ds = ds.repeat().shuffle(_SHUFFLE_BUFFER, seed=seed)
     # A bucket holds lengths below its boundary; the last boundary is one past max_len.
     boundaries = ([w + 1 for w in bucket_widths(max_len)] if static_shapes
-                  else list(range(_MIN_WIDTH + 1, max_len + 1, 2)) + [max_len + 1])
+                  else list(range(MIN_WIDTH + 1, max_len + 1, 2)) + [max_len + 1])
     ds = ds.bucket_by_sequence_length(
         lambda s, t, y: tf.maximum(tf.shape(s)[0], tf.shape(t)[0]),
         bucket_boundaries=boundaries,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from tfllm.chat_template import template_of
-from tfllm.data.chat import chat_pieces, encode_pieces
+from tfllm.tokenizers.chat_template import template_of
+from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
 from tfllm.errors import TfllmError
 
 
@@ -21,7 +21,7 @@ class ChatSession:
 
     Args:
         model: a `CausalLM` with its tokenizer (`tfllm.load`).
-        chat: the run's chat entry (`tfllm.chat_template.chat_config_of`).
+        chat: the run's chat entry (`tfllm.tokenizers.chat_template.chat_config_of`).
         system: a system turn put first (None: the template's own default, if any).
         max_new_tokens: the longest reply.
         temperature, top_k, top_p, seed: sampling, as `tfllm generate` (0: greedy).

@@ -102,7 +102,7 @@ def render(request, messages, add_generation_prompt):
 
 def segments(request, messages):
     """`(text, is_assistant)` pieces whose joined text is the whole rendering: each
-    assistant turn's reply is one piece (see `tfllm.chat_template.ChatTemplate.segments`)."""
+    assistant turn's reply is one piece (see `tfllm.tokenizers.chat_template.ChatTemplate.segments`)."""
     out, done = [], ""
     for i, m in enumerate(messages):
         if m["role"] != "assistant":

@@ -1,8 +1,4 @@
-"""Language-model pipelines for `fit`: token windows (causal LM) and BERT-masked windows.
-
-Documents are tokenized in-graph, joined with EOS between them and cut into windows of the
-model's context (+1 for the shifted targets).
-"""
+"""The masked-LM task's batches: BERT-masked token windows."""
 
 from __future__ import annotations
 
@@ -10,92 +6,8 @@ import math
 
 import tensorflow as tf
 
+from tfllm.data.windows import SHUFFLE_BUFFER, lm_windows, shifted_passes, training_options
 from tfllm.errors import DataError
-
-_SHUFFLE_BUFFER = 10_000
-
-
-def training_options() -> tf.data.Options:
-    """tf.data options for the pipelines that feed `fit`: autotuner off, shard by batch.
-
-    tf.data's autotuner made Keras `fit` idle on 2-vCPU machines: in 60-70% of timed
-    repetitions every step took a fixed 51 ms (a 768-token step needs ~35), with the CPUs
-    partly idle and the same figure whatever the model; with the autotuner off none did
-    (benchmarks/README.md, "The idle spells"). These pipelines' batches are cheap to make,
-    so there is little for it to tune.
-
-    Elements keep their order (deterministic), so a seeded run sees the same batches.
-
-    Example:
-        >>> ds = tf.data.Dataset.range(4).with_options(training_options())
-    """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    # Generated windows have no files to shard: multi-worker runs shard by batch.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    options.deterministic = True
-    return options
-
-
-def lm_windows(texts: tf.data.Dataset, tokenizer, seq_len: int, offset=0) -> tf.data.Dataset:
-    """Tokenize documents in-graph, join them (EOS between), cut into (seq_len + 1,) windows.
-
-    Args:
-        texts: dataset of scalar strings.
-        tokenizer: a `SentencePieceTokenizer`.
-        seq_len: model context; windows hold one extra token for the shifted targets.
-        offset: tokens to drop from the start (varies the window phase between passes).
-    """
-    eos = tf.constant([tokenizer.eos_id], tf.int32)
-
-    def tokenize(text):
-        return tf.concat([tokenizer.tokenize(text), eos], axis=0)
-
-    tokens = texts.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    return tokens.skip(tf.cast(offset, tf.int64)).batch(seq_len + 1, drop_remainder=True)
-
-
-def _split_xy(window):
-    return window[..., :-1], window[..., 1:]
-
-
-def check_nonempty(texts: tf.data.Dataset, tokenizer, seq_len: int, what: str) -> None:
-    """Raise DataError if `texts` yields no full window of seq_len + 1 tokens."""
-    for _ in lm_windows(texts, tokenizer, seq_len).take(1):
-        return
-    raise DataError(f"the {what} text is shorter than one window of {seq_len + 1} tokens; "
-                    "use more text or a model with a shorter context")
-
-
-def make_lm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size: int,
-                    training: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batches of `(inputs, targets)`, each (batch_size, seq_len) int32, targets shifted by one.
-
-    Training data repeats forever; each pass starts at a seeded random offset below
-    `seq_len` and is shuffled, so windows differ between passes. Evaluation data is one
-    ordered pass (the last partial batch kept).
-
-    Args:
-        texts: dataset of scalar strings (see `Corpus`).
-        tokenizer: a `SentencePieceTokenizer`.
-        seq_len: model context length.
-        batch_size: global batch size.
-        training: repeat, offset and shuffle when True.
-        seed: seed for offsets and shuffling.
-    """
-    if training:
-        def one_pass(epoch):
-            offset = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), epoch]),
-                                                 maxval=seq_len, dtype=tf.int64)
-            return lm_windows(texts, tokenizer, seq_len, offset)
-
-        ds = tf.data.Dataset.range(1 << 62).flat_map(one_pass)
-        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed).batch(batch_size, drop_remainder=True)
-    else:
-        ds = lm_windows(texts, tokenizer, seq_len).batch(batch_size)
-    ds = ds.map(_split_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-    return ds.with_options(training_options())
-
 
 MLM_SELECTION_RATE = 0.15
 _VALIDATION_MASK_SEED = 0
@@ -137,13 +49,8 @@ def make_mlm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size
                          seed if training else _VALIDATION_MASK_SEED)
     # lm_windows yields seq_len - 1 + 1 tokens; the spare last one is dropped in add_cls.
     if training:
-        def one_pass(epoch):
-            offset = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), epoch]),
-                                                 maxval=seq_len, dtype=tf.int64)
-            return lm_windows(texts, tokenizer, seq_len - 1, offset)
-
-        ds = tf.data.Dataset.range(1 << 62).flat_map(one_pass).map(add_cls)
-        ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed).enumerate().map(
+        ds = shifted_passes(texts, tokenizer, seq_len - 1, seq_len, seed).map(add_cls)
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed).enumerate().map(
             mask, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size, drop_remainder=True)
     else:
         ds = lm_windows(texts, tokenizer, seq_len - 1).map(add_cls).enumerate().map(

@@ -7,6 +7,7 @@ import math
 
 from tfllm.tokenizers.placeholders import placeholders
 
+
 def placeholder_accuracy(sources, outputs) -> float:
     """Share of rows whose output keeps exactly the source's placeholders (no more, no
     fewer); rows without placeholders count as kept when the output adds none."""
@@ -58,7 +59,7 @@ def evaluate_translation(run_dir, data=None, source_column=None, target_column=N
 
     from tfllm import runs
     from tfllm.data.parallel import ParallelData
-    from tfllm.data.seq2seq import encode_pairs, make_seq2seq_dataset
+    from tfllm.tasks.translate.data import encode_pairs, make_seq2seq_dataset
     from tfllm.errors import TfllmError
     from tfllm.models.seq2seq_lm import SmoothedSparseCrossentropy
     from tfllm.models.translation import check_num_beams, translate
@@ -103,3 +104,24 @@ def evaluate_translation(run_dir, data=None, source_column=None, target_column=N
     return {"loss": round(loss, 6), "perplexity": round(math.exp(loss), 4),
             "tokens": int(tokens), **scores, "rows": len(pairs), "num_beams": num_beams,
             "data": data}
+
+
+def print_evaluation(args) -> dict:
+    """`tfllm evaluate` of a translation run: score it and print the figures."""
+    import json
+    import sys
+
+    result = evaluate_translation(args.run, args.data, args.source_column, args.target_column,
+                                  args.num_beams, args.length_penalty, args.batch_size or 32,
+                                  args.max_rows, args.weights, args.tfds_manual_dir,
+                                  args.tfds_data_dir, progress=sys.stderr.isatty())
+    print(f"data: {result['data']}  rows: {result['rows']}  target tokens: "
+          f"{result['tokens']}")
+    print(f"loss: {result['loss']:.4f}  perplexity: {result['perplexity']:.3f}")
+    print(f"BLEU: {result['bleu']:.2f}  chrF: {result['chrf']:.2f}  (beam "
+          f"{result['num_beams']}, sacrebleu)")
+    acc = result["placeholder_accuracy"]
+    print(f"placeholder accuracy: {'n/a' if acc is None else f'{acc:.2%}'} over "
+          f"{result['placeholder_rows']} rows with placeholders")
+    print(json.dumps(result, ensure_ascii=False))
+    return result

@@ -1,4 +1,5 @@
-"""The SavedModel `chat` signatures of a run with a chat template (see export.saved_model).
+"""The SavedModel `chat` signatures of a causal LM run with a chat template (see
+`tfllm.signatures.causal.signatures`).
 
     chat
         inputs  message (string [batch]), and generate's sampling inputs: max_new_tokens,
@@ -24,8 +25,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tfllm.chat_template import ChatTemplateError, template_of
-from tfllm.data.chat import encode_text
+from tfllm.signatures.checks import ExportError, fresh_process_outputs
+from tfllm.tokenizers.chat_encoding import encode_text
+from tfllm.tokenizers.chat_template import ChatTemplateError, template_of
 
 _MESSAGE, _SYSTEM = "\ue000tfllm-message\ue000", "\ue000tfllm-system\ue000"
 SAMPLE_MESSAGES = ["Translate to French: Open the file", "Hi", "  spaced  {x} %s\n"]
@@ -125,7 +127,7 @@ def piece_ids(tokenizer, parts) -> list[list[int]]:
 
 def prompt_ids(tokenizer, parts, texts, parts_ids=None):
     """Ragged token ids (batch, None) of the prompts `parts[0] + texts[0] + parts[1] + ...`
-    in the graph, as `tfllm chat` encodes them (tfllm.data.chat.chat_pieces): one pass over
+    in the graph, as `tfllm chat` encodes them (tfllm.tokenizers.chat_encoding.chat_pieces): one pass over
     the whole prompt, except for rows where a text (from the request) holds a control
     token's text; there each text is tokenized as plain characters between the template's
     own pieces, so a request cannot forge turns.
@@ -158,6 +160,48 @@ def prompt_ids(tokenizer, parts, texts, parts_ids=None):
 
 def expected_replies(model, chat, messages, max_new_tokens, system=None):
     """`tfllm chat`'s greedy first reply to each message (what the signature must give)."""
-    from tfllm.chat import ChatSession
+    from tfllm.models.chat_session import ChatSession
 
     return [ChatSession(model, chat, system, max_new_tokens).reply(m) for m in messages]
+
+
+def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=16):
+    """Greedy `chat` and `chat_with_system` replies of a fresh-process reload must equal
+    `tfllm chat`'s first replies. The reply length is cut to what the context leaves after
+    the longest sample prompt (a short-context run is checked on fewer tokens)."""
+    from tfllm.models.chat_session import ChatSession
+
+    from tfllm.errors import TfllmError
+
+    system = "Be brief."
+    context = model.backbone.max_len
+    lengths = {}
+    for message in messages:  # the prompt's tokens with and without the system text
+        for sys_text in (None, system):
+            session = ChatSession(model, chat, sys_text, max_new_tokens=1)
+            turns = session.history + [{"role": "user", "content": message}]
+            try:
+                size = len(session.prompt_ids(turns)[0])
+            except TfllmError:  # longer than the context
+                size = context
+            lengths[message] = max(lengths.get(message, 0), size)
+    messages = [m for m in messages if lengths[m] < context]
+    if not messages:
+        raise ExportError(f"the chat check's sample messages do not fit the context of "
+                          f"{context} tokens with the template; export with a longer "
+                          "--max-len")
+    max_new_tokens = min(max_new_tokens, context - max(lengths[m] for m in messages))
+    n = len(messages)
+    sampling = {"max_new_tokens": [max_new_tokens] * n, "temperature": [0.0] * n,
+                "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}
+    got_plain, got_system = fresh_process_outputs(path, [
+        ("chat", "text", {"message": list(messages), **sampling}),
+        ("chat_with_system", "text", {"message": list(messages), "system": [system] * n,
+                                      **sampling})])
+    for got, sys_text in ((got_plain, None), (got_system, system)):
+        expected = expected_replies(model, chat, messages, max_new_tokens, sys_text)
+        if got.tolist() != expected:
+            raise ExportError(f"SavedModel chat reply differs from tfllm chat: "
+                              f"{got.tolist()!r} != {expected!r}")
+
+
