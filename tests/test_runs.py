@@ -90,3 +90,26 @@ def test_truncated_model_file_is_reported_as_damaged(old_run, capsys):
         runs.load(old_run)
     err = _one_line_error(["generate", "--run", old_run, "--prompt", "A"], capsys)
     assert "model.keras cannot be read" in err and "does not exist" not in err
+
+
+def test_run_config_is_parsed_once_and_reread_when_rewritten(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    runs.write_run_config(str(run), {"objective": "clm", "model": {"max_len": 32}})
+    opened = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        if str(path).endswith("config.json"):
+            opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    first = runs.read_run_config(str(run))
+    first["model"]["max_len"] = 999  # a caller's change stays its own
+    assert runs.read_run_config(str(run))["model"]["max_len"] == 32
+    assert len(opened) == 1
+    runs.write_run_config(str(run), {"objective": "clm", "model": {"max_len": 64}})
+    assert runs.read_run_config(str(run))["model"]["max_len"] == 64
+    (run / "config.json").write_text("[1, 2]")
+    with pytest.raises(RunDirError, match="must hold a JSON object"):
+        runs.read_run_config(str(run))

@@ -59,7 +59,7 @@ def test_litertlm_conversation_replies_as_tfllm_chat(chat_runs, tmp_path):
 def test_runtime_template_renders_list_content_as_the_template_renders_strings():
     """LiteRT-LM passes content as parts; the bundle's preamble joins them first."""
     from export.litertlm import runtime_template
-    from tests.test_chat_template import SMOLLM2
+    from tests.tokenizers.test_chat_template import SMOLLM2
 
     for source in (DEFAULT_TEMPLATE, SMOLLM2):
         turns = [{"role": "system", "content": "Be brief."},

@@ -1,4 +1,4 @@
-"""Classification fine-tuning: labeled data, MLM pretraining, the classifier, its CLI."""
+"""The classify task: labeled data, fine-tuning a classifier, its predictions, evaluation and CLI."""
 
 import json
 import os
@@ -7,12 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_FINETUNE, TINY_ENCODER, labeled_rows, run_cli, write_tsv
+from tests.conftest import labeled_rows, run_cli, write_tsv
+from tfllm.data import LabeledData
 from tfllm.errors import DataError, RunDirError
 from tfllm.tasks.classify.evaluate import classification_report, evaluate_classifier
-from tfllm.tasks.classify.finetune import FinetuneSettings, finetune
+from tfllm.tasks.classify.finetune import finetune
 from tfllm.tasks.classify.predict import load_classifier, predict_proba
-from tfllm.data import LabeledData
 
 # -- labeled data ----------------------------------------------------------------------------
 
@@ -167,34 +167,3 @@ def test_cli_evaluate_and_classify(tiny_classifier, labeled_tsv):
     assert [g[0] for g in got] == ["pos", "neg"] and all(float(g[1]) > 0.5 for g in got)
     bad = run_cli(["finetune", "--data", labeled_tsv, "--out", out + "-x"])
     assert bad.returncode == 2 and "--from-scratch" in bad.stderr
-
-
-@pytest.mark.slow
-def test_mlm_pretraining_then_finetune(tmp_path, labeled_tsv, tiny_run):
-    from tfllm.tasks import train
-    from tfllm.tasks.mlm.evaluate import evaluate_mlm as evaluate
-    from tfllm.training import TrainSettings, read_metrics
-
-    mlm = str(tmp_path / "mlm")
-    train(mlm, labeled_tsv, "bert-mini",
-          TrainSettings(steps=120, batch_size=8, eval_interval=60, eval_steps=2,
-                        warmup_steps=10, lr=3e-3),
-          # Context 32 holds a whole row ("a superb and lovely film" + BOS): at 16 the
-          # second word was cut off and the from-MLM classifier sometimes missed a row.
-          model_overrides=dict(TINY_ENCODER, max_len=32), verbose=0, objective="mlm")
-    records = read_metrics(mlm)
-    assert records[-1]["loss"] < records[0]["loss"]
-    result = evaluate(mlm)
-    # Masked characters are predicted well above chance (1 / ~25 characters).
-    assert result["tokens"] > 0 and result["accuracy"] > 0.1, result
-    assert abs(result["loss"] - np.log(result["perplexity"])) < 1e-3
-    # The encoder's masked-LM run and the causal LM both fine-tune into classifiers. More
-    # rows than the 6-row hold-out of labeled_tsv, where one missed row is a 17% swing.
-    data = write_tsv(tmp_path / "more.tsv", labeled_rows(200, seed=1))
-    settings = FinetuneSettings(**dict(FAST_FINETUNE, epochs=6))
-    for name, base in (("from-mlm", mlm), ("from-clm", tiny_run)):
-        out = str(tmp_path / name)
-        got = finetune(out, data, run=base, settings=settings, verbose=0)
-        assert got["val_rows"] == 20 and got["val_accuracy"] >= 0.95, (name, got)
-        task = json.load(open(os.path.join(out, "config.json")))["task"]
-        assert task["pooling"] == ("first" if base == mlm else "last")

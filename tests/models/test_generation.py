@@ -242,3 +242,28 @@ def test_seeded_sampling_is_the_same_with_and_without_xla(lm):
     greedy = Generator(lm, lm.tokenizer.eos_id).generate_ids(
         prompts, GenerationParams(max_new_tokens=8, stop_at_end=False))
     assert xla != greedy
+
+
+def test_one_rule_for_prompt_and_new_tokens():
+    """`fits` decides for every path, on Python ints and on int32 tensors alike (by
+    subtraction: a huge max_new_tokens does not wrap around)."""
+    from tfllm.models.generation import check_fits, fits, new_token_room, prompt_room
+
+    cases = [(30, 2, 32), (31, 2, 32), (1, 31, 32), (1, 32, 32), (0, 0, 32),
+             (5, 2**31 - 1, 32)]
+    python = [fits(p, n, m) for p, n, m in cases]
+    assert python == [True, False, True, False, True, False]
+    graph = [bool(fits(tf.constant(p, tf.int32), tf.constant(n, tf.int32), m))
+             for p, n, m in cases]
+    assert graph == python
+    assert prompt_room(32, 2) == 30 and new_token_room(32, 30) == 2
+    check_fits(30, 2, 32)  # fits: no error
+    with pytest.raises(GenerationError, match=r"^max_new_tokens 32 leaves no room for a "
+                       r"prompt in the model's context of 32 tokens; give at most 31$"):
+        check_fits(1, 32, 32)
+    with pytest.raises(GenerationError, match=r"^prompt length 31 \+ 2 new tokens exceeds the "
+                       r"model's context of 32 tokens; lower --n to 1, shorten the prompt "
+                       r"to 30 tokens or cut it$"):
+        check_fits(31, 2, 32, "--n", also=" or cut it")
+    with pytest.raises(GenerationError, match="exceeds.*; shorten the prompt to 31 tokens$"):
+        check_fits(40, 1, 32)  # nothing to lower: the prompt alone is too long

@@ -1,26 +1,21 @@
-"""Encoder-decoder translation: the model, decoding (cached, greedy, beam), training on
-pairs, evaluation metrics, the CLI and the SavedModel `translate` signature."""
+"""The translate task: training on pairs, evaluation metrics, the CLI, the SavedModel
+`translate` signature and the TFLite/ONNX encode/decode exports."""
 
-import itertools
 import json
-import math
 import os
 import random
 
-import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.conftest import run_cli
-from tfllm.models.beam_search import beam_search
-from tfllm.config import ConfigError, get_preset
+from tests.models.test_seq2seq import random_model
+from tfllm.config import ConfigError
 from tfllm.errors import DataError
 from tfllm.models.generation import GenerationError
-from tfllm.models import Seq2SeqLM, SmoothedSparseCrossentropy
-from tfllm.tokenizers.placeholders import SENTINEL, protect, protect_tf, restore, restore_tf
 from tfllm.models.translation import Translator
 from tfllm.tasks.translate.evaluate import placeholder_accuracy, placeholders, score_translations
+from tfllm.tokenizers.placeholders import SENTINEL, restore
 
 # GPT-2's init: the fitted-model thresholds below were set with it (with the preset's
 # Xavier init this 64-wide model reproduced 192 of the 200 pairs after the same 600 steps);
@@ -28,7 +23,11 @@ from tfllm.tasks.translate.evaluate import placeholder_accuracy, placeholders, s
 TINY_MT = dict(num_layers=2, num_decoder_layers=2, d_model=64, num_heads=4, ffn_dim=128,
                max_len=24, dropout=0.0, tokenizer="unigram", vocab_size=340,
                initializer="gpt2")
+
+
 EN = "red blue green cat dog house file open close read write new old big small".split()
+
+
 FR = ("rouge bleu vert chat chien maison fichier ouvrir fermer lire ecrire neuf vieux grand "
       "petit").split()
 
@@ -53,151 +52,6 @@ def write_pairs(path, pairs, header=("en", "fr")):
     return f"tsv:{path}"
 
 
-def random_model(seed=0, vocab=50, max_len=16, **overrides):
-    keras.utils.set_random_seed(seed)
-    cfg = get_preset("transformer-mt-small").replace(
-        vocab_size=vocab, num_layers=1, num_decoder_layers=2, d_model=32, num_heads=2,
-        ffn_dim=64, max_len=max_len, dropout=0.0, **overrides)
-    return Seq2SeqLM.from_model_config(cfg)
-
-
-def uncached_greedy(model, source, max_new, bos=2, end=3):
-    """Greedy decoding by re-running the whole decoder on the growing prefix."""
-    prefix = [bos]
-    for _ in range(max_new):
-        logits = model({"encoder_token_ids": np.array([source]),
-                        "decoder_token_ids": np.array([prefix])})
-        prefix.append(int(np.argmax(logits[0, -1])))
-        if prefix[-1] == end:
-            return prefix[1:-1]
-    return prefix[1:]
-
-
-# The original Transformer's blocks and learned positions, and the preset's rotary,
-# RMSNorm and SwiGLU blocks.
-ARCHITECTURES = {
-    "learned": dict(position_embedding="learned", norm="layernorm", ffn="plain",
-                    activation="relu"),
-    "rope": dict(position_embedding="rope", norm="rmsnorm", ffn="gated", activation="silu"),
-}
-
-
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_seq2seq_model_serializes_and_cached_decoding_equals_full(tmp_path, arch):
-    model = random_model(**ARCHITECTURES[arch])
-    src = np.random.RandomState(0).randint(4, 50, (2, 7))
-    src[1, 5:] = 0  # padding
-    tgt = np.random.RandomState(1).randint(4, 50, (2, 6))
-    inputs = {"encoder_token_ids": src, "decoder_token_ids": tgt}
-    logits = model(inputs).numpy()
-    path = str(tmp_path / "m.keras")
-    model.save(path)
-    loaded = keras.saving.load_model(path, compile=False)
-    np.testing.assert_array_equal(loaded(inputs).numpy(), logits)
-    backbone_config = loaded.get_config()["backbone"]["config"]
-    assert backbone_config["num_decoder_layers"] == 2
-    assert backbone_config["position_embedding"] == arch
-    # Rotary models have no position table: positions live in the attention only.
-    has_table = any("position_embeddings" in w.path for w in loaded.weights)
-    assert has_table == (arch == "learned")
-    # Both kinds give the encoder word order: without positions, self-attention would map
-    # a reversed source to the reversed outputs.
-    memory = model.backbone.encode(src[:1]).numpy()[0]
-    reversed_memory = model.backbone.encode(src[:1, ::-1]).numpy()[0]
-    assert np.abs(reversed_memory[::-1] - memory).max() > 1e-3
-    # Padding in the source is never attended to: the padded row equals its unpadded self.
-    alone = model({"encoder_token_ids": src[1:, :5], "decoder_token_ids": tgt[1:]}).numpy()
-    np.testing.assert_allclose(alone[0], logits[1], atol=1e-5)
-    # One token at a time through the self-attention cache, cross K/V computed once.
-    bb = model.backbone
-    mask = src != 0
-    kv = bb.project_context(bb.encode(src, mask))
-    caches, steps = bb.empty_caches(2), []
-    for t in range(tgt.shape[1]):
-        h, caches = bb.decode(tgt[:, t:t + 1], source_mask=mask, context_kv=kv, caches=caches,
-                              cache_index=t)
-        steps.append(bb.logits(h).numpy())
-    np.testing.assert_allclose(np.concatenate(steps, 1), logits, atol=1e-5)
-
-
-def test_label_smoothed_loss_matches_numpy():
-    rng = np.random.RandomState(0)
-    logits = rng.randn(2, 3, 7).astype("float32")
-    labels = rng.randint(0, 7, (2, 3))
-    weights = np.array([[1, 1, 0], [1, 0, 0]], "float32")
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    s = 0.1
-    q = np.full((2, 3, 7), s / 7) + (1 - s) * np.eye(7)[labels]  # Keras' smoothed target
-    per_token = -(q * logp).sum(-1)
-    expected = (per_token * weights).sum() / weights.sum()
-    got = SmoothedSparseCrossentropy(s)(labels, logits, sample_weight=weights)
-    assert float(got) == pytest.approx(expected, rel=1e-5)
-
-
-def test_cached_greedy_equals_uncached_and_one_beam_equals_greedy():
-    model = random_model(seed=3)
-    tr = Translator(model, bos_id=2, end_id=3)
-    rng = np.random.RandomState(2)
-    sources = [list(rng.randint(4, 50, n)) + [3] for n in (3, 9, 5)]
-    greedy = tr.translate_ids(sources, max_new_tokens=12)
-    for source, got in zip(sources, greedy):
-        assert got == uncached_greedy(model, source, 12)
-    assert tr.translate_ids(sources, max_new_tokens=12, num_beams=1) == greedy
-    # The one-beam search itself, not only the greedy loop it is routed to above.
-    out, n = tr._beam(tr._pack(sources), tf.constant(12), 1, tf.constant(1.0))
-    beam = [[t for t in out.numpy()[i, :n[i]] if t != 3] for i in range(len(sources))]
-    assert beam == greedy
-
-
-def _table_step(table):
-    """A step function whose next-token log-probabilities depend on the whole prefix:
-    logits = table[hash(prefix)], the prefix kept in the state."""
-    table = tf.constant(table, tf.float32)
-    buckets = table.shape[0]
-
-    def step(tokens, state, t):
-        prefix = state * 7 + tokens + 1  # a running code of the prefix
-        return tf.gather(table, prefix % buckets), prefix
-    return step
-
-
-def _brute_force(table, vocab, end, steps, alpha):
-    best, best_seq = -math.inf, None
-    for length in range(1, steps + 1):
-        for seq in itertools.product(range(vocab), repeat=length):
-            if end in seq[:-1] or (length < steps and seq[-1] != end):
-                continue
-            code, logp = 0, 0.0
-            prev = 0
-            for tok in seq:
-                code = code * 7 + prev + 1
-                row = table[code % len(table)]
-                logp += float(row[tok] - np.log(np.exp(row).sum()))
-                prev = tok
-            score = logp / length ** alpha
-            if score > best:
-                best, best_seq = score, list(seq)
-    return best_seq, best
-
-
-@pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_beam_search_finds_the_brute_force_best(alpha):
-    vocab, end, steps = 4, 3, 4
-    rng = np.random.RandomState(7)
-    table = rng.randn(997, vocab).astype("float32") * 2.0
-    step = _table_step(table)
-    # Wide enough to keep every prefix: the search is then exhaustive.
-    out, lengths, score = beam_search(step, tf.zeros([128], tf.int32), 0, 1, 128,
-                                      tf.constant(steps), end, alpha, max_len=steps)
-    got = out.numpy()[0, :int(lengths[0])].tolist()
-    want, want_score = _brute_force(table, vocab, end, steps, alpha)
-    assert got == want and float(score[0]) == pytest.approx(want_score, abs=1e-4)
-    # A narrower beam searches less, but its answer is never better than the best.
-    _, _, narrow = beam_search(step, tf.zeros([2], tf.int32), 0, 1, 2, tf.constant(steps),
-                               end, alpha, max_len=steps)
-    assert float(narrow[0]) <= want_score + 1e-5
-
-
 def test_placeholders_and_scores():
     assert sorted(placeholders("%s: '%1$s' {name} 100%% %-10s %.2f %lu %(x)d").elements()) == \
         sorted(["%s", "%1$s", "{name}", "%-10s", "%.2f", "%lu", "%(x)d"])
@@ -208,26 +62,6 @@ def test_placeholders_and_scores():
                                 ["impossible d'ouvrir %s", "bonjour"])
     assert scores["placeholder_rows"] == 1 and scores["placeholder_accuracy"] == 1.0
     assert 0 < scores["bleu"] < 100 and 0 < scores["chrf"] < 100
-
-
-def test_placeholder_protection_python_and_graph_agree():
-    sources = ["cannot open %s (100%%)", "100%%d %1$s and %2$s {name}", "no placeholder",
-               "%s", "", "%%%s:%-10s%lu"]
-    protected = [protect(t) for t in sources]
-    assert protected == ["cannot open ⟦ph⟧ (100%%)", "100%%d ⟦ph⟧ and ⟦ph⟧ ⟦ph⟧",
-                         "no placeholder", "⟦ph⟧", "", "%%⟦ph⟧:⟦ph⟧⟦ph⟧"]
-    assert [t.decode() for t in protect_tf(tf.constant(sources)).numpy()] == protected
-    # Restoring what protect made gives the source back; outputs with fewer or more
-    # sentinels than the source has placeholders keep what they have, invent nothing.
-    assert [restore(p, t) for p, t in zip(protected, sources)] == sources
-    outputs = ["impossible ⟦ph⟧ x", "a ⟦ph⟧ ⟦ph⟧ b ⟦ph⟧ ⟦ph⟧ ⟦ph⟧", "⟦ph⟧ de trop", "⟦ph⟧",
-               "", "⟦ph⟧"]
-    expected = ["impossible %s x", "a %1$s %2$s b {name}  ", " de trop", "%s", "", "%s"]
-    assert [restore(o, t) for o, t in zip(outputs, sources)] == expected
-    assert [t.decode() for t in restore_tf(tf.constant(outputs),
-                                           tf.constant(sources)).numpy()] == expected
-    assert [t.decode() for t in restore_tf(tf.constant(protected),
-                                           tf.constant(sources)).numpy()] == sources
 
 
 @pytest.fixture(scope="module")
@@ -360,8 +194,7 @@ def test_too_long_rows_error_or_truncate(tmp_path):
 @pytest.mark.slow
 def test_tflite_encode_decode_equals_generate(mt_run, tmp_path):
     import tfllm
-    from export.tflite_seq2seq import Seq2SeqTFLiteError, Seq2SeqTFLiteRunner, \
-        export_seq2seq_tflite
+    from export.tflite_seq2seq import Seq2SeqTFLiteError, Seq2SeqTFLiteRunner, export_seq2seq_tflite
     from tfllm.models.translation import encode_sources
 
     out, pairs, _ = mt_run
