@@ -67,6 +67,7 @@ from tfllm import runs, tasks  # noqa: E402
 from tfllm.models.chat_session import ChatSession  # noqa: E402
 from tfllm.tokenizers.chat_encoding import encode_text  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.models.generation import new_token_room  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
 
@@ -276,8 +277,9 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
     """Greedy text and a chat reply of the bundle in the runtime, checked against tfllm's
     (equal in float32); returns `(text, chat reply or None)`."""
     tok = model.tokenizer
-    max_len = model.backbone.max_len
-    n = min(max_new_tokens, max_len - len(tok.encode(check_prompt)) - 1)
+    # The prompt's tokens and the BOS that generate puts before them.
+    n = min(max_new_tokens, new_token_room(model.backbone.max_len,
+                                           len(tok.encode(check_prompt)) + 1))
     _, (ids,) = model.generate([check_prompt], max_new_tokens=n, return_ids=True)
     # The runtime also stops at a chat template's end-of-turn token.
     cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))

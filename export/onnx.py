@@ -62,6 +62,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfllm import runs, tasks  # noqa: E402
 from tfllm.errors import run_main  # noqa: E402
+from tfllm.models.generation import new_token_room, prompt_room  # noqa: E402
 
 from .onnx_convert import (TOLERANCE, OnnxExportError, convert,  # noqa: E402,F401
                                  decode_path, session)
@@ -225,14 +226,13 @@ class OnnxDecoder:
             end_token_id: stop (without returning it) when this token is chosen.
             temperature, top_k, top_p, seed: as in `CausalLM.generate`.
         """
-        from tfllm.models.generation import GenerationError, GenerationParams, row_sampler
+        from tfllm.models.generation import (GenerationError, GenerationParams, check_fits,
+                                             row_sampler)
 
         if not prompt_ids:
             raise OnnxExportError("empty prompt: start from BOS")
-        if len(prompt_ids) + max_new_tokens > self.max_len:
-            raise OnnxExportError(f"prompt + max_new_tokens exceed the context of "
-                                  f"{self.max_len}")
         try:
+            check_fits(len(prompt_ids), max_new_tokens, self.max_len)
             sample = row_sampler(GenerationParams(max_new_tokens, temperature, top_k, top_p,
                                                   seed))
         except GenerationError as e:
@@ -260,7 +260,8 @@ def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
     `CausalLM.generate`.
     """
     tok = model.tokenizer
-    ids = list(ids or tok.encode(SAMPLE) or [tok.bos_id])[: model.backbone.max_len - 1]
+    ids = list(ids or tok.encode(SAMPLE) or [tok.bos_id])
+    ids = ids[:prompt_room(model.backbone.max_len, 1)]
     convert(decode_function(model), out, opset)
     runner = OnnxDecoder(out)
     full = model(np.array([ids], np.int32))[0].numpy()
@@ -276,7 +277,7 @@ def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
         raise OnnxExportError(f"the ONNX decode step's logits differ from Keras by {diff} "
                               f"(tolerance {TOLERANCE})")
     prompt = ids[:half]
-    n = min(new_tokens, runner.max_len - len(prompt))
+    n = min(new_tokens, new_token_room(runner.max_len, len(prompt)))
     expected = model.generate([prompt], max_new_tokens=n, return_ids=True)[1][0]
     generated = runner.generate(prompt, n, end_token_id=tok.eos_id)
     if generated != expected:

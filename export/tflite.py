@@ -2,7 +2,7 @@
 
     python -m export.tflite --run runs/NAME --out FILE.tflite [--prefill-lengths 32 128]
 
-The model has the signatures the LiteRT-LM runtime expects (shared/docs/litert-lm-contract.md):
+The model has the signatures the LiteRT-LM runtime expects (docs/on-device.md):
 `decode` and `prefill_<N>`, int32 inputs `tokens` [1, T] and `input_pos` [T] (absolute
 positions), and per layer `kv_cache_k_<i>` / `kv_cache_v_<i>`
 [1, kv_heads, max_len, head_dim]
@@ -102,6 +102,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfllm import runs, tasks  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.models.generation import new_token_room  # noqa: E402
 from tfllm.tasks.classify.predict import encode_rows, uses_token_types  # noqa: E402
 
 class TFLiteExportError(TfllmError):
@@ -149,11 +150,11 @@ def _signature(model, length):
 def compact_tflite(data, strip_names=True):
     """Rewrite TFLite bytes smaller without changing what any runtime computes.
 
-    Two things make a small model's file much larger than its weights (on the 0.8M-parameter
-    demo model, dynamic-int8: 1.03 MB -> 0.95 MB, from 0.31x to 0.29x the float32 file):
-    every signature is its own subgraph holding its own copy of each int8 weight's
-    per-channel quantization table (a float scale and an int64 zero point per output
-    channel), and every internal tensor carries a long debugging name. Identical
+    Two things make a small model's file much larger than its weights (the demo model's
+    figures: benchmarks/README.md, "On-device quantization"): every signature is its own
+    subgraph holding its own copy of each int8 weight's per-channel quantization table (a
+    float scale and an int64 zero point per output channel), and every internal tensor
+    carries a long debugging name. Identical
     quantization tables are written once and shared (flatbuffers allow several tables to
     point at one object); with `strip_names`, names of internal tensors are dropped, while
     signature definitions and every subgraph's input and output names (`tokens`,
@@ -383,14 +384,13 @@ class TFLiteRunner:
             end_token_id: stop (without returning it) when this token is chosen.
             temperature, top_k, top_p, seed: as in `CausalLM.generate`.
         """
-        from tfllm.models.generation import GenerationError, GenerationParams, row_sampler
+        from tfllm.models.generation import (GenerationError, GenerationParams, check_fits,
+                                             row_sampler)
 
         if not prompt_ids:
             raise TFLiteExportError("empty prompt: start from BOS")
-        if len(prompt_ids) + max_new_tokens > self.max_len:
-            raise TFLiteExportError(f"prompt + max_new_tokens exceed the context of "
-                                    f"{self.max_len}")
         try:
+            check_fits(len(prompt_ids), max_new_tokens, self.max_len)
             params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed)
         except GenerationError as e:
             raise TFLiteExportError(str(e)) from e
@@ -517,7 +517,7 @@ def _verify(path, model, check_prompts, quantize, run_dir, min_agreement, max_lo
             raise TFLiteExportError(f"TFLite logits differ from Keras by {diff} (over 1e-3)")
         for prompt in check_prompts:
             ids = tok.encode(prompt) or [tok.bos_id]
-            n = min(16, runner.max_len - len(ids))
+            n = min(16, new_token_room(runner.max_len, len(ids)))
             expected = model.generate([ids], max_new_tokens=n, return_ids=True)[1][0]
             got = runner.generate(ids, n, end_token_id=tok.eos_id)
             if got != expected:

@@ -490,7 +490,8 @@ def _read_prompts(args) -> list[str]:
 
 def _generate(args):
     import tfllm
-    from tfllm.models.generation import GenerationError, GenerationParams, encode_prompt, get_generator
+    from tfllm.models.generation import (GenerationParams, check_fits, encode_prompt,
+                                         get_generator, new_token_room, prompt_room)
 
     # Validate sampling arguments before the (slow) model load.
     GenerationParams(args.max_new_tokens or 1, args.temperature, args.top_k, args.top_p)
@@ -500,24 +501,16 @@ def _generate(args):
     tok, gen = model.tokenizer, get_generator(model)
     ids = [encode_prompt(tok, p) for p in prompts]
     longest = max(len(p) for p in ids)
-    if args.max_new_tokens is not None and args.max_new_tokens >= gen.max_len:
-        raise GenerationError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a "
-                              f"prompt in the model's context of {gen.max_len} tokens; "
-                              f"give at most {gen.max_len - 1}")
+    if args.max_new_tokens is not None:
+        check_fits(1, args.max_new_tokens, gen.max_len, "--max-new-tokens")
     if args.truncate == "left":
-        keep = gen.max_len - (args.max_new_tokens or gen.max_len // 2)
+        keep = prompt_room(gen.max_len, args.max_new_tokens or gen.max_len // 2)
         ids = [p[-keep:] for p in ids]
         longest = max(len(p) for p in ids)
-    if longest >= gen.max_len or (args.max_new_tokens and
-                                  longest + args.max_new_tokens > gen.max_len):
-        room = gen.max_len - (args.max_new_tokens or 1)
-        hint = (f"lower --max-new-tokens to {gen.max_len - longest}, "
-                if args.max_new_tokens and longest < gen.max_len else "")
-        raise GenerationError(
-            f"the prompt ({longest} tokens) and {args.max_new_tokens or 'at least 1'} new "
-            f"token(s) do not fit the model's context of {gen.max_len} tokens; {hint}"
-            f"shorten the prompt to {room} tokens or pass --truncate left")
-    max_new = args.max_new_tokens or gen.max_len - longest
+    # Without --max-new-tokens the reply takes what the prompt leaves, at least one token.
+    check_fits(longest, args.max_new_tokens or 1, gen.max_len, "--max-new-tokens",
+               also=" or pass --truncate left")
+    max_new = args.max_new_tokens or new_token_room(gen.max_len, longest)
     params = GenerationParams(max_new, args.temperature, args.top_k, args.top_p, args.seed)
     if len(ids) == 1 and args.num_samples == 1:
         # One prompt: stream. Decode the whole continuation each time so multi-byte pieces

@@ -12,12 +12,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 from tfllm.config import ModelConfig
 from tfllm.errors import RunDirError
 from tfllm.publish import Output
+from tfllm.untrusted import read_json_object
 
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.model"
@@ -67,18 +69,28 @@ def inputs_of(run_dir: str) -> list[str]:
     return paths + ([base] if isinstance(base, str) else [])
 
 
+# Parsed config.json files by (path, inode, size, mtime): a command asks for a run's config
+# from several places (the task registry, runs.load, an exporter) and reads the file once;
+# a rewritten file (write_run_config replaces it) is a new key and is read again.
+_READ: dict = {}
+
+
 def read_run_config(run_dir: str) -> dict:
-    """The parsed config.json of a run directory (RunDirError if absent or broken)."""
+    """The parsed config.json of a run directory (RunDirError if absent or broken); a copy
+    the caller may change."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.isdir(run_dir):
         raise RunDirError(f"run directory {run_dir} does not exist")
-    if not os.path.isfile(path):
-        raise RunDirError(f"{run_dir} is not a tfllm run directory (no {CONFIG})")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON: {e}") from e
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is None or not os.path.isfile(path):
+        raise RunDirError(f"{run_dir} is not a tfllm run directory (no {CONFIG})")
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _READ:  # a run may come from elsewhere: sizes and depth are bounded
+        _READ[key] = read_json_object(path, RunDirError)
+    return copy.deepcopy(_READ[key])
 
 
 def write_run_config(run_dir: str, config: dict) -> None:

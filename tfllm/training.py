@@ -500,8 +500,8 @@ def pretrain(task, out: str, data: str, preset: str, settings: TrainSettings = N
     The task's hooks: `objective` (stored in config.json), `check_preset(config, preset)`,
     `matches(stored_config)`, `read(data, settings, text_feature, tfds_manual_dir,
     tfds_data_dir)` -> its data, `tokenizer_texts(data)`, `tokenizer_options()`,
-    `prepare(data, tokenizer, seq_len, verbose)`, `static_shapes(strategy)`,
-    `datasets(data, tokenizer, seq_len, global_batch, seed, static_shapes)` ->
+    `prepare(data, tokenizer, max_len, verbose)`, `static_shapes(strategy)`,
+    `datasets(data, tokenizer, max_len, global_batch, seed, static_shapes)` ->
     (train, val, tokens per step), `build(model_config, tokenizer)` -> a model, and
     `run_config()` -> more config.json entries.
 
@@ -609,6 +609,47 @@ def _pretrain_fit(task, run_dir, out, resume, tokenizer, model_config, source, s
     return None
 
 
+class TextPretraining:
+    """`pretrain` hooks of tasks that learn from token windows of a text corpus (lm, mlm):
+    a subclass sets `objective` and `make_dataset(texts, tokenizer, max_len, batch_size,
+    training, seed)` and adds `check_preset` and `build`."""
+
+    objective = ""
+
+    def matches(self, stored) -> bool:
+        return stored.get("objective") == self.objective
+
+    def read(self, data, settings, text_feature, tfds_manual_dir, tfds_data_dir):
+        from tfllm.data import Corpus
+
+        return Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
+
+    def tokenizer_texts(self, corpus):
+        return corpus.sample_texts()
+
+    def tokenizer_options(self) -> dict:
+        return {}
+
+    def prepare(self, corpus, tokenizer, max_len, verbose):
+        from tfllm.data import check_nonempty
+
+        check_nonempty(corpus.train_texts(), tokenizer, max_len, "training")
+        check_nonempty(corpus.val_texts(), tokenizer, max_len, "validation")
+
+    def static_shapes(self, strategy) -> bool:
+        return True
+
+    def datasets(self, corpus, tokenizer, max_len, global_batch, seed, static_shapes):
+        train = self.make_dataset(corpus.train_texts(), tokenizer, max_len, global_batch,
+                                  training=True, seed=seed)
+        val = self.make_dataset(corpus.val_texts(), tokenizer, max_len, global_batch,
+                                training=False, seed=seed)
+        return train, val, global_batch * max_len
+
+    def run_config(self) -> dict:
+        return {}
+
+
 # -- evaluating a language model ----------------------------------------------------------
 
 class CausalWindows:
@@ -616,10 +657,10 @@ class CausalWindows:
     and chat tasks score their runs so)."""
 
     @staticmethod
-    def eval_dataset(texts, tokenizer, seq_len, batch_size):
+    def eval_dataset(texts, tokenizer, max_len, batch_size):
         from tfllm.data.windows import make_lm_dataset
 
-        return make_lm_dataset(texts, tokenizer, seq_len, batch_size, training=False)
+        return make_lm_dataset(texts, tokenizer, max_len, batch_size, training=False)
 
     @staticmethod
     def compile_eval(model):
@@ -641,7 +682,7 @@ def evaluate_windows(task, run_dir: str, data: str | None = None, batch_size: in
                      eval_steps: int | None = None, weights: str = "final", text_feature=None,
                      tfds_manual_dir=None, tfds_data_dir=None) -> dict:
     """Validation loss and perplexity of a language model run on token windows of text,
-    the way `task` scores them (its hooks `eval_dataset(texts, tokenizer, seq_len, batch)`,
+    the way `task` scores them (its hooks `eval_dataset(texts, tokenizer, max_len, batch)`,
     `compile_eval(model)`, `count_tokens(ds)` and `eval_fields(results)`).
 
     Args:
@@ -669,12 +710,12 @@ def evaluate_windows(task, run_dir: str, data: str | None = None, batch_size: in
         data = stored["data"]["spec"]
         text_feature = text_feature or stored["data"].get("text_feature")
     corpus = Corpus(data, text_feature, tfds_manual_dir, tfds_data_dir)
-    seq_len = model.backbone.max_len
-    check_nonempty(corpus.val_texts(), tokenizer, seq_len, "validation")
+    max_len = model.backbone.max_len
+    check_nonempty(corpus.val_texts(), tokenizer, max_len, "validation")
     batch_size = batch_size or (stored.get("training") or {}).get("batch_size", 12)
     if batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
-    ds = task.eval_dataset(corpus.val_texts(), tokenizer, seq_len, batch_size)
+    ds = task.eval_dataset(corpus.val_texts(), tokenizer, max_len, batch_size)
     task.compile_eval(model)
     if eval_steps:
         ds = ds.take(eval_steps)
@@ -686,6 +727,17 @@ def evaluate_windows(task, run_dir: str, data: str | None = None, batch_size: in
     return {"loss": round(math.log(float(results["perplexity"])), 6),
             "perplexity": round(float(results["perplexity"]), 4),
             "tokens": task.count_tokens(ds), "data": data, **task.eval_fields(results)}
+
+
+def print_window_scores(task, args) -> dict:
+    """`tfllm evaluate` of a run scored by `evaluate_windows` with `task`'s hooks: print the
+    figures, then the result as a JSON line."""
+    result = evaluate_windows(task, args.run, args.data, args.batch_size, args.eval_steps,
+                              args.weights, args.text_feature, args.tfds_manual_dir,
+                              args.tfds_data_dir)
+    print("\n".join(window_score_lines(result)))
+    print(json.dumps(result))
+    return result
 
 
 def window_score_lines(result: dict) -> list[str]:

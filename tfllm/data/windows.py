@@ -17,11 +17,10 @@ SHUFFLE_BUFFER = 10_000
 def training_options() -> tf.data.Options:
     """tf.data options for the pipelines that feed `fit`: autotuner off, shard by batch.
 
-    tf.data's autotuner made Keras `fit` idle on 2-vCPU machines: in 60-70% of timed
-    repetitions every step took a fixed 51 ms (a 768-token step needs ~35), with the CPUs
-    partly idle and the same figure whatever the model; with the autotuner off none did
-    (benchmarks/README.md, "The idle spells"). These pipelines' batches are cheap to make,
-    so there is little for it to tune.
+    tf.data's autotuner left Keras `fit` partly idle on 2-vCPU machines, at one fixed step
+    time whatever the model; with it off that never happened (benchmarks/README.md, "The
+    idle spells"). These pipelines' batches are cheap to make, so there is little for it to
+    tune.
 
     Elements keep their order (deterministic), so a seeded run sees the same batches.
 
@@ -36,13 +35,13 @@ def training_options() -> tf.data.Options:
     return options
 
 
-def lm_windows(texts: tf.data.Dataset, tokenizer, seq_len: int, offset=0) -> tf.data.Dataset:
-    """Tokenize documents in-graph, join them (EOS between), cut into (seq_len + 1,) windows.
+def lm_windows(texts: tf.data.Dataset, tokenizer, max_len: int, offset=0) -> tf.data.Dataset:
+    """Tokenize documents in-graph, join them (EOS between), cut into (max_len + 1,) windows.
 
     Args:
         texts: dataset of scalar strings.
         tokenizer: a `SentencePieceTokenizer`.
-        seq_len: model context; windows hold one extra token for the shifted targets.
+        max_len: model context; windows hold one extra token for the shifted targets.
         offset: tokens to drop from the start (varies the window phase between passes).
     """
     eos = tf.constant([tokenizer.eos_id], tf.int32)
@@ -51,24 +50,24 @@ def lm_windows(texts: tf.data.Dataset, tokenizer, seq_len: int, offset=0) -> tf.
         return tf.concat([tokenizer.tokenize(text), eos], axis=0)
 
     tokens = texts.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    return tokens.skip(tf.cast(offset, tf.int64)).batch(seq_len + 1, drop_remainder=True)
+    return tokens.skip(tf.cast(offset, tf.int64)).batch(max_len + 1, drop_remainder=True)
 
 
-def check_nonempty(texts: tf.data.Dataset, tokenizer, seq_len: int, what: str) -> None:
-    """Raise DataError if `texts` yields no full window of seq_len + 1 tokens."""
-    for _ in lm_windows(texts, tokenizer, seq_len).take(1):
+def check_nonempty(texts: tf.data.Dataset, tokenizer, max_len: int, what: str) -> None:
+    """Raise DataError if `texts` yields no full window of max_len + 1 tokens."""
+    for _ in lm_windows(texts, tokenizer, max_len).take(1):
         return
-    raise DataError(f"the {what} text is shorter than one window of {seq_len + 1} tokens; "
+    raise DataError(f"the {what} text is shorter than one window of {max_len + 1} tokens; "
                     "use more text or a model with a shorter context")
 
 
-def shifted_passes(texts: tf.data.Dataset, tokenizer, window: int, seq_len: int,
+def shifted_passes(texts: tf.data.Dataset, tokenizer, window: int, max_len: int,
                    seed: int) -> tf.data.Dataset:
     """Windows of `window` (+1) tokens of endless passes over `texts`, each pass starting
-    at a seeded random offset below `seq_len`, so windows differ between passes."""
+    at a seeded random offset below `max_len`, so windows differ between passes."""
     def one_pass(epoch):
         offset = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), epoch]),
-                                             maxval=seq_len, dtype=tf.int64)
+                                             maxval=max_len, dtype=tf.int64)
         return lm_windows(texts, tokenizer, window, offset)
 
     return tf.data.Dataset.range(1 << 62).flat_map(one_pass)
@@ -78,26 +77,26 @@ def _split_xy(window):
     return window[..., :-1], window[..., 1:]
 
 
-def make_lm_dataset(texts: tf.data.Dataset, tokenizer, seq_len: int, batch_size: int,
+def make_lm_dataset(texts: tf.data.Dataset, tokenizer, max_len: int, batch_size: int,
                     training: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batches of `(inputs, targets)`, each (batch_size, seq_len) int32, targets shifted by one.
+    """Batches of `(inputs, targets)`, each (batch_size, max_len) int32, targets shifted by one.
 
     Training data repeats forever; each pass starts at a seeded random offset below
-    `seq_len` and is shuffled, so windows differ between passes. Evaluation data is one
+    `max_len` and is shuffled, so windows differ between passes. Evaluation data is one
     ordered pass (the last partial batch kept).
 
     Args:
         texts: dataset of scalar strings (see `Corpus`).
         tokenizer: a `SentencePieceTokenizer`.
-        seq_len: model context length.
+        max_len: model context length.
         batch_size: global batch size.
         training: repeat, offset and shuffle when True.
         seed: seed for offsets and shuffling.
     """
     if training:
-        ds = shifted_passes(texts, tokenizer, seq_len, seq_len, seed)
+        ds = shifted_passes(texts, tokenizer, max_len, max_len, seed)
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed).batch(batch_size, drop_remainder=True)
     else:
-        ds = lm_windows(texts, tokenizer, seq_len).batch(batch_size)
+        ds = lm_windows(texts, tokenizer, max_len).batch(batch_size)
     ds = ds.map(_split_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(training_options())

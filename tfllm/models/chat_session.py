@@ -37,16 +37,14 @@ class ChatSession:
     def __init__(self, model, chat: dict, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
                  seed=None, split_special_tokens: bool = True):
-        from tfllm.models.generation import GenerationParams, get_generator
+        from tfllm.models.generation import GenerationParams, check_fits, get_generator
 
         self.model, self.tokenizer = model, model.tokenizer
         self.template = template_of(chat)
         self.end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
         self.generator = get_generator(model)
         self.max_len = self.generator.max_len
-        if max_new_tokens >= self.max_len:
-            raise TfllmError(f"--max-new-tokens {max_new_tokens} leaves no room for a "
-                             f"prompt in the model's context of {self.max_len} tokens")
+        check_fits(1, max_new_tokens, self.max_len, "--max-new-tokens")
         self.params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed)
         self.history = [] if system is None else [{"role": "system", "content": system}]
         self.dropped = 0
@@ -60,11 +58,12 @@ class ChatSession:
     def prompt_ids(self, turns) -> tuple[list[int], int]:
         """Ids of `turns` with the generation prompt, oldest non-system turns dropped
         until the prompt and a full reply fit; `(ids, turns dropped)`."""
+        from tfllm.models.generation import fits
+
         turns, dropped = list(turns), 0
-        room = self.max_len - self.params.max_new_tokens
         while True:
             ids = self._encode(turns)
-            if len(ids) <= room:
+            if fits(len(ids), self.params.max_new_tokens, self.max_len):
                 return ids, dropped
             first = 1 if turns and turns[0]["role"] == "system" else 0
             if len(turns) - first <= 1:

@@ -29,6 +29,48 @@ class GenerationError(TfllmError, ValueError):
     """Bad generation arguments (the message names the value and its limit)."""
 
 
+def fits(prompt_tokens, max_new_tokens, max_len):
+    """Whether a prompt of `prompt_tokens` tokens and `max_new_tokens` new ones fit a
+    context of `max_len` tokens: the one rule of every generation path (Python ints here,
+    int32 tensors in the exported graphs, where subtracting keeps a huge `max_new_tokens`
+    from wrapping around).
+
+    Example:
+        >>> fits(30, 2, 32), fits(31, 2, 32)
+        (True, False)
+    """
+    return max_new_tokens <= max_len - prompt_tokens
+
+
+def prompt_room(max_len, max_new_tokens):
+    """How many prompt tokens fit beside `max_new_tokens` new ones (see `fits`)."""
+    return max_len - max_new_tokens
+
+
+def new_token_room(max_len, prompt_tokens):
+    """How many new tokens fit after a prompt of `prompt_tokens` tokens (see `fits`)."""
+    return max_len - prompt_tokens
+
+
+def check_fits(prompt_tokens: int, max_new_tokens: int, max_len: int,
+               option: str = "max_new_tokens", also: str = "") -> None:
+    """GenerationError unless a prompt of `prompt_tokens` tokens (at least one, BOS) and
+    `max_new_tokens` new ones fit a context of `max_len` tokens; the message names the
+    numbers and the fixes (`option`: the argument's name for the caller, `also`: a further
+    fix, e.g. " or pass --truncate left")."""
+    if not fits(1, max_new_tokens, max_len):
+        raise GenerationError(f"{option} {max_new_tokens} leaves no room for a prompt in the "
+                              f"model's context of {max_len} tokens; give at most "
+                              f"{max_len - 1}")
+    if not fits(prompt_tokens, max_new_tokens, max_len):
+        lower = (f"lower {option} to {max_len - prompt_tokens}, "
+                 if prompt_tokens < max_len else "")
+        raise GenerationError(f"prompt length {prompt_tokens} + {max_new_tokens} new tokens "
+                              f"exceeds the model's context of {max_len} tokens; {lower}"
+                              f"shorten the prompt to {prompt_room(max_len, max_new_tokens)} "
+                              f"tokens{also}")
+
+
 # -- samplers -------------------------------------------------------------------------------
 
 def filter_top_k(logits, top_k):
@@ -288,14 +330,10 @@ class Generator:
         longest = max(lengths)
         if min(lengths) < 1:
             raise GenerationError("empty prompt: give at least one token (e.g. BOS)")
-        if longest + params.max_new_tokens > self.max_len:
-            raise GenerationError(
-                f"prompt length {longest} + max_new_tokens {params.max_new_tokens} exceeds the "
-                f"model's context of {self.max_len} tokens; lower max_new_tokens to "
-                f"{max(self.max_len - longest, 0)} or shorten the prompt")
+        check_fits(longest, params.max_new_tokens, self.max_len)
         # Buckets bound the number of compiled shapes; the prompt bucket must leave room.
         prompt_len = max(longest, min(_bucket(longest, _MIN_PROMPT_BUCKET, self.max_len),
-                                      self.max_len - params.max_new_tokens))
+                                      prompt_room(self.max_len, params.max_new_tokens)))
         batch = 1 << (len(prompts) - 1).bit_length()  # batch bucket: next power of two
         ids = np.zeros((batch, prompt_len), np.int32)
         lens = np.ones((batch,), np.int32)
@@ -395,12 +433,9 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top
     else:
         id_prompts = [list(map(int, p)) for p in prompts]
     gen = get_generator(model)
-    limit = gen.max_len - params.max_new_tokens
-    if params.max_new_tokens >= gen.max_len:
-        raise GenerationError(f"max_new_tokens {params.max_new_tokens} must be below the "
-                              f"model's context of {gen.max_len} tokens")
+    check_fits(1, params.max_new_tokens, gen.max_len)
     if truncate == "left":
-        id_prompts = [p[-limit:] for p in id_prompts]
+        id_prompts = [p[-prompt_room(gen.max_len, params.max_new_tokens):] for p in id_prompts]
     elif truncate != "error":
         raise GenerationError(f"truncate must be 'error' or 'left', got {truncate!r}")
     ids = gen.generate_ids(id_prompts, params)

@@ -23,6 +23,7 @@ import sys
 
 import tensorflow as tf
 
+from tfllm.models.generation import fits, new_token_room
 from tfllm.signatures.checks import (DEFAULT_MAX_BATCH, ExportError, after, batch_checks,
                                      child_failure, prompt_bucket, require, text_checks)
 from tfllm.tokenizers import max_text_bytes
@@ -60,7 +61,7 @@ class CausalDecoder:
         checks += text_checks(self.text_bytes, **texts)
         return checks + [
             require(tf.reduce_all(tf.logical_and(max_new_tokens >= 1,
-                                                  max_new_tokens <= max_len - 1)),
+                                                  fits(1, max_new_tokens, max_len))),
                      f"max_new_tokens must be from 1 to {max_len - 1} (the model context of "
                      f"{max_len} tokens less the prompt)"),
             require(tf.reduce_all(tf.logical_and(tf.math.is_finite(temperature),
@@ -88,11 +89,10 @@ class CausalDecoder:
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         longest = tf.reduce_max(lengths)
         room = tf.reduce_max(max_new_tokens)
-        # Subtraction, not addition: a huge max_new_tokens must not wrap around.
-        fits = require(room <= max_len - longest,
-                        f"prompt tokens + max_new_tokens exceed the model context of "
-                        f"{max_len} tokens")
-        longest, room = after([fits], longest, room)
+        fitting = require(fits(longest, room, max_len),
+                          f"prompt tokens + max_new_tokens exceed the model context of "
+                          f"{max_len} tokens")
+        longest, room = after([fitting], longest, room)
         bucket = prompt_bucket(longest, room, max_len)
         # Left-pad into (batch, bucket): row b's tokens end in the last column.
         right = ids.to_tensor(0, shape=tf.stack([batch, bucket]))
@@ -171,8 +171,8 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
         from tfllm import runs
 
         model = runs.load(run_dir)
-    limit = model.backbone.max_len
-    max_new = min(max_new_tokens, limit - max(len(model.tokenizer.encode(p)) for p in prompts))
+    max_new = min(max_new_tokens, new_token_room(
+        model.backbone.max_len, max(len(model.tokenizer.encode(p)) for p in prompts)))
     expected = model.generate(prompts, max_new_tokens=max_new)
     code = (
         "import json, sys, tensorflow as tf, tensorflow_text\n"

@@ -169,12 +169,12 @@ def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=
     """Greedy `chat` and `chat_with_system` replies of a fresh-process reload must equal
     `tfllm chat`'s first replies. The reply length is cut to what the context leaves after
     the longest sample prompt (a short-context run is checked on fewer tokens)."""
-    from tfllm.models.chat_session import ChatSession
-
     from tfllm.errors import TfllmError
+    from tfllm.models.chat_session import ChatSession
+    from tfllm.models.generation import fits, new_token_room
 
     system = "Be brief."
-    context = model.backbone.max_len
+    max_len = model.backbone.max_len
     lengths = {}
     for message in messages:  # the prompt's tokens with and without the system text
         for sys_text in (None, system):
@@ -183,14 +183,15 @@ def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=
             try:
                 size = len(session.prompt_ids(turns)[0])
             except TfllmError:  # longer than the context
-                size = context
+                size = max_len
             lengths[message] = max(lengths.get(message, 0), size)
-    messages = [m for m in messages if lengths[m] < context]
+    messages = [m for m in messages if fits(lengths[m], 1, max_len)]
     if not messages:
         raise ExportError(f"the chat check's sample messages do not fit the context of "
-                          f"{context} tokens with the template; export with a longer "
+                          f"{max_len} tokens with the template; export with a longer "
                           "--max-len")
-    max_new_tokens = min(max_new_tokens, context - max(lengths[m] for m in messages))
+    max_new_tokens = min(max_new_tokens,
+                         new_token_room(max_len, max(lengths[m] for m in messages)))
     n = len(messages)
     sampling = {"max_new_tokens": [max_new_tokens] * n, "temperature": [0.0] * n,
                 "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}

@@ -16,6 +16,7 @@ import sys
 import tensorflow as tf
 
 from tfllm.errors import TfllmError
+from tfllm.models.generation import prompt_room
 
 _MIN_BUCKET = 8
 # Most rows one request may carry by default (export/options.py offers it to the CLI).
@@ -31,7 +32,7 @@ def prompt_bucket(longest, room, max_len):
     p = tf.maximum(longest, _MIN_BUCKET)
     p = tf.cast(2 ** tf.math.ceil(tf.math.log(tf.cast(p, tf.float32)) / tf.math.log(2.0)),
                 tf.int32)
-    return tf.maximum(longest, tf.minimum(p, max_len - room))
+    return tf.maximum(longest, tf.minimum(p, prompt_room(max_len, room)))
 
 
 def require(condition, message):

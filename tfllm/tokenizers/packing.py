@@ -12,6 +12,10 @@ inference and exports:
 `sep_id`, else the tokenizer's end-of-text id. A pair longer than the sequence is cut as
 Hugging Face's `longest_first` cuts it, so imported BERT classifiers see what they were
 trained on.
+
+`seq_len` here is a padded input width (a batch's, or the one a classifier run was
+fine-tuned and is exported at, config.json's "task" "seq_len"), at most the model's
+context `max_len` and often much shorter: a different value, hence its own name.
 """
 
 from __future__ import annotations

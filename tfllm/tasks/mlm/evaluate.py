@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 
 def evaluate_mlm(run_dir, data=None, batch_size=None, eval_steps=None, weights="final",
                  text_feature=None, tfds_manual_dir=None, tfds_data_dir=None) -> dict:
@@ -18,10 +16,7 @@ def evaluate_mlm(run_dir, data=None, batch_size=None, eval_steps=None, weights="
 
 def print_evaluation(args) -> dict:
     """Evaluate the run of the parsed `tfllm evaluate` arguments and print the figures."""
-    from tfllm.training import window_score_lines
+    from tfllm.tasks.mlm.pretraining import MaskedWindows
+    from tfllm.training import print_window_scores
 
-    result = evaluate_mlm(args.run, args.data, args.batch_size, args.eval_steps, args.weights,
-                          args.text_feature, args.tfds_manual_dir, args.tfds_data_dir)
-    print("\n".join(window_score_lines(result)))
-    print(json.dumps(result))
-    return result
+    return print_window_scores(MaskedWindows, args)

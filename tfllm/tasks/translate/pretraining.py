@@ -59,12 +59,12 @@ class TranslatePretraining:
     def tokenizer_options(self) -> dict:
         return {"user_symbols": [placeholders.SENTINEL] if self.protect_placeholders else ()}
 
-    def prepare(self, corpus, tokenizer, seq_len, verbose):
+    def prepare(self, corpus, tokenizer, max_len, verbose):
         from tfllm.tasks.translate.data import encode_pairs
 
-        self.train_pairs, cut = encode_pairs(corpus.train, tokenizer, seq_len, self.truncate,
+        self.train_pairs, cut = encode_pairs(corpus.train, tokenizer, max_len, self.truncate,
                                              self.protect_placeholders)
-        self.val_pairs, val_cut = encode_pairs(corpus.val, tokenizer, seq_len, self.truncate,
+        self.val_pairs, val_cut = encode_pairs(corpus.val, tokenizer, max_len, self.truncate,
                                                self.protect_placeholders)
         if not self.val_pairs:
             raise DataError(f"{corpus.describe()['spec']} has too few pairs to hold some out "
@@ -77,19 +77,18 @@ class TranslatePretraining:
                   + (f"; {cut + val_cut} long rows cut (--truncate)" if cut + val_cut else ""))
 
     def static_shapes(self, strategy) -> bool:
-        # Seq2seq batches vary in width. XLA would compile one train step per width
-        # (measured 23-27 s each for transformer-mt-small on 2 CPU cores, 9 widths) and
-        # fixed widths pad 21% more than padding each batch to its longest pair
-        # (l10n-en-fr), so on CPUs and GPUs a plain graph with dynamic widths trains more
-        # pairs per minute (benchmarks/README.md). TPUs need static shapes.
+        # Seq2seq batches vary in width. XLA would compile one train step per width and
+        # fixed widths pad more than padding each batch to its longest pair, so on CPUs
+        # and GPUs a plain graph with dynamic widths trains more pairs per minute
+        # (benchmarks/README.md, "Fixed or dynamic widths"). TPUs need static shapes.
         return isinstance(strategy, tf.distribute.TPUStrategy)
 
-    def datasets(self, corpus, tokenizer, seq_len, global_batch, seed, static_shapes):
+    def datasets(self, corpus, tokenizer, max_len, global_batch, seed, static_shapes):
         from tfllm.tasks.translate.data import make_seq2seq_dataset
 
-        train = make_seq2seq_dataset(self.train_pairs, tokenizer, seq_len, global_batch,
+        train = make_seq2seq_dataset(self.train_pairs, tokenizer, max_len, global_batch,
                                      training=True, seed=seed, static_shapes=static_shapes)
-        val = make_seq2seq_dataset(self.val_pairs, tokenizer, seq_len, global_batch,
+        val = make_seq2seq_dataset(self.val_pairs, tokenizer, max_len, global_batch,
                                    training=False)
         # Real (unpadded) source and target tokens of an average step, for tokens/sec.
         tokens = global_batch * sum(len(s) + len(t) + 1 for s, t in self.train_pairs) \
