@@ -52,6 +52,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
 import numpy as np  # noqa: E402
 
 from tfllm import runs, tasks  # noqa: E402
+from tfllm.checkpoints import CheckpointError, hf_family  # noqa: E402
 from tfllm.config import ModelConfig  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 from tfllm.publish import Output  # noqa: E402
@@ -61,133 +62,19 @@ class HFExportError(TfllmError):
     """The run cannot be written as a Hugging Face checkpoint, or the copy differs."""
 
 
+def family_of(cfg: ModelConfig):
+    """`(family module, model_type)` a run's config is written as (`tfllm.checkpoints.
+    hf_family`); an HFExportError naming what has no counterpart."""
+    try:
+        return hf_family(cfg)
+    except CheckpointError as e:
+        raise HFExportError(str(e)) from None
+
+
 def architecture(cfg: ModelConfig) -> str:
     """The Hugging Face model_type a run's config maps to: "llama", "qwen2", "qwen3" or
-    "gpt2"; an error naming what has no counterpart."""
-    llama_like = (cfg.position_embedding == "rope" and cfg.norm == "rmsnorm"
-                  and cfg.ffn == "gated" and cfg.activation == "silu" and cfg.norm_first)
-    if llama_like and cfg.causal:
-        if cfg.qk_norm:
-            if cfg.qkv_bias or cfg.proj_bias:
-                raise HFExportError("QK-norm with projection biases has no transformers "
-                                    "counterpart")
-            return "qwen3"
-        if cfg.qkv_bias and not cfg.proj_bias:
-            return "qwen2"
-        return "llama"
-    gpt2_like = (cfg.position_embedding == "learned" and cfg.norm == "layernorm"
-                 and cfg.ffn == "plain" and cfg.activation == "gelu" and cfg.norm_first
-                 and cfg.qkv_bias and cfg.proj_bias and cfg.tie_embeddings and cfg.causal
-                 and cfg.kv_heads == cfg.num_heads and cfg.head_dim * cfg.num_heads
-                 == cfg.d_model and not cfg.rope_scaling)
-    if gpt2_like:
-        return "gpt2"
-    raise HFExportError(
-        "this run's architecture has no transformers counterpart that export.hf writes: "
-        f"position_embedding={cfg.position_embedding}, norm={cfg.norm}, ffn={cfg.ffn}, "
-        f"activation={cfg.activation}, norm_first={cfg.norm_first}, causal={cfg.causal}; "
-        "supported: Llama-style (rope, rmsnorm, gated silu) and GPT-2-style (learned "
-        "positions, layernorm, plain gelu, biases, tied embeddings)")
-
-
-def _np(variable):
-    return np.asarray(variable.numpy(), np.float32)
-
-
-def llama_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """The run's weights under Hugging Face Llama names ([out, in] projections); the
-    inverse of `tfllm.checkpoints.llama.llama_weights`."""
-    bb = model.backbone
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    t = {"model.embed_tokens.weight": _np(bb.embedding.token_embeddings),
-         "model.norm.weight": _np(bb.norm.scale)}
-    if not cfg.tie_embeddings:
-        t["lm_head.weight"] = _np(bb.embedding.output_embeddings)
-    for i, block in enumerate(bb.blocks):
-        p, att = f"model.layers.{i}.", block.attention
-        a = p + "self_attn."
-        # The fused projection's columns are [Q heads | K heads | V heads].
-        qkv = _np(att.qkv.kernel)  # (d_model, q + 2 * kv)
-        for name, part in zip("qkv", np.split(qkv, [q, q + kv], axis=1)):
-            t[a + f"{name}_proj.weight"] = np.ascontiguousarray(part.T)
-        if cfg.qkv_bias:
-            for name, part in zip("qkv", np.split(_np(att.qkv.bias), [q, q + kv])):
-                t[a + f"{name}_proj.bias"] = part
-        t[a + "o_proj.weight"] = np.ascontiguousarray(_np(att.out.kernel).T)
-        if cfg.qk_norm:
-            t[a + "q_norm.weight"] = _np(att.q_norm.scale)
-            t[a + "k_norm.weight"] = _np(att.k_norm.scale)
-        t[p + "input_layernorm.weight"] = _np(block.norm1.scale)
-        t[p + "post_attention_layernorm.weight"] = _np(block.norm2.scale)
-        for name in ("gate", "up", "down"):
-            layer = getattr(block.ffn, name)
-            t[p + f"mlp.{name}_proj.weight"] = np.ascontiguousarray(_np(layer.kernel).T)
-            if cfg.proj_bias:
-                t[p + f"mlp.{name}_proj.bias"] = _np(layer.bias)
-        if cfg.proj_bias:
-            t[a + "o_proj.bias"] = _np(att.out.bias)
-    return t
-
-
-def gpt2_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """The run's weights under Hugging Face GPT-2 names (Conv1D kernels are [in, out], as
-    Keras stores them); the inverse of `tfllm.checkpoints.gpt2`."""
-    bb = model.backbone
-    t = {"transformer.wte.weight": _np(bb.embedding.token_embeddings),
-         "transformer.wpe.weight": _np(bb.embedding.position_embeddings),
-         "transformer.ln_f.weight": _np(bb.norm.gamma),
-         "transformer.ln_f.bias": _np(bb.norm.beta)}
-    for i, block in enumerate(bb.blocks):
-        p, att = f"transformer.h.{i}.", block.attention
-        t.update({p + "ln_1.weight": _np(block.norm1.gamma), p + "ln_1.bias": _np(block.norm1.beta),
-                  p + "ln_2.weight": _np(block.norm2.gamma), p + "ln_2.bias": _np(block.norm2.beta),
-                  p + "attn.c_attn.weight": _np(att.qkv.kernel),
-                  p + "attn.c_attn.bias": _np(att.qkv.bias),
-                  p + "attn.c_proj.weight": _np(att.out.kernel),
-                  p + "attn.c_proj.bias": _np(att.out.bias),
-                  p + "mlp.c_fc.weight": _np(block.ffn.inner.kernel),
-                  p + "mlp.c_fc.bias": _np(block.ffn.inner.bias),
-                  p + "mlp.c_proj.weight": _np(block.ffn.outer.kernel),
-                  p + "mlp.c_proj.bias": _np(block.ffn.outer.bias)})
-    return t
-
-
-def hf_config(cfg: ModelConfig, model_type: str, tokenizer: dict, dtype: str) -> dict:
-    """config.json of the checkpoint."""
-    bos, eos = tokenizer.get("bos_id"), tokenizer.get("eos_ids") or []
-    eos = eos[0] if len(eos) == 1 else eos
-    if model_type == "gpt2":
-        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-                "vocab_size": cfg.vocab_size, "n_positions": cfg.max_len,
-                "n_embd": cfg.d_model, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
-                "n_inner": cfg.ffn_dim, "activation_function": "gelu_new",
-                "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": 0.0,
-                "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
-                "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": dtype}
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-            "qwen3": "Qwen3ForCausalLM"}[model_type]
-    out = {"architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
-           "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_dim,
-           "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
-           "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-           "hidden_act": "silu", "max_position_embeddings": cfg.max_len,
-           "rms_norm_eps": cfg.layer_norm_epsilon, "rope_theta": cfg.rope_theta,
-           "rope_scaling": _rope_scaling(cfg.rope_scaling),
-           "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": 0.0,
-           "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": dtype}
-    if model_type == "llama":
-        out.update(attention_bias=cfg.proj_bias, mlp_bias=cfg.proj_bias)
-    if model_type in ("qwen2", "qwen3"):
-        out.update(use_sliding_window=False, sliding_window=None)
-    if model_type == "qwen3":
-        out["attention_bias"] = False
-    return out
-
-
-def _rope_scaling(scaling):
-    if not scaling:
-        return None
-    return {"rope_type": scaling["type"], **{k: v for k, v in scaling.items() if k != "type"}}
+    "gpt2"."""
+    return family_of(cfg)[1]
 
 
 def _id_to_token(kind: str, path: str) -> dict:
@@ -297,8 +184,8 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
                             f"({task.name})")
     model = runs.load(run_dir)
     cfg = ModelConfig.from_dict(model_config_of(model, config))
-    model_type = architecture(cfg)
-    tensors = (gpt2_tensors if model_type == "gpt2" else llama_tensors)(model, cfg)
+    family, model_type = family_of(cfg)
+    tensors = family.hf_tensors(model, cfg)
     with output.staging() as staging:
         tok_fields = tokenizer_files(run_dir, staging, model.tokenizer)
         chat = task.chat_config(config, model.tokenizer)
@@ -308,7 +195,9 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
         tok = {"bos_id": getattr(model.tokenizer, "bos_id", None),
                "eos_ids": list(getattr(model.tokenizer, "eos_ids",
                                        [model.tokenizer.eos_id])), **special}
-        hf = hf_config(cfg, model_type, tok, dtype)
+        eos = tok.get("eos_ids") or []
+        hf = family.hf_config(cfg, model_type, tok.get("bos_id"),
+                              eos[0] if len(eos) == 1 else eos, dtype)
         _write_json(staging, "config.json", hf)
         generation = {"bos_token_id": tok.get("bos_id"), "eos_token_id": hf["eos_token_id"]}
         if getattr(model.tokenizer, "pad_id", None) is not None:
@@ -321,7 +210,7 @@ def export_hf(run_dir: str, out: str, dtype: str = "float32", overwrite: bool = 
             tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}
         save_file(tensors, os.path.join(staging, "model.safetensors"),
                   metadata={"format": "pt"})  # transformers reads "pt" checkpoints
-        diff = _check_roundtrip(staging, model, cfg, model_type, check_ids, dtype)
+        diff = _check_roundtrip(staging, model, cfg, family, check_ids, dtype)
     return {"path": out, "model_type": model_type, "tensors": len(tensors),
             "bytes": os.path.getsize(os.path.join(out, "model.safetensors")),
             "max_logit_diff": diff}
@@ -338,30 +227,24 @@ def _write_json(folder, name, value):
                   ensure_ascii=False)
 
 
-def _check_roundtrip(folder, model, cfg, model_type, ids, dtype):
+def _check_roundtrip(folder, model, cfg, family, ids, dtype):
     """Load the written tensors into a fresh model with tfllm's importers' name mappings
-    (`llama_weights`, `gpt2_weights`); its logits must equal the run's."""
+    (the family's `hf_weights`); its logits must equal the run's."""
     from safetensors.numpy import load_file
 
-    from tfllm.checkpoints.gpt2 import gpt2_weights
-    from tfllm.checkpoints.llama import build_model, llama_weights
+    from tfllm.checkpoints.llama import build_model
 
     ids = np.array([[i % cfg.vocab_size for i in ids]], np.int32)
     tensors = load_file(os.path.join(folder, "model.safetensors"))
     back = build_model(cfg)
     back(ids)  # builds its variables
-    if model_type == "gpt2":
-        plain = {k.removeprefix("transformer."): v for k, v in tensors.items()}
-        pairs = gpt2_weights(back, plain, np.float32)
-    else:
-        pairs = llama_weights(back, cfg, tensors, np.float32)
-    for variable, make in pairs:
+    for variable, make in family.hf_weights(back, cfg, tensors):
         variable.assign(make())
     diff = float(np.abs(back(ids).numpy() - model(ids).numpy()).max())
     bound = 1e-4 if dtype == "float32" else 0.5
     if not np.isfinite(diff) or diff > bound:
-        raise HFExportError(f"the written {model_type} checkpoint's logits differ from the "
-                            f"run's by {diff:.3g} (more than {bound})")
+        raise HFExportError(f"the written {family.hf_model_type(cfg)} checkpoint's logits "
+                            f"differ from the run's by {diff:.3g} (more than {bound})")
     return diff
 
 

@@ -7,12 +7,16 @@
     gguf                         llama.cpp GGUF files of the llama architecture
 
 `import_hf` reads a checkpoint's `config.json` and hands it to the importer registered for
-its `model_type`; `common` holds the reading and mismatch reporting they share.
+its `model_type`; `common` holds the reading and mismatch reporting they share. The
+families a run can be written back as (`tfllm export hf`) also hold the inverse map:
+`hf_model_type(cfg)`, `hf_tensors(model, cfg)`, `hf_config(...)` and `hf_weights(...)`
+(the round-trip check); `hf_family` picks the one a run's architecture matches.
 """
 
 from __future__ import annotations
 
 from tfllm import runs
+from tfllm.checkpoints import gpt2, llama
 from tfllm.checkpoints.common import CheckpointError, read_hf_config
 from tfllm.checkpoints.bert import import_bert
 from tfllm.checkpoints.gpt2 import import_gpt2
@@ -46,6 +50,25 @@ def import_hf(checkpoint: str, out: str, overwrite: bool = False, max_len: int |
     return IMPORTERS[model_type_of(checkpoint)](checkpoint, out, overwrite, max_len, dtype)
 
 
+# Families with an inverse map, tried in order by `hf_family`.
+HF_EXPORTERS = (llama, gpt2)
+
+
+def hf_family(cfg):
+    """`(family module, model_type)` a run of ModelConfig `cfg` is written back as; a
+    CheckpointError naming what has no counterpart."""
+    for family in HF_EXPORTERS:
+        model_type = family.hf_model_type(cfg)
+        if model_type:
+            return family, model_type
+    raise CheckpointError(
+        "this run's architecture has no transformers counterpart that export.hf writes: "
+        f"position_embedding={cfg.position_embedding}, norm={cfg.norm}, ffn={cfg.ffn}, "
+        f"activation={cfg.activation}, norm_first={cfg.norm_first}, causal={cfg.causal}; "
+        "supported: Llama-style (rope, rmsnorm, gated silu) and GPT-2-style (learned "
+        "positions, layernorm, plain gelu, biases, tied embeddings)")
+
+
 def model_type_of(checkpoint: str) -> str:
     """The checkpoint's `model_type`, checked against the importers there are."""
     path, cfg = read_hf_config(checkpoint)
@@ -57,5 +80,6 @@ def model_type_of(checkpoint: str) -> str:
     return model_type
 
 
-__all__ = ["CheckpointError", "DTYPES", "IMPORTERS", "FAMILY_NAMES", "import_hf",
+__all__ = ["CheckpointError", "DTYPES", "IMPORTERS", "FAMILY_NAMES", "HF_EXPORTERS",
+           "hf_family", "import_hf",
            "import_bert", "import_gpt2", "import_llama", "model_type_of"]

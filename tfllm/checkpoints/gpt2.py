@@ -145,3 +145,62 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
         "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},
         "tokenizer": {"type": "gpt2-bpe", "vocabulary": "vocab.json", "merges": "merges.txt"},
     }, {name: os.path.join(checkpoint, name) for name in ("vocab.json", "merges.txt")})
+
+
+# -- the inverse: a run written back as a Hugging Face checkpoint (export/hf.py) --------------
+
+def hf_model_type(cfg: ModelConfig) -> str | None:
+    """"gpt2" for a GPT-2-style run (learned positions, LayerNorm, GELU, biases, tied
+    embeddings, plain multi-head attention), else None."""
+    gpt2_like = (cfg.position_embedding == "learned" and cfg.norm == "layernorm"
+                 and cfg.ffn == "plain" and cfg.activation == "gelu" and cfg.norm_first
+                 and cfg.qkv_bias and cfg.proj_bias and cfg.tie_embeddings and cfg.causal
+                 and cfg.kv_heads == cfg.num_heads and cfg.head_dim * cfg.num_heads
+                 == cfg.d_model and not cfg.rope_scaling)
+    return "gpt2" if gpt2_like else None
+
+
+def _np(variable):
+    return np.asarray(variable.numpy(), np.float32)
+
+
+def hf_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The run's weights under Hugging Face GPT-2 names (Conv1D kernels are [in, out], as
+    Keras stores them); the inverse of `gpt2_weights`."""
+    bb = model.backbone
+    t = {"transformer.wte.weight": _np(bb.embedding.token_embeddings),
+         "transformer.wpe.weight": _np(bb.embedding.position_embeddings),
+         "transformer.ln_f.weight": _np(bb.norm.gamma),
+         "transformer.ln_f.bias": _np(bb.norm.beta)}
+    for i, block in enumerate(bb.blocks):
+        p, att = f"transformer.h.{i}.", block.attention
+        t.update({p + "ln_1.weight": _np(block.norm1.gamma),
+                  p + "ln_1.bias": _np(block.norm1.beta),
+                  p + "ln_2.weight": _np(block.norm2.gamma),
+                  p + "ln_2.bias": _np(block.norm2.beta),
+                  p + "attn.c_attn.weight": _np(att.qkv.kernel),
+                  p + "attn.c_attn.bias": _np(att.qkv.bias),
+                  p + "attn.c_proj.weight": _np(att.out.kernel),
+                  p + "attn.c_proj.bias": _np(att.out.bias),
+                  p + "mlp.c_fc.weight": _np(block.ffn.inner.kernel),
+                  p + "mlp.c_fc.bias": _np(block.ffn.inner.bias),
+                  p + "mlp.c_proj.weight": _np(block.ffn.outer.kernel),
+                  p + "mlp.c_proj.bias": _np(block.ffn.outer.bias)})
+    return t
+
+
+def hf_weights(model, cfg: ModelConfig, tensors: dict) -> list[tuple]:
+    """`gpt2_weights` of tensors `hf_tensors` wrote (the exporter's round-trip check)."""
+    return gpt2_weights(model, {k.removeprefix("transformer."): v for k, v in tensors.items()},
+                        np.float32)
+
+
+def hf_config(cfg: ModelConfig, model_type: str, bos, eos, dtype: str) -> dict:
+    """config.json of the written checkpoint (`eos`: one id or a list)."""
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size, "n_positions": cfg.max_len,
+            "n_embd": cfg.d_model, "n_layer": cfg.num_layers, "n_head": cfg.num_heads,
+            "n_inner": cfg.ffn_dim, "activation_function": "gelu_new",
+            "layer_norm_epsilon": cfg.layer_norm_epsilon, "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+            "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": dtype}

@@ -350,3 +350,95 @@ def check_tokenizer_fits(entry: dict, files: dict, cfg: ModelConfig) -> None:
     if any(not 0 <= i < size for i in ids):
         raise CheckpointError(f"special token ids {ids} do not fit the tokenizer's {size} "
                               "tokens")
+
+
+# -- the inverse: a run written back as a Hugging Face checkpoint (export/hf.py) --------------
+
+def hf_model_type(cfg: ModelConfig) -> str | None:
+    """The Hugging Face model_type a Llama-style run (rotary positions, RMSNorm, SwiGLU)
+    is written as: "llama", "qwen2" (Q/K/V biases) or "qwen3" (QK-norm); None for other
+    architectures."""
+    llama_like = (cfg.position_embedding == "rope" and cfg.norm == "rmsnorm"
+                  and cfg.ffn == "gated" and cfg.activation == "silu" and cfg.norm_first)
+    if not (llama_like and cfg.causal):
+        return None
+    if cfg.qk_norm:
+        if cfg.qkv_bias or cfg.proj_bias:
+            raise CheckpointError("QK-norm with projection biases has no transformers "
+                                  "counterpart")
+        return "qwen3"
+    if cfg.qkv_bias and not cfg.proj_bias:
+        return "qwen2"
+    return "llama"
+
+
+def _np(variable):
+    return np.asarray(variable.numpy(), np.float32)
+
+
+def hf_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """The run's weights under Hugging Face Llama names ([out, in] projections); the
+    inverse of `llama_weights`."""
+    bb = model.backbone
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+    t = {"model.embed_tokens.weight": _np(bb.embedding.token_embeddings),
+         "model.norm.weight": _np(bb.norm.scale)}
+    if not cfg.tie_embeddings:
+        t["lm_head.weight"] = _np(bb.embedding.output_embeddings)
+    for i, block in enumerate(bb.blocks):
+        p, att = f"model.layers.{i}.", block.attention
+        a = p + "self_attn."
+        # The fused projection's columns are [Q heads | K heads | V heads].
+        qkv = _np(att.qkv.kernel)  # (d_model, q + 2 * kv)
+        for name, part in zip("qkv", np.split(qkv, [q, q + kv], axis=1)):
+            t[a + f"{name}_proj.weight"] = np.ascontiguousarray(part.T)
+        if cfg.qkv_bias:
+            for name, part in zip("qkv", np.split(_np(att.qkv.bias), [q, q + kv])):
+                t[a + f"{name}_proj.bias"] = part
+        t[a + "o_proj.weight"] = np.ascontiguousarray(_np(att.out.kernel).T)
+        if cfg.qk_norm:
+            t[a + "q_norm.weight"] = _np(att.q_norm.scale)
+            t[a + "k_norm.weight"] = _np(att.k_norm.scale)
+        t[p + "input_layernorm.weight"] = _np(block.norm1.scale)
+        t[p + "post_attention_layernorm.weight"] = _np(block.norm2.scale)
+        for name in ("gate", "up", "down"):
+            layer = getattr(block.ffn, name)
+            t[p + f"mlp.{name}_proj.weight"] = np.ascontiguousarray(_np(layer.kernel).T)
+            if cfg.proj_bias:
+                t[p + f"mlp.{name}_proj.bias"] = _np(layer.bias)
+        if cfg.proj_bias:
+            t[a + "o_proj.bias"] = _np(att.out.bias)
+    return t
+
+
+def hf_weights(model, cfg: ModelConfig, tensors: dict) -> list[tuple]:
+    """`llama_weights` of tensors `hf_tensors` wrote (the exporter's round-trip check)."""
+    return llama_weights(model, cfg, tensors, np.float32)
+
+
+def hf_config(cfg: ModelConfig, model_type: str, bos, eos, dtype: str) -> dict:
+    """config.json of the written checkpoint (`eos`: one id or a list)."""
+    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM"}[model_type]
+    out = {"architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
+           "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_dim,
+           "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+           "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+           "hidden_act": "silu", "max_position_embeddings": cfg.max_len,
+           "rms_norm_eps": cfg.layer_norm_epsilon, "rope_theta": cfg.rope_theta,
+           "rope_scaling": _hf_rope_scaling(cfg.rope_scaling),
+           "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": 0.0,
+           "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": dtype}
+    if model_type == "llama":
+        out.update(attention_bias=cfg.proj_bias, mlp_bias=cfg.proj_bias)
+    if model_type in ("qwen2", "qwen3"):
+        out.update(use_sliding_window=False, sliding_window=None)
+    if model_type == "qwen3":
+        out["attention_bias"] = False
+    return out
+
+
+def _hf_rope_scaling(scaling):
+    if not scaling:
+        return None
+    return {"rope_type": scaling["type"], **{k: v for k, v in scaling.items() if k != "type"}}
