@@ -37,14 +37,14 @@ demo: install
 	$(BIN)/tfllm evaluate --run $(DEMO_RUN)
 	@echo "--- a sample from the trained model:"
 	$(BIN)/tfllm generate --run $(DEMO_RUN) --prompt "ROMEO:" --temperature 0.8 --top-k 20 --seed 1
-	$(BIN)/python -m export.saved_model --run $(DEMO_RUN) --out models --name demo --version 1 --overwrite
+	$(BIN)/tfllm export saved-model --run $(DEMO_RUN) --out models --name demo --version 1 --overwrite
 	@echo "--- an on-device bundle, run once through the LiteRT-LM runtime:"
-	$(BIN)/python -m export.litertlm --run $(DEMO_RUN) --out models/demo.litertlm --overwrite
+	$(BIN)/tfllm export litertlm --run $(DEMO_RUN) --out models/demo.litertlm --overwrite
 	@echo "Demo run directory: $(DEMO_RUN); SavedModel: models/demo/1"
 	@echo "Serve it with TF Serving (see serving/README.md):"
 	@echo "  docker build -t tfllm-serving serving && docker run --rm -p 8500:8500 -p 8501:8501 -v \"\$$PWD/models:/models:ro\" tfllm-serving"
 	@echo "or, without Docker, for development:"
-	@echo "  $(BIN)/python -m serving.dev_server --model-dir models/demo"
+	@echo "  $(BIN)/tfllm serve --model-dir models/demo"
 
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile

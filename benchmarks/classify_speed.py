@@ -8,7 +8,7 @@ checkpoint that both sides load (tfllm through `tfllm import-hf`). The texts: th
 longest rows of `$TFLLM_SHARED_DATA/sst2/train.tsv` (whole sentences, 33-56 words).
 Both use 2 threads. Timed, after each side has loaded its model:
 
-  tfllm classify     `tfllm.finetuning.predict_proba` (what `tfllm classify` runs),
+  tfllm classify     `tfllm.tasks.classify.predict.predict_proba` (what `tfllm classify` runs),
                      batches of 64
   SavedModel         the exported `classify` signature loaded with tf.saved_model.load
                      (as TF Serving runs it), requests of 64 texts in file order

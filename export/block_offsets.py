@@ -41,10 +41,9 @@ timed call by call against the unsplit one, within 2%.
 Op count. On 2 threads each op of a decode step costs a few microseconds of dispatch
 whatever its size, and the offsets path adds four per layer (reshape, sum, matmul, add):
 a gated feed-forward's gate and up projections, which read the same input, are traced as
-one grid matmul (and one offsets path) and split after (`GatedFeedForward.gate_up`).
-SmolLM2's decode graph: 3-10% faster than with the two traced apart, depending on the
-machine's state (interleaved call by call); without any offsets path it would be about
-another 9% faster.
+one grid matmul (and one offsets path) and split after (`GatedFeedForward.gate_up`), which
+makes SmolLM2's decode graph faster than with the two traced apart (benchmarks/README.md,
+"On-device at real scale", has the figures and what the offsets path costs).
 """
 
 from __future__ import annotations
@@ -63,11 +62,10 @@ OUTLIER_SCOPE = "outlier_blocks"
 # scale).
 OUTLIER_BLOCKS = 2
 # Layers whose largest input block peaks under this many times their median block are not
-# split: each split adds about 8 ops to every decode step. SmolLM2-135M: 32 of its 120 int4
-# matmuls qualify (19 qkv, 8 down, 5 gate+up; down projections up to 709x; no attention
-# output projection passes 3x, the output projection reads 3.3x); its decode graph is
-# within 1% of unsplit's. Splitting all layers (a first version, an offsets matmul per
-# group) gave 91.1% against 90.5% agreement, but at 3 MB more.
+# split: each split adds about 8 ops to every decode step. On SmolLM2-135M this splits the
+# few layers whose massive activations cost agreement and leaves the decode graph as fast
+# as unsplit's; splitting every layer agreed barely better at a larger file (figures in
+# benchmarks/README.md, "On-device at real scale").
 OUTLIER_RATIO = 4.0
 # The output projection (a dynamic-int8 or symmetric int4 token table) is split whatever
 # its ratio: it is one matmul per step (its split costs 4 ops of some 2,500) and its

@@ -1,56 +1,20 @@
 """Export a run as a SavedModel that TF Serving answers with text.
 
     python -m export.saved_model --run runs/NAME --out DIR [--name NAME] [--version N]
+    tfllm export saved-model ...            (the same, installed)
 
-writes DIR/NAME/N/ (TF Serving's layout) with signatures
+writes DIR/NAME/N/ (TF Serving's layout). The run's task gives the signatures and their
+check; this module writes them, verified in a fresh process before they are published:
 
-    serving_default, generate
-        inputs  prompt (string [batch]), max_new_tokens (int32 [batch]),
-                temperature (float32 [batch]; 0 = greedy), top_k (int32 [batch]; 0 = off),
-                top_p (float32 [batch]; 1 = off), seed (int32 [batch])
-        outputs text (string [batch]), token_ids (int32 [batch, max_new]),
-                num_generated (int32 [batch])
-    score
-        inputs  text (string [batch])
-        outputs log_likelihood (float32 [batch]): sum of log p(token | previous tokens)
-                over every token after the first; num_tokens (int32 [batch]): how many.
+    causal LMs (lm, chat)   serving_default/generate, score; chat and chat_with_system
+                            where the run has a chat template (tfllm/signatures/)
+    classify                serving_default/classify (+ classify_pair for an imported
+                            classifier) (tfllm/tasks/classify/saved_model.py)
+    embed                   serving_default/embed (tfllm/tasks/embed/saved_model.py)
+    translate               serving_default/translate (tfllm/tasks/translate/saved_model.py)
 
-Tokenization, the cached decoding loop and detokenization all run inside the graph (the
-decoding loop is the same function `CausalLM.generate` runs). Before it reports success the
-exporter loads the SavedModel in a fresh process and checks that greedy `serving_default`
-output equals `CausalLM.generate` on sample prompts.
-
-A classifier run (`tfllm finetune --task classify`) gets instead
-
-    serving_default, classify
-        inputs  text (string [batch]); sentence-pair classifiers also text_pair
-                (string [batch]), the second text of each row
-        outputs probabilities (float32 [batch, classes]), label (int32 [batch]),
-                label_name (string [batch])
-
-(an imported Hugging Face classifier, which may have been fine-tuned on either, gets the
-single-text `classify` and the pair form as `classify_pair`)
-
-verified in a fresh process against the Keras classifier's predictions.
-
-A causal LM run with a chat template (a chat fine-tune, or an imported chat model) also
-gets `chat` and `chat_with_system` (message [+ system] and generate's sampling inputs ->
-the reply `text`; see tfllm/signatures/chat.py), verified against `tfllm chat`.
-
-The run's task gives the signatures and their check (tfllm/signatures for causal LMs,
-tfllm/tasks/*/saved_model.py for the others); this module writes them.
-
-A translation run (`tfllm train --objective seq2seq`) gets
-
-    serving_default, translate
-        inputs  text (string [batch]), num_beams (int32 [batch]; one value for the whole
-                request, 1 = greedy), max_new_tokens (int32 [batch]; one value, at most
-                the model's context), length_penalty (float32 [batch]; one value)
-        outputs translation (string [batch]), token_ids (int32 [batch, max_len]),
-                num_generated (int32 [batch], the end token included)
-
-the encoder pass, the cached beam-search loop and (de)tokenization in the graph, verified
-in a fresh process against `Seq2SeqLM.generate` (greedy and beam 2).
+Tokenization, the cached decoding or beam-search loop and detokenization all run inside the
+graph; each signature's inputs and outputs are in docs/serve.md and the modules above.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class LabeledData:
         dropped_contained: training rows dropped by holdout "longest".
 
     Example:
-        >>> data = LabeledData("tsv:../shared/data/sst2/train.tsv")  # doctest: +SKIP
+        >>> data = LabeledData("tsv:data/sst2/train.tsv")  # doctest: +SKIP
         >>> data.class_names()  # doctest: +SKIP
         ['0', '1']
     """

@@ -37,7 +37,7 @@ class ParallelData:
         skipped_empty: rows skipped because a side was empty.
 
     Example:
-        >>> data = ParallelData("tsv:../shared/data/l10n-en-fr/train.tsv", "en", "fr")  # doctest: +SKIP
+        >>> data = ParallelData("tsv:data/en-fr/train.tsv", "en", "fr")  # doctest: +SKIP
         >>> data.train[0]  # doctest: +SKIP
         ('Invalid request descriptor', 'Descripteur de requête invalide')
     """

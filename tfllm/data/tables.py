@@ -187,7 +187,7 @@ def read_table(spec: str, text_column=None, label_column=None, require_labels=Tr
         holdout: how validation rows are held out: "random" or "longest" (`split_rows`).
 
     Example:
-        >>> table = read_table("tsv:../shared/data/sst2/train.tsv")  # doctest: +SKIP
+        >>> table = read_table("tsv:data/sst2/train.tsv")  # doctest: +SKIP
     """
     kind, _, rest = spec.partition(":")
     path = os.path.expanduser(rest)

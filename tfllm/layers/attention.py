@@ -307,8 +307,9 @@ class MultiHeadAttention(keras.layers.Layer):
             # This token's K/V per query head (a (b, kv, 1, d) tensor repeated: one token).
             k = ops.repeat(k, self.groups, axis=1)
             v = ops.repeat(v, self.groups, axis=1)
-        # The query's length-1 axis dropped: XLA:CPU compiles this form ~20% faster (batch
-        # 1, baby-gpt) than "bhqd,bhkd->bhqk", which copies a transposed K every step.
+        # The query's length-1 axis dropped: XLA:CPU compiles "bhqd,bhkd->bhqk" into a copy
+        # of a transposed K every step, this form into none (benchmarks/README.md,
+        # "Generation throughput").
         if self.groups == 1:
             # (b, h, 1, max_len)
             qk = ops.einsum("bhd,bhkd->bhk", q[:, :, 0, :], k_old)[:, :, None, :]

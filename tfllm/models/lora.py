@@ -4,8 +4,7 @@
 `Dense` (Keras computes `W + alpha / r * A @ B`); `save_adapter` writes only the A/B
 matrices (a safetensors file, with the rank, alpha, targets and the base's fingerprint in
 its metadata); `apply_adapter` adds them into a plain model's kernels ("merging on the
-fly", what inference and every exporter want); `merged_copy` turns an adapted model into
-a plain one.
+fly", what inference and every exporter want).
 
 We save the adapter ourselves because Keras' `save_weights` of a LoRA layer writes the
 merged kernel and zeroes A and B on load, which would both lose the base/adapter split
@@ -210,20 +209,3 @@ def apply_adapter(model, path: str, base_name: str = "the base model") -> dict:
                          pair["lora_kernel_b"].astype(np.float32))
         kernel.assign((kernel.numpy().astype(np.float32) + delta).astype(kernel.dtype))
     return meta
-
-
-def merged_copy(model):
-    """A plain copy of an adapted model: each kernel is `W + alpha / r * A @ B`.
-
-    Example:
-        >>> plain = merged_copy(adapted)  # doctest: +SKIP
-    """
-    merged = {}
-    for layer in adapter_layers(model):
-        merged[layer._kernel.path] = layer.kernel.numpy()
-    plain = type(model).from_config(model.get_config())
-    by_path = {w.path: w for w in model.weights}
-    for w in plain.weights:
-        w.assign(merged[w.path] if w.path in merged else by_path[w.path].numpy())
-    plain.tokenizer = getattr(model, "tokenizer", None)
-    return plain

@@ -3,11 +3,11 @@
 A checkpoint's chat template is code from a download. Jinja's sandbox stops it from reaching
 files or attributes, but not from looping for hours or building a string of gigabytes
 (`'x' * 10**9`), and a Python thread cannot be stopped from outside. So templates render
-here, in a separate process started by `tfllm.template_sandbox` with its address space
+here, in a separate process started by `tfllm.tokenizers.chat_template` with its address space
 capped (`MEMORY_BYTES`): the parent kills it when a request runs past its time limit, and a
 huge allocation fails here as a MemoryError instead of exhausting the machine.
 
-This file imports only the standard library and jinja2 (the child starts in ~50 ms) and
+This file imports only the standard library and jinja2 (so the child starts quickly) and
 runs as a script: one JSON request per line on stdin, one JSON answer per line on stdout.
 
     {"op": "compile", "source": ...}

@@ -35,7 +35,7 @@ _DROPPED = r"[\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}\x{FFFD}\p{Cf}]"
 
 class WordPieceTokenizer:
     """WordPiece ids of texts (BERT, MiniLM), in-graph; `[CLS]`/`[SEP]` are added by the
-    classification encoder (`tfllm.finetuning.encode_texts`), not here.
+    classification encoder (`tfllm.tokenizers.packing.encode_texts`), not here.
 
     Args:
         vocabulary: the tokens, index i is id i.
