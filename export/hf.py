@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 
-from .options import prog
+from .options import error_prog, prog
 
 DTYPES = ("float32", "bfloat16")
 
@@ -250,7 +250,7 @@ def _check_roundtrip(folder, model, cfg, family, ids, dtype):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_main("export.hf", _main, args)
+    return run_main(error_prog("hf"), _main, args)
 
 
 def _main(args):

@@ -31,7 +31,7 @@ import sys
 import tempfile
 
 from .options import (DEFAULT_PREFILL, QUANTIZE_MODES, add_gate_options, add_max_len,
-                            add_overwrite, add_part_options, prog)
+                      add_overwrite, add_part_options, error_prog, prog)
 
 
 def build_parser():
@@ -309,7 +309,7 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_main("export.litertlm", _main, args)
+    return run_main(error_prog("litertlm"), _main, args)
 
 
 def _main(args):

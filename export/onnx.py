@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from .options import add_max_len, add_overwrite, prog
+from .options import add_max_len, add_overwrite, error_prog, prog
 
 
 def build_parser():
@@ -289,7 +289,7 @@ def export_decode_step(model, out, opset=17, ids=None, new_tokens=16):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_main("export.onnx", _main, args)
+    return run_main(error_prog("onnx"), _main, args)
 
 
 def _main(args):

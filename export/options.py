@@ -8,6 +8,12 @@ def prog(module: str) -> str:
     command runs it, else `python -m export.MODULE`."""
     return os.environ.get("TFLLM_PROG") or f"python -m export.{module}"
 
+
+def error_prog(module: str) -> str:
+    """The name an exporter's one-line errors start with: `tfllm export FORMAT` when the
+    tfllm command runs it, else `export.MODULE`."""
+    return os.environ.get("TFLLM_PROG") or f"export.{module}"
+
 # Prefill signature lengths of the on-device exports (capped at the model's context).
 DEFAULT_PREFILL = (32, 128)
 # Weight precisions of export.tflite; int8 (full integer) is for classifiers only. The

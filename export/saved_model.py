@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from .options import DEFAULT_MAX_BATCH, add_max_len, prog
+from .options import DEFAULT_MAX_BATCH, add_max_len, error_prog, prog
 
 
 def build_parser():
@@ -148,7 +148,7 @@ def describe_signatures(path):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_main("export.saved_model", _main, args)
+    return run_main(error_prog("saved_model"), _main, args)
 
 
 def _main(args):

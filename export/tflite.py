@@ -54,7 +54,8 @@ import tempfile
 
 from .block_offsets import part_blocks
 from .options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
-                            add_gate_options, add_max_len, add_overwrite, add_part_options, prog)
+                      add_gate_options, add_max_len, add_overwrite, add_part_options,
+                      error_prog, prog)
 from .tflite_converter import convert_or_raise, tflite_converter
 
 
@@ -713,7 +714,7 @@ def export_classifier_tflite(run_dir, out, quantize="float32", check_rows=200,
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run_main("export.tflite", _main, args)
+    return run_main(error_prog("tflite"), _main, args)
 
 
 def _main(args):

@@ -94,7 +94,9 @@ def generate_grpc(target, model, prompts, version=None, signature="generate", ti
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__)
+    # `python -m serving.client` from a checkout, `python -m tfllm_serving.client` installed.
+    parser = argparse.ArgumentParser(prog=f"python -m {__package__ or 'serving'}.client",
+                                     description=__doc__)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help="REST endpoint, e.g. http://localhost:8501")
     where.add_argument("--grpc", help="gRPC endpoint, e.g. localhost:8500")
@@ -125,4 +127,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from tfllm.logs import quiet_native
+
+    quiet_native()  # the gRPC path loads TensorFlow: its native log lines go to a file
     sys.exit(main())

@@ -583,7 +583,7 @@ def make_grpc_server(model: ServedModel, host="127.0.0.1", port=8500, max_body=1
 
 
 def main(argv=None):
-    return run_main("dev_server", _serve, parse_args(argv))
+    return run_main(os.environ.get("TFLLM_PROG") or "dev_server", _serve, parse_args(argv))
 
 
 def _serve(args):

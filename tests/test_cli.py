@@ -62,3 +62,18 @@ def test_entry_points_answer_help_before_tensorflow(module, args, code):
                           capture_output=True, text=True, cwd=REPO, timeout=120,
                           env=quiet_env())
     assert proc.stdout.strip().splitlines()[-2:] == [f"exit {code}", "loaded False"]
+
+
+@pytest.mark.parametrize("argv, prog", [
+    (["export", "onnx", "--run", "NONE", "--out", "x.onnx"], "tfllm export onnx"),
+    (["export", "saved-model", "--run", "NONE", "--out", "models"], "tfllm export saved-model"),
+    (["serve", "--model-dir", "NONE"], "tfllm serve"),
+])
+def test_export_and_serve_errors_name_the_command_the_user_typed(argv, prog, tmp_path):
+    argv = [a.replace("NONE", str(tmp_path / "none")) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "tfllm.cli", *argv], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300, env=quiet_env())
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"{prog}: error: ") and proc.stderr.count("\n") == 1, \
+        proc.stderr
+    assert str(tmp_path / "none") in proc.stderr

@@ -98,7 +98,8 @@ def test_the_installed_wheel_exports_and_serves_outside_the_checkout(tiny_run, t
     bad = subprocess.run([command, "export", "onnx", "--run", str(work / "nothing"), "--out",
                           "x.onnx"], capture_output=True, text=True, cwd=work, env=env,
                          timeout=300)
-    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stderr.startswith("tfllm export onnx: error: run directory")
 
     port, grpc_port = _free_port(), _free_port()
     server = subprocess.Popen([command, "serve", "--model-dir", "models/tiny", "--port",
