@@ -31,6 +31,9 @@ NORMS = ("layernorm", "rmsnorm")
 FFN_KINDS = ("plain", "gated")
 POSITION_EMBEDDINGS = ("learned", "rope")
 ROPE_SCALING_TYPES = ("linear", "llama3")
+# Attention kinds of `layer_types` (Hugging Face's names): every earlier key, or the last
+# `sliding_window` keys.
+LAYER_TYPES = ("full_attention", "sliding_attention")
 # How projection kernels start: "gpt2" N(0, 0.02) with residual-writing projections scaled
 # by 1/sqrt(2 * layers) (GPT-2, nanoGPT); "xavier" Glorot-uniform (the original
 # Transformer, PyTorch's nn.Transformer). Embeddings are N(0, 0.02) in both.
@@ -42,7 +45,10 @@ LIMITS = {"num_layers": 1024, "num_decoder_layers": 1024, "d_model": 1 << 16,
           "num_heads": 1024, "num_kv_heads": 1024, "head_size": 4096, "ffn_dim": 1 << 18,
           "max_len": 1 << 20, "vocab_size": 1 << 22, "type_vocab_size": 1024}
 _BOOLS = ("causal", "norm_first", "qkv_bias", "proj_bias", "qk_norm", "tie_embeddings",
-          "pooler")
+          "pooler", "post_norms", "scale_embeddings")
+# Optional positive numbers (None: the feature is off).
+_OPTIONAL_POSITIVE = ("query_pre_attn_scalar", "attn_logit_softcap", "final_logit_softcap",
+                      "rope_local_theta")
 
 
 def _short(value, limit=60) -> str:
@@ -66,6 +72,15 @@ def memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def attention_types(num_layers: int, sliding_window, layer_types) -> list[str]:
+    """Each layer's attention kind: `layer_types`, or every layer sliding where only a
+    `sliding_window` is given (Mistral), else every layer "full_attention"."""
+    if layer_types is not None:
+        return list(layer_types)
+    kind = "full_attention" if sliding_window is None else "sliding_attention"
+    return [kind] * num_layers
 
 
 @dataclasses.dataclass
@@ -112,6 +127,22 @@ class ModelConfig:
         initializer: how projection kernels start (training from scratch only):
             "gpt2" (N(0, 0.02), residual-writing projections scaled by 1/sqrt(2 * layers))
             or "xavier" (Glorot-uniform, as the original Transformer).
+        post_norms: a norm on the output of attention and of the feed-forward before
+            each joins the residual stream, besides the pre-norms (Gemma 2 and 3).
+        scale_embeddings: token embeddings multiplied by sqrt(d_model), in their dtype
+            (Gemma).
+        query_pre_attn_scalar: queries are scaled by its inverse square root; None:
+            `head_dim` (the usual 1/sqrt(head_dim)). Gemma 2 and 3 set it.
+        attn_logit_softcap: attention scores become `cap * tanh(scores / cap)` before
+            the mask (Gemma 2: 50); None: no capping.
+        final_logit_softcap: the same on the output logits (Gemma 2: 30).
+        sliding_window: how many of the latest positions (the query's own included) a
+            "sliding_attention" layer sees; None: no sliding layers. At most `max_len`.
+        layer_types: per layer, "full_attention" or "sliding_attention"; None: every
+            layer full (or, with a `sliding_window`, every layer sliding, as Mistral).
+        rope_local_theta: the rotary base of sliding layers, which also skip
+            `rope_scaling` (Gemma 3: 10,000 local, 1,000,000 global); None: `rope_theta`
+            and its scaling everywhere.
 
     The defaults of the fields after `tokenizer` are the GPT-2 architecture tfllm always
     had, so configs written before they existed load unchanged.
@@ -149,6 +180,14 @@ class ModelConfig:
     pooler: bool = False
     num_decoder_layers: int = 0
     initializer: str = "gpt2"
+    post_norms: bool = False
+    scale_embeddings: bool = False
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    sliding_window: int | None = None
+    layer_types: list | None = None
+    rope_local_theta: float | None = None
 
     def __post_init__(self):
         self.validate()
@@ -229,6 +268,7 @@ class ModelConfig:
             raise ConfigError("encoder-decoder models (num_decoder_layers > 0) have tied "
                               "embeddings, no rope scaling, no grouped-query attention and "
                               "no QK-norm")
+        self._validate_attention_kinds()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         allowed = GATED_ACTIVATIONS if self.ffn == "gated" else ACTIVATIONS
@@ -243,6 +283,45 @@ class ModelConfig:
             )
         self._check_fits_memory()
 
+    def _validate_attention_kinds(self) -> None:
+        for name in _OPTIONAL_POSITIVE:
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise ConfigError(f"{name} must be a positive finite number or null, got "
+                                  f"{_short(value)}")
+        window = self.sliding_window
+        if window is not None:
+            if not _is_int(window) or window <= 0:
+                raise ConfigError(f"sliding_window must be a positive integer or null, got "
+                                  f"{_short(window)}")
+            if window > self.max_len:
+                raise ConfigError(f"sliding_window {window:,} is larger than the context "
+                                  f"(max_len {self.max_len:,}); a window as long as the "
+                                  "context is full attention: give at most max_len")
+        if self.layer_types is not None:
+            types = self.layer_types
+            if not isinstance(types, list) or len(types) != self.num_layers:
+                raise ConfigError(f"layer_types must be a list of num_layers "
+                                  f"({self.num_layers}) entries, got {_short(types)}")
+            bad = [t for t in types if not isinstance(t, str) or t not in LAYER_TYPES]
+            if bad:
+                raise ConfigError(f"unknown layer_types entry {_short(bad[0])}; known: "
+                                  f"{', '.join(LAYER_TYPES)}")
+            if "sliding_attention" in types and window is None:
+                raise ConfigError("layer_types has sliding_attention layers but "
+                                  "sliding_window is null; give the window's length")
+        if (self.sliding_window is not None or self.rope_local_theta is not None) and \
+                (self.is_seq2seq or not self.causal):
+            raise ConfigError("sliding-window layers are for decoders (causal, "
+                              "num_decoder_layers 0)")
+        if self.post_norms and not self.norm_first:
+            raise ConfigError("post_norms needs pre-norm blocks (norm_first true)")
+
+    @property
+    def attention_types(self) -> list[str]:
+        """Each layer's attention kind (see `attention_types`)."""
+        return attention_types(self.num_layers, self.sliding_window, self.layer_types)
+
     def num_parameters(self) -> int:
         """The model's parameter count (weights of the embeddings, blocks and output
         projection; biases and norms are counted too)."""
@@ -250,7 +329,7 @@ class ModelConfig:
         q, kv = self.num_heads * hd, self.kv_heads * hd
         attention = d * (q + 2 * kv) + q * d + (q + 2 * kv + d)
         ffn = (3 if self.ffn == "gated" else 2) * d * f + 2 * f + d
-        block = attention + ffn + 4 * d
+        block = attention + ffn + (8 if self.post_norms else 4) * d
         vocab = self.vocab_size or 256
         embeddings = vocab * d * (1 if self.tie_embeddings else 2) + \
             (self.max_len * d if self.position_embedding == "learned" else 0)

@@ -17,7 +17,8 @@ def test_embedding(tmp_path):
     layer = run_layer_test(TokenAndPositionEmbedding,
                            dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
                                 initializer_stddev=0.02, learned_positions=True,
-                                tie_embeddings=True, type_vocab_size=0),
+                                tie_embeddings=True, type_vocab_size=0, scale=False,
+                                logit_softcap=None),
                            IDS, (2, 6, 16), tmp_path)
     # Tied output projection: logits are hidden @ token_embeddings^T.
     h = RNG.normal(size=(2, 6, 16)).astype("float32")
@@ -26,11 +27,27 @@ def test_embedding(tmp_path):
                                atol=1e-5)
 
 
+def test_gemma_embedding_scales_by_sqrt_width_and_caps_logits(tmp_path):
+    layer = run_layer_test(TokenAndPositionEmbedding,
+                           dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
+                                initializer_stddev=0.5, learned_positions=False,
+                                tie_embeddings=True, type_vocab_size=0, scale=True,
+                                logit_softcap=3.0),
+                           IDS, (2, 6, 16), tmp_path)
+    table = ops.convert_to_numpy(layer.token_embeddings)
+    np.testing.assert_allclose(ops.convert_to_numpy(layer(IDS)), table[IDS] * 4.0, atol=1e-6)
+    h = RNG.normal(size=(2, 6, 16)).astype("float32") * 10
+    logits = ops.convert_to_numpy(layer.logits(h))
+    np.testing.assert_allclose(logits, 3.0 * np.tanh(h @ table.T / 3.0), atol=1e-5)
+    assert np.abs(h @ table.T).max() > 3.0 >= np.abs(logits).max()
+
+
 def test_embedding_with_token_types(tmp_path):
     layer = run_layer_test(TokenAndPositionEmbedding,
                            dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
                                 initializer_stddev=0.02, learned_positions=True,
-                                tie_embeddings=True, type_vocab_size=2),
+                                tie_embeddings=True, type_vocab_size=2, scale=False,
+                                logit_softcap=None),
                            IDS, (2, 6, 16), tmp_path)
     tok, pos, typ = (ops.convert_to_numpy(v) for v in (
         layer.token_embeddings, layer.position_embeddings, layer.token_type_embeddings))
@@ -65,7 +82,7 @@ def test_embedding_untied_without_positions(tmp_path):
     run_layer_test(TokenAndPositionEmbedding,
                    dict(vocab_size=20, max_len=8, d_model=16, dropout=0.0,
                         initializer_stddev=0.02, learned_positions=False, tie_embeddings=True,
-                        type_vocab_size=0),
+                        type_vocab_size=0, scale=False, logit_softcap=None),
                    IDS, (2, 6, 16), tmp_path)
     # Untied: `logits` uses a matrix of its own (only `logits` reads it, so the harness's
     # fit step through `call` would leave it unchanged).
@@ -85,13 +102,17 @@ def test_embedding_untied_without_positions(tmp_path):
 
 _GPT2_ATTENTION = dict(num_kv_heads=None, head_dim=None, qkv_bias=True, out_bias=True,
                        qk_norm=False, norm_epsilon=1e-6, rope=None, cross_attention=False,
-                       kernel_initializer="normal")
+                       kernel_initializer="normal", query_pre_attn_scalar=None,
+                       logit_softcap=None)
 _LLAMA_ATTENTION = dict(num_kv_heads=2, head_dim=6, qkv_bias=False, out_bias=False,
                         qk_norm=True, norm_epsilon=1e-6, rope={"rope_theta": 10000.0},
-                        cross_attention=False, kernel_initializer="glorot_uniform")
+                        cross_attention=False, kernel_initializer="glorot_uniform",
+                        query_pre_attn_scalar=None, logit_softcap=None)
+_GEMMA_ATTENTION = dict(_LLAMA_ATTENTION, num_kv_heads=1, head_dim=8,
+                        query_pre_attn_scalar=12.0, logit_softcap=2.0)
 
 
-@pytest.mark.parametrize("options", [_GPT2_ATTENTION, _LLAMA_ATTENTION])
+@pytest.mark.parametrize("options", [_GPT2_ATTENTION, _LLAMA_ATTENTION, _GEMMA_ATTENTION])
 def test_attention(tmp_path, options):
     run_layer_test(MultiHeadAttention, dict(d_model=16, num_heads=4, dropout=0.0,
                                             initializer_stddev=0.02, output_stddev=0.01,
@@ -133,7 +154,8 @@ def test_cross_attention_block(tmp_path):
 
 _GPT2_BLOCK = dict(norm="layernorm", ffn="plain", num_kv_heads=None, head_dim=None,
                    qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
-                   cross_attention=False, kernel_initializer="normal")
+                   cross_attention=False, kernel_initializer="normal", post_norms=False,
+                   query_pre_attn_scalar=None, attn_logit_softcap=None)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -156,10 +178,26 @@ def test_llama_transformer_block(tmp_path):
                                 proj_bias=False, qk_norm=False,
                                 rope={"rope_theta": 500000.0, "scaling": "llama3",
                                       "factor": 8.0}, cross_attention=False,
-                                kernel_initializer="normal"),
+                                kernel_initializer="normal", post_norms=False,
+                                query_pre_attn_scalar=None, attn_logit_softcap=None),
                            X, (2, 6, 16), tmp_path)
     # Multi-query: the fused projection is [q (4 heads) | k (1) | v (1)] of width 4 each.
     assert tuple(block.attention.qkv.kernel.shape) == (16, (4 + 2) * 4)
+
+
+def test_gemma_transformer_block(tmp_path):
+    block = run_layer_test(TransformerBlock,
+                           dict(d_model=16, num_heads=4, ffn_dim=24, dropout=0.0,
+                                activation="gelu", norm_first=True, layer_norm_epsilon=1e-6,
+                                initializer_stddev=0.5, output_stddev=0.5, norm="rmsnorm",
+                                ffn="gated", num_kv_heads=1, head_dim=8, qkv_bias=False,
+                                proj_bias=False, qk_norm=True, rope={"rope_theta": 1e4},
+                                cross_attention=False, kernel_initializer="normal",
+                                post_norms=True, query_pre_attn_scalar=8.0,
+                                attn_logit_softcap=20.0),
+                           X, (2, 6, 16), tmp_path)
+    assert {"post_attention_norm", "post_ffn_norm"} <= {w.path.split("/")[-2]
+                                                        for w in block.weights}
 
 
 def test_attention_matches_numpy_reference():

@@ -37,6 +37,19 @@ def causal_mask(q_len, k_len, q_offset=0):
     return k_pos <= q_pos
 
 
+def sliding_window_mask(q_len, k_len, window, q_offset=0):
+    """`causal_mask` limited to the latest `window` keys: query i sees key j where
+    `0 <= i + q_offset - j < window` (Mistral's and Gemma's sliding-window layers).
+
+    Args:
+        q_len, k_len, q_offset: as `causal_mask`'s.
+        window: keys a query sees, itself included.
+    """
+    q_pos = ops.arange(q_len, dtype="int32")[:, None] + ops.cast(q_offset, "int32")
+    k_pos = ops.arange(k_len, dtype="int32")[None, :]
+    return ops.logical_and(k_pos <= q_pos, k_pos > q_pos - window)
+
+
 def merge_masks(causal=None, padding_mask=None):
     """Combine a (q, k) causal mask and a (batch, k) key padding mask into (batch|1, q, k).
 
@@ -100,6 +113,10 @@ class MultiHeadAttention(keras.layers.Layer):
             values of `project_context`, computed once per request and reused each step).
         kernel_initializer: "normal" (N(0, the stddevs above)) or "glorot_uniform" (the
             original Transformer's; the stddevs are then unused).
+        query_pre_attn_scalar: queries are scaled by its inverse square root (Gemma 2
+            and 3); None: by `head_dim`'s.
+        logit_softcap: scores become `cap * tanh(scores / cap)` before the mask (Gemma
+            2); None: no capping.
 
     Call args:
         x: (batch, seq, d_model).
@@ -124,7 +141,8 @@ class MultiHeadAttention(keras.layers.Layer):
     def __init__(self, d_model, num_heads, dropout=0.0, initializer_stddev=0.02,
                  output_stddev=None, num_kv_heads=None, head_dim=None, qkv_bias=True,
                  out_bias=True, qk_norm=False, norm_epsilon=1e-6, rope=None,
-                 cross_attention=False, kernel_initializer="normal", **kwargs):
+                 cross_attention=False, kernel_initializer="normal",
+                 query_pre_attn_scalar=None, logit_softcap=None, **kwargs):
         super().__init__(**kwargs)
         if head_dim is None and d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
@@ -147,6 +165,8 @@ class MultiHeadAttention(keras.layers.Layer):
         self.rope = rope
         self.cross_attention = cross_attention
         self.kernel_initializer = kernel_initializer
+        self.query_pre_attn_scalar = query_pre_attn_scalar
+        self.logit_softcap = logit_softcap
         self.kv_heads = num_kv_heads or num_heads
         self.groups = num_heads // self.kv_heads  # query heads per key/value head
         self._head_dim_arg = head_dim
@@ -219,7 +239,7 @@ class MultiHeadAttention(keras.layers.Layer):
             q = ops.reshape(through(self.q, "call", self.q, x),
                             (batch, seq, self.num_heads, self.head_dim))
             q = ops.transpose(q, (0, 2, 1, 3))  # (batch, heads, seq, head_dim)
-            q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
+            q = q * ops.cast(self._query_scale(), q.dtype)
             k, v = context_kv
             return self._attend(q, ops.cast(k, q.dtype), ops.cast(v, q.dtype),
                                 attention_mask, training)
@@ -231,7 +251,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 offset = 0 if cache_index is None else ops.cast(cache_index, "int32")
                 positions = ops.arange(ops.shape(x)[1], dtype="int32") + offset
             q, k = self.rotary(q, positions), self.rotary(k, positions)
-        q = q * ops.cast(1.0 / self.head_dim**0.5, q.dtype)
+        q = q * ops.cast(self._query_scale(), q.dtype)
         if cache is None:
             return self._attend(q, k, v, attention_mask, training)
         k_cache, v_cache = cache
@@ -254,9 +274,14 @@ class MultiHeadAttention(keras.layers.Layer):
                            attention_mask, training)
         return out, (k_cache, v_cache)
 
+    def _query_scale(self):
+        return 1.0 / (self.query_pre_attn_scalar or self.head_dim) ** 0.5
+
     def _masked_softmax(self, scores, mask, training):
         # Softmax in float32: bf16/fp16 logits lose too much precision, and -1e9 overflows fp16.
         scores = ops.cast(scores, "float32")
+        if self.logit_softcap:
+            scores = ops.tanh(scores / self.logit_softcap) * self.logit_softcap
         if mask is not None:
             if export_hooks.setting("mask_fill") == "constant":
                 fill = ops.cast(-1e9, "float32")
@@ -349,5 +374,7 @@ class MultiHeadAttention(keras.layers.Layer):
                       out_bias=self.out_bias, qk_norm=self.qk_norm,
                       norm_epsilon=self.norm_epsilon, rope=self.rope,
                       cross_attention=self.cross_attention,
-                      kernel_initializer=self.kernel_initializer)
+                      kernel_initializer=self.kernel_initializer,
+                      query_pre_attn_scalar=self.query_pre_attn_scalar,
+                      logit_softcap=self.logit_softcap)
         return config

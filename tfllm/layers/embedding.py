@@ -45,6 +45,10 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             output projection a matrix of its own (Llama 3 8B, Mistral, Qwen2.5-7B).
         type_vocab_size: token type (segment) embeddings added to every token, BERT's
             sentence A / B; 0: none.
+        scale: multiply the embeddings by sqrt(d_model), rounded to the compute dtype as
+            Gemma's reference does.
+        logit_softcap: `logits` returns `cap * tanh(logits / cap)` (Gemma 2: 30); None:
+            no capping.
 
     Example:
         >>> emb = TokenAndPositionEmbedding(vocab_size=65, max_len=64, d_model=128)
@@ -53,8 +57,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     """
 
     def __init__(self, vocab_size, max_len, d_model, dropout=0.0, initializer_stddev=0.02,
-                 learned_positions=True, tie_embeddings=True, type_vocab_size=0, **kwargs):
+                 learned_positions=True, tie_embeddings=True, type_vocab_size=0, scale=False,
+                 logit_softcap=None, **kwargs):
         super().__init__(**kwargs)
+        self.scale = scale
+        self.logit_softcap = logit_softcap
         self.type_vocab_size = type_vocab_size
         self.learned_positions = learned_positions
         self.tie_embeddings = tie_embeddings
@@ -87,8 +94,12 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         """Embed `token_ids` (batch, seq) at `positions` (batch, seq) or (seq,); default
         0..seq-1. `token_type_ids` (batch, seq) default to type 0 (BERT adds its embedding
         to single texts too)."""
-        return export_hooks.through(self, "call", self._embed, token_ids, positions,
-                                    token_type_ids, training)
+        x = export_hooks.through(self, "call", self._embed, token_ids, positions,
+                                 token_type_ids, training)
+        if self.scale:
+            # Outside the hookable step, so an exporter's replacement lookup keeps it.
+            x = x * ops.cast(self.d_model**0.5, x.dtype)
+        return x
 
     def _embed(self, token_ids, positions=None, token_type_ids=None, training=None):
         table = ops.cast(self.token_embeddings, self.compute_dtype)
@@ -112,7 +123,11 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def logits(self, hidden):
         """Project hidden states (batch, seq, d_model) to vocabulary logits (batch, seq, vocab)."""
-        return export_hooks.through(self, "logits", self._project, hidden)
+        logits = export_hooks.through(self, "logits", self._project, hidden)
+        if self.logit_softcap:
+            cap = ops.cast(self.logit_softcap, logits.dtype)
+            logits = ops.tanh(logits / cap) * cap
+        return logits
 
     def _project(self, hidden):
         kernel = self.token_embeddings if self.tie_embeddings else self.output_embeddings
@@ -128,5 +143,6 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                       dropout=self.dropout, initializer_stddev=self.initializer_stddev,
                       learned_positions=self.learned_positions,
                       tie_embeddings=self.tie_embeddings,
-                      type_vocab_size=self.type_vocab_size)
+                      type_vocab_size=self.type_vocab_size, scale=self.scale,
+                      logit_softcap=self.logit_softcap)
         return config

@@ -31,6 +31,10 @@ class TransformerBlock(keras.layers.Layer):
             self-attention and the feed-forward (the original Transformer's decoder block).
         kernel_initializer: "normal" (the stddevs above) or "glorot_uniform", for every
             projection.
+        post_norms: (pre-norm blocks) also normalize each branch's output before it joins
+            the residual stream: `x + norm(f(norm(x)))` (Gemma 2 and 3).
+        query_pre_attn_scalar, attn_logit_softcap: `MultiHeadAttention`'s
+            `query_pre_attn_scalar` and `logit_softcap`.
 
     Call args are those of `MultiHeadAttention`, plus for cross-attention blocks `context`
     (batch, src_len, d_model) or `context_kv` (per-block `(k, v)` from
@@ -46,8 +50,14 @@ class TransformerBlock(keras.layers.Layer):
                  norm_first=True, layer_norm_epsilon=1e-5, initializer_stddev=0.02,
                  output_stddev=None, norm="layernorm", ffn="plain", num_kv_heads=None,
                  head_dim=None, qkv_bias=True, proj_bias=True, qk_norm=False, rope=None,
-                 cross_attention=False, kernel_initializer="normal", **kwargs):
+                 cross_attention=False, kernel_initializer="normal", post_norms=False,
+                 query_pre_attn_scalar=None, attn_logit_softcap=None, **kwargs):
         super().__init__(**kwargs)
+        if post_norms and not norm_first:
+            raise ValueError("post_norms needs pre-norm blocks (norm_first=True)")
+        self.post_norms = post_norms
+        self.query_pre_attn_scalar = query_pre_attn_scalar
+        self.attn_logit_softcap = attn_logit_softcap
         self.d_model = d_model
         self.num_heads = num_heads
         self.ffn_dim = ffn_dim
@@ -72,7 +82,8 @@ class TransformerBlock(keras.layers.Layer):
             d_model, num_heads, dropout, initializer_stddev, output_stddev,
             num_kv_heads=num_kv_heads, head_dim=head_dim, qkv_bias=qkv_bias,
             out_bias=proj_bias, qk_norm=qk_norm, norm_epsilon=layer_norm_epsilon, rope=rope,
-            kernel_initializer=kernel_initializer, name="attention", dtype=policy)
+            kernel_initializer=kernel_initializer, query_pre_attn_scalar=query_pre_attn_scalar,
+            logit_softcap=attn_logit_softcap, name="attention", dtype=policy)
         if ffn == "gated":
             self.ffn = GatedFeedForward(d_model, ffn_dim, activation, proj_bias, dropout,
                                         initializer_stddev, output_stddev,
@@ -84,6 +95,10 @@ class TransformerBlock(keras.layers.Layer):
                                    name="ffn", dtype=policy)
         self.norm1, self.norm2 = (make_norm(norm, layer_norm_epsilon, name, policy)
                                   for name in ("norm1", "norm2"))
+        if post_norms:
+            self.post_attention_norm, self.post_ffn_norm = (
+                make_norm(norm, layer_norm_epsilon, name, policy)
+                for name in ("post_attention_norm", "post_ffn_norm"))
         if cross_attention:
             self.cross = MultiHeadAttention(
                 d_model, num_heads, dropout, initializer_stddev, output_stddev,
@@ -94,6 +109,8 @@ class TransformerBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         layers = [self.attention, self.ffn, self.norm1, self.norm2]
+        if self.post_norms:
+            layers += [self.post_attention_norm, self.post_ffn_norm]
         if self.cross_attention:
             layers += [self.cross, self.norm_cross]
         for layer in layers:
@@ -112,6 +129,8 @@ class TransformerBlock(keras.layers.Layer):
                               cache_index=cache_index, positions=positions, training=training)
         if cache is not None:
             attn, cache = attn
+        if self.post_norms:
+            attn = self.post_attention_norm(attn)
         x = x + attn if self.norm_first else self.norm1(x + attn)
         if self.cross_attention:
             cross_in = self.norm_cross(x) if self.norm_first else x
@@ -119,7 +138,8 @@ class TransformerBlock(keras.layers.Layer):
                                context_kv=context_kv, training=training)
             x = x + cross if self.norm_first else self.norm_cross(x + cross)
         if self.norm_first:
-            x = x + self.ffn(self.norm2(x), training=training)
+            out = self.ffn(self.norm2(x), training=training)
+            x = x + (self.post_ffn_norm(out) if self.post_norms else out)
         else:
             x = self.norm2(x + self.ffn(x, training=training))
         return x if cache is None else (x, cache)
@@ -138,7 +158,10 @@ class TransformerBlock(keras.layers.Layer):
                       qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
                       qk_norm=self.qk_norm, rope=self.rope,
                       cross_attention=self.cross_attention,
-                      kernel_initializer=self.kernel_initializer)
+                      kernel_initializer=self.kernel_initializer,
+                      post_norms=self.post_norms,
+                      query_pre_attn_scalar=self.query_pre_attn_scalar,
+                      attn_logit_softcap=self.attn_logit_softcap)
         return config
 
 

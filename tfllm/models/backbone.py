@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from tfllm.config import ModelConfig
-from tfllm.layers.attention import causal_mask, empty_cache, merge_masks
+from tfllm.config import ModelConfig, attention_types
+from tfllm.layers.attention import causal_mask, empty_cache, merge_masks, sliding_window_mask
 from tfllm.layers.embedding import TokenAndPositionEmbedding
 from tfllm.layers.initializers import block_initializers, kernel_initializer
 from tfllm.layers.transformer_block import TransformerBlock, make_norm
@@ -12,7 +12,9 @@ from tfllm.layers.transformer_block import TransformerBlock, make_norm
 # ModelConfig fields after the GPT-2 ones, with the defaults that keep GPT-2's architecture.
 _ARCH_FIELDS = ("num_kv_heads", "head_size", "position_embedding", "rope_theta",
                 "rope_scaling", "norm", "ffn", "qkv_bias", "proj_bias", "qk_norm",
-                "tie_embeddings", "type_vocab_size", "pooler", "initializer")
+                "tie_embeddings", "type_vocab_size", "pooler", "initializer", "post_norms",
+                "scale_embeddings", "query_pre_attn_scalar", "attn_logit_softcap",
+                "final_logit_softcap", "sliding_window", "layer_types", "rope_local_theta")
 
 
 @keras.saving.register_keras_serializable(package="tfllm")
@@ -36,8 +38,18 @@ class TransformerBackbone(keras.layers.Layer):
                  position_embedding="learned", rope_theta=10000.0, rope_scaling=None,
                  norm="layernorm", ffn="plain", qkv_bias=True, proj_bias=True, qk_norm=False,
                  tie_embeddings=True, type_vocab_size=0, pooler=False, initializer="gpt2",
-                 **kwargs):
+                 post_norms=False, scale_embeddings=False, query_pre_attn_scalar=None,
+                 attn_logit_softcap=None, final_logit_softcap=None, sliding_window=None,
+                 layer_types=None, rope_local_theta=None, **kwargs):
         super().__init__(**kwargs)
+        self.post_norms = post_norms
+        self.scale_embeddings = scale_embeddings
+        self.query_pre_attn_scalar = query_pre_attn_scalar
+        self.attn_logit_softcap = attn_logit_softcap
+        self.final_logit_softcap = final_logit_softcap
+        self.sliding_window = sliding_window
+        self.layer_types = None if layer_types is None else list(layer_types)
+        self.rope_local_theta = rope_local_theta
         self.initializer = initializer
         self.type_vocab_size = type_vocab_size
         self.pooler = pooler
@@ -67,17 +79,18 @@ class TransformerBackbone(keras.layers.Layer):
         self.embedding = TokenAndPositionEmbedding(
             vocab_size, max_len, d_model, dropout, learned_positions=position_embedding ==
             "learned", tie_embeddings=tie_embeddings, type_vocab_size=type_vocab_size,
-            name="embedding", dtype=policy)
-        rope = _rope_arguments(rope_theta, rope_scaling) if position_embedding == "rope" \
-            else None
+            scale=scale_embeddings, logit_softcap=final_logit_softcap, name="embedding",
+            dtype=policy)
         self.blocks = [
             TransformerBlock(d_model, num_heads, ffn_dim, dropout, activation, norm_first,
                              layer_norm_epsilon, norm=norm, ffn=ffn,
                              num_kv_heads=num_kv_heads, head_dim=head_size,
                              qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
-                             rope=rope, name=f"block_{i}", dtype=policy,
-                             **block_initializers(initializer, num_layers))
-            for i in range(num_layers)
+                             rope=self._rope_of(kind), post_norms=post_norms,
+                             query_pre_attn_scalar=query_pre_attn_scalar,
+                             attn_logit_softcap=attn_logit_softcap, name=f"block_{i}",
+                             dtype=policy, **block_initializers(initializer, num_layers))
+            for i, kind in enumerate(self.attention_types)
         ]
         # Pre-LN ends with a norm (GPT-2's ln_f); post-LN normalizes the embeddings (BERT).
         self.norm = make_norm(norm, layer_norm_epsilon,
@@ -115,11 +128,30 @@ class TransformerBackbone(keras.layers.Layer):
                     rope_scaling=self.rope_scaling, norm=self.norm_kind, ffn=self.ffn,
                     qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, qk_norm=self.qk_norm,
                     tie_embeddings=self.tie_embeddings, type_vocab_size=self.type_vocab_size,
-                    pooler=self.pooler, initializer=self.initializer)
+                    pooler=self.pooler, initializer=self.initializer,
+                    post_norms=self.post_norms, scale_embeddings=self.scale_embeddings,
+                    query_pre_attn_scalar=self.query_pre_attn_scalar,
+                    attn_logit_softcap=self.attn_logit_softcap,
+                    final_logit_softcap=self.final_logit_softcap,
+                    sliding_window=self.sliding_window, layer_types=self.layer_types,
+                    rope_local_theta=self.rope_local_theta)
 
     @property
     def head_dim(self):
         return self.head_size or self.d_model // self.num_heads
+
+    @property
+    def attention_types(self) -> list[str]:
+        """Each block's attention kind, "full_attention" or "sliding_attention" (see
+        `ModelConfig.attention_types`)."""
+        return attention_types(self.num_layers, self.sliding_window, self.layer_types)
+
+    def _rope_of(self, kind):
+        if self.position_embedding != "rope":
+            return None
+        if kind == "sliding_attention" and self.rope_local_theta is not None:
+            return _rope_arguments(self.rope_local_theta, None)
+        return _rope_arguments(self.rope_theta, self.rope_scaling)
 
     @property
     def kv_heads(self):
@@ -167,19 +199,22 @@ class TransformerBackbone(keras.layers.Layer):
         Returns hidden states, or `(hidden, new_caches)` when `caches` is given.
         """
         seq_len = ops.shape(token_ids)[1]
-        if caches is None:
-            causal = causal_mask(seq_len, seq_len) if self.causal else None
-            offset = 0
+        keys = seq_len if caches is None else self.max_len
+        offset = 0 if caches is None else ops.cast(cache_index, "int32")
+        if self.causal:
+            causal = causal_mask(seq_len, keys, offset)
+        elif caches is None:
+            causal = None
         else:
-            offset = ops.cast(cache_index, "int32")
-            if self.causal:
-                causal = causal_mask(seq_len, self.max_len, offset)
-            else:
-                # An encoder sees every written slot, but none past this call's tokens.
-                causal = ops.broadcast_to(
-                    ops.arange(self.max_len)[None, :] < offset + seq_len,
-                    (seq_len, self.max_len))
-        mask = merge_masks(causal, padding_mask)
+            # An encoder sees every written slot, but none past this call's tokens.
+            causal = ops.broadcast_to(ops.arange(self.max_len)[None, :] < offset + seq_len,
+                                      (seq_len, self.max_len))
+        masks = {"full_attention": merge_masks(causal, padding_mask)}
+        if "sliding_attention" in self.attention_types:
+            # Slots are positions (left padding shifts both alike), so the window is
+            # measured on slots.
+            masks["sliding_attention"] = merge_masks(
+                sliding_window_mask(seq_len, keys, self.sliding_window, offset), padding_mask)
         if positions is None:
             positions = ops.arange(seq_len, dtype="int32") + offset
         x = self.embedding(token_ids, positions=positions, token_type_ids=token_type_ids,
@@ -187,7 +222,8 @@ class TransformerBackbone(keras.layers.Layer):
         if not self.norm_first:
             x = self.norm(x)
         new_caches = []
-        for i, block in enumerate(self.blocks):
+        for i, (block, kind) in enumerate(zip(self.blocks, self.attention_types)):
+            mask = masks[kind]
             if caches is None:
                 x = block(x, attention_mask=mask, positions=positions, training=training)
             else:

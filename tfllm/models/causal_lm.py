@@ -74,7 +74,10 @@ class LanguageModelTask:
         if cfg.position_embedding == "learned" and max_len > cfg.max_len:
             raise ConfigError(f"--max-len {max_len} is above this model's {cfg.max_len} "
                               "learned positions; choose at most that")
-        new = CausalLM.from_model_config(dataclasses.replace(cfg, max_len=max_len),
+        # A window as long as the context is full attention, so clamping it is exact.
+        window = None if cfg.sliding_window is None else min(cfg.sliding_window, max_len)
+        new = CausalLM.from_model_config(dataclasses.replace(cfg, max_len=max_len,
+                                                             sliding_window=window),
                                          name=self.name, dtype=self.dtype_policy.name)
         new(np.zeros((1, 1), np.int32))
         for old, w in zip(self.weights, new.weights):
