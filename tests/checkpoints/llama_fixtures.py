@@ -128,7 +128,7 @@ def _inv_freq(cfg: dict, hd: int) -> np.ndarray:
 
 def numpy_logits(cfg: dict, t: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
     """(batch, seq, vocab) logits of Hugging Face's LlamaForCausalLM (and Qwen2/3, Mistral
-    with full attention) for the tensors `t`, in float64."""
+    with its sliding window) for the tensors `t`, in float64."""
     t = {k: np.asarray(v, np.float64) for k, v in t.items()}
     d, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     hd = cfg.get("head_dim") or d // nh
@@ -146,7 +146,12 @@ def numpy_logits(cfg: dict, t: dict[str, np.ndarray], ids: np.ndarray) -> np.nda
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
     x = t["model.embed_tokens.weight"][ids]
     causal = np.tril(np.ones((s, s), bool))
+    window = cfg.get("sliding_window") if cfg["model_type"] == "mistral" or \
+        cfg.get("use_sliding_window") else None
+    first_sliding = cfg.get("max_window_layers", 0) if cfg["model_type"] != "mistral" else 0
     for i in range(cfg["num_hidden_layers"]):
+        mask = causal if not window or i < first_sliding else \
+            causal & ~np.tril(np.ones((s, s), bool), -window)
         p = f"model.layers.{i}.self_attn."
 
         def proj(name, n):
@@ -159,7 +164,7 @@ def numpy_logits(cfg: dict, t: dict[str, np.ndarray], ids: np.ndarray) -> np.nda
             q, k = rms(q, t[p + "q_norm.weight"]), rms(k, t[p + "k_norm.weight"])
         q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
         k, v = np.repeat(k, nh // nkv, 1), np.repeat(v, nh // nkv, 1)
-        a = np.where(causal, q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd), -np.inf)
+        a = np.where(mask, q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd), -np.inf)
         a = np.exp(a - a.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
         o = (a @ v).transpose(0, 2, 1, 3).reshape(b, s, nh * hd)

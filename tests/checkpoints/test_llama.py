@@ -49,6 +49,26 @@ def test_imported_logits_match_numpy_reference(tmp_path, model_type):
     assert saved["tokenizer"]["chat_template"] == "{{ x }}"
 
 
+@pytest.mark.parametrize("model_type, window", [("mistral", dict(sliding_window=7)),
+                                                 ("qwen2", dict(use_sliding_window=True,
+                                                                sliding_window=6,
+                                                                max_window_layers=1))])
+def test_sliding_windows_import_and_match_numpy_reference(tmp_path, model_type, window):
+    # Mistral slides on every layer, Qwen2 from max_window_layers on; 33 tokens > window.
+    ckpt = write_checkpoint(str(tmp_path / "ckpt"), model_type, **window)
+    run = import_hf(ckpt, str(tmp_path / "run"), max_len=40)
+    cfg, tensors = _hf(ckpt)
+    ids = np.random.default_rng(4).integers(0, cfg["vocab_size"], (1, 33)).astype("int32")
+    np.testing.assert_allclose(_logits(run, ids), numpy_logits(cfg, tensors, ids), atol=1e-4)
+    saved = json.load(open(os.path.join(run, "config.json")))["model"]
+    assert saved["sliding_window"] == window["sliding_window"]
+    assert saved["layer_types"] == (None if model_type == "mistral" else
+                                    ["full_attention", "sliding_attention"])
+    # A window at least as long as the chosen context is full attention: none is kept.
+    full = import_hf(ckpt, str(tmp_path / "full"), max_len=window["sliding_window"])
+    assert json.load(open(os.path.join(full, "config.json")))["model"]["sliding_window"] is None
+
+
 def test_cached_greedy_equals_full_forward_and_every_eos_stops(tmp_path):
     import tfllm
     from tfllm.models.generation import GenerationParams, get_generator
@@ -114,12 +134,13 @@ def test_bad_checkpoints_are_refused_naming_the_problem(tmp_path):
 
     with_config(model_type="falcon")
     _expect_refused(tmp_path, ckpt, "model_type 'falcon' is not supported; supported: bert, "
-                                    "gpt2, llama, mistral, qwen2, qwen3")
+                                    "gemma, gemma2, gemma3, gemma3_text, gpt2, llama, mistral, "
+                                    "qwen2, qwen3")
     with_config(rope_scaling={"rope_type": "yarn", "factor": 4.0})
     _expect_refused(tmp_path, ckpt, "rope scaling type 'yarn' is not supported")
-    with_config(model_type="mistral", sliding_window=512)
-    _expect_refused(tmp_path, ckpt, "sliding_window 512 is smaller than the chosen context "
-                                    "of 2048.*--max-len 512")
+    with_config(model_type="qwen2", use_sliding_window=True, sliding_window=8,
+                layer_types=["full_attention", "local_attention"])
+    _expect_refused(tmp_path, ckpt, "unknown layer_types entry 'local_attention'")
     with_config()
     _expect_refused(tmp_path, ckpt, "--max-len 5000 is above the 4096 positions",
                     max_len=5000)

@@ -258,7 +258,7 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
         >>> import_bert("downloads/all-MiniLM-L6-v2", "runs/minilm")  # doctest: +SKIP
     """
     from tfllm import runs
-    from tfllm.checkpoints.llama import DTYPES, _numpy_dtype
+    from tfllm.checkpoints.llama import DTYPES, numpy_dtype
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -295,7 +295,7 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
         run_config["task"] = {"type": "classify", "class_names": classes,
                               "seq_len": min(128, cfg.max_len), "add_bos": True,
                               "pooling": "first", "pair": None}
-    weights = bert_weights(model, cfg, raw, names, head, _numpy_dtype(dtype))
+    weights = bert_weights(model, cfg, raw, names, head, numpy_dtype(dtype))
     return write_imported_run(output, model, weights, run_config, files)
 
 

@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 
 from tfllm.checkpoints.common import CheckpointError, check_tensors
-from tfllm.checkpoints.llama import (DTYPES, _numpy_dtype, build_model, check_tokenizer_fits,
+from tfllm.checkpoints.llama import (DTYPES, numpy_dtype, build_model, check_tokenizer_fits,
                                      choose_max_len, expected_shapes, llama_weights)
 from tfllm.config import LIMITS, ConfigError, ModelConfig
 from tfllm.untrusted import Fields, excerpt
@@ -282,7 +282,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
         reader.fields.clear()
         del meta, spec
         model = build_deferred(lambda: build_model(cfg, dtype))
-        weights = llama_weights(model, cfg, tensors, _numpy_dtype(dtype))
+        weights = llama_weights(model, cfg, tensors, numpy_dtype(dtype))
         return write_imported_run(output, model, weights, {
             "model": cfg.to_dict(), "preset": arch, "objective": "clm", "data": None,
             "training": None, "dtype": dtype, "imported_from": source, "tokenizer": entry,

@@ -119,7 +119,7 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
     Example:
         >>> import_gpt2("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
     """
-    from tfllm.checkpoints.llama import DTYPES, _numpy_dtype, build_model, choose_max_len
+    from tfllm.checkpoints.llama import DTYPES, numpy_dtype, build_model, choose_max_len
     from tfllm.tokenizers import BytePairTokenizer
 
     if not os.path.isdir(checkpoint):
@@ -139,7 +139,7 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
                               f"{cfg.vocab_size}")
     model = build_deferred(lambda: build_model(cfg, dtype))
     return write_imported_run(output, model, gpt2_weights(model, weights,
-                                                                  _numpy_dtype(dtype)), {
+                                                                  numpy_dtype(dtype)), {
         "model": cfg.to_dict(), "preset": "gpt2", "objective": "clm",
         "data": None, "training": None, "dtype": dtype,
         "imported_from": {"format": "huggingface-gpt2", "path": os.path.abspath(checkpoint)},

@@ -17,7 +17,7 @@ import numpy as np
 
 from tfllm.checkpoints.common import (CheckpointError, check_tensors, config_fields,
                                       read_hf_config, read_optional_json, read_safetensors)
-from tfllm.config import LIMITS, ConfigError, ModelConfig
+from tfllm.config import LAYER_TYPES, LIMITS, ConfigError, ModelConfig
 from tfllm.errors import TokenizerError
 from tfllm.untrusted import Fields, excerpt, read_json_object
 
@@ -62,11 +62,49 @@ def rope_scaling_of(path: str, params: dict | None) -> dict | None:
                           "supported: default, linear, llama3")
 
 
+def stated_layer_types(f: Fields, num_layers: int) -> list[str] | None:
+    """A config's `layer_types` list, checked, or None where it states none."""
+    types = f.data.get("layer_types")
+    if types is None:
+        return None
+    if not isinstance(types, list) or len(types) != num_layers:
+        raise CheckpointError(f"{f.path}: layer_types must list num_hidden_layers "
+                              f"({num_layers}) entries, got {excerpt(types)}")
+    bad = [t for t in types if t not in LAYER_TYPES]
+    if bad:
+        raise CheckpointError(f"{f.path}: unknown layer_types entry {excerpt(bad[0])}; "
+                              f"known: {', '.join(LAYER_TYPES)}")
+    return types
+
+
+def sliding_layers(f: Fields, model_type: str, context: int) -> tuple:
+    """`(sliding_window, layer_types)` of a config: Mistral's window on every layer;
+    Qwen2/3's (with `use_sliding_window`) on layers from `max_window_layers` on; a stated
+    `layer_types` list (transformers 4.5x+, Gemma) wins. A window at least as long as the
+    context is full attention (exactly), so it is dropped."""
+    num_layers = f.integer("num_hidden_layers", high=LIMITS["num_layers"])
+    if model_type == "mistral":
+        window = f.integer("sliding_window", 0, low=0)
+    elif model_type in ("qwen2", "qwen3") and f.boolean("use_sliding_window", False):
+        window = f.integer("sliding_window", 0, low=0)
+    else:
+        window = 0
+    types = stated_layer_types(f, num_layers)
+    if types is None and model_type in ("qwen2", "qwen3") and window:
+        first = f.integer("max_window_layers", num_layers, low=0)
+        types = ["full_attention" if i < first else "sliding_attention"
+                 for i in range(num_layers)]
+    if not window or window >= context or (types is not None and
+                                           "sliding_attention" not in types):
+        return None, None
+    return window, types
+
+
 def read_config(checkpoint: str, max_len: int | None = None) -> ModelConfig:
     """The ModelConfig of a llama / mistral / qwen2 / qwen3 `config.json`, every value
     type-checked and bounded before anything is built."""
     f = config_fields(checkpoint)
-    path, cfg = f.path, f.data
+    path = f.path
     model_type = f.text("model_type", choices=MODEL_TYPES)
     f.require(("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
                "vocab_size"),
@@ -76,14 +114,7 @@ def read_config(checkpoint: str, max_len: int | None = None) -> ModelConfig:
     act = f.text("hidden_act", "silu", choices=_ACTIVATIONS)
     model_max = f.integer("max_position_embeddings", 2048, high=LIMITS["max_len"])
     context = choose_max_len(model_max, max_len, "this checkpoint")
-    uses_window = model_type == "mistral" or (model_type in ("qwen2", "qwen3")
-                                              and bool(cfg.get("use_sliding_window")))
-    window = f.integer("sliding_window", 0, low=0) if uses_window else 0
-    if window and window < context:
-        raise CheckpointError(
-            f"{path}: sliding_window {window} is smaller than the chosen context of {context} "
-            "tokens, and tfllm implements full attention only; pass --max-len "
-            f"{window} (or less)")
+    window, layer_types = sliding_layers(f, model_type, context)
     attention_bias = f.boolean("attention_bias", False)
     if attention_bias and not f.boolean("mlp_bias", False) and model_type == "llama":
         raise CheckpointError(f"{path}: attention_bias without mlp_bias is not supported")
@@ -108,13 +139,29 @@ def read_config(checkpoint: str, max_len: int | None = None) -> ModelConfig:
             rope_scaling=rope_scaling_of(path, rope), norm="rmsnorm", ffn="gated",
             qkv_bias=model_type == "qwen2" or attention_bias, proj_bias=attention_bias,
             qk_norm=model_type == "qwen3",
-            tie_embeddings=f.boolean("tie_word_embeddings", False))
+            tie_embeddings=f.boolean("tie_word_embeddings", False),
+            sliding_window=window, layer_types=layer_types)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+# A block's norms (tfllm attribute -> Hugging Face name after "model.layers.N."): Llama's two
+# pre-norms, or Gemma 2/3's four, where "post_attention_layernorm" is the attention
+# output's norm rather than the feed-forward's input norm.
+LLAMA_NORMS = {"norm1": "input_layernorm", "norm2": "post_attention_layernorm"}
+POST_NORMS = {"norm1": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+              "norm2": "pre_feedforward_layernorm",
+              "post_ffn_norm": "post_feedforward_layernorm"}
+
+
+def block_norms(cfg: ModelConfig) -> dict[str, str]:
+    """The block norms of `cfg` and their Hugging Face names."""
+    return POST_NORMS if cfg.post_norms else LLAMA_NORMS
+
+
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
-    """Every tensor name of a Hugging Face Llama-family checkpoint and its shape."""
+    """Every tensor name of a Hugging Face Llama-family (or Gemma) checkpoint and its
+    shape."""
     d, f, hd = cfg.d_model, cfg.ffn_dim, cfg.head_dim
     q, kv = cfg.num_heads * hd, cfg.kv_heads * hd
     shapes = {"model.embed_tokens.weight": (cfg.vocab_size, d), "model.norm.weight": (d,)}
@@ -122,8 +169,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple]:
         shapes["lm_head.weight"] = (cfg.vocab_size, d)
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
+        shapes.update({p + f"{name}.weight": (d,) for name in block_norms(cfg).values()})
         shapes.update({
-            p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
             p + "self_attn.q_proj.weight": (q, d), p + "self_attn.k_proj.weight": (kv, d),
             p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, q),
             p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
@@ -152,7 +199,7 @@ def read_weights(checkpoint: str, cfg: ModelConfig):
     return raw
 
 
-def llama_weights(model, cfg: ModelConfig, w, dtype) -> list[tuple]:
+def llama_weights(model, cfg: ModelConfig, w, dtype, norm_offset: float = 0.0) -> list[tuple]:
     """Each variable of a tfllm CausalLM and a function making its value from
     Hugging Face-named Llama tensors (any float dtype, looked up only when called).
 
@@ -160,6 +207,8 @@ def llama_weights(model, cfg: ModelConfig, w, dtype) -> list[tuple]:
         model: a CausalLM built from `cfg` (see `common.build_deferred`).
         w: a mapping of tensor names to arrays; a lazy one keeps one tensor in memory.
         dtype: the NumPy dtype of the values.
+        norm_offset: added to every RMSNorm weight: Gemma's checkpoints store `w` of a
+            norm that scales by `1 + w`, tfllm's norms the scale itself.
     """
     def take(name, transpose=True):
         def make():
@@ -167,12 +216,17 @@ def llama_weights(model, cfg: ModelConfig, w, dtype) -> list[tuple]:
             return x.T if transpose else x
         return make
 
+    def norm(name):
+        if not norm_offset:
+            return take(name, False)
+        return lambda: (np.asarray(w[name], np.float32) + norm_offset).astype(dtype)
+
     def joined(makers, axis):
         return lambda: np.concatenate([m() for m in makers], axis=axis)
 
     bb = model.backbone
     pairs = [(bb.embedding.token_embeddings, take("model.embed_tokens.weight", False)),
-             (bb.norm.scale, take("model.norm.weight", False))]
+             (bb.norm.scale, norm("model.norm.weight"))]
     if not cfg.tie_embeddings:
         pairs.append((bb.embedding.output_embeddings, take("lm_head.weight", False)))
     for i, block in enumerate(bb.blocks):
@@ -186,10 +240,10 @@ def llama_weights(model, cfg: ModelConfig, w, dtype) -> list[tuple]:
                           joined([take(a + f"{n}_proj.bias", False) for n in "qkv"], 0)))
         pairs.append((att.out.kernel, take(a + "o_proj.weight")))
         if cfg.qk_norm:
-            pairs += [(att.q_norm.scale, take(a + "q_norm.weight", False)),
-                      (att.k_norm.scale, take(a + "k_norm.weight", False))]
-        pairs += [(block.norm1.scale, take(p + "input_layernorm.weight", False)),
-                  (block.norm2.scale, take(p + "post_attention_layernorm.weight", False))]
+            pairs += [(att.q_norm.scale, norm(a + "q_norm.weight")),
+                      (att.k_norm.scale, norm(a + "k_norm.weight"))]
+        pairs += [(getattr(block, attr).scale, norm(p + f"{name}.weight"))
+                  for attr, name in block_norms(cfg).items()]
         for name in ("gate", "up", "down"):
             pairs.append((getattr(block.ffn, name).kernel, take(p + f"mlp.{name}_proj.weight")))
         if cfg.proj_bias:
@@ -302,7 +356,7 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
     model_type = read_hf_config(checkpoint)[1]["model_type"]
     model = build_deferred(lambda: build_model(cfg, dtype))
     return write_imported_run(output, model,
-                              llama_weights(model, cfg, weights, _numpy_dtype(dtype)), {
+                              llama_weights(model, cfg, weights, numpy_dtype(dtype)), {
         "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
         "training": None, "dtype": dtype,
         "imported_from": {"format": f"huggingface-{model_type}",
@@ -311,7 +365,8 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
     }, files)
 
 
-def _numpy_dtype(dtype: str):
+def numpy_dtype(dtype: str):
+    """The NumPy dtype of a run's weight dtype name ("float32" or "bfloat16")."""
     import ml_dtypes
 
     return np.float32 if dtype == "float32" else ml_dtypes.bfloat16
@@ -360,8 +415,22 @@ def hf_model_type(cfg: ModelConfig) -> str | None:
     architectures."""
     llama_like = (cfg.position_embedding == "rope" and cfg.norm == "rmsnorm"
                   and cfg.ffn == "gated" and cfg.activation == "silu" and cfg.norm_first)
-    if not (llama_like and cfg.causal):
+    gemma_fields = (cfg.post_norms or cfg.scale_embeddings or cfg.rope_local_theta or
+                    cfg.query_pre_attn_scalar or cfg.attn_logit_softcap or
+                    cfg.final_logit_softcap)
+    if not (llama_like and cfg.causal) or gemma_fields:
         return None
+    if cfg.sliding_window is not None:
+        # Mistral: one window on every layer; Qwen's per-layer windows are written as
+        # their layer_types.
+        if cfg.layer_types is None and not (cfg.qk_norm or cfg.qkv_bias or cfg.proj_bias):
+            return "mistral"
+        if cfg.qk_norm and not (cfg.qkv_bias or cfg.proj_bias):
+            return "qwen3"
+        if cfg.qkv_bias and not cfg.proj_bias:
+            return "qwen2"
+        raise CheckpointError("sliding-window layers with this architecture have no "
+                              "transformers counterpart")
     if cfg.qk_norm:
         if cfg.qkv_bias or cfg.proj_bias:
             raise CheckpointError("QK-norm with projection biases has no transformers "
@@ -376,13 +445,16 @@ def _np(variable):
     return np.asarray(variable.numpy(), np.float32)
 
 
-def hf_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
+def hf_tensors(model, cfg: ModelConfig, norm_offset: float = 0.0) -> dict[str, np.ndarray]:
     """The run's weights under Hugging Face Llama names ([out, in] projections); the
-    inverse of `llama_weights`."""
+    inverse of `llama_weights` (`norm_offset` is subtracted from the norms)."""
+    def norm(variable):
+        return _np(variable) - np.float32(norm_offset)
+
     bb = model.backbone
     q, kv = cfg.num_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     t = {"model.embed_tokens.weight": _np(bb.embedding.token_embeddings),
-         "model.norm.weight": _np(bb.norm.scale)}
+         "model.norm.weight": norm(bb.norm.scale)}
     if not cfg.tie_embeddings:
         t["lm_head.weight"] = _np(bb.embedding.output_embeddings)
     for i, block in enumerate(bb.blocks):
@@ -397,10 +469,10 @@ def hf_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
                 t[a + f"{name}_proj.bias"] = part
         t[a + "o_proj.weight"] = np.ascontiguousarray(_np(att.out.kernel).T)
         if cfg.qk_norm:
-            t[a + "q_norm.weight"] = _np(att.q_norm.scale)
-            t[a + "k_norm.weight"] = _np(att.k_norm.scale)
-        t[p + "input_layernorm.weight"] = _np(block.norm1.scale)
-        t[p + "post_attention_layernorm.weight"] = _np(block.norm2.scale)
+            t[a + "q_norm.weight"] = norm(att.q_norm.scale)
+            t[a + "k_norm.weight"] = norm(att.k_norm.scale)
+        for attr, name in block_norms(cfg).items():
+            t[p + f"{name}.weight"] = norm(getattr(block, attr).scale)
         for name in ("gate", "up", "down"):
             layer = getattr(block.ffn, name)
             t[p + f"mlp.{name}_proj.weight"] = np.ascontiguousarray(_np(layer.kernel).T)
@@ -418,27 +490,33 @@ def hf_weights(model, cfg: ModelConfig, tensors: dict) -> list[tuple]:
 
 def hf_config(cfg: ModelConfig, model_type: str, bos, eos, dtype: str) -> dict:
     """config.json of the written checkpoint (`eos`: one id or a list)."""
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-            "qwen3": "Qwen3ForCausalLM"}[model_type]
+    arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
     out = {"architectures": [arch], "model_type": model_type, "vocab_size": cfg.vocab_size,
            "hidden_size": cfg.d_model, "intermediate_size": cfg.ffn_dim,
            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
            "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
            "hidden_act": "silu", "max_position_embeddings": cfg.max_len,
            "rms_norm_eps": cfg.layer_norm_epsilon, "rope_theta": cfg.rope_theta,
-           "rope_scaling": _hf_rope_scaling(cfg.rope_scaling),
+           "rope_scaling": hf_rope_scaling(cfg.rope_scaling),
            "tie_word_embeddings": cfg.tie_embeddings, "attention_dropout": 0.0,
            "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": dtype}
     if model_type == "llama":
         out.update(attention_bias=cfg.proj_bias, mlp_bias=cfg.proj_bias)
+    if model_type == "mistral":
+        out["sliding_window"] = cfg.sliding_window
     if model_type in ("qwen2", "qwen3"):
-        out.update(use_sliding_window=False, sliding_window=None)
+        out.update(use_sliding_window=cfg.sliding_window is not None,
+                   sliding_window=cfg.sliding_window, layer_types=cfg.attention_types,
+                   # transformers before layer_types: layers from this one on slide.
+                   max_window_layers=(cfg.attention_types + ["sliding_attention"]).index(
+                       "sliding_attention"))
     if model_type == "qwen3":
         out["attention_bias"] = False
     return out
 
 
-def _hf_rope_scaling(scaling):
+def hf_rope_scaling(scaling):
     if not scaling:
         return None
     return {"rope_type": scaling["type"], **{k: v for k, v in scaling.items() if k != "type"}}
