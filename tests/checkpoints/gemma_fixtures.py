@@ -83,7 +83,8 @@ CONTROL = ["<start_of_turn>", "<end_of_turn>"]
 
 def sentencepiece_model(corpus, vocab_size: int = 400) -> bytes:
     """A Gemma-shaped SentencePiece BPE model: pad 0, eos 1, bos 2, unk 3, byte fallback,
-    no dummy prefix, the turn markers as control pieces."""
+    no normalization (not even of whitespace), no dummy prefix, digits split, the turn
+    markers as control pieces."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -91,7 +92,8 @@ def sentencepiece_model(corpus, vocab_size: int = 400) -> bytes:
         sentence_iterator=iter(corpus), model_writer=model, vocab_size=vocab_size,
         model_type="bpe", pad_id=0, eos_id=1, bos_id=2, unk_id=3, byte_fallback=True,
         add_dummy_prefix=False, control_symbols=CONTROL, character_coverage=1.0,
-        minloglevel=2)
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, split_digits=True, minloglevel=2)
     return model.getvalue()
 
 

@@ -1,12 +1,17 @@
-"""Import llama.cpp GGUF files (architectures llama, qwen2, qwen3) with the `gguf` package.
+"""Import llama.cpp GGUF files (architectures llama, qwen2, qwen3, gemma, gemma2, gemma3)
+with the `gguf` package.
 
 Tensors of any type the `gguf` package dequantizes (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
 Q4_K, Q5_K, Q6_K, ...) become float weights. llama.cpp's converter permutes the Q and K
 rows of `llama` models into Meta's interleaved rotary order; they are permuted back to
 the half-split order here (qwen2/qwen3 files are stored unpermuted). Hyper-parameters come
-from the metadata, and the byte-level BPE tokenizer is rebuilt as a Hugging Face
-`tokenizer.json` (vocabulary, merges, added tokens, the pre-tokenizer llama.cpp names), so
-a GGUF run is used exactly like an imported Hugging Face run. The chat template is kept.
+from the metadata (Gemma's fixed choices, which llama.cpp does not store, from
+`tfllm.checkpoints.gemma`: layer pattern, local rotary base, query scaling; the file's norm
+weights already hold Gemma's `1 + w`). A byte-level BPE tokenizer is rebuilt as a Hugging
+Face `tokenizer.json` (vocabulary, merges, added tokens, the pre-tokenizer llama.cpp
+names), a SentencePiece one as a `tokenizer.model` (`sentencepiece_vocab`), so a GGUF run
+is used exactly like an imported Hugging Face run. The chat template is kept (Gemma's
+files carry none: the family's is used).
 """
 
 from __future__ import annotations
@@ -17,13 +22,21 @@ import tempfile
 
 import numpy as np
 
+from tfllm.checkpoints import gemma
 from tfllm.checkpoints.common import CheckpointError, check_tensors
+from tfllm.checkpoints.sentencepiece_vocab import build_proto
 from tfllm.checkpoints.llama import (DTYPES, numpy_dtype, build_model, check_tokenizer_fits,
                                      choose_max_len, expected_shapes, llama_weights)
 from tfllm.config import LIMITS, ConfigError, ModelConfig
 from tfllm.untrusted import Fields, excerpt
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
+# Gemma generation of each Gemma architecture; llama.cpp's layer count of the 27B models,
+# which scale queries by hidden_size / heads instead of head_dim.
+_GEMMA = {"gemma": 1, "gemma2": 2, "gemma3": 3}
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+# Gemma 3's sliding layers' rotary base (llama.cpp's too: not in the file).
+_GEMMA3_LOCAL_THETA = 10000.0
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
                  r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
@@ -56,6 +69,10 @@ _BLOCK_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma 2/3 name their four block norms so; "ffn_norm" is then the feed-forward's input.
+_POST_NORM_NAMES = {"ffn_norm.weight": "pre_feedforward_layernorm.weight",
+                    "post_attention_norm.weight": "post_attention_layernorm.weight",
+                    "post_ffw_norm.weight": "post_feedforward_layernorm.weight"}
 _TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
               "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
 
@@ -101,23 +118,37 @@ def read_config(path: str, meta: dict, max_len: int | None) -> tuple[ModelConfig
     rope_scaling = {"type": "linear", "factor": f.number("rope.scaling.factor", low=0)} \
         if scaling == "linear" else None
     model_max = f.integer("context_length", high=LIMITS["max_len"])
+    context = choose_max_len(model_max, max_len, "this model")
+    num_layers = f.integer("block_count", high=LIMITS["num_layers"])
+    head_dim = f.integer("attention.key_length", d_model // heads or 1,
+                         high=LIMITS["head_size"])
+    family = {}
+    if arch in _GEMMA:
+        window = f.integer("attention.sliding_window", 0, low=0)
+        if window > model_max:
+            raise CheckpointError(f"{path}: {arch}.attention.sliding_window {window:,} is "
+                                  f"larger than the model's context ({model_max:,})")
+        big = num_layers == _GEMMA_27B_LAYERS.get(arch)
+        scalar = (d_model / heads if big else head_dim) if _GEMMA[arch] >= 2 else None
+        caps = (f.number("attn_logit_softcapping", 0, low=0, low_open=False) or None,
+                f.number("final_logit_softcapping", 0, low=0, low_open=False) or None)
+        family = gemma.generation_fields(_GEMMA[arch], num_layers, window, context,
+                                         scalar, caps, _GEMMA3_LOCAL_THETA)
     try:
         return ModelConfig(
-            vocab_size=vocab, num_layers=f.integer("block_count", high=LIMITS["num_layers"]),
-            d_model=d_model, num_heads=heads,
+            vocab_size=vocab, num_layers=num_layers, d_model=d_model, num_heads=heads,
             ffn_dim=f.integer("feed_forward_length", high=LIMITS["ffn_dim"]),
-            max_len=choose_max_len(model_max, max_len, "this model"), dropout=0.0,
-            causal=True, activation="silu", norm_first=True,
+            max_len=context, dropout=0.0, causal=True, norm_first=True,
             layer_norm_epsilon=f.number("attention.layer_norm_rms_epsilon", 1e-6, low=0,
                                         high=0.5),
             tokenizer="bpe",
             num_kv_heads=f.integer("attention.head_count_kv", heads,
                                    high=LIMITS["num_kv_heads"]),
-            head_size=f.integer("attention.key_length", d_model // heads or 1,
-                                high=LIMITS["head_size"]),
+            head_size=head_dim,
             position_embedding="rope", rope_theta=f.number("rope.freq_base", 10000.0, low=0),
             rope_scaling=rope_scaling, norm="rmsnorm", ffn="gated", qkv_bias=arch == "qwen2",
-            proj_bias=False, qk_norm=arch == "qwen3", tie_embeddings=False), arch
+            proj_bias=False, **{"activation": "silu", "qk_norm": arch == "qwen3",
+                                "tie_embeddings": False, **family}), arch
     except ConfigError as e:  # an inconsistent shape, a model too large
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -132,12 +163,13 @@ def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 def read_tensors(path: str, reader, cfg: ModelConfig, arch: str) -> dict[str, np.ndarray]:
     """The GGUF tensors under Hugging Face names, dequantized to float32 when read."""
     raw = {}
+    block_names = {**_BLOCK_NAMES, **(_POST_NORM_NAMES if cfg.post_norms else {})}
     for t in reader.tensors:
         if t.name in _TOP_NAMES:
             name = _TOP_NAMES[t.name]
-        elif t.name.startswith("blk.") and t.name.split(".", 2)[2] in _BLOCK_NAMES:
+        elif t.name.startswith("blk.") and t.name.split(".", 2)[2] in block_names:
             _, layer, rest = t.name.split(".", 2)
-            name = f"model.layers.{layer}.{_BLOCK_NAMES[rest]}"
+            name = f"model.layers.{layer}.{block_names[rest]}"
         elif t.name == "rope_freqs.weight":
             raise CheckpointError(f"{path} scales RoPE with a rope_freqs tensor (Llama 3.1+ "
                                   "GGUF), which tfllm does not read; import the Hugging Face "
@@ -191,13 +223,58 @@ class _Dequantized:
         return w
 
 
-def tokenizer_json(path: str, meta: dict) -> tuple[dict, dict]:
-    """(tokenizer.json content, run tokenizer entry) from a GGUF's tokenizer metadata."""
+def _token_id(meta: dict, key: str) -> int | None:
+    value = meta.get(f"tokenizer.ggml.{key}")
+    return int(value) if isinstance(value, (int, np.integer)) else None
+
+
+def tokenizer_file(path: str, meta: dict, arch: str) -> tuple[str, bytes, dict]:
+    """`(file name, content, run tokenizer entry)` of a GGUF's tokenizer: a Hugging Face
+    tokenizer.json for byte-level BPE ("gpt2"), a SentencePiece tokenizer.model for
+    SentencePiece vocabularies ("llama": Llama 2, Gemma)."""
     model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise CheckpointError(f"{path}: tokenizer model {model!r} is not supported; tfllm "
-                              "reads byte-level BPE ('gpt2') GGUF tokenizers; for "
-                              "SentencePiece models import the Hugging Face checkpoint")
+    if model == "gpt2":
+        spec, entry = tokenizer_json(path, meta)
+        return "tokenizer.json", json.dumps(spec, ensure_ascii=False).encode("utf-8"), entry
+    if model != "llama":
+        raise CheckpointError(f"{path}: tokenizer model {excerpt(model)} is not supported; "
+                              "tfllm reads byte-level BPE ('gpt2') and SentencePiece ('llama') "
+                              "GGUF tokenizers")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    special = {"unk_id": _token_id(meta, "unknown_token_id"),
+               "bos_id": _token_id(meta, "bos_token_id"),
+               "eos_id": _token_id(meta, "eos_token_id"),
+               "pad_id": _token_id(meta, "padding_token_id")}
+    proto = build_proto(path, tokens, meta.get("tokenizer.ggml.scores"),
+                        meta.get("tokenizer.ggml.token_type"), special,
+                        by_position=arch in _GEMMA,
+                        dummy_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)))
+    entry = {"type": "sentencepiece", "file": "tokenizer.model", "bos_id": special["bos_id"],
+             "eos_ids": _eos_ids(path, meta, tokens), "pad_id": special["pad_id"],
+             "add_bos": bool(meta.get("tokenizer.ggml.add_bos_token", True))}
+    template = meta.get("tokenizer.chat_template")
+    if isinstance(template, str):
+        entry["chat_template"] = template
+    elif arch in _GEMMA:
+        entry["chat_template"] = gemma.CHAT_TEMPLATE
+    return "tokenizer.model", proto, entry
+
+
+def _eos_ids(path: str, meta: dict, tokens) -> list[int]:
+    """Every id that ends generation: EOS, EOT, EOM, and Gemma's `<end_of_turn>` (which
+    llama.cpp also stops at)."""
+    ids = [_token_id(meta, k) for k in ("eos_token_id", "eot_token_id", "eom_token_id")]
+    if isinstance(tokens, list) and "<end_of_turn>" in tokens:
+        ids.append(tokens.index("<end_of_turn>"))
+    ids = list(dict.fromkeys(i for i in ids if i is not None))  # unique, in order
+    if not ids:
+        raise CheckpointError(f"{path} names no EOS token (tokenizer.ggml.eos_token_id)")
+    return ids
+
+
+def tokenizer_json(path: str, meta: dict) -> tuple[dict, dict]:
+    """(tokenizer.json content, run tokenizer entry) from a GGUF's byte-level BPE
+    tokenizer metadata."""
     pre = meta.get("tokenizer.ggml.pre", "default")
     if not isinstance(pre, str) or pre not in PRE_TOKENIZERS:
         raise CheckpointError(f"{path}: pre-tokenizer {excerpt(pre)} is not supported; "
@@ -227,17 +304,9 @@ def tokenizer_json(path: str, meta: dict) -> tuple[dict, dict]:
                           "llama-bpe", "llama3"),
                       "vocab": {tok: i for i, tok in enumerate(tokens)}, "merges": merges}}
 
-    def token_id(key):
-        value = meta.get(f"tokenizer.ggml.{key}")
-        return int(value) if isinstance(value, (int, np.integer)) else None
-
-    eos_ids = [i for i in (token_id("eos_token_id"), token_id("eot_token_id"),
-                           token_id("eom_token_id")) if i is not None]
-    eos_ids = list(dict.fromkeys(eos_ids))  # unique, in order
-    if not eos_ids:
-        raise CheckpointError(f"{path} names no EOS token (tokenizer.ggml.eos_token_id)")
-    entry = {"type": "hf-bpe", "file": "tokenizer.json", "bos_id": token_id("bos_token_id"),
-             "eos_ids": eos_ids, "pad_id": token_id("padding_token_id"),
+    entry = {"type": "hf-bpe", "file": "tokenizer.json",
+             "bos_id": _token_id(meta, "bos_token_id"), "eos_ids": _eos_ids(path, meta, tokens),
+             "pad_id": _token_id(meta, "padding_token_id"),
              "add_bos": bool(meta.get("tokenizer.ggml.add_bos_token", False))}
     template = meta.get("tokenizer.chat_template")
     if isinstance(template, str):
@@ -267,20 +336,20 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
     reader = open_gguf(gguf_path)
     meta = metadata(reader)
     cfg, arch = read_config(gguf_path, meta, max_len)
-    spec, entry = tokenizer_json(gguf_path, meta)
+    tok_name, tok_bytes, entry = tokenizer_file(gguf_path, meta, arch)
     tensors = read_tensors(gguf_path, reader, cfg, arch)
     source = {"format": f"gguf-{arch}", "path": os.path.abspath(gguf_path),
               "file_type": meta.get("general.file_type"), "name": meta.get("general.name")}
     with tempfile.TemporaryDirectory() as tmp:
-        tok_path = os.path.join(tmp, "tokenizer.json")
-        with open(tok_path, "w", encoding="utf-8") as f:
-            json.dump(spec, f, ensure_ascii=False)
-        files = {"tokenizer.json": tok_path}
+        tok_path = os.path.join(tmp, tok_name)
+        with open(tok_path, "wb") as f:
+            f.write(tok_bytes)
+        files = {tok_name: tok_path}
         check_tokenizer_fits(entry, files, cfg)
         # The metadata (token and merge lists as NumPy records) is no longer needed: freed
         # before the model exists, it does not add to the import's peak.
         reader.fields.clear()
-        del meta, spec
+        del meta, tok_bytes
         model = build_deferred(lambda: build_model(cfg, dtype))
         weights = llama_weights(model, cfg, tensors, numpy_dtype(dtype))
         return write_imported_run(output, model, weights, {
