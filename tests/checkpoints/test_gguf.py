@@ -133,7 +133,7 @@ def test_other_architectures_and_bad_files_are_refused(tmp_path, tiny_gguf):
     other = str(tmp_path / "phi.gguf")
     write_gguf(other, tok, arch="phi3")
     for path, match in ((other, "architecture 'phi3' is not supported; supported: llama, "
-                                "qwen2, qwen3"),
+                                "qwen2, qwen3, gemma, gemma2, gemma3"),
                         (str(tmp_path / "none.gguf"), "does not exist"),
                         (tok, "not a readable GGUF file")):
         with pytest.raises(CheckpointError, match=match):
