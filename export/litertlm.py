@@ -79,12 +79,13 @@ class LiteRtLmExportError(TfllmError):
 
 
 # The runtime's LlmModelType of each imported family it knows by name; others are generic.
-RUNTIME_MODEL_TYPES = {"qwen3": "qwen3", "qwen2": "qwen2p5"}
+RUNTIME_MODEL_TYPES = {"qwen3": "qwen3", "qwen2": "qwen2p5", "gemma3": "gemma3",
+                       "gemma3_text": "gemma3"}
 
 
 def runtime_model_type(run_config: dict) -> str:
     """The `llm_model_type` entry of a run: the family an imported checkpoint came from
-    where LiteRT-LM knows it (Qwen3, Qwen2.5), else generic_model."""
+    where LiteRT-LM knows it (Qwen3, Qwen2.5, Gemma 3), else generic_model."""
     source = (run_config.get("imported_from") or {}).get("format", "")
     family = source.rsplit("-", 1)[-1] if "-" in source else ""
     return RUNTIME_MODEL_TYPES.get(family, "generic_model")

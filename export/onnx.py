@@ -14,6 +14,7 @@ For a causal LM, FILE.decode.onnx is one step with the KV cache, usable for pref
 
     inputs  token_ids int32 [batch, seq], cache_index int32 [] (slot of the first token),
             kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, kv_heads, max_len, head_dim]
+                (a sliding-window layer's: its window, a ring)
     outputs logits float32 [batch, seq, vocab],
             new_kv_cache_k_<i>, new_kv_cache_v_<i> (the caches with this step written)
 
@@ -164,11 +165,13 @@ def decode_function(model):
     from tfllm.layers import export_hooks
 
     bb = model.backbone
-    cache = tf.TensorSpec([None, bb.kv_heads, bb.max_len, bb.head_dim], tf.float32)
     names = _cache_names(bb.num_layers)
     spec = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
             tf.TensorSpec([], tf.int32, name="cache_index")]
-    spec += [tf.TensorSpec(cache.shape, cache.dtype, name=n) for n in names]
+    # A sliding-window layer's cache is a ring of window slots (backbone.cache_lengths).
+    lengths = [n for n in bb.cache_lengths() for _ in "kv"]
+    spec += [tf.TensorSpec([None, bb.kv_heads, n, bb.head_dim], tf.float32, name=name)
+             for name, n in zip(names, lengths)]
 
     @tf.function(input_signature=spec)
     def step(token_ids, cache_index, *flat):
@@ -197,13 +200,14 @@ class OnnxDecoder:
         self.session = session(path)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.cache_names = [n for n in inputs if n.startswith("kv_cache_")]
-        self.cache_shape = list(inputs[self.cache_names[0]].shape)
-        self.max_len = int(self.cache_shape[2])
+        # A sliding-window layer's cache is a ring of window slots: shapes differ.
+        self.cache_shapes = {n: list(inputs[n].shape) for n in self.cache_names}
+        self.max_len = max(int(shape[2]) for shape in self.cache_shapes.values())
         self.outputs = ["logits"] + ["new_" + n for n in self.cache_names]
 
     def empty_cache(self, batch=1):
-        shape = [batch] + [int(d) for d in self.cache_shape[1:]]
-        return {n: np.zeros(shape, np.float32) for n in self.cache_names}
+        return {n: np.zeros([batch] + [int(d) for d in shape[1:]], np.float32)
+                for n, shape in self.cache_shapes.items()}
 
     def step(self, token_ids, cache_index, cache):
         """Logits (batch, seq, vocab) for `token_ids` written at `cache_index`, new cache."""

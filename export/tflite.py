@@ -5,7 +5,7 @@
 The model has the signatures the LiteRT-LM runtime expects (docs/on-device.md):
 `decode` and `prefill_<N>`, int32 inputs `tokens` [1, T] and `input_pos` [T] (absolute
 positions), and per layer `kv_cache_k_<i>` / `kv_cache_v_<i>`
-[1, kv_heads, max_len, head_dim]
+[1, kv_heads, max_len, head_dim] (a sliding-window layer's: its window, a ring)
 passed in and out under the same names; `decode` also returns `logits` [1, 1, vocab].
 Builtin ops only. It is converted from a SavedModel written by Keras' ExportArchive (a plain
 tf.Module wrapper leaves uninitialized variables and NaN outputs), then run with
@@ -138,11 +138,12 @@ def _step_fn(model, with_logits):
 
 def _signature(model, length):
     bb = model.backbone
-    cache = [1, bb.kv_heads, bb.max_len, bb.head_dim]
     spec = {"tokens": tf.TensorSpec([1, length], tf.int32, name="tokens"),
             "input_pos": tf.TensorSpec([length], tf.int32, name="input_pos")}
-    for name in _cache_names(bb.num_layers):
-        spec[name] = tf.TensorSpec(cache, tf.float32, name=name)
+    # A sliding-window layer's cache is a ring of window slots (backbone.cache_lengths).
+    lengths = [n for n in bb.cache_lengths() for _ in "kv"]
+    for name, n in zip(_cache_names(bb.num_layers), lengths):
+        spec[name] = tf.TensorSpec([1, bb.kv_heads, n, bb.head_dim], tf.float32, name=name)
     return [spec]
 
 
@@ -345,11 +346,12 @@ class TFLiteRunner:
         details = self.decode.get_input_details()
         self.cache_names = sorted((k for k in details if k.startswith("kv_cache_")),
                                   key=lambda k: (int(k.rsplit("_", 1)[1]), k))
-        self.cache_shape = tuple(details[self.cache_names[0]]["shape"])
-        self.max_len = self.cache_shape[2]
+        # A sliding-window layer's cache is a ring of window slots: shapes differ.
+        self.cache_shapes = {k: tuple(details[k]["shape"]) for k in self.cache_names}
+        self.max_len = max(shape[2] for shape in self.cache_shapes.values())
 
     def empty_cache(self):
-        return {k: np.zeros(self.cache_shape, np.float32) for k in self.cache_names}
+        return {k: np.zeros(shape, np.float32) for k, shape in self.cache_shapes.items()}
 
     def prefill(self, ids, cache):
         """Write `ids` (positions 0..len-1) into the cache; returns the new cache."""

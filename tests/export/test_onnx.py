@@ -41,7 +41,8 @@ def test_decode_step_matches_keras_and_generate(onnx_file, tiny_run):
     bb = lm.backbone
     assert runner.cache_names == [f"kv_cache_{kv}_{i}" for i in range(bb.num_layers)
                                   for kv in ("k", "v")]
-    assert runner.cache_shape[1:] == [bb.num_heads, bb.max_len, bb.head_dim]
+    assert {tuple(s[1:]) for s in runner.cache_shapes.values()} == {
+        (bb.num_heads, bb.max_len, bb.head_dim)}
     # A batch of two rows: a 7-token prefill, then cached single-token steps.
     ids = np.random.default_rng(1).integers(0, bb.vocab_size, size=(2, 12)).astype(np.int32)
     full = lm(ids).numpy()

@@ -160,6 +160,31 @@ def test_cached_greedy_equals_full_forward_across_the_window(variant):
         np.testing.assert_allclose(logits.numpy()[0, 0], full[t], atol=1e-4)
 
 
+def test_sliding_layers_cache_a_ring_of_window_slots_even_with_padded_prefills():
+    lm = _model("gemma3")  # window 6 of 32 positions; layers sliding, sliding, full
+    caches = lm.backbone.empty_caches(1)
+    assert [tuple(k.shape) for k, _ in caches] == [(1, 1, 6, 24), (1, 1, 6, 24),
+                                                    (1, 1, 32, 24)]
+    ids = np.random.default_rng(5).integers(0, 61, (1, 20)).astype("int32")
+    full = lm(ids).numpy()[0]
+    # As the LiteRT-LM runtime feeds a prompt: fixed-length prefills padded with token 0 at
+    # position 0 after the prompt (and longer than the window), then one token at a time.
+    for prompt, chunk in ((9, 16), (13, 8), (3, 4)):
+        caches = lm.backbone.empty_caches(1)
+        start = 0
+        while start < prompt:
+            n = min(chunk, prompt - start)
+            tokens = np.zeros((1, chunk), np.int32)
+            positions = np.zeros((chunk,), np.int32)
+            tokens[0, :n] = ids[0, start:start + n]
+            positions[:n] = np.arange(start, start + n)
+            _, caches = lm.call_with_cache(tokens, caches, start, positions=positions)
+            start += n
+        for t in range(prompt, ids.shape[1]):
+            logits, caches = lm.call_with_cache(ids[:, t:t + 1], caches, t)
+            np.testing.assert_allclose(logits.numpy()[0, 0], full[t], atol=1e-4)
+
+
 def test_a_window_as_long_as_the_context_is_full_attention():
     ids = np.arange(1, 17, dtype=np.int32)[None]
     window = _model("gemma2", max_len=16, sliding_window=16)

@@ -50,6 +50,65 @@ def sliding_window_mask(q_len, k_len, window, q_offset=0):
     return ops.logical_and(k_pos <= q_pos, k_pos > q_pos - window)
 
 
+def ring_masks(seq_len, offset, ring_len, window, positions, padding_mask=None):
+    """The attention mask and the write of a sliding-window layer whose cache is a ring of
+    `ring_len` slots (index i of the sequence lives in slot i mod ring_len).
+
+    Such a layer attends to its ring as it was before this call (each slot holding the
+    latest index before `offset` of its residue) followed by this call's own keys, then
+    writes the new keys: only real ones (a row's positions never decrease; a runtime pads
+    a prefill with position 0 after the prompt) and of those the last `ring_len`.
+
+    Args:
+        seq_len: this call's tokens; offset: index of the first.
+        ring_len: slots of the ring (<= window); window: keys a query sees, itself included.
+        positions: int (seq,) or (batch, seq), the tokens' positions.
+        padding_mask: optional bool (batch, max_len) over indices, True for real tokens.
+
+    Returns (mask (batch|1, seq, ring_len + seq), pick (batch|1, seq, ring_len) float: a
+    one-hot row for each written token).
+    """
+    offset = ops.cast(offset, "int32")
+    q_idx = ops.arange(seq_len, dtype="int32") + offset  # (seq,)
+    slot = ops.arange(ring_len, dtype="int32")
+    # The index each slot holds (negative: none yet); mod of a non-negative number, as
+    # tf2onnx converts a negative one's differently.
+    held = (offset - 1) - ops.mod(offset - 1 - slot + ring_len, ring_len)  # (ring,)
+    old = ops.logical_and(held[None, :] >= 0, q_idx[:, None] - held[None, :] < window)
+    distance = q_idx[:, None] - q_idx[None, :]  # (seq, seq)
+    new = ops.logical_and(distance >= 0, distance < window)
+    if padding_mask is not None:
+        pad = ops.cast(padding_mask, "bool")
+        last = ops.shape(pad)[1] - 1
+        old = ops.logical_and(old[None], ops.take(pad, ops.clip(held, 0, last), axis=1)
+                              [:, None, :])  # (batch, seq, ring)
+        new = ops.logical_and(new[None], ops.take(pad, ops.clip(q_idx, 0, last), axis=1)
+                              [:, None, :])  # (batch, seq, seq)
+    else:
+        old, new = old[None], new[None]
+    batch = ops.maximum(ops.shape(old)[0], ops.shape(new)[0])
+    mask = ops.concatenate([ops.broadcast_to(old, (batch, seq_len, ring_len)),
+                            ops.broadcast_to(new, (batch, seq_len, seq_len))], axis=-1)
+    positions = ops.cast(positions, "int32")
+    if len(positions.shape) == 1:
+        positions = positions[None, :]
+    written = ops.equal(positions, _running_max(positions))  # (b|1, seq)
+    index = ops.arange(seq_len, dtype="int32")[None, :]
+    last = ops.max(ops.where(written, index, -1), axis=1, keepdims=True)
+    keep = ops.logical_and(written, index > last - ring_len)
+    pick = ops.one_hot(ops.mod(q_idx, ring_len), ring_len)[None] * \
+        ops.cast(keep, "float32")[:, :, None]  # (b|1, seq, ring)
+    return mask, pick
+
+
+def _running_max(x):
+    """Running maximum along axis 1 of an int (b, n) tensor (no cummax op in Keras)."""
+    n = ops.shape(x)[1]
+    earlier = ops.arange(n)[None, :] <= ops.arange(n)[:, None]  # (n, n): j <= i
+    low = ops.min(x) - 1
+    return ops.max(ops.where(earlier[None], x[:, None, :], low), axis=2)
+
+
 def merge_masks(causal=None, padding_mask=None):
     """Combine a (q, k) causal mask and a (batch, k) key padding mask into (batch|1, q, k).
 
@@ -229,7 +288,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return tuple(ops.transpose(kv[:, :, i], (0, 2, 1, 3)) for i in range(2))
 
     def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
-             context=None, context_kv=None, training=None):
+             context=None, context_kv=None, ring_write=None, training=None):
         if self.cross_attention:
             if context_kv is None:
                 if context is None:
@@ -256,6 +315,9 @@ class MultiHeadAttention(keras.layers.Layer):
             return self._attend(q, k, v, attention_mask, training)
         k_cache, v_cache = cache
         start = ops.cast(cache_index, "int32")
+        if ring_write is not None:
+            return self._attend_ring(q, k, v, k_cache, v_cache, attention_mask, ring_write,
+                                     training)
         if x.shape[1] == 1 and export_hooks.setting("decode_read") == "before_write":
             out, h = self._attend_one(q, k, v, k_cache, v_cache, start, attention_mask, training)
             # The write depends on the attention output (a zero that XLA may not fold away:
@@ -361,6 +423,20 @@ class MultiHeadAttention(keras.layers.Layer):
                             (batch, self.num_heads, 1, self.head_dim))
         h = h + probs[..., -1:] * v
         return self._output(h, training), h
+
+    def _attend_ring(self, q, k, v, k_cache, v_cache, attention_mask, pick, training):
+        """A sliding-window layer's cached step over a ring cache (see `ring_masks`): attend
+        to the ring as it was plus this call's keys, then write the picked new keys."""
+        keys = ops.concatenate([ops.cast(k_cache, q.dtype), k], axis=2)  # (b, kv, ring+seq, d)
+        values = ops.concatenate([ops.cast(v_cache, q.dtype), v], axis=2)
+        out = self._attend(q, keys, values, attention_mask, training)
+        pick = ops.cast(pick, k_cache.dtype)  # (b|1, seq, ring)
+        pick = ops.broadcast_to(pick, (ops.shape(k)[0], ops.shape(pick)[1], ops.shape(pick)[2]))
+        keep = (1.0 - ops.sum(pick, axis=1))[:, None, :, None]  # (batch, 1, ring, 1)
+
+        def write(cache, new):
+            return cache * keep + ops.einsum("bhsd,bsr->bhrd", ops.cast(new, cache.dtype), pick)
+        return out, (write(k_cache, k), write(v_cache, v))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -123,10 +123,12 @@ class TransformerBlock(keras.layers.Layer):
         return self.cross.project_context(context)
 
     def call(self, x, attention_mask=None, cache=None, cache_index=None, positions=None,
-             context=None, context_kv=None, context_mask=None, training=None):
+             context=None, context_kv=None, context_mask=None, ring_write=None,
+             training=None):
         attn_in = self.norm1(x) if self.norm_first else x
         attn = self.attention(attn_in, attention_mask=attention_mask, cache=cache,
-                              cache_index=cache_index, positions=positions, training=training)
+                              cache_index=cache_index, positions=positions,
+                              ring_write=ring_write, training=training)
         if cache is not None:
             attn, cache = attn
         if self.post_norms:

@@ -4,7 +4,8 @@ import keras
 from keras import ops
 
 from tfllm.config import ModelConfig, attention_types
-from tfllm.layers.attention import causal_mask, empty_cache, merge_masks, sliding_window_mask
+from tfllm.layers.attention import (causal_mask, empty_cache, merge_masks, ring_masks,
+                                    sliding_window_mask)
 from tfllm.layers.embedding import TokenAndPositionEmbedding
 from tfllm.layers.initializers import block_initializers, kernel_initializer
 from tfllm.layers.transformer_block import TransformerBlock, make_norm
@@ -174,12 +175,20 @@ class TransformerBackbone(keras.layers.Layer):
         first = hidden[:, 0, :]  # (batch, d_model)
         return self.pooler_dense(first) if self.pooler else first
 
+    def cache_lengths(self) -> list[int]:
+        """Each layer's KV cache length: `max_len`, or for a sliding-window layer whose
+        window is shorter, the window (a ring: index i in slot i mod window)."""
+        ring = self.sliding_window if self.sliding_window and \
+            self.sliding_window < self.max_len else self.max_len
+        return [ring if kind == "sliding_attention" else self.max_len
+                for kind in self.attention_types]
+
     def empty_caches(self, batch_size, dtype=None):
         """Zero KV caches for every layer: a list of (k, v), each
-        (batch, kv_heads, max_len, head_dim)."""
+        (batch, kv_heads, length, head_dim), length from `cache_lengths`."""
         dtype = dtype or self.compute_dtype
-        return [empty_cache(batch_size, self.kv_heads, self.max_len, self.head_dim, dtype)
-                for _ in range(self.num_layers)]
+        return [empty_cache(batch_size, self.kv_heads, length, self.head_dim, dtype)
+                for length in self.cache_lengths()]
 
     def call(self, token_ids, padding_mask=None, positions=None, caches=None, cache_index=None,
              token_type_ids=None, training=None):
@@ -191,7 +200,8 @@ class TransformerBackbone(keras.layers.Layer):
                 inputs, or the cache slots (batch, max_len) when `caches` is given.
             positions: optional int position ids, (seq,) or (batch, seq); default
                 `cache_index + 0..seq-1`.
-            caches: optional list of per-layer (k, v) caches (see `empty_caches`).
+            caches: optional list of per-layer (k, v) caches (see `empty_caches`; a
+                sliding-window layer's is a ring of `window` slots).
             cache_index: absolute slot where this call's tokens are written in the caches.
             token_type_ids: optional int (batch, seq) segment ids (0: first text, 1: the
                 pair's second); only where `type_vocab_size` > 0.
@@ -217,6 +227,11 @@ class TransformerBackbone(keras.layers.Layer):
                 sliding_window_mask(seq_len, keys, self.sliding_window, offset), padding_mask)
         if positions is None:
             positions = ops.arange(seq_len, dtype="int32") + offset
+        lengths = self.cache_lengths()
+        ring = None
+        if caches is not None and min(lengths) < self.max_len:
+            ring = ring_masks(seq_len, offset, min(lengths), self.sliding_window, positions,
+                              padding_mask)
         x = self.embedding(token_ids, positions=positions, token_type_ids=token_type_ids,
                            training=training)
         if not self.norm_first:
@@ -226,10 +241,15 @@ class TransformerBackbone(keras.layers.Layer):
             mask = masks[kind]
             if caches is None:
                 x = block(x, attention_mask=mask, positions=positions, training=training)
+                continue
+            if ring is not None and lengths[i] < self.max_len:
+                x, cache = block(x, attention_mask=ring[0], cache=caches[i],
+                                 cache_index=offset, positions=positions,
+                                 ring_write=ring[1], training=training)
             else:
                 x, cache = block(x, attention_mask=mask, cache=caches[i],
                                  cache_index=offset, positions=positions, training=training)
-                new_caches.append(cache)
+            new_caches.append(cache)
         if self.norm_first:
             x = self.norm(x)
         return x if caches is None else (x, new_caches)
