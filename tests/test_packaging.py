@@ -114,3 +114,7 @@ def test_the_installed_wheel_exports_and_serves_outside_the_checkout(tiny_run, t
         server.terminate()
         server.wait(timeout=60)
     assert got == tfllm.load(tiny_run).generate(["ROMEO:"], max_new_tokens=8)[0]
+    # The SIGTERM reached the server itself (`tfllm serve` becomes it): nothing still
+    # listens, as a service manager's stop expects.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()

@@ -626,21 +626,20 @@ def _passthrough(argv):
 
 
 def _run_module(package, module, args, name) -> int:
-    """Run `python -m tfllm_PACKAGE.MODULE ARGS` (or the checkout's `PACKAGE.MODULE`) in a
-    child process: the same options, messages and exit status as that module, and its
-    --help answers before TensorFlow loads."""
+    """Become `python -m tfllm_PACKAGE.MODULE ARGS` (or the checkout's `PACKAGE.MODULE`):
+    the same options, messages and exit status as that module, its --help answering before
+    TensorFlow loads. The process is replaced, not forked: a SIGTERM to `tfllm serve` (a
+    service manager, `docker stop`) reaches the server itself instead of orphaning it."""
     import importlib.util
-    import subprocess
 
     installed = f"tfllm_{package}"
     if importlib.util.find_spec(installed) is None:
         installed = package  # a checkout without an install
     env = dict(os.environ, TFLLM_PROG=name)
-    try:
-        return subprocess.run([sys.executable, "-m", f"{installed}.{module}", *args],
-                              env=env).returncode
-    except KeyboardInterrupt:
-        return 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", f"{installed}.{module}", *args], env)
+    return 1  # not reached
 
 
 def main(argv=None) -> int:

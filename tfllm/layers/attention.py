@@ -4,7 +4,10 @@ cross-attention mode queries come from one sequence and keys/values from another
 The cache layout is tfllm's own and the same everywhere (training never uses it; Python
 generation, the SavedModel and the TFLite/LiteRT-LM export do): per layer two tensors
 `(batch, heads, max_len, head_dim)`, K and V, written at absolute positions. That layout is
-what the on-device runtime expects, so one attention implementation serves every path.
+what the on-device runtime expects, so one attention implementation serves every path. A
+sliding-window layer (Mistral, Gemma 2/3) whose window is shorter than the context keeps
+only `(batch, heads, window, head_dim)`: a ring where index i lives in slot i mod window
+(`ring_masks`), so Gemma 3's local layers hold 512 positions of a 2,048-token context.
 """
 
 import warnings
