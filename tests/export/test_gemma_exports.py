@@ -2,7 +2,8 @@
 layer, QK-norm, post-norms, scaled embeddings, one key/value head, a SentencePiece
 tokenizer.model that adds BOS, `<end_of_turn>` among the EOS ids) through every exporter,
 with prompts and continuations longer than its window: each one's greedy decoding equals
-CausalLM.generate token for token."""
+CausalLM.generate token for token. ONNX and the SavedModel keep window-long ring caches
+for the sliding layers; TFLite/LiteRT-LM full-length ones (the runtime's contract)."""
 
 import json
 import subprocess
@@ -54,6 +55,9 @@ def test_tflite_runner_equals_generate(gemma_run, lm, tmp_path):
     path = str(tmp_path / "gemma.tflite")
     _export("export.tflite", "--run", gemma_run, "--out", path, "--prefill-lengths", "8", "32")
     runner = TFLiteRunner(path)
+    # Every cache input holds the whole context: the LiteRT-LM runtime reads a bundle's
+    # context from one of them (a window-long ring made it refuse longer prompts).
+    assert set(runner.cache_shapes.values()) == {(1, 1, 96, 32)}
     for prompt in PROMPTS:
         ids = runner.generate(lm.tokenizer.encode(prompt), NEW, end_token_id=None)
         assert lm.tokenizer.decode(ids) == lm.generate(prompt, max_new_tokens=NEW,

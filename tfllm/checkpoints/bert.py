@@ -258,10 +258,9 @@ def import_bert(checkpoint: str, out: str, overwrite: bool = False,
         >>> import_bert("downloads/all-MiniLM-L6-v2", "runs/minilm")  # doctest: +SKIP
     """
     from tfllm import runs
-    from tfllm.checkpoints.llama import DTYPES, numpy_dtype
+    from tfllm.checkpoints.llama import check_dtype, numpy_dtype
 
-    if dtype not in DTYPES:
-        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg, hf = read_config(checkpoint, max_len)
     entry, files, tok = tokenizer_entry(checkpoint, cfg.vocab_size)

@@ -231,9 +231,7 @@ def import_gemma(checkpoint: str, out: str, overwrite: bool = False,
     """
     from tfllm import runs
 
-    if dtype not in llama.DTYPES:
-        raise CheckpointError(f"--dtype must be one of {', '.join(llama.DTYPES)}, got "
-                              f"{dtype!r}")
+    llama.check_dtype(dtype)
     output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg = read_config(checkpoint, max_len)
     entry, files = llama.tokenizer_entry(checkpoint)

@@ -24,9 +24,10 @@ import numpy as np
 
 from tfllm.checkpoints import gemma
 from tfllm.checkpoints.common import CheckpointError, check_tensors
+from tfllm.checkpoints.llama import (build_model, check_dtype, check_tokenizer_fits,
+                                     choose_max_len, expected_shapes, llama_weights,
+                                     numpy_dtype)
 from tfllm.checkpoints.sentencepiece_vocab import build_proto
-from tfllm.checkpoints.llama import (DTYPES, numpy_dtype, build_model, check_tokenizer_fits,
-                                     choose_max_len, expected_shapes, llama_weights)
 from tfllm.config import LIMITS, ConfigError, ModelConfig
 from tfllm.untrusted import Fields, excerpt
 
@@ -330,8 +331,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
     from tfllm import runs
     from tfllm.checkpoints.common import build_deferred, write_imported_run
 
-    if dtype not in DTYPES:
-        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     output = runs.new_run(out, overwrite, [gguf_path], "import-gguf")
     reader = open_gguf(gguf_path)
     meta = metadata(reader)

@@ -119,13 +119,12 @@ def import_gpt2(checkpoint: str, out: str, overwrite: bool = False,
     Example:
         >>> import_gpt2("downloads/gpt2", "runs/gpt2")  # doctest: +SKIP
     """
-    from tfllm.checkpoints.llama import DTYPES, numpy_dtype, build_model, choose_max_len
+    from tfllm.checkpoints.llama import build_model, check_dtype, choose_max_len, numpy_dtype
     from tfllm.tokenizers import BytePairTokenizer
 
     if not os.path.isdir(checkpoint):
         raise CheckpointError(f"checkpoint directory {checkpoint} does not exist")
-    if dtype not in DTYPES:
-        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg = read_config(checkpoint)
     weights = read_weights(checkpoint, cfg)

@@ -330,6 +330,12 @@ def tokenizer_entry(checkpoint: str) -> tuple[dict, dict[str, str]]:
 DTYPES = ("float32", "bfloat16")
 
 
+def check_dtype(dtype: str) -> None:
+    """CheckpointError unless `dtype` is one an import stores weights in (`DTYPES`)."""
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
 def import_llama(checkpoint: str, out: str, overwrite: bool = False,
                  max_len: int | None = None, dtype: str = "float32") -> str:
     """Import a llama / mistral / qwen2 / qwen3 checkpoint into the run directory `out`.
@@ -346,8 +352,7 @@ def import_llama(checkpoint: str, out: str, overwrite: bool = False,
     from tfllm import runs
     from tfllm.checkpoints.common import build_deferred, write_imported_run
 
-    if dtype not in DTYPES:
-        raise CheckpointError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg = read_config(checkpoint, max_len)
     entry, files = tokenizer_entry(checkpoint)
