@@ -207,3 +207,22 @@ def test_a_live_writers_staging_is_left_alone(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_empty_staging_folder_of_a_dead_process_is_cleaned_and_nothing_else(tmp_path):
+    # Killed between creating its staging folder and writing the marker into it.
+    from tfllm.publish import clean_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "out"
+    empty = tmp_path / f".out.tfllm-staging-{dead}-abc"
+    users = tmp_path / f".out.tfllm-staging-{dead}-users"
+    alive = tmp_path / f".out.tfllm-staging-{os.getpid()}-mine"
+    half = tmp_path / f".out.tfllm-staging-{dead}-def"
+    for folder in (empty, users, alive, half):
+        folder.mkdir()
+    (users / "notes.txt").write_text("mine")
+    (half / f"{MARKER}.{dead}.tmp").write_text('{"kind"')  # killed mid-marker
+    assert sorted(clean_stale(str(out))) == sorted([empty.name, half.name])
+    assert users.is_dir() and (users / "notes.txt").read_text() == "mine" and alive.is_dir()

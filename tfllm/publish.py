@@ -177,7 +177,7 @@ def _staging_prefix(target: str) -> str:
 def clean_stale(target: str) -> list[str]:
     """Remove the staging siblings of `target` that killed tfllm processes left; returns
     their names. A sibling counts only when its marker says it stages `target` on this
-    host for a process that no longer runs."""
+    host for a process that no longer runs, or when it is empty and named for one."""
     parent = os.path.dirname(os.path.abspath(target))
     prefix = _staging_prefix(target)
     removed = []
@@ -191,7 +191,22 @@ def clean_stale(target: str) -> list[str]:
             continue
         marker = read_marker(path)
         if marker is None:
-            continue  # not ours: never removed
+            # A process killed between creating its staging folder and marking it leaves
+            # it empty but for its half-written marker (`_write_json`'s temp file): that
+            # much is removed, and rmdir removes only an empty folder, so nothing anyone
+            # else wrote is lost.
+            pid = name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                try:
+                    half = [e for e in os.listdir(path)
+                            if e == f"{MARKER}.{pid}.tmp"]
+                    for e in half:
+                        os.remove(os.path.join(path, e))
+                    os.rmdir(path)
+                    removed.append(name)
+                except OSError:
+                    pass  # anything else in it: not ours, never removed
+            continue
         staging = marker.get("staging")
         if isinstance(staging, dict):
             if staging.get("target") != _real(target) or \
