@@ -223,25 +223,26 @@ class TransformerBackbone(keras.layers.Layer):
             causal = ops.broadcast_to(ops.arange(self.max_len)[None, :] < offset + seq_len,
                                       (seq_len, self.max_len))
         masks = {"full_attention": merge_masks(causal, padding_mask)}
-        if "sliding_attention" in self.attention_types:
-            # Slots are positions (left padding shifts both alike), so the window is
-            # measured on slots.
-            masks["sliding_attention"] = merge_masks(
-                sliding_window_mask(seq_len, keys, self.sliding_window, offset), padding_mask)
         if positions is None:
             positions = ops.arange(seq_len, dtype="int32") + offset
         lengths = self.cache_lengths()
         ring = None
         if caches is not None and min(lengths) < self.max_len:
+            # Ring caches: their layers take `ring_masks`, not a (seq, max_len) mask.
             ring = ring_masks(seq_len, offset, min(lengths), self.sliding_window, positions,
                               padding_mask)
+        elif "sliding_attention" in self.attention_types:
+            # Slots are positions (left padding shifts both alike), so the window is
+            # measured on slots.
+            masks["sliding_attention"] = merge_masks(
+                sliding_window_mask(seq_len, keys, self.sliding_window, offset), padding_mask)
         x = self.embedding(token_ids, positions=positions, token_type_ids=token_type_ids,
                            training=training)
         if not self.norm_first:
             x = self.norm(x)
         new_caches = []
         for i, (block, kind) in enumerate(zip(self.blocks, self.attention_types)):
-            mask = masks[kind]
+            mask = masks.get(kind)  # none for ring-cached layers (see ring_masks)
             if caches is None:
                 x = block(x, attention_mask=mask, positions=positions, training=training)
                 continue
