@@ -230,14 +230,19 @@ def import_gemma(checkpoint: str, out: str, overwrite: bool = False,
         >>> import_gemma("downloads/gemma-3-270m", "runs/gemma3")  # doctest: +SKIP
     """
     from tfllm import runs
+    from tfllm.checkpoints.common import build_deferred, write_imported_run
 
     llama.check_dtype(dtype)
     output = runs.new_run(out, overwrite, [checkpoint], "import-hf")
     cfg = read_config(checkpoint, max_len)
+    model_type = text_config(checkpoint)[2]
     entry, files = llama.tokenizer_entry(checkpoint)
     entry.setdefault("chat_template", CHAT_TEMPLATE)
     llama.check_tokenizer_fits(entry, files, cfg)
     weights, skipped = read_weights(checkpoint, cfg)
+    if skipped:
+        print(f"import-hf: {model_type}: imported the language model; skipped "
+              f"{len(skipped):,} tensors of the vision tower and projector", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         if entry["type"] == "sentencepiece":
             # Turn markers as Hugging Face reads them in text (see sentencepiece_vocab).
@@ -248,25 +253,15 @@ def import_gemma(checkpoint: str, out: str, overwrite: bool = False,
             files = {"tokenizer.model": os.path.join(tmp, "tokenizer.model")}
             with open(files["tokenizer.model"], "wb") as f:
                 f.write(proto)
-        return _write(checkpoint, output, cfg, entry, files, weights, skipped, dtype)
-
-
-def _write(checkpoint, output, cfg, entry, files, weights, skipped, dtype):
-    from tfllm.checkpoints.common import build_deferred, write_imported_run
-
-    model_type = text_config(checkpoint)[2]
-    if skipped:
-        print(f"import-hf: {model_type}: imported the language model; skipped "
-              f"{len(skipped):,} tensors of the vision tower and projector", file=sys.stderr)
-    model = build_deferred(lambda: llama.build_model(cfg, dtype))
-    pairs = llama.llama_weights(model, cfg, weights, llama.numpy_dtype(dtype), NORM_OFFSET)
-    return write_imported_run(output, model, pairs, {
-        "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
-        "training": None, "dtype": dtype,
-        "imported_from": {"format": f"huggingface-{model_type}",
-                          "path": os.path.abspath(checkpoint)},
-        "tokenizer": entry,
-    }, files)
+        model = build_deferred(lambda: llama.build_model(cfg, dtype))
+        pairs = llama.llama_weights(model, cfg, weights, llama.numpy_dtype(dtype), NORM_OFFSET)
+        return write_imported_run(output, model, pairs, {
+            "model": cfg.to_dict(), "preset": model_type, "objective": "clm", "data": None,
+            "training": None, "dtype": dtype,
+            "imported_from": {"format": f"huggingface-{model_type}",
+                              "path": os.path.abspath(checkpoint)},
+            "tokenizer": entry,
+        }, files)
 
 
 # -- the inverse: a run written back as a Hugging Face checkpoint (export/hf.py) --------------
