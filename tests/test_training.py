@@ -288,7 +288,8 @@ def test_non_finite_or_absurd_settings_are_refused(kwargs, match):
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_from_last_saved_step(tmp_path, small_corpus):
     out = str(tmp_path / "run")
-    args = ["train", "--data", small_corpus, "--out", out, "--steps", "200",
+    # Five intervals (each ends with an evaluation and a checkpoint): killed after two.
+    args = ["train", "--data", small_corpus, "--out", out, "--steps", "100",
             "--eval-interval", "20", "--eval-steps", "2", "--batch-size", "4", "--lr", "2e-3"]
     proc = subprocess.Popen([sys.executable, "-m", "tfllm.cli", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -304,7 +305,7 @@ def test_sigkill_then_resume_continues_from_last_saved_step(tmp_path, small_corp
     with open(os.path.join(out, "backup", "training_metadata.json")) as f:
         saved_epochs = json.load(f)["epoch"]
     steps_before = [r["step"] for r in read_metrics(out)]
-    assert 2 <= saved_epochs < 10 and not os.path.exists(os.path.join(out, "model.keras"))
+    assert 2 <= saved_epochs < 5 and not os.path.exists(os.path.join(out, "model.keras"))
 
     done = run_cli(["train", "--resume", "--out", out])
     assert done.returncode == 0, done.stderr[-3000:]
@@ -312,9 +313,10 @@ def test_sigkill_then_resume_continues_from_last_saved_step(tmp_path, small_corp
     resumed = records[len(steps_before):]
     # Continues at the first interval after the saved one and runs to the end.
     assert resumed[0]["step"] == (saved_epochs + 1) * 20
-    assert resumed[-1]["step"] == 200
+    assert resumed[-1]["step"] == 100
     model = keras.saving.load_model(os.path.join(out, "model.keras"))
-    assert int(model.optimizer.iterations) == 200
+    assert int(model.optimizer.iterations) == 100
     # The learning rate resumed on schedule (it depends on the restored iteration count).
     sched = model.optimizer._learning_rate
-    assert resumed[0]["lr"] == pytest.approx(float(sched(resumed[0]["step"])), rel=1e-4)
+    # metrics.jsonl rounds to 6 decimals.
+    assert resumed[0]["lr"] == pytest.approx(float(sched(resumed[0]["step"])), abs=1e-6)
