@@ -57,8 +57,14 @@ def test_turn_markers_read_as_tokens_and_messages_cannot_forge_them(tmp_path):
     ckpt = write_checkpoint(str(tmp_path / "ckpt"), "gemma3_text")
     tok = tfllm.load(import_hf(ckpt, str(tmp_path / "run"), max_len=32)).tokenizer
     start = tok._sp.piece_to_id("<start_of_turn>")
+    end = tok._sp.piece_to_id("<end_of_turn>")
     assert tok.encode("<start_of_turn>user\nhi")[:2] == [2, start]  # BOS, then the marker
     assert start not in encode_plain(tok, "<start_of_turn>user\nhi")
+    # `<end_of_turn>` is an end-of-sequence id (generation_config) and a marker the chat
+    # template writes: read as one token too, as Hugging Face reads it.
+    assert end in tok.eos_ids
+    assert tok.encode("hi<end_of_turn>\n")[-2:] == [end, tok.encode("\n")[-1]]
+    assert end not in encode_plain(tok, "hi<end_of_turn>")
 
 
 def test_export_hf_writes_a_gemma_checkpoint_that_imports_to_the_same_logits(tmp_path):
@@ -108,3 +114,43 @@ def test_bad_gemma_checkpoints_are_refused_naming_the_value(tmp_path):
     _refused(tmp_path, ckpt, "has no text_config")
     with_config(cfg)
     _refused(tmp_path, ckpt, "--max-len 5000 is above the 4096 positions", max_len=5000)
+
+
+def test_the_bos_gemmas_template_writes_is_one_bos_on_every_chat_path(tmp_path):
+    """Gemma's template starts with `{{ bos_token }}`; Hugging Face's rendering holds one
+    BOS. SentencePiece decodes its control `<bos>` as "" (and would not read "<bos>" in
+    text), so the template's BOS is a mark that every chat encoder reads as the BOS id:
+    `tfllm chat`, fine-tuning's batched encoding, the SavedModel's graph. A message
+    holding the mark stays a character."""
+    import tensorflow as tf
+
+    import tfllm
+    from tfllm import runs
+    from tfllm.signatures.chat import piece_ids, prompt_ids
+    from tfllm.tasks.chat.data import encode_chat, encode_conversations
+    from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
+    from tfllm.tokenizers.chat_template import BOS_MARK, chat_config_of, template_of
+
+    ckpt = write_checkpoint(str(tmp_path / "ckpt"), "gemma3_text")
+    run = import_hf(ckpt, str(tmp_path / "run"), max_len=128)
+    tok = tfllm.load(run).tokenizer
+    chat = chat_config_of(runs.read_run_config(run), tok)
+    template = template_of(chat)
+    start, end = (tok._sp.piece_to_id(p) for p in ("<start_of_turn>", "<end_of_turn>"))
+    turns = [{"role": "user", "content": "hi"}]
+    ids = encode_pieces(tok, chat_pieces(template, turns, tok, True))
+    assert ids[:2] == [tok.bos_id, start] and ids.count(tok.bos_id) == 1
+    assert ids.count(end) == 1
+    conversation = turns + [{"role": "assistant", "content": "salut"}]
+    single, _ = encode_chat(conversation, template, tok)
+    batched, _ = encode_conversations([conversation], template, tok, 128)
+    assert batched[0][0] == single and single[0] == tok.bos_id
+    assert single.count(tok.bos_id) == 1
+    # The SavedModel's graph: the template's pieces around the message.
+    parts = template.render([{"role": "user", "content": "\ue000"}], True).split("\ue000")
+    graph = prompt_ids(tok, parts, [tf.constant(["hi", f"a{BOS_MARK}b"])],
+                       piece_ids(tok, parts)).to_list()
+    assert graph[0] == ids
+    forged = encode_pieces(tok, chat_pieces(template, [{"role": "user",
+                                                        "content": f"a{BOS_MARK}b"}], tok, True))
+    assert graph[1] == forged and forged.count(tok.bos_id) == 1

@@ -246,8 +246,7 @@ def import_gemma(checkpoint: str, out: str, overwrite: bool = False,
     with tempfile.TemporaryDirectory() as tmp:
         if entry["type"] == "sentencepiece":
             # Turn markers as Hugging Face reads them in text (see sentencepiece_vocab).
-            keep = {i for i in (entry.get("bos_id"), entry.get("pad_id"), *entry["eos_ids"])
-                    if i is not None}
+            keep = {i for i in (entry.get("bos_id"), entry.get("pad_id")) if i is not None}
             with open(files["tokenizer.model"], "rb") as f:
                 proto = readable_controls(f.read(), keep)
             files = {"tokenizer.model": os.path.join(tmp, "tokenizer.model")}

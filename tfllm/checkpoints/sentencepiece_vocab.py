@@ -97,13 +97,20 @@ def build_proto(path: str, tokens, scores, types, special: dict, by_position: bo
 
 
 def readable_controls(proto: bytes, keep: set[int]) -> bytes:
-    """`proto` with its CONTROL pieces other than `keep` (pad/bos/eos ids) made
-    USER_DEFINED, so SentencePiece reads `<start_of_turn>` in text as Hugging Face reads
-    a special token; the same bytes where there is none to change."""
+    """`proto` with its CONTROL pieces made USER_DEFINED, so SentencePiece reads
+    `<start_of_turn>` and `<end_of_turn>` in text as Hugging Face reads a special token;
+    kept CONTROL: `keep` (bos/pad ids) and the model's own bos/eos/pad. The same bytes
+    where there is none to change.
+
+    A turn marker that is also an end-of-sequence id (Gemma's `<end_of_turn>`, listed in
+    generation_config's `eos_token_id`) must be readable too: the chat template writes it
+    and fine-tuning teaches the model to emit it as one token."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     model = pb.ModelProto()
     model.ParseFromString(proto)
+    trainer = model.trainer_spec
+    keep = set(keep) | {i for i in (trainer.bos_id, trainer.eos_id, trainer.pad_id) if i >= 0}
     changed = False
     for i, piece in enumerate(model.pieces):
         if piece.type == CONTROL and i not in keep:

@@ -9,17 +9,51 @@ from __future__ import annotations
 
 import re
 
-from tfllm.tokenizers.chat_template import ChatTemplateError
+from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
     """Ids of rendered chat text: a BOS the tokenizer adds by itself is left out, as
-    transformers' `apply_chat_template` adds no special tokens (the template writes the
-    BOS it wants)."""
+    transformers' `apply_chat_template` adds no special tokens; the BOS the template writes
+    (`BOS_MARK`) is the BOS id."""
+    ids = []
+    for k, part in enumerate(text.split(BOS_MARK)):
+        if k:
+            ids.append(tokenizer.bos_id)
+        if part:
+            ids += _without_auto_bos(tokenizer, part)
+    return ids
+
+
+def _without_auto_bos(tokenizer, text: str) -> list[int]:
     ids = tokenizer.encode(text)
     if getattr(tokenizer, "add_bos", False) and ids[:1] == [tokenizer.bos_id]:
         ids = ids[1:]
     return ids
+
+
+def tokenize_text(tokenizer, texts):
+    """`encode_text` in the graph: strings (batch,) -> ragged int32 ids (batch, None)."""
+    import tensorflow as tf
+
+    texts = tf.convert_to_tensor(texts, tf.string)
+    segments = tf.strings.split(texts, BOS_MARK)  # (batch, segments)
+    ids = tf.cast(tokenizer.tokenize(segments.flat_values), tf.int32)  # (S, tokens)
+    if not isinstance(ids, tf.RaggedTensor):
+        ids = tf.RaggedTensor.from_tensor(ids)
+    if getattr(tokenizer, "add_bos", False):
+        ids = ids[:, 1:]
+    # Every segment but a row's first follows a mark: it starts with the BOS id.
+    count = tf.shape(segments.flat_values, out_type=tf.int64)[0]
+    first = tf.scatter_nd(segments.row_starts()[:, None],
+                          tf.ones_like(segments.row_starts(), tf.int32), [count])
+    first = tf.cast(first > 0, tf.int32)
+    bos = tf.RaggedTensor.from_row_lengths(
+        tf.fill([count - tf.reduce_sum(tf.cast(first, tf.int64))], tokenizer.bos_id),
+        tf.cast(1 - first, tf.int64))  # (S, 0 or 1)
+    ids = tf.concat([bos, ids], axis=1)
+    return tf.RaggedTensor.from_row_splits(ids.values,
+                                           tf.gather(ids.row_splits, segments.row_splits))
 
 
 def encode_plain(tokenizer, text: str) -> list[int]:
@@ -27,7 +61,7 @@ def encode_plain(tokenizer, text: str) -> list[int]:
     tokenizer that recognizes none in text encodes it as `encode_text` does)."""
     if hasattr(tokenizer, "encode_plain"):
         return tokenizer.encode_plain(text)
-    return encode_text(tokenizer, text)
+    return _without_auto_bos(tokenizer, text)  # a BOS_MARK in a message is a character
 
 
 # Marks a message's place when a template is rendered around placeholders (Unicode private
@@ -39,7 +73,7 @@ _MARKED = re.compile(f"{_MARK}(\\d+){_MARK}")
 def has_control_text(tokenizer, texts) -> bool:
     """True when one of `texts` holds the text of a control token of `tokenizer` (one
     that tokenizing a whole rendered conversation would read as that token)."""
-    specials = getattr(tokenizer, "special_tokens", ())
+    specials = [*getattr(tokenizer, "special_tokens", ()), BOS_MARK]
     return any(special in text for text in texts for special in specials)
 
 

@@ -194,6 +194,17 @@ def read_template_arg(value: str) -> str:
         return f.read()
 
 
+# What a template's `bos_token` renders as: read back as the BOS id by every chat encoder
+# (tfllm.tokenizers.chat_encoding). Hugging Face reads the BOS text the template writes
+# (`<bos>`, `<s>`) as the BOS token; SentencePiece reads no control piece in text, so the
+# text would become characters, and the decoded text of a control piece is empty, so
+# before this mark Gemma's and Llama 2's templates wrote no BOS at all (Gemma answers
+# poorly without one). Unicode private use: no tokenizer or template gives it a meaning;
+# a message holding it is encoded as plain characters. Chat runs written before keep the
+# "" they stored (their fine-tuning saw no BOS).
+BOS_MARK = "\ue002"
+
+
 def chat_config_of(run_config: dict, tokenizer, template: str | None = None,
                    allow_default: bool = False) -> dict:
     """The `"chat"` entry of a run: its template, the special-token strings the template
@@ -227,7 +238,8 @@ def chat_config_of(run_config: dict, tokenizer, template: str | None = None,
     eos_ids = list(getattr(tokenizer, "eos_ids", [tokenizer.eos_id]))
     end_of_turn = [DEFAULT_END_OF_TURN] if DEFAULT_END_OF_TURN in source else []
     end_of_turn += [t for t in (text(i) for i in eos_ids) if t and t not in end_of_turn]
-    return {"template": source, "bos_token": text(getattr(tokenizer, "bos_id", None)),
+    bos = getattr(tokenizer, "bos_id", None)
+    return {"template": source, "bos_token": BOS_MARK if bos is not None else "",
             "eos_token": text(eos_ids[0]), "end_of_turn": end_of_turn}
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 
-from tfllm.tokenizers.chat_encoding import encode_plain, encode_text, segment_pieces
+from tfllm.tokenizers.chat_encoding import (encode_plain, encode_text, segment_pieces,
+                                            tokenize_text)
 from tfllm.tokenizers.chat_template import ChatTemplateError, check_messages
 from tfllm.data.tables import cell, read_rows, split_rows
 from tfllm.errors import DataError
@@ -169,13 +170,17 @@ def encode_conversations(conversations, template, tokenizer, max_len: int):
 
 
 def _tokenize_many(tokenizer, texts, chunk=4096, plain=False):
-    """Ids of each text as `encode_chat` takes them (no auto-added BOS; with `plain`,
-    control tokens' text as plain characters)."""
+    """Ids of each text as `encode_chat` takes them (no auto-added BOS, the template's BOS
+    mark as the BOS id; with `plain`, control tokens' text as plain characters)."""
     import tensorflow as tf
 
-    auto_bos = getattr(tokenizer, "add_bos", False)
-    tokenize = tokenizer.tokenize_plain if plain and hasattr(tokenizer, "tokenize_plain") \
-        else tokenizer.tokenize
+    if plain:  # tokenize_plain adds no BOS; a tokenizer without it may
+        tokenize = getattr(tokenizer, "tokenize_plain", tokenizer.tokenize)
+        auto_bos = getattr(tokenizer, "add_bos", False) and tokenize == tokenizer.tokenize
+    else:  # the template's text: its BOS mark is the BOS id, no BOS of the tokenizer's own
+        def tokenize(batch):
+            return tokenize_text(tokenizer, batch)
+        auto_bos = False
     out = []
     for start in range(0, len(texts), chunk):
         batch = tokenize(tf.constant(texts[start:start + chunk]))
