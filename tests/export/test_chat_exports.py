@@ -17,10 +17,26 @@ def test_prompt_pieces_rebuild_the_rendered_prompt():
             [{"role": "user", "content": "Open %s"}]
         assert python_prompt(pieces, "Open %s", system) == \
             t.render(turns, add_generation_prompt=True)
-    # A template that trims the content cannot be applied by string joins: refused.
+    # A template that trims the content (Gemma's): the graph trims as Jinja does.
     trimming = DEFAULT_TEMPLATE.replace("message['content']", "message['content'] | trim")
+    assert prompt_pieces({"template": trimming})["trim"] == {"message": True, "system": True}
+    assert pieces["trim"] == {"message": False, "system": False}
+    # One that changes it otherwise cannot be applied by string joins: refused.
+    changing = DEFAULT_TEMPLATE.replace("message['content']",
+                                        "message['content'] | replace('?', '!')")
     with pytest.raises(ChatTemplateError, match="changes a turn's text"):
-        prompt_pieces({"template": trimming})
+        prompt_pieces({"template": changing})
+
+
+def test_graph_trim_is_jinjas_trim():
+    import tensorflow as tf
+
+    from tfllm.signatures.chat import TRIM_SAMPLE, strip_text
+
+    spaces = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+    texts = [TRIM_SAMPLE, spaces + "a b" + spaces, spaces, "", "x", "\u200bzero-width\u200b"]
+    got = [t.decode() for t in strip_text(tf.constant(texts)).numpy()]
+    assert got == [t.strip() for t in texts]
 
 
 @pytest.mark.slow

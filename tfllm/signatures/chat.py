@@ -11,9 +11,10 @@
 
 The template's single-turn form is applied in the graph: at export the template is
 rendered once around sentinel strings, which cuts it into constant pieces, and a request's
-prompt is `piece + system + piece + message + piece` (`tf.strings.join`). A template that
-does not render a turn by inserting its text as it is (one that trims or inspects the
-content) is refused at export, checked on sample messages. A message or system text that
+prompt is `piece + system + piece + message + piece` (`tf.strings.join`). A template must
+insert a turn's text as it is or trimmed (`| trim`, as Gemma's does: applied in the graph
+with Python's whitespace set); one that otherwise changes or inspects it is refused at
+export, checked on sample messages. A message or system text that
 holds a control token's text (`<|im_start|>`) is tokenized as plain characters, as `tfllm
 chat` does (see `prompt_ids`); both are bounded in bytes before anything is tokenized.
 """
@@ -26,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.signatures.checks import ExportError, fresh_process_outputs
-from tfllm.tokenizers.chat_encoding import encode_text
-from tfllm.tokenizers.chat_template import ChatTemplateError, template_of
+from tfllm.tokenizers.chat_encoding import encode_text, tokenize_text
+from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError, template_of
 
 _MESSAGE, _SYSTEM = "\ue000tfllm-message\ue000", "\ue000tfllm-system\ue000"
 SAMPLE_MESSAGES = ["Translate to French: Open the file", "Hi", "  spaced  {x} %s\n"]
@@ -55,22 +56,45 @@ def prompt_pieces(chat: dict) -> dict:
     before, after = plain.split(_MESSAGE)
     head, rest = with_system.split(_SYSTEM)
     between, tail = rest.split(_MESSAGE)
-    pieces = {"plain": [before, after], "system": [head, between, tail]}
-    for message in SAMPLE_MESSAGES:  # the template must insert the text unchanged
-        for system in (None, "Be brief."):
+    # The template must insert each text unchanged, or `| trim`med (Gemma trims messages):
+    # the first reading that rebuilds every sample rendering is the one the graph applies.
+    for trim in ({"message": False, "system": False}, {"message": True, "system": False},
+                 {"message": False, "system": True}, {"message": True, "system": True}):
+        pieces = {"plain": [before, after], "system": [head, between, tail], "trim": trim}
+        if all(template.render(turns, add_generation_prompt=True) ==
+               python_prompt(pieces, message, system)
+               for message, system, turns in _samples()):
+            return pieces
+    raise ChatTemplateError("this chat template changes a turn's text (more than trimming "
+                            "it, or only sometimes); the SavedModel cannot apply it in the "
+                            "graph")
+
+
+def _samples():
+    for message in SAMPLE_MESSAGES + [TRIM_SAMPLE]:
+        for system in (None, "Be brief.", TRIM_SAMPLE):
             turns = ([] if system is None else [{"role": "system", "content": system}]) + \
                 [{"role": "user", "content": message}]
-            if template.render(turns, add_generation_prompt=True) != \
-                    python_prompt(pieces, message, system):
-                raise ChatTemplateError(
-                    "this chat template changes a turn's text (trims or inspects it); the "
-                    "SavedModel cannot apply it in the graph")
-    return pieces
+            yield message, system, turns
+
+
+# Every character Python's str.strip() (Jinja's `trim`) removes; RE2's \s lacks most.
+_PY_SPACE = (r"[\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+             r"\x{202f}\x{205f}\x{3000}]")
+TRIM_SAMPLE = "\u3000\u00a0\v trimmed?\t\u2028\x1c"
+
+
+def strip_text(text):
+    """Jinja's `| trim` (Python's `str.strip()`) of strings (batch,) in the graph."""
+    return tf.strings.regex_replace(text, f"^{_PY_SPACE}+|{_PY_SPACE}+$", "")
 
 
 def python_prompt(pieces, message, system=None):
+    trim = pieces.get("trim", {})
+    message = message.strip() if trim.get("message") else message
     if system is None:
         return pieces["plain"][0] + message + pieces["plain"][1]
+    system = system.strip() if trim.get("system") else system
     head, between, tail = pieces["system"]
     return head + system + between + message + tail
 
@@ -79,9 +103,13 @@ def chat_signatures(decoder, chat: dict) -> dict:
     """{name: (fn, input_signature)} of `chat` and `chat_with_system`, over a
     `CausalDecoder` (export.saved_model) of the run."""
     pieces = prompt_pieces(chat)
+    trim = pieces.pop("trim")
     end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
     tokenizer = decoder.tokenizer
     ids_of = {form: piece_ids(tokenizer, parts) for form, parts in pieces.items()}
+
+    def trimmed(text, field):
+        return strip_text(text) if trim[field] else text
 
     def reply(ids, max_new_tokens, temperature, top_k, top_p, seed):
         out = decoder.decode(ids, max_new_tokens, temperature, top_k, top_p, seed)
@@ -94,7 +122,8 @@ def chat_signatures(decoder, chat: dict) -> dict:
         checks = decoder.checks({"message": message}, max_new_tokens, temperature, top_k,
                                 top_p, seed)
         message, max_new_tokens = decoder.after(checks, message, max_new_tokens)
-        ids = prompt_ids(tokenizer, pieces["plain"], [message], ids_of["plain"])
+        ids = prompt_ids(tokenizer, pieces["plain"], [trimmed(message, "message")],
+                         ids_of["plain"])
         return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
     def chat_with_system(message, system, max_new_tokens, temperature, top_k, top_p, seed):
@@ -102,7 +131,9 @@ def chat_signatures(decoder, chat: dict) -> dict:
                                 temperature, top_k, top_p, seed)
         message, system, max_new_tokens = decoder.after(checks, message, system,
                                                         max_new_tokens)
-        ids = prompt_ids(tokenizer, pieces["system"], [system, message], ids_of["system"])
+        ids = prompt_ids(tokenizer, pieces["system"],
+                         [trimmed(system, "system"), trimmed(message, "message")],
+                         ids_of["system"])
         return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
     batch = [None]
@@ -118,11 +149,9 @@ def chat_signatures(decoder, chat: dict) -> dict:
 
 
 def piece_ids(tokenizer, parts) -> list[list[int]]:
-    """Token ids of a template's constant pieces, for `prompt_ids` (computed eagerly, once):
-    the first as a text starts (with the BOS some checkpoints add), the others as
-    continuations."""
-    return [tokenizer.encode(part) if k == 0 else encode_text(tokenizer, part)
-            for k, part in enumerate(parts)]
+    """Token ids of a template's constant pieces, for `prompt_ids` (computed eagerly, once),
+    as `tfllm chat` encodes them (`encode_text`: the BOS where the template writes one)."""
+    return [encode_text(tokenizer, part) for part in parts]
 
 
 def prompt_ids(tokenizer, parts, texts, parts_ids=None):
@@ -139,9 +168,9 @@ def prompt_ids(tokenizer, parts, texts, parts_ids=None):
     """
     joined = tf.strings.join([tf.convert_to_tensor(x, tf.string) for pair in zip(parts, texts)
                               for x in pair] + [tf.constant(parts[-1])])
-    whole = tf.cast(tokenizer.tokenize(joined), tf.int32)
-    specials = list(getattr(tokenizer, "special_tokens", ()))
-    if not specials or not hasattr(tokenizer, "tokenize_plain"):
+    whole = tokenize_text(tokenizer, joined)
+    specials = [*getattr(tokenizer, "special_tokens", ()), BOS_MARK]
+    if not hasattr(tokenizer, "tokenize_plain"):
         return whole
     batch = tf.shape(texts[0])[0]
     pieces = []
