@@ -431,12 +431,19 @@ def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=No
 
     if data is not None:
         corpus = Corpus(data, text_column)
+        texts = corpus.train_texts() if split == "train" else corpus.val_texts()
     else:
-        stored = runs.read_run_config(run_dir).get("data")
+        config = runs.read_run_config(run_dir)
+        stored = config.get("data")
         if not stored:
             return None
-        corpus = Corpus(stored["spec"], stored.get("text_feature"))
-    texts = corpus.train_texts() if split == "train" else corpus.val_texts()
+        # A task whose data is not a corpus (chat: conversations) says what text it is.
+        texts = tasks.of_config(config).heldout_texts(config, split)
+        if texts is not None:
+            texts = tf.data.Dataset.from_tensor_slices(tf.constant(texts or [""], tf.string))
+        else:
+            corpus = Corpus(stored["spec"], stored.get("text_feature"))
+            texts = corpus.train_texts() if split == "train" else corpus.val_texts()
     ds = lm_windows(texts, tokenizer, length - 1).take(count)
     return [w.numpy().tolist() for w in ds] or None
 

@@ -82,6 +82,12 @@ class Task:
         what it verified, for the exporter's report)."""
         raise self.unsupported("a SavedModel export")
 
+    def heldout_texts(self, config: dict, split: str = "val"):
+        """Texts an exporter holds a quantized model to (`split="val"`) or calibrates it on
+        (`"train"`), where the run's data is not a text corpus; None: read the run's
+        data as one."""
+        return None
+
     def chat_config(self, config: dict, tokenizer):
         """The run's usable chat entry (template, special-token strings, end of turn) for
         exports that apply a template, or None."""

@@ -208,3 +208,25 @@ def test_a_killed_chat_fine_tune_resumes_where_it_stopped(chat_runs, tmp_path):
     assert not os.path.exists(os.path.join(out, runs.BACKUP))
     with pytest.raises(Exception, match="is finished"):
         resume_chat(out)
+
+
+def test_exporters_hold_a_chat_run_to_its_own_rendered_conversations(chat_runs):
+    """A quantized export of a chat run checks (and calibrates) on the run's held-out
+    conversations as its template renders them, not on its table read as a corpus (which
+    has no text column: the export failed after converting)."""
+    import tfllm
+    from export.tflite import heldout_windows
+    from tfllm import runs
+    from tfllm.tasks.chat.data import ChatData
+
+    tok = tfllm.load(chat_runs["lora"]).tokenizer
+    windows = heldout_windows(chat_runs["lora"], tok, 32, 4)
+    assert len(windows) == 4 and all(len(w) == 32 for w in windows)
+    text = tok.decode(windows[0])
+    assert "<|im_start|>user\nTranslate to French: " in text
+    config = runs.read_run_config(chat_runs["lora"])
+    val = ChatData(chat_runs["data"], "en", "fr", "Translate to French: {en}",
+                   seed=config["finetune"]["seed"]).val
+    assert val[0][0]["content"] in text  # the validation split, in its order
+    train = tok.decode(heldout_windows(chat_runs["lora"], tok, 32, 1, split="train")[0])
+    assert train != text

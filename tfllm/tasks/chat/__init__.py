@@ -47,6 +47,25 @@ class ChatTask(Task):
 
         return signatures(model, config, jit_compile, max_batch)
 
+    def heldout_texts(self, config, split="val"):
+        """The run's own conversations (its validation or training split, as fine-tuning
+        drew them), rendered by its template: the text the model was tuned on."""
+        from tfllm.tasks.chat.data import ChatData
+        from tfllm.tokenizers.chat_template import BOS_MARK, template_of
+
+        d = config.get("chat_data")
+        if not d or not config.get("data"):
+            return None
+        chats = ChatData(config["data"]["spec"], d["prompt_column"], d["response_column"],
+                         d["prompt_template"], d["system"],
+                         seed=(config.get("finetune") or {}).get("seed", 0))
+        template = template_of(config["chat"])
+        # Exporters read a few dozen windows: 512 conversations hold them many times over,
+        # and each render is a call into the template's sandbox. Windows are plain text:
+        # the BOS mark is left out, not spelled.
+        return [template.render(c).replace(BOS_MARK, "")
+                for c in (chats.train if split == "train" else chats.val)[:512]]
+
     def chat_config(self, config, tokenizer):
         from tfllm.tokenizers.chat_template import usable_chat_config
 
