@@ -79,6 +79,22 @@ def run_cli(args, env=None, timeout=600):
                           text=True, env=full_env, timeout=timeout, cwd=REPO)
 
 
+def run_module(module, *args):
+    """`python -m MODULE ARGS` run in this process; returns its stdout, after asserting a
+    zero exit status. A fresh process costs 5-8 s of TensorFlow import and run loading on
+    the 2-core test machines (a minute or more of `make test` over the export tests);
+    tests of what a terminal sees (native log lines, a killed process) keep subprocesses."""
+    import contextlib
+    import importlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = importlib.import_module(module).main(list(args))
+    assert not status, out.getvalue()[-2000:] + err.getvalue()[-3000:]
+    return out.getvalue()
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, tiny_run):
     """The tiny run exported by the CLI as models/tiny/1 (verified by the exporter)."""

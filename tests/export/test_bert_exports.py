@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.checkpoints.bert_fixtures import write_checkpoint
-from tests.conftest import REPO, labeled_rows, write_tsv
+from tests.conftest import REPO, labeled_rows, run_module, write_tsv
 from tfllm.checkpoints import import_hf
 
 TEXTS = ["a superb and lovely film", "Héllo, WORLD! 東京", "a dull [SEP] film", "x"]
@@ -40,10 +40,7 @@ def bert_runs(tmp_path_factory):
 
 
 def _export(module, *args):
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return run_module(module, *args)
 
 
 @pytest.mark.slow

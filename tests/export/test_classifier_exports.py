@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, labeled_rows
+from tests.conftest import labeled_rows, run_module
 from tfllm.tasks.classify.predict import load_classifier, predict_proba
 
 TEXTS = [t for t, _ in labeled_rows(12, seed=5)]
@@ -21,11 +21,9 @@ def keras_labels(tiny_classifier):
 
 
 def test_saved_model_classify_signature(tiny_classifier, keras_labels, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "export.saved_model", "--run",
-                           tiny_classifier[0], "--out", str(tmp_path), "--name", "clf"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "probabilities as the Keras classifier" in proc.stdout
+    stdout = run_module("export.saved_model", "--run", tiny_classifier[0], "--out",
+                        str(tmp_path), "--name", "clf")
+    assert "probabilities as the Keras classifier" in stdout
     code = ("import json, sys, tensorflow as tf, tensorflow_text\n"
             "m = tf.saved_model.load(sys.argv[1])\n"
             "out = m.signatures['classify'](text=tf.constant(json.loads(sys.argv[2])))\n"
@@ -49,11 +47,9 @@ def test_tflite_classifier_modes(tiny_classifier, keras_labels, tmp_path, mode):
 
     path = str(tmp_path / f"clf-{mode}.tflite")
     # A subprocess: the TFLite converter leaks memory on every convert().
-    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run", tiny_classifier[0],
-                           "--out", path, "--quantize", mode],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "labels agree with Keras on 100.0%" in proc.stdout
+    stdout = run_module("export.tflite", "--run", tiny_classifier[0], "--out", path,
+                        "--quantize", mode)
+    assert "labels agree with Keras on 100.0%" in stdout
     model, task = load_classifier(tiny_classifier[0])
     probs = tflite_classify(path, _encode_one(model.tokenizer, task, TEXTS))
     assert [task["class_names"][i] for i in probs.argmax(1)] == keras_labels[1]
@@ -83,11 +79,8 @@ def test_onnx_classifier(tiny_classifier, keras_labels, tmp_path):
     from export.tflite import _encode_one
 
     path = str(tmp_path / "clf.onnx")
-    proc = subprocess.run([sys.executable, "-m", "export.onnx", "--run", tiny_classifier[0],
-                           "--out", path], capture_output=True, text=True, cwd=REPO,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "label agreement 100%" in proc.stdout and "decode step" not in proc.stdout
+    stdout = run_module("export.onnx", "--run", tiny_classifier[0], "--out", path)
+    assert "label agreement 100%" in stdout and "decode step" not in stdout
     model, task = load_classifier(tiny_classifier[0])
     ids = _encode_one(model.tokenizer, task, TEXTS)
     assert (ids == 0).any()  # padded rows: the pad-derived mask is exercised

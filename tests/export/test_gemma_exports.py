@@ -13,7 +13,7 @@ import pytest
 
 import tfllm
 from tests.checkpoints.gemma_fixtures import write_checkpoint
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 PROMPTS = ["ROMEO: I would", "First Citizen:\nWe are accounted poor citizens"]
 WINDOW = 6
@@ -35,10 +35,7 @@ def lm(gemma_run):
 
 
 def _export(module, *args):
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return run_module(module, *args)
 
 
 def test_the_run_is_a_windowed_gemma3(lm):

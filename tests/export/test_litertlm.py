@@ -6,7 +6,7 @@ import pytest
 
 import tfllm
 from export.litertlm import engine_generate, llm_metadata
-from tests.conftest import REPO, quiet_env
+from tests.conftest import REPO, quiet_env, run_module
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +47,9 @@ def test_quantizer_modes_pass_their_gate_and_run_in_the_engine(tiny_run, tmp_pat
     from export.options import ACCURACY_GATES
 
     path = str(tmp_path / f"{mode}.litertlm")
-    proc = subprocess.run([sys.executable, "-m", "export.litertlm", "--run", tiny_run, "--out",
-                           path, "--prefill-lengths", "8", "--quantize", mode],
-                          capture_output=True, text=True, cwd=REPO, timeout=900,
-                          env=quiet_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    gate = next(line for line in proc.stdout.splitlines() if "gate >=" in line)
+    stdout = run_module("export.litertlm", "--run", tiny_run, "--out", path,
+                        "--prefill-lengths", "8", "--quantize", mode)
+    gate = next(line for line in stdout.splitlines() if "gate >=" in line)
     agree = float(gate.split("agreement with Keras ")[1].split("%")[0])
     assert agree >= 100 * ACCURACY_GATES[mode][0], gate
     # The runtime runs the quantized bundle: a greedy continuation close to the float one.

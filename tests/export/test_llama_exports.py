@@ -11,7 +11,7 @@ import pytest
 
 import tfllm
 from tests.checkpoints.llama_fixtures import write_checkpoint
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 PROMPTS = ["ROMEO:", "First Citizen:\nWe"]
 MAX_LEN = 48  # the exports' --max-len; the run itself keeps 64
@@ -32,10 +32,7 @@ def lm(llama_run):
 
 
 def _export(module, *args):
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return run_module(module, *args)
 
 
 def test_the_cache_holds_only_the_key_value_heads_at_the_chosen_length(lm, llama_run):

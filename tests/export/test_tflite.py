@@ -1,6 +1,4 @@
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -8,20 +6,19 @@ import tensorflow as tf
 
 import tfllm
 from export.tflite import TFLiteExportError, TFLiteRunner
-from tests.conftest import REPO, TINY
+from tests.conftest import TINY, run_module
 
 PROMPTS = ["ROMEO:", "First Citizen:\nWe", "O", "KING HENRY:\nWhat say"]
 
 
 @pytest.fixture(scope="module")
 def tflite_file(tiny_run, tmp_path_factory):
-    # A subprocess: the TFLite converter leaks ~20 MB per convert() on TF 2.21.
+    # In this process: the TFLite converter leaks ~20 MB per convert() on TF 2.21, little
+    # beside a fresh process's import and load.
     path = str(tmp_path_factory.mktemp("tflite") / "tiny.tflite")
-    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run", tiny_run, "--out",
-                           path, "--prefill-lengths", "8", "32", "128"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "greedy tokens agree with CausalLM.generate" in proc.stdout
+    stdout = run_module("export.tflite", "--run", tiny_run, "--out", path,
+                        "--prefill-lengths", "8", "32", "128")
+    assert "greedy tokens agree with CausalLM.generate" in stdout
     return path
 
 
@@ -116,11 +113,8 @@ def demo_shape_run(tmp_path_factory, small_corpus):
 
 
 def _export(run, out, *flags, lengths=("8",)):
-    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run", run, "--out", out,
-                           "--prefill-lengths", *lengths, *flags],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+    return run_module("export.tflite", "--run", run, "--out", out, "--prefill-lengths",
+                      *lengths, *flags)
 
 
 @pytest.mark.slow
@@ -130,9 +124,7 @@ def test_quantized_modes_are_held_to_the_accuracy_bar(demo_shape_run, tmp_path):
     from export.options import ACCURACY_GATES
     from export.tflite import export_tflite
 
-    # In this process: nine CLI runs spent a minute importing TensorFlow and loading the
-    # run; the converter's leak (~20 MB a convert) is small beside that. The CLI's printed
-    # line is checked once below.
+    # By the function: the CLI's printed line is checked once below.
     sizes = {}
     for mode in ("float32", "dynamic-int8", "float16", "int8-weight", "int4-block32",
                  "int4-block128", "int4-asym-block32", "int4-asym-block128"):
