@@ -35,9 +35,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `python benchmarks/generate_throughput.py` puts benchmarks/ first on the path, not the
+# repository that holds `benchmarks.real_models`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -99,7 +103,6 @@ def timed_import(gguf, out):
     """Import in a fresh process: (seconds, that process's peak RSS in bytes)."""
     import resource
     import subprocess
-    import sys
 
     code = ("import sys; from tfllm.checkpoints.gguf import import_gguf; "
             "import_gguf(sys.argv[1], sys.argv[2], overwrite=True, max_len=int(sys.argv[3]))")
