@@ -122,17 +122,13 @@ def test_gemma_chat_saved_model_trims_as_the_template_and_answers_as_tfllm_chat(
                                                                                   tmp_path):
     """Gemma's template trims the message (`| trim`): the graph trims it too. The exporter
     checks `chat` and `chat_with_system` in a fresh process against `tfllm chat`
-    (`verify_chat`); here a message wrapped in whitespace answers as the bare one."""
+    (`verify_chat`), on a message wrapped in whitespace among others."""
     from export.saved_model import describe_signatures, export_saved_model
-    from tfllm.signatures.checks import fresh_process_outputs
+    from tfllm.signatures.chat import VERIFY_MESSAGES
 
+    assert any(m != m.strip() for m in VERIFY_MESSAGES)
     out, _ = gemma_lora
     path = export_saved_model(out, str(tmp_path / "models"), name="gemma-chat")
     lines = "\n".join(describe_signatures(path))
     assert "chat(max_new_tokens int32[None], message string[None]" in lines
-    sampling = {"max_new_tokens": [6, 6], "temperature": [0.0, 0.0], "top_k": [0, 0],
-                "top_p": [1.0, 1.0], "seed": [0, 0]}
-    (texts,) = fresh_process_outputs(path, [
-        ("chat", "text", {"message": ["Translate to French: water",
-                                      "\u3000 Translate to French: water \n\t"], **sampling})])
-    assert texts[0] == texts[1]
+    assert "chat_with_system(" in lines

@@ -194,7 +194,12 @@ def expected_replies(model, chat, messages, max_new_tokens, system=None):
     return [ChatSession(model, chat, system, max_new_tokens).reply(m) for m in messages]
 
 
-def verify_chat(path, model, chat, messages=SAMPLE_MESSAGES[:2], max_new_tokens=16):
+# What the exporter checks: a message as typed, a short one, and one wrapped in whitespace
+# (which a trimming template, Gemma's, must trim in the graph as Jinja does).
+VERIFY_MESSAGES = SAMPLE_MESSAGES[:2] + ["\u3000 Hi \n\t"]
+
+
+def verify_chat(path, model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16):
     """Greedy `chat` and `chat_with_system` replies of a fresh-process reload must equal
     `tfllm chat`'s first replies. The reply length is cut to what the context leaves after
     the longest sample prompt (a short-context run is checked on fewer tokens)."""
