@@ -44,13 +44,10 @@ def tokenize_text(tokenizer, texts):
     if getattr(tokenizer, "add_bos", False):
         ids = ids[:, 1:]
     # Every segment but a row's first follows a mark: it starts with the BOS id.
-    count = tf.shape(segments.flat_values, out_type=tf.int64)[0]
-    first = tf.scatter_nd(segments.row_starts()[:, None],
-                          tf.ones_like(segments.row_starts(), tf.int32), [count])
-    first = tf.cast(first > 0, tf.int32)
+    follows = tf.cast(tf.ragged.range(segments.row_lengths()).flat_values > 0, tf.int64)
     bos = tf.RaggedTensor.from_row_lengths(
-        tf.fill([count - tf.reduce_sum(tf.cast(first, tf.int64))], tokenizer.bos_id),
-        tf.cast(1 - first, tf.int64))  # (S, 0 or 1)
+        tf.fill([tf.reduce_sum(follows)], tf.constant(tokenizer.bos_id, tf.int32)),
+        follows)  # (S, 0 or 1)
     ids = tf.concat([bos, ids], axis=1)
     return tf.RaggedTensor.from_row_splits(ids.values,
                                            tf.gather(ids.row_splits, segments.row_splits))
