@@ -211,3 +211,13 @@ def numpy_logits(cfg: dict, t: dict[str, np.ndarray], ids: np.ndarray) -> np.nda
         x = x + (o if kind == "gemma" else rms(o, t[p + "post_feedforward_layernorm.weight"]))
     logits = rms(x, t["model.norm.weight"]) @ t["model.embed_tokens.weight"].T
     return np.tanh(logits / final_cap) * final_cap if final_cap else logits
+
+
+def import_tiny_gemma3(root: str, window: int, max_len: int) -> str:
+    """A tiny Gemma 3 checkpoint (sliding layers of `window`, one global) imported as the run
+    `root/run`; returns its path."""
+    from tfllm.checkpoints import import_hf
+
+    ckpt = write_checkpoint(os.path.join(root, "ckpt"), "gemma3_text", seed=4,
+                            sliding_window=window)
+    return import_hf(ckpt, os.path.join(root, "run"), max_len=max_len)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import tfllm
-from tests.checkpoints.gemma_fixtures import write_checkpoint
+from tests.checkpoints.gemma_fixtures import import_tiny_gemma3
 from tests.conftest import run_module
 
 PROMPTS = ["ROMEO: I would", "First Citizen:\nWe are accounted poor citizens"]
@@ -22,11 +22,7 @@ NEW = 14  # past the window from either prompt
 
 @pytest.fixture(scope="module")
 def gemma_run(tmp_path_factory):
-    from tfllm.checkpoints import import_hf
-
-    root = tmp_path_factory.mktemp("gemma")
-    ckpt = write_checkpoint(str(root / "ckpt"), "gemma3_text", seed=4, sliding_window=WINDOW)
-    return import_hf(ckpt, str(root / "run"), max_len=96)
+    return import_tiny_gemma3(str(tmp_path_factory.mktemp("gemma")), WINDOW, 96)
 
 
 @pytest.fixture(scope="module")

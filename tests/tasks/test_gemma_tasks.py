@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.chat_fixtures import write_pairs_tsv
-from tests.checkpoints.gemma_fixtures import write_checkpoint
+from tests.checkpoints.gemma_fixtures import import_tiny_gemma3
 from tests.conftest import FAST_FINETUNE, labeled_rows, run_cli, write_tsv
 
 WINDOW = 6
@@ -18,11 +18,7 @@ WINDOW = 6
 
 @pytest.fixture(scope="module")
 def gemma_base(tmp_path_factory):
-    from tfllm.checkpoints import import_hf
-
-    root = tmp_path_factory.mktemp("gemma")
-    ckpt = write_checkpoint(str(root / "ckpt"), "gemma3_text", seed=4, sliding_window=WINDOW)
-    return import_hf(ckpt, str(root / "run"), max_len=160)
+    return import_tiny_gemma3(str(tmp_path_factory.mktemp("gemma")), WINDOW, 160)
 
 
 @pytest.fixture(scope="module")
