@@ -1,5 +1,6 @@
-"""Import llama.cpp GGUF files (architectures llama, qwen2, qwen3, gemma, gemma2, gemma3)
-with the `gguf` package.
+"""Import llama.cpp GGUF files (architectures llama, qwen2, qwen3, gemma, gemma2, gemma3):
+the header read by `tfllm.checkpoints.gguf_file`, the tensors dequantized by the `gguf`
+package.
 
 Tensors of any type the `gguf` package dequantizes (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
 Q4_K, Q5_K, Q6_K, ...) become float weights. llama.cpp's converter permutes the Q and K
@@ -79,26 +80,15 @@ _TOP_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
 
 
 def open_gguf(path: str):
-    """A `gguf.GGUFReader` of `path`, or CheckpointError."""
-    import gguf
+    """A `GGUFFile` of `path` (its metadata and tensor table), or CheckpointError."""
+    from tfllm.checkpoints.gguf_file import GGUFFile, GGUFFormatError
 
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file {path} does not exist")
     try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError/struct errors/OSError
+        return GGUFFile(path)
+    except (GGUFFormatError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable GGUF file: {e}") from e
-
-
-def metadata(reader) -> dict:
-    """Every metadata field by name (strings, numbers, lists)."""
-    out = {}
-    for name, field in reader.fields.items():
-        try:
-            out[name] = field.contents()
-        except Exception:  # a field type the reader cannot decode: not one we use
-            continue
-    return out
 
 
 def read_config(path: str, meta: dict, max_len: int | None) -> tuple[ModelConfig, str]:
@@ -334,7 +324,7 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
     check_dtype(dtype)
     output = runs.new_run(out, overwrite, [gguf_path], "import-gguf")
     reader = open_gguf(gguf_path)
-    meta = metadata(reader)
+    meta = reader.fields
     cfg, arch = read_config(gguf_path, meta, max_len)
     tok_name, tok_bytes, entry = tokenizer_file(gguf_path, meta, arch)
     tensors = read_tensors(gguf_path, reader, cfg, arch)
@@ -346,8 +336,8 @@ def import_gguf(gguf_path: str, out: str, overwrite: bool = False,
             f.write(tok_bytes)
         files = {tok_name: tok_path}
         check_tokenizer_fits(entry, files, cfg)
-        # The metadata (token and merge lists as NumPy records) is no longer needed: freed
-        # before the model exists, it does not add to the import's peak.
+        # The metadata (token and merge lists) is no longer needed: freed before the model
+        # exists, it does not add to the import's peak.
         reader.fields.clear()
         del meta, tok_bytes
         model = build_deferred(lambda: build_model(cfg, dtype))
