@@ -51,18 +51,48 @@ def small_corpus(tmp_path_factory):
     return f"text:{d}/*.txt"
 
 
+def shared_across_workers(tmp_path_factory, name, build):
+    """(folder, value) of `build(folder)`, built once for the whole test run; `value` is
+    what build returns (JSON: it crosses processes).
+
+    pytest-xdist gives each worker its own session, so a session fixture used in files on
+    both workers was built twice: twice the CPU on the 2-core machines `make test` runs on.
+    The first worker to ask builds it under the run's shared temporary root, holding a lock
+    the other waits on; a build that failed leaves no "done" file and is tried again.
+    """
+    import fcntl
+    import json
+    import shutil
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = str(tmp_path_factory.mktemp(name))
+        return folder, build(folder)
+    root = tmp_path_factory.getbasetemp().parent  # shared by this run's workers
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            value = build(str(folder))
+            done.write_text(json.dumps(value), encoding="utf-8")
+    return str(folder), json.loads(done.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, small_corpus):
     """A tiny causal LM trained for 300 steps on the small corpus (a real, if weak, model)."""
-    from tfllm.tasks import train
-    from tfllm.training import TrainSettings
 
-    out = str(tmp_path_factory.mktemp("runs") / "tiny")
-    train(out, small_corpus, "shakespeare-char",
-          TrainSettings(steps=300, batch_size=16, eval_interval=100, eval_steps=7,
-                        warmup_steps=20, lr=3e-3),
-          model_overrides=TINY, verbose=0)
-    return out
+    def build(folder):
+        from tfllm.tasks import train
+        from tfllm.training import TrainSettings
+
+        train(os.path.join(folder, "tiny"), small_corpus, "shakespeare-char",
+              TrainSettings(steps=300, batch_size=16, eval_interval=100, eval_steps=7,
+                            warmup_steps=20, lr=3e-3),
+              model_overrides=TINY, verbose=0)
+
+    return os.path.join(shared_across_workers(tmp_path_factory, "tiny-run", build)[0], "tiny")
 
 
 def quiet_env():
@@ -97,18 +127,15 @@ def run_module(module, *args):
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, tiny_run):
-    """The tiny run exported by the CLI as models/tiny/1 (verified by the exporter)."""
-    import subprocess
+    """The tiny run exported by the CLI as models/tiny/1 (verified by the exporter). In this
+    process: test_packaging checks what a terminal sees of a SavedModel export."""
+    def build(folder):
+        return run_module("export.saved_model", "--run", tiny_run, "--out", folder,
+                          "--name", "tiny", "--version", "1")
 
-    base = tmp_path_factory.mktemp("models")
-    proc = subprocess.run([sys.executable, "-m", "export.saved_model", "--run", tiny_run,
-                           "--out", str(base), "--name", "tiny", "--version", "1"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900,
-                          env=quiet_env())
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert proc.stderr == ""  # no native log line, no warning
-    return {"base": str(base), "model_dir": str(base / "tiny"),
-            "path": str(base / "tiny" / "1"), "stdout": proc.stdout}
+    base, stdout = shared_across_workers(tmp_path_factory, "tiny-models", build)
+    return {"base": base, "model_dir": os.path.join(base, "tiny"),
+            "path": os.path.join(base, "tiny", "1"), "stdout": stdout}
 
 
 # -- chat ----------------------------------------------------------------------------
@@ -120,19 +147,23 @@ def chat_runs(tmp_path_factory):
 
     from tests.chat_fixtures import make_base_run, write_pairs_tsv
 
-    d = tmp_path_factory.mktemp("chat")
-    base = make_base_run(str(d / "base"))
-    data = write_pairs_tsv(str(d / "pairs.tsv"))
-    common = dict(prompt_column="en", response_column="fr",
-                  prompt_template="Translate to French: {en}", verbose=0)
-    lora_result = finetune_chat(str(d / "lora"), data, base,
-                                ChatSettings(steps=60, eval_interval=20, batch_size=16,
-                                             lr=1e-2, lora_rank=2), **common)
-    full_result = finetune_chat(str(d / "full"), data, base,
-                                ChatSettings(steps=300, eval_interval=50, batch_size=16,
-                                             lr=3e-3), **common)
-    return {"dir": d, "base": base, "data": data, "lora": str(d / "lora"),
-            "full": str(d / "full"), "lora_result": lora_result, "full_result": full_result}
+    def build(folder):
+        base = make_base_run(os.path.join(folder, "base"))
+        data = write_pairs_tsv(os.path.join(folder, "pairs.tsv"))
+        common = dict(prompt_column="en", response_column="fr",
+                      prompt_template="Translate to French: {en}", verbose=0)
+        return {"base": base, "data": data, "lora": os.path.join(folder, "lora"),
+                "full": os.path.join(folder, "full"),
+                "lora_result": finetune_chat(os.path.join(folder, "lora"), data, base,
+                                             ChatSettings(steps=60, eval_interval=20,
+                                                          batch_size=16, lr=1e-2,
+                                                          lora_rank=2), **common),
+                "full_result": finetune_chat(os.path.join(folder, "full"), data, base,
+                                             ChatSettings(steps=300, eval_interval=50,
+                                                          batch_size=16, lr=3e-3),
+                                             **common)}
+
+    return shared_across_workers(tmp_path_factory, "chat-runs", build)[1]
 
 
 # -- classification ------------------------------------------------------------------
@@ -170,13 +201,13 @@ def labeled_tsv(tmp_path_factory):
 def tiny_classifier(tmp_path_factory, labeled_tsv):
     from tfllm.tasks.classify.finetune import FinetuneSettings, finetune
 
-    out = str(tmp_path_factory.mktemp("runs") / "clf")
-    result = finetune(out, labeled_tsv, from_scratch=True, preset="bert-mini",
-                      settings=FinetuneSettings(**FAST_FINETUNE), model_overrides=TINY_ENCODER,
-                      verbose=0)
-    return out, result
+    def build(folder):
+        return finetune(os.path.join(folder, "clf"), labeled_tsv, from_scratch=True,
+                        preset="bert-mini", settings=FinetuneSettings(**FAST_FINETUNE),
+                        model_overrides=TINY_ENCODER, verbose=0)
 
-
+    folder, result = shared_across_workers(tmp_path_factory, "tiny-classifier", build)
+    return os.path.join(folder, "clf"), result
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -210,3 +210,11 @@ def test_killed_while_writing_the_old_output_stays_then_is_replaced(command, inp
     assert all(snapshot(folder) == {"keep.txt": b"mine"} for folder in others)
     if kind not in SUFFIX:
         assert MARKER in os.listdir(out) and "notes.txt" not in os.listdir(out)
+    # Readable by all, as a serving container's user needs: staging starts private.
+    assert os.stat(out).st_mode & (0o044 if kind in SUFFIX else 0o055) == \
+        (0o044 if kind in SUFFIX else 0o055)
+    for root, dirs, files in os.walk(out):
+        for name in dirs:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o055 == 0o055, name
+        for name in files:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o044 == 0o044, name

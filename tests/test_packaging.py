@@ -94,6 +94,7 @@ def test_the_installed_wheel_exports_and_serves_outside_the_checkout(tiny_run, t
                                "models", "--name", "tiny"], capture_output=True, text=True,
                               cwd=work, env=env, timeout=900)
     assert exported.returncode == 0, exported.stderr[-3000:]
+    assert exported.stderr == ""  # what a terminal shows: no native log line, no warning
     assert os.path.isdir(work / "models" / "tiny" / "1")
     bad = subprocess.run([command, "export", "onnx", "--run", str(work / "nothing"), "--out",
                           "x.onnx"], capture_output=True, text=True, cwd=work, env=env,

@@ -202,44 +202,6 @@ def _tree(path):
 
 
 @pytest.mark.slow
-def test_killed_overwrite_keeps_the_live_version(exported, tiny_run, tmp_path):
-    import shutil
-    import signal
-    import time
-
-    from tests.conftest import REPO
-
-    base = tmp_path / "models"
-    live = base / "tiny" / "1"
-    shutil.copytree(exported["path"], live)
-    before = {f: (live / f).read_bytes() for f in _tree(live)}
-    args = [sys.executable, "-m", "export.saved_model", "--run", tiny_run, "--out", str(base),
-            "--name", "tiny", "--version", "1", "--overwrite"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    # Kill it once the new version is being written beside the live one.
-    deadline = time.time() + 300
-    while not any(n.startswith(".1.tfllm-staging-") and len(os.listdir(base / "tiny" / n)) > 1
-                  for n in os.listdir(base / "tiny")):
-        assert proc.poll() is None and time.time() < deadline, "export ended before the kill"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert {f: (live / f).read_bytes() for f in _tree(live)} == before
-    assert [n for n in os.listdir(base / "tiny") if n.startswith(".")]  # the leftover
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert os.listdir(base / "tiny") == ["1"]  # leftovers of the killed run are gone
-    for root, dirs, files in os.walk(live):
-        for name in dirs:
-            assert os.stat(os.path.join(root, name)).st_mode & 0o055 == 0o055
-        for name in files:
-            assert os.stat(os.path.join(root, name)).st_mode & 0o044 == 0o044
-    assert os.stat(live).st_mode & 0o055 == 0o055
-    out = _generate(tf.saved_model.load(str(live)))
-    assert out["num_generated"].numpy()[0] >= 1
-
-
 def test_failed_verification_keeps_the_old_version(exported, tiny_run, tmp_path, monkeypatch):
     import shutil
 
