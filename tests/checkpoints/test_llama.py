@@ -161,17 +161,12 @@ def test_bad_checkpoints_are_refused_naming_the_problem(tmp_path):
 
 
 def test_cli_one_line_errors(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import quiet_env
+    from tests.conftest import call_cli
 
     ckpt = write_checkpoint(str(tmp_path / "c"), "qwen2")
     json.dump({**json.load(open(os.path.join(ckpt, "config.json"))), "model_type": "phi"},
               open(os.path.join(ckpt, "config.json"), "w"))
-    r = subprocess.run([sys.executable, "-m", "tfllm.cli", "import-hf", "--checkpoint", ckpt,
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                       env=quiet_env())
+    r = call_cli(["import-hf", "--checkpoint", ckpt, "--out", str(tmp_path / "o")])
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "model_type 'phi' is not supported" in r.stderr
 

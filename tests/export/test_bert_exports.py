@@ -2,14 +2,12 @@
 `classify` signature, WordPiece in the graph, a fresh process), TFLite float32 and int8,
 and ONNX; an encoder's `embed` signature."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tests.checkpoints.bert_fixtures import write_checkpoint
-from tests.conftest import REPO, labeled_rows, run_module, write_tsv
+from tests.conftest import call_module, labeled_rows, run_module, write_tsv
 from tfllm.checkpoints import import_hf
 
 TEXTS = ["a superb and lovely film", "Héllo, WORLD! 東京", "a dull [SEP] film", "x"]
@@ -91,9 +89,8 @@ def test_imported_classifier_tflite(bert_runs, tmp_path, quantize):
 
 
 def test_imported_classifier_tflite_without_data_is_refused(bert_runs, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "export.tflite", "--run",
-                           bert_runs["classifier"], "--out", str(tmp_path / "x.tflite")],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    proc = call_module("export.tflite", "--run", bert_runs["classifier"], "--out",
+                       str(tmp_path / "x.tflite"))
     assert proc.returncode != 0
     assert "has no data of its own (an imported classifier): pass --data" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.tflite").exists()

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests.checkpoints.llama_fixtures import write_checkpoint
+from tests.conftest import call_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT = "Hello world, this is a test."
 
 TRANSFORMERS_LOGITS = r"""
@@ -152,13 +152,10 @@ def test_refusals(tiny_run, exported_llama, tmp_path):
 
 
 def test_cli_reports_and_fails_in_one_line(tiny_run, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "export.hf", "--run", tiny_run, "--out",
-                         str(tmp_path / "cli")], capture_output=True, text=True, cwd=REPO,
-                        timeout=600)
+    ok = call_module("export.hf", "--run", tiny_run, "--out", str(tmp_path / "cli"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "checkpoint written to" in ok.stdout and "logits within" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "export.hf", "--run", str(tmp_path / "none"),
-                          "--out", str(tmp_path / "x")], capture_output=True, text=True,
-                         cwd=REPO, timeout=600)
+    bad = call_module("export.hf", "--run", str(tmp_path / "none"), "--out",
+                      str(tmp_path / "x"))
     assert bad.returncode != 0
     assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr

@@ -1,20 +1,15 @@
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import tfllm
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 
 @pytest.fixture(scope="module")
 def onnx_file(tiny_run, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
-    proc = subprocess.run([sys.executable, "-m", "export.onnx", "--run", tiny_run, "--out", path],
-                          capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "next-token agreement 100%" in proc.stdout
+    assert "next-token agreement 100%" in run_module("export.onnx", "--run", tiny_run,
+                                                     "--out", path)
     return path
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.chat_fixtures import write_pairs_tsv
 from tests.checkpoints.gemma_fixtures import import_tiny_gemma3
-from tests.conftest import FAST_FINETUNE, labeled_rows, run_cli, write_tsv
+from tests.conftest import FAST_FINETUNE, labeled_rows, call_cli, write_tsv
 
 WINDOW = 6
 
@@ -73,7 +73,7 @@ def test_chat_lora_learns_in_gemma_turns_and_merges_exactly(gemma_base, gemma_lo
     assert np.abs(merged(ids).numpy() - base(ids).numpy()).max() > 1e-3
     # `tfllm merge` writes a plain run with the same logits and the same window.
     plain = str(tmp_path / "merged")
-    proc = run_cli(["merge", "--run", out, "--out", plain])
+    proc = call_cli(["merge", "--run", out, "--out", plain])
     assert proc.returncode == 0, proc.stderr
     written = runs.load(plain)
     assert not lora.adapter_layers(written)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.chat_fixtures import make_base_run
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 
 IDS = np.array([[3, 7, 11, 5, 9, 2, 4]], np.int32)
 
@@ -55,7 +55,7 @@ def test_merge_writes_a_plain_run_and_an_adapter_refuses_another_base(chat_runs,
     from tfllm.models import lora
 
     out = str(tmp_path / "merged")
-    proc = run_cli(["merge", "--run", chat_runs["lora"], "--out", out])
+    proc = call_cli(["merge", "--run", chat_runs["lora"], "--out", out])
     assert proc.returncode == 0, proc.stderr
     merged = runs.load(out)
     expected = runs.load(chat_runs["lora"])(IDS).numpy()
@@ -72,7 +72,7 @@ def test_merge_writes_a_plain_run_and_an_adapter_refuses_another_base(chat_runs,
     runs.write_run_config(moved, config)
     with pytest.raises(lora.LoraError, match="trained on another base model"):
         runs.load(moved)
-    proc = run_cli(["chat", "--run", moved, "--message", "hi"])
+    proc = call_cli(["chat", "--run", moved, "--message", "hi"])
     assert proc.returncode != 0 and "another base model" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -117,7 +117,7 @@ def test_history_is_trimmed_to_the_context(chat_runs):
 
 
 def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path):
-    proc = run_cli(["chat", "--run", chat_runs["full"], "--message",
+    proc = call_cli(["chat", "--run", chat_runs["full"], "--message",
                     "Translate to French: cat", "--max-new-tokens", "12"])
     assert proc.returncode == 0, proc.stderr
     from tfllm import runs
@@ -129,21 +129,21 @@ def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path):
     assert proc.stdout.splitlines()[-1] == expected
 
     # A run without a chat template names --template; with it, it answers.
-    proc = run_cli(["chat", "--run", chat_runs["base"], "--message", "hi"])
+    proc = call_cli(["chat", "--run", chat_runs["base"], "--message", "hi"])
     assert proc.returncode != 0 and "--template" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_cli(["chat", "--run", chat_runs["base"], "--template", "chatml", "--message",
+    proc = call_cli(["chat", "--run", chat_runs["base"], "--template", "chatml", "--message",
                     "hi", "--max-new-tokens", "4"])
     assert proc.returncode == 0, proc.stderr
     # --lora-rank below 1; a classifier option with --task chat; merging a plain run.
     common = ["finetune", "--task", "chat", "--run", chat_runs["base"], "--data",
               chat_runs["data"], "--prompt-column", "en", "--response-column", "fr"]
-    proc = run_cli([*common, "--out", str(tmp_path / "x"), "--lora-rank", "0"])
+    proc = call_cli([*common, "--out", str(tmp_path / "x"), "--lora-rank", "0"])
     assert proc.returncode != 0 and "--lora-rank must be an integer >= 1" in proc.stderr
-    proc = run_cli([*common, "--out", str(tmp_path / "x"), "--lora-rank", "2",
+    proc = call_cli([*common, "--out", str(tmp_path / "x"), "--lora-rank", "2",
                     "--lora-targets", "qkv,mlp"])
     assert proc.returncode != 0 and "choose from qkv, out, ffn" in proc.stderr
-    proc = run_cli(["merge", "--run", chat_runs["full"], "--out", str(tmp_path / "m")])
+    proc = call_cli(["merge", "--run", chat_runs["full"], "--out", str(tmp_path / "m")])
     assert proc.returncode != 0 and "not a LoRA run" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -198,7 +198,7 @@ def test_a_killed_chat_fine_tune_resumes_where_it_stopped(chat_runs, tmp_path):
                       extra_callbacks=[KillAfterSecondInterval()])
     assert [r["step"] for r in read_metrics(out)] == [10, 20]
     assert not os.path.exists(os.path.join(out, runs.ADAPTER))
-    proc = run_cli(["finetune", "--task", "chat", "--resume", "--out", out])
+    proc = call_cli(["finetune", "--task", "chat", "--resume", "--out", out])
     assert proc.returncode == 0, proc.stderr
     records = read_metrics(out)
     assert [r["step"] for r in records] == [10, 20, 30, 40]

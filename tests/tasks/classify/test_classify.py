@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from tests.conftest import labeled_rows, run_cli, write_tsv
+from tests.conftest import labeled_rows, call_cli, write_tsv
 from tfllm.data import LabeledData
 from tfllm.errors import DataError, RunDirError
 from tfllm.tasks.classify.evaluate import classification_report, evaluate_classifier
@@ -153,17 +153,17 @@ def test_evaluate_unknown_labels_and_wrong_run(tiny_classifier, tmp_path, tiny_r
 
 def test_cli_evaluate_and_classify(tiny_classifier, labeled_tsv):
     out, _ = tiny_classifier
-    proc = run_cli(["evaluate", "--run", out])
+    proc = call_cli(["evaluate", "--run", out])
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[1] == "accuracy: 1.0000" and "confusion matrix" in proc.stdout
     metrics = json.loads(lines[-1])
     assert metrics["accuracy"] == 1.0 and metrics["macro_f1"] == 1.0
     assert sum(map(sum, metrics["confusion_matrix"])) == metrics["rows"] == 6
-    proc = run_cli(["classify", "--run", out, "--text", "a superb and lovely film",
+    proc = call_cli(["classify", "--run", out, "--text", "a superb and lovely film",
                     "--text", "a dull and awful film"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = [line.split("\t") for line in proc.stdout.strip().splitlines()]
     assert [g[0] for g in got] == ["pos", "neg"] and all(float(g[1]) > 0.5 for g in got)
-    bad = run_cli(["finetune", "--data", labeled_tsv, "--out", out + "-x"])
+    bad = call_cli(["finetune", "--data", labeled_tsv, "--out", out + "-x"])
     assert bad.returncode == 2 and "--from-scratch" in bad.stderr

@@ -8,7 +8,7 @@ import random
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_cli
+from tests.conftest import call_cli
 from tests.models.test_seq2seq import random_model
 from tfllm.config import ConfigError
 from tfllm.errors import DataError
@@ -108,12 +108,12 @@ def test_tiny_model_fitted_on_200_pairs_reproduces_them(mt_run):
 @pytest.mark.slow
 def test_translate_and_evaluate_cli(mt_run, tmp_path):
     out, pairs, data = mt_run
-    done = run_cli(["translate", "--run", out, "--text", "red dog", "--text", "open file %s",
+    done = call_cli(["translate", "--run", out, "--text", "red dog", "--text", "open file %s",
                     "--json"])
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(x) for x in done.stdout.strip().splitlines()]
     assert [x["translation"] for x in lines] == ["chien rouge", "%s fichier ouvrir"]
-    done = run_cli(["evaluate", "--run", out, "--data", data, "--max-rows", "40",
+    done = call_cli(["evaluate", "--run", out, "--data", data, "--max-rows", "40",
                     "--num-beams", "2"])
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -126,7 +126,7 @@ def test_translate_and_evaluate_cli(mt_run, tmp_path):
             (["generate", "--run", out, "--prompt", "x"], "tfllm translate"),
             (["translate", "--run", out, "--text", " ".join(["house"] * 40)],
              "--truncate")):
-        done = run_cli(args)
+        done = call_cli(args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr[-500:])
         assert "Traceback" not in done.stderr
 
@@ -174,7 +174,7 @@ def test_bad_parallel_data_and_settings(tmp_path, tiny_run):
         train(str(tmp_path / "r3"), spec, "transformer-mt-small", settings, verbose=0,
               objective="seq2seq", source_column="en")
     # A causal run given to translate: a one-line error naming the right command.
-    done = run_cli(["translate", "--run", tiny_run, "--text", "x"])
+    done = call_cli(["translate", "--run", tiny_run, "--text", "x"])
     assert done.returncode == 2 and "not a translation run" in done.stderr
 
 
