@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="a prompt too long for the context: error (default) or keep its end")
     g.add_argument("--weights", choices=("final", "best"), default="final")
+    constrain = g.add_mutually_exclusive_group()
+    constrain.add_argument("--json-schema", metavar="FILE",
+                           help="a JSON schema file: every output is JSON valid under it, "
+                                "printed alone, one per line")
+    constrain.add_argument("--regex", metavar="PATTERN",
+                           help="a regular expression every output matches in full, printed "
+                                "alone, one per line")
 
     tr = sub.add_parser(
         "translate", parents=[common],
@@ -490,11 +497,13 @@ def _read_prompts(args) -> list[str]:
 
 def _generate(args):
     import tfllm
-    from tfllm.models.generation import (GenerationParams, check_fits, encode_prompt,
-                                         get_generator, new_token_room, prompt_room)
+    from tfllm.models.generation import (GenerationParams, check_fits, constraint_of,
+                                         encode_prompt, get_generator, new_token_room,
+                                         prompt_room)
 
     # Validate sampling arguments before the (slow) model load.
     GenerationParams(args.max_new_tokens or 1, args.temperature, args.top_k, args.top_p)
+    schema = _read_schema(args.json_schema) if args.json_schema else None
     _require_causal(args.run)
     prompts = _read_prompts(args)
     model = tfllm.load(args.run, weights=args.weights)
@@ -512,6 +521,12 @@ def _generate(args):
                also=" or pass --truncate left")
     max_new = args.max_new_tokens or new_token_room(gen.max_len, longest)
     params = GenerationParams(max_new, args.temperature, args.top_k, args.top_p, args.seed)
+    if args.json_schema or args.regex:
+        # Structured output: the outputs alone, for a program to read.
+        rows = [p for p in ids for _ in range(args.num_samples)]
+        for row in gen.generate_ids(rows, params, constraint_of(model, schema, args.regex)):
+            print(tok.decode(row))
+        return
     if len(ids) == 1 and args.num_samples == 1:
         # One prompt: stream. Decode the whole continuation each time so multi-byte pieces
         # are never printed half-way.
@@ -534,6 +549,21 @@ def _generate(args):
             header += f", sample {i % args.num_samples + 1}"
         print(f"{header} ===")
         print(prompt + text)
+
+
+def _read_schema(path):
+    """A --json-schema file's schema, checked before the model loads."""
+    import json
+
+    from tfllm.models.token_automaton import ConstraintError, check_schema
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConstraintError(f"--json-schema {path} is not valid JSON: {e}") from None
+    check_schema(schema)
+    return schema
 
 
 def _add_import_args(p, example):

@@ -205,18 +205,21 @@ class CausalLM(LanguageModelTask, keras.Model):
         return ops.cast(self.backbone.embedding.logits(hidden), "float32"), caches
 
     def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,
-                 seed=None, stop_at_end=True, return_ids=False, truncate="error"):
-        """Generate continuations with the KV cache (see `tfllm.models.generation.generate`).
+                 seed=None, stop_at_end=True, return_ids=False, truncate="error",
+                 json_schema=None, regex=None):
+        """Generate continuations with the KV cache (see `tfllm.models.generation.generate`;
+        `json_schema` / `regex` constrain every output to match).
 
         Example:
             >>> lm = tfllm.load("runs/demo")  # doctest: +SKIP
             >>> lm.generate("ROMEO:", max_new_tokens=40)  # doctest: +SKIP
+            >>> lm.generate("Is it?", regex="(yes|no)")  # doctest: +SKIP
         """
         # Imported when used: generation loads TensorFlow, the model classes only Keras.
         from tfllm.models.generation import generate
 
         return generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
-                        stop_at_end, return_ids, truncate)
+                        stop_at_end, return_ids, truncate, json_schema, regex)
 
     def generator(self):
         """This model's `Generator` (tfllm.models.generation), made on first use and kept:

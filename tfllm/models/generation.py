@@ -173,6 +173,46 @@ def sample_next(logits, temperature, top_k, top_p, seeds, step):
     return tf.cond(tf.reduce_any(temperature > 0), sampled, lambda: greedy)
 
 
+def constrain_logits(logits, fsm, constraint, end_ids):
+    """`logits` (batch, vocab) with every token the rows' automaton states `fsm` (batch,)
+    do not allow set to -inf (end tokens only in final states): see
+    `tfllm.models.token_automaton`."""
+    logits = tf.cast(logits, tf.float32)
+    vocab = tf.shape(logits)[-1]
+    ids = tf.range(vocab)
+    words = tf.gather(constraint["allowed"], fsm)  # (batch, ceil(vocab / 32))
+    bits = tf.bitwise.right_shift(tf.gather(words, ids // 32, axis=1), ids % 32)
+    ok = tf.equal(tf.bitwise.bitwise_and(bits, 1), 1)  # (batch, vocab)
+    is_end = tf.reduce_any(tf.equal(ids[:, None], tf.constant(end_ids, tf.int32)[None]), 1)
+    ok = tf.logical_or(ok, tf.logical_and(is_end[None, :],
+                                          tf.gather(constraint["final"], fsm)[:, None]))
+    return tf.where(ok, logits, tf.constant(-np.inf, tf.float32))
+
+
+def follow_constraint(token, fsm, remaining, constraint, vocab):
+    """(token, next states) after the rows chose `token` in states `fsm`: a choice whose
+    shortest completion would not fit the `remaining` budget (tokens, this one included)
+    becomes the state's `closer`, so every row ends in a complete match."""
+
+    def lookup(tok):
+        key = tf.cast(fsm, tf.int64) * tf.cast(vocab, tf.int64) + tf.cast(tok, tf.int64)
+        keys = constraint["keys"]
+        at = tf.searchsorted(keys[None, :], key[None, :])[0]
+        at = tf.minimum(at, tf.shape(keys, out_type=at.dtype)[0] - 1)
+        found = tf.equal(tf.gather(keys, at), key)
+        return tf.where(found, tf.gather(constraint["targets"], at), fsm), found
+
+    nxt, found = lookup(token)
+    fits_budget = tf.gather(constraint["distance"], nxt) <= remaining - 1
+    ends = tf.reduce_any(tf.equal(token[:, None], constraint["end_ids"][None, :]), axis=1)
+    # An end token where a match is complete, or an allowed token that can still finish.
+    keep = tf.logical_or(tf.logical_and(found, fits_budget),
+                         tf.logical_and(ends, tf.gather(constraint["final"], fsm)))
+    token = tf.where(keep, token, tf.gather(constraint["closer"], fsm))
+    nxt = tf.where(keep, nxt, lookup(token)[0])
+    return token, nxt
+
+
 # -- the decoding loop ----------------------------------------------------------------------
 
 def row_sampler(params: "GenerationParams"):
@@ -260,6 +300,8 @@ class Generator:
         self.jit_compile = jit_compile
         self._generate = tf.function(self._generate_graph, jit_compile=jit_compile,
                                      reduce_retracing=False)
+        self._generate_constrained = tf.function(self._constrained_graph,
+                                                 jit_compile=jit_compile)
         self._prefill = tf.function(self._prefill_graph, jit_compile=jit_compile)
         self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
 
@@ -276,22 +318,30 @@ class Generator:
         return logits[:, -1, :], caches, valid, pad
 
     def _decode_graph(self, logits, caches, valid, pad, slot, step, max_new, done, out,
-                      n_gen, temperature, top_k, top_p, seeds, stop_at_end, n_steps):
+                      n_gen, temperature, top_k, top_p, seeds, stop_at_end, n_steps,
+                      constraint=None, fsm=None):
         """Run up to `n_steps` decoding steps from the state; returns the new state.
 
         `max_new` is a scalar or per-row (batch,) budget; a row is done when it has used
-        its budget or (with `stop_at_end`) emitted the end token.
+        its budget or (with `stop_at_end`) emitted the end token. With a `constraint` (the
+        arrays of a `TokenAutomaton`), `fsm` (batch,) holds each row's automaton state,
+        the last element of the returned state.
         """
         end = tf.constant(self.end_token_id, tf.int32)
         ends = tf.constant(self.end_token_ids, tf.int32)
         max_new = tf.broadcast_to(max_new, tf.shape(done))
         stop_step = tf.minimum(step + n_steps, tf.reduce_max(max_new))
 
-        def cond(logits, caches, slot, step, done, out, n_gen):
+        def cond(logits, caches, slot, step, done, out, n_gen, fsm):
             return tf.logical_and(step < stop_step, tf.logical_not(tf.reduce_all(done)))
 
-        def body(logits, caches, slot, step, done, out, n_gen):
+        def body(logits, caches, slot, step, done, out, n_gen, fsm):
+            if constraint is not None:
+                logits = constrain_logits(logits, fsm, constraint, self.end_token_ids)
             token = sample_next(logits, temperature, top_k, top_p, seeds, step)
+            if constraint is not None:
+                token, fsm = follow_constraint(token, fsm, max_new - n_gen, constraint,
+                                               tf.shape(logits)[-1])
             token = tf.where(done, end, token)
             out = tf.tensor_scatter_nd_update(
                 out, tf.stack([tf.range(tf.shape(out)[0]), tf.fill(tf.shape(done), step)], 1),
@@ -304,12 +354,15 @@ class Generator:
             new_logits, caches = self.model.call_with_cache(token[:, None], caches, slot,
                                                             padding_mask=valid,
                                                             positions=positions)
-            return new_logits[:, -1, :], caches, slot + 1, step + 1, done, out, n_gen
+            return new_logits[:, -1, :], caches, slot + 1, step + 1, done, out, n_gen, fsm
 
-        logits, caches, slot, step, done, out, n_gen = tf.while_loop(
-            cond, body, (logits, caches, slot, step, done, out, n_gen),
+        if fsm is None:  # unconstrained: a placeholder the loop carries unchanged
+            fsm = tf.zeros_like(n_gen)
+        logits, caches, slot, step, done, out, n_gen, fsm = tf.while_loop(
+            cond, body, (logits, caches, slot, step, done, out, n_gen, fsm),
             maximum_iterations=self.max_len)
-        return logits, caches, slot, step, done, out, n_gen
+        state = (logits, caches, slot, step, done, out, n_gen)
+        return state + (fsm,) if constraint is not None else state
 
     def _generate_graph(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
                         stop_at_end):
@@ -320,6 +373,20 @@ class Generator:
             logits, caches, valid, pad, tf.shape(ids)[1], tf.constant(0), max_new,
             tf.zeros([batch], tf.bool), out, tf.zeros([batch], tf.int32), temperature, top_k,
             top_p, seeds, stop_at_end, tf.reduce_max(max_new))
+        return state[5], state[6]
+
+    def _constrained_graph(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
+                           constraint):
+        """`_generate_graph` following a token automaton from its initial state (every
+        row's output matches it; the rows stop at its end)."""
+        logits, caches, valid, pad = self._prefill_graph(ids, lengths)
+        batch = tf.shape(ids)[0]
+        out = tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32))
+        state = self._decode_graph(
+            logits, caches, valid, pad, tf.shape(ids)[1], tf.constant(0), max_new,
+            tf.zeros([batch], tf.bool), out, tf.zeros([batch], tf.int32), temperature, top_k,
+            top_p, seeds, tf.constant(True), tf.reduce_max(max_new), constraint,
+            tf.fill([batch], constraint["initial"]))
         return state[5], state[6]
 
     # -- host side ----------------------------------------------------------------------
@@ -352,13 +419,28 @@ class Generator:
         )
         return tf.constant(ids), tf.constant(lens), args
 
-    def generate_ids(self, prompts: Sequence[Sequence[int]], params: GenerationParams):
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: GenerationParams,
+                     constraint=None):
         """Generate for token-id prompts; returns a list of generated-id lists (no prompt).
 
-        With `stop_at_end`, a row's list ends before its end token.
+        With `stop_at_end`, a row's list ends before its end token. `constraint`: a
+        `TokenAutomaton` every row's output must match (its end stops the row).
         """
         ids, lens, args = self._pack(prompts, params)
-        out, n_gen = self._generate(ids, lens, **args)
+        if constraint is None:
+            out, n_gen = self._generate(ids, lens, **args)
+        else:
+            need = constraint.shortest_completion()
+            if need > params.max_new_tokens:
+                raise GenerationError(
+                    f"the shortest output the constraint allows takes {need} tokens (its end "
+                    f"token included); max_new_tokens is {params.max_new_tokens}")
+            if params.stop_at_end is False:
+                raise GenerationError("a constraint ends rows at its end: stop_at_end must "
+                                      "stay True")
+            args.pop("stop_at_end")
+            out, n_gen = self._generate_constrained(ids, lens, **args,
+                                                    constraint=constraint_tensors(constraint))
         out, n_gen = out.numpy(), n_gen.numpy()
         results = []
         for i in range(len(prompts)):
@@ -400,7 +482,8 @@ class Generator:
 
 
 def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,
-             seed=None, stop_at_end=True, return_ids=False, truncate="error"):
+             seed=None, stop_at_end=True, return_ids=False, truncate="error",
+             json_schema=None, regex=None):
     """Generate text from string (or token-id) prompts with a trained `CausalLM`.
 
     Args:
@@ -415,6 +498,9 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top
         return_ids: also return the generated ids.
         truncate: "error" (prompt + max_new_tokens must fit the context) or "left"
             (keep the prompt's last tokens that fit).
+        json_schema: a JSON schema (dict or JSON text): every output is JSON valid under
+            it, complete within max_new_tokens (`tfllm.models.token_automaton`).
+        regex: a regular expression every output matches in full (not with json_schema).
 
     Returns:
         The generated continuations (strings, without the prompt); a single string for a
@@ -438,13 +524,48 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top
         id_prompts = [p[-prompt_room(gen.max_len, params.max_new_tokens):] for p in id_prompts]
     elif truncate != "error":
         raise GenerationError(f"truncate must be 'error' or 'left', got {truncate!r}")
-    ids = gen.generate_ids(id_prompts, params)
+    ids = gen.generate_ids(id_prompts, params, constraint_of(model, json_schema, regex))
     texts = [tokenizer.decode(r) for r in ids] if tokenizer is not None else None
     if single and texts is not None:
         texts = texts[0]
     if return_ids:
         return texts, ids
     return texts
+
+
+def constraint_of(model, json_schema=None, regex=None):
+    """The `TokenAutomaton` of a JSON schema or a regex over `model`'s tokenizer (None for
+    neither), compiled once per model and pattern."""
+    import json
+
+    from tfllm.models.token_automaton import ConstraintError, TokenAutomaton
+
+    if json_schema is None and regex is None:
+        return None
+    if json_schema is not None and regex is not None:
+        raise ConstraintError("give json_schema or regex, not both")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "token_bytes"):
+        raise ConstraintError("constrained decoding needs the model's tokenizer: load the "
+                              "model with tfllm.load(run_dir)")
+    key = ("regex", regex) if regex is not None else (
+        "schema", json_schema if isinstance(json_schema, str)
+        else json.dumps(json_schema, sort_keys=True))
+    cache = model.__dict__.setdefault("_constraints", {})
+    if key not in cache:
+        cache[key] = TokenAutomaton.from_regex(regex, tokenizer) if regex is not None \
+            else TokenAutomaton.from_json_schema(json_schema, tokenizer)
+    return cache[key]
+
+
+def constraint_tensors(automaton) -> dict:
+    """The arrays of a `TokenAutomaton` as the tensors the decoding loop reads."""
+    return {"allowed": tf.constant(automaton.allowed), "keys": tf.constant(automaton.keys),
+            "targets": tf.constant(automaton.targets), "final": tf.constant(automaton.final),
+            "distance": tf.constant(automaton.distance),
+            "closer": tf.constant(automaton.closer),
+            "initial": tf.constant(automaton.initial, tf.int32),
+            "end_ids": tf.constant(automaton.end_ids, tf.int32)}
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:

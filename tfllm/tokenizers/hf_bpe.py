@@ -381,6 +381,25 @@ class HFBytePairTokenizer:
     def vocab_size(self) -> int:
         return self._vocab_size
 
+    def token_bytes(self) -> list:
+        """The bytes each id adds to decoded text (None for control tokens, which add none
+        and which constrained decoding never picks): byte-level tokens spell one byte a
+        character, added tokens are their UTF-8 text."""
+        from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+        byte_list, unicode_list = bytes_to_unicode()
+        to_byte = dict(zip(unicode_list, byte_list))
+        out = [None] * self._vocab_size
+        special = set(self.special_tokens)
+        for token, i in self._layer.vocabulary.items():
+            if token in special:
+                continue
+            if token in self.added_tokens or not all(c in to_byte for c in token):
+                out[i] = token.encode("utf-8")
+            else:
+                out[i] = b"".join(to_byte[c] for c in token)
+        return out
+
     @property
     def tf_tokenizer(self):
         """The keras-hub layer (tracked by exporters; `tokenize`/`detokenize` in-graph)."""

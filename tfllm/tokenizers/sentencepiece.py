@@ -148,6 +148,23 @@ class SentencePieceTokenizer:
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    def token_bytes(self) -> list:
+        """The bytes each id adds to decoded text (None for control and unknown pieces,
+        which constrained decoding never picks): `\u2581` spells a space, byte-fallback
+        pieces `<0xNN>` their byte. Decoding drops a leading space of the whole text where
+        the model adds a dummy prefix (Llama 2)."""
+        sp = self._sp
+        out = []
+        for i in range(sp.get_piece_size()):
+            piece = sp.id_to_piece(i)
+            if sp.is_control(i) or sp.is_unknown(i):
+                out.append(None)
+            elif sp.is_byte(i):
+                out.append(bytes([int(piece[3:5], 16)]))
+            else:
+                out.append(piece.replace("\u2581", " ").encode("utf-8"))
+        return out
+
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
     eos_ids = [EOS_ID]
 

@@ -1,0 +1,151 @@
+"""Constrained decoding (#36): every output under a JSON schema parses and validates
+(`jsonschema`), greedy and sampled, batched, within max_new_tokens; a regex holds on a
+byte-level BPE and a SentencePiece vocabulary; the in-graph loop picks what a step-by-step
+NumPy reference over full forward passes picks; bad schemas and patterns are one-line
+errors before any decoding."""
+
+import json
+import re
+
+import jsonschema
+import numpy as np
+import pytest
+
+import tfllm
+from tests.conftest import call_cli
+from tfllm.models.generation import GenerationError
+from tfllm.models.token_automaton import ConstraintError, TokenAutomaton
+
+# Nested objects, arrays, enums, numbers, strings (escapes included: the model is random,
+# so its strings are whatever bytes the pattern allows).
+SCHEMAS = [
+    {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "size": {"type": "object", "properties": {"w": {"type": "integer"},
+                                                  "h": {"type": "number"}},
+                 "required": ["w", "h"]}},
+     "required": ["name", "size"]},
+    {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                 "minItems": 1, "maxItems": 3},
+        "ok": {"type": "boolean"}},
+     "required": ["tags", "ok"]},
+    {"type": "array", "items": {"type": "object", "properties": {
+        "q": {"type": "string", "maxLength": 6}, "n": {"type": "integer", "minimum": 0}},
+        "required": ["q", "n"]}, "maxItems": 2},
+]
+PROMPTS = [f"prompt {i}: {'abc ' * (i % 4)}" for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A random tiny Llama with a byte-level BPE vocabulary (400 tokens)."""
+    from tests.checkpoints.llama_fixtures import write_checkpoint
+    from tfllm.checkpoints import import_hf
+
+    d = tmp_path_factory.mktemp("constrained")
+    run = import_hf(write_checkpoint(str(d / "ckpt"), "llama"), str(d / "run"), max_len=128)
+    return run, tfllm.load(run)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["nested", "enum-array", "array-of-objects"])
+def test_every_output_validates(llama, schema):
+    _, lm = llama
+    for kwargs in ({}, {"temperature": 1.0, "seed": 4}):
+        texts, ids = lm.generate(PROMPTS, max_new_tokens=48, json_schema=schema,
+                                 return_ids=True, **kwargs)
+        for text, row in zip(texts, ids):
+            jsonschema.validate(json.loads(text), schema)
+            assert len(row) < 48  # it ended (its end token is not in the row)
+    # Sampling explores: not every row is the same answer.
+    assert len(set(texts)) > 1
+
+
+def test_greedy_equals_a_step_by_step_reference(llama):
+    """The loop picks the allowed token of highest logit at every step, as a NumPy loop
+    over full forward passes does, and ends where the match is complete."""
+    _, lm = llama
+    regex = r"(cat|dog|bird)s? [0-9]{2}"
+    automaton = TokenAutomaton.from_regex(regex, lm.tokenizer)
+    for prompt in PROMPTS[:4]:
+        got = lm.generate(prompt, max_new_tokens=20, regex=regex, return_ids=True)[1][0]
+        ids, state, expected = lm.tokenizer.encode(prompt), automaton.initial, []
+        while True:
+            logits = lm(np.array([ids + expected], np.int32)).numpy()[0, -1]
+            allowed = automaton.allowed_tokens(state)
+            token = int(allowed[np.argmax(logits[allowed])])
+            if token in lm.tokenizer.eos_ids:
+                break
+            expected.append(token)
+            state = automaton.next_state(state, token)
+        assert got == expected
+        assert re.fullmatch(regex, lm.tokenizer.decode(got))
+
+
+def test_a_regex_holds_on_a_sentencepiece_vocabulary(tiny_run):
+    lm = tfllm.load(tiny_run)
+    regex = r"(ROMEO|JULIET): [a-z]{2,5}( [a-z]{2,5})?\."
+    # A 32-token context: short prompts, and the character vocabulary's tokens.
+    for text in lm.generate(["KING:\n", "A", "ROMEO"], max_new_tokens=24, regex=regex,
+                            temperature=0.8, seed=1):
+        assert re.fullmatch(regex, text), text
+
+
+def test_outputs_finish_within_a_short_budget(llama):
+    """A budget the model's own choices would overrun: each row takes the shortest way
+    to a complete answer when it must, so every output still validates."""
+    _, lm = llama
+    schema = {"type": "object", "properties": {"s": {"type": "string"}}, "required": ["s"]}
+    automaton = TokenAutomaton.from_json_schema(schema, lm.tokenizer)
+    need = automaton.shortest_completion()
+    for budget in (need, need + 3):
+        for text in lm.generate(PROMPTS[:6], max_new_tokens=budget, json_schema=schema,
+                                temperature=1.5, seed=2):
+            jsonschema.validate(json.loads(text), schema)
+    with pytest.raises(GenerationError, match=f"takes {need} tokens.*max_new_tokens is "
+                                              f"{need - 1}"):
+        lm.generate("x", max_new_tokens=need - 1, json_schema=schema)
+
+
+def test_automaton_arrays(llama):
+    _, lm = llama
+    a = TokenAutomaton.from_regex("(yes|no)", lm.tokenizer)
+    assert a.allowed.dtype == np.int32 and a.allowed.shape == (a.num_states, -(-400 // 32))
+    assert np.all(np.diff(a.keys) > 0)  # sorted, unique: the graph binary-searches them
+    assert a.final[a.targets].any() and not a.final[a.initial]
+    first = {bytes(lm.tokenizer.token_bytes()[t]) for t in a.allowed_tokens(a.initial)}
+    assert first and all(b"yes".startswith(p) or b"no".startswith(p) for p in first)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"json_schema": {"type": "strin"}}, "invalid JSON schema at type"),
+    ({"json_schema": {"type": "object", "properties": {"a": {"not": {"type": "null"}}}}},
+     "keyword 'not' (at /properties/a) is not supported"),
+    ({"json_schema": "{not json"}, "not valid JSON"),
+    ({"regex": "(unclosed"}, "cannot be used"),
+    ({"regex": "(?<=a)b"}, "cannot be used"),
+    ({"regex": "x", "json_schema": {"type": "string"}}, "not both"),
+], ids=["type", "keyword", "syntax", "regex", "look-behind", "both"])
+def test_bad_constraints_are_refused(llama, kwargs, message):
+    _, lm = llama
+    with pytest.raises(ConstraintError, match=re.escape(message)):
+        lm.generate("x", max_new_tokens=8, **kwargs)
+
+
+def test_cli_prints_the_outputs_alone(llama, tmp_path):
+    run, _ = llama
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(SCHEMAS[1]), encoding="utf-8")
+    done = call_cli(["generate", "--run", run, "--prompt", "a", "--prompt", "b",
+                     "--json-schema", str(path), "--max-new-tokens", "40"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        jsonschema.validate(json.loads(line), SCHEMAS[1])
+    path.write_text('{"type": "object", "properties": {"a": {"uniqueItems": true}}}')
+    bad = call_cli(["generate", "--run", run, "--prompt", "a", "--json-schema", str(path)])
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "'uniqueItems'" in bad.stderr and "Traceback" not in bad.stderr
+    both = call_cli(["generate", "--run", run, "--regex", "a", "--json-schema", str(path)])
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr

@@ -1,0 +1,251 @@
+"""Constrained decoding: a regular expression or a JSON schema compiled into a token-level
+automaton stored as arrays, which the decoding loop follows in-graph.
+
+outlines-core compiles the pattern (a JSON schema through its regex) into a DFA over bytes
+and walks every token of the vocabulary through it: each state lists the tokens that keep
+the output a prefix of a match and the state each leads to. We keep that as three arrays,
+so that the XLA decoding loop, the SavedModel and any runtime hold the same automaton:
+
+    allowed   int32 (states, ceil(vocab / 32)): bit t % 32 of word t // 32 set where token t
+              may follow (a bitmask: 6 KB a state for a 49,152-token vocabulary)
+    keys      int64 (transitions,): state * vocab + token, sorted
+    targets   int32 (transitions,): the state `keys[i]` leads to
+    final     bool (states,): a complete match; only there may an end token follow
+    distance  int32 (states,): the fewest tokens, the end token included, to a complete
+              match; `closer` (states,) the first token of such a path (an end token in
+              final states). A row whose budget would not let it finish takes `closer`
+              instead of its choice, so every output is complete within max_new_tokens.
+
+Why outlines-core: of the three PyPI engines the issue names, it is the one whose compiled
+form is a plain token automaton (llguidance and xgrammar run a parser per step, which a
+graph cannot hold); it is Apache-2.0 Rust with wheels for every platform tfllm supports.
+
+Example:
+    >>> automaton = TokenAutomaton.from_regex(r"(yes|no)", tokenizer)  # doctest: +SKIP
+    >>> model.generate("Is it?", constraint=automaton)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from tfllm.config import TfllmError
+
+# Compiling walks every token through the DFA: a bound on the automaton we keep in memory
+# and in a SavedModel (transitions x 12 bytes).
+MAX_TRANSITIONS = 50_000_000
+
+
+class ConstraintError(TfllmError, ValueError):
+    """A regular expression or JSON schema that cannot constrain decoding."""
+
+
+@dataclasses.dataclass
+class TokenAutomaton:
+    """A token-level automaton (see the module docstring for the arrays)."""
+
+    allowed: np.ndarray
+    keys: np.ndarray
+    targets: np.ndarray
+    final: np.ndarray
+    distance: np.ndarray
+    closer: np.ndarray
+    initial: int
+    vocab_size: int
+    end_ids: tuple
+    pattern: str
+
+    @property
+    def num_states(self) -> int:
+        return int(self.final.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays (what a SavedModel stores)."""
+        return sum(int(a.nbytes) for a in (self.allowed, self.keys, self.targets, self.final,
+                                           self.distance, self.closer))
+
+    @classmethod
+    def from_regex(cls, regex: str, tokenizer) -> "TokenAutomaton":
+        """The automaton of outputs that match `regex` in full (tokens of `tokenizer`).
+
+        Args:
+            regex: a regular expression (Rust `regex` syntax: no look-around, no
+                back-references) the whole output must match.
+            tokenizer: a tfllm tokenizer (`token_bytes()`, `eos_ids`).
+        """
+        from outlines_core import Index, Vocabulary
+
+        if not isinstance(regex, str) or not regex:
+            raise ConstraintError(f"a regular expression must be a non-empty string, got "
+                                  f"{regex!r}")
+        pieces = tokenizer.token_bytes()
+        vocab_size = len(pieces)
+        end_ids = tuple(int(i) for i in tokenizer.eos_ids)
+        by_bytes: dict[bytes, list[int]] = {}
+        for i, piece in enumerate(pieces):
+            if piece and i not in end_ids:
+                by_bytes.setdefault(piece, []).append(i)
+        # outlines-core marks a complete match by its end token: we give it one id past the
+        # vocabulary and map it to the model's end tokens below.
+        vocabulary = Vocabulary(vocab_size, by_bytes)
+        try:
+            index = Index(regex, vocabulary)
+        except (ValueError, RuntimeError) as e:
+            raise ConstraintError(f"the regular expression {_excerpt(regex)} cannot be used: "
+                                  f"{e} (no look-around or back-references)") from None
+        return cls._of_index(index, vocab_size, end_ids, regex)
+
+    @classmethod
+    def from_json_schema(cls, schema, tokenizer) -> "TokenAutomaton":
+        """The automaton of JSON texts valid under `schema` (a dict or JSON text).
+
+        Args:
+            schema: a JSON schema: objects (properties, required), arrays (items,
+                minItems/maxItems), strings (enum, const, pattern, minLength/maxLength,
+                format), numbers, integers, booleans, null, anyOf/oneOf/allOf, $ref.
+            tokenizer: a tfllm tokenizer.
+        """
+        from outlines_core.json_schema import build_regex_from_schema
+
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as e:
+                raise ConstraintError(f"the JSON schema is not valid JSON: {e}") from None
+        check_schema(schema)
+        try:
+            regex = build_regex_from_schema(json.dumps(schema))
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise ConstraintError(f"the JSON schema cannot be used: {e}") from None
+        return cls.from_regex(regex, tokenizer)
+
+    @classmethod
+    def _of_index(cls, index, vocab_size, end_ids, pattern):
+        transitions = index.get_transitions()  # {state: {token: next state}}
+        finals = index.get_final_states()
+        states = sorted(transitions.keys() | finals | {index.get_initial_state()})
+        number = {s: n for n, s in enumerate(states)}
+        total = sum(len(t) for t in transitions.values())
+        if total > MAX_TRANSITIONS:
+            raise ConstraintError(f"the constraint {_excerpt(pattern)} compiles to {total:,} "
+                                  f"token transitions, more than {MAX_TRANSITIONS:,}: simplify "
+                                  "it (shorter alternatives, bounded repetition)")
+        words = -(-vocab_size // 32)
+        allowed = np.zeros((len(states), words), np.uint32)
+        keys = np.empty(total, np.int64)
+        targets = np.empty(total, np.int32)
+        final = np.zeros(len(states), bool)
+        at = 0
+        for state, moves in transitions.items():
+            n = number[state]
+            tokens = np.fromiter((t for t in moves if t < vocab_size), np.int64)
+            nexts = np.fromiter((number[moves[t]] for t in moves if t < vocab_size), np.int32)
+            np.bitwise_or.at(allowed[n], tokens // 32, (1 << (tokens % 32)).astype(np.uint32))
+            keys[at:at + len(tokens)] = n * vocab_size + tokens
+            targets[at:at + len(tokens)] = nexts
+            at += len(tokens)
+        for state in finals:
+            final[number[state]] = True
+        order = np.argsort(keys[:at], kind="stable")
+        keys, targets = keys[:at][order], targets[:at][order]
+        initial = number[index.get_initial_state()]
+        distance, closer = _distances(keys, targets, final, vocab_size, end_ids[0])
+        if distance[initial] < 0:
+            raise ConstraintError(f"no text of this vocabulary matches {_excerpt(pattern)}")
+        return cls(allowed.view(np.int32), keys, targets, final, distance, closer, initial,
+                   vocab_size, end_ids, pattern)
+
+    # -- following it, in Python (the graph does the same on tensors) -----------------------
+    def allowed_tokens(self, state: int) -> np.ndarray:
+        """Ids allowed in `state` (the end tokens where it is final)."""
+        bits = np.unpackbits(self.allowed[state].view(np.uint8), bitorder="little")
+        ids = np.flatnonzero(bits[:self.vocab_size])
+        return np.concatenate([ids, list(self.end_ids)]) if self.final[state] else ids
+
+    def next_state(self, state: int, token: int) -> int | None:
+        """The state after `token`, or None when the token is not allowed."""
+        key = state * self.vocab_size + token
+        i = int(np.searchsorted(self.keys, key))
+        return int(self.targets[i]) if i < len(self.keys) and self.keys[i] == key else None
+
+    def shortest_completion(self) -> int:
+        """The fewest tokens (the end token included) from the start to a complete match."""
+        return int(self.distance[self.initial])
+
+
+def _distances(keys, targets, final, vocab_size, end_id):
+    """(distance, closer) of every state: a breadth-first search backwards from the final
+    states over the transitions (-1 where no match can be reached)."""
+    states = final.shape[0]
+    sources = (keys // vocab_size).astype(np.int64)
+    tokens = (keys % vocab_size).astype(np.int32)
+    by_target = np.argsort(targets, kind="stable")
+    starts = np.searchsorted(targets[by_target], np.arange(states + 1))
+    distance = np.full(states, -1, np.int32)
+    closer = np.full(states, end_id, np.int32)
+    frontier = np.flatnonzero(final)
+    distance[frontier] = 1
+    level = 1
+    while len(frontier):
+        level += 1
+        incoming = np.concatenate([by_target[starts[s]:starts[s + 1]] for s in frontier])
+        new = []
+        for i in incoming:
+            s = sources[i]
+            if distance[s] < 0:
+                distance[s], closer[s] = level, tokens[i]
+                new.append(s)
+        frontier = np.asarray(new, np.int64)
+    return distance, closer
+
+
+def check_schema(schema) -> None:
+    """Raise ConstraintError unless `schema` is a valid JSON schema (Draft 2020-12) whose
+    keywords outlines-core understands."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise ConstraintError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "the top level"
+        raise ConstraintError(f"invalid JSON schema at {where}: {e.message}") from None
+    for path, key in _keywords(schema):
+        if key in UNSUPPORTED_KEYWORDS:
+            raise ConstraintError(f"the JSON schema keyword {key!r} (at {path or 'the top'}) "
+                                  "is not supported by constrained decoding")
+
+
+# Keywords whose meaning a regular language cannot hold, which outlines-core would drop
+# silently: refused by name instead.
+UNSUPPORTED_KEYWORDS = ("not", "if", "then", "else", "dependentSchemas", "dependentRequired",
+                        "patternProperties", "propertyNames", "uniqueItems", "contains",
+                        "multipleOf", "unevaluatedProperties", "unevaluatedItems")
+
+
+def _keywords(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            # Property names are data, not keywords; so are enum and const values.
+            if key != "properties":
+                yield path, key
+            if key in ("enum", "const", "default", "examples"):
+                continue
+            if key in ("properties", "$defs", "definitions"):
+                for name, sub in (value.items() if isinstance(value, dict) else ()):
+                    yield from _keywords(sub, f"{path}/{key}/{name}")
+            else:
+                yield from _keywords(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _keywords(item, f"{path}/{i}")
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
