@@ -289,6 +289,14 @@ def read_tokenizer_json(path: str) -> tuple:
             bool(model.get("ignore_merges")), special)
 
 
+def _unicode_to_byte() -> dict:
+    """Byte-level BPE's alphabet: the character that spells each byte -> that byte."""
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+
+    byte_list, unicode_list = bytes_to_unicode()
+    return dict(zip(unicode_list, byte_list))
+
+
 class HFBytePairTokenizer:
     """A byte-level BPE tokenizer (Hugging Face's `tokenizer.json` kind), applied in-graph.
 
@@ -365,10 +373,7 @@ class HFBytePairTokenizer:
     def _prefill_whole_words(self, vocabulary):
         # ignore_merges (Llama 3): a word that is itself a token is that token, whatever
         # the merges would make of it; seeding keras-hub's word cache does exactly that.
-        from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
-
-        byte_list, unicode_list = bytes_to_unicode()
-        to_byte = dict(zip(unicode_list, byte_list))
+        to_byte = _unicode_to_byte()
         words, tokens = [], []
         for token in vocabulary:
             if token in self.added_tokens or not all(c in to_byte for c in token):
@@ -385,10 +390,7 @@ class HFBytePairTokenizer:
         """The bytes each id adds to decoded text (None for control tokens, which add none
         and which constrained decoding never picks): byte-level tokens spell one byte a
         character, added tokens are their UTF-8 text."""
-        from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
-
-        byte_list, unicode_list = bytes_to_unicode()
-        to_byte = dict(zip(unicode_list, byte_list))
+        to_byte = _unicode_to_byte()
         out = [None] * self._vocab_size
         special = set(self.special_tokens)
         for token, i in self._layer.vocabulary.items():
