@@ -7,7 +7,8 @@ writes DIR/NAME/N/ (TF Serving's layout). The run's task gives the signatures an
 check; this module writes them, verified in a fresh process before they are published:
 
     causal LMs (lm, chat)   serving_default/generate, score; chat and chat_with_system
-                            where the run has a chat template (tfllm/signatures/)
+                            where the run has a chat template; generate_NAME for each
+                            --json-schema NAME=FILE (tfllm/signatures/)
     classify                serving_default/classify (+ classify_pair for an imported
                             classifier) (tfllm/tasks/classify/saved_model.py)
     embed                   serving_default/embed (tfllm/tasks/embed/saved_model.py)
@@ -47,7 +48,35 @@ def build_parser():
                         help="replace an existing version (once the new one is verified)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help=f"most rows one request may carry (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--json-schema", action="append", default=[], type=schema_option,
+                        metavar="NAME=FILE",
+                        help="add a generate_NAME signature whose every output is JSON valid "
+                             "under the JSON schema in FILE (repeatable; causal LMs)")
     return parser
+
+
+def schema_option(value):
+    """`NAME=FILE` of --json-schema as (name, file)."""
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=FILE (e.g. "
+                                         "person=person.schema.json)")
+    return name, path
+
+
+def read_schemas(pairs) -> dict:
+    """{name: schema} of --json-schema's (name, file) pairs, each read and checked before
+    the model loads; ConstraintError names a file that cannot be read or used, ExportError
+    a name given twice."""
+    from tfllm.models.token_automaton import read_schema_file
+
+    schemas = {}
+    for name, path in pairs:
+        if name in schemas:
+            raise ExportError(f"--json-schema {name}= is given twice; give each schema its "
+                              "own name")
+        schemas[name] = read_schema_file(path, f"--json-schema {name}={path}")
+    return schemas
 
 
 if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow loads
@@ -65,7 +94,8 @@ from tfllm.tokenizers import tokenizer_files  # noqa: E402
 
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
-                       overwrite=False, max_batch=DEFAULT_MAX_BATCH, max_len=None):
+                       overwrite=False, max_batch=DEFAULT_MAX_BATCH, max_len=None,
+                       json_schemas=None):
     """Write `out/name/version/` and return its path.
 
     The run's task gives the signatures and the fresh-process check
@@ -83,16 +113,19 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
             written and verified, in one step: a server never sees it missing).
         max_batch: most rows one request may carry.
         max_len: the context (KV cache) length of a causal LM; default the run's.
+        json_schemas: {name: JSON schema (dict or text)}: a `generate_<name>` signature
+            each, whose outputs are JSON valid under it (causal LMs).
 
     Example:
         >>> export_saved_model("runs/demo", "models", "demo", 1)  # doctest: +SKIP
         'models/demo/1'
     """
     return _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_batch,
-                   max_len)[0]
+                   max_len, json_schemas)[0]
 
 
-def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_batch, max_len):
+def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_batch, max_len,
+            json_schemas=None):
     """`(path, what the fresh-process check verified or None)`."""
     import keras
 
@@ -114,10 +147,13 @@ def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_bat
     output.check()
 
     model = runs.load(run_dir, max_len=max_len)
-    signatures, check = task.saved_model_signatures(model, config, jit_compile, max_batch)
+    signatures, check, *resources = task.saved_model_signatures(
+        model, config, jit_compile, max_batch, json_schemas)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(model.tokenizer.tf_tokenizer)
+    for resource in (resources[0] if resources else ()):
+        archive.track(resource)
     for sig_name, (fn, spec) in signatures.items():
         archive.add_endpoint(sig_name, fn, input_signature=spec)
     # The tokenizer files travel as assets too, for clients that tokenize themselves.
@@ -153,7 +189,8 @@ def main(argv=None):
 
 def _main(args):
     path, verified = _export(args.run, args.out, args.name, args.version, not args.no_jit,
-                             not args.no_verify, args.overwrite, args.max_batch, args.max_len)
+                             not args.no_verify, args.overwrite, args.max_batch, args.max_len,
+                             read_schemas(args.json_schema))
     print(f"SavedModel written to {path}")
     if verified:
         print(f"verified: a fresh process gives the same {verified}")

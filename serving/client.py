@@ -2,6 +2,8 @@
 
     python -m serving.client --url http://localhost:8501 --model demo --prompt "ROMEO:"
     python -m serving.client --grpc localhost:8500 --model demo --prompt "ROMEO:" --temperature 0.8
+    python -m serving.client --url http://localhost:8501 --model smollm2 \
+        --signature generate_message --prompt "..."     (an export's --json-schema message=FILE)
 
 Prints each completion (prompt + generated text); `--json` prints the raw outputs.
 """
@@ -108,6 +110,9 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--signature", default="generate",
+                        help="a signature with generate's inputs: generate (default) or "
+                             "generate_NAME of an export's --json-schema NAME=FILE")
     parser.add_argument("--json", action="store_true", help="print the raw outputs as JSON")
     args = parser.parse_args(argv)
     prompts = [p.replace("\\n", "\n") for p in args.prompt]
@@ -115,9 +120,11 @@ def main(argv=None):
                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     try:
         if args.url:
-            results = generate_rest(args.url, args.model, prompts, args.version, **params)
+            results = generate_rest(args.url, args.model, prompts, args.version,
+                                    args.signature, **params)
         else:
-            results = generate_grpc(args.grpc, args.model, prompts, args.version, **params)
+            results = generate_grpc(args.grpc, args.model, prompts, args.version,
+                                    args.signature, **params)
     except ServingError as e:
         print(f"serving.client: error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
 """Shared fixtures: paths to the shared data and a tiny trained run reused across tests."""
 
 import collections
+import json
 import os
 import random
 import sys
@@ -143,13 +144,22 @@ def run_module(module, *args):
     return done.stdout
 
 
+YES_SCHEMA = {"type": "boolean"}
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory, tiny_run):
-    """The tiny run exported by the CLI as models/tiny/1 (verified by the exporter). In this
-    process: test_packaging checks what a terminal sees of a SavedModel export."""
+    """The tiny run exported by the CLI as models/tiny/1 (verified by the exporter, its
+    generate_yes signature under YES_SCHEMA too). In this process: test_packaging checks
+    what a terminal sees of a SavedModel export."""
     def build(folder):
+        # A JSON schema the character vocabulary can spell (#36): generate_yes answers
+        # true or false.
+        schema = os.path.join(folder, "yes.schema.json")
+        with open(schema, "w") as f:
+            json.dump(YES_SCHEMA, f)
         return run_module("export.saved_model", "--run", tiny_run, "--out", folder,
-                          "--name", "tiny", "--version", "1")
+                          "--name", "tiny", "--version", "1", "--json-schema", f"yes={schema}")
 
     base, stdout = shared_across_workers(tmp_path_factory, "tiny-models", build)
     return {"base": base, "model_dir": os.path.join(base, "tiny"),

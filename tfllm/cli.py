@@ -553,17 +553,9 @@ def _generate(args):
 
 def _read_schema(path):
     """A --json-schema file's schema, checked before the model loads."""
-    import json
+    from tfllm.models.token_automaton import read_schema_file
 
-    from tfllm.models.token_automaton import ConstraintError, check_schema
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            schema = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConstraintError(f"--json-schema {path} is not valid JSON: {e}") from None
-    check_schema(schema)
-    return schema
+    return read_schema_file(path)
 
 
 def _add_import_args(p, example):

@@ -42,16 +42,28 @@ def test_graph_trim_is_jinjas_trim():
 @pytest.mark.slow
 def test_saved_model_chat_signatures_answer_as_tfllm_chat(chat_runs, tmp_path):
     """The exporter itself checks both signatures in a fresh process against tfllm chat
-    (`verify_chat`); here the LoRA run is exported (merged on the fly) at a context too
+    (`chat_checks`); here the LoRA run is exported (merged on the fly) at a context too
     short for the check's full 16-token replies after its longest sample prompt (39 tokens:
-    it checks shorter replies) and its signatures are listed."""
+    it checks shorter replies) and its signatures are listed. With a JSON schema it checks
+    generate_yn and chat_yn against CausalLM.generate and tfllm chat under the schema."""
     from export.saved_model import describe_signatures, export_saved_model
+    from tfllm import runs
+    from tfllm.models.chat_session import ChatSession
 
+    schema = {"enum": ["oui", "non"]}
     path = export_saved_model(chat_runs["lora"], str(tmp_path / "models"), name="chat",
-                              max_len=48)
+                              max_len=48, json_schemas={"yn": schema})
     lines = "\n".join(describe_signatures(path))
     assert "chat(max_new_tokens int32[None], message string[None]" in lines
     assert "chat_with_system(" in lines and "system string[None]" in lines
+    for sig in ("generate_yn(", "chat_yn(", "chat_with_system_yn("):
+        assert sig in lines
+    # What the exporter compared chat_yn with: a reply under the schema.
+    model = runs.load(chat_runs["lora"], max_len=48)
+    chat = runs.read_run_config(chat_runs["lora"])["chat"]
+    session = ChatSession(model, chat, max_new_tokens=8, json_schema=schema)
+    assert session.reply("Translate to French: water") in ('"oui"', '"non"')
+    assert session.reply("Translate to French: cat") in ('"oui"', '"non"')
 
 
 @pytest.mark.slow

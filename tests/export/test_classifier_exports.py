@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import labeled_rows, run_module
+from tests.conftest import call_module, labeled_rows, run_module
 from tfllm.tasks.classify.predict import load_classifier, predict_proba
 
 TEXTS = [t for t, _ in labeled_rows(12, seed=5)]
@@ -38,6 +38,16 @@ def test_saved_model_classify_signature(tiny_classifier, keras_labels, tmp_path)
     assert got["name"] == names
     assert got["label"] == probs.argmax(1).tolist()
     np.testing.assert_allclose(got["p"], probs, atol=1e-5)
+
+
+def test_json_schema_is_refused_for_a_classifier(tiny_classifier, tmp_path):
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "boolean"}')
+    done = call_module("export.saved_model", "--run", tiny_classifier[0], "--out",
+                       str(tmp_path / "models"), "--json-schema", f"b={schema}")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--json-schema is not for classify runs" in done.stderr
+    assert not (tmp_path / "models").exists()
 
 
 @pytest.mark.slow

@@ -72,20 +72,49 @@ def test_onnx_decoder_equals_generate(llama_run, lm, tmp_path):
         assert lm.tokenizer.decode(ids) == lm.generate(prompt, max_new_tokens=12)
 
 
+# A --json-schema signature (#36): nested object, enum, integer, string with escapes.
+FLAGS = {"type": "object", "properties": {
+    "level": {"enum": ["low", "high"]}, "n": {"type": "integer"},
+    "note": {"type": "string", "maxLength": 4}}, "required": ["level", "n"]}
+
+
 @pytest.mark.slow
 def test_saved_model_in_a_fresh_process_equals_generate(llama_run, lm, tmp_path):
+    """generate, and generate_flags (the FLAGS schema's automaton stored in the SavedModel):
+    greedy text as CausalLM.generate with the same schema; sampled rows valid JSON; a
+    max_new_tokens below the schema's shortest answer an InvalidArgument."""
+    import jsonschema
+
+    schema_file = tmp_path / "flags.json"
+    schema_file.write_text(json.dumps(FLAGS))
     _export("export.saved_model", "--run", llama_run, "--out", str(tmp_path), "--name",
-            "llama", "--no-verify", "--max-len", str(MAX_LEN))
+            "llama", "--no-verify", "--max-len", str(MAX_LEN),
+            "--json-schema", f"flags={schema_file}")
     code = ("import json, sys, tensorflow as tf, tensorflow_text\n"
             "m = tf.saved_model.load(sys.argv[1]); p = json.loads(sys.argv[2]); n = len(p)\n"
-            "out = m.signatures['generate'](prompt=tf.constant(p), max_new_tokens="
-            "tf.fill([n], 12), temperature=tf.zeros([n]), top_k=tf.zeros([n], tf.int32), "
-            "top_p=tf.ones([n]), seed=tf.zeros([n], tf.int32))\n"
-            "print(json.dumps([t.decode('utf-8', 'replace') for t in out['text'].numpy()]))\n")
+            "def run(sig, new, temperature):\n"
+            "    out = m.signatures[sig](prompt=tf.constant(p), max_new_tokens="
+            "tf.fill([n], new), temperature=tf.fill([n], temperature), top_k=tf.zeros([n], "
+            "tf.int32), top_p=tf.ones([n]), seed=tf.range(n))\n"
+            "    return [t.decode('utf-8', 'replace') for t in out['text'].numpy()]\n"
+            "got = [run('generate', 12, 0.0), run('generate_flags', 24, 0.0),"
+            " run('generate_flags', 24, 1.0)]\n"
+            "try:\n"
+            "    run('generate_flags', 3, 0.0)\n"
+            "except tf.errors.InvalidArgumentError as e:\n"
+            "    got.append(e.message)\n"
+            "print(json.dumps(got))\n")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "llama" / "1"),
                            json.dumps(PROMPTS)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == lm.generate(PROMPTS, max_new_tokens=12)
+    plain, greedy, sampled, refused = json.loads(proc.stdout.splitlines()[-1])
+    assert plain == lm.generate(PROMPTS, max_new_tokens=12)
+    assert greedy == lm.generate(PROMPTS, max_new_tokens=24, json_schema=FLAGS)
+    for text in greedy + sampled:
+        jsonschema.validate(json.loads(text), FLAGS)
+    shortest = tfllm.models.generation.constraint_of(lm, json_schema=FLAGS) \
+        .shortest_completion()
+    assert f"max_new_tokens must be at least {shortest}" in refused
 
 
 @pytest.mark.slow

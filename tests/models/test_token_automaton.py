@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tfllm
-from tests.conftest import call_cli
+from tests.conftest import call_cli, call_module
 from tfllm.models.generation import GenerationError
 from tfllm.models.token_automaton import ConstraintError, TokenAutomaton
 
@@ -149,3 +149,47 @@ def test_cli_prints_the_outputs_alone(llama, tmp_path):
     assert "'uniqueItems'" in bad.stderr and "Traceback" not in bad.stderr
     both = call_cli(["generate", "--run", run, "--regex", "a", "--json-schema", str(path)])
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_chat_cli_replies_under_the_schema_turn_after_turn(llama, tmp_path):
+    run, _ = llama
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(SCHEMAS[1]), encoding="utf-8")
+    done = call_cli(["chat", "--run", run, "--template", "chatml", "--message", "a",
+                     "--message", "and b?", "--json-schema", str(path),
+                     "--max-new-tokens", "40"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        jsonschema.validate(json.loads(line), SCHEMAS[1])
+    regex = call_cli(["chat", "--run", run, "--template", "chatml", "--message", "a",
+                      "--regex", "(yes|no)", "--max-new-tokens", "8"])
+    assert regex.returncode == 0 and regex.stdout.strip() in ("yes", "no"), regex.stderr
+    short = call_cli(["chat", "--run", run, "--template", "chatml", "--message", "a",
+                      "--json-schema", str(path), "--max-new-tokens", "3"])
+    assert short.returncode == 2 and "max_new_tokens is 3" in short.stderr
+    assert len(short.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option, message", [
+    ("flags", "is not NAME=FILE"),
+    ("flags={missing}", "cannot read it"),
+    ("flags={keyword}", "keyword 'uniqueItems'"),
+    ("9flags={good}", "name '9flags' cannot name a signature"),
+    ("flags={good} --json-schema flags={good}", "is given twice"),
+], ids=["form", "missing", "keyword", "name", "twice"])
+def test_export_refuses_bad_json_schema_options(llama, tmp_path, option, message):
+    """A one-line error (after argparse's usage, for its own) and status 2, before
+    anything is written."""
+    run, _ = llama
+    (tmp_path / "good.json").write_text(json.dumps(SCHEMAS[1]))
+    (tmp_path / "keyword.json").write_text('{"type": "array", "uniqueItems": true}')
+    option = option.format(missing=tmp_path / "nope.json", keyword=tmp_path / "keyword.json",
+                           good=tmp_path / "good.json")
+    out = tmp_path / "models"
+    options = [x for part in option.split(" --json-schema ") for x in ("--json-schema", part)]
+    done = call_module("export.saved_model", "--run", run, "--out", str(out), *options)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert message in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()

@@ -79,7 +79,7 @@ def test_status_and_metadata(server):
     with urllib.request.urlopen(server["url"] + "/v1/models/tiny/metadata", timeout=30) as r:
         meta = json.loads(r.read())
     sigs = meta["metadata"]["signature_def"]["signature_def"]
-    assert set(sigs) == {"generate", "score", "serving_default"}
+    assert set(sigs) == {"generate", "generate_yes", "score", "serving_default"}
     assert sigs["generate"]["inputs"]["prompt"]["dtype"] == "DT_STRING"
 
 
@@ -146,6 +146,28 @@ def test_client_cli(server, expected, capsys):
     assert json.loads(capsys.readouterr().out)["text"] == expected[0]
     assert client_main(["--url", server["url"], "--model", "missing", "--prompt", "x"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_json_schema_signature_over_rest_and_grpc(server, tiny_run):
+    """generate_yes (the export's --json-schema yes=FILE): what `generate(json_schema=)`
+    gives, over both protocols; a max_new_tokens below the schema's shortest answer is the
+    client's error (400 / INVALID_ARGUMENT), not the server's."""
+    from tests.conftest import YES_SCHEMA
+
+    prompts = ["ROMEO:", "Is it so?"]
+    want = tfllm.load(tiny_run).generate(prompts, max_new_tokens=6, json_schema=YES_SCHEMA)
+    assert set(want) <= {"true", "false"}
+    rest = generate_rest(server["url"], "tiny", prompts, signature="generate_yes",
+                         max_new_tokens=6)
+    grpc = generate_grpc(server["grpc"], "tiny", prompts, signature="generate_yes",
+                         max_new_tokens=6)
+    assert [r["text"] for r in rest] == [r["text"] for r in grpc] == want
+    with pytest.raises(ServingError, match="HTTP 400.*max_new_tokens must be at least"):
+        generate_rest(server["url"], "tiny", prompts, signature="generate_yes",
+                      max_new_tokens=2)
+    with pytest.raises(ServingError, match="INVALID_ARGUMENT.*max_new_tokens must be at"):
+        generate_grpc(server["grpc"], "tiny", prompts, signature="generate_yes",
+                      max_new_tokens=2)
 
 
 # -- hostile framing and input: 4xx and a closed connection, never 500 or a stuck thread ----

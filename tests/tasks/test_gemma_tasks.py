@@ -118,7 +118,7 @@ def test_gemma_chat_saved_model_trims_as_the_template_and_answers_as_tfllm_chat(
                                                                                   tmp_path):
     """Gemma's template trims the message (`| trim`): the graph trims it too. The exporter
     checks `chat` and `chat_with_system` in a fresh process against `tfllm chat`
-    (`verify_chat`), on a message wrapped in whitespace among others."""
+    (`chat_checks`), on a message wrapped in whitespace among others."""
     from export.saved_model import describe_signatures, export_saved_model
     from tfllm.signatures.chat import VERIFY_MESSAGES
 

@@ -28,6 +28,8 @@ class ChatSession:
         split_special_tokens: a message holding a control token's text (`<|im_start|>`)
             is encoded as plain characters, so it cannot forge turns; False (trusted
             callers) reads it as control tokens.
+        json_schema: every reply is JSON valid under this schema (a dict or JSON text).
+        regex: every reply matches this regular expression (not with json_schema).
 
     Attributes:
         history: the turns so far ({"role", "content"}).
@@ -36,8 +38,9 @@ class ChatSession:
 
     def __init__(self, model, chat: dict, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
-                 seed=None, split_special_tokens: bool = True):
-        from tfllm.models.generation import GenerationParams, check_fits, get_generator
+                 seed=None, split_special_tokens: bool = True, json_schema=None, regex=None):
+        from tfllm.models.generation import (GenerationParams, check_constraint, check_fits,
+                                             constraint_of, get_generator)
 
         self.model, self.tokenizer = model, model.tokenizer
         self.template = template_of(chat)
@@ -46,6 +49,9 @@ class ChatSession:
         self.max_len = self.generator.max_len
         check_fits(1, max_new_tokens, self.max_len, "--max-new-tokens")
         self.params = GenerationParams(max_new_tokens, temperature, top_k, top_p, seed)
+        self.constraint = constraint_of(model, json_schema, regex)
+        if self.constraint is not None:  # refused here, before the first message
+            check_constraint(self.constraint, self.params)
         self.history = [] if system is None else [{"role": "system", "content": system}]
         self.dropped = 0
         self.last_dropped = 0
@@ -90,7 +96,7 @@ class ChatSession:
         self.last_dropped = dropped
         hold = max((len(t) for t in self.end_of_turn), default=1) - 1
         reply_ids, shown, reply = [], 0, ""
-        for chunk in self.generator.stream_ids(ids, self.params):
+        for chunk in self.generator.stream_ids(ids, self.params, constraint=self.constraint):
             reply_ids += chunk
             reply = self.tokenizer.decode(reply_ids)
             cut = min((reply.find(t) for t in self.end_of_turn if t in reply), default=-1)

@@ -366,28 +366,42 @@ class Generator:
 
     def _generate_graph(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
                         stop_at_end):
-        logits, caches, valid, pad = self._prefill_graph(ids, lengths)
-        batch = tf.shape(ids)[0]
-        out = tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32))
-        state = self._decode_graph(
-            logits, caches, valid, pad, tf.shape(ids)[1], tf.constant(0), max_new,
-            tf.zeros([batch], tf.bool), out, tf.zeros([batch], tf.int32), temperature, top_k,
-            top_p, seeds, stop_at_end, tf.reduce_max(max_new))
-        return state[5], state[6]
+        return self._prefill_and_decode(ids, lengths, max_new, temperature, top_k, top_p,
+                                        seeds, stop_at_end)
 
     def _constrained_graph(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
                            constraint):
         """`_generate_graph` following a token automaton from its initial state (every
         row's output matches it; the rows stop at its end)."""
+        return self._prefill_and_decode(ids, lengths, max_new, temperature, top_k, top_p,
+                                        seeds, tf.constant(True), constraint)
+
+    def _prefill_and_decode(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
+                            stop_at_end, constraint=None):
+        """(out (batch, max_len), n_gen (batch,)) of the whole loop; with a `constraint`,
+        every row starts in its `initial` state (a scalar, or one state per row)."""
         logits, caches, valid, pad = self._prefill_graph(ids, lengths)
         batch = tf.shape(ids)[0]
         out = tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32))
+        fsm = None if constraint is None else \
+            tf.broadcast_to(constraint["initial"], [batch])
         state = self._decode_graph(
             logits, caches, valid, pad, tf.shape(ids)[1], tf.constant(0), max_new,
             tf.zeros([batch], tf.bool), out, tf.zeros([batch], tf.int32), temperature, top_k,
-            top_p, seeds, tf.constant(True), tf.reduce_max(max_new), constraint,
-            tf.fill([batch], constraint["initial"]))
+            top_p, seeds, stop_at_end, tf.reduce_max(max_new), constraint, fsm)
         return state[5], state[6]
+
+    def graph_generate(self, ids, lengths, max_new, temperature, top_k, top_p, seeds,
+                       constraint=None):
+        """The whole decoding loop on tensors, for graphs that embed it (the SavedModel
+        signatures): `(out (batch, max_len), n_gen (batch,))` after left-padded prompts
+        `ids` (batch, P) of `lengths`, rows stopping at an end token; `constraint`: the
+        tensors of a token automaton (`constraint_tensors`) every row follows."""
+        if constraint is None:
+            return self._generate(ids, lengths, max_new, temperature, top_k, top_p, seeds,
+                                  tf.constant(True))
+        return self._generate_constrained(ids, lengths, max_new, temperature, top_k, top_p,
+                                          seeds, constraint)
 
     # -- host side ----------------------------------------------------------------------
     def _pack(self, prompts: Sequence[Sequence[int]], params: GenerationParams):
@@ -430,14 +444,7 @@ class Generator:
         if constraint is None:
             out, n_gen = self._generate(ids, lens, **args)
         else:
-            need = constraint.shortest_completion()
-            if need > params.max_new_tokens:
-                raise GenerationError(
-                    f"the shortest output the constraint allows takes {need} tokens (its end "
-                    f"token included); max_new_tokens is {params.max_new_tokens}")
-            if params.stop_at_end is False:
-                raise GenerationError("a constraint ends rows at its end: stop_at_end must "
-                                      "stay True")
+            check_constraint(constraint, params)
             args.pop("stop_at_end")
             out, n_gen = self._generate_constrained(ids, lens, **args,
                                                     constraint=constraint_tensors(constraint))
@@ -451,8 +458,9 @@ class Generator:
         return results
 
     def stream_ids(self, prompt: Sequence[int], params: GenerationParams,
-                   chunk: int = 4) -> Iterator[list[int]]:
-        """Generate for one prompt, yielding new token ids a few at a time."""
+                   chunk: int = 4, constraint=None) -> Iterator[list[int]]:
+        """Generate for one prompt, yielding new token ids a few at a time (`constraint`:
+        a `TokenAutomaton` the output must match, as in `generate_ids`)."""
         ids, lens, args = self._pack([prompt], params)
         logits, caches, valid, pad = self._prefill(ids, lens)
         batch = ids.shape[0]
@@ -460,12 +468,20 @@ class Generator:
                  tf.zeros([batch], tf.bool),
                  tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32)),
                  tf.zeros([batch], tf.int32))
+        follow = {}
+        if constraint is not None:
+            check_constraint(constraint, params)
+            follow = {"constraint": constraint_tensors(constraint)}
+            state += (tf.fill([batch], follow["constraint"]["initial"]),)
         emitted = 0
         while True:
-            logits, caches, slot, step, done, out, n_gen = state
+            logits, caches, slot, step, done, out, n_gen = state[:7]
+            if constraint is not None:
+                follow["fsm"] = state[7]
             state = self._decode(logits, caches, valid, pad, slot, step, args["max_new"], done,
                                  out, n_gen, args["temperature"], args["top_k"], args["top_p"],
-                                 args["seeds"], args["stop_at_end"], tf.constant(chunk))
+                                 args["seeds"], args["stop_at_end"], tf.constant(chunk),
+                                 **follow)
             n = int(state[6][0])
             new = state[5][0, emitted:n].numpy().tolist()
             if params.stop_at_end and new and new[-1] in self.end_token_ids:
@@ -479,6 +495,18 @@ class Generator:
     def tracing_count(self) -> int:
         """How many times the whole-generation function has been traced (for tests)."""
         return self._generate.experimental_get_tracing_count()
+
+
+def check_constraint(constraint, params: GenerationParams) -> None:
+    """GenerationError unless a `TokenAutomaton`'s shortest output fits the parameters'
+    max_new_tokens (and rows stop at its end)."""
+    need = constraint.shortest_completion()
+    if need > params.max_new_tokens:
+        raise GenerationError(
+            f"the shortest output the constraint allows takes {need} tokens (its end token "
+            f"included); max_new_tokens is {params.max_new_tokens}")
+    if params.stop_at_end is False:
+        raise GenerationError("a constraint ends rows at its end: stop_at_end must stay True")
 
 
 def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 
@@ -95,6 +96,11 @@ class TokenAutomaton:
         try:
             index = Index(regex, vocabulary)
         except (ValueError, RuntimeError) as e:
+            missing = re.search(r"following characters: (\[.*?\])", str(e))
+            if missing:  # the vocabulary cannot spell a character every answer needs
+                raise ConstraintError(f"the model's vocabulary has no token for any of "
+                                      f"{missing.group(1)}, which {_excerpt(regex)} needs "
+                                      "there: no output of this model can match it") from None
             raise ConstraintError(f"the regular expression {_excerpt(regex)} cannot be used: "
                                   f"{e} (no look-around or back-references)") from None
         return cls._of_index(index, vocab_size, end_ids, regex)
@@ -201,6 +207,24 @@ def _distances(keys, targets, final, vocab_size, end_id):
                 new.append(s)
         frontier = np.asarray(new, np.int64)
     return distance, closer
+
+
+def read_schema_file(path: str, what: str | None = None) -> dict:
+    """The JSON schema in the file `path`, checked (`check_schema`); ConstraintError starts
+    with `what` (default "--json-schema PATH") when it cannot be read or used."""
+    what = what or f"--json-schema {path}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            schema = json.load(f)
+    except OSError as e:
+        raise ConstraintError(f"{what}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConstraintError(f"{what} is not valid JSON: {e}") from None
+    try:
+        check_schema(schema)
+    except ConstraintError as e:
+        raise ConstraintError(f"{what}: {e}") from None
+    return schema
 
 
 def check_schema(schema) -> None:

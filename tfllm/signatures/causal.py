@@ -8,6 +8,11 @@ of `tfllm.signatures.checks`, and their fresh-process check against `CausalLM.ge
                 top_p (float32 [batch]; 1 = off), seed (int32 [batch])
         outputs text (string [batch]), token_ids (int32 [batch, max_new]),
                 num_generated (int32 [batch])
+    generate_<name>   (one per JSON schema given at export: `--json-schema NAME=FILE`)
+        generate's inputs and outputs; every text is JSON valid under the schema, complete
+        within max_new_tokens (a request whose max_new_tokens is below the schema's
+        shortest answer fails with InvalidArgument). The schema's token automaton is
+        stored in the SavedModel and followed inside the decoding loop.
     score
         inputs  text (string [batch])
         outputs log_likelihood (float32 [batch]): sum of log p(token | previous tokens)
@@ -16,16 +21,15 @@ of `tfllm.signatures.checks`, and their fresh-process check against `CausalLM.ge
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import re
 import sys
 
 import tensorflow as tf
 
-from tfllm.models.generation import fits, new_token_room
-from tfllm.signatures.checks import (DEFAULT_MAX_BATCH, ExportError, after, batch_checks,
-                                     child_failure, prompt_bucket, require, text_checks)
+from tfllm.models.generation import constraint_of, fits, new_token_room
+from tfllm.signatures.checks import (DEFAULT_MAX_BATCH, after, batch_checks,
+                                     prompt_bucket, require, schema_budget, text_checks,
+                                     verify_outputs)
 from tfllm.tokenizers import max_text_bytes
 
 SAMPLE_PROMPTS = ["", "The ", "ROMEO:\n"]
@@ -77,10 +81,16 @@ class CausalDecoder:
         """`tensors`, usable once every check has passed (see `after`)."""
         return after(checks, *tensors)
 
-    def decode(self, ids, max_new_tokens, temperature, top_k, top_p, seed):
+    def decode(self, ids, max_new_tokens, temperature, top_k, top_p, seed, constraint=None):
         """Generate after the prompts' ragged token ids (batch, None); the outputs of the
-        `generate` signature."""
+        `generate` signature. `constraint`: a `StoredConstraint` every row's output
+        matches (a request whose max_new_tokens cannot hold its shortest answer fails)."""
         tokenizer, max_len, eos_ids = self.tokenizer, self.max_len, self.eos_ids
+        if constraint is not None:
+            max_new_tokens = after([require(
+                tf.reduce_all(max_new_tokens >= constraint.shortest),
+                f"max_new_tokens must be at least {constraint.shortest}: the shortest answer "
+                f"of the {constraint.label} takes that many tokens")], max_new_tokens)
         batch = ids.nrows(out_type=tf.int32)
         # An empty prompt starts from BOS, as CausalLM.generate does.
         empty = tf.cast(tf.equal(ids.row_lengths(), 0), tf.int64)
@@ -98,8 +108,9 @@ class CausalDecoder:
         right = ids.to_tensor(0, shape=tf.stack([batch, bucket]))
         src = tf.range(bucket)[None, :] - (bucket - lengths)[:, None]
         padded = tf.where(src >= 0, tf.gather(right, tf.maximum(src, 0), batch_dims=1), 0)
-        out, n_gen = self.gen._generate(padded, lengths, max_new_tokens, temperature, top_k,
-                                        top_p, seed, tf.constant(True))
+        out, n_gen = self.gen.graph_generate(
+            padded, lengths, max_new_tokens, temperature, top_k, top_p, seed,
+            None if constraint is None else constraint.tensors())
         width = room
         new_ids = out[:, :width]
         keep = tf.sequence_mask(n_gen, width)
@@ -115,20 +126,53 @@ class CausalDecoder:
         return {"text": text, "token_ids": token_ids, "num_generated": n_gen}
 
 
+class StoredConstraint(tf.Module):
+    """A `TokenAutomaton` kept in the SavedModel as variables, which the decoding loop
+    reads: graph constants would be copied into the graph of every signature that uses
+    them, and a graph is bounded by protobuf's 2 GB.
+
+    Args:
+        automaton: the compiled `TokenAutomaton`.
+        label: what it is, for request errors ("JSON schema 'person'").
+    """
+
+    def __init__(self, automaton, label: str):
+        super().__init__()
+        self.label = label
+        self.shortest = int(automaton.shortest_completion())
+        self.initial = int(automaton.initial)
+        self.end_ids = [int(i) for i in automaton.end_ids]
+        self.arrays = {k: tf.Variable(getattr(automaton, k), trainable=False, name=k)
+                       for k in ("allowed", "keys", "targets", "final", "distance",
+                                 "closer")}
+
+    def tensors(self) -> dict:
+        """The tensors `Generator.graph_generate` follows (`constraint_tensors`' form)."""
+        return {**{k: v.read_value() for k, v in self.arrays.items()},
+                "initial": tf.constant(self.initial, tf.int32),
+                "end_ids": tf.constant(self.end_ids, tf.int32)}
+
+
 def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH,
-                         decoder=None):
+                         decoder=None, constraints=None):
     """Endpoint functions of a causal LM: {name: (fn, input_signature)} (`decoder`: a
-    `CausalDecoder` to share with the chat signatures)."""
+    `CausalDecoder` to share with the chat signatures; `constraints`: {name:
+    `StoredConstraint`}, each adding a `generate_<name>` signature whose every output
+    matches it)."""
     decoder = decoder or CausalDecoder(model, tokenizer, jit_compile, max_batch)
     max_len, text_bytes = decoder.max_len, decoder.text_bytes
 
-    def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        checks = decoder.checks({"prompt": prompt}, max_new_tokens, temperature, top_k,
-                                top_p, seed)
-        prompt, max_new_tokens = after(checks, prompt, max_new_tokens)
-        # The in-graph tokenizer (+ BOS where the checkpoint adds one).
-        return decoder.decode(tokenizer.tokenize(prompt), max_new_tokens, temperature, top_k,
-                              top_p, seed)
+    def generate_with(constraint):
+        def generate(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+            checks = decoder.checks({"prompt": prompt}, max_new_tokens, temperature, top_k,
+                                    top_p, seed)
+            prompt, max_new_tokens = after(checks, prompt, max_new_tokens)
+            # The in-graph tokenizer (+ BOS where the checkpoint adds one).
+            return decoder.decode(tokenizer.tokenize(prompt), max_new_tokens, temperature,
+                                  top_k, top_p, seed, constraint)
+        return generate
+
+    generate = generate_with(None)
 
     def score(text):
         text = after(batch_checks(max_batch, text) + text_checks(text_bytes, text=text),
@@ -158,66 +202,102 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
                tf.TensorSpec(batch, tf.int32, name="top_k"),
                tf.TensorSpec(batch, tf.float32, name="top_p"),
                tf.TensorSpec(batch, tf.int32, name="seed")]
-    return {"serving_default": (generate, gen_sig), "generate": (generate, gen_sig),
+    sigs = {"serving_default": (generate, gen_sig), "generate": (generate, gen_sig),
             "score": (score, [tf.TensorSpec(batch, tf.string, name="text")])}
+    for name, constraint in (constraints or {}).items():
+        sigs[f"generate_{name}"] = (generate_with(constraint), gen_sig)
+    return sigs
 
 
-def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16, model=None):
-    """Greedy text from a fresh-process reload must equal CausalLM.generate.
+def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16, model=None,
+                       json_schemas=None, chat=None):
+    """Greedy text from a fresh-process reload must equal CausalLM.generate; that of each
+    `generate_<name>` signature `generate(..., json_schema=)` with its schema; and with a
+    `chat` entry, the chat signatures' replies `tfllm chat`'s (`chat_checks`). Returns the
+    `generate` texts.
 
-    `model`: the run's already-loaded CausalLM (loaded here if None).
+    `model`: the run's already-loaded CausalLM (loaded here if None); `json_schemas`:
+    {name: JSON schema} the SavedModel was exported with.
     """
+    from tfllm.signatures.chat import chat_checks
+
     if model is None:
         from tfllm import runs
 
         model = runs.load(run_dir)
-    max_new = min(max_new_tokens, new_token_room(
-        model.backbone.max_len, max(len(model.tokenizer.encode(p)) for p in prompts)))
-    expected = model.generate(prompts, max_new_tokens=max_new)
-    code = (
-        "import json, sys, tensorflow as tf, tensorflow_text\n"
-        "m = tf.saved_model.load(sys.argv[1])\n"
-        "p = json.loads(sys.argv[2]); n = len(p)\n"
-        "out = m.signatures['serving_default'](prompt=tf.constant(p),"
-        " max_new_tokens=tf.fill([n], int(sys.argv[3])), temperature=tf.zeros([n]),"
-        " top_k=tf.zeros([n], tf.int32), top_p=tf.ones([n]), seed=tf.zeros([n], tf.int32))\n"
-        "print(json.dumps([t.decode('utf-8', 'replace') for t in out['text'].numpy()]))\n")
-    proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(prompts), str(max_new)],
-                          capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    if proc.returncode != 0:
-        raise ExportError("the exported SavedModel failed to load or run in a fresh process: "
-                          + child_failure(proc))
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    if got != expected:
-        raise ExportError(f"SavedModel greedy output differs from CausalLM.generate: "
-                          f"{got!r} != {expected!r}")
-    return got
+    room = new_token_room(model.backbone.max_len,
+                          max(len(model.tokenizer.encode(p)) for p in prompts))
+    n = len(prompts)
+    greedy = {"prompt": list(prompts), "temperature": [0.0] * n, "top_k": [0] * n,
+              "top_p": [1.0] * n, "seed": [0] * n}
+    checks = []
+    for name, schema in [(None, None), *(json_schemas or {}).items()]:
+        new = min(max_new_tokens, room) if schema is None else \
+            schema_budget(model, name, schema, room, max_new_tokens)
+        checks.append(("serving_default" if name is None else f"generate_{name}",
+                       {**greedy, "max_new_tokens": [new] * n},
+                       model.generate(list(prompts), max_new_tokens=new, json_schema=schema),
+                       "CausalLM.generate"))
+    if chat is not None:
+        checks += chat_checks(model, chat, json_schemas=json_schemas)
+    return verify_outputs(path, checks)[0].tolist()
 
 
-def signatures(model, config, jit_compile=True, max_batch=DEFAULT_MAX_BATCH):
-    """`(signatures, check)` of a causal LM run (the lm and chat tasks' SavedModel hook):
-    `generate` and `score`, and where the run (`config`: its config.json) has a usable chat
-    template, `chat` and `chat_with_system`. `check(path, run_dir)` verifies a written
-    SavedModel in a fresh process against `CausalLM.generate` and `tfllm chat`."""
-    from tfllm.signatures.chat import chat_signatures, verify_chat
+SIGNATURE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+def stored_constraints(model, json_schemas: dict) -> dict:
+    """{name: StoredConstraint} of {name: JSON schema (a dict or JSON text)}, compiled over
+    the model's tokenizer; ConstraintError names the schema and what is wrong with it."""
+    from tfllm.models.token_automaton import ConstraintError
+
+    stored = {}
+    for name, schema in json_schemas.items():
+        if not isinstance(name, str) or not SIGNATURE_NAME.fullmatch(name):
+            raise ConstraintError(f"JSON schema name {name!r} cannot name a signature: give "
+                                  "letters, digits and _, starting with a letter")
+        try:
+            automaton = constraint_of(model, json_schema=schema)
+        except ConstraintError as e:
+            raise ConstraintError(f"JSON schema {name!r}: {e}") from None
+        shortest, max_len = automaton.shortest_completion(), int(model.backbone.max_len)
+        if not fits(1, shortest, max_len):
+            raise ConstraintError(f"JSON schema {name!r}: its shortest answer takes {shortest} "
+                                  f"tokens, more than the model's context of {max_len} holds "
+                                  "after a prompt")
+        stored[name] = StoredConstraint(automaton, f"JSON schema {name!r}")
+    return stored
+
+
+def signatures(model, config, jit_compile=True, max_batch=DEFAULT_MAX_BATCH, json_schemas=None):
+    """`(signatures, check, resources)` of a causal LM run (the lm and chat tasks'
+    SavedModel hook): `generate` and `score`, and where the run (`config`: its config.json)
+    has a usable chat template, `chat` and `chat_with_system`; `generate_<name>` (and
+    `chat_<name>`, `chat_with_system_<name>`) for each of `json_schemas` ({name: JSON
+    schema}), whose automaton is among the `resources` to save.
+    `check(path, run_dir)` verifies a written SavedModel in a fresh process against
+    `CausalLM.generate` and `tfllm chat`."""
+    from tfllm.signatures.chat import chat_signatures
     from tfllm.tokenizers.chat_template import ChatTemplateError, usable_chat_config
 
+    json_schemas = dict(json_schemas or {})
+    constraints = stored_constraints(model, json_schemas)
     decoder = CausalDecoder(model, model.tokenizer, jit_compile, max_batch)
-    sigs = causal_lm_signatures(model, model.tokenizer, jit_compile, max_batch, decoder)
+    sigs = causal_lm_signatures(model, model.tokenizer, jit_compile, max_batch, decoder,
+                                constraints)
     try:
         chat = usable_chat_config(config, model.tokenizer)
         if chat is not None:
-            sigs.update(chat_signatures(decoder, chat))
+            sigs.update(chat_signatures(decoder, chat, constraints))
     except ChatTemplateError as e:  # a template the graph cannot apply: noted, not fatal
         print(f"note: no chat signatures: {e}", file=sys.stderr)
         chat = None
 
     def check(path, run_dir):
-        verify_saved_model(run_dir, path, model=model)
-        if chat is None:
-            return "greedy text as CausalLM.generate"
-        verify_chat(path, model, chat)
-        return "greedy text as CausalLM.generate and chat replies as tfllm chat"
+        verify_saved_model(run_dir, path, model=model, json_schemas=json_schemas, chat=chat)
+        what = "greedy text as CausalLM.generate"
+        if chat is not None:
+            what += " and chat replies as tfllm chat"
+        return what + (" (with each JSON schema too)" if json_schemas else "")
 
-    return sigs, check
+    return sigs, check, list(constraints.values())

@@ -8,6 +8,8 @@
                 num_generated (int32 [batch])
     chat_with_system
         the same with system (string [batch]) before message
+    chat_<name>, chat_with_system_<name>   (one pair per --json-schema NAME=FILE)
+        the same, every reply JSON valid under the schema (see generate_<name>)
 
 The template's single-turn form is applied in the graph: at export the template is
 rendered once around sentinel strings, which cuts it into constant pieces, and a request's
@@ -26,7 +28,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tfllm.signatures.checks import ExportError, fresh_process_outputs
+from tfllm.signatures.checks import ExportError, schema_budget
 from tfllm.tokenizers.chat_encoding import encode_text, tokenize_text
 from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError, template_of
 
@@ -99,9 +101,11 @@ def python_prompt(pieces, message, system=None):
     return head + system + between + message + tail
 
 
-def chat_signatures(decoder, chat: dict) -> dict:
+def chat_signatures(decoder, chat: dict, constraints=None) -> dict:
     """{name: (fn, input_signature)} of `chat` and `chat_with_system`, over a
-    `CausalDecoder` (export.saved_model) of the run."""
+    `CausalDecoder` (export.saved_model) of the run; `constraints`: {name:
+    `StoredConstraint`}, each adding `chat_<name>` and `chat_with_system_<name>`, whose
+    replies match it."""
     pieces = prompt_pieces(chat)
     trim = pieces.pop("trim")
     end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
@@ -111,30 +115,35 @@ def chat_signatures(decoder, chat: dict) -> dict:
     def trimmed(text, field):
         return strip_text(text) if trim[field] else text
 
-    def reply(ids, max_new_tokens, temperature, top_k, top_p, seed):
-        out = decoder.decode(ids, max_new_tokens, temperature, top_k, top_p, seed)
-        text = out["text"]
-        for marker in end_of_turn:  # the text before the first end-of-turn marker
-            text = tf.strings.split(text, sep=marker).to_tensor("")[:, 0]
-        return {"text": text, "num_generated": out["num_generated"]}
+    def functions(constraint):
+        def reply(ids, max_new_tokens, temperature, top_k, top_p, seed):
+            out = decoder.decode(ids, max_new_tokens, temperature, top_k, top_p, seed,
+                                 constraint)
+            text = out["text"]
+            for marker in end_of_turn:  # the text before the first end-of-turn marker
+                text = tf.strings.split(text, sep=marker).to_tensor("")[:, 0]
+            return {"text": text, "num_generated": out["num_generated"]}
 
-    def chat_plain(message, max_new_tokens, temperature, top_k, top_p, seed):
-        checks = decoder.checks({"message": message}, max_new_tokens, temperature, top_k,
-                                top_p, seed)
-        message, max_new_tokens = decoder.after(checks, message, max_new_tokens)
-        ids = prompt_ids(tokenizer, pieces["plain"], [trimmed(message, "message")],
-                         ids_of["plain"])
-        return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        def chat_plain(message, max_new_tokens, temperature, top_k, top_p, seed):
+            checks = decoder.checks({"message": message}, max_new_tokens, temperature, top_k,
+                                    top_p, seed)
+            message, max_new_tokens = decoder.after(checks, message, max_new_tokens)
+            ids = prompt_ids(tokenizer, pieces["plain"], [trimmed(message, "message")],
+                             ids_of["plain"])
+            return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
-    def chat_with_system(message, system, max_new_tokens, temperature, top_k, top_p, seed):
-        checks = decoder.checks({"message": message, "system": system}, max_new_tokens,
-                                temperature, top_k, top_p, seed)
-        message, system, max_new_tokens = decoder.after(checks, message, system,
-                                                        max_new_tokens)
-        ids = prompt_ids(tokenizer, pieces["system"],
-                         [trimmed(system, "system"), trimmed(message, "message")],
-                         ids_of["system"])
-        return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        def chat_with_system(message, system, max_new_tokens, temperature, top_k, top_p,
+                             seed):
+            checks = decoder.checks({"message": message, "system": system}, max_new_tokens,
+                                    temperature, top_k, top_p, seed)
+            message, system, max_new_tokens = decoder.after(checks, message, system,
+                                                            max_new_tokens)
+            ids = prompt_ids(tokenizer, pieces["system"],
+                             [trimmed(system, "system"), trimmed(message, "message")],
+                             ids_of["system"])
+            return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
+
+        return chat_plain, chat_with_system
 
     batch = [None]
     sampling = [tf.TensorSpec(batch, tf.int32, name="max_new_tokens"),
@@ -144,8 +153,13 @@ def chat_signatures(decoder, chat: dict) -> dict:
                 tf.TensorSpec(batch, tf.int32, name="seed")]
     message = tf.TensorSpec(batch, tf.string, name="message")
     system = tf.TensorSpec(batch, tf.string, name="system")
-    return {"chat": (chat_plain, [message, *sampling]),
-            "chat_with_system": (chat_with_system, [message, system, *sampling])}
+    sigs = {}
+    for name, constraint in [("", None), *((f"_{k}", v) for k, v in
+                                           (constraints or {}).items())]:
+        chat_plain, chat_with_system = functions(constraint)
+        sigs[f"chat{name}"] = (chat_plain, [message, *sampling])
+        sigs[f"chat_with_system{name}"] = (chat_with_system, [message, system, *sampling])
+    return sigs
 
 
 def piece_ids(tokenizer, parts) -> list[list[int]]:
@@ -187,11 +201,12 @@ def prompt_ids(tokenizer, parts, texts, parts_ids=None):
     return tf.gather(tf.concat([whole, plain], axis=0), tf.where(has, rows + batch, rows))
 
 
-def expected_replies(model, chat, messages, max_new_tokens, system=None):
+def expected_replies(model, chat, messages, max_new_tokens, system=None, json_schema=None):
     """`tfllm chat`'s greedy first reply to each message (what the signature must give)."""
     from tfllm.models.chat_session import ChatSession
 
-    return [ChatSession(model, chat, system, max_new_tokens).reply(m) for m in messages]
+    return [ChatSession(model, chat, system, max_new_tokens, json_schema=json_schema).reply(m)
+            for m in messages]
 
 
 # What the exporter checks: a message as typed, a short one, and one wrapped in whitespace
@@ -199,10 +214,13 @@ def expected_replies(model, chat, messages, max_new_tokens, system=None):
 VERIFY_MESSAGES = SAMPLE_MESSAGES[:2] + ["\u3000 Hi \n\t"]
 
 
-def verify_chat(path, model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16):
-    """Greedy `chat` and `chat_with_system` replies of a fresh-process reload must equal
-    `tfllm chat`'s first replies. The reply length is cut to what the context leaves after
-    the longest sample prompt (a short-context run is checked on fewer tokens)."""
+def chat_checks(model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16, json_schemas=None):
+    """The checks (`verify_outputs`) of the chat signatures: greedy `chat` and
+    `chat_with_system` replies equal `tfllm chat`'s first replies, and `chat_<name>`'s the
+    replies under each of `json_schemas` ({name: JSON schema}; `chat_with_system_<name>`
+    shares its decoding with the one and its prompt with the other). The reply length is
+    cut to what the context leaves after the longest sample prompt (a short-context run is
+    checked on fewer tokens)."""
     from tfllm.errors import TfllmError
     from tfllm.models.chat_session import ChatSession
     from tfllm.models.generation import fits, new_token_room
@@ -224,19 +242,19 @@ def verify_chat(path, model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16):
         raise ExportError(f"the chat check's sample messages do not fit the context of "
                           f"{max_len} tokens with the template; export with a longer "
                           "--max-len")
-    max_new_tokens = min(max_new_tokens,
-                         new_token_room(max_len, max(lengths[m] for m in messages)))
+    room = new_token_room(max_len, max(lengths[m] for m in messages))
     n = len(messages)
-    sampling = {"max_new_tokens": [max_new_tokens] * n, "temperature": [0.0] * n,
-                "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}
-    got_plain, got_system = fresh_process_outputs(path, [
-        ("chat", "text", {"message": list(messages), **sampling}),
-        ("chat_with_system", "text", {"message": list(messages), "system": [system] * n,
-                                      **sampling})])
-    for got, sys_text in ((got_plain, None), (got_system, system)):
-        expected = expected_replies(model, chat, messages, max_new_tokens, sys_text)
-        if got.tolist() != expected:
-            raise ExportError(f"SavedModel chat reply differs from tfllm chat: "
-                              f"{got.tolist()!r} != {expected!r}")
-
-
+    greedy = {"message": list(messages), "temperature": [0.0] * n, "top_k": [0] * n,
+              "top_p": [1.0] * n, "seed": [0] * n}
+    new = min(max_new_tokens, room)
+    checks = [(sig, {**greedy, **extra, "max_new_tokens": [new] * n},
+               expected_replies(model, chat, messages, new, sys_text), "tfllm chat")
+              for sig, sys_text, extra in (("chat", None, {}),
+                                           ("chat_with_system", system,
+                                            {"system": [system] * n}))]
+    for name, schema in (json_schemas or {}).items():
+        new = schema_budget(model, name, schema, room, max_new_tokens)
+        checks.append((f"chat_{name}", {**greedy, "max_new_tokens": [new] * n},
+                       expected_replies(model, chat, messages, new, json_schema=schema),
+                       "tfllm chat --json-schema"))
+    return checks

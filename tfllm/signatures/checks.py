@@ -102,6 +102,31 @@ def fresh_process_outputs(path, calls):
     return [np.array(g) for g in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
+def schema_budget(model, name, schema, room, max_new_tokens):
+    """New tokens a check gives a JSON schema's signature: room for the answer the model
+    prefers (twice the shortest, at least `max_new_tokens`) within the `room` the check's
+    prompts leave; ExportError where not even the shortest answer fits."""
+    from tfllm.models.generation import constraint_of
+
+    shortest = constraint_of(model, json_schema=schema).shortest_completion()
+    if shortest > room:
+        raise ExportError(f"the shortest answer of JSON schema {name!r} takes {shortest} "
+                          f"tokens; the check's prompts leave {room} in the context: export "
+                          "with a longer --max-len")
+    return min(room, max(max_new_tokens, 2 * shortest))
+
+
+def verify_outputs(path, checks):
+    """Run every check in one fresh process (one load: TF Serving's view of the files);
+    `checks`: [(signature, {input: values}, expected texts, what gave them)]."""
+    got = fresh_process_outputs(path, [(sig, "text", inputs) for sig, inputs, _, _ in checks])
+    for (sig, _, want, source), texts in zip(checks, got):
+        if texts.tolist() != want:
+            raise ExportError(f"SavedModel {sig} greedy output differs from {source}: "
+                              f"{texts.tolist()!r} != {want!r}")
+    return got
+
+
 def child_failure(proc) -> str:
     """One line of a failed fresh-process check: its last error line, not its traceback."""
     lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()

@@ -120,6 +120,11 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
                    help="read control tokens' text in messages (e.g. <|im_start|>) as control "
                         "tokens; default: as plain characters, so a message cannot forge "
                         "turns. For trusted input only")
+    constrain = c.add_mutually_exclusive_group()
+    constrain.add_argument("--json-schema", metavar="FILE",
+                           help="a JSON schema file: every reply is JSON valid under it")
+    constrain.add_argument("--regex", metavar="PATTERN",
+                           help="a regular expression every reply matches in full")
 
 
 def merge(args):
@@ -154,7 +159,10 @@ def chat(args):
     from tfllm.models.generation import GenerationParams
     from tfllm.tokenizers.chat_template import chat_config_of, read_template_arg
 
+    from tfllm.models.token_automaton import read_schema_file
+
     GenerationParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    schema = read_schema_file(args.json_schema) if args.json_schema else None
     stored = runs.read_run_config(args.run)
     if not tasks.of_config(stored).causal:
         raise TfllmError(f"{args.run} is a {stored.get('objective')!r} run; tfllm chat "
@@ -164,7 +172,8 @@ def chat(args):
     chat_config = chat_config_of(stored, model.tokenizer, template)
     session = ChatSession(model, chat_config, args.system, args.max_new_tokens,
                           args.temperature, args.top_k, args.top_p, args.seed,
-                          split_special_tokens=not args.allow_control_tokens)
+                          split_special_tokens=not args.allow_control_tokens,
+                          json_schema=schema, regex=args.regex)
 
     def answer(message):
         pieces = session.send(message)

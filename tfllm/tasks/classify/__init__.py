@@ -42,7 +42,8 @@ class ClassifyTask(Task):
     def generate_hint(self) -> str:
         return "it is a classifier; use tfllm classify"
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch):
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
+        self.refuse_json_schemas(json_schemas)
         from tfllm.tasks.classify.saved_model import signatures
 
         return signatures(model, config, jit_compile, max_batch)

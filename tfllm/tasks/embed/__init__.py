@@ -19,7 +19,8 @@ class EmbedTask(Task):
     def generate_hint(self) -> str:
         return "it is a sentence encoder; use tfllm embed"
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch):
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
+        self.refuse_json_schemas(json_schemas)
         from tfllm.tasks.embed.saved_model import signatures
 
         return signatures(model, config, jit_compile, max_batch)

@@ -33,10 +33,10 @@ class LmTask(Task):
 
         print_evaluation(args)
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch):
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
         from tfllm.signatures.causal import signatures  # shared with the chat task
 
-        return signatures(model, config, jit_compile, max_batch)
+        return signatures(model, config, jit_compile, max_batch, json_schemas)
 
     def chat_config(self, config, tokenizer):
         from tfllm.tokenizers.chat_template import usable_chat_config
