@@ -193,3 +193,22 @@ def test_export_refuses_bad_json_schema_options(llama, tmp_path, option, message
     assert done.returncode == 2, done.stdout[-2000:]
     assert message in done.stderr.strip().splitlines()[-1], done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_a_different_constraint_per_row(llama):
+    """One loop, each row following its own automaton (their union); a row decodes what
+    it decodes alone under its schema."""
+    _, lm = llama
+    schemas = [SCHEMAS[2], SCHEMAS[0], SCHEMAS[2], SCHEMAS[1]]
+    for kwargs in ({}, {"temperature": 1.0, "seed": 2}):
+        texts = lm.generate(PROMPTS[:4], max_new_tokens=48, json_schema=schemas, **kwargs)
+        for text, schema in zip(texts, schemas):
+            jsonschema.validate(json.loads(text), schema)
+    alone = [lm.generate(PROMPTS[i], max_new_tokens=48, json_schema=schemas[i])
+             for i in range(4)]
+    assert texts != alone  # (the sampled ones)
+    assert lm.generate(PROMPTS[:4], max_new_tokens=48, json_schema=schemas) == alone
+    texts = lm.generate(PROMPTS[:2], max_new_tokens=8, regex=["(yes|no)", "[0-9]{3}"])
+    assert texts[0] in ("yes", "no") and re.fullmatch("[0-9]{3}", texts[1])
+    with pytest.raises(GenerationError, match="2 per-row constraints for 4 prompts"):
+        lm.generate(PROMPTS[:4], max_new_tokens=8, regex=["a", "b"])

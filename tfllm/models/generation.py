@@ -446,8 +446,11 @@ class Generator:
         else:
             check_constraint(constraint, params)
             args.pop("stop_at_end")
-            out, n_gen = self._generate_constrained(ids, lens, **args,
-                                                    constraint=constraint_tensors(constraint))
+            rows = np.ndim(constraint.initial) and len(constraint.initial)
+            if rows and rows != len(prompts):
+                raise GenerationError(f"{rows} per-row constraints for {len(prompts)} prompts")
+            out, n_gen = self._generate_constrained(
+                ids, lens, **args, constraint=constraint_tensors(constraint, ids.shape[0]))
         out, n_gen = out.numpy(), n_gen.numpy()
         results = []
         for i in range(len(prompts)):
@@ -471,8 +474,8 @@ class Generator:
         follow = {}
         if constraint is not None:
             check_constraint(constraint, params)
-            follow = {"constraint": constraint_tensors(constraint)}
-            state += (tf.fill([batch], follow["constraint"]["initial"]),)
+            follow = {"constraint": constraint_tensors(constraint, batch)}
+            state += (tf.broadcast_to(follow["constraint"]["initial"], [batch]),)
         emitted = 0
         while True:
             logits, caches, slot, step, done, out, n_gen = state[:7]
@@ -527,8 +530,10 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top
         truncate: "error" (prompt + max_new_tokens must fit the context) or "left"
             (keep the prompt's last tokens that fit).
         json_schema: a JSON schema (dict or JSON text): every output is JSON valid under
-            it, complete within max_new_tokens (`tfllm.models.token_automaton`).
-        regex: a regular expression every output matches in full (not with json_schema).
+            it, complete within max_new_tokens (`tfllm.models.token_automaton`); or a list
+            of them, one per prompt.
+        regex: a regular expression every output matches in full (not with json_schema);
+            or a list, one per prompt.
 
     Returns:
         The generated continuations (strings, without the prompt); a single string for a
@@ -563,9 +568,8 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top
 
 def constraint_of(model, json_schema=None, regex=None):
     """The `TokenAutomaton` of a JSON schema or a regex over `model`'s tokenizer (None for
-    neither), compiled once per model and pattern."""
-    import json
-
+    neither), compiled once per model and pattern. A list of schemas (or regexes) gives one
+    per row: their union, each row starting in its own (`TokenAutomaton.union`)."""
     from tfllm.models.token_automaton import ConstraintError, TokenAutomaton
 
     if json_schema is None and regex is None:
@@ -576,9 +580,16 @@ def constraint_of(model, json_schema=None, regex=None):
     if tokenizer is None or not hasattr(tokenizer, "token_bytes"):
         raise ConstraintError("constrained decoding needs the model's tokenizer: load the "
                               "model with tfllm.load(run_dir)")
-    key = ("regex", regex) if regex is not None else (
-        "schema", json_schema if isinstance(json_schema, str)
-        else json.dumps(json_schema, sort_keys=True))
+    per_row = json_schema if json_schema is not None else regex
+    if isinstance(per_row, (list, tuple)):
+        if not per_row:
+            raise ConstraintError("an empty list of per-row constraints")
+        kind = "json_schema" if json_schema is not None else "regex"
+        keys = [_constraint_key(**{kind: s}) for s in per_row]
+        distinct = list(dict.fromkeys(keys))
+        parts = [constraint_of(model, **{kind: per_row[keys.index(k)]}) for k in distinct]
+        return TokenAutomaton.union(parts, [distinct.index(k) for k in keys])
+    key = _constraint_key(json_schema, regex)
     cache = model.__dict__.setdefault("_constraints", {})
     if key not in cache:
         cache[key] = TokenAutomaton.from_regex(regex, tokenizer) if regex is not None \
@@ -586,13 +597,28 @@ def constraint_of(model, json_schema=None, regex=None):
     return cache[key]
 
 
-def constraint_tensors(automaton) -> dict:
-    """The arrays of a `TokenAutomaton` as the tensors the decoding loop reads."""
+def _constraint_key(json_schema=None, regex=None):
+    import json
+
+    if regex is not None:
+        return ("regex", regex)
+    return ("schema", json_schema if isinstance(json_schema, str)
+            else json.dumps(json_schema, sort_keys=True))
+
+
+def constraint_tensors(automaton, rows: int | None = None) -> dict:
+    """The arrays of a `TokenAutomaton` as the tensors the decoding loop reads; per-row
+    starts (`TokenAutomaton.union`) padded to `rows` with the first row's (the filler rows
+    of a batch bucket copy row 0)."""
+    initial = np.asarray(automaton.initial, np.int32)
+    if initial.ndim and rows is not None and rows > len(initial):
+        initial = np.concatenate([initial, np.full(rows - len(initial), initial[0],
+                                                   np.int32)])
     return {"allowed": tf.constant(automaton.allowed), "keys": tf.constant(automaton.keys),
             "targets": tf.constant(automaton.targets), "final": tf.constant(automaton.final),
             "distance": tf.constant(automaton.distance),
             "closer": tf.constant(automaton.closer),
-            "initial": tf.constant(automaton.initial, tf.int32),
+            "initial": tf.constant(initial),
             "end_ids": tf.constant(automaton.end_ids, tf.int32)}
 
 

@@ -54,7 +54,7 @@ class TokenAutomaton:
     final: np.ndarray
     distance: np.ndarray
     closer: np.ndarray
-    initial: int
+    initial: int  # or, for per-row constraints (`union`), an int32 array: each row's start
     vocab_size: int
     end_ids: tuple
     pattern: str
@@ -179,8 +179,32 @@ class TokenAutomaton:
         return int(self.targets[i]) if i < len(self.keys) and self.keys[i] == key else None
 
     def shortest_completion(self) -> int:
-        """The fewest tokens (the end token included) from the start to a complete match."""
-        return int(self.distance[self.initial])
+        """The fewest tokens (the end token included) from the start to a complete match
+        (of the longest row's, for per-row starts)."""
+        return int(np.max(self.distance[self.initial]))
+
+    @classmethod
+    def union(cls, parts: list["TokenAutomaton"], rows: list[int]) -> "TokenAutomaton":
+        """One automaton holding `parts` side by side (state numbers offset, the arrays
+        concatenated), whose `initial` is an array: row r starts in `parts[rows[r]]`'s
+        initial state, so one decoding loop follows a different constraint per row.
+
+        Args:
+            parts: automata over the same vocabulary and end tokens.
+            rows: for each row, the index of its automaton in `parts`.
+        """
+        if len({(p.vocab_size, p.end_ids) for p in parts}) != 1:
+            raise ConstraintError("per-row constraints must share one vocabulary")
+        offsets = np.cumsum([0] + [p.num_states for p in parts[:-1]])
+        vocab = parts[0].vocab_size
+        join = np.concatenate
+        return cls(join([p.allowed for p in parts]),
+                   join([p.keys + int(o) * vocab for p, o in zip(parts, offsets)]),
+                   join([p.targets + int(o) for p, o in zip(parts, offsets)]).astype(np.int32),
+                   join([p.final for p in parts]), join([p.distance for p in parts]),
+                   join([p.closer for p in parts]),
+                   np.array([offsets[i] + parts[i].initial for i in rows], np.int32),
+                   vocab, parts[0].end_ids, " | ".join(p.pattern for p in parts))
 
 
 def _distances(keys, targets, final, vocab_size, end_id):
