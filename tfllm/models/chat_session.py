@@ -30,20 +30,38 @@ class ChatSession:
             callers) reads it as control tokens.
         json_schema: every reply is JSON valid under this schema (a dict or JSON text).
         regex: every reply matches this regular expression (not with json_schema).
+        tools: function specs (OpenAI's form) the model is offered: the template renders
+            them (or, where it does not, a system turn lists them) and every reply is one
+            call of one of them in the family's format, its arguments valid under the
+            tool's parameters (`tfllm.models.tool_calls`; not with json_schema or regex).
 
     Attributes:
         history: the turns so far ({"role", "content"}).
         dropped: how many old turns were dropped to fit the context, in all.
+        last_tool_calls: with tools, the last reply's calls as OpenAI `tool_calls`.
     """
 
     def __init__(self, model, chat: dict, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
-                 seed=None, split_special_tokens: bool = True, json_schema=None, regex=None):
+                 seed=None, split_special_tokens: bool = True, json_schema=None, regex=None,
+                 tools=None):
+        from tfllm.models import tool_calls
         from tfllm.models.generation import (GenerationParams, check_constraint, check_fits,
                                              constraint_of, get_generator)
 
         self.model, self.tokenizer = model, model.tokenizer
-        self.template = template_of(chat)
+        self.tools, self.tool_format, self.last_tool_calls = None, None, []
+        if tools is not None:
+            if json_schema is not None or regex is not None:
+                raise TfllmError("give tools, or a JSON schema or regex, not both")
+            self.tools = tool_calls.check_tools(tools)
+            self.tool_format = tool_calls.call_format(chat["template"])
+            regex = tool_calls.call_regex(self.tools, self.tool_format)
+            if not tool_calls.renders_tools(chat["template"]):
+                listed = tool_calls.tools_system_prompt(self.tools)
+                system = listed if system is None else system + "\n\n" + listed
+        self.template = template_of(chat, self.tools if self.tools and
+                                    tool_calls.renders_tools(chat["template"]) else None)
         self.end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
         self.generator = get_generator(model)
         self.max_len = self.generator.max_len
@@ -110,6 +128,10 @@ class ChatSession:
                 shown = safe
         if len(reply) > shown:
             yield reply[shown:]
+        if self.tools:
+            from tfllm.models.tool_calls import parse_tool_calls
+
+            self.last_tool_calls = parse_tool_calls(reply, self.tool_format)
         self.history = turns + [{"role": "assistant", "content": reply}]
 
     def reply(self, message: str) -> str:

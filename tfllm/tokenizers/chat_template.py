@@ -138,6 +138,8 @@ class ChatTemplate:
     Args:
         source: the Jinja text (`DEFAULT_TEMPLATE` when None).
         bos_token, eos_token: the strings the template's `bos_token` / `eos_token` name.
+        tools: function specs every rendering passes as `tools`, as Hugging Face's
+            `apply_chat_template(..., tools=)` does (`tfllm.models.tool_calls`).
 
     Example:
         >>> ChatTemplate().render([{"role": "user", "content": "Hi"}],
@@ -145,17 +147,19 @@ class ChatTemplate:
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
 
-    def __init__(self, source: str | None = None, bos_token: str = "", eos_token: str = ""):
+    def __init__(self, source: str | None = None, bos_token: str = "", eos_token: str = "",
+                 tools: list | None = None):
         self.source = DEFAULT_TEMPLATE if source is None else source
         if not isinstance(self.source, str) or len(self.source) > MAX_TEMPLATE_CHARS:
             raise ChatTemplateError(f"a chat template is text of at most {MAX_TEMPLATE_CHARS:,} "
                                     "characters")
         self.bos_token, self.eos_token = bos_token or "", eos_token or ""
+        self.tools = tools
         _SANDBOX.call({"op": "compile", "source": self.source})
 
     def _ask(self, op: str, messages, check: bool = True, **extra):
         return _SANDBOX.call({"op": op, "source": self.source, "bos": self.bos_token,
-                              "eos": self.eos_token,
+                              "eos": self.eos_token, "tools": self.tools,
                               "messages": check_messages(messages) if check else messages,
                               **extra})
 
@@ -243,9 +247,11 @@ def chat_config_of(run_config: dict, tokenizer, template: str | None = None,
             "eos_token": text(eos_ids[0]), "end_of_turn": end_of_turn}
 
 
-def template_of(chat: dict) -> ChatTemplate:
-    """The `ChatTemplate` of a run's `"chat"` entry (see `chat_config_of`)."""
-    return ChatTemplate(chat["template"], chat.get("bos_token", ""), chat.get("eos_token", ""))
+def template_of(chat: dict, tools: list | None = None) -> ChatTemplate:
+    """The `ChatTemplate` of a run's `"chat"` entry (see `chat_config_of`), rendering
+    `tools` when given."""
+    return ChatTemplate(chat["template"], chat.get("bos_token", ""), chat.get("eos_token", ""),
+                        tools)
 
 
 def usable_chat_config(run_config: dict, tokenizer) -> dict | None:

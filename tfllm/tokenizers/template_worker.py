@@ -86,10 +86,13 @@ def render(request, messages, add_generation_prompt):
     template = _template(request["source"])
     try:
         out, size = [], 0
+        # `tools` only when given: a template that tests `tools is defined` renders as
+        # it always did without them.
+        extra = {"tools": request["tools"]} if request.get("tools") is not None else {}
         for piece in template.generate(messages=messages,
                                        add_generation_prompt=add_generation_prompt,
                                        bos_token=request.get("bos", ""),
-                                       eos_token=request.get("eos", "")):
+                                       eos_token=request.get("eos", ""), **extra):
             size += len(piece)
             if size > MAX_OUTPUT_CHARS:
                 raise _Limit(f"the chat template's text grew past {MAX_OUTPUT_CHARS:,} "

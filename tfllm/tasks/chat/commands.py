@@ -125,6 +125,26 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
                            help="a JSON schema file: every reply is JSON valid under it")
     constrain.add_argument("--regex", metavar="PATTERN",
                            help="a regular expression every reply matches in full")
+    constrain.add_argument("--tools", metavar="FILE",
+                           help="a JSON file listing function specs (OpenAI's tools form): "
+                                "each reply is a call of one, printed as JSON tool_calls")
+
+
+def read_tools_file(path):
+    """The function specs of a --tools file, checked before the model loads."""
+    from tfllm.models.tool_calls import ToolError, check_tools
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            tools = json.load(f)
+    except OSError as e:
+        raise ToolError(f"--tools {path}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ToolError(f"--tools {path} is not valid JSON: {e}") from None
+    try:
+        return check_tools(tools)
+    except ToolError as e:
+        raise ToolError(f"--tools {path}: {e}") from None
 
 
 def merge(args):
@@ -163,6 +183,7 @@ def chat(args):
 
     GenerationParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     schema = read_schema_file(args.json_schema) if args.json_schema else None
+    tools = read_tools_file(args.tools) if args.tools else None
     stored = runs.read_run_config(args.run)
     if not tasks.of_config(stored).causal:
         raise TfllmError(f"{args.run} is a {stored.get('objective')!r} run; tfllm chat "
@@ -173,9 +194,13 @@ def chat(args):
     session = ChatSession(model, chat_config, args.system, args.max_new_tokens,
                           args.temperature, args.top_k, args.top_p, args.seed,
                           split_special_tokens=not args.allow_control_tokens,
-                          json_schema=schema, regex=args.regex)
+                          json_schema=schema, regex=args.regex, tools=tools)
 
     def answer(message):
+        if tools is not None:  # the calls, for a program to run
+            session.reply(message)
+            print(json.dumps({"tool_calls": session.last_tool_calls}, ensure_ascii=False))
+            return
         pieces = session.send(message)
         first = next(pieces, "")
         if session.last_dropped:
@@ -203,7 +228,8 @@ def chat(args):
         if message.strip() in ("/quit", "/exit"):
             break
         if message.strip() == "/reset":
-            session.history = session.history[:1] if args.system else []
+            first = session.history[:1]  # the system turn (--system, --tools) stays
+            session.history = first if first and first[0]["role"] == "system" else []
             continue
         if message.strip():
             answer(message)

@@ -1,0 +1,141 @@
+"""Tool calling (#36): tools rendered by the template (or listed in a system turn where it
+does not), each reply one call of one tool in the family's format, its arguments valid
+under the tool's schema (`jsonschema`), parsed into OpenAI tool_calls; bad tools refused in
+one line."""
+
+import json
+import re
+
+import jsonschema
+import pytest
+
+import tfllm
+from tests.conftest import call_cli
+from tfllm.models.tool_calls import (ToolError, call_format, call_regex, check_tools,
+                                     parse_tool_calls)
+from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 10},
+            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}}},
+    {"type": "function", "function": {
+        "name": "add", "parameters": {"type": "object", "properties": {
+            "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+]
+# The part of Qwen2.5's template that renders tools (and teaches <tool_call>).
+QWEN_LIKE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n# Tools\\n<tools>' }}{%- for tool in tools %}"
+    "{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools>\\nReturn <tool_call>"
+    "</tool_call><|im_end|>\\n' }}{%- endif %}" + DEFAULT_TEMPLATE)
+LLAMA3_LIKE = ("{%- if tools %}{{- 'Tools (answer as ipython JSON): ' + (tools | tojson) + "
+               "'\\n' }}{%- endif %}" + DEFAULT_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A random tiny Llama with a byte-level BPE vocabulary (400 tokens)."""
+    from tests.checkpoints.llama_fixtures import write_checkpoint
+    from tfllm.checkpoints import import_hf
+
+    d = tmp_path_factory.mktemp("tools")
+    run = import_hf(write_checkpoint(str(d / "ckpt"), "llama"), str(d / "run"), max_len=1536)
+    return run, tfllm.load(run)
+
+
+def _valid(call):
+    spec = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    assert call["type"] == "function" and call["function"]["name"] in spec
+    jsonschema.validate(json.loads(call["function"]["arguments"]),
+                        spec[call["function"]["name"]])
+
+
+def test_parse_each_format():
+    hermes = ('I will call.\n<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n'
+              '</tool_call>\n<tool_call>{"name": "get_weather", "arguments": {"city": '
+              '"Pa\\"ris", "unit": "celsius"}}</tool_call>')
+    calls = parse_tool_calls(hermes, "hermes")
+    assert [c["function"]["name"] for c in calls] == ["add", "get_weather"]
+    assert json.loads(calls[1]["function"]["arguments"]) == {"city": 'Pa"ris', "unit": "celsius"}
+    assert [c["id"] for c in calls] == ["call_0", "call_1"]
+    llama3 = '<|python_tag|>{"name": "add", "parameters": {"a": 4, "b": 5}}'
+    (call,) = parse_tool_calls(llama3, "llama3")
+    assert call["function"] == {"name": "add", "arguments": '{"a": 4, "b": 5}'}
+    assert parse_tool_calls("just text", "hermes") == parse_tool_calls("text", "llama3") == []
+    with pytest.raises(ToolError, match="not valid JSON"):
+        parse_tool_calls("<tool_call>{oops</tool_call>", "hermes")
+
+
+def test_call_format_and_regex():
+    assert call_format(QWEN_LIKE) == "hermes" and call_format(DEFAULT_TEMPLATE) == "hermes"
+    assert call_format(LLAMA3_LIKE) == "llama3"
+    tools = check_tools(TOOLS)
+    regex = call_regex(tools, "hermes")
+    assert re.fullmatch(regex, '<tool_call>\n{"name":"add","arguments":{"a":1,"b":-2}}\n'
+                               '</tool_call>')
+    assert not re.fullmatch(regex, '<tool_call>\n{"name":"add","arguments":{"a":1}}\n'
+                                   '</tool_call>')  # b is required
+    assert not re.fullmatch(regex, '<tool_call>\n{"name":"sub","arguments":{"a":1,"b":2}}\n'
+                                   '</tool_call>')  # not a tool
+    assert re.fullmatch(call_regex(tools, "llama3"),
+                        '{"name":"add","parameters":{"a":1,"b":2}}')
+
+
+@pytest.mark.parametrize("tools, message", [
+    ({"name": "x"}, "non-empty list of function specs"),
+    ([], "non-empty list"),
+    ([{"type": "retrieval"}], "tool 1 is not a function spec"),
+    ([{"type": "function", "function": {"name": "bad name"}}], "is not a function name"),
+    ([TOOLS[1], TOOLS[1]], "'add' is given twice"),
+    ([{"name": "f", "parameters": {"type": "object", "not": {}}}],
+     "tool 'f': its parameters: the JSON schema keyword 'not'"),
+], ids=["not-a-list", "empty", "type", "name", "twice", "keyword"])
+def test_bad_tools_are_refused(tools, message):
+    with pytest.raises(ToolError, match=re.escape(message)):
+        check_tools(tools)
+
+
+def test_the_template_renders_the_tools_it_is_given():
+    turns = [{"role": "user", "content": "Hi"}]
+    with_tools = ChatTemplate(QWEN_LIKE, tools=check_tools(TOOLS)).render(turns, True)
+    assert with_tools.startswith("<|im_start|>system\n# Tools\n<tools>\n{")
+    assert '"name": "get_weather"' in with_tools
+    assert ChatTemplate(QWEN_LIKE).render(turns, True) == \
+        ChatTemplate(DEFAULT_TEMPLATE).render(turns, True)
+
+
+@pytest.mark.parametrize("template", [DEFAULT_TEMPLATE, QWEN_LIKE, LLAMA3_LIKE],
+                         ids=["chatml-system-turn", "renders-tools", "llama3"])
+def test_every_reply_is_a_valid_call(llama, template):
+    from tfllm.models.chat_session import ChatSession
+
+    _, lm = llama
+    chat = {"template": template, "end_of_turn": ["<|im_end|>"]}
+    for kwargs in ({}, {"temperature": 1.0, "seed": 3}):
+        session = ChatSession(lm, chat, max_new_tokens=80, tools=TOOLS, **kwargs)
+        for message in ("What is the weather in Paris?", "Add 2 and 3"):
+            reply = session.reply(message)
+            (call,) = session.last_tool_calls
+            _valid(call)
+            assert reply.startswith("<tool_call>") == (template != LLAMA3_LIKE)
+    if template == DEFAULT_TEMPLATE:  # a template without tools: a system turn lists them
+        assert session.history[0]["role"] == "system"
+        assert '"name": "add"' in session.history[0]["content"]
+
+
+def test_chat_cli_prints_the_calls(llama, tmp_path):
+    run, _ = llama
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(TOOLS))
+    done = call_cli(["chat", "--run", run, "--template", "chatml", "--tools", str(path),
+                     "--message", "Weather in Oslo?", "--max-new-tokens", "80"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    (call,) = json.loads(done.stdout.strip())["tool_calls"]
+    _valid(call)
+    path.write_text('[{"type": "function", "function": {"name": "a b"}}]')
+    bad = call_cli(["chat", "--run", run, "--template", "chatml", "--tools", str(path),
+                    "--message", "x"])
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "is not a function name" in bad.stderr

@@ -1,0 +1,145 @@
+"""Tool calling: an app's functions (OpenAI-style specs) offered to a chat model, the
+model's call constrained to a valid one, and parsed back into OpenAI `tool_calls`.
+
+A family's chat template teaches its model one way to write a call:
+
+    hermes   <tool_call>\\n{"name": NAME, "arguments": {...}}\\n</tool_call>
+             (Qwen2.5, Qwen3, SmolLM2, Hermes: templates that write <tool_call>)
+    llama3   {"name": NAME, "parameters": {...}}   (Llama 3.1-3.3: templates with ipython)
+
+The call is decoded under a constraint: a regex of the format around the JSON of a schema
+that is `anyOf` the tools, each `{"name": const, "arguments": its parameters}`; so the
+name is one of the tools' and the arguments are valid under that tool's schema. A template
+that does not render `tools` itself (SmolLM2-135M's) gets them as a system turn in the
+hermes wording Qwen2.5's template uses.
+
+Example:
+    >>> tools = check_tools([{"type": "function", "function": {"name": "get_weather",
+    ...     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+    ...                    "required": ["city"]}}}])
+    >>> parse_tool_calls('<tool_call>\\n{"name": "get_weather", "arguments": '
+    ...                  '{"city": "Paris"}}\\n</tool_call>', "hermes")[0]["function"]
+    {'name': 'get_weather', 'arguments': '{"city": "Paris"}'}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tfllm.models.token_automaton import ConstraintError, check_schema
+
+FORMATS = ("hermes", "llama3")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+class ToolError(ConstraintError):
+    """Tools that are not a list of function specs, or a call that cannot be read."""
+
+
+def check_tools(tools) -> list[dict]:
+    """`tools` as OpenAI function specs `{"type": "function", "function": {"name",
+    "description", "parameters"}}` (a bare `{"name", ...}` is wrapped); ToolError names
+    the tool and what is wrong."""
+    if not isinstance(tools, list) or not tools:
+        raise ToolError('tools must be a non-empty list of function specs ({"type": '
+                        '"function", "function": {"name": ..., "parameters": {...}}})')
+    out, names = [], set()
+    for n, tool in enumerate(tools):
+        spec = tool.get("function") if isinstance(tool, dict) and "function" in tool \
+            else tool
+        if not isinstance(spec, dict) or (isinstance(tool, dict) and
+                                          tool.get("type", "function") != "function"):
+            raise ToolError(f"tool {n + 1} is not a function spec")
+        name = spec.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ToolError(f"tool {n + 1}: name {name!r} is not a function name (letters, "
+                            "digits, _ . -, at most 64)")
+        if name in names:
+            raise ToolError(f"tool {name!r} is given twice")
+        names.add(name)
+        params = spec.get("parameters", {"type": "object", "properties": {}})
+        try:
+            check_schema(params)
+        except ConstraintError as e:
+            raise ToolError(f"tool {name!r}: its parameters: {e}") from None
+        fn = {"name": name, "parameters": params}
+        if isinstance(spec.get("description"), str):
+            fn["description"] = spec["description"]
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def call_format(template_source: str) -> str:
+    """The tool-call format a chat template teaches (`FORMATS`): llama3 for Llama 3.x's
+    ipython turns, else hermes (what Qwen's and SmolLM2's models write)."""
+    if "<tool_call>" not in template_source and "ipython" in template_source:
+        return "llama3"
+    return "hermes"
+
+
+def renders_tools(template_source: str) -> bool:
+    """Whether a template writes the `tools` it is given (else they go in a system turn)."""
+    return re.search(r"\btools\b", template_source) is not None
+
+
+def tools_system_prompt(tools: list[dict]) -> str:
+    """The hermes tool instructions Qwen2.5's template writes, for templates that do not
+    render tools themselves."""
+    listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n"
+            f"<tools>\n{listed}\n</tools>\n\nFor each function call, return a json object "
+            "with function name and arguments within <tool_call></tool_call> XML tags:\n"
+            "<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n"
+            "</tool_call>")
+
+
+def call_schema(tools: list[dict], fmt: str = "hermes") -> dict:
+    """The JSON schema of one call: the name one of the tools', the arguments valid under
+    that tool's parameters (`parameters` is the key in Llama 3's format)."""
+    key = "parameters" if fmt == "llama3" else "arguments"
+    options = [{"type": "object",
+                "properties": {"name": {"const": t["function"]["name"]},
+                               key: t["function"]["parameters"]},
+                "required": ["name", key]} for t in tools]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
+    """The regular expression of one call in `fmt` (what the reply is constrained to)."""
+    from outlines_core.json_schema import build_regex_from_schema
+
+    try:
+        body = build_regex_from_schema(json.dumps(call_schema(tools, fmt)))
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ToolError(f"the tools' parameters cannot be used: {e}") from None
+    if fmt == "llama3":
+        return body
+    return "<tool_call>\n" + body + "\n</tool_call>"
+
+
+def parse_tool_calls(text: str, fmt: str = "hermes") -> list[dict]:
+    """OpenAI `tool_calls` (`{"id", "type": "function", "function": {"name", "arguments":
+    JSON text}}`) of a reply in `fmt`; [] when it holds none. ToolError for a call whose
+    JSON does not parse."""
+    if fmt == "llama3":
+        body = text.strip().removeprefix("<|python_tag|>").strip()
+        found = [body] if body.startswith("{") else []
+    else:
+        found = _HERMES_CALL.findall(text)
+    key = "parameters" if fmt == "llama3" else "arguments"
+    calls = []
+    for n, body in enumerate(found):
+        try:
+            call = json.loads(body)
+        except json.JSONDecodeError as e:
+            raise ToolError(f"tool call {n + 1} is not valid JSON: {e}") from None
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            raise ToolError(f"tool call {n + 1} names no function")
+        calls.append({"id": f"call_{n}", "type": "function",
+                      "function": {"name": call["name"],
+                                   "arguments": json.dumps(call.get(key, {}),
+                                                           ensure_ascii=False)}})
+    return calls
