@@ -1,7 +1,7 @@
 """Tool calling (#36): tools rendered by the template (or listed in a system turn where it
 does not), each reply one call of one tool in the family's format, its arguments valid
-under the tool's schema (`jsonschema`), parsed into OpenAI tool_calls; bad tools refused in
-one line."""
+under the tool's schema (`jsonschema`), parsed into OpenAI tool_calls (hermes, Llama 3 and
+FunctionGemma formats); bad tools refused in one line."""
 
 import json
 import re
@@ -63,7 +63,17 @@ def test_parse_each_format():
     llama3 = '<|python_tag|>{"name": "add", "parameters": {"a": 4, "b": 5}}'
     (call,) = parse_tool_calls(llama3, "llama3")
     assert call["function"] == {"name": "add", "arguments": '{"a": 4, "b": 5}'}
-    assert parse_tool_calls("just text", "hermes") == parse_tool_calls("text", "llama3") == []
+    gemma = ("<start_function_call>call:get_weather{city:<escape>Lon{d}on, \"UK\"<escape>,"
+             "days:3,opts:{metric:true,tags:[<escape>a<escape>,-2.5e1]}}<end_function_call>")
+    (call,) = parse_tool_calls(gemma, "gemma")
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {
+        "city": 'Lon{d}on, "UK"', "days": 3, "opts": {"metric": True, "tags": ["a", -25.0]}}
+    assert parse_tool_calls("just text", "hermes") == parse_tool_calls("text", "llama3") == \
+        parse_tool_calls("text", "gemma") == []
+    with pytest.raises(ToolError, match="cannot read FunctionGemma's arguments"):
+        parse_tool_calls("<start_function_call>call:f{a:<escape>x}<end_function_call>",
+                         "gemma")
     with pytest.raises(ToolError, match="not valid JSON"):
         parse_tool_calls("<tool_call>{oops</tool_call>", "hermes")
 
@@ -71,6 +81,7 @@ def test_parse_each_format():
 def test_call_format_and_regex():
     assert call_format(QWEN_LIKE) == "hermes" and call_format(DEFAULT_TEMPLATE) == "hermes"
     assert call_format(LLAMA3_LIKE) == "llama3"
+    assert call_format("{{ '<start_function_call>' }}" + DEFAULT_TEMPLATE) == "gemma"
     tools = check_tools(TOOLS)
     regex = call_regex(tools, "hermes")
     assert re.fullmatch(regex, '<tool_call>\n{"name":"add","arguments":{"a":1,"b":-2}}\n'

@@ -6,6 +6,8 @@ A family's chat template teaches its model one way to write a call:
     hermes   <tool_call>\\n{"name": NAME, "arguments": {...}}\\n</tool_call>
              (Qwen2.5, Qwen3, SmolLM2, Hermes: templates that write <tool_call>)
     llama3   {"name": NAME, "parameters": {...}}   (Llama 3.1-3.3: templates with ipython)
+    gemma    <start_function_call>call:NAME{key:<escape>text<escape>,n:1}<end_function_call>
+             (FunctionGemma: strings between <escape> tokens, keys bare)
 
 The call is decoded under a constraint: a regex of the format around the JSON of a schema
 that is `anyOf` the tools, each `{"name": const, "arguments": its parameters}`; so the
@@ -29,9 +31,12 @@ import re
 
 from tfllm.models.token_automaton import ConstraintError, check_schema
 
-FORMATS = ("hermes", "llama3")
+FORMATS = ("hermes", "llama3", "gemma")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+_GEMMA_CALL = re.compile(r"<start_function_call>call:([A-Za-z_][\w.-]*)(\{.*?\})"
+                         r"<end_function_call>", re.S)
+_ESCAPE = "<escape>"
 
 
 class ToolError(ConstraintError):
@@ -74,6 +79,8 @@ def check_tools(tools) -> list[dict]:
 def call_format(template_source: str) -> str:
     """The tool-call format a chat template teaches (`FORMATS`): llama3 for Llama 3.x's
     ipython turns, else hermes (what Qwen's and SmolLM2's models write)."""
+    if "<start_function_call>" in template_source:
+        return "gemma"
     if "<tool_call>" not in template_source and "ipython" in template_source:
         return "llama3"
     return "hermes"
@@ -111,6 +118,9 @@ def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
     """The regular expression of one call in `fmt` (what the reply is constrained to)."""
     from outlines_core.json_schema import build_regex_from_schema
 
+    if fmt == "gemma":
+        raise ToolError("FunctionGemma's call format is read (parse_tool_calls) but not yet "
+                        "constrained: its values are not JSON")
     try:
         body = build_regex_from_schema(json.dumps(call_schema(tools, fmt)))
     except (ValueError, RuntimeError, TypeError) as e:
@@ -124,6 +134,9 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[dict]:
     """OpenAI `tool_calls` (`{"id", "type": "function", "function": {"name", "arguments":
     JSON text}}`) of a reply in `fmt`; [] when it holds none. ToolError for a call whose
     JSON does not parse."""
+    if fmt == "gemma":
+        return [_openai_call(n, name, _gemma_value(body, 0, n)[0])
+                for n, (name, body) in enumerate(_GEMMA_CALL.findall(text))]
     if fmt == "llama3":
         body = text.strip().removeprefix("<|python_tag|>").strip()
         found = [body] if body.startswith("{") else []
@@ -138,8 +151,49 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[dict]:
             raise ToolError(f"tool call {n + 1} is not valid JSON: {e}") from None
         if not isinstance(call, dict) or not isinstance(call.get("name"), str):
             raise ToolError(f"tool call {n + 1} names no function")
-        calls.append({"id": f"call_{n}", "type": "function",
-                      "function": {"name": call["name"],
-                                   "arguments": json.dumps(call.get(key, {}),
-                                                           ensure_ascii=False)}})
+        calls.append(_openai_call(n, call["name"], call.get(key, {})))
     return calls
+
+
+def _openai_call(n, name, arguments) -> dict:
+    return {"id": f"call_{n}", "type": "function",
+            "function": {"name": name,
+                         "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+_GEMMA_ATOM = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?|true|false|null")
+
+
+def _gemma_value(text, at, n):
+    """(value, next index) of a FunctionGemma value at `text[at:]`: `{key:value,...}`,
+    `[value,...]`, `<escape>text<escape>`, a number, true, false or null."""
+    def fail():
+        raise ToolError(f"tool call {n + 1}: cannot read FunctionGemma's arguments at "
+                        f"{text[at:at + 30]!r}")
+    if text.startswith(_ESCAPE, at):
+        end = text.find(_ESCAPE, at + len(_ESCAPE))
+        if end < 0:
+            fail()
+        return text[at + len(_ESCAPE):end], end + len(_ESCAPE)
+    if text.startswith(("{", "["), at):
+        is_obj, close = text[at] == "{", "}" if text[at] == "{" else "]"
+        out, at = ({} if is_obj else []), at + 1
+        while not text.startswith(close, at):
+            if is_obj:
+                colon = text.find(":", at)
+                key = text[at:colon].strip()
+                if colon < 0 or not key:
+                    fail()
+                out[key], at = _gemma_value(text, colon + 1, n)
+            else:
+                value, at = _gemma_value(text, at, n)
+                out.append(value)
+            if text.startswith(",", at):
+                at += 1
+            elif not text.startswith(close, at):
+                fail()
+        return out, at + 1
+    atom = _GEMMA_ATOM.match(text, at)
+    if not atom:
+        fail()
+    return json.loads(atom.group(0)), atom.end()
