@@ -150,3 +150,37 @@ def test_chat_cli_prints_the_calls(llama, tmp_path):
                     "--message", "x"])
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "is not a function name" in bad.stderr
+
+
+def test_conversations_with_calls_and_results_train_on_the_calls(tmp_path):
+    """JSONL rows in OpenAI's form (a row's tools, an assistant's tool_calls, tool results)
+    become the hermes text ChatSession(tools=) reads and writes; the loss mask covers the
+    assistant's call and its final answer, never the tool's result."""
+    from tfllm.tasks.chat.data import ChatData, encode_chat
+    from tfllm.tokenizers import SentencePieceTokenizer
+
+    call = {"id": "call_0", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}
+    row = {"tools": TOOLS, "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"temp": -3}'},
+        {"role": "assistant", "content": "It is -3 C in Oslo."}]}
+    bad = {"messages": [{"role": "user", "content": "x"},
+                        {"role": "assistant", "tool_calls": [{"function": {}}]}]}
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [row] * 12 + [bad]) + "\n")
+    data = ChatData(f"jsonl:{path}")
+    assert data.skipped["bad_tool"] == 1
+    chat = data.all[0]
+    assert [m["role"] for m in chat] == ["system", "user", "assistant", "user", "assistant"]
+    assert '"name": "get_weather"' in chat[0]["content"]  # the tools, listed
+    assert parse_tool_calls(chat[2]["content"], "hermes")[0]["function"] == call["function"]
+    assert chat[3]["content"] == '<tool_response>\n{"temp": -3}\n</tool_response>'
+    template = ChatTemplate(DEFAULT_TEMPLATE)
+    tokenizer = SentencePieceTokenizer.train(
+        [template.render(chat)] * 4, "bpe", 400, user_symbols=["<|im_start|>", "<|im_end|>"])
+    ids, mask = encode_chat(chat, template, tokenizer)
+    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert "<tool_call>" in trained and "It is -3 C in Oslo." in trained
+    assert "temp" not in trained and "Weather in Oslo?" not in trained

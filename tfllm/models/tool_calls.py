@@ -103,6 +103,64 @@ def tools_system_prompt(tools: list[dict]) -> str:
             "</tool_call>")
 
 
+def hermes_call_text(name: str, arguments) -> str:
+    """One call as the hermes format writes it (`arguments`: a dict, or its JSON text)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as e:
+            raise ToolError(f"the arguments of a call of {name!r} are not valid JSON: "
+                            f"{e}") from None
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def plain_turns(messages, tools=None) -> list:
+    """OpenAI-style messages with tools as plain system/user/assistant turns in the hermes
+    wording (what `ChatSession(tools=)` reads and writes on a template without tools of
+    its own): `tools` a system turn listing them, an assistant turn's `tool_calls` its
+    `<tool_call>` text after its content, and each run of `tool` results one user turn
+    of `<tool_response>` blocks, as Qwen2.5's template renders them. Turns without tool
+    fields pass as they are (for `check_messages` to judge); ToolError for a malformed
+    call."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    if tools is not None:
+        listed = tools_system_prompt(check_tools(tools))
+        if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+            first, messages = messages[0], messages[1:]
+            listed = f"{first.get('content') or ''}\n\n{listed}"
+        out.append({"role": "system", "content": listed})
+    for m in messages:
+        if not isinstance(m, dict):
+            out.append(m)
+        elif m.get("role") == "tool":
+            block = f"<tool_response>\n{m.get('content', '')}\n</tool_response>"
+            if out and out[-1].get("tool_results"):
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block, "tool_results": True})
+        elif m.get("role") == "assistant" and m.get("tool_calls"):
+            calls = m["tool_calls"]
+            if not isinstance(calls, list):
+                raise ToolError("an assistant turn's tool_calls must be a list")
+            texts = []
+            for call in calls:
+                fn = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise ToolError("a tool call must be {\"type\": \"function\", "
+                                    "\"function\": {\"name\": ..., \"arguments\": ...}}")
+                texts.append(hermes_call_text(fn["name"], fn.get("arguments", {})))
+            content = m.get("content") or ""
+            out.append({"role": "assistant",
+                        "content": "\n".join(([content] if content else []) + texts)})
+        else:
+            out.append(m)
+    return [{k: v for k, v in m.items() if k != "tool_results"} if isinstance(m, dict)
+            else m for m in out]
+
+
 def call_schema(tools: list[dict], fmt: str = "hermes") -> dict:
     """The JSON schema of one call: the name one of the tools', the arguments valid under
     that tool's parameters (`parameters` is the key in Llama 3's format)."""

@@ -2,8 +2,9 @@
 that covers exactly the assistant replies.
 
 Two layouts are read: JSONL rows with `messages` (`[{"role": "system"|"user"|"assistant",
-"content": ...}]`, what users already have), or prompt/response columns of a tsv, csv or
-jsonl file, the prompt optionally formatted by a template such as
+"content": ...}]`, what users already have; OpenAI's tool fields too: a row's `tools`, an
+assistant turn's `tool_calls`, `tool` results, written as `tfllm.models.tool_calls.plain_turns`
+does), or prompt/response columns of a tsv, csv or jsonl file, the prompt optionally formatted by a template such as
 `"Translate to French: {en}"` (any column of the row may be named).
 """
 
@@ -32,7 +33,7 @@ class ChatData:
 
     Attributes:
         train, val: lists of conversations (lists of {"role", "content"}).
-        skipped: {"bad_role", "no_assistant", "empty"} counts of rows left out.
+        skipped: {"bad_role", "bad_tool", "no_assistant", "empty"} counts of rows left out.
 
     Example:
         >>> data = ChatData("tsv:train.tsv", "en", "fr",  # doctest: +SKIP
@@ -52,7 +53,7 @@ class ChatData:
                             "(JSONL rows with messages)")
         self.path = os.path.expanduser(rest)
         columns, rows = read_rows(kind, self.path)
-        self.skipped = {"bad_role": 0, "no_assistant": 0, "empty": 0}
+        self.skipped = {"bad_role": 0, "bad_tool": 0, "no_assistant": 0, "empty": 0}
         if prompt_column:
             for name, option in ((prompt_column, "--prompt-column"),
                                  (response_column, "--response-column")):
@@ -65,7 +66,7 @@ class ChatData:
             if "messages" not in columns:
                 raise DataError(f"{self.path} has no 'messages' field; give JSONL rows with "
                                 "messages, or --prompt-column and --response-column")
-            chats = [self._from_messages(r.get("messages")) for r in rows]
+            chats = [self._from_messages(r.get("messages"), r.get("tools")) for r in rows]
         chats = [c for c in chats if c is not None]
         if system is not None:
             chats = [c if c[0]["role"] == "system"
@@ -91,9 +92,14 @@ class ChatData:
         return [{"role": "user", "content": prompt},
                 {"role": "assistant", "content": response}]
 
-    def _from_messages(self, messages):
+    def _from_messages(self, messages, tools=None):
+        from tfllm.models.tool_calls import ToolError, plain_turns
+
         try:
-            messages = check_messages(messages)
+            messages = check_messages(plain_turns(messages, tools))
+        except ToolError:
+            self.skipped["bad_tool"] += 1
+            return None
         except ChatTemplateError:
             self.skipped["bad_role"] += 1
             return None
