@@ -12,7 +12,7 @@ import pytest
 import tfllm
 from tests.conftest import call_cli
 from tfllm.models.tool_calls import (ToolError, call_format, call_regex, check_tools,
-                                     parse_tool_calls)
+                                     choice_regex, parse_tool_calls)
 from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate
 
 TOOLS = [
@@ -125,7 +125,8 @@ def test_every_reply_is_a_valid_call(llama, template):
     _, lm = llama
     chat = {"template": template, "end_of_turn": ["<|im_end|>"]}
     for kwargs in ({}, {"temperature": 1.0, "seed": 3}):
-        session = ChatSession(lm, chat, max_new_tokens=80, tools=TOOLS, **kwargs)
+        session = ChatSession(lm, chat, max_new_tokens=80, tools=TOOLS,
+                              tool_choice="required", **kwargs)
         for message in ("What is the weather in Paris?", "Add 2 and 3"):
             reply = session.reply(message)
             (call,) = session.last_tool_calls
@@ -136,14 +137,45 @@ def test_every_reply_is_a_valid_call(llama, template):
         assert '"name": "add"' in session.history[0]["content"]
 
 
+def test_auto_replies_are_a_call_or_text_and_results_go_back(llama):
+    """tool_choice="auto": each reply a valid call or text that does not open like one; the
+    results of a call go back as a <tool_response> turn and the model answers again."""
+    from tfllm.models.chat_session import ChatSession
+
+    _, lm = llama
+    chat = {"template": DEFAULT_TEMPLATE, "end_of_turn": ["<|im_end|>"]}
+    for seed in range(2):
+        session = ChatSession(lm, chat, max_new_tokens=80, tools=TOOLS, temperature=1.0,
+                              seed=seed)
+        reply = session.reply("Weather in Oslo?")
+        if session.last_tool_calls:
+            (call,) = session.last_tool_calls
+            _valid(call)
+        else:
+            assert not reply.startswith("<")
+        "".join(session.send_tool_results(['{"temp": -3}']))
+        assert session.history[-2] == {
+            "role": "user", "content": '<tool_response>\n{"temp": -3}\n</tool_response>'}
+    # What "auto" allows: a call, or text that does not open as one.
+    auto = choice_regex(check_tools(TOOLS), "hermes", "auto")
+    assert re.fullmatch(auto, '<tool_call>\n{"name":"add","arguments":{"a":1,"b":2}}\n'
+                              '</tool_call>')
+    assert re.fullmatch(auto, "It is cold.\n<b>") and not re.fullmatch(auto, "<b>")
+    with pytest.raises(ToolError, match="tool_choice must be one of auto, required"):
+        ChatSession(lm, chat, tools=TOOLS, tool_choice="any")
+
+
 def test_chat_cli_prints_the_calls(llama, tmp_path):
     run, _ = llama
     path = tmp_path / "tools.json"
     path.write_text(json.dumps(TOOLS))
     done = call_cli(["chat", "--run", run, "--template", "chatml", "--tools", str(path),
-                     "--message", "Weather in Oslo?", "--max-new-tokens", "80"])
+                     "--tool-choice", "required", "--message", "Weather in Oslo?",
+                     "--max-new-tokens", "80"])
     assert done.returncode == 0, done.stderr[-2000:]
-    (call,) = json.loads(done.stdout.strip())["tool_calls"]
+    reply = json.loads(done.stdout.strip())
+    (call,) = reply["tool_calls"]
+    assert reply["content"] is None
     _valid(call)
     path.write_text('[{"type": "function", "function": {"name": "a b"}}]')
     bad = call_cli(["chat", "--run", run, "--template", "chatml", "--tools", str(path),

@@ -31,9 +31,10 @@ class ChatSession:
         json_schema: every reply is JSON valid under this schema (a dict or JSON text).
         regex: every reply matches this regular expression (not with json_schema).
         tools: function specs (OpenAI's form) the model is offered: the template renders
-            them (or, where it does not, a system turn lists them) and every reply is one
-            call of one of them in the family's format, its arguments valid under the
-            tool's parameters (`tfllm.models.tool_calls`; not with json_schema or regex).
+            them (or, where it does not, a system turn lists them), and a reply that calls
+            one is one call in the family's format, its arguments valid under the tool's
+            parameters (`tfllm.models.tool_calls`; not with json_schema or regex).
+        tool_choice: "auto" (a reply is a call or text) or "required" (always a call).
 
     Attributes:
         history: the turns so far ({"role", "content"}).
@@ -44,7 +45,7 @@ class ChatSession:
     def __init__(self, model, chat: dict, system: str | None = None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_k=None, top_p=None,
                  seed=None, split_special_tokens: bool = True, json_schema=None, regex=None,
-                 tools=None):
+                 tools=None, tool_choice: str = "auto"):
         from tfllm.models import tool_calls
         from tfllm.models.generation import (GenerationParams, check_constraint, check_fits,
                                              constraint_of, get_generator)
@@ -56,7 +57,7 @@ class ChatSession:
                 raise TfllmError("give tools, or a JSON schema or regex, not both")
             self.tools = tool_calls.check_tools(tools)
             self.tool_format = tool_calls.call_format(chat["template"])
-            regex = tool_calls.call_regex(self.tools, self.tool_format)
+            regex = tool_calls.choice_regex(self.tools, self.tool_format, tool_choice)
             if not tool_calls.renders_tools(chat["template"]):
                 listed = tool_calls.tools_system_prompt(self.tools)
                 system = listed if system is None else system + "\n\n" + listed
@@ -105,7 +106,23 @@ class ChatSession:
     def send(self, message: str) -> Iterator[str]:
         """Add a user turn and yield the reply's text in pieces; the reply (up to its end
         of turn) joins the history when the generator is exhausted."""
-        turns = self.history + [{"role": "user", "content": message}]
+        return self._send({"role": "user", "content": message})
+
+    def send_tool_results(self, results: list[str]) -> Iterator[str]:
+        """Give the model the results of its last reply's calls (texts, in the calls'
+        order; a user turn of `<tool_response>` blocks, as `plain_turns` writes them) and
+        yield its reply, as `send` does."""
+        from tfllm.models.tool_calls import plain_turns
+
+        if not self.tools:
+            raise TfllmError("tool results need a session with tools")
+        if not isinstance(results, list) or not results or \
+                not all(isinstance(r, str) for r in results):
+            raise TfllmError("tool results are a non-empty list of texts")
+        return self._send(plain_turns([{"role": "tool", "content": r} for r in results])[0])
+
+    def _send(self, turn: dict) -> Iterator[str]:
+        turns = self.history + [turn]
         ids, dropped = self.prompt_ids(turns)
         if dropped:
             first = 1 if turns[0]["role"] == "system" else 0

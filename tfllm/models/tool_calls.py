@@ -188,6 +188,22 @@ def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
     return "<tool_call>\n" + body + "\n</tool_call>"
 
 
+TOOL_CHOICES = ("auto", "required")
+
+
+def choice_regex(tools: list[dict], fmt: str = "hermes", tool_choice: str = "auto") -> str:
+    """What a reply is constrained to: one call (`required`), or (`auto`) one call or any
+    text that does not start as a call does (hermes' `<`, Llama 3's `{`)."""
+    if tool_choice not in TOOL_CHOICES:
+        raise ToolError(f"tool_choice must be one of {', '.join(TOOL_CHOICES)}, got "
+                        f"{tool_choice!r}")
+    call = call_regex(tools, fmt)
+    if tool_choice == "required":
+        return call
+    opener = "{" if fmt == "llama3" else "<"
+    return f"({call})|([^{re.escape(opener)}](?s:.)*)"
+
+
 def parse_tool_calls(text: str, fmt: str = "hermes") -> list[dict]:
     """OpenAI `tool_calls` (`{"id", "type": "function", "function": {"name", "arguments":
     JSON text}}`) of a reply in `fmt`; [] when it holds none. ToolError for a call whose

@@ -127,7 +127,10 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
                            help="a regular expression every reply matches in full")
     constrain.add_argument("--tools", metavar="FILE",
                            help="a JSON file listing function specs (OpenAI's tools form): "
-                                "each reply is a call of one, printed as JSON tool_calls")
+                                "each reply is printed as JSON, {\"content\", \"tool_calls\"}")
+    c.add_argument("--tool-choice", choices=("auto", "required"), default="auto",
+                   help="with --tools: a reply may be text or a call (auto, the default) or "
+                        "is always a call (required)")
 
 
 def read_tools_file(path):
@@ -194,12 +197,15 @@ def chat(args):
     session = ChatSession(model, chat_config, args.system, args.max_new_tokens,
                           args.temperature, args.top_k, args.top_p, args.seed,
                           split_special_tokens=not args.allow_control_tokens,
-                          json_schema=schema, regex=args.regex, tools=tools)
+                          json_schema=schema, regex=args.regex, tools=tools,
+                          tool_choice=args.tool_choice)
 
     def answer(message):
         if tools is not None:  # the calls, for a program to run
-            session.reply(message)
-            print(json.dumps({"tool_calls": session.last_tool_calls}, ensure_ascii=False))
+            text = session.reply(message)
+            calls = session.last_tool_calls
+            print(json.dumps({"content": None if calls else text, "tool_calls": calls},
+                             ensure_ascii=False))
             return
         pieces = session.send(message)
         first = next(pieces, "")
