@@ -178,7 +178,8 @@ def test_multiworker_two_processes_end_with_identical_weights(tmp_path, small_co
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
         cmd = [sys.executable, "-m", "tfllm.cli", "train", "--data", small_corpus,
                "--out", str(tmp_path / f"w{i}"), "--steps", "6", "--eval-interval", "3",
-               "--eval-steps", "2", "--batch-size", "4"]  # strategy auto -> multiworker
+               "--eval-steps", "2", "--batch-size", "4",  # strategy auto -> multiworker
+               "--max-len", "64"]  # a quarter of the preset's context: the same collectives
         procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True,
                                       env=dict(os.environ, TF_CONFIG=json.dumps(tf_config))))

@@ -168,3 +168,28 @@ def test_smollm2_gguf_answers_paris(tmp_path):
                   "--temperature", "0"])
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
+    _smollm2_answers_every_schema(run)
+
+
+def _smollm2_answers_every_schema(run):
+    """Structured output on the real model (#36): 20 prompts under each of 3 schemas (nested
+    objects, arrays, enums, numbers, strings), in one batch of 60 rows, each row under its
+    own schema: every output parses and validates."""
+    import csv
+
+    import jsonschema
+
+    import tfllm
+    from tests.conftest import SHARED_DATA
+    from tests.models.test_token_automaton import SCHEMAS
+
+    with open(os.path.join(SHARED_DATA, "l10n-en-fr", "valid.tsv"), encoding="utf-8") as f:
+        rows = [r["en"] for r, _ in zip(csv.DictReader(f, delimiter="\t",
+                                                       quoting=csv.QUOTE_NONE), range(20))]
+    prompts = [f"<|im_start|>user\nDescribe this message as JSON: {text}<|im_end|>\n"
+               "<|im_start|>assistant\n" for text in rows]
+    schemas = [schema for schema in SCHEMAS for _ in prompts]
+    lm = tfllm.load(run)
+    texts = lm.generate(prompts * 3, max_new_tokens=48, json_schema=schemas)
+    for text, schema in zip(texts, schemas):
+        jsonschema.validate(json.loads(text), schema)
