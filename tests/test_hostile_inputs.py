@@ -194,8 +194,9 @@ def test_saved_model_export_notes_a_template_that_never_ends(tiny_run, tmp_path)
                       "end_of_turn": []}
     runs.write_run_config(run, config)
     started = time.time()
+    # --no-verify: the note is what is tested (the export itself is test_saved_model's).
     proc = call_module("export.saved_model", "--run", run, "--out", str(tmp_path / "models"),
-                       "--name", "m")
+                       "--name", "m", "--no-verify")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "note: no chat signatures: the chat template took longer than 5 s" in proc.stderr
     assert "chat(" not in proc.stdout and "generate(" in proc.stdout
