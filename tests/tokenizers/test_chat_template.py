@@ -101,5 +101,5 @@ def test_loss_mask_covers_exactly_the_assistant_tokens(tmp_path):
                      '{"messages": [{"role": "bot", "content": "a"}]}\n'
                      '{"messages": [{"role": "user", "content": "a"}]}\n')
     data = ChatData(f"jsonl:{jsonl}", system="Be brief.")
-    assert data.skipped == {"bad_role": 1, "no_assistant": 1, "empty": 0}
+    assert data.skipped == {"bad_role": 1, "bad_tool": 0, "no_assistant": 1, "empty": 0}
     assert data.all[0][0] == {"role": "system", "content": "Be brief."}
