@@ -236,19 +236,25 @@ def _distances(keys, targets, final, vocab_size, end_id):
 def read_schema_file(path: str, what: str | None = None) -> dict:
     """The JSON schema in the file `path`, checked (`check_schema`); ConstraintError starts
     with `what` (default "--json-schema PATH") when it cannot be read or used."""
-    what = what or f"--json-schema {path}"
+    return read_checked_json(path, what or f"--json-schema {path}", check_schema,
+                             ConstraintError)
+
+
+def read_checked_json(path: str, what: str, check, error=ConstraintError):
+    """The JSON value in the file `path`, passed to `check` (which raises `error`, or
+    returns a value to use instead); every failure an `error` starting with `what`."""
     try:
         with open(path, encoding="utf-8") as f:
-            schema = json.load(f)
+            value = json.load(f)
     except OSError as e:
-        raise ConstraintError(f"{what}: cannot read it ({e.strerror or e})") from None
+        raise error(f"{what}: cannot read it ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConstraintError(f"{what} is not valid JSON: {e}") from None
+        raise error(f"{what} is not valid JSON: {e}") from None
     try:
-        check_schema(schema)
-    except ConstraintError as e:
-        raise ConstraintError(f"{what}: {e}") from None
-    return schema
+        checked = check(value)
+    except error as e:
+        raise error(f"{what}: {e}") from None
+    return value if checked is None else checked
 
 
 def check_schema(schema) -> None:

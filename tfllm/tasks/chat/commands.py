@@ -135,19 +135,10 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
 
 def read_tools_file(path):
     """The function specs of a --tools file, checked before the model loads."""
+    from tfllm.models.token_automaton import read_checked_json
     from tfllm.models.tool_calls import ToolError, check_tools
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            tools = json.load(f)
-    except OSError as e:
-        raise ToolError(f"--tools {path}: cannot read it ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ToolError(f"--tools {path} is not valid JSON: {e}") from None
-    try:
-        return check_tools(tools)
-    except ToolError as e:
-        raise ToolError(f"--tools {path}: {e}") from None
+    return read_checked_json(path, f"--tools {path}", check_tools, ToolError)
 
 
 def merge(args):
