@@ -52,17 +52,19 @@ class ChatSession:
 
         self.model, self.tokenizer = model, model.tokenizer
         self.tools, self.tool_format, self.last_tool_calls = None, None, []
+        rendered_tools = None  # what the template itself renders as `tools`
         if tools is not None:
             if json_schema is not None or regex is not None:
                 raise TfllmError("give tools, or a JSON schema or regex, not both")
             self.tools = tool_calls.check_tools(tools)
             self.tool_format = tool_calls.call_format(chat["template"])
             regex = tool_calls.choice_regex(self.tools, self.tool_format, tool_choice)
-            if not tool_calls.renders_tools(chat["template"]):
+            if tool_calls.renders_tools(chat["template"]):
+                rendered_tools = self.tools
+            else:
                 listed = tool_calls.tools_system_prompt(self.tools)
                 system = listed if system is None else system + "\n\n" + listed
-        self.template = template_of(chat, self.tools if self.tools and
-                                    tool_calls.renders_tools(chat["template"]) else None)
+        self.template = template_of(chat, rendered_tools)
         self.end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
         self.generator = get_generator(model)
         self.max_len = self.generator.max_len
