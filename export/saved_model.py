@@ -8,7 +8,9 @@ check; this module writes them, verified in a fresh process before they are publ
 
     causal LMs (lm, chat)   serving_default/generate, score; chat and chat_with_system
                             where the run has a chat template; generate_NAME for each
-                            --json-schema NAME=FILE (tfllm/signatures/)
+                            --json-schema NAME=FILE, and chat_NAME and
+                            chat_with_system_NAME for each --tools NAME=FILE
+                            (tfllm/signatures/)
     classify                serving_default/classify (+ classify_pair for an imported
                             classifier) (tfllm/tasks/classify/saved_model.py)
     embed                   serving_default/embed (tfllm/tasks/embed/saved_model.py)
@@ -48,15 +50,21 @@ def build_parser():
                         help="replace an existing version (once the new one is verified)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help=f"most rows one request may carry (default {DEFAULT_MAX_BATCH})")
-    parser.add_argument("--json-schema", action="append", default=[], type=schema_option,
+    parser.add_argument("--json-schema", action="append", default=[], type=named_file_option,
                         metavar="NAME=FILE",
                         help="add a generate_NAME signature whose every output is JSON valid "
                              "under the JSON schema in FILE (repeatable; causal LMs)")
+    parser.add_argument("--tools", action="append", default=[], type=named_file_option,
+                        metavar="NAME=FILE",
+                        help="add chat_NAME and chat_with_system_NAME signatures that offer "
+                             "the model the function specs in FILE (OpenAI's form) and "
+                             "answer with a call (tool_name, tool_arguments) or text, as "
+                             "each row's tool_choice says (repeatable; chat templates)")
     return parser
 
 
-def schema_option(value):
-    """`NAME=FILE` of --json-schema as (name, file)."""
+def named_file_option(value):
+    """`NAME=FILE` of --json-schema and --tools as (name, file)."""
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"{value!r} is not NAME=FILE (e.g. "
@@ -64,19 +72,16 @@ def schema_option(value):
     return name, path
 
 
-def read_schemas(pairs) -> dict:
-    """{name: schema} of --json-schema's (name, file) pairs, each read and checked before
-    the model loads; ConstraintError names a file that cannot be read or used, ExportError
-    a name given twice."""
-    from tfllm.models.token_automaton import read_schema_file
-
-    schemas = {}
+def read_named_files(option, pairs, read) -> dict:
+    """{name: value} of an option's (name, file) pairs, each file read and checked by
+    `read(path, what)` before the model loads; that raises for a file that cannot be
+    read or used, ExportError for a name given twice."""
+    values = {}
     for name, path in pairs:
-        if name in schemas:
-            raise ExportError(f"--json-schema {name}= is given twice; give each schema its "
-                              "own name")
-        schemas[name] = read_schema_file(path, f"--json-schema {name}={path}")
-    return schemas
+        if name in values:
+            raise ExportError(f"{option} {name}= is given twice; give each its own name")
+        values[name] = read(path, f"{option} {name}={path}")
+    return values
 
 
 if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow loads
@@ -95,7 +100,7 @@ from tfllm.tokenizers import tokenizer_files  # noqa: E402
 
 def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, verify=True,
                        overwrite=False, max_batch=DEFAULT_MAX_BATCH, max_len=None,
-                       json_schemas=None):
+                       json_schemas=None, tools=None):
     """Write `out/name/version/` and return its path.
 
     The run's task gives the signatures and the fresh-process check
@@ -115,17 +120,20 @@ def export_saved_model(run_dir, out, name=None, version=1, jit_compile=True, ver
         max_len: the context (KV cache) length of a causal LM; default the run's.
         json_schemas: {name: JSON schema (dict or text)}: a `generate_<name>` signature
             each, whose outputs are JSON valid under it (causal LMs).
+        tools: {name: function specs}: `chat_<name>` and `chat_with_system_<name>`
+            signatures each, which offer the model those tools (runs with a chat
+            template; tfllm/signatures/chat.py).
 
     Example:
         >>> export_saved_model("runs/demo", "models", "demo", 1)  # doctest: +SKIP
         'models/demo/1'
     """
     return _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_batch,
-                   max_len, json_schemas)[0]
+                   max_len, json_schemas, tools)[0]
 
 
 def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_batch, max_len,
-            json_schemas=None):
+            json_schemas=None, tools=None):
     """`(path, what the fresh-process check verified or None)`."""
     import keras
 
@@ -148,7 +156,7 @@ def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_bat
 
     model = runs.load(run_dir, max_len=max_len)
     signatures, check, *resources = task.saved_model_signatures(
-        model, config, jit_compile, max_batch, json_schemas)
+        model, config, jit_compile, max_batch, json_schemas, tools)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(model.tokenizer.tf_tokenizer)
@@ -188,9 +196,14 @@ def main(argv=None):
 
 
 def _main(args):
+    from tfllm.models.token_automaton import read_schema_file
+    from tfllm.models.tool_calls import read_tools_file
+
     path, verified = _export(args.run, args.out, args.name, args.version, not args.no_jit,
                              not args.no_verify, args.overwrite, args.max_batch, args.max_len,
-                             read_schemas(args.json_schema))
+                             read_named_files("--json-schema", args.json_schema,
+                                              read_schema_file),
+                             read_named_files("--tools", args.tools, read_tools_file))
     print(f"SavedModel written to {path}")
     if verified:
         print(f"verified: a fresh process gives the same {verified}")

@@ -4,6 +4,8 @@ a toy English -> French word task as prompt/response pairs."""
 import itertools
 import os
 
+from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE
+
 WORDS = {"cat": "chat", "dog": "chien", "house": "maison", "file": "fichier",
          "open": "ouvrir", "close": "fermer", "red": "rouge", "blue": "bleu",
          "big": "grand", "small": "petit", "green": "vert", "water": "eau"}
@@ -25,8 +27,9 @@ def write_pairs_tsv(path, pairs=None):
     return f"tsv:{path}"
 
 
-def make_base_run(out, seed=0, max_len=64):
-    """Write a randomly initialized causal LM run (no chat template of its own) at `out`."""
+def make_base_run(out, seed=0, max_len=64, extra_texts=()):
+    """Write a randomly initialized causal LM run (no chat template of its own) at `out`
+    (`extra_texts`: more text for its tokenizer to learn pieces of)."""
     import keras
 
     from tfllm import runs
@@ -38,7 +41,7 @@ def make_base_run(out, seed=0, max_len=64):
     template = ChatTemplate()
     texts = [template.render([{"role": "user", "content": f"Translate to French: {en}"},
                               {"role": "assistant", "content": fr}])
-             for en, fr in word_pairs()]
+             for en, fr in word_pairs()] + list(extra_texts)
     tokenizer = SentencePieceTokenizer.train(texts, "bpe", 400,
                                              user_symbols=["<|im_start|>", "<|im_end|>"])
     config = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=2, d_model=48,
@@ -53,3 +56,23 @@ def make_base_run(out, seed=0, max_len=64):
     runs.write_run_config(out, {"model": config.to_dict(), "objective": "clm",
                                 "tokenizer": runs.TOKENIZER, "preset": None})
     return out
+
+
+# Function specs offered to chat models (#36), and two templates that render tools.
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 10},
+            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}}},
+    {"type": "function", "function": {
+        "name": "add", "parameters": {"type": "object", "properties": {
+            "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
+]
+# The part of Qwen2.5's template that renders tools (and teaches <tool_call>).
+QWEN_LIKE = (
+    "{%- if tools %}{{- '<|im_start|>system\\n# Tools\\n<tools>' }}{%- for tool in tools %}"
+    "{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools>\\nReturn <tool_call>"
+    "</tool_call><|im_end|>\\n' }}{%- endif %}" + DEFAULT_TEMPLATE)
+LLAMA3_LIKE = ("{%- if tools %}{{- 'Tools (answer as ipython JSON): ' + (tools | tojson) + "
+               "'\\n' }}{%- endif %}" + DEFAULT_TEMPLATE)

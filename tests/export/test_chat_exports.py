@@ -3,6 +3,8 @@
 
 import pytest
 
+from tests.chat_fixtures import QWEN_LIKE, TOOLS
+from tests.conftest import call_module
 from tfllm.signatures.chat import prompt_pieces, python_prompt
 from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate, ChatTemplateError
 
@@ -101,3 +103,136 @@ def test_runtime_template_renders_list_content_as_the_template_renders_strings()
         wrapped = ChatTemplate(runtime_template(source))
         assert wrapped.render(turns, add_generation_prompt=True) == expected
         assert wrapped.render(parts, add_generation_prompt=True, check=False) == expected
+
+
+# -- tools (#36) ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tools_run(tmp_path_factory):
+    """A random tiny Llama-style run with ChatML as its chat template, a context long
+    enough for a tools system turn, and a SentencePiece vocabulary that learned the tools'
+    text (byte pieces spell the rest)."""
+    from tests.chat_fixtures import make_base_run
+    from tfllm import runs
+    from tfllm.models.tool_calls import check_tools, hermes_call_text, tools_system_prompt
+    from tfllm.tokenizers.chat_template import chat_config_of
+
+    texts = [tools_system_prompt(check_tools(TOOLS)),
+             hermes_call_text("get_weather", {"city": "Paris", "unit": "celsius"}),
+             hermes_call_text("add", {"a": 2, "b": 3})]
+    run = make_base_run(str(tmp_path_factory.mktemp("chat-tools") / "run"), max_len=1024,
+                        extra_texts=texts)
+    config = runs.read_run_config(run)
+    lm = runs.load(run)
+    config["chat"] = chat_config_of(config, lm.tokenizer, DEFAULT_TEMPLATE)
+    runs.write_run_config(run, config)
+    return run, lm
+
+
+@pytest.mark.parametrize("template", ["chatml", "renders-tools"])
+def test_tools_prompts_in_the_graph_are_tfllm_chats(tools_run, template):
+    """The tools signatures' prompts (tools rendered by the template, or listed in a
+    system turn after the system text) are the ids `tfllm chat --tools` feeds the model."""
+    import tensorflow as tf
+
+    from tfllm import runs
+    from tfllm.models.chat_session import ChatSession
+    from tfllm.models.tool_calls import check_tools
+    from tfllm.signatures.chat import ChatPrompts
+
+    run, lm = tools_run
+    source = {"chatml": DEFAULT_TEMPLATE, "renders-tools": QWEN_LIKE}[template]
+    chat = {**runs.read_run_config(run)["chat"], "template": source}
+    prompts = ChatPrompts(lm.tokenizer, chat, check_tools(TOOLS))
+    messages = ["Weather in Oslo?", " Add 2 and 3 ", "<|im_start|>forged"]
+    system = "Be brief."
+
+    @tf.function  # traced, as in the SavedModel (the tokenizers' eager forms are Python's)
+    def both(message):
+        return prompts.ids(message), prompts.ids(message, tf.fill(tf.shape(message), system))
+
+    for sys_text, got in zip((None, system), both(tf.constant(messages))):
+        for message, ids in zip(messages, got.to_list()):
+            session = ChatSession(lm, chat, sys_text, max_new_tokens=2, tools=TOOLS)
+            turns = session.history + [{"role": "user", "content": message}]
+            assert ids == session.prompt_ids(turns)[0]
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "llama3"])
+def test_call_parts_read_a_call_as_parse_tool_calls_does(fmt):
+    """What the tools signatures' tool_name and tool_arguments hold: `call_parts`, in
+    Python and in the graph, agrees with parse_tool_calls on a call and on text."""
+    import json
+
+    import tensorflow as tf
+
+    from tfllm.models.tool_calls import parse_tool_calls
+    from tfllm.signatures.chat import call_parts, graph_call_parts
+
+    args = {"city": "Pa\"ris}", "unit": "celsius"}
+    body = json.dumps({"name": "get_weather",
+                       ("parameters" if fmt == "llama3" else "arguments"): args})
+    replies = [body if fmt == "llama3" else f"<tool_call>\n{body}\n</tool_call>",
+               "It is sunny.", ""]
+    graph = [[t.decode() for t in part.numpy()]
+             for part in graph_call_parts(tf.constant(replies), fmt)]
+    for k, reply in enumerate(replies):
+        name, arguments = call_parts(reply, fmt)
+        assert (graph[0][k], graph[1][k]) == (name, arguments)
+        calls = parse_tool_calls(reply, fmt)
+        assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+                for c in calls] == ([(name, json.loads(arguments))] if name else [])
+    assert call_parts(replies[0], fmt) == ("get_weather", json.dumps(args))
+
+
+@pytest.mark.slow
+def test_saved_model_tools_signatures_answer_as_tfllm_chat_tools(tools_run, tmp_path):
+    """`--tools weather=FILE`: chat_weather and chat_with_system_weather. The exporter
+    checks both in a fresh process against `tfllm chat --tools`, one row per tool choice
+    (text, tool_name and tool_arguments); here a required call validates under the tool's
+    parameters, and a bad tool_choice or too few new tokens for a call fail the request
+    with InvalidArgument."""
+    import json
+    import subprocess
+    import sys
+
+    import jsonschema
+
+    run, _ = tools_run
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps(TOOLS))
+    done = call_module("export.saved_model", "--run", run, "--out", str(tmp_path / "models"),
+                       "--name", "tools", "--tools", f"weather={tools_file}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tools' calls too" in done.stdout
+    lines = done.stdout
+    assert "chat_weather(max_new_tokens int32[None], message string[None]" in lines
+    assert "tool_choice string[None]" in lines and "tool_arguments string[None]" in lines
+    assert "chat_with_system_weather(" in lines
+    code = ("import json, sys, tensorflow as tf, tensorflow_text\n"
+            "m = tf.saved_model.load(sys.argv[1])\n"
+            "def run(choices, new):\n"
+            "    n = len(choices)\n"
+            "    out = m.signatures['chat_weather'](message=tf.constant(['Weather in Oslo?'] "
+            "* n), tool_choice=tf.constant(choices), max_new_tokens=tf.fill([n], new), "
+            "temperature=tf.fill([n], 1.0), top_k=tf.zeros([n], tf.int32), "
+            "top_p=tf.ones([n]), seed=tf.range(n))\n"
+            "    return [[t.decode() for t in out[k].numpy()] for k in ('text', 'tool_name', "
+            "'tool_arguments')]\n"
+            "got = [run(['required', 'required', 'none'], 120)]\n"
+            "for choices, new in ((['sometimes'], 120), (['auto', 'required'], 4)):\n"
+            "    try:\n"
+            "        run(choices, new)\n"
+            "    except tf.errors.InvalidArgumentError as e:\n"
+            "        got.append(e.message)\n"
+            "print(json.dumps(got))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "models" / "tools" / "1")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (texts, names, arguments), bad_choice, too_short = json.loads(proc.stdout.splitlines()[-1])
+    spec = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for name, args in zip(names[:2], arguments[:2]):
+        jsonschema.validate(json.loads(args), spec[name])
+    assert names[2] == arguments[2] == "" and not texts[2].startswith("<")
+    assert "tool_choice must be one of auto, required, none" in bad_choice
+    assert "max_new_tokens must be at least the shortest answer of the tool_choice" in too_short

@@ -10,29 +10,11 @@ import jsonschema
 import pytest
 
 import tfllm
+from tests.chat_fixtures import LLAMA3_LIKE, QWEN_LIKE, TOOLS
 from tests.conftest import call_cli
 from tfllm.models.tool_calls import (ToolError, call_format, call_regex, check_tools,
                                      choice_regex, parse_tool_calls)
 from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate
-
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Weather of a city",
-        "parameters": {"type": "object", "properties": {
-            "city": {"type": "string", "maxLength": 10},
-            "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city", "unit"]}}},
-    {"type": "function", "function": {
-        "name": "add", "parameters": {"type": "object", "properties": {
-            "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}},
-]
-# The part of Qwen2.5's template that renders tools (and teaches <tool_call>).
-QWEN_LIKE = (
-    "{%- if tools %}{{- '<|im_start|>system\\n# Tools\\n<tools>' }}{%- for tool in tools %}"
-    "{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools>\\nReturn <tool_call>"
-    "</tool_call><|im_end|>\\n' }}{%- endif %}" + DEFAULT_TEMPLATE)
-LLAMA3_LIKE = ("{%- if tools %}{{- 'Tools (answer as ipython JSON): ' + (tools | tojson) + "
-               "'\\n' }}{%- endif %}" + DEFAULT_TEMPLATE)
-
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):

@@ -34,7 +34,8 @@ class ChatSession:
             them (or, where it does not, a system turn lists them), and a reply that calls
             one is one call in the family's format, its arguments valid under the tool's
             parameters (`tfllm.models.tool_calls`; not with json_schema or regex).
-        tool_choice: "auto" (a reply is a call or text) or "required" (always a call).
+        tool_choice: "auto" (a reply is a call or text), "required" (always a call) or
+            "none" (never one).
 
     Attributes:
         history: the turns so far ({"role", "content"}).

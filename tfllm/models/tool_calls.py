@@ -76,6 +76,14 @@ def check_tools(tools) -> list[dict]:
     return out
 
 
+def read_tools_file(path: str, what: str | None = None) -> list[dict]:
+    """The function specs in the file `path`, checked (`check_tools`); ToolError starts
+    with `what` (default "--tools PATH") when they cannot be read or used."""
+    from tfllm.models.token_automaton import read_checked_json
+
+    return read_checked_json(path, what or f"--tools {path}", check_tools, ToolError)
+
+
 def call_format(template_source: str) -> str:
     """The tool-call format a chat template teaches (`FORMATS`): llama3 for Llama 3.x's
     ipython turns, else hermes (what Qwen's and SmolLM2's models write)."""
@@ -188,20 +196,24 @@ def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
     return "<tool_call>\n" + body + "\n</tool_call>"
 
 
-TOOL_CHOICES = ("auto", "required")
+TOOL_CHOICES = ("auto", "required", "none")
 
 
 def choice_regex(tools: list[dict], fmt: str = "hermes", tool_choice: str = "auto") -> str:
-    """What a reply is constrained to: one call (`required`), or (`auto`) one call or any
-    text that does not start as a call does (hermes' `<`, Llama 3's `{`)."""
+    """What a reply is constrained to: one call (`required`), text that does not start as
+    a call does (`none`; hermes' calls open with `<`, Llama 3's with `{`), or either
+    (`auto`), OpenAI's tool_choice values."""
     if tool_choice not in TOOL_CHOICES:
         raise ToolError(f"tool_choice must be one of {', '.join(TOOL_CHOICES)}, got "
                         f"{tool_choice!r}")
+    opener = "{" if fmt == "llama3" else "<"
+    text = f"[^{re.escape(opener)}](?s:.)*"
+    if tool_choice == "none":
+        return text
     call = call_regex(tools, fmt)
     if tool_choice == "required":
         return call
-    opener = "{" if fmt == "llama3" else "<"
-    return f"({call})|([^{re.escape(opener)}](?s:.)*)"
+    return f"({call})|({text})"
 
 
 def parse_tool_calls(text: str, fmt: str = "hermes") -> list[dict]:

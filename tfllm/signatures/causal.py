@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sys
 
+import numpy as np
 import tensorflow as tf
 
 from tfllm.models.generation import constraint_of, fits, new_token_room
@@ -81,16 +82,24 @@ class CausalDecoder:
         """`tensors`, usable once every check has passed (see `after`)."""
         return after(checks, *tensors)
 
-    def decode(self, ids, max_new_tokens, temperature, top_k, top_p, seed, constraint=None):
+    def decode(self, ids, max_new_tokens, temperature, top_k, top_p, seed, constraint=None,
+               choice=None):
         """Generate after the prompts' ragged token ids (batch, None); the outputs of the
         `generate` signature. `constraint`: a `StoredConstraint` every row's output
-        matches (a request whose max_new_tokens cannot hold its shortest answer fails)."""
+        matches (a request whose max_new_tokens cannot hold its shortest answer fails);
+        `choice`: each row's part of it (`StoredConstraint.select`)."""
         tokenizer, max_len, eos_ids = self.tokenizer, self.max_len, self.eos_ids
         if constraint is not None:
+            if choice is None:
+                need = f"at least {constraint.shortest}: the shortest answer of the " \
+                    f"{constraint.label} takes that many tokens"
+            else:
+                need = "at least the shortest answer of the tool_choice (" + ", ".join(
+                    f"{c}: {n}" for c, n in zip(constraint.choices, constraint.shortests)) + \
+                    f" tokens with the {constraint.label})"
             max_new_tokens = after([require(
-                tf.reduce_all(max_new_tokens >= constraint.shortest),
-                f"max_new_tokens must be at least {constraint.shortest}: the shortest answer "
-                f"of the {constraint.label} takes that many tokens")], max_new_tokens)
+                tf.reduce_all(max_new_tokens >= constraint.shortest_of(choice)),
+                f"max_new_tokens must be {need}")], max_new_tokens)
         batch = ids.nrows(out_type=tf.int32)
         # An empty prompt starts from BOS, as CausalLM.generate does.
         empty = tf.cast(tf.equal(ids.row_lengths(), 0), tf.int64)
@@ -110,7 +119,7 @@ class CausalDecoder:
         padded = tf.where(src >= 0, tf.gather(right, tf.maximum(src, 0), batch_dims=1), 0)
         out, n_gen = self.gen.graph_generate(
             padded, lengths, max_new_tokens, temperature, top_k, top_p, seed,
-            None if constraint is None else constraint.tensors())
+            None if constraint is None else constraint.tensors(choice))
         width = room
         new_ids = out[:, :width]
         keep = tf.sequence_mask(n_gen, width)
@@ -134,23 +143,49 @@ class StoredConstraint(tf.Module):
     Args:
         automaton: the compiled `TokenAutomaton`.
         label: what it is, for request errors ("JSON schema 'person'").
+        choices: names of the parts of a `TokenAutomaton.union` whose `initial` holds one
+            start per name; a request picks a part per row (`select`), e.g. the tool
+            choices "auto", "required" and "none" of one set of tools.
     """
 
-    def __init__(self, automaton, label: str):
+    def __init__(self, automaton, label: str, choices=None):
         super().__init__()
         self.label = label
-        self.shortest = int(automaton.shortest_completion())
-        self.initial = int(automaton.initial)
+        self.choices = list(choices or [])
+        starts = np.atleast_1d(np.asarray(automaton.initial, np.int32))
+        if self.choices and len(starts) != len(self.choices):
+            raise ValueError("one start state per choice")
+        # The fewest tokens (the end token included) of each choice's shortest answer.
+        self.shortests = [int(automaton.distance[s]) for s in starts]
+        self.shortest = max(self.shortests)
+        self.starts = [int(s) for s in starts]
         self.end_ids = [int(i) for i in automaton.end_ids]
         self.arrays = {k: tf.Variable(getattr(automaton, k), trainable=False, name=k)
                        for k in ("allowed", "keys", "targets", "final", "distance",
                                  "closer")}
 
-    def tensors(self) -> dict:
-        """The tensors `Generator.graph_generate` follows (`constraint_tensors`' form)."""
+    def select(self, choice):
+        """`(check, rows)` in the graph: each row's choice (strings (batch,), one of
+        `choices`) as part indices (batch,), and the check that every one is a choice."""
+        names = tf.constant(self.choices)
+        hits = tf.equal(choice[:, None], names[None, :])  # (batch, choices)
+        check = require(tf.reduce_all(tf.reduce_any(hits, axis=1)),
+                        f"tool_choice must be one of {', '.join(self.choices)}")
+        return check, tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
+
+    def shortest_of(self, rows=None):
+        """The shortest answer's tokens: one number, or per row of `rows` (`select`)."""
+        if rows is None:
+            return tf.constant(self.shortest, tf.int32)
+        return tf.gather(tf.constant(self.shortests, tf.int32), rows)
+
+    def tensors(self, rows=None) -> dict:
+        """The tensors `Generator.graph_generate` follows (`constraint_tensors`' form);
+        with `rows` (`select`), each row starts in its choice's part."""
+        initial = tf.constant(self.starts[0], tf.int32) if rows is None else \
+            tf.gather(tf.constant(self.starts, tf.int32), rows)
         return {**{k: v.read_value() for k, v in self.arrays.items()},
-                "initial": tf.constant(self.initial, tf.int32),
-                "end_ids": tf.constant(self.end_ids, tf.int32)}
+                "initial": initial, "end_ids": tf.constant(self.end_ids, tf.int32)}
 
 
 def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX_BATCH,
@@ -210,14 +245,15 @@ def causal_lm_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_M
 
 
 def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16, model=None,
-                       json_schemas=None, chat=None):
+                       json_schemas=None, chat=None, tool_sets=None):
     """Greedy text from a fresh-process reload must equal CausalLM.generate; that of each
     `generate_<name>` signature `generate(..., json_schema=)` with its schema; and with a
     `chat` entry, the chat signatures' replies `tfllm chat`'s (`chat_checks`). Returns the
     `generate` texts.
 
     `model`: the run's already-loaded CausalLM (loaded here if None); `json_schemas`:
-    {name: JSON schema} the SavedModel was exported with.
+    {name: JSON schema} the SavedModel was exported with; `tool_sets`: its tools
+    (`stored_tool_sets`).
     """
     from tfllm.signatures.chat import chat_checks
 
@@ -239,7 +275,7 @@ def verify_saved_model(run_dir, path, prompts=SAMPLE_PROMPTS, max_new_tokens=16,
                        model.generate(list(prompts), max_new_tokens=new, json_schema=schema),
                        "CausalLM.generate"))
     if chat is not None:
-        checks += chat_checks(model, chat, json_schemas=json_schemas)
+        checks += chat_checks(model, chat, json_schemas=json_schemas, tool_sets=tool_sets)
     return verify_outputs(path, checks)[0].tolist()
 
 
@@ -269,35 +305,82 @@ def stored_constraints(model, json_schemas: dict) -> dict:
     return stored
 
 
-def signatures(model, config, jit_compile=True, max_batch=DEFAULT_MAX_BATCH, json_schemas=None):
+def stored_tool_sets(model, chat, tools: dict) -> dict:
+    """{name: (tools, call format, StoredConstraint)} of {name: function specs}: each
+    set's call constraint with one part per tool choice (`TOOL_CHOICES`), compiled over
+    the model's tokenizer; ToolError names the set and what is wrong with it."""
+    from tfllm.models import tool_calls
+    from tfllm.models.token_automaton import ConstraintError
+
+    sets = {}
+    for name, specs in tools.items():
+        if not isinstance(name, str) or not SIGNATURE_NAME.fullmatch(name):
+            raise tool_calls.ToolError(f"tools name {name!r} cannot name a signature: give "
+                                       "letters, digits and _, starting with a letter")
+        if chat is None:
+            raise tool_calls.ToolError(f"--tools {name}= needs a chat template: this run has "
+                                       "none the SavedModel can apply")
+        try:
+            specs = tool_calls.check_tools(specs)
+            fmt = tool_calls.call_format(chat["template"])
+            automaton = constraint_of(model, regex=[
+                tool_calls.choice_regex(specs, fmt, c) for c in tool_calls.TOOL_CHOICES])
+        except (tool_calls.ToolError, ConstraintError) as e:
+            raise tool_calls.ToolError(f"tools {name!r}: {e}") from None
+        stored = StoredConstraint(automaton, f"tools {name!r}", tool_calls.TOOL_CHOICES)
+        max_len = int(model.backbone.max_len)
+        if not fits(1, stored.shortest, max_len):
+            raise tool_calls.ToolError(f"tools {name!r}: the shortest call takes "
+                                       f"{stored.shortest} tokens, more than the model's "
+                                       f"context of {max_len} holds after a prompt")
+        sets[name] = (specs, fmt, stored)
+    return sets
+
+
+def signatures(model, config, jit_compile=True, max_batch=DEFAULT_MAX_BATCH, json_schemas=None,
+               tools=None):
     """`(signatures, check, resources)` of a causal LM run (the lm and chat tasks'
     SavedModel hook): `generate` and `score`, and where the run (`config`: its config.json)
     has a usable chat template, `chat` and `chat_with_system`; `generate_<name>` (and
     `chat_<name>`, `chat_with_system_<name>`) for each of `json_schemas` ({name: JSON
-    schema}), whose automaton is among the `resources` to save.
+    schema}), and `chat_<name>`, `chat_with_system_<name>` offering each of `tools`
+    ({name: function specs}; `chat_signatures`), whose automata are among the
+    `resources` to save.
     `check(path, run_dir)` verifies a written SavedModel in a fresh process against
     `CausalLM.generate` and `tfllm chat`."""
     from tfllm.signatures.chat import chat_signatures
     from tfllm.tokenizers.chat_template import ChatTemplateError, usable_chat_config
 
-    json_schemas = dict(json_schemas or {})
+    from tfllm.models.tool_calls import ToolError
+
+    json_schemas, tools = dict(json_schemas or {}), dict(tools or {})
+    both = sorted(set(json_schemas) & set(tools))
+    if both:
+        raise ToolError(f"{both[0]!r} names a JSON schema and tools; give each its own name")
     constraints = stored_constraints(model, json_schemas)
     decoder = CausalDecoder(model, model.tokenizer, jit_compile, max_batch)
     sigs = causal_lm_signatures(model, model.tokenizer, jit_compile, max_batch, decoder,
                                 constraints)
     try:
         chat = usable_chat_config(config, model.tokenizer)
+        tool_sets = stored_tool_sets(model, chat, tools)
         if chat is not None:
-            sigs.update(chat_signatures(decoder, chat, constraints))
-    except ChatTemplateError as e:  # a template the graph cannot apply: noted, not fatal
+            sigs.update(chat_signatures(decoder, chat, constraints, tool_sets))
+    except ChatTemplateError as e:
+        if tools:  # asked for: the tools signatures cannot be made
+            raise ToolError(f"--tools needs chat signatures, and {e}") from None
+        # A template the graph cannot apply: noted, not fatal.
         print(f"note: no chat signatures: {e}", file=sys.stderr)
-        chat = None
+        chat, tool_sets = None, {}
 
     def check(path, run_dir):
-        verify_saved_model(run_dir, path, model=model, json_schemas=json_schemas, chat=chat)
+        verify_saved_model(run_dir, path, model=model, json_schemas=json_schemas, chat=chat,
+                           tool_sets=tool_sets)
         what = "greedy text as CausalLM.generate"
         if chat is not None:
             what += " and chat replies as tfllm chat"
+        if tool_sets:
+            what += " (tools' calls too)"
         return what + (" (with each JSON schema too)" if json_schemas else "")
 
-    return sigs, check, list(constraints.values())
+    return sigs, check, list(constraints.values()) + [s for _, _, s in tool_sets.values()]

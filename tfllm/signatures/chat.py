@@ -10,6 +10,10 @@
         the same with system (string [batch]) before message
     chat_<name>, chat_with_system_<name>   (one pair per --json-schema NAME=FILE)
         the same, every reply JSON valid under the schema (see generate_<name>)
+    chat_<name>, chat_with_system_<name>   (one pair per --tools NAME=FILE)
+        the same with the tools offered in the prompt and tool_choice (string [batch]:
+        auto, required or none) among the inputs; outputs also tool_name and
+        tool_arguments (string [batch]: a call's function and arguments' JSON, "" for text)
 
 The template's single-turn form is applied in the graph: at export the template is
 rendered once around sentinel strings, which cuts it into constant pieces, and a request's
@@ -28,7 +32,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from tfllm.signatures.checks import ExportError, schema_budget
+from tfllm.signatures.checks import ExportError, answer_budget, schema_budget
 from tfllm.tokenizers.chat_encoding import encode_text, tokenize_text
 from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError, template_of
 
@@ -36,15 +40,16 @@ _MESSAGE, _SYSTEM = "\ue000tfllm-message\ue000", "\ue000tfllm-system\ue000"
 SAMPLE_MESSAGES = ["Translate to French: Open the file", "Hi", "  spaced  {x} %s\n"]
 
 
-def prompt_pieces(chat: dict) -> dict:
+def prompt_pieces(chat: dict, tools=None) -> dict:
     """{"plain": [before, after], "system": [before, between, after]}: the constant text
-    around the message (and the system text) in the template's one-turn prompt.
+    around the message (and the system text) in the template's one-turn prompt (rendering
+    `tools`, a template that renders them given).
 
     Example:
         >>> prompt_pieces({"template": DEFAULT_TEMPLATE})["plain"]  # doctest: +SKIP
         ['<|im_start|>user\\n', '<|im_end|>\\n<|im_start|>assistant\\n']
     """
-    template = template_of(chat)
+    template = template_of(chat, tools)
     plain = template.render([{"role": "user", "content": _MESSAGE}], add_generation_prompt=True)
     with_system = template.render([{"role": "system", "content": _SYSTEM},
                                    {"role": "user", "content": _MESSAGE}],
@@ -101,49 +106,138 @@ def python_prompt(pieces, message, system=None):
     return head + system + between + message + tail
 
 
-def chat_signatures(decoder, chat: dict, constraints=None) -> dict:
+class ChatPrompts:
+    """The prompts of a set of chat signatures, built in the graph as `tfllm chat` builds
+    them: the template's constant pieces around the message (and the system text), with
+    `tools` rendered by the template or, where it renders none, listed in a system turn
+    after the system text (`ChatSession(tools=)`'s prompt).
+
+    Args:
+        tokenizer: the run's tokenizer (in-graph `tokenize`, `tokenize_plain`).
+        chat: the run's chat entry.
+        tools: checked function specs (`check_tools`), or None.
+    """
+
+    def __init__(self, tokenizer, chat: dict, tools=None):
+        from tfllm.models.tool_calls import renders_tools, tools_system_prompt
+
+        self.tokenizer, self.listed = tokenizer, None
+        if tools is not None and not renders_tools(chat["template"]):
+            self.listed, tools = tools_system_prompt(tools), None
+        pieces = prompt_pieces(chat, tools)
+        self.trim = pieces.pop("trim")
+        self.pieces = pieces
+        self.ids_of = {form: piece_ids(tokenizer, parts) for form, parts in pieces.items()}
+
+    def _trimmed(self, text, field):
+        return strip_text(text) if self.trim[field] else text
+
+    def ids(self, message, system=None):
+        """Ragged prompt ids (batch, None) of messages (and system texts), strings
+        (batch,)."""
+        if self.listed is not None:
+            system = tf.fill(tf.shape(message), self.listed) if system is None else \
+                tf.strings.join([system, "\n\n" + self.listed])
+        if system is None:
+            return prompt_ids(self.tokenizer, self.pieces["plain"],
+                              [self._trimmed(message, "message")], self.ids_of["plain"])
+        return prompt_ids(self.tokenizer, self.pieces["system"],
+                          [self._trimmed(system, "system"), self._trimmed(message, "message")],
+                          self.ids_of["system"])
+
+
+# A reply that is one call, as the call constraint writes it: the name, then the arguments
+# (an object). The same pattern reads it in Python (`call_parts`) and in the graph (RE2).
+# `~` stands for JSON's whitespace.
+_CALL_PARTS = {fmt: "(?s)" + pattern.replace("~", r"[ \t\n\r]*") for fmt, pattern in {
+    "hermes": r'~<tool_call>~\{~"name"~:~"([^"]*)"~,~"arguments"~:~(\{.*\})~\}~</tool_call>~',
+    "llama3": r'~(?:<\|python_tag\|>)?~\{~"name"~:~"([^"]*)"~,~"parameters"~:~(\{.*\})~\}~',
+}.items()}
+
+
+def call_parts(text: str, fmt: str) -> tuple[str, str]:
+    """`(name, arguments JSON text)` of a reply that is one call in `fmt`, else ("", "")
+    (what the tools signatures' tool_name and tool_arguments outputs hold)."""
+    found = re.fullmatch(_CALL_PARTS[fmt], text)
+    return (found.group(1), found.group(2)) if found else ("", "")
+
+
+def graph_call_parts(text, fmt: str):
+    """`call_parts` of strings (batch,) in the graph."""
+    pattern = _CALL_PARTS[fmt]
+    is_call = tf.strings.regex_full_match(text, pattern)
+    return tuple(tf.where(is_call, tf.strings.regex_replace(text, f"^{pattern}$", group), "")
+                 for group in (r"\1", r"\2"))
+
+
+def chat_signatures(decoder, chat: dict, constraints=None, tool_sets=None) -> dict:
     """{name: (fn, input_signature)} of `chat` and `chat_with_system`, over a
-    `CausalDecoder` (export.saved_model) of the run; `constraints`: {name:
-    `StoredConstraint`}, each adding `chat_<name>` and `chat_with_system_<name>`, whose
-    replies match it."""
-    pieces = prompt_pieces(chat)
-    trim = pieces.pop("trim")
+    `CausalDecoder` (export.saved_model) of the run.
+
+    Args:
+        constraints: {name: `StoredConstraint`}, each adding `chat_<name>` and
+            `chat_with_system_<name>`, whose replies match it.
+        tool_sets: {name: (tools, call format, `StoredConstraint` with the choices of
+            `TOOL_CHOICES`)}, each adding `chat_<name>` and `chat_with_system_<name>`
+            whose prompts offer the tools; a `tool_choice` input per row, and outputs
+            `tool_name` and `tool_arguments` (`call_parts`).
+    """
     end_of_turn = [t for t in chat.get("end_of_turn", []) if t]
     tokenizer = decoder.tokenizer
-    ids_of = {form: piece_ids(tokenizer, parts) for form, parts in pieces.items()}
 
-    def trimmed(text, field):
-        return strip_text(text) if trim[field] else text
+    def reply(ids, max_new_tokens, sampling, constraint, choice=None, fmt=None):
+        out = decoder.decode(ids, max_new_tokens, *sampling, constraint, choice)
+        text = out["text"]
+        for marker in end_of_turn:  # the text before the first end-of-turn marker
+            text = tf.strings.split(text, sep=marker).to_tensor("")[:, 0]
+        result = {"text": text, "num_generated": out["num_generated"]}
+        if fmt is not None:
+            result["tool_name"], result["tool_arguments"] = graph_call_parts(text, fmt)
+        return result
 
-    def functions(constraint):
-        def reply(ids, max_new_tokens, temperature, top_k, top_p, seed):
-            out = decoder.decode(ids, max_new_tokens, temperature, top_k, top_p, seed,
-                                 constraint)
-            text = out["text"]
-            for marker in end_of_turn:  # the text before the first end-of-turn marker
-                text = tf.strings.split(text, sep=marker).to_tensor("")[:, 0]
-            return {"text": text, "num_generated": out["num_generated"]}
-
+    def functions(prompts, constraint):
         def chat_plain(message, max_new_tokens, temperature, top_k, top_p, seed):
-            checks = decoder.checks({"message": message}, max_new_tokens, temperature, top_k,
-                                    top_p, seed)
+            sampling = (temperature, top_k, top_p, seed)
+            checks = decoder.checks({"message": message}, max_new_tokens, *sampling)
             message, max_new_tokens = decoder.after(checks, message, max_new_tokens)
-            ids = prompt_ids(tokenizer, pieces["plain"], [trimmed(message, "message")],
-                             ids_of["plain"])
-            return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
+            return reply(prompts.ids(message), max_new_tokens, sampling, constraint)
 
         def chat_with_system(message, system, max_new_tokens, temperature, top_k, top_p,
                              seed):
+            sampling = (temperature, top_k, top_p, seed)
             checks = decoder.checks({"message": message, "system": system}, max_new_tokens,
-                                    temperature, top_k, top_p, seed)
+                                    *sampling)
             message, system, max_new_tokens = decoder.after(checks, message, system,
                                                             max_new_tokens)
-            ids = prompt_ids(tokenizer, pieces["system"],
-                             [trimmed(system, "system"), trimmed(message, "message")],
-                             ids_of["system"])
-            return reply(ids, max_new_tokens, temperature, top_k, top_p, seed)
+            return reply(prompts.ids(message, system), max_new_tokens, sampling, constraint)
 
         return chat_plain, chat_with_system
+
+    def tool_functions(prompts, constraint, fmt):
+        def chosen(texts, tool_choice, max_new_tokens, sampling):
+            checks = decoder.checks({**texts, "tool_choice": tool_choice}, max_new_tokens,
+                                    *sampling)
+            valid, rows = constraint.select(tool_choice)
+            return decoder.after(checks + [valid], *texts.values(), max_new_tokens, rows)
+
+        def chat_tools(message, tool_choice, max_new_tokens, temperature, top_k, top_p,
+                       seed):
+            sampling = (temperature, top_k, top_p, seed)
+            message, max_new_tokens, rows = chosen({"message": message}, tool_choice,
+                                                   max_new_tokens, sampling)
+            return reply(prompts.ids(message), max_new_tokens, sampling, constraint, rows,
+                         fmt)
+
+        def chat_tools_with_system(message, system, tool_choice, max_new_tokens,
+                                   temperature, top_k, top_p, seed):
+            sampling = (temperature, top_k, top_p, seed)
+            message, system, max_new_tokens, rows = chosen(
+                {"message": message, "system": system}, tool_choice, max_new_tokens,
+                sampling)
+            return reply(prompts.ids(message, system), max_new_tokens, sampling, constraint,
+                         rows, fmt)
+
+        return chat_tools, chat_tools_with_system
 
     batch = [None]
     sampling = [tf.TensorSpec(batch, tf.int32, name="max_new_tokens"),
@@ -153,12 +247,19 @@ def chat_signatures(decoder, chat: dict, constraints=None) -> dict:
                 tf.TensorSpec(batch, tf.int32, name="seed")]
     message = tf.TensorSpec(batch, tf.string, name="message")
     system = tf.TensorSpec(batch, tf.string, name="system")
+    choice = tf.TensorSpec(batch, tf.string, name="tool_choice")
+    prompts = ChatPrompts(tokenizer, chat)
     sigs = {}
     for name, constraint in [("", None), *((f"_{k}", v) for k, v in
                                            (constraints or {}).items())]:
-        chat_plain, chat_with_system = functions(constraint)
+        chat_plain, chat_with_system = functions(prompts, constraint)
         sigs[f"chat{name}"] = (chat_plain, [message, *sampling])
         sigs[f"chat_with_system{name}"] = (chat_with_system, [message, system, *sampling])
+    for name, (tools, fmt, constraint) in (tool_sets or {}).items():
+        chat_tools, with_system = tool_functions(ChatPrompts(tokenizer, chat, tools),
+                                                 constraint, fmt)
+        sigs[f"chat_{name}"] = (chat_tools, [message, choice, *sampling])
+        sigs[f"chat_with_system_{name}"] = (with_system, [message, system, choice, *sampling])
     return sigs
 
 
@@ -170,8 +271,8 @@ def piece_ids(tokenizer, parts) -> list[list[int]]:
 
 def prompt_ids(tokenizer, parts, texts, parts_ids=None):
     """Ragged token ids (batch, None) of the prompts `parts[0] + texts[0] + parts[1] + ...`
-    in the graph, as `tfllm chat` encodes them (tfllm.tokenizers.chat_encoding.chat_pieces): one pass over
-    the whole prompt, except for rows where a text (from the request) holds a control
+    in the graph, as `tfllm chat` encodes them (`tfllm.tokenizers.chat_encoding.chat_pieces`):
+    one pass over the whole prompt, except for rows where a text (from the request) holds a control
     token's text; there each text is tokenized as plain characters between the template's
     own pieces, so a request cannot forge turns.
 
@@ -201,36 +302,35 @@ def prompt_ids(tokenizer, parts, texts, parts_ids=None):
     return tf.gather(tf.concat([whole, plain], axis=0), tf.where(has, rows + batch, rows))
 
 
-def expected_replies(model, chat, messages, max_new_tokens, system=None, json_schema=None):
-    """`tfllm chat`'s greedy first reply to each message (what the signature must give)."""
+def expected_replies(model, chat, messages, max_new_tokens, system=None, **session):
+    """`tfllm chat`'s greedy first reply to each message (what the signature must give);
+    `session`: more `ChatSession` arguments (json_schema, tools, tool_choice)."""
     from tfllm.models.chat_session import ChatSession
 
-    return [ChatSession(model, chat, system, max_new_tokens, json_schema=json_schema).reply(m)
+    return [ChatSession(model, chat, system, max_new_tokens, **session).reply(m)
             for m in messages]
 
 
 # What the exporter checks: a message as typed, a short one, and one wrapped in whitespace
 # (which a trimming template, Gemma's, must trim in the graph as Jinja does).
 VERIFY_MESSAGES = SAMPLE_MESSAGES[:2] + ["\u3000 Hi \n\t"]
+CHECK_SYSTEM = "Be brief."
 
 
-def chat_checks(model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16, json_schemas=None):
-    """The checks (`verify_outputs`) of the chat signatures: greedy `chat` and
-    `chat_with_system` replies equal `tfllm chat`'s first replies, and `chat_<name>`'s the
-    replies under each of `json_schemas` ({name: JSON schema}; `chat_with_system_<name>`
-    shares its decoding with the one and its prompt with the other). The reply length is
-    cut to what the context leaves after the longest sample prompt (a short-context run is
-    checked on fewer tokens)."""
+def _fitting(model, chat, messages, what, tools=None):
+    """`(messages, room)`: the messages whose prompts (with and without the system text)
+    leave room for a reply, and the new tokens the longest of them leaves."""
     from tfllm.errors import TfllmError
     from tfllm.models.chat_session import ChatSession
     from tfllm.models.generation import fits, new_token_room
 
-    system = "Be brief."
     max_len = model.backbone.max_len
     lengths = {}
-    for message in messages:  # the prompt's tokens with and without the system text
-        for sys_text in (None, system):
-            session = ChatSession(model, chat, sys_text, max_new_tokens=1)
+    for message in messages:
+        for sys_text in (None, CHECK_SYSTEM):
+            # (Tools' replies are at least 2 tokens: a character and the end.)
+            session = ChatSession(model, chat, sys_text, max_new_tokens=2 if tools else 1,
+                                  tools=tools)
             turns = session.history + [{"role": "user", "content": message}]
             try:
                 size = len(session.prompt_ids(turns)[0])
@@ -239,22 +339,55 @@ def chat_checks(model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16, json_s
             lengths[message] = max(lengths.get(message, 0), size)
     messages = [m for m in messages if fits(lengths[m], 1, max_len)]
     if not messages:
-        raise ExportError(f"the chat check's sample messages do not fit the context of "
+        raise ExportError(f"the chat check's sample messages{what} do not fit the context of "
                           f"{max_len} tokens with the template; export with a longer "
                           "--max-len")
-    room = new_token_room(max_len, max(lengths[m] for m in messages))
-    n = len(messages)
-    greedy = {"message": list(messages), "temperature": [0.0] * n, "top_k": [0] * n,
-              "top_p": [1.0] * n, "seed": [0] * n}
+    return messages, new_token_room(max_len, max(lengths[m] for m in messages))
+
+
+def chat_checks(model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16, json_schemas=None,
+                tool_sets=None):
+    """The checks (`verify_outputs`) of the chat signatures: greedy `chat` and
+    `chat_with_system` replies equal `tfllm chat`'s first replies, and `chat_<name>`'s the
+    replies under each of `json_schemas` ({name: JSON schema}; `chat_with_system_<name>`
+    shares its decoding with the one and its prompt with the other); with `tool_sets`
+    (`chat_signatures`), both tools signatures' replies and calls those of `tfllm chat
+    --tools`, one row per tool choice. The reply length is cut to what the context
+    leaves after the longest sample prompt (a short-context run is checked on fewer
+    tokens)."""
+    from tfllm.models.tool_calls import TOOL_CHOICES
+
+    fitting, room = _fitting(model, chat, messages, "")
+    n = len(fitting)
+    greedy = {"temperature": [0.0] * n, "top_k": [0] * n, "top_p": [1.0] * n, "seed": [0] * n}
     new = min(max_new_tokens, room)
-    checks = [(sig, {**greedy, **extra, "max_new_tokens": [new] * n},
-               expected_replies(model, chat, messages, new, sys_text), "tfllm chat")
+    checks = [(sig, {**greedy, **extra, "message": fitting, "max_new_tokens": [new] * n},
+               expected_replies(model, chat, fitting, new, sys_text), "tfllm chat")
               for sig, sys_text, extra in (("chat", None, {}),
-                                           ("chat_with_system", system,
-                                            {"system": [system] * n}))]
+                                           ("chat_with_system", CHECK_SYSTEM,
+                                            {"system": [CHECK_SYSTEM] * n}))]
     for name, schema in (json_schemas or {}).items():
         new = schema_budget(model, name, schema, room, max_new_tokens)
-        checks.append((f"chat_{name}", {**greedy, "max_new_tokens": [new] * n},
-                       expected_replies(model, chat, messages, new, json_schema=schema),
+        checks.append((f"chat_{name}", {**greedy, "message": fitting,
+                                        "max_new_tokens": [new] * n},
+                       expected_replies(model, chat, fitting, new, json_schema=schema),
                        "tfllm chat --json-schema"))
+    for name, (tools, fmt, stored) in (tool_sets or {}).items():
+        rows = (list(messages) * len(TOOL_CHOICES))[:max(len(messages), len(TOOL_CHOICES))]
+        rows, tool_room = _fitting(model, chat, rows, f" with tools {name!r}", tools)
+        choices = [TOOL_CHOICES[k % len(TOOL_CHOICES)] for k in range(len(rows))]
+        new = answer_budget(stored.shortest, f"tools {name!r}", tool_room, max_new_tokens)
+        k = len(rows)
+        inputs = {**{key: v[:1] * k for key, v in greedy.items()}, "message": rows,
+                  "tool_choice": choices, "max_new_tokens": [new] * k}
+        for sig, sys_text, extra in ((f"chat_{name}", None, {}),
+                                     (f"chat_with_system_{name}", CHECK_SYSTEM,
+                                      {"system": [CHECK_SYSTEM] * k})):
+            texts = [expected_replies(model, chat, [m], new, sys_text, tools=tools,
+                                      tool_choice=c)[0] for m, c in zip(rows, choices)]
+            parts = [call_parts(t, fmt) for t in texts]
+            checks.append((sig, {**inputs, **extra},
+                           {"text": texts, "tool_name": [p[0] for p in parts],
+                            "tool_arguments": [p[1] for p in parts]},
+                           "tfllm chat --tools"))
     return checks

@@ -87,11 +87,14 @@ def fresh_process_outputs(path, calls):
         "import json, sys, tensorflow as tf, tensorflow_text\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
         "got = []\n"
+        "def values(v):\n"
+        "    v = v.numpy()\n"
+        "    return [x.decode('utf-8', 'replace') for x in v.tolist()] if v.dtype == object"
+        " else v.tolist()\n"
         "for sig, name, kw in json.loads(sys.argv[2]):\n"
         "    out = m.signatures[sig](**{k: tf.constant(v) for k, v in kw.items()})\n"
-        "    v = out[name].numpy()\n"
-        "    got.append([x.decode('utf-8', 'replace') for x in v.tolist()]"
-        " if v.dtype == object else v.tolist())\n"
+        "    got.append({n: values(out[n]) for n in name} if isinstance(name, list)"
+        " else values(out[name]))\n"
         "print(json.dumps(got))\n")
     proc = subprocess.run([sys.executable, "-c", code, path, json.dumps(calls)],
                           capture_output=True, text=True, timeout=900,
@@ -99,32 +102,46 @@ def fresh_process_outputs(path, calls):
     if proc.returncode != 0:
         raise ExportError("the exported SavedModel failed to load or run in a fresh process: "
                           + child_failure(proc))
-    return [np.array(g) for g in json.loads(proc.stdout.strip().splitlines()[-1])]
+    return [{k: np.array(v) for k, v in g.items()} if isinstance(g, dict) else np.array(g)
+            for g in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 def schema_budget(model, name, schema, room, max_new_tokens):
-    """New tokens a check gives a JSON schema's signature: room for the answer the model
-    prefers (twice the shortest, at least `max_new_tokens`) within the `room` the check's
-    prompts leave; ExportError where not even the shortest answer fits."""
+    """`answer_budget` of a JSON schema's signature."""
     from tfllm.models.generation import constraint_of
 
     shortest = constraint_of(model, json_schema=schema).shortest_completion()
+    return answer_budget(shortest, f"JSON schema {name!r}", room, max_new_tokens)
+
+
+def answer_budget(shortest, what, room, max_new_tokens):
+    """New tokens a check gives a constrained signature: room for the answer the model
+    prefers (twice the `shortest`, at least `max_new_tokens`) within the `room` the
+    check's prompts leave; ExportError where not even the shortest answer fits (`what`:
+    the constraint, for the message)."""
     if shortest > room:
-        raise ExportError(f"the shortest answer of JSON schema {name!r} takes {shortest} "
-                          f"tokens; the check's prompts leave {room} in the context: export "
-                          "with a longer --max-len")
+        raise ExportError(f"the shortest answer of {what} takes {shortest} tokens; the "
+                          f"check's prompts leave {room} in the context: export with a "
+                          "longer --max-len")
     return min(room, max(max_new_tokens, 2 * shortest))
 
 
 def verify_outputs(path, checks):
     """Run every check in one fresh process (one load: TF Serving's view of the files);
-    `checks`: [(signature, {input: values}, expected texts, what gave them)]."""
-    got = fresh_process_outputs(path, [(sig, "text", inputs) for sig, inputs, _, _ in checks])
-    for (sig, _, want, source), texts in zip(checks, got):
-        if texts.tolist() != want:
-            raise ExportError(f"SavedModel {sig} greedy output differs from {source}: "
-                              f"{texts.tolist()!r} != {want!r}")
-    return got
+    `checks`: [(signature, {input: values}, expected texts, what gave them)], the expected
+    texts those of the `text` output, or {output: values} for several outputs. Returns
+    each check's `text` values."""
+    got = fresh_process_outputs(path, [
+        (sig, list(want) if isinstance(want, dict) else "text", inputs)
+        for sig, inputs, want, _ in checks])
+    for (sig, _, want, source), outputs in zip(checks, got):
+        if not isinstance(want, dict):
+            want, outputs = {"text": want}, {"text": outputs}
+        for name, values in want.items():
+            if outputs[name].tolist() != values:
+                raise ExportError(f"SavedModel {sig} greedy {name} differs from {source}: "
+                                  f"{outputs[name].tolist()!r} != {values!r}")
+    return [g["text"] if isinstance(g, dict) else g for g in got]
 
 
 def child_failure(proc) -> str:

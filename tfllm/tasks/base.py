@@ -77,18 +77,22 @@ class Task:
 
     # -- exports ---------------------------------------------------------------------------
     def saved_model_signatures(self, model, config: dict, jit_compile: bool, max_batch: int,
-                               json_schemas: dict | None = None):
+                               json_schemas: dict | None = None, tools: dict | None = None):
         """`(signatures, check[, resources])`: {name: (fn, input_signature)} of the
         SavedModel, `check(path, run_dir)` verifying a written SavedModel in a fresh process
         (returns what it verified, for the exporter's report), and trackables the functions
         read beside the model's (saved with it). `json_schemas`: {name: JSON schema} each to
-        get a constrained signature (`refuse_json_schemas` where the task has none)."""
+        get a constrained signature, `tools`: {name: function specs} each to get chat
+        signatures offering them (`refuse_constraints` where the task has none)."""
         raise self.unsupported("a SavedModel export")
 
-    def refuse_json_schemas(self, json_schemas):
-        """TaskError where JSON schemas were given to a task that does not generate text."""
+    def refuse_constraints(self, json_schemas, tools=None):
+        """TaskError where JSON schemas or tools were given to a task that does not
+        generate text."""
         if json_schemas:
             raise self.unsupported("--json-schema", "it constrains generated text")
+        if tools:
+            raise self.unsupported("--tools", "it offers tools to a chat model")
 
     def heldout_texts(self, config: dict, split: str = "val"):
         """Texts an exporter holds a quantized model to (`split="val"`) or calibrates it on

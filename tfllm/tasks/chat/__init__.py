@@ -42,10 +42,11 @@ class ChatTask(Task):
         print("\n".join(window_score_lines(result)))
         print(json.dumps(result))
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None,
+                               tools=None):
         from tfllm.signatures.causal import signatures  # shared with the lm task
 
-        return signatures(model, config, jit_compile, max_batch, json_schemas)
+        return signatures(model, config, jit_compile, max_batch, json_schemas, tools)
 
     def heldout_texts(self, config, split="val"):
         """The run's own conversations (its validation or training split, as fine-tuning

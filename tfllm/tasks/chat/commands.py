@@ -128,17 +128,9 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
     constrain.add_argument("--tools", metavar="FILE",
                            help="a JSON file listing function specs (OpenAI's tools form): "
                                 "each reply is printed as JSON, {\"content\", \"tool_calls\"}")
-    c.add_argument("--tool-choice", choices=("auto", "required"), default="auto",
-                   help="with --tools: a reply may be text or a call (auto, the default) or "
-                        "is always a call (required)")
-
-
-def read_tools_file(path):
-    """The function specs of a --tools file, checked before the model loads."""
-    from tfllm.models.token_automaton import read_checked_json
-    from tfllm.models.tool_calls import ToolError, check_tools
-
-    return read_checked_json(path, f"--tools {path}", check_tools, ToolError)
+    c.add_argument("--tool-choice", choices=("auto", "required", "none"), default="auto",
+                   help="with --tools: a reply may be text or a call (auto, the default), "
+                        "is always a call (required) or never one (none)")
 
 
 def merge(args):
@@ -174,6 +166,7 @@ def chat(args):
     from tfllm.tokenizers.chat_template import chat_config_of, read_template_arg
 
     from tfllm.models.token_automaton import read_schema_file
+    from tfllm.models.tool_calls import read_tools_file
 
     GenerationParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     schema = read_schema_file(args.json_schema) if args.json_schema else None

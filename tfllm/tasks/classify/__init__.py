@@ -42,8 +42,9 @@ class ClassifyTask(Task):
     def generate_hint(self) -> str:
         return "it is a classifier; use tfllm classify"
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
-        self.refuse_json_schemas(json_schemas)
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None,
+                               tools=None):
+        self.refuse_constraints(json_schemas, tools)
         from tfllm.tasks.classify.saved_model import signatures
 
         return signatures(model, config, jit_compile, max_batch)

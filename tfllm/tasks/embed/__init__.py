@@ -19,8 +19,9 @@ class EmbedTask(Task):
     def generate_hint(self) -> str:
         return "it is a sentence encoder; use tfllm embed"
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
-        self.refuse_json_schemas(json_schemas)
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None,
+                               tools=None):
+        self.refuse_constraints(json_schemas, tools)
         from tfllm.tasks.embed.saved_model import signatures
 
         return signatures(model, config, jit_compile, max_batch)

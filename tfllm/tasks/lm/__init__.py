@@ -33,10 +33,11 @@ class LmTask(Task):
 
         print_evaluation(args)
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None,
+                               tools=None):
         from tfllm.signatures.causal import signatures  # shared with the chat task
 
-        return signatures(model, config, jit_compile, max_batch, json_schemas)
+        return signatures(model, config, jit_compile, max_batch, json_schemas, tools)
 
     def chat_config(self, config, tokenizer):
         from tfllm.tokenizers.chat_template import usable_chat_config

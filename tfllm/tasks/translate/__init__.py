@@ -50,8 +50,9 @@ class TranslateTask(Task):
     def generate_hint(self) -> str:
         return "it is a translation (seq2seq) run; use tfllm translate"
 
-    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None):
-        self.refuse_json_schemas(json_schemas)
+    def saved_model_signatures(self, model, config, jit_compile, max_batch, json_schemas=None,
+                               tools=None):
+        self.refuse_constraints(json_schemas, tools)
         from tfllm.tasks.translate.saved_model import signatures
 
         return signatures(model, config, jit_compile, max_batch)
