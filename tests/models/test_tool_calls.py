@@ -11,7 +11,7 @@ import pytest
 
 import tfllm
 from tests.chat_fixtures import LLAMA3_LIKE, QWEN_LIKE, TOOLS
-from tests.conftest import call_cli
+from tests.conftest import call_cli, call_module
 from tfllm.models.tool_calls import (ToolError, call_format, call_regex, check_tools,
                                      choice_regex, parse_tool_calls)
 from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate
@@ -198,3 +198,24 @@ def test_conversations_with_calls_and_results_train_on_the_calls(tmp_path):
     trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert "<tool_call>" in trained and "It is -3 C in Oslo." in trained
     assert "temp" not in trained and "Weather in Oslo?" not in trained
+
+
+@pytest.mark.parametrize("option, message", [
+    ("w={missing}", "--tools w={missing}: cannot read it"),
+    ("w={bad}", "--tools w={bad}: tool 1: name None is not a function name"),
+    ("w={good}", "--tools w= needs a chat template"),
+], ids=["missing", "not-tools", "no-template"])
+def test_export_refuses_bad_tools_options(llama, tmp_path, option, message):
+    """One line and status 2 before anything is written: a file that cannot be read or
+    holds no function specs, or tools for a run without a chat template."""
+    run, _ = llama
+    paths = {"missing": tmp_path / "nope.json", "bad": tmp_path / "bad.json",
+             "good": tmp_path / "tools.json"}
+    paths["bad"].write_text('[{"type": "function"}]')
+    paths["good"].write_text(json.dumps(TOOLS))
+    out = tmp_path / "models"
+    done = call_module("export.saved_model", "--run", run, "--out", str(out), "--tools",
+                       option.format(**paths))
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert message.format(**paths) in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
