@@ -176,6 +176,21 @@ def _layer_class():
             unbatched = inputs.shape.rank == 0
             if unbatched:
                 inputs = tf.expand_dims(inputs, 0)
+            if inputs.shape.rank != 1:
+                return self._batch_ids(inputs, pre_tokenizer)
+            # One traced function per pre-tokenizer, called from every graph that
+            # tokenizes: tracing the merge loop took seconds per signature (an exported
+            # SavedModel traced it once for each signature, and twice in chat ones).
+            traced = self.__dict__.setdefault("_traced", {})
+            key = "plain" if pre_tokenizer is not self.pre_tokenizer else "text"
+            if key not in traced:
+                traced[key] = tf.function(
+                    lambda texts: self._batch_ids(texts, pre_tokenizer),
+                    input_signature=[tf.TensorSpec([None], tf.string)])
+            tokens = traced[key](inputs)
+            return tf.squeeze(tokens, 0) if unbatched else tokens
+
+        def _batch_ids(self, inputs, pre_tokenizer):
             raw = pre_tokenizer.split(inputs)
             flat = raw.flat_values
             lookup = self.cache.lookup(flat)
@@ -192,8 +207,7 @@ def _layer_class():
             # A piece the vocabulary lacks (e.g. the byte of a control character such as
             # gettext's \x04 context separator, absent from SmolLM2's vocabulary) looks
             # up as -1; Hugging Face's tokenizer, with no unknown token, drops it.
-            tokens = tf.ragged.boolean_mask(tokens, tokens >= 0)
-            return tf.squeeze(tokens, 0) if unbatched else tokens
+            return tf.ragged.boolean_mask(tokens, tokens >= 0)
 
     return HFByteLevelBPE
 
