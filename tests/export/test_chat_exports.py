@@ -202,7 +202,8 @@ def test_saved_model_tools_signatures_answer_as_tfllm_chat_tools(tools_run, tmp_
     tools_file = tmp_path / "tools.json"
     tools_file.write_text(json.dumps(TOOLS))
     done = call_module("export.saved_model", "--run", run, "--out", str(tmp_path / "models"),
-                       "--name", "tools", "--tools", f"weather={tools_file}")
+                       "--name", "tools", "--tools", f"weather={tools_file}",
+                       "--no-jit")  # XLA is tested elsewhere; compiling it cost 11 s here
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tools' calls too" in done.stdout
     lines = done.stdout
