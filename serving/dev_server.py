@@ -1,12 +1,17 @@
-"""A local development server that speaks TF Serving's REST and gRPC APIs.
+"""A local development server that speaks TF Serving's REST and gRPC APIs, and the OpenAI
+API.
 
     python -m serving.dev_server --model-dir models/demo [--port 8501] [--grpc-port 8500]
+    python -m serving.dev_server --run runs/smollm2 [--model-dir models/smollm2]
 
 For development and tests where Docker and TF Serving are not available; in production use
-the real TF Serving (serving/Dockerfile). It loads every integer version under
-`--model-dir` (the model's name is the directory's), answers `:predict` in row and columnar
-formats, model status and metadata, and `PredictionService.Predict` over gRPC. It binds
-127.0.0.1 unless told otherwise, caps the request body and batch size, and serves
+the real TF Serving (serving/Dockerfile). With --model-dir it loads every integer version
+under the directory (the model's name is the directory's), answers `:predict` in row and
+columnar formats, model status and metadata, and `PredictionService.Predict` over gRPC.
+With --run it loads that run in process and answers the OpenAI API on the same port:
+/v1/chat/completions and /v1/completions (causal LM runs; `"stream": true` sends
+server-sent events as tokens are decoded), /v1/embeddings (encoder runs) and /v1/models.
+It binds 127.0.0.1 unless told otherwise, caps the request body and batch size, and serves
 requests concurrently.
 """
 
@@ -34,7 +39,18 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
                         help="show the native libraries' log lines (TensorFlow, LiteRT)")
-    parser.add_argument("--model-dir", required=True, help="DIR/NAME holding version dirs")
+    parser.add_argument("--model-dir", help="DIR/NAME holding version dirs (SavedModels, "
+                        "served over TF Serving's APIs)")
+    parser.add_argument("--run", help="a run directory served over the OpenAI API, in "
+                        "process")
+    parser.add_argument("--model-name",
+                        help="the model id OpenAI clients name (default: --run's directory "
+                             "name)")
+    parser.add_argument("--template", help="with --run: chat template (chatml or a Jinja "
+                        "file) for a causal run without its own")
+    parser.add_argument("--max-waiting", type=int, default=16,
+                        help="with --run: OpenAI requests that may wait while the model "
+                             "answers another; more get 503 (default 16)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
     parser.add_argument("--grpc-port", type=int, default=8500,
@@ -57,7 +73,10 @@ def build_parser():
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("max_batch", "max_body_bytes", "max_connections"):
+    if not args.model_dir and not args.run:
+        parser.error("give --model-dir (SavedModels over TF Serving's APIs), --run (a run "
+                     "over the OpenAI API) or both")
+    for name in ("max_batch", "max_body_bytes", "max_connections", "max_waiting"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.idle_timeout < 86400:
@@ -371,11 +390,12 @@ def status_json(model: ServedModel, version) -> dict:
         for v, (state, code, message) in sorted(states.items(), reverse=True)]}
 
 
-def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1 << 20,
-                     idle_timeout=15.0, max_connections=128):
-    """The REST server. Framing is checked before a body is read: a missing, negative or
-    malformed Content-Length, chunked bodies and bodies over `max_body` get a 4xx and a
-    closed connection. A connection silent for `idle_timeout` seconds (idle keep-alive,
+def make_http_server(model: ServedModel | None, host="127.0.0.1", port=8501, max_body=1 << 20,
+                     idle_timeout=15.0, max_connections=128, api=None):
+    """The REST server: TF Serving's REST API for `model` (a ServedModel, or None), and the
+    OpenAI API for `api` (a `serving.openai_api.OpenAIService`, or None). Framing is
+    checked before a body is read: a missing, negative or malformed Content-Length, chunked
+    bodies and bodies over `max_body` get a 4xx and a closed connection. A connection silent for `idle_timeout` seconds (idle keep-alive,
     or a client that stops sending mid-request) is closed; at most `max_connections` are
     served at once, later ones get 503 until one ends."""
 
@@ -433,10 +453,83 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
                 pass
 
         def _model(self, name):
-            if name != model.name:
+            if model is None or name != model.name:
                 raise RequestError(f"Servable not found for request: Latest({name})", 404)
 
+        def _openai_path(self):
+            """The OpenAI endpoint this request's path names, or None (TF Serving's REST
+            paths share /v1/models/NAME: a SavedModel's name there is TF Serving's)."""
+            if api is None:
+                return None
+            path = self.path.split("?", 1)[0].rstrip("/")
+            if path in ("/v1/models", "/v1/chat/completions", "/v1/completions",
+                        "/v1/embeddings"):
+                return path
+            if path == f"/v1/models/{api.name}" and (model is None or model.name != api.name):
+                return path
+            return None
+
+        def _stream(self, chunks):
+            """Server-sent events, one HTTP chunk each, ending with `data: [DONE]`."""
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+
+                def event(text):
+                    data = f"data: {text}\n\n".encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+
+                try:
+                    for chunk in chunks:
+                        event(json.dumps(chunk, ensure_ascii=False))
+                except (ConnectionError, TimeoutError):
+                    raise
+                except Exception as e:  # after the headers: an error event ends the stream
+                    event(json.dumps(_openai_error(e)))
+                event("[DONE]")
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            finally:
+                getattr(chunks, "close", lambda: None)()
+
+        def _openai(self, path, raw):
+            from .openai_api import ApiError
+
+            try:
+                if raw is None:
+                    if path == "/v1/models":
+                        return self._send(200, api.models())
+                    if path.startswith("/v1/models/"):
+                        return self._send(200, api.model_object())
+                    raise ApiError(f"use POST for {path}", status=405)
+                if path.startswith("/v1/models"):
+                    raise ApiError(f"use GET for {path}", status=405)
+                try:
+                    body = json.loads(raw)
+                except (ValueError, UnicodeDecodeError, RecursionError) as e:
+                    raise ApiError(f"We could not parse the JSON body of your request ({e})"
+                                   ) from None
+                endpoint = {"/v1/chat/completions": api.chat_completions,
+                            "/v1/completions": api.completions,
+                            "/v1/embeddings": api.embeddings}[path]
+                result = endpoint(body)
+                if isinstance(result, dict):
+                    return self._send(200, result)
+                self._stream(result)
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
+            except Exception as e:
+                error = _openai_error(e)
+                self._send(error["error"].pop("status"), error)
+
         def do_GET(self):
+            path = self._openai_path()
+            if path:
+                return self._openai(path, None)
             try:
                 m = _METADATA.match(self.path)
                 if m:
@@ -477,12 +570,20 @@ def make_http_server(model: ServedModel, host="127.0.0.1", port=8501, max_body=1
             return raw
 
         def do_POST(self):
+            openai_path = self._openai_path()
             try:
                 try:
                     raw = self._read_body()
                 except RequestError as e:
-                    self._send(e.status, {"error": str(e)}, close=True)
+                    payload = {"error": str(e)}
+                    if openai_path:
+                        payload = {"error": {"message": str(e), "type":
+                                             "invalid_request_error", "param": None,
+                                             "code": None}}
+                    self._send(e.status, payload, close=True)
                     return self._linger()
+                if openai_path:
+                    return self._openai(openai_path, raw)
                 m = _PREDICT.match(self.path)
                 if not m or not m.group(3):
                     raise RequestError(f"Malformed request: POST {self.path}", 404)
@@ -537,6 +638,24 @@ def _int(s):
     return None if s is None else int(s)
 
 
+def _openai_error(error) -> dict:
+    """An OpenAI error object (with the HTTP status under "status") for an exception: ours
+    as they are, a request our library refuses (TfllmError) as 400, anything else 500
+    without a traceback."""
+    from .openai_api import ApiError
+
+    if isinstance(error, ApiError):
+        body = error.body()
+        body["error"]["status"] = error.status
+        return body
+    if isinstance(error, TfllmError):
+        return {"error": {"message": str(error), "type": "invalid_request_error",
+                          "param": None, "code": None, "status": 400}}
+    return {"error": {"message": f"internal error: {type(error).__name__}: "
+                                 f"{str(error)[:200]}", "type": "server_error",
+                      "param": None, "code": None, "status": 500}}
+
+
 def make_grpc_server(model: ServedModel, host="127.0.0.1", port=8500, max_body=1 << 20,
                      workers=8):
     import grpc
@@ -587,25 +706,42 @@ def main(argv=None):
 
 
 def _serve(args):
-    if not os.path.isdir(args.model_dir):
-        raise ServerStartError(f"{args.model_dir} is not a directory")
-    model = ServedModel(args.model_dir, args.max_batch)
+    model = api = None
+    if args.model_dir:
+        if not os.path.isdir(args.model_dir):
+            raise ServerStartError(f"{args.model_dir} is not a directory")
+        model = ServedModel(args.model_dir, args.max_batch)
+    if args.run:
+        from tfllm import runs
+        from tfllm.tokenizers.chat_template import read_template_arg
+        from .openai_api import OpenAIService
+
+        if not runs.is_run_dir(args.run):
+            raise ServerStartError(f"{args.run} is not a run directory (no config.json)")
+        template = read_template_arg(args.template) if args.template else None
+        api = OpenAIService(args.run, args.model_name, template, args.max_waiting)
+        api.warm_up()
     http = make_http_server(model, args.host, args.port, args.max_body_bytes,
-                            args.idle_timeout, args.max_connections)
+                            args.idle_timeout, args.max_connections, api)
     grpc_server = None
-    if args.grpc_port:
+    if args.grpc_port and model is not None:
         grpc_server = make_grpc_server(model, args.host, args.grpc_port, args.max_body_bytes)
         grpc_server.start()
-    failed = "".join(f"; version {v} failed to load: {e}" for v, e in sorted(model.failed.items()))
-    print(f"serving {model.name} versions {sorted(model.versions)} on "
-          f"http://{args.host}:{args.port}"
-          + (f" and grpc {args.host}:{args.grpc_port}" if grpc_server else "") + failed,
-          flush=True)
+    if model is not None:
+        failed = "".join(f"; version {v} failed to load: {e}"
+                         for v, e in sorted(model.failed.items()))
+        print(f"serving {model.name} versions {sorted(model.versions)} on "
+              f"http://{args.host}:{args.port}"
+              + (f" and grpc {args.host}:{args.grpc_port}" if grpc_server else "") + failed,
+              flush=True)
+    if api is not None:
+        print(f"serving {args.run} as model {api.name!r} over the OpenAI API at "
+              f"http://{args.host}:{args.port}/v1", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     thread = threading.Thread(target=http.serve_forever, daemon=True)
     thread.start()
-    if args.poll_seconds:
+    if args.poll_seconds and model is not None:
         def poll():
             while not stop.wait(args.poll_seconds):
                 for change in model.refresh():

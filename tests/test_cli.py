@@ -68,6 +68,7 @@ def test_entry_points_answer_help_before_tensorflow(module, args, code):
     (["export", "onnx", "--run", "NONE", "--out", "x.onnx"], "tfllm export onnx"),
     (["export", "saved-model", "--run", "NONE", "--out", "models"], "tfllm export saved-model"),
     (["serve", "--model-dir", "NONE"], "tfllm serve"),
+    (["serve", "--run", "NONE"], "tfllm serve"),
 ])
 def test_export_and_serve_errors_name_the_command_the_user_typed(argv, prog, tmp_path):
     argv = [a.replace("NONE", str(tmp_path / "none")) for a in argv]

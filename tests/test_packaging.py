@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 import zipfile
 
 import pytest
@@ -103,18 +104,29 @@ def test_the_installed_wheel_exports_and_serves_outside_the_checkout(tiny_run, t
     assert bad.stderr.startswith("tfllm export onnx: error: run directory")
 
     port, grpc_port = _free_port(), _free_port()
-    server = subprocess.Popen([command, "serve", "--model-dir", "models/tiny", "--port",
-                               str(port), "--grpc-port", str(grpc_port)], cwd=work, env=env,
+    # The SavedModel over TF Serving's API and the run over the OpenAI API, one port.
+    server = subprocess.Popen([command, "serve", "--model-dir", "models/tiny", "--run",
+                               tiny_run, "--model-name", "tiny-run", "--port", str(port),
+                               "--grpc-port", str(grpc_port)], cwd=work, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
         assert "serving tiny" in line, server.stderr.read()[-3000:] if not line else line
+        assert "OpenAI API" in server.stdout.readline()
         got = generate_rest(f"http://127.0.0.1:{port}", "tiny", ["ROMEO:"],
                             max_new_tokens=8)[0]["text"]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions", headers={"Content-Type":
+                                                                "application/json"},
+            data=json.dumps({"model": "tiny-run", "prompt": "ROMEO:", "max_tokens": 8,
+                             "temperature": 0}).encode())
+        with urllib.request.urlopen(req, timeout=120) as r:
+            completion = json.loads(r.read())["choices"][0]["text"]
     finally:
         server.terminate()
         server.wait(timeout=60)
     assert got == tfllm.load(tiny_run).generate(["ROMEO:"], max_new_tokens=8)[0]
+    assert completion == got
     # The SIGTERM reached the server itself (`tfllm serve` becomes it): nothing still
     # listens, as a service manager's stop expects.
     with pytest.raises(ConnectionRefusedError):

@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--help` lists a format's options.")
     x.add_argument("format", choices=sorted(EXPORTERS))
     sub.add_parser("serve", help="serve exported SavedModels over TF Serving's REST and gRPC "
-                                 "APIs (development; `tfllm serve --help`)")
+                                 "APIs, and a run over the OpenAI API (development; "
+                                 "`tfllm serve --help`)")
 
     c = sub.add_parser(
         "classify", parents=[common],

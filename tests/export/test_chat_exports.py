@@ -109,24 +109,11 @@ def test_runtime_template_renders_list_content_as_the_template_renders_strings()
 
 @pytest.fixture(scope="module")
 def tools_run(tmp_path_factory):
-    """A random tiny Llama-style run with ChatML as its chat template, a context long
-    enough for a tools system turn, and a SentencePiece vocabulary that learned the tools'
-    text (byte pieces spell the rest)."""
-    from tests.chat_fixtures import make_base_run
+    from tests.chat_fixtures import make_tools_run
     from tfllm import runs
-    from tfllm.models.tool_calls import check_tools, hermes_call_text, tools_system_prompt
-    from tfllm.tokenizers.chat_template import chat_config_of
 
-    texts = [tools_system_prompt(check_tools(TOOLS)),
-             hermes_call_text("get_weather", {"city": "Paris", "unit": "celsius"}),
-             hermes_call_text("add", {"a": 2, "b": 3})]
-    run = make_base_run(str(tmp_path_factory.mktemp("chat-tools") / "run"), max_len=1024,
-                        extra_texts=texts)
-    config = runs.read_run_config(run)
-    lm = runs.load(run)
-    config["chat"] = chat_config_of(config, lm.tokenizer, DEFAULT_TEMPLATE)
-    runs.write_run_config(run, config)
-    return run, lm
+    run = make_tools_run(str(tmp_path_factory.mktemp("chat-tools") / "run"))
+    return run, runs.load(run)
 
 
 @pytest.mark.parametrize("template", ["chatml", "renders-tools"])

@@ -79,7 +79,9 @@ class ChatSession:
         self.last_dropped = 0
         self.split_special_tokens = split_special_tokens
 
-    def _encode(self, turns) -> list[int]:
+    def encode(self, turns) -> list[int]:
+        """Ids of `turns` (`{"role", "content"}`) rendered by the session's template,
+        with the generation prompt; nothing dropped."""
         return encode_pieces(self.tokenizer, chat_pieces(
             self.template, turns, self.tokenizer, True, self.split_special_tokens))
 
@@ -90,7 +92,7 @@ class ChatSession:
 
         turns, dropped = list(turns), 0
         while True:
-            ids = self._encode(turns)
+            ids = self.encode(turns)
             if fits(len(ids), self.params.max_new_tokens, self.max_len):
                 return ids, dropped
             first = 1 if turns and turns[0]["role"] == "system" else 0

@@ -461,9 +461,11 @@ class Generator:
         return results
 
     def stream_ids(self, prompt: Sequence[int], params: GenerationParams,
-                   chunk: int = 4, constraint=None) -> Iterator[list[int]]:
-        """Generate for one prompt, yielding new token ids a few at a time (`constraint`:
-        a `TokenAutomaton` the output must match, as in `generate_ids`)."""
+                   chunk: int = 4, constraint=None,
+                   first_chunk: int | None = None) -> Iterator[list[int]]:
+        """Generate for one prompt, yielding new token ids `chunk` at a time (`constraint`:
+        a `TokenAutomaton` the output must match, as in `generate_ids`; `first_chunk`: the
+        size of the first, e.g. 1 for the shortest time to the first token)."""
         ids, lens, args = self._pack([prompt], params)
         logits, caches, valid, pad = self._prefill(ids, lens)
         batch = ids.shape[0]
@@ -476,15 +478,16 @@ class Generator:
             check_constraint(constraint, params)
             follow = {"constraint": constraint_tensors(constraint, batch)}
             state += (tf.broadcast_to(follow["constraint"]["initial"], [batch]),)
-        emitted = 0
+        emitted, steps = 0, first_chunk or chunk
         while True:
             logits, caches, slot, step, done, out, n_gen = state[:7]
             if constraint is not None:
                 follow["fsm"] = state[7]
             state = self._decode(logits, caches, valid, pad, slot, step, args["max_new"], done,
                                  out, n_gen, args["temperature"], args["top_k"], args["top_p"],
-                                 args["seeds"], args["stop_at_end"], tf.constant(chunk),
+                                 args["seeds"], args["stop_at_end"], tf.constant(steps),
                                  **follow)
+            steps = chunk
             n = int(state[6][0])
             new = state[5][0, emitted:n].numpy().tolist()
             if params.stop_at_end and new and new[-1] in self.end_token_ids:

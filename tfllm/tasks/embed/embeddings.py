@@ -26,7 +26,9 @@ def text_encoder(model, pooling: str | None = None):
                          "this run is a causal language model")
     if isinstance(model, TextEncoder) and pooling in (None, model.pooling):
         return model
-    pooling = pooling or getattr(model, "pooling", "mean")
+    # A classifier's "first" pooling reads the [CLS] position, the encoder's "cls".
+    own = {"first": "cls"}.get(getattr(model, "pooling", None), getattr(model, "pooling", None))
+    pooling = pooling or (own if own in ("mean", "cls") else "mean")
     if pooling not in ("mean", "cls"):
         raise TfllmError(f"--pooling must be mean or cls, got {pooling!r}")
     encoder = TextEncoder(backbone, pooling=pooling,

@@ -1,0 +1,627 @@
+"""The OpenAI API over a run, in process: what `tfllm serve --run R` answers.
+
+Every OpenAI client library speaks `/v1/chat/completions`, `/v1/completions`,
+`/v1/embeddings` and `/v1/models`; this module answers them for one run loaded with
+`tfllm.load`, through the same code as the command line (`ChatSession` renders the
+conversation with the run's template, the cached decoding loop generates), so a greedy
+chat completion is `tfllm chat`'s reply and a completion is `tfllm generate`'s text.
+Streams are built from the decoding loop's chunks as it produces them; a character's
+bytes are never split across two chunks.
+
+The HTTP side (routing, SSE framing) is the dev server's; this module takes parsed JSON
+bodies and returns JSON objects, or iterators of them for streams.
+
+Example:
+    >>> api = OpenAIService("runs/smollm2")  # doctest: +SKIP
+    >>> api.chat_completions({"model": "smollm2", "messages": [
+    ...     {"role": "user", "content": "Hi"}]})["choices"][0]["message"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from tfllm.errors import TfllmError
+
+# Largest `n` (choices per request) and `stop` list accepted: OpenAI's own limits (stop) and
+# a bound on the work one request may ask for (n).
+MAX_CHOICES = 8
+MAX_STOPS = 4
+# Parameters OpenAI defines that change the answer in ways this server does not do: a request
+# giving one of them a non-default value is refused rather than answered differently.
+_UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+                "audio": (None,), "prediction": (None,), "suffix": (None, ""),
+                "best_of": (None, 1), "modalities": (None, ["text"])}
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
+class ApiError(Exception):
+    """A request answered with an OpenAI error object: HTTP `status`, and `type`, `param`,
+    `code` as OpenAI's API sets them."""
+
+    def __init__(self, message, param=None, status=400, type_="invalid_request_error",
+                 code=None):
+        super().__init__(message)
+        self.status, self.param, self.type, self.code = status, param, type_, code
+
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class OpenAIService:
+    """The OpenAI endpoints for one run.
+
+    Args:
+        run_dir: a causal LM run (chat and text completions) or an encoder run
+            (embeddings).
+        name: the model id clients name (default: the run directory's name).
+        template: Jinja text of a chat template, for a causal run without its own.
+        max_waiting: requests that may wait for the model while one runs; more are answered
+            503 at once (the model runs one request at a time).
+    """
+
+    def __init__(self, run_dir: str, name: str | None = None, template: str | None = None,
+                 max_waiting: int = 16):
+        import tfllm
+        from tfllm import runs, tasks
+
+        self.name = name or os.path.basename(os.path.normpath(run_dir))
+        self.created = int(os.path.getmtime(os.path.join(run_dir, runs.CONFIG)))
+        stored = runs.read_run_config(run_dir)
+        task = tasks.of_config(stored)
+        self.model = tfllm.load(run_dir)
+        self.tokenizer = self.model.tokenizer
+        self.causal = task.causal
+        self.chat = self.encoder = None
+        self.no_chat = ""
+        if self.causal:
+            from tfllm.models.generation import get_generator
+            from tfllm.tokenizers.chat_template import ChatTemplateError, chat_config_of
+
+            self.generator = get_generator(self.model)
+            try:
+                self.chat = chat_config_of(stored, self.tokenizer, template)
+            except ChatTemplateError as e:
+                self.no_chat = str(e).replace("pass --template", "start the server with "
+                                              "--template")
+        else:
+            from tfllm.tasks.embed.embeddings import text_encoder
+
+            try:
+                self.encoder = text_encoder(self.model)
+            except TfllmError:
+                self.encoder = None
+        self.kind = "causal" if self.causal else ("encoder" if self.encoder else task.name)
+        self._model_lock = threading.Lock()
+        self._waiting = threading.BoundedSemaphore(max_waiting + 1)
+
+    # -- /v1/models ------------------------------------------------------------------------
+    def model_object(self) -> dict:
+        return {"id": self.name, "object": "model", "created": self.created,
+                "owned_by": "tfllm"}
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [self.model_object()]}
+
+    def _check_model(self, body):
+        if not isinstance(body, dict):
+            raise ApiError("the request body must be a JSON object")
+        model = body.get("model")
+        if model != self.name:
+            raise ApiError(f"The model `{str(model)[:100]}` does not exist; this server "
+                           f"serves `{self.name}`", "model", 404, code="model_not_found")
+
+    # -- the model, one request at a time ----------------------------------------------------
+    def _hold(self, work):
+        """`work` (an iterator) run with the model to itself; ApiError 503 at once when
+        more requests already wait than allowed."""
+        if not self._waiting.acquire(blocking=False):
+            raise ApiError("the server is busy: too many requests waiting; retry shortly",
+                           status=503, type_="server_error", code="overloaded")
+        return _Held(work, self._model_lock, self._waiting)
+
+    # -- /v1/chat/completions ----------------------------------------------------------------
+    def chat_completions(self, body: dict):
+        """A chat completion object, or with `"stream": true` an iterator of chunk objects
+        (the caller frames them as server-sent events and ends with `[DONE]`)."""
+        self._check_model(body)
+        if not self.causal:
+            raise ApiError(f"`{self.name}` is a {self.kind} model: it answers "
+                           "/v1/embeddings, not chat completions", "model")
+        if self.chat is None:
+            raise ApiError(self.no_chat, "messages")
+        sessions, ids, stops, common = self._chat_prompt(body)
+        meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()),
+                "model": self.name}
+        if common["stream"]:
+            return self._hold(self._chat_stream(sessions, ids, stops, meta, common))
+        work = self._hold(self._chat_whole(sessions, ids, stops))
+        choices, used = [], 0
+        for index, (text, reply) in enumerate(work):
+            message, finish = _assistant_message(sessions[index], text, reply)
+            choices.append({"index": index, "message": message, "finish_reason": finish,
+                            "logprobs": None})
+            used += reply["tokens"]
+        return dict(meta, object="chat.completion", choices=choices,
+                    usage=_usage(len(ids) * len(choices), used))
+
+    def _session(self, system, common, seed, schema, tools, tool_choice):
+        from tfllm.models.chat_session import ChatSession
+        from tfllm.models.token_automaton import ConstraintError
+
+        try:
+            # The reply budget is fixed once the prompt is known (`_budget`).
+            return ChatSession(self.model, self.chat, system, self.generator.max_len - 1,
+                               common["temperature"], None, common["top_p"], seed,
+                               json_schema=schema, tools=tools, tool_choice=tool_choice)
+        except (ConstraintError, TfllmError) as e:
+            raise ApiError(str(e), "tools" if tools is not None else "response_format") \
+                from None
+
+    def _budget(self, sessions, prompt_tokens, common):
+        """Set every session's reply budget: `max_tokens`, else what the prompt leaves of
+        the context; ApiError when the prompt and the reply do not fit."""
+        from tfllm.models.generation import (GenerationError, GenerationParams,
+                                             check_constraint, fits, new_token_room)
+
+        max_len = self.generator.max_len
+        max_new = common["max_new"]
+        if max_new is None:
+            max_new = new_token_room(max_len, prompt_tokens)
+        if max_new < 1 or not fits(prompt_tokens, max_new, max_len):
+            raise ApiError(f"This model's maximum context length is {max_len} tokens. "
+                           f"However, you requested {prompt_tokens + max(max_new, 1)} tokens "
+                           f"({prompt_tokens} in the messages, {max(max_new, 1)} in the "
+                           "completion). Please reduce the length of the messages or "
+                           "completion.", "messages" if common["max_new"] is None
+                           else common["max_param"], code="context_length_exceeded")
+        for session in sessions:
+            p = session.params
+            session.params = GenerationParams(max_new, p.temperature, p.top_k, p.top_p, p.seed)
+            if session.constraint is not None:
+                try:
+                    check_constraint(session.constraint, session.params)
+                except GenerationError as e:
+                    raise ApiError(str(e), common["max_param"]) from None
+
+    def _chat_prompt(self, body):
+        """(sessions, prompt ids, stop strings, sampling) of a chat request."""
+        common = _sampling(body)
+        turns, system = _conversation(body.get("messages"))
+        tools, tool_choice = _tools(body)
+        schema = _response_format(body.get("response_format"))
+        if tools is not None and schema is not None:
+            raise ApiError("give tools or a response_format, not both", "response_format")
+        sessions = [self._session(system, common, seed, schema, tools, tool_choice)
+                    for seed in common["seeds"]]
+        ids = sessions[0].encode(sessions[0].history + turns)
+        self._budget(sessions, len(ids), common)
+        return sessions, ids, sessions[0].end_of_turn + common["stop"], common
+
+    def _chat_whole(self, sessions, ids, stops):
+        for session in sessions:
+            reply = {}
+            text = "".join(self.stream_text(ids, session.params, session.constraint, stops,
+                                            reply))
+            yield text, reply
+
+    def _chat_stream(self, sessions, ids, stops, meta, common):
+        def chunk(index, delta, finish=None):
+            return dict(meta, object="chat.completion.chunk", choices=[
+                {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}])
+
+        used = 0
+        for index, session in enumerate(sessions):
+            yield chunk(index, {"role": "assistant", "content": ""})
+            reply = {}
+            pieces = self.stream_text(ids, session.params, session.constraint, stops, reply)
+            if session.tools:  # a call is known only once whole: one delta at the end
+                text = "".join(pieces)
+                message, finish = _assistant_message(session, text, reply)
+                delta = {"content": message["content"]} if not message.get("tool_calls") \
+                    else {"tool_calls": [dict(call, index=i) for i, call in
+                                         enumerate(message["tool_calls"])]}
+                yield chunk(index, delta)
+            else:
+                for piece in pieces:
+                    yield chunk(index, {"content": piece})
+                finish = reply["finish_reason"]
+            yield chunk(index, {}, finish)
+            used += reply["tokens"]
+        if common["include_usage"]:
+            yield dict(meta, object="chat.completion.chunk", choices=[],
+                       usage=_usage(len(ids) * len(sessions), used))
+
+    # -- /v1/completions ---------------------------------------------------------------------
+    def completions(self, body: dict):
+        """A text completion object (or an iterator of chunks with `"stream": true`): the
+        text `tfllm generate` continues each prompt with."""
+        from tfllm.models.generation import GenerationParams, encode_prompt
+
+        self._check_model(body)
+        if not self.causal:
+            raise ApiError(f"`{self.name}` is a {self.kind} model: it answers "
+                           "/v1/embeddings, not completions", "model")
+        common = _sampling(body, default_max=16)
+        prompts = body.get("prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, list) or not prompts or \
+                not all(isinstance(p, str) for p in prompts):
+            raise ApiError("prompt must be a string or a non-empty list of strings", "prompt")
+        if len(prompts) * len(common["seeds"]) > MAX_CHOICES:
+            raise ApiError(f"at most {MAX_CHOICES} completions per request (prompts x n)",
+                           "n")
+        echo = body.get("echo", False)
+        if not isinstance(echo, bool):
+            raise ApiError("echo must be true or false", "echo")
+        jobs = []  # (index, prompt text, ids, params)
+        for p, prompt in enumerate(prompts):
+            ids = encode_prompt(self.tokenizer, prompt)
+            self._budget([], len(ids), common)
+            for j, seed in enumerate(common["seeds"]):
+                params = GenerationParams(common["max_new"], common["temperature"], None,
+                                          common["top_p"], seed)
+                jobs.append((p * len(common["seeds"]) + j, prompt, ids, params))
+        meta = {"id": "cmpl-" + uuid.uuid4().hex, "created": int(time.time()),
+                "model": self.name}
+        prompt_tokens = sum(len(ids) for _, _, ids, _ in jobs)
+        stops = common["stop"]
+
+        def run():
+            used = 0
+            for index, prompt, ids, params in jobs:
+                reply = {}
+                pieces = self.stream_text(ids, params, None, stops, reply)
+                yield index, prompt, pieces, reply
+                used += reply["tokens"]
+            if common["stream"] and common["include_usage"]:
+                yield None, None, None, _usage(prompt_tokens, used)
+
+        def chunk(index, text, finish=None):
+            return dict(meta, object="text_completion", choices=[
+                {"index": index, "text": text, "finish_reason": finish, "logprobs": None}])
+
+        if common["stream"]:
+            def stream():
+                for index, prompt, pieces, reply in run():
+                    if index is None:
+                        yield dict(meta, object="text_completion", choices=[], usage=reply)
+                        continue
+                    if echo:
+                        yield chunk(index, prompt)
+                    for piece in pieces:
+                        yield chunk(index, piece)
+                    yield chunk(index, "", reply["finish_reason"])
+
+            return self._hold(stream())
+        choices, used = [], 0
+        for index, prompt, pieces, reply in self._hold(run()):
+            text = "".join(pieces)
+            choices.append({"index": index, "text": (prompt if echo else "") + text,
+                            "finish_reason": reply["finish_reason"], "logprobs": None})
+            used += reply["tokens"]
+        return dict(meta, object="text_completion", choices=choices,
+                    usage=_usage(prompt_tokens, used))
+
+    # -- decoding ----------------------------------------------------------------------------
+    def stream_text(self, ids, params, constraint, stops, reply):
+        """Yield the reply's text as the decoding loop produces it, ending at the first of
+        `stops` (not included), the end token or the budget. Fills `reply`: `tokens` (the
+        tokens the text took: up to the one completing a stop, without the end token) and
+        `finish_reason` ("stop" or "length"). Text that may begin a stop (a suffix that is a
+        stop's prefix), or that ends inside a character (U+FFFD of a partial byte sequence),
+        waits for the next chunk."""
+        tok = self.tokenizer
+        out, shown = [], 0
+        reply.update(tokens=0, finish_reason="length")
+        # The first chunk is one token: the time to the first token is the prefill and one
+        # step; later chunks of 4 spread the cost of a call over more tokens.
+        for new in self.generator.stream_ids(ids, params, constraint=constraint,
+                                             first_chunk=1):
+            before = len(out)
+            out += new
+            text = tok.decode(out)
+            cut = min((text.find(s) for s in stops if s in text), default=-1)
+            if cut >= 0:
+                # The tokens of the text up to and including the stop.
+                k = next(k for k in range(before + 1, len(out) + 1)
+                         if any(s in tok.decode(out[:k]) for s in stops))
+                if cut > shown:
+                    yield text[shown:cut]
+                reply.update(tokens=k, finish_reason="stop")
+                return
+            safe = len(text) - _stop_prefix(text, stops)
+            while safe > shown and text[safe - 1] == "\ufffd":
+                safe -= 1
+            if safe > shown:
+                yield text[shown:safe]
+                shown = safe
+        text = tok.decode(out)
+        if len(text) > shown:
+            yield text[shown:]
+        reply["tokens"] = len(out)
+        if len(out) < params.max_new_tokens:
+            reply["finish_reason"] = "stop"
+
+    def warm_up(self):
+        """Compile the decoding loop (a one-token reply) or the encoder, so that the first
+        request does not wait for it."""
+        from tfllm.models.generation import GenerationParams
+
+        if self.causal:
+            ids = self.tokenizer.encode("Hello") or [self.tokenizer.bos_id]
+            for _ in self.stream_text(ids, GenerationParams(2), None, [], {}):
+                pass
+        elif self.encoder is not None:
+            from tfllm.tasks.embed.embeddings import embed_texts
+
+            embed_texts(self.encoder, ["warm up"])
+
+    # -- /v1/embeddings ----------------------------------------------------------------------
+    def embeddings(self, body: dict) -> dict:
+        """Unit-length sentence embeddings, as `tfllm embed` prints them."""
+        from tfllm.tasks.embed.embeddings import embed_texts
+        from tfllm.tokenizers.packing import token_counts
+
+        self._check_model(body)
+        if self.encoder is None:
+            raise ApiError(f"`{self.name}` is a {self.kind} model: embeddings come from "
+                           "encoder runs (BERT-style)", "model")
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or \
+                not all(isinstance(t, str) for t in texts):
+            raise ApiError("input must be a string or a non-empty list of strings (token "
+                           "arrays are not accepted)", "input")
+        if len(texts) > 2048:
+            raise ApiError(f"at most 2048 inputs per request, got {len(texts)}", "input")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            raise ApiError(f"encoding_format must be float or base64, got {fmt!r}",
+                           "encoding_format")
+        width = self.encoder.backbone.d_model
+        dims = body.get("dimensions")
+        if dims is not None and dims != width:
+            raise ApiError(f"this model's embeddings have {width} dimensions; dimensions="
+                           f"{dims!r} cannot be given", "dimensions")
+        def work():
+            yield embed_texts(self.encoder, texts)
+
+        vectors = list(self._hold(work()))[0]
+        max_len = self.encoder.backbone.max_len
+        tokens = sum(min(c, max_len) for c in token_counts(self.tokenizer, texts, True))
+        data = []
+        for i, v in enumerate(np.asarray(vectors, np.float32)):
+            value = base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" \
+                else [float(x) for x in v]
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        return {"object": "list", "data": data, "model": self.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class _Held:
+    """An iterator run holding `lock` (taken at the first item), releasing it and its
+    waiting slot when it ends, fails or is closed, even if it never started (a client that
+    left before the first chunk)."""
+
+    def __init__(self, work, lock, slot):
+        self._work, self._lock, self._slot = work, lock, slot
+        self._locked = self._closed = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._closed:
+            raise StopIteration
+        if not self._locked:
+            self._lock.acquire()
+            self._locked = True
+        try:
+            return next(self._work)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._work, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._locked:
+                self._lock.release()
+            self._slot.release()
+
+    def __del__(self):
+        self.close()
+
+
+def _stop_prefix(text, stops) -> int:
+    """The length of the longest end of `text` that begins one of `stops`."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
+# -- request fields -------------------------------------------------------------------------
+def _usage(prompt, completion):
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def _number(body, key, low, high, default, integer=False):
+    value = body.get(key)
+    if value is None:
+        return default
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or \
+            (not integer and not math.isfinite(value)) or not low <= value <= high:
+        what = "an integer" if integer else "a number"
+        raise ApiError(f"{key} must be {what} in [{low}, {high}], got {str(value)[:40]}", key)
+    return value
+
+
+def _sampling(body, default_max=None) -> dict:
+    """The sampling fields shared by chat and text completions, checked."""
+    for key, allowed in _UNSUPPORTED.items():
+        if body.get(key) not in allowed:
+            raise ApiError(f"{key} is not supported by this server", key)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError("stream must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise ApiError("stream_options must be an object", "stream_options")
+    max_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    max_new = _number(body, max_param, 1, 1 << 30, default_max, integer=True)
+    temperature = _number(body, "temperature", 0, 2, 1.0)
+    top_p = _number(body, "top_p", 0, 1, 1.0)
+    if top_p == 0:
+        raise ApiError("top_p must be > 0", "top_p")
+    n = _number(body, "n", 1, MAX_CHOICES, 1, integer=True)
+    seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, None, integer=True)
+    stop = body.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > MAX_STOPS or \
+            not all(isinstance(s, str) and s for s in stop):
+        raise ApiError(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of "
+                       "them", "stop")
+    # Choice i samples with seed + i (reproducible, and n choices differ).
+    seeds = [None if seed is None else (seed + i) % (1 << 31) for i in range(n)]
+    return {"stream": stream, "include_usage": bool(options.get("include_usage")),
+            "max_new": max_new, "max_param": max_param, "temperature": float(temperature),
+            "top_p": None if top_p == 1 else float(top_p), "seeds": seeds, "stop": stop}
+
+
+def _text(content, where):
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: only text ones
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or \
+                    not isinstance(part.get("text"), str):
+                raise ApiError(f"{where}: only text content parts are accepted "
+                               "({\"type\": \"text\", \"text\": ...})", "messages")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise ApiError(f"{where}: content must be a string or a list of text parts", "messages")
+
+
+def _conversation(messages):
+    """(turns after the system turn, system text or None) of OpenAI `messages`, with tool
+    calls and results written as `ChatSession` writes them."""
+    from tfllm.models.tool_calls import ToolError, plain_turns
+
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("messages must be a non-empty list", "messages")
+    turns = []
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise ApiError(f"{where} must be an object", "messages")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise ApiError(f"{where}: role must be one of {', '.join(_ROLES)}, got "
+                           f"{str(role)[:40]!r}", "messages")
+        turn = {"role": "system" if role == "developer" else role}
+        content = m.get("content")
+        if role == "assistant" and m.get("tool_calls"):
+            turn["tool_calls"] = m["tool_calls"]
+            turn["content"] = "" if content is None else _text(content, where)
+        else:
+            turn["content"] = _text(content, where)
+        if turn["role"] == "system" and i > 0:
+            raise ApiError(f"{where}: a system message may only come first", "messages")
+        turns.append(turn)
+    if turns[-1]["role"] not in ("user", "tool"):
+        raise ApiError("the last message must be a user message or tool results",
+                       "messages")
+    system = turns.pop(0)["content"] if turns[0]["role"] == "system" else None
+    if not turns:
+        raise ApiError("messages need a user message after the system message", "messages")
+    try:
+        return plain_turns(turns), system
+    except ToolError as e:
+        raise ApiError(str(e), "messages") from None
+
+
+def _tools(body):
+    """(tools or None, tool_choice) of a request."""
+    from tfllm.models.tool_calls import ToolError, check_tools
+
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is None or tools == []:
+        if choice not in (None, "none", "auto"):
+            raise ApiError("tool_choice needs tools", "tool_choice")
+        return None, "auto"
+    try:
+        tools = check_tools(tools)
+    except ToolError as e:
+        raise ApiError(str(e), "tools") from None
+    choice = "auto" if choice is None else choice
+    if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}}
+        name = (choice.get("function") or {}).get("name") \
+            if isinstance(choice.get("function"), dict) else None
+        chosen = [t for t in tools if t["function"]["name"] == name]
+        if choice.get("type") != "function" or not chosen:
+            raise ApiError(f"tool_choice names no function of the tools: "
+                           f"{str(name)[:60]!r}", "tool_choice")
+        return chosen, "required"
+    if choice not in ("auto", "required", "none"):
+        raise ApiError(f"tool_choice must be auto, required, none or a function, got "
+                       f"{str(choice)[:40]!r}", "tool_choice")
+    return tools, choice
+
+
+def _response_format(fmt):
+    """The JSON schema a response_format asks for, or None."""
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+            raise ApiError("response_format json_schema needs {\"name\": ..., \"schema\": "
+                           "{...}}", "response_format")
+        return spec["schema"]
+    raise ApiError("response_format type must be text, json_object or json_schema",
+                   "response_format")
+
+
+def _assistant_message(session, text, reply):
+    """(message, finish_reason) of a reply: with tools, a call is `tool_calls`."""
+    if session.tools:
+        from tfllm.models.tool_calls import ToolError, parse_tool_calls
+
+        try:
+            calls = parse_tool_calls(text, session.tool_format)
+        except ToolError:
+            calls = []  # a budget that ended inside a call: the text, finish "length"
+        if calls:
+            return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": text}, reply["finish_reason"]

@@ -1,0 +1,343 @@
+"""The OpenAI API of `tfllm serve --run`, called with the official `openai` client."""
+
+import base64
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import jsonschema
+import numpy as np
+import pytest
+
+from tests.chat_fixtures import TOOLS
+from tests.conftest import call_cli
+
+openai = pytest.importorskip("openai")
+
+MESSAGE = "Translate to French: cat dog"
+
+
+def _serve(api):
+    from serving.dev_server import make_http_server
+
+    http = make_http_server(None, "127.0.0.1", 0, api=api)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    return http, f"http://127.0.0.1:{http.server_address[1]}"
+
+
+@pytest.fixture(scope="module")
+def chat_api(chat_runs):
+    from serving.openai_api import OpenAIService
+
+    api = OpenAIService(chat_runs["full"], name="mt", max_waiting=2)
+    http, url = _serve(api)
+    yield {"api": api, "url": url,
+           "client": openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)}
+    http.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tools_api(tmp_path_factory):
+    from serving.openai_api import OpenAIService
+    from tests.chat_fixtures import make_tools_run
+
+    run = make_tools_run(str(tmp_path_factory.mktemp("tools") / "run"))
+    api = OpenAIService(run, name="tools")
+    http, url = _serve(api)
+    yield {"api": api, "client": openai.OpenAI(base_url=url + "/v1", api_key="unused",
+                                               max_retries=0)}
+    http.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embed_api(tiny_classifier):
+    from serving.openai_api import OpenAIService
+
+    http, url = _serve(OpenAIService(tiny_classifier[0], name="enc"))
+    yield {"url": url, "client": openai.OpenAI(base_url=url + "/v1", api_key="unused",
+                                               max_retries=0)}
+    http.shutdown()
+
+
+def _chat(client, **kw):
+    kw.setdefault("messages", [{"role": "user", "content": MESSAGE}])
+    return client.chat.completions.create(model="mt", **kw)
+
+
+def _expected_tokens(api, ids, max_new, stops):
+    """The reply's token count from the whole-loop generation (not the streaming path the
+    server uses): up to the token completing an end-of-turn text, else all."""
+    from tfllm.models.generation import GenerationParams
+
+    out = api.generator.generate_ids([ids], GenerationParams(max_new))[0]
+    for k in range(1, len(out) + 1):
+        if any(s in api.tokenizer.decode(out[:k]) for s in stops):
+            return k
+    return len(out)
+
+
+def test_chat_greedy_is_tfllm_chat_and_the_stream_is_the_same(chat_api, chat_runs):
+    from tfllm.models.chat_session import ChatSession
+
+    client, api = chat_api["client"], chat_api["api"]
+    done = call_cli(["chat", "--run", chat_runs["full"], "--message", MESSAGE,
+                     "--max-new-tokens", "12"])
+    assert done.returncode == 0, done.stderr
+    cli_reply = done.stdout.splitlines()[-1]
+    assert len(cli_reply) > 3
+
+    r = _chat(client, temperature=0, max_tokens=12)
+    assert r.object == "chat.completion" and r.model == "mt"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == cli_reply
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens < 12
+    session = ChatSession(api.model, api.chat, max_new_tokens=12)
+    ids, _ = session.prompt_ids([{"role": "user", "content": MESSAGE}])
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.usage.completion_tokens == _expected_tokens(api, ids, 12, session.end_of_turn)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+    chunks = list(_chat(client, temperature=0, max_tokens=12, stream=True,
+                        stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and
+              c.choices[0].delta.content]
+    assert len(pieces) > 1  # streamed as decoded, not in one piece
+    assert "".join(pieces) == cli_reply
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage == r.usage
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_budget_stop_seed_and_n(chat_api):
+    client = chat_api["client"]
+    r = _chat(client, temperature=0, max_tokens=2)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 2
+    whole = _chat(client, temperature=0, max_tokens=12).choices[0].message.content
+    stop = whole[2:4]
+    r = _chat(client, temperature=0, max_tokens=12, stop=["never seen", stop])
+    assert r.choices[0].message.content == whole[:whole.find(stop)]
+    assert r.choices[0].finish_reason == "stop"
+    # Sampling: a seed reproduces; n choices sample with seed, seed + 1, ...
+    a = _chat(client, temperature=1.5, seed=7, n=3, max_tokens=8)
+    b = _chat(client, temperature=1.5, seed=7, n=3, max_tokens=8)
+    c = _chat(client, temperature=1.5, seed=8, n=1, max_tokens=8)
+    texts = [ch.message.content for ch in a.choices]
+    assert [ch.index for ch in a.choices] == [0, 1, 2]
+    assert texts == [ch.message.content for ch in b.choices]
+    assert c.choices[0].message.content == texts[1]
+    assert len(set(texts)) > 1
+    assert a.usage.prompt_tokens == 3 * c.usage.prompt_tokens
+
+
+def test_multi_turn_conversations_render_every_turn(chat_api):
+    from tfllm.models.chat_session import ChatSession
+
+    api = chat_api["api"]
+    messages = [{"role": "system", "content": "You translate."},
+                {"role": "user", "content": "Translate to French: cat"},
+                {"role": "assistant", "content": "chat"},
+                {"role": "user", "content": [{"type": "text", "text": "Translate to French: "},
+                                             {"type": "text", "text": "dog"}]}]
+    r = _chat(chat_api["client"], messages=messages, temperature=0, max_tokens=8)
+    session = ChatSession(api.model, api.chat, system="You translate.", max_new_tokens=8)
+    session.history += [{"role": "user", "content": "Translate to French: cat"},
+                        {"role": "assistant", "content": "chat"}]
+    last = {"role": "user", "content": "Translate to French: dog"}
+    ids, dropped = session.prompt_ids(session.history + [last])
+    assert r.usage.prompt_tokens == len(ids) and dropped == 0
+    assert r.choices[0].message.content == session.reply(last["content"])
+
+
+def test_tools_and_response_format(tools_api, chat_api):
+    """Tool calls on a random model (the constraint makes every call valid), as `tfllm chat
+    --tools` makes them; a JSON schema response_format."""
+    from tfllm.models.chat_session import ChatSession
+
+    client, api = tools_api["client"], tools_api["api"]
+    # `tfllm chat --tools` answers with this session (tests/models/test_tool_calls.py);
+    # built on the server's model, one compiled loop serves both.
+    session = ChatSession(api.model, api.chat, max_new_tokens=100, tools=TOOLS,
+                          tool_choice="required")
+    session.reply("Weather in Paris?")
+    cli_calls = session.last_tool_calls
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    r = client.chat.completions.create(model="tools", messages=messages, tools=TOOLS,
+                                       tool_choice="required", temperature=0, max_tokens=100)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = [c.model_dump() for c in choice.message.tool_calls]
+    assert calls == cli_calls
+    # The call is one of the tools', its arguments valid under its parameters.
+    spec = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    jsonschema.validate(json.loads(calls[0]["function"]["arguments"]),
+                        spec[calls[0]["function"]["name"]])
+    chunks = list(client.chat.completions.create(
+        model="tools", messages=messages, tools=TOOLS, tool_choice="required", temperature=0,
+        max_tokens=100, stream=True))
+    streamed = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(t.function.name, t.function.arguments) for t in streamed] == \
+        [(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+    # One named function: that one is called.
+    r = client.chat.completions.create(
+        model="tools", messages=messages, tools=TOOLS, temperature=0, max_tokens=100,
+        tool_choice={"type": "function", "function": {"name": "add"}})
+    assert r.choices[0].message.tool_calls[0].function.name == "add"
+    # A tool result, then the reply: the conversation as `plain_turns` writes it.
+    follow = messages + [r.choices[0].message.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_call_id": "call_0", "content": "5"}]
+    r = client.chat.completions.create(model="tools", messages=follow, tools=TOOLS,
+                                       tool_choice="none", temperature=0, max_tokens=5)
+    assert r.choices[0].message.tool_calls is None and r.choices[0].message.content
+
+    client = chat_api["client"]
+    schema = {"type": "object", "properties": {"word": {"enum": ["chat", "chien"]}},
+              "required": ["word"], "additionalProperties": False}
+    r = _chat(client, temperature=0, max_tokens=30, response_format={
+        "type": "json_schema", "json_schema": {"name": "w", "schema": schema}})
+    jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_completions_are_tfllm_generate(chat_api, chat_runs):
+    client = chat_api["client"]
+    done = call_cli(["generate", "--run", chat_runs["full"], "--prompt", "chat", "--max-new-tokens",
+                     "6"])
+    assert done.returncode == 0, done.stderr
+    r = client.completions.create(model="mt", prompt="chat", max_tokens=6, temperature=0)
+    assert "chat" + r.choices[0].text == done.stdout.rstrip("\n")
+    tok = chat_api["api"].tokenizer
+    assert r.usage.prompt_tokens == len(tok.encode("chat"))
+    e = client.completions.create(model="mt", prompt=["chat", "chat"], max_tokens=6,
+                                  temperature=0, echo=True)
+    assert [c.text for c in e.choices] == ["chat" + r.choices[0].text] * 2
+    assert e.usage.prompt_tokens == 2 * r.usage.prompt_tokens
+    pieces = [c.choices[0].text for c in client.completions.create(
+        model="mt", prompt="chat", max_tokens=6, temperature=0, stream=True) if c.choices]
+    assert "".join(pieces) == r.choices[0].text
+
+
+def test_embeddings_are_tfllm_embed(embed_api, tiny_classifier):
+    client = embed_api["client"]
+    texts = ["a good and great film", "a dull film"]
+    done = call_cli(["embed", "--run", tiny_classifier[0], *sum([["--text", t] for t in texts],
+                                                               [])])
+    assert done.returncode == 0, done.stderr
+    expected = [json.loads(line)["embedding"] for line in done.stdout.splitlines()
+                if line.startswith("{")]
+    r = client.embeddings.create(model="enc", input=texts)
+    got = [d.embedding for d in sorted(r.data, key=lambda d: d.index)]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    from tfllm.tokenizers.packing import token_counts
+    import tfllm
+
+    tok = tfllm.load(tiny_classifier[0]).tokenizer
+    assert r.usage.prompt_tokens == sum(token_counts(tok, texts, True))
+    raw = client.embeddings.create(model="enc", input=texts[0], encoding_format="base64")
+    vector = raw.data[0].embedding
+    if isinstance(vector, str):  # the client decodes base64 itself in some versions
+        vector = np.frombuffer(base64.b64decode(vector), "<f4")
+    np.testing.assert_allclose(vector, got[0], atol=1e-7)
+
+
+def _raw_post(url, path, data):
+    req = urllib.request.Request(url + path, data=data,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("kw, param, match", [
+    ({"model": "gpt-4o"}, "model", "does not exist"),
+    ({"max_tokens": 5000}, "max_tokens", "maximum context length is 64"),
+    ({"temperature": 3}, "temperature", "temperature must be"),
+    ({"top_p": 0}, "top_p", "top_p must be"),
+    ({"n": 99}, "n", "n must be"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages", "role must be"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+     "messages", "last message must be"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages",
+     "only text content"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    ({"logprobs": True}, "logprobs", "not supported"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice",
+     "names no function"),
+    ({"response_format": {"type": "xml"}}, "response_format", "must be text"),
+])
+def test_bad_parameters_are_openai_errors(chat_api, kw, param, match):
+    body = {"model": "mt", "messages": [{"role": "user", "content": MESSAGE}], **kw}
+    status, payload = _raw_post(chat_api["url"], "/v1/chat/completions",
+                                json.dumps(body).encode())
+    assert status == (404 if param == "model" else 400), payload
+    error = payload["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert match in error["message"]
+    # The client raises the matching exception type.
+    with pytest.raises(openai.NotFoundError if param == "model" else openai.BadRequestError):
+        chat_api["client"].chat.completions.create(**body)
+
+
+def test_other_errors_models_and_saturation(chat_api, embed_api):
+    from serving.openai_api import ApiError
+
+    url, api = chat_api["url"], chat_api["api"]
+    status, payload = _raw_post(url, "/v1/chat/completions", b"{not json")
+    assert status == 400 and "could not parse the JSON" in payload["error"]["message"]
+    status, payload = _raw_post(url, "/v1/embeddings", json.dumps(
+        {"model": "mt", "input": "x"}).encode())
+    assert status == 400 and "embeddings come from encoder runs" in payload["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="answers /v1/embeddings"):
+        embed_api["client"].chat.completions.create(
+            model="enc", messages=[{"role": "user", "content": "x"}])
+    assert [m.id for m in chat_api["client"].models.list()] == ["mt"]
+    assert chat_api["client"].models.retrieve("mt").owned_by == "tfllm"
+    # One request holds the model, two may wait (max_waiting=2): the fourth is 503 at once.
+    body = {"model": "mt", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "max_tokens": 2}
+    held = [api.chat_completions(dict(body)) for _ in range(3)]
+    with pytest.raises(ApiError) as e:
+        api.chat_completions(dict(body))
+    assert e.value.status == 503 and e.value.code == "overloaded"
+    assert next(held[0])["choices"][0]["delta"]["role"] == "assistant"
+    for h in held:
+        h.close()
+    assert list(api.chat_completions(dict(body)))  # every slot and the model were released
+
+
+def test_stream_never_splits_a_character():
+    """Tokens that are single bytes of a multi-byte character: no chunk ends inside one."""
+    from serving.openai_api import OpenAIService
+    from tfllm.models.generation import GenerationParams
+
+    text = "é€😀 ok"
+    raw = text.encode()
+
+    class ByteTokenizer:
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    class OneByteAtATime:
+        def stream_ids(self, prompt, params, constraint=None, first_chunk=None):
+            for b in raw:
+                yield [b]
+
+    api = object.__new__(OpenAIService)
+    api.tokenizer, api.generator = ByteTokenizer(), OneByteAtATime()
+    reply = {}
+    pieces = list(api.stream_text([1], GenerationParams(100), None, [], reply))
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert pieces[:3] == ["é", "€", "😀"]
+    assert reply == {"tokens": len(raw), "finish_reason": "stop"}
+
+
+def test_serve_needs_a_model_dir_or_a_run(capsys):
+    from serving.dev_server import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args([])
+    assert e.value.code == 2 and "give --model-dir" in capsys.readouterr().err
+    assert parse_args(["--run", "runs/x"]).model_dir is None
