@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import base64
-import math
 import os
 import threading
 import time
@@ -30,32 +29,8 @@ import numpy as np
 
 from tfllm.errors import TfllmError
 
-# Largest `n` (choices per request) and `stop` list accepted: OpenAI's own limits (stop) and
-# a bound on the work one request may ask for (n).
-MAX_CHOICES = 8
-MAX_STOPS = 4
-# Parameters OpenAI defines that change the answer in ways this server does not do: a request
-# giving one of them a non-default value is refused rather than answered differently.
-_UNSUPPORTED = {"logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
-                "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-                "audio": (None,), "prediction": (None,), "suffix": (None, ""),
-                "best_of": (None, 1), "modalities": (None, ["text"])}
-_ROLES = ("system", "developer", "user", "assistant", "tool")
-
-
-class ApiError(Exception):
-    """A request answered with an OpenAI error object: HTTP `status`, and `type`, `param`,
-    `code` as OpenAI's API sets them."""
-
-    def __init__(self, message, param=None, status=400, type_="invalid_request_error",
-                 code=None):
-        super().__init__(message)
-        self.status, self.param, self.type, self.code = status, param, type_, code
-
-    def body(self) -> dict:
-        return {"error": {"message": str(self), "type": self.type, "param": self.param,
-                          "code": self.code}}
-
+from .openai_requests import (MAX_CHOICES, ApiError, read_conversation, read_response_format,
+                              read_sampling, usage)
 
 class OpenAIService:
     """The OpenAI endpoints for one run.
@@ -152,7 +127,7 @@ class OpenAIService:
                             "logprobs": None})
             used += reply["tokens"]
         return dict(meta, object="chat.completion", choices=choices,
-                    usage=_usage(len(ids) * len(choices), used))
+                    usage=usage(len(ids) * len(choices), used))
 
     def _session(self, system, common, seed, schema, tools, tool_choice):
         from tfllm.models.chat_session import ChatSession
@@ -195,10 +170,16 @@ class OpenAIService:
 
     def _chat_prompt(self, body):
         """(sessions, prompt ids, stop strings, sampling) of a chat request."""
-        common = _sampling(body)
-        turns, system = _conversation(body.get("messages"))
+        from tfllm.models.tool_calls import ToolError, plain_turns
+
+        common = read_sampling(body)
+        turns, system = read_conversation(body.get("messages"))
+        try:  # tool calls and results as ChatSession writes them
+            turns = plain_turns(turns)
+        except ToolError as e:
+            raise ApiError(str(e), "messages") from None
         tools, tool_choice = _tools(body)
-        schema = _response_format(body.get("response_format"))
+        schema = read_response_format(body.get("response_format"))
         if tools is not None and schema is not None:
             raise ApiError("give tools or a response_format, not both", "response_format")
         sessions = [self._session(system, common, seed, schema, tools, tool_choice)
@@ -239,7 +220,7 @@ class OpenAIService:
             used += reply["tokens"]
         if common["include_usage"]:
             yield dict(meta, object="chat.completion.chunk", choices=[],
-                       usage=_usage(len(ids) * len(sessions), used))
+                       usage=usage(len(ids) * len(sessions), used))
 
     # -- /v1/completions ---------------------------------------------------------------------
     def completions(self, body: dict):
@@ -251,7 +232,7 @@ class OpenAIService:
         if not self.causal:
             raise ApiError(f"`{self.name}` is a {self.kind} model: it answers "
                            "/v1/embeddings, not completions", "model")
-        common = _sampling(body, default_max=16)
+        common = read_sampling(body, default_max=16)
         prompts = body.get("prompt")
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -285,7 +266,7 @@ class OpenAIService:
                 yield index, prompt, pieces, reply
                 used += reply["tokens"]
             if common["stream"] and common["include_usage"]:
-                yield None, None, None, _usage(prompt_tokens, used)
+                yield None, None, None, usage(prompt_tokens, used)
 
         def chunk(index, text, finish=None):
             return dict(meta, object="text_completion", choices=[
@@ -311,7 +292,7 @@ class OpenAIService:
                             "finish_reason": reply["finish_reason"], "logprobs": None})
             used += reply["tokens"]
         return dict(meta, object="text_completion", choices=choices,
-                    usage=_usage(prompt_tokens, used))
+                    usage=usage(prompt_tokens, used))
 
     # -- decoding ----------------------------------------------------------------------------
     def stream_text(self, ids, params, constraint, stops, reply):
@@ -463,109 +444,6 @@ def _stop_prefix(text, stops) -> int:
 
 
 # -- request fields -------------------------------------------------------------------------
-def _usage(prompt, completion):
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
-
-
-def _number(body, key, low, high, default, integer=False):
-    value = body.get(key)
-    if value is None:
-        return default
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or \
-            (not integer and not math.isfinite(value)) or not low <= value <= high:
-        what = "an integer" if integer else "a number"
-        raise ApiError(f"{key} must be {what} in [{low}, {high}], got {str(value)[:40]}", key)
-    return value
-
-
-def _sampling(body, default_max=None) -> dict:
-    """The sampling fields shared by chat and text completions, checked."""
-    for key, allowed in _UNSUPPORTED.items():
-        if body.get(key) not in allowed:
-            raise ApiError(f"{key} is not supported by this server", key)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ApiError("stream must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise ApiError("stream_options must be an object", "stream_options")
-    max_param = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
-        else "max_tokens"
-    max_new = _number(body, max_param, 1, 1 << 30, default_max, integer=True)
-    temperature = _number(body, "temperature", 0, 2, 1.0)
-    top_p = _number(body, "top_p", 0, 1, 1.0)
-    if top_p == 0:
-        raise ApiError("top_p must be > 0", "top_p")
-    n = _number(body, "n", 1, MAX_CHOICES, 1, integer=True)
-    seed = _number(body, "seed", -(1 << 63), (1 << 63) - 1, None, integer=True)
-    stop = body.get("stop")
-    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > MAX_STOPS or \
-            not all(isinstance(s, str) and s for s in stop):
-        raise ApiError(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of "
-                       "them", "stop")
-    # Choice i samples with seed + i (reproducible, and n choices differ).
-    seeds = [None if seed is None else (seed + i) % (1 << 31) for i in range(n)]
-    return {"stream": stream, "include_usage": bool(options.get("include_usage")),
-            "max_new": max_new, "max_param": max_param, "temperature": float(temperature),
-            "top_p": None if top_p == 1 else float(top_p), "seeds": seeds, "stop": stop}
-
-
-def _text(content, where):
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: only text ones
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or \
-                    not isinstance(part.get("text"), str):
-                raise ApiError(f"{where}: only text content parts are accepted "
-                               "({\"type\": \"text\", \"text\": ...})", "messages")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise ApiError(f"{where}: content must be a string or a list of text parts", "messages")
-
-
-def _conversation(messages):
-    """(turns after the system turn, system text or None) of OpenAI `messages`, with tool
-    calls and results written as `ChatSession` writes them."""
-    from tfllm.models.tool_calls import ToolError, plain_turns
-
-    if not isinstance(messages, list) or not messages:
-        raise ApiError("messages must be a non-empty list", "messages")
-    turns = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise ApiError(f"{where} must be an object", "messages")
-        role = m.get("role")
-        if role not in _ROLES:
-            raise ApiError(f"{where}: role must be one of {', '.join(_ROLES)}, got "
-                           f"{str(role)[:40]!r}", "messages")
-        turn = {"role": "system" if role == "developer" else role}
-        content = m.get("content")
-        if role == "assistant" and m.get("tool_calls"):
-            turn["tool_calls"] = m["tool_calls"]
-            turn["content"] = "" if content is None else _text(content, where)
-        else:
-            turn["content"] = _text(content, where)
-        if turn["role"] == "system" and i > 0:
-            raise ApiError(f"{where}: a system message may only come first", "messages")
-        turns.append(turn)
-    if turns[-1]["role"] not in ("user", "tool"):
-        raise ApiError("the last message must be a user message or tool results",
-                       "messages")
-    system = turns.pop(0)["content"] if turns[0]["role"] == "system" else None
-    if not turns:
-        raise ApiError("messages need a user message after the system message", "messages")
-    try:
-        return plain_turns(turns), system
-    except ToolError as e:
-        raise ApiError(str(e), "messages") from None
-
-
 def _tools(body):
     """(tools or None, tool_choice) of a request."""
     from tfllm.models.tool_calls import ToolError, check_tools
@@ -592,25 +470,6 @@ def _tools(body):
         raise ApiError(f"tool_choice must be auto, required, none or a function, got "
                        f"{str(choice)[:40]!r}", "tool_choice")
     return tools, choice
-
-
-def _response_format(fmt):
-    """The JSON schema a response_format asks for, or None."""
-    if fmt is None:
-        return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return {"type": "object"}
-    if kind == "json_schema":
-        spec = fmt.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
-            raise ApiError("response_format json_schema needs {\"name\": ..., \"schema\": "
-                           "{...}}", "response_format")
-        return spec["schema"]
-    raise ApiError("response_format type must be text, json_object or json_schema",
-                   "response_format")
 
 
 def _assistant_message(session, text, reply):

@@ -1,6 +1,6 @@
 """The `tfllm` command line: train, finetune, generate, translate, chat, merge, classify,
 embed, evaluate, import-hf, import-gguf, export (saved-model, tflite, litertlm, onnx, hf)
-and serve."""
+serve and gateway."""
 
 from __future__ import annotations
 
@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="serve exported SavedModels over TF Serving's REST and gRPC "
                                  "APIs, and a run over the OpenAI API (development; "
                                  "`tfllm serve --help`)")
+    sub.add_parser("gateway", help="the OpenAI API in front of TF Serving (a stateless "
+                                   "process for deployments; `tfllm gateway --help`)")
 
     c = sub.add_parser(
         "classify", parents=[common],
@@ -637,12 +639,14 @@ EXPORTERS = {"saved-model": "saved_model", "tflite": "tflite", "litertlm": "lite
 
 def _passthrough(argv):
     """(package, module, arguments, name) when `argv` is `[--verbose] export FORMAT ...` or
-    `[--verbose] serve ...`, else None: their options are the exporter's or the server's
-    own, parsed there."""
+    `[--verbose] serve ...` or `[--verbose] gateway ...`, else None: their options are the
+    exporter's, the server's or the gateway's own, parsed there."""
     verbose = [a for a in argv[:1] if a == "--verbose"]
     rest = argv[len(verbose):]
     if rest[:1] == ["serve"]:
         return "serving", "dev_server", rest[1:] + verbose, "tfllm serve"
+    if rest[:1] == ["gateway"]:
+        return "serving", "gateway", rest[1:] + verbose, "tfllm gateway"
     if rest[:1] == ["export"] and len(rest) > 1 and rest[1] in EXPORTERS:
         return "export", EXPORTERS[rest[1]], rest[2:] + verbose, f"tfllm export {rest[1]}"
     return None

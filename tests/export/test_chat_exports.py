@@ -1,6 +1,8 @@
 """A chat run's exports apply its template: the SavedModel `chat` signatures and the
 `.litertlm` conversation answer as `tfllm chat` does (a LoRA run merged on the fly)."""
 
+import os
+
 import pytest
 
 from tests.chat_fixtures import QWEN_LIKE, TOOLS
@@ -66,6 +68,38 @@ def test_saved_model_chat_signatures_answer_as_tfllm_chat(chat_runs, tmp_path):
     session = ChatSession(model, chat, max_new_tokens=8, json_schema=schema)
     assert session.reply("Translate to French: water") in ('"oui"', '"non"')
     assert session.reply("Translate to French: cat") in ('"oui"', '"non"')
+
+    # Through the OpenAI gateway in front of (the dev server's emulation of) TF Serving:
+    # greedy chat replies are tfllm chat's, the schema's signature is reached by its name.
+    openai = pytest.importorskip("openai")
+    from tests.serving.servers import serve_gateway, serve_saved_models
+
+    upstream, stop_upstream = serve_saved_models(os.path.dirname(path))
+    url, stop = serve_gateway(upstream, "chat")
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        ask = [{"role": "user", "content": "Translate to French: cat"}]
+        r = client.chat.completions.create(model="chat", messages=ask, temperature=0,
+                                           max_tokens=8)
+        session = ChatSession(model, chat, max_new_tokens=8)
+        ids, _ = session.prompt_ids(ask)
+        assert r.choices[0].message.content == session.reply(ask[0]["content"])
+        assert r.usage.prompt_tokens == len(ids)
+        system = [{"role": "system", "content": "Be brief."}] + ask
+        r = client.chat.completions.create(model="chat", messages=system, temperature=0,
+                                           max_tokens=8)
+        assert r.choices[0].message.content == ChatSession(
+            model, chat, "Be brief.", max_new_tokens=8).reply(ask[0]["content"])
+        r = client.chat.completions.create(
+            model="chat", messages=ask, temperature=0, max_tokens=8, response_format={
+                "type": "json_schema", "json_schema": {"name": "yn", "schema": schema}})
+        assert r.choices[0].message.content in ('"oui"', '"non"')
+        with pytest.raises(openai.BadRequestError, match="one user message"):
+            client.chat.completions.create(model="chat", temperature=0, messages=ask + [
+                {"role": "assistant", "content": "chat"}, {"role": "user", "content": "x"}])
+    finally:
+        stop()
+        stop_upstream()
 
 
 @pytest.mark.slow

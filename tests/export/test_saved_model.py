@@ -39,7 +39,8 @@ def test_saved_model_cli_lists_signatures(exported):
                 "signature_def['serving_default']"):
         assert sig in text
     for name in ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed", "text",
-                 "token_ids", "num_generated", "log_likelihood", "num_tokens"):
+                 "token_ids", "num_generated", "num_prompt_tokens", "log_likelihood",
+                 "num_tokens"):
         assert f"['{name}']" in text
 
 

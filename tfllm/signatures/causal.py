@@ -132,7 +132,8 @@ class CausalDecoder:
         text = tokenizer.tf_tokenizer.detokenize(
             tf.RaggedTensor.from_tensor(new_ids, lengths=text_len))
         token_ids = tf.where(keep, new_ids, tokenizer.pad_id)
-        return {"text": text, "token_ids": token_ids, "num_generated": n_gen}
+        return {"text": text, "token_ids": token_ids, "num_generated": n_gen,
+                "num_prompt_tokens": lengths, "finished": tf.reduce_any(is_end, axis=1)}
 
 
 class StoredConstraint(tf.Module):

@@ -5,7 +5,9 @@
         inputs  message (string [batch]), and generate's sampling inputs: max_new_tokens,
                 temperature, top_k, top_p, seed (one value per row)
         outputs text (string [batch]): the reply, cut at the end of turn;
-                num_generated (int32 [batch])
+                num_generated (int32 [batch]); num_prompt_tokens (int32 [batch]: the
+                rendered prompt's tokens); finished (bool [batch]: the reply ended at an
+                end token or end of turn, not at max_new_tokens)
     chat_with_system
         the same with system (string [batch]) before message
     chat_<name>, chat_with_system_<name>   (one pair per --json-schema NAME=FILE)
@@ -190,7 +192,10 @@ def chat_signatures(decoder, chat: dict, constraints=None, tool_sets=None) -> di
         text = out["text"]
         for marker in end_of_turn:  # the text before the first end-of-turn marker
             text = tf.strings.split(text, sep=marker).to_tensor("")[:, 0]
-        result = {"text": text, "num_generated": out["num_generated"]}
+        cut = tf.strings.length(text) < tf.strings.length(out["text"])
+        result = {"text": text, "num_generated": out["num_generated"],
+                  "num_prompt_tokens": out["num_prompt_tokens"],
+                  "finished": tf.logical_or(out["finished"], cut)}
         if fmt is not None:
             result["tool_name"], result["tool_arguments"] = graph_call_parts(text, fmt)
         return result

@@ -2,7 +2,8 @@
 
     serving_default, embed
         inputs  text (string [batch])
-        outputs embedding (float32 [batch, d_model]): unit length, as `tfllm embed`
+        outputs embedding (float32 [batch, d_model]): unit length, as `tfllm embed`;
+                num_tokens (int32 [batch]): the tokens embedded, special ones included
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def encoder_signatures(model, tokenizer, jit_compile=True, max_batch=DEFAULT_MAX
     def embed(text):
         text = cut_text(after(batch_checks(max_batch, text), text), text_bytes)
         inputs = encode_to_longest(tokenizer, text, max_len, add_bos=True)
-        return {"embedding": model(inputs)}
+        return {"embedding": model(inputs),
+                "num_tokens": tf.reduce_sum(tf.cast(inputs["padding_mask"], tf.int32), 1)}
 
     spec = [tf.TensorSpec([None], tf.string, name="text")]
     return {"serving_default": (embed, spec), "embed": (embed, spec)}
