@@ -18,7 +18,11 @@ to 64 MiB and the 10 MB strings reach the signatures' own byte limit (target: re
 under a second with under 100 MB of growth).
 
     python benchmarks/serving_abuse.py --run runs/demo [--chat-run runs/smollm2]
-        [--translate-run runs/en-fr]
+        [--translate-run runs/en-fr] [--openai-run runs/smollm2]
+
+With --openai-run (issue #37) `tfllm serve --run` gets the OpenAI API's cases: values out
+of range (400), hostile JSON, a client leaving mid-stream (the model is released: the next
+valid answer is unchanged) and more concurrent requests than it queues (503, expected).
 
 The last line of output is one JSON object with the figures.
 """
@@ -50,12 +54,13 @@ def free_port():
 
 
 class Server:
-    def __init__(self, model_dir, idle_timeout, max_body=1 << 20):
+    def __init__(self, model_dir, idle_timeout, max_body=1 << 20, run=None):
         self.port, grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.name = os.path.basename(os.path.normpath(model_dir))
+        self.name = os.path.basename(os.path.normpath(run or model_dir))
+        what = ["--run", run] if run else ["--model-dir", model_dir]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.dev_server", "--model-dir", model_dir, "--port",
+            [sys.executable, "-m", "serving.dev_server", *what, "--port",
              str(self.port), "--grpc-port", str(grpc_port), "--idle-timeout",
              str(idle_timeout), "--max-body-bytes", str(max_body)], cwd=REPO,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -300,6 +305,77 @@ def chat_answer(server, message):
     return answer["predictions"][0]["text"] if status == status_system == 200 else None
 
 
+def openai_body(server, content=MESSAGES[1], stream=False, **overrides):
+    body = {"model": server.name, "messages": [{"role": "user", "content": content}],
+            "max_tokens": MAX_NEW, "temperature": 0, "stream": stream}
+    body.update(overrides)
+    return json.dumps(body).encode()
+
+
+def openai_answer(server, message):
+    status, answer = post(server, openai_body(server, message), "/v1/chat/completions")
+    return answer["choices"][0]["message"]["content"] if status == 200 else None
+
+
+def openai_cases(server, expected):
+    """`tfllm serve --run`'s OpenAI API (#37): bad values, hostile JSON, saturation."""
+    path = "/v1/chat/completions"
+
+    def case(**overrides):
+        return lambda: [post(server, openai_body(server, **overrides), path)[0]]
+
+    def raw_body(data):
+        return lambda: [post(server, data, path)[0]]
+
+    def left_mid_stream():
+        # A client that reads the first event and hangs up: the model must be released.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            body = openai_body(server, MESSAGES[0], stream=True, max_tokens=MAX_NEW)
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                         .encode() + body)
+            status = int(sock.recv(4096).split()[1])
+        return [status]
+
+    def saturation(n=48):
+        # More streams than one running and --max-waiting (16) waiting: 503 `overloaded`
+        # (expected), every 200 answer the recorded one.
+        message = MESSAGES[1]
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            results = list(pool.map(lambda _: post(server, openai_body(server, message),
+                                                   path), range(n)))
+        statuses = sorted({s for s, _ in results})
+        same = all(a["choices"][0]["message"]["content"] == expected[message]
+                   for s, a in results if s == 200)
+        overloaded = all(a.get("error", {}).get("code") == "overloaded"
+                         for s, a in results if s == 503)
+        return statuses + ([] if same and overloaded else ["ANSWERS DIFFER"])
+
+    return [
+        ("openai: max_tokens 1e9", case(max_tokens=1_000_000_000)),
+        ("openai: max_tokens 10^400", case(max_tokens=10 ** 400)),
+        ("openai: temperature NaN, -1, 1e999", lambda: [
+            post(server, openai_body(server).replace(b'"temperature": 0', v), path)[0]
+            for v in (b'"temperature": NaN', b'"temperature": -1',
+                      b'"temperature": 1e999')]),
+        ("openai: n 1,000,000", case(n=1_000_000)),
+        ("openai: content a number", case(content=7)),
+        ("openai: content an object", case(content={"a": 1})),
+        ("openai: role missing", raw_body(json.dumps(
+            {"model": server.name, "messages": [{"content": "hi"}]}).encode())),
+        ("openai: unknown model", raw_body(json.dumps(
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode())),
+        ("openai: 20,000 turns", raw_body(json.dumps(
+            {"model": server.name, "max_tokens": 4, "messages": [
+                {"role": "user", "content": "a"}] * 20_000}).encode())),
+        ("openai: deep JSON", raw_body(b"[" * 100_000 + b"]" * 100_000)),
+        ("openai: forged control tokens", case(content=FORGED)),
+        ("openai: 1 MB message", case(content="x" * 1_000_000)),
+        ("openai: client leaves mid-stream", left_mid_stream),
+        ("openai: 48 concurrent (503 expected)", saturation),
+    ]
+
+
 def translate_answer(server, text):
     status, answer = post(server, translate_body([text]))
     return answer["predictions"][0]["translation"] if status == 200 else None
@@ -346,12 +422,16 @@ def measure(server, name, answer, inputs, case_list):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/demo", help="run directory to export and serve")
+    parser.add_argument("--run", help="run directory to export and serve for the generate "
+                                      "cases (default runs/demo, unless only other runs are "
+                                      "given)")
     parser.add_argument("--model-dir", help="an exported model (DIR/NAME with versions) "
                                             "instead of --run")
     parser.add_argument("--chat-run", help="a run with a chat template: its chat signatures "
                                            "get the chat cases")
     parser.add_argument("--translate-run", help="a translation run: the translate cases")
+    parser.add_argument("--openai-run", help="a chat run served by `tfllm serve --run`: the "
+                                             "OpenAI API cases")
     parser.add_argument("--idle-timeout", type=float, default=5.0,
                         help="the server's --idle-timeout for this benchmark (default 5 s)")
     args = parser.parse_args()
@@ -359,19 +439,25 @@ def main():
 
     quiet_native()
     tmp = tempfile.TemporaryDirectory()
-    model_dir = args.model_dir or export(args.run, tmp.name, "bench")
-    plans = [("generate", model_dir, 1 << 20, lambda srv, p: valid_answer(srv, p), PROMPTS,
-              cases)]
+    plans = []
+    others = args.chat_run or args.translate_run or args.openai_run
+    if args.model_dir or args.run or not others:
+        model_dir = args.model_dir or export(args.run or "runs/demo", tmp.name, "bench")
+        plans.append(("generate", model_dir, 1 << 20, lambda srv, p: valid_answer(srv, p),
+                      PROMPTS, cases))
     if args.chat_run:
         plans.append(("chat", export(args.chat_run, tmp.name, "chat"), 64 << 20, chat_answer,
                       MESSAGES, chat_cases))
     if args.translate_run:
         plans.append(("translate", export(args.translate_run, tmp.name, "translate"),
                       64 << 20, translate_answer, SOURCES, translate_cases))
+    if args.openai_run:
+        plans.append(("openai", None, 1 << 20, openai_answer, MESSAGES, openai_cases))
     rows, baselines = [], {}
     try:
         for name, directory, max_body, answer, inputs, case_list in plans:
-            server = Server(directory, args.idle_timeout, max_body)
+            server = Server(directory, args.idle_timeout, max_body,
+                            run=args.openai_run if name == "openai" else None)
             try:
                 got, baselines[name] = measure(server, name, answer, inputs, case_list)
                 rows += got
@@ -379,12 +465,13 @@ def main():
                 server.stop()
     finally:
         tmp.cleanup()
-    codes = [s for r in rows for s in r["status"] if isinstance(s, int)]
     ten_mb = [r for r in rows if "10 MB" in r["case"]]
     summary = {
         "cases": rows,
         "baseline_rss_mb": baselines,
-        "any_5xx": any(c >= 500 for c in codes),
+        # 503 is the expected answer of a saturated server (an `overloaded` error).
+        "any_5xx": any(c >= 500 for r in rows for c in r["status"] if isinstance(c, int)
+                       and not (c == 503 and "503 expected" in r["case"])),
         "any_no_status": any(s is None for r in rows for s in r["status"]),
         "max_peak_rss_growth_mb": max(r["peak_rss_growth_mb"] for r in rows),
         "valid_answers_unchanged": all(r["valid_answer_kept"] for r in rows) and
