@@ -6,6 +6,15 @@ alternately, several repetitions, median. Target: the SavedModel is no slower th
 
     python benchmarks/serving_latency.py --run runs/demo [--reps 7] [--max-new-tokens 32]
 
+With --openai (issue #37) it measures what OpenAI clients see instead: `tfllm serve --run
+RUN --model-dir EXPORTED` (the run in process, streaming) and `tfllm gateway` in front of
+that server's TF Serving emulation (the exported `chat` signature; a stream is one chunk),
+1 and --clients concurrent streaming chat completions of the same message: time to the
+first content chunk and completion tokens per second of wall time per client, medians over
+--reps rounds (the first round, which compiles, is not counted).
+
+    python benchmarks/serving_latency.py --openai --run runs/smollm2 --model-dir models/smollm2
+
 The last line of output is one JSON object with the figures.
 """
 
@@ -29,12 +38,97 @@ PROMPTS = ["ROMEO:", "First Citizen:\n", "KING HENRY:\nWhat", "O", "JULIET:\nAy"
            "MENENIUS:\n", "Good"]
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, ready):
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "tfllm.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    while True:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{args[0]} did not start")
+        if ready in line:
+            return proc
+
+
+def openai_latency(args):
+    """Time to first token and tokens/s through `tfllm serve --run` and `tfllm gateway`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    name = os.path.basename(os.path.normpath(args.model_dir))
+    port, gw_port = _free_port(), _free_port()
+    procs = [_start(["serve", "--run", args.run, "--model-name", name, "--model-dir",
+                     args.model_dir, "--port", str(port), "--grpc-port", "0"], "OpenAI API")]
+    procs.append(_start(["gateway", "--tf-serving", f"http://127.0.0.1:{port}", "--model",
+                         name, "--port", str(gw_port)], "gateway for"))
+    message = [{"role": "user", "content": args.message}]
+
+    def one(url):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
+        start, first, text, usage = time.perf_counter(), None, "", None
+        for chunk in client.chat.completions.create(
+                model=name, messages=message, temperature=0, max_tokens=args.max_new_tokens,
+                stream=True, stream_options={"include_usage": True}):
+            if chunk.choices and chunk.choices[0].delta.content:
+                first = first or time.perf_counter() - start
+                text += chunk.choices[0].delta.content
+            if chunk.usage:
+                usage = chunk.usage
+        total = time.perf_counter() - start
+        return first, usage.completion_tokens / total, text
+
+    results = {}
+    try:
+        for label, url in (("serve_run", f"http://127.0.0.1:{port}/v1"),
+                           ("gateway", f"http://127.0.0.1:{gw_port}/v1")):
+            for clients in (1, args.clients):
+                rounds = []
+                with ThreadPoolExecutor(max_workers=clients) as pool:
+                    for _ in range(args.reps + 1):
+                        rounds.append(list(pool.map(lambda _: one(url), range(clients))))
+                texts = {t for r in rounds for _, _, t in r}
+                ttft = statistics.median(f for r in rounds[1:] for f, _, _ in r)
+                tps = statistics.median(t for r in rounds[1:] for _, t, _ in r)
+                results[f"{label}_{clients}"] = {"ttft_s": round(ttft, 3),
+                                                 "tokens_per_s_per_client": round(tps, 2),
+                                                 "same_text": len(texts) == 1}
+                print(f"{label}, {clients} client(s): time to first token {ttft:.3f} s, "
+                      f"{tps:.2f} tokens/s per client", flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=60)
+    print(json.dumps({"benchmark": "serving_latency_openai", "run": args.run,
+                      "max_new_tokens": args.max_new_tokens, "reps": args.reps, **results}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/demo", help="run directory (make demo makes one)")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--openai", action="store_true",
+                        help="measure the OpenAI API (tfllm serve --run, tfllm gateway)")
+    parser.add_argument("--model-dir", help="with --openai: the run's exported SavedModels "
+                        "(DIR/NAME), for the gateway")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="with --openai: concurrent clients (besides 1; default 8)")
+    parser.add_argument("--message", default="What is the capital of France?")
     args = parser.parse_args()
+    if args.openai:
+        if not args.model_dir:
+            parser.error("--openai needs --model-dir (the run exported as a SavedModel)")
+        return openai_latency(args)
 
     lm = tfllm.load(args.run)
     with tempfile.TemporaryDirectory() as tmp:
