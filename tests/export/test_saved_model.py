@@ -105,7 +105,9 @@ def test_a_huge_prompt_is_refused_by_bytes_before_tokenizing(exported):
     started = time.time()
     with pytest.raises(tf.errors.InvalidArgumentError, match="prompt longer than 16384 bytes"):
         _generate(loaded, ["x" * 10_000_000])
-    assert time.time() - started < 2.0
+    # Tokenizing the 10 MB prompt takes ~19 s alone; refusing it, well under a second alone
+    # (4.5 s was seen on a machine running two test suites at once).
+    assert time.time() - started < 10.0
     with pytest.raises(tf.errors.InvalidArgumentError, match="text longer than 16384 bytes"):
         loaded.signatures["score"](text=tf.constant(["y" * 20_000]))
     # At the limit the usual context check answers instead.
