@@ -20,8 +20,9 @@ from tests.conftest import REPO, quiet_env
 
 # Source folder -> the name it installs as.
 INSTALLED_AS = {"tfllm": "tfllm", "export": "tfllm_export", "serving": "tfllm_serving"}
-SERVING_ASSETS = {"Dockerfile", "README.md", "batching.config", "models.config",
-                  "monitoring.config", "docker-compose.yml"}
+SERVING_ASSETS = {"Dockerfile", "Dockerfile.gateway", "README.md", "batching.config",
+                  "models.config", "monitoring.config", "docker-compose.yml", "gateway.yaml",
+                  "tfserving.yaml"}
 
 
 def _source_files():
@@ -45,7 +46,8 @@ def test_setup_cfg_lists_every_package():
                 if p.endswith("/__init__.py")}
     assert listed == packages
     assert set(cfg["options.package_data"]["tfllm_serving"].replace(",", " ").split()) == \
-        {"Dockerfile", "README.md", "*.config", "docker-compose.yml"}
+        {"Dockerfile", "Dockerfile.gateway", "README.md", "*.config", "docker-compose.yml",
+         "k8s/*.yaml"}
 
 
 def _free_port():
