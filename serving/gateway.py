@@ -89,8 +89,8 @@ except ImportError:  # pragma: no cover - an install without the extra
 
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 
-from .openai_requests import (MAX_CHOICES, ApiError, read_conversation,  # noqa: E402
-                              read_response_format, read_sampling, usage)
+from .openai_requests import (ApiError, read_conversation, read_prompts,  # noqa: E402
+                              read_response_format, read_sampling, read_texts, usage)
 
 
 class GatewayStartError(TfllmError):
@@ -266,18 +266,7 @@ class Gateway:
         if common["stop"]:
             raise ApiError("stop strings are not applied through TF Serving; drop stop, or "
                            "use tfllm serve --run", "stop")
-        prompts = body.get("prompt")
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, list) or not prompts or \
-                not all(isinstance(p, str) for p in prompts):
-            raise ApiError("prompt must be a string or a non-empty list of strings", "prompt")
-        if len(prompts) * len(common["seeds"]) > MAX_CHOICES:
-            raise ApiError(f"at most {MAX_CHOICES} completions per request (prompts x n)",
-                           "n")
-        echo = body.get("echo", False)
-        if not isinstance(echo, bool):
-            raise ApiError("echo must be true or false", "echo")
+        prompts, echo = read_prompts(body, len(common["seeds"]))
         rows = [{"prompt": p, "max_new_tokens": common["max_new"],
                  "temperature": common["temperature"], "top_k": 0,
                  "top_p": common["top_p"] or 1.0, "seed": seed}
@@ -307,13 +296,7 @@ class Gateway:
         import struct
 
         self._check_model(body)
-        texts = body.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or \
-                not all(isinstance(t, str) for t in texts):
-            raise ApiError("input must be a string or a non-empty list of strings (token "
-                           "arrays are not accepted)", "input")
+        texts = read_texts(body.get("input"), "input")
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise ApiError(f"encoding_format must be float or base64, got {fmt!r}",

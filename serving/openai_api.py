@@ -29,8 +29,8 @@ import numpy as np
 
 from tfllm.errors import TfllmError
 
-from .openai_requests import (MAX_CHOICES, ApiError, read_conversation, read_response_format,
-                              read_sampling, usage)
+from .openai_requests import (ApiError, read_conversation, read_prompts, read_response_format,
+                              read_sampling, read_texts, usage)
 
 class OpenAIService:
     """The OpenAI endpoints for one run.
@@ -233,18 +233,7 @@ class OpenAIService:
             raise ApiError(f"`{self.name}` is a {self.kind} model: it answers "
                            "/v1/embeddings, not completions", "model")
         common = read_sampling(body, default_max=16)
-        prompts = body.get("prompt")
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, list) or not prompts or \
-                not all(isinstance(p, str) for p in prompts):
-            raise ApiError("prompt must be a string or a non-empty list of strings", "prompt")
-        if len(prompts) * len(common["seeds"]) > MAX_CHOICES:
-            raise ApiError(f"at most {MAX_CHOICES} completions per request (prompts x n)",
-                           "n")
-        echo = body.get("echo", False)
-        if not isinstance(echo, bool):
-            raise ApiError("echo must be true or false", "echo")
+        prompts, echo = read_prompts(body, len(common["seeds"]))
         jobs = []  # (index, prompt text, ids, params)
         for p, prompt in enumerate(prompts):
             ids = encode_prompt(self.tokenizer, prompt)
@@ -358,13 +347,7 @@ class OpenAIService:
         if self.encoder is None:
             raise ApiError(f"`{self.name}` is a {self.kind} model: embeddings come from "
                            "encoder runs (BERT-style)", "model")
-        texts = body.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or \
-                not all(isinstance(t, str) for t in texts):
-            raise ApiError("input must be a string or a non-empty list of strings (token "
-                           "arrays are not accepted)", "input")
+        texts = read_texts(body.get("input"), "input")
         if len(texts) > 2048:
             raise ApiError(f"at most 2048 inputs per request, got {len(texts)}", "input")
         fmt = body.get("encoding_format", "float")

@@ -151,3 +151,23 @@ def read_response_format(fmt):
         return spec["schema"]
     raise ApiError("response_format type must be text, json_object or json_schema",
                    "response_format")
+
+
+def read_prompts(body, choices_each) -> tuple:
+    """(prompts, echo) of a text completion request; `choices_each`: its `n`."""
+    prompts = read_texts(body.get("prompt"), "prompt")
+    if len(prompts) * choices_each > MAX_CHOICES:
+        raise ApiError(f"at most {MAX_CHOICES} completions per request (prompts x n)", "n")
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise ApiError("echo must be true or false", "echo")
+    return prompts, echo
+
+
+def read_texts(value, param) -> list:
+    """A string or a non-empty list of strings (`prompt`, `input`) as a list."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(f"{param} must be a string or a non-empty list of strings", param)
+    return texts
+
