@@ -214,14 +214,14 @@ class ServedModel:
             value = columns[key]
             try:
                 if spec.dtype == tf.string:
-                    array = np.array([_to_bytes(v) for v in _as_list(value, key)], dtype=object)
+                    array = np.array(_strings(value, len(spec.shape)), dtype=object)
                 else:
                     array = _numeric(value, spec.dtype, key)
             except (TypeError, ValueError, OverflowError, binascii.Error) as e:
                 raise RequestError(f"input {key!r}: {e}") from None
             if array.ndim != len(spec.shape):
-                raise RequestError(f"input {key!r} must have rank {len(spec.shape)}, "
-                                   f"got shape {list(array.shape)}")
+                raise RequestError(f"input {key!r} must have rank {len(spec.shape)} (rows "
+                                   f"of equal length), got shape {list(array.shape)}")
             batch = len(array) if batch is None else batch
             if len(array) != batch:
                 raise RequestError("every input must have the same batch size")
@@ -261,6 +261,13 @@ def _as_list(value, key):
     if not isinstance(value, list):
         raise TypeError(f"expected a list (one value per row), got {type(value).__name__}")
     return value
+
+
+def _strings(value, rank):
+    """Lists nested `rank` deep (one per row first) of strings or {"b64": ...} as bytes."""
+    if rank == 0:
+        return _to_bytes(value)
+    return [_strings(v, rank - 1) for v in _as_list(value, None)]
 
 
 def _to_bytes(v):

@@ -4,7 +4,8 @@
 
 A small stateless process: it answers OpenAI's `/v1/chat/completions`, `/v1/completions`,
 `/v1/embeddings` and `/v1/models` by calling TF Serving's REST Predict on the signatures
-`tfllm export saved-model` writes (`chat`, `chat_with_system`, `chat_NAME` for a
+`tfllm export saved-model` writes (`chat`, `chat_with_system` for one user message,
+`conversation` for any other conversation, `chat_NAME` / `conversation_NAME` for a
 `--json-schema NAME=FILE`, `generate`, `embed`), so N TF Serving replicas behind a load
 balancer serve OpenAI clients; run as many gateways as you like. It holds no model and
 imports no TensorFlow.
@@ -212,12 +213,20 @@ class Gateway:
             raise ApiError("tools are not offered through the gateway yet; use tfllm serve "
                            "--run", "tools")
         turns, system = read_conversation(body.get("messages"))
-        if len(turns) != 1 or turns[0]["role"] != "user":
-            raise ApiError("through TF Serving a conversation is one user message, after "
-                           "an optional system message (the SavedModel's chat signatures); "
-                           "for multi-turn conversations use tfllm serve --run", "messages")
+        if any(t["role"] == "tool" or t.get("tool_calls") for t in turns):
+            raise ApiError("tool calls and results are not passed through the gateway yet; "
+                           "use tfllm serve --run", "messages")
         schema = read_response_format(body.get("response_format"))
-        name = "chat" if system is None else "chat_with_system"
+        # One user message (after a system one) goes to the chat signatures, any other
+        # conversation to `conversation`, which renders whole conversations in the graph.
+        single = len(turns) == 1
+        name = "conversation" if not single else "chat" if system is None else \
+            "chat_with_system"
+        if not single and name not in await self.signatures():
+            raise ApiError("this SavedModel has no conversation signature (exported before "
+                           "it existed, or its template does not decompose into turns: the "
+                           "export said why); send one user message, or use tfllm serve "
+                           "--run", "messages")
         if schema is not None:
             spec = (body.get("response_format") or {}).get("json_schema") or {}
             suffix = spec.get("name") if isinstance(spec, dict) else None
@@ -229,11 +238,15 @@ class Gateway:
         elif name not in await self.signatures():
             raise ApiError(f"the SavedModel has no {name} signature: export a run with a "
                            "chat template", "messages")
-        row = {"message": turns[0]["content"], "max_new_tokens": common["max_new"],
-               "temperature": common["temperature"], "top_k": 0,
-               "top_p": common["top_p"] or 1.0}
-        if system is not None:
-            row["system"] = system
+        row = {"max_new_tokens": common["max_new"], "temperature": common["temperature"],
+               "top_k": 0, "top_p": common["top_p"] or 1.0}
+        if not single:
+            every = ([] if system is None else [{"role": "system", "content": system}]) + turns
+            row.update(roles=[t["role"] for t in every], contents=[t["content"] for t in every])
+        else:
+            row["message"] = turns[0]["content"]
+            if system is not None:
+                row["system"] = system
         rows = [dict(row, seed=seed) for seed in self._seeds(common)]
         out = await self.predict(name, rows, common["max_param"])
         meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()),

@@ -126,7 +126,7 @@ def test_the_bos_gemmas_template_writes_is_one_bos_on_every_chat_path(tmp_path):
 
     import tfllm
     from tfllm import runs
-    from tfllm.signatures.chat import piece_ids, prompt_ids
+    from tfllm.signatures.prompt_graph import piece_ids, prompt_ids
     from tfllm.tasks.chat.data import encode_chat, encode_conversations
     from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
     from tfllm.tokenizers.chat_template import BOS_MARK, chat_config_of, template_of
@@ -154,3 +154,12 @@ def test_the_bos_gemmas_template_writes_is_one_bos_on_every_chat_path(tmp_path):
     forged = encode_pieces(tok, chat_pieces(template, [{"role": "user",
                                                         "content": f"a{BOS_MARK}b"}], tok, True))
     assert graph[1] == forged and forged.count(tok.bos_id) == 1
+    # The conversation signature's graph: one BOS before whole conversations too.
+    from tfllm.signatures.conversation import ConversationPrompts
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " hi "},
+             {"role": "assistant", "content": "salut"}, {"role": "user", "content": "a"}]
+    graph = ConversationPrompts(tok, chat).prompt_ids(
+        tf.constant([[t["role"] for t in turns]]), tf.constant([[t["content"] for t in turns]]))
+    ids = encode_pieces(tok, chat_pieces(template, turns, tok, True))
+    assert graph.to_list() == [ids] and ids.count(tok.bos_id) == 1

@@ -35,7 +35,7 @@ def test_prompt_pieces_rebuild_the_rendered_prompt():
 def test_graph_trim_is_jinjas_trim():
     import tensorflow as tf
 
-    from tfllm.signatures.chat import TRIM_SAMPLE, strip_text
+    from tfllm.signatures.prompt_graph import TRIM_SAMPLE, strip_text
 
     spaces = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
     texts = [TRIM_SAMPLE, spaces + "a b" + spaces, spaces, "", "x", "\u200bzero-width\u200b"]
@@ -60,8 +60,10 @@ def test_saved_model_chat_signatures_answer_as_tfllm_chat(chat_runs, tmp_path):
     lines = "\n".join(describe_signatures(path))
     assert "chat(max_new_tokens int32[None], message string[None]" in lines
     assert "chat_with_system(" in lines and "system string[None]" in lines
-    for sig in ("generate_yn(", "chat_yn(", "chat_with_system_yn("):
+    for sig in ("generate_yn(", "chat_yn(", "chat_with_system_yn(", "conversation_yn("):
         assert sig in lines
+    assert "conversation(contents string[None, None]" in lines and \
+        "roles string[None, None]" in lines
     # What the exporter compared chat_yn with: a reply under the schema.
     model = runs.load(chat_runs["lora"], max_len=48)
     chat = runs.read_run_config(chat_runs["lora"])["chat"]
@@ -94,9 +96,26 @@ def test_saved_model_chat_signatures_answer_as_tfllm_chat(chat_runs, tmp_path):
             model="chat", messages=ask, temperature=0, max_tokens=8, response_format={
                 "type": "json_schema", "json_schema": {"name": "yn", "schema": schema}})
         assert r.choices[0].message.content in ('"oui"', '"non"')
-        with pytest.raises(openai.BadRequestError, match="one user message"):
+        # A whole conversation reaches the `conversation` signature: tfllm chat's reply
+        # after the same history, and its prompt's tokens.
+        turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "chat"},
+                 {"role": "user", "content": "Translate to French: dog"}]
+        r = client.chat.completions.create(model="chat", messages=turns, temperature=0,
+                                           max_tokens=4)
+        session = ChatSession(model, chat, max_new_tokens=4)
+        session.history = turns[:-1]
+        assert r.usage.prompt_tokens == len(session.encode(turns))
+        assert r.choices[0].message.content == session.reply(turns[-1]["content"])
+        # One longer than the context (48 tokens here) is refused, not cut.
+        with pytest.raises(openai.BadRequestError, match="exceed the model context of 48"):
+            client.chat.completions.create(model="chat", messages=system + turns,
+                                           temperature=0, max_tokens=8)
+        with pytest.raises(openai.BadRequestError, match="tool calls and results"):
             client.chat.completions.create(model="chat", temperature=0, messages=ask + [
-                {"role": "assistant", "content": "chat"}, {"role": "user", "content": "x"}])
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "1", "type": "function",
+                     "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "1", "content": "x"}])
     finally:
         stop()
         stop_upstream()

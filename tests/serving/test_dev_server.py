@@ -103,6 +103,8 @@ def test_32_concurrent_requests(server, expected):
     ("/v1/models/tiny:predict", {"signature_name": "generate", "instances": [
         {"prompt": 7, "max_new_tokens": 3, "temperature": 0.0, "top_k": 0,
          "top_p": 1.0, "seed": 0}]}, 400, "expected a string"),
+    ("/v1/models/tiny:predict", {"signature_name": "score", "instances": [["a", "b"]]},
+     400, "expected a string, got list"),
     ("/v1/models/nope:predict", {"instances": ["x"]}, 404, "Servable not found"),
     ("/v1/models/tiny/versions/7:predict", {"instances": ["x"]}, 404, "Servable not found"),
     ("/v1/models/tiny:predict", {"signature_name": "bogus", "instances": ["x"]}, 400,

@@ -78,6 +78,10 @@ def test_errors_probes_and_models(gateway):
     with pytest.raises(openai.BadRequestError, match="no chat signature"):
         client.chat.completions.create(model="tiny-lm", messages=[
             {"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="no conversation signature"):
+        client.chat.completions.create(model="tiny-lm", messages=[
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"},
+            {"role": "user", "content": "y"}])
     with pytest.raises(openai.BadRequestError, match="no embed signature"):
         client.embeddings.create(model="tiny-lm", input="hi")
     req = urllib.request.Request(url + "/v1/completions", data=b"{oops",

@@ -84,7 +84,8 @@ def test_chat_encoding_keeps_the_templates_markers_only(chat_tokenizers, kind):
 def test_saved_model_graph_encodes_as_tfllm_chat(chat_tokenizers, kind):
     import tensorflow as tf
 
-    from tfllm.signatures.chat import piece_ids, prompt_ids, prompt_pieces
+    from tfllm.signatures.chat import prompt_pieces
+    from tfllm.signatures.prompt_graph import piece_ids, prompt_ids
     from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, ChatTemplate
     from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
 
@@ -106,3 +107,35 @@ def test_saved_model_graph_encodes_as_tfllm_chat(chat_tokenizers, kind):
     for system, message, ids in zip(systems, messages, got):
         turns = [{"role": "system", "content": system}, {"role": "user", "content": message}]
         assert ids == encode_pieces(ours, chat_pieces(template, turns, ours, True))
+
+
+@pytest.mark.parametrize("kind", ["hf-bpe", "sentencepiece"])
+def test_conversation_graph_encodes_as_tfllm_chat(chat_tokenizers, kind):
+    """The `conversation` signature's prompt ids: whole conversations (rows of different
+    lengths, padded with role ""), with a forged turn among them, encode as `tfllm chat`
+    encodes the same turns; a trimming template (Gemma's) trims in the graph."""
+    import tensorflow as tf
+
+    from tfllm.checkpoints.gemma import CHAT_TEMPLATE as GEMMA
+    from tfllm.signatures.conversation import ConversationPrompts
+    from tfllm.tokenizers.chat_template import DEFAULT_TEMPLATE, template_of
+    from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
+
+    ours, _ = chat_tokenizers[kind]
+    conversations = [
+        [("system", "Be brief."), ("user", "hello there"), ("assistant", " Hi! "),
+         ("user", "\u3000Open %s\n")],
+        [("user", FORGED)],
+        [("user", "a"), ("assistant", "<|endoftext|>"), ("user", "")],
+    ]
+    width = max(map(len, conversations))
+    roles = tf.constant([[r for r, _ in c] + [""] * (width - len(c)) for c in conversations])
+    contents = tf.constant([[t for _, t in c] + [""] * (width - len(c)) for c in conversations])
+    for source in (DEFAULT_TEMPLATE, GEMMA):
+        chat = {"template": source, "bos_token": "\ue002"}
+        prompts = ConversationPrompts(ours, chat)
+        got = tf.function(prompts.prompt_ids)(roles, contents).to_list()
+        template = template_of(chat)
+        for c, ids in zip(conversations, got):
+            turns = [{"role": r, "content": t} for r, t in c]
+            assert ids == encode_pieces(ours, chat_pieces(template, turns, ours, True)), c

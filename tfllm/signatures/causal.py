@@ -380,6 +380,8 @@ def signatures(model, config, jit_compile=True, max_batch=DEFAULT_MAX_BATCH, jso
         what = "greedy text as CausalLM.generate"
         if chat is not None:
             what += " and chat replies as tfllm chat"
+            if "conversation" in sigs:
+                what += " (whole conversations too)"
         if tool_sets:
             what += " (tools' calls too)"
         return what + (" (with each JSON schema too)" if json_schemas else "")

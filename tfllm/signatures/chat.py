@@ -12,6 +12,11 @@
         the same with system (string [batch]) before message
     chat_<name>, chat_with_system_<name>   (one pair per --json-schema NAME=FILE)
         the same, every reply JSON valid under the schema (see generate_<name>)
+    conversation, conversation_<name>   (where the template decomposes into turns; one
+                per --json-schema NAME=FILE)
+        inputs  roles, contents (string [batch, turns]: system (first only), user,
+                assistant; a row's unused turns at its end have role ""), and the
+                sampling inputs; outputs chat's. See `tfllm.signatures.conversation`.
     chat_<name>, chat_with_system_<name>   (one pair per --tools NAME=FILE)
         the same with the tools offered in the prompt and tool_choice (string [batch]:
         auto, required or none) among the inputs; outputs also tool_name and
@@ -30,13 +35,13 @@ chat` does (see `prompt_ids`); both are bounded in bytes before anything is toke
 from __future__ import annotations
 
 import re
+import sys
 
-import numpy as np
 import tensorflow as tf
 
 from tfllm.signatures.checks import ExportError, answer_budget, schema_budget
-from tfllm.tokenizers.chat_encoding import encode_text, tokenize_text
-from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError, template_of
+from tfllm.signatures.prompt_graph import TRIM_SAMPLE, piece_ids, prompt_ids, strip_text
+from tfllm.tokenizers.chat_template import ChatTemplateError, template_of
 
 _MESSAGE, _SYSTEM = "\ue000tfllm-message\ue000", "\ue000tfllm-system\ue000"
 SAMPLE_MESSAGES = ["Translate to French: Open the file", "Hi", "  spaced  {x} %s\n"]
@@ -85,17 +90,6 @@ def _samples():
             turns = ([] if system is None else [{"role": "system", "content": system}]) + \
                 [{"role": "user", "content": message}]
             yield message, system, turns
-
-
-# Every character Python's str.strip() (Jinja's `trim`) removes; RE2's \s lacks most.
-_PY_SPACE = (r"[\t-\r\x{1c}-\x{20}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
-             r"\x{202f}\x{205f}\x{3000}]")
-TRIM_SAMPLE = "\u3000\u00a0\v trimmed?\t\u2028\x1c"
-
-
-def strip_text(text):
-    """Jinja's `| trim` (Python's `str.strip()`) of strings (batch,) in the graph."""
-    return tf.strings.regex_replace(text, f"^{_PY_SPACE}+|{_PY_SPACE}+$", "")
 
 
 def python_prompt(pieces, message, system=None):
@@ -244,6 +238,18 @@ def chat_signatures(decoder, chat: dict, constraints=None, tool_sets=None) -> di
 
         return chat_tools, chat_tools_with_system
 
+    def conversation_function(prompts, constraint):
+        def conversation(roles, contents, max_new_tokens, temperature, top_k, top_p, seed):
+            sampling = (temperature, top_k, top_p, seed)
+            checks = decoder.checks({"contents": contents}, max_new_tokens, *sampling)
+            checks += prompts.checks(roles, contents, decoder.text_bytes)
+            roles, contents, max_new_tokens = decoder.after(checks, roles, contents,
+                                                            max_new_tokens)
+            return reply(prompts.prompt_ids(roles, contents), max_new_tokens, sampling,
+                         constraint)
+
+        return conversation
+
     batch = [None]
     sampling = [tf.TensorSpec(batch, tf.int32, name="max_new_tokens"),
                 tf.TensorSpec(batch, tf.float32, name="temperature"),
@@ -260,6 +266,14 @@ def chat_signatures(decoder, chat: dict, constraints=None, tool_sets=None) -> di
         chat_plain, chat_with_system = functions(prompts, constraint)
         sigs[f"chat{name}"] = (chat_plain, [message, *sampling])
         sigs[f"chat_with_system{name}"] = (chat_with_system, [message, system, *sampling])
+    conversations = conversation_prompts(tokenizer, chat)
+    if conversations is not None:
+        turns = [tf.TensorSpec([None, None], tf.string, name="roles"),
+                 tf.TensorSpec([None, None], tf.string, name="contents")]
+        for name, constraint in [("", None), *((f"_{k}", v) for k, v in
+                                               (constraints or {}).items())]:
+            sigs[f"conversation{name}"] = (conversation_function(conversations, constraint),
+                                           [*turns, *sampling])
     for name, (tools, fmt, constraint) in (tool_sets or {}).items():
         chat_tools, with_system = tool_functions(ChatPrompts(tokenizer, chat, tools),
                                                  constraint, fmt)
@@ -268,43 +282,18 @@ def chat_signatures(decoder, chat: dict, constraints=None, tool_sets=None) -> di
     return sigs
 
 
-def piece_ids(tokenizer, parts) -> list[list[int]]:
-    """Token ids of a template's constant pieces, for `prompt_ids` (computed eagerly, once),
-    as `tfllm chat` encodes them (`encode_text`: the BOS where the template writes one)."""
-    return [encode_text(tokenizer, part) for part in parts]
+def conversation_prompts(tokenizer, chat):
+    """The `ConversationPrompts` of the run's template, or None (noted on stderr) where it
+    does not decompose into joints between roles (`conversation_form`)."""
+    from tfllm.signatures.conversation import ConversationPrompts
 
-
-def prompt_ids(tokenizer, parts, texts, parts_ids=None):
-    """Ragged token ids (batch, None) of the prompts `parts[0] + texts[0] + parts[1] + ...`
-    in the graph, as `tfllm chat` encodes them (`tfllm.tokenizers.chat_encoding.chat_pieces`):
-    one pass over the whole prompt, except for rows where a text (from the request) holds a control
-    token's text; there each text is tokenized as plain characters between the template's
-    own pieces, so a request cannot forge turns.
-
-    Args:
-        parts: the template's constant pieces (one more than `texts`).
-        texts: string tensors (batch,), the system text and the message.
-        parts_ids: `piece_ids(tokenizer, parts)`, computed outside the graph.
-    """
-    joined = tf.strings.join([tf.convert_to_tensor(x, tf.string) for pair in zip(parts, texts)
-                              for x in pair] + [tf.constant(parts[-1])])
-    whole = tokenize_text(tokenizer, joined)
-    specials = [*getattr(tokenizer, "special_tokens", ()), BOS_MARK]
-    if not hasattr(tokenizer, "tokenize_plain"):
-        return whole
-    batch = tf.shape(texts[0])[0]
-    pieces = []
-    for k, const in enumerate(parts_ids):
-        row = tf.constant(np.asarray(const, np.int32).reshape(1, len(const)))
-        pieces.append(tf.RaggedTensor.from_tensor(tf.tile(row, [batch, 1])))
-        if k < len(texts):
-            pieces.append(tf.cast(tokenizer.tokenize_plain(texts[k]), tf.int32))
-    plain = tf.concat(pieces, axis=1)
-    pattern = "(?s).*(?:" + "|".join(re.escape(t) for t in specials) + ").*"
-    has = tf.reduce_any(tf.stack([tf.strings.regex_full_match(t, pattern) for t in texts]),
-                        axis=0)
-    rows = tf.range(batch)
-    return tf.gather(tf.concat([whole, plain], axis=0), tf.where(has, rows + batch, rows))
+    try:
+        return ConversationPrompts(tokenizer, chat)
+    except ChatTemplateError as e:
+        if e.kind != "template":
+            raise
+        print(f"note: no conversation signatures: {e}", file=sys.stderr)
+        return None
 
 
 def expected_replies(model, chat, messages, max_new_tokens, system=None, **session):
@@ -377,6 +366,7 @@ def chat_checks(model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16, json_s
                                         "max_new_tokens": [new] * n},
                        expected_replies(model, chat, fitting, new, json_schema=schema),
                        "tfllm chat --json-schema"))
+    checks += conversation_checks(model, chat, max_new_tokens, json_schemas)
     for name, (tools, fmt, stored) in (tool_sets or {}).items():
         rows = (list(messages) * len(TOOL_CHOICES))[:max(len(messages), len(TOOL_CHOICES))]
         rows, tool_room = _fitting(model, chat, rows, f" with tools {name!r}", tools)
@@ -395,4 +385,75 @@ def chat_checks(model, chat, messages=VERIFY_MESSAGES, max_new_tokens=16, json_s
                            {"text": texts, "tool_name": [p[0] for p in parts],
                             "tool_arguments": [p[1] for p in parts]},
                            "tfllm chat --tools"))
+    return checks
+
+
+# What the exporter checks the conversation signatures on: a system turn and an exchange
+# before the message, an exchange with a whitespace-wrapped reply, and one message (rows of
+# different lengths: the shorter padded with role "").
+CHECK_CONVERSATIONS = [
+    [{"role": "system", "content": CHECK_SYSTEM}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": SAMPLE_MESSAGES[0]}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": SAMPLE_MESSAGES[2]},
+     {"role": "user", "content": VERIFY_MESSAGES[2]}],
+    [{"role": "user", "content": "Hi"}],
+]
+
+
+def conversation_replies(model, chat, conversations, max_new_tokens, json_schema=None):
+    """`tfllm chat`'s greedy reply to the last turn of each conversation, the turns before
+    it as the session's history (what the `conversation` signature must give)."""
+    from tfllm.models.chat_session import ChatSession
+
+    replies = []
+    for turns in conversations:
+        session = ChatSession(model, chat, None, max_new_tokens, json_schema=json_schema)
+        session.history = list(turns[:-1])
+        replies.append(session.reply(turns[-1]["content"]))
+    return replies
+
+
+def conversation_checks(model, chat, max_new_tokens=16, json_schemas=None):
+    """The checks of the `conversation` signatures (none where the template does not
+    decompose): greedy replies to `CHECK_CONVERSATIONS` (those the template accepts and
+    the context holds with a few tokens to spare) equal `tfllm chat`'s after the same
+    history, and under each of `json_schemas` for `conversation_<name>`."""
+    from tfllm.models.chat_session import ChatSession
+    from tfllm.models.generation import fits, new_token_room
+    from tfllm.signatures.conversation import conversation_form
+
+    try:
+        form = conversation_form(chat)
+    except ChatTemplateError as e:
+        if e.kind != "template":
+            raise
+        return []
+    max_len = model.backbone.max_len
+    session = ChatSession(model, chat, max_new_tokens=1)
+    sized = [(turns, len(session.encode(turns))) for turns in CHECK_CONVERSATIONS
+             if form.accepts([t["role"] for t in turns])]
+    sized = [(turns, size) for turns, size in sized
+             if fits(size, min(4, max_new_tokens), max_len)]
+    if not sized:
+        raise ExportError("the conversation check's sample conversations do not fit the "
+                          f"context of {max_len} tokens with the template; export with a "
+                          "longer --max-len")
+    conversations = [turns for turns, _ in sized]
+    room = new_token_room(max_len, max(size for _, size in sized))
+    width, n = max(map(len, conversations)), len(conversations)
+    inputs = {"roles": [[t["role"] for t in c] + [""] * (width - len(c))
+                        for c in conversations],
+              "contents": [[t["content"] for t in c] + [""] * (width - len(c))
+                           for c in conversations],
+              "temperature": [0.0] * n, "top_k": [0] * n, "top_p": [1.0] * n,
+              "seed": [0] * n}
+    new = min(max_new_tokens, room)
+    checks = [("conversation", {**inputs, "max_new_tokens": [new] * n},
+               conversation_replies(model, chat, conversations, new), "tfllm chat")]
+    for name, schema in (json_schemas or {}).items():
+        new = schema_budget(model, name, schema, room, max_new_tokens)
+        checks.append((f"conversation_{name}", {**inputs, "max_new_tokens": [new] * n},
+                       conversation_replies(model, chat, conversations, new, schema),
+                       "tfllm chat --json-schema"))
     return checks
