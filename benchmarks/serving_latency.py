@@ -15,6 +15,10 @@ first content chunk and completion tokens per second of wall time per client, me
 
     python benchmarks/serving_latency.py --openai --run runs/smollm2 --model-dir models/smollm2
 
+With --llamacpp-python PY --gguf FILE it measures llama.cpp's OpenAI server
+(`llama-cpp-python[server]`, installed in the venv of PY, never tfllm's) on the same GGUF
+the run was imported from, the same way and in the same rounds.
+
 The last line of output is one JSON object with the figures.
 """
 
@@ -71,6 +75,10 @@ def openai_latency(args):
                      args.model_dir, "--port", str(port), "--grpc-port", "0"], "OpenAI API")]
     procs.append(_start(["gateway", "--tf-serving", f"http://127.0.0.1:{port}", "--model",
                          name, "--port", str(gw_port)], "gateway for"))
+    paths = [("serve_run", f"http://127.0.0.1:{port}/v1"),
+             ("gateway", f"http://127.0.0.1:{gw_port}/v1")]
+    if args.llamacpp_python:
+        procs.append(_start_llamacpp(args, name, paths))
     message = [{"role": "user", "content": args.message}]
 
     def one(url):
@@ -89,8 +97,7 @@ def openai_latency(args):
 
     results = {}
     try:
-        for label, url in (("serve_run", f"http://127.0.0.1:{port}/v1"),
-                           ("gateway", f"http://127.0.0.1:{gw_port}/v1")):
+        for label, url in paths:
             for clients in (1, args.clients):
                 rounds = []
                 with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -101,7 +108,8 @@ def openai_latency(args):
                 tps = statistics.median(t for r in rounds[1:] for _, t, _ in r)
                 results[f"{label}_{clients}"] = {"ttft_s": round(ttft, 3),
                                                  "tokens_per_s_per_client": round(tps, 2),
-                                                 "same_text": len(texts) == 1}
+                                                 "same_text": len(texts) == 1,
+                                                 "text": sorted(texts)[0]}
                 print(f"{label}, {clients} client(s): time to first token {ttft:.3f} s, "
                       f"{tps:.2f} tokens/s per client", flush=True)
     finally:
@@ -110,6 +118,32 @@ def openai_latency(args):
             proc.wait(timeout=60)
     print(json.dumps({"benchmark": "serving_latency_openai", "run": args.run,
                       "max_new_tokens": args.max_new_tokens, "reps": args.reps, **results}))
+
+
+def _start_llamacpp(args, name, paths):
+    """llama.cpp's OpenAI server on the GGUF (all cores, the GGUF's own chat template),
+    once it answers; its URL joins `paths`."""
+    import subprocess
+    import urllib.request
+
+    port = _free_port()
+    proc = subprocess.Popen([args.llamacpp_python, "-m", "llama_cpp.server", "--model",
+                             args.gguf, "--model_alias", name, "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "2048", "--n_threads",
+                             str(os.cpu_count())], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=5):
+                paths.append(("llamacpp", url))
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise SystemExit("llama.cpp's server did not start")
+            time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("llama.cpp's server did not answer within 5 minutes")
 
 
 def main():
@@ -124,10 +158,17 @@ def main():
     parser.add_argument("--clients", type=int, default=8,
                         help="with --openai: concurrent clients (besides 1; default 8)")
     parser.add_argument("--message", default="What is the capital of France?")
+    parser.add_argument("--llamacpp-python",
+                        help="with --openai: a Python with llama-cpp-python[server] installed; "
+                        "its server on --gguf is measured too")
+    parser.add_argument("--gguf", help="with --llamacpp-python: the GGUF the run was "
+                        "imported from")
     args = parser.parse_args()
     if args.openai:
         if not args.model_dir:
             parser.error("--openai needs --model-dir (the run exported as a SavedModel)")
+        if bool(args.llamacpp_python) != bool(args.gguf):
+            parser.error("--llamacpp-python and --gguf go together")
         return openai_latency(args)
 
     lm = tfllm.load(args.run)

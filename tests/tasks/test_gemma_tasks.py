@@ -117,8 +117,8 @@ def test_classifier_on_gemma_keeps_bos_pools_the_last_token_and_fits(gemma_base,
 def test_gemma_chat_saved_model_trims_as_the_template_and_answers_as_tfllm_chat(gemma_lora,
                                                                                   tmp_path):
     """Gemma's template trims the message (`| trim`): the graph trims it too. The exporter
-    checks `chat` and `chat_with_system` in a fresh process against `tfllm chat`
-    (`chat_checks`), on a message wrapped in whitespace among others."""
+    checks `chat`, `chat_with_system` and `conversation` in a fresh process against `tfllm
+    chat` (`chat_checks`), on a message wrapped in whitespace among others."""
     from export.saved_model import describe_signatures, export_saved_model
     from tfllm.signatures.chat import VERIFY_MESSAGES
 
@@ -128,3 +128,6 @@ def test_gemma_chat_saved_model_trims_as_the_template_and_answers_as_tfllm_chat(
     lines = "\n".join(describe_signatures(path))
     assert "chat(max_new_tokens int32[None], message string[None]" in lines
     assert "chat_with_system(" in lines
+    # Whole conversations too (checked the same way after a system turn and an exchange,
+    # Gemma's system text folded into the first user turn).
+    assert "conversation(contents string[None, None]" in lines
