@@ -83,17 +83,20 @@ def openai_latency(args):
 
     def one(url):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
-        start, first, text, usage = time.perf_counter(), None, "", None
+        start, first, text, usage, chunks = time.perf_counter(), None, "", None, 0
         for chunk in client.chat.completions.create(
                 model=name, messages=message, temperature=0, max_tokens=args.max_new_tokens,
                 stream=True, stream_options={"include_usage": True}):
             if chunk.choices and chunk.choices[0].delta.content:
                 first = first or time.perf_counter() - start
                 text += chunk.choices[0].delta.content
+                chunks += 1
             if chunk.usage:
                 usage = chunk.usage
         total = time.perf_counter() - start
-        return first, usage.completion_tokens / total, text
+        # llama.cpp's server sends no usage in streams; it sends one token per chunk.
+        tokens = usage.completion_tokens if usage else chunks
+        return first, tokens / total, text
 
     results = {}
     try:
@@ -103,6 +106,8 @@ def openai_latency(args):
                 with ThreadPoolExecutor(max_workers=clients) as pool:
                     for _ in range(args.reps + 1):
                         rounds.append(list(pool.map(lambda _: one(url), range(clients))))
+                if any(f is None for r in rounds for f, _, _ in r):
+                    raise SystemExit(f"{label}: a stream with no content")
                 texts = {t for r in rounds for _, _, t in r}
                 ttft = statistics.median(f for r in rounds[1:] for f, _, _ in r)
                 tps = statistics.median(t for r in rounds[1:] for _, t, _ in r)
@@ -130,7 +135,10 @@ def _start_llamacpp(args, name, paths):
     proc = subprocess.Popen([args.llamacpp_python, "-m", "llama_cpp.server", "--model",
                              args.gguf, "--model_alias", name, "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "2048", "--n_threads",
-                             str(os.cpu_count())], stdout=subprocess.DEVNULL,
+                             str(os.cpu_count()),
+                             # By default a new request cancels the stream in progress;
+                             # queued, as tfllm's servers do.
+                             "--interrupt_requests", "False"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     for _ in range(600):
