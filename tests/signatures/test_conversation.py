@@ -110,9 +110,11 @@ def test_graph_refuses_what_the_template_refuses(tmp_path):
         ([["user", "system"]], [["a", "b"]], "does not accept this order"),
         ([["user", "", "user"]], [["a", "", "b"]], "unused turns"),
         ([["", ""]], [["", ""]], "at least one turn"),
+        (tf.zeros([1, 0], tf.string), tf.zeros([1, 0], tf.string), "at least one turn"),
         ([["tool"]], [["a"]], "each role must be one of system, user, assistant"),
         ([["user"]], [["x" * 1001]], "longer than 1000 bytes"),
         ([["user", "assistant"]], [["a"]], "the same shape"),
     ]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            ids(tf.constant(roles), tf.constant(contents))
+            ids(tf.convert_to_tensor(roles, tf.string),
+                tf.convert_to_tensor(contents, tf.string))

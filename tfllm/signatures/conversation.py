@@ -219,8 +219,8 @@ class ConversationPrompts:
             require(tf.reduce_all(tf.logical_or(known, tf.logical_not(used))),
                     f"each role must be one of {', '.join(ROLES)}, or \"\" after a row's "
                     "last turn"),
-            require(tf.reduce_all(tf.logical_and(used_i[:, :1] > 0,
-                                                 used_i[:, :-1] >= used_i[:, 1:])),
+            require(tf.logical_and(tf.shape(roles)[1] >= 1, tf.reduce_all(tf.logical_and(
+                used_i[:, :1] > 0, used_i[:, :-1] >= used_i[:, 1:]))),
                     "each row needs at least one turn, its unused turns (role \"\") after "
                     "its last"),
             require(tf.reduce_all(tf.reduce_sum(tf.strings.length(contents), axis=1)
