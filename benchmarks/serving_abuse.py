@@ -338,7 +338,7 @@ def openai_cases(server, expected):
         return [status]
 
     def saturation(n=48):
-        # More streams than one running and --max-waiting (16) waiting: 503 `overloaded`
+        # More streams than a batch (8) running and --max-waiting (16) waiting: 503 `overloaded`
         # (expected), every 200 answer the recorded one.
         message = MESSAGES[1]
         with ThreadPoolExecutor(max_workers=n) as pool:

@@ -79,6 +79,8 @@ def openai_latency(args):
              ("gateway", f"http://127.0.0.1:{gw_port}/v1")]
     if args.llamacpp_python:
         procs.append(_start_llamacpp(args, name, paths))
+    if args.paths:
+        paths = [(label, url) for label, url in paths if label in args.paths.split(",")]
     message = [{"role": "user", "content": args.message}]
 
     def one(url):
@@ -169,6 +171,8 @@ def main():
     parser.add_argument("--llamacpp-python",
                         help="with --openai: a Python with llama-cpp-python[server] installed; "
                         "its server on --gguf is measured too")
+    parser.add_argument("--paths", help="with --openai: the paths to measure, of serve_run, "
+                        "gateway, llamacpp (comma-separated; default all started)")
     parser.add_argument("--gguf", help="with --llamacpp-python: the GGUF the run was "
                         "imported from")
     args = parser.parse_args()

@@ -6,7 +6,8 @@ Every OpenAI client library speaks `/v1/chat/completions`, `/v1/completions`,
 conversation with the run's template, the cached decoding loop generates), so a greedy
 chat completion is `tfllm chat`'s reply and a completion is `tfllm generate`'s text.
 Streams are built from the decoding loop's chunks as it produces them; a character's
-bytes are never split across two chunks.
+bytes are never split across two chunks. Unconstrained replies of requests that arrive
+together are decoded in one batch (`_Batcher`).
 
 The HTTP side (routing, SSE framing) is the dev server's; this module takes parsed JSON
 bodies and returns JSON objects, or iterators of them for streams.
@@ -40,12 +41,15 @@ class OpenAIService:
             (embeddings).
         name: the model id clients name (default: the run directory's name).
         template: Jinja text of a chat template, for a causal run without its own.
-        max_waiting: requests that may wait for the model while one runs; more are answered
-            503 at once (the model runs one request at a time).
+        max_waiting: requests that may wait for the model while others run; more are
+            answered 503 at once.
+        max_batch: unconstrained replies decoded together in one loop: requests that
+            arrive while a batch decodes wait for the next (a constrained reply, under a
+            JSON schema or tools, has the model to itself).
     """
 
     def __init__(self, run_dir: str, name: str | None = None, template: str | None = None,
-                 max_waiting: int = 16):
+                 max_waiting: int = 16, max_batch: int = 8):
         import tfllm
         from tfllm import runs, tasks
 
@@ -58,11 +62,15 @@ class OpenAIService:
         self.causal = task.causal
         self.chat = self.encoder = None
         self.no_chat = ""
+        self._model_lock = threading.Lock()
         if self.causal:
             from tfllm.models.generation import get_generator
             from tfllm.tokenizers.chat_template import ChatTemplateError, chat_config_of
 
             self.generator = get_generator(self.model)
+            self._batcher = _Batcher(self.generator, self._model_lock, max_batch)
+            # The size of every batch decoded so far (monitoring, tests).
+            self.batch_sizes = self._batcher.sizes
             try:
                 self.chat = chat_config_of(stored, self.tokenizer, template)
             except ChatTemplateError as e:
@@ -76,8 +84,8 @@ class OpenAIService:
             except TfllmError:
                 self.encoder = None
         self.kind = "causal" if self.causal else ("encoder" if self.encoder else task.name)
-        self._model_lock = threading.Lock()
-        self._waiting = threading.BoundedSemaphore(max_waiting + 1)
+        self.max_batch = max_batch
+        self._waiting = threading.BoundedSemaphore(max_waiting + max_batch)
 
     # -- /v1/models ------------------------------------------------------------------------
     def model_object(self) -> dict:
@@ -95,14 +103,15 @@ class OpenAIService:
             raise ApiError(f"The model `{str(model)[:100]}` does not exist; this server "
                            f"serves `{self.name}`", "model", 404, code="model_not_found")
 
-    # -- the model, one request at a time ----------------------------------------------------
-    def _hold(self, work):
-        """`work` (an iterator) run with the model to itself; ApiError 503 at once when
-        more requests already wait than allowed."""
+    # -- the model: exclusive (constrained replies) or batched -----------------------------
+    def _hold(self, work, exclusive=True):
+        """`work` (an iterator) run with the model to itself (`exclusive`), or sharing it
+        through the batcher; ApiError 503 at once when more requests already wait than
+        allowed."""
         if not self._waiting.acquire(blocking=False):
             raise ApiError("the server is busy: too many requests waiting; retry shortly",
                            status=503, type_="server_error", code="overloaded")
-        return _Held(work, self._model_lock, self._waiting)
+        return _Held(work, self._model_lock if exclusive else None, self._waiting)
 
     # -- /v1/chat/completions ----------------------------------------------------------------
     def chat_completions(self, body: dict):
@@ -117,9 +126,10 @@ class OpenAIService:
         sessions, ids, stops, common = self._chat_prompt(body)
         meta = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()),
                 "model": self.name}
+        exclusive = any(session.constraint is not None for session in sessions)
         if common["stream"]:
-            return self._hold(self._chat_stream(sessions, ids, stops, meta, common))
-        work = self._hold(self._chat_whole(sessions, ids, stops))
+            return self._hold(self._chat_stream(sessions, ids, stops, meta, common), exclusive)
+        work = self._hold(self._chat_whole(sessions, ids, stops), exclusive)
         choices, used = [], 0
         for index, (text, reply) in enumerate(work):
             message, finish = _assistant_message(sessions[index], text, reply)
@@ -273,9 +283,9 @@ class OpenAIService:
                         yield chunk(index, piece)
                     yield chunk(index, "", reply["finish_reason"])
 
-            return self._hold(stream())
+            return self._hold(stream(), exclusive=False)
         choices, used = [], 0
-        for index, prompt, pieces, reply in self._hold(run()):
+        for index, prompt, pieces, reply in self._hold(run(), exclusive=False):
             text = "".join(pieces)
             choices.append({"index": index, "text": (prompt if echo else "") + text,
                             "finish_reason": reply["finish_reason"], "logprobs": None})
@@ -296,8 +306,7 @@ class OpenAIService:
         reply.update(tokens=0, finish_reason="length")
         # The first chunk is one token: the time to the first token is the prefill and one
         # step; later chunks of 4 spread the cost of a call over more tokens.
-        for new in self.generator.stream_ids(ids, params, constraint=constraint,
-                                             first_chunk=1):
+        for new in self.token_chunks(ids, params, constraint):
             before = len(out)
             out += new
             text = tok.decode(out)
@@ -322,6 +331,13 @@ class OpenAIService:
         reply["tokens"] = len(out)
         if len(out) < params.max_new_tokens:
             reply["finish_reason"] = "stop"
+
+    def token_chunks(self, ids, params, constraint):
+        """The reply's new token ids, a chunk at a time: unconstrained replies through the
+        batcher (decoded with whatever else is waiting), constrained ones alone."""
+        if constraint is None:
+            return self._batcher.submit(ids, params)
+        return self.generator.stream_ids(ids, params, constraint=constraint, first_chunk=1)
 
     def warm_up(self):
         """Compile the decoding loop (a one-token reply) or the encoder, so that the first
@@ -389,7 +405,7 @@ class _Held:
     def __next__(self):
         if self._closed:
             raise StopIteration
-        if not self._locked:
+        if not self._locked and self._lock is not None:
             self._lock.acquire()
             self._locked = True
         try:
@@ -413,6 +429,84 @@ class _Held:
 
     def __del__(self):
         self.close()
+
+
+class _Batcher:
+    """Unconstrained replies decoded together: a thread takes every reply waiting (up to
+    `max_batch`) into one decoding loop (`Generator.stream_rows`, each row its own
+    sampling and budget, so a row's tokens are what it would get alone), and hands each
+    its tokens as they come. Replies that arrive while a batch decodes form the next one.
+    The loop holds `lock`, which a constrained request holds for its whole reply."""
+
+    def __init__(self, generator, lock, max_batch=8):
+        import queue
+
+        self.generator, self.lock, self.max_batch = generator, lock, max_batch
+        self.jobs = queue.Queue()
+        self.sizes = []
+        threading.Thread(target=self._loop, daemon=True, name="tfllm-batcher").start()
+
+    def submit(self, ids, params):
+        """An iterator of `ids`'s new token ids, a chunk at a time (the first one token)."""
+        import queue
+
+        job = {"ids": ids, "params": params, "out": queue.Queue(), "left": False}
+        self.jobs.put(job)
+
+        def chunks():
+            try:
+                while True:
+                    item = job["out"].get()
+                    if item is None:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                job["left"] = True  # a client gone: its row is not waited for
+
+        return chunks()
+
+    def _loop(self):
+        import queue
+
+        while True:
+            jobs = [self.jobs.get()]
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            jobs = [j for j in jobs if not j["left"]]
+            if jobs:
+                self.sizes.append(len(jobs))
+                self._run(jobs)
+
+    def _run(self, jobs):
+        ended = [False] * len(jobs)
+        try:
+            with self.lock:
+                for news, finished in self.generator.stream_rows(
+                        [j["ids"] for j in jobs], [j["params"] for j in jobs],
+                        first_chunk=1):
+                    for k, (job, new, done) in enumerate(zip(jobs, news, finished)):
+                        if ended[k]:
+                            continue
+                        if new:
+                            job["out"].put(new)
+                        if done:
+                            job["out"].put(None)
+                            ended[k] = True
+                    if all(e or j["left"] for e, j in zip(ended, jobs)):
+                        break
+        except BaseException as e:  # every waiting reply fails with it, none hangs
+            for k, job in enumerate(jobs):
+                if not ended[k]:
+                    job["out"].put(e)
+                    ended[k] = True
+        for k, job in enumerate(jobs):
+            if not ended[k]:
+                job["out"].put(None)
 
 
 def _stop_prefix(text, stops) -> int:

@@ -110,6 +110,30 @@ def test_chat_greedy_is_tfllm_chat_and_the_stream_is_the_same(chat_api, chat_run
     assert len({c.id for c in chunks}) == 1
 
 
+def test_concurrent_requests_decode_in_one_batch_as_alone(chat_api):
+    """Streams that arrive together decode in one loop (each row its own budget and
+    sampling) and answer what each answers alone: greedy replies and seeded samples."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, api = chat_api["client"], chat_api["api"]
+    asks = [dict(messages=[{"role": "user", "content": m}], temperature=t, max_tokens=k,
+                 seed=3) for m, t, k in [("Translate to French: water", 0, 12),
+                                         ("Translate to French: cat", 0, 5),
+                                         ("Translate to French: Open the file", 1.0, 9),
+                                         ("Hi", 0, 3)]]
+    alone = [_chat(client, **kw).choices[0].message.content for kw in asks]
+
+    def streamed(kw):
+        return "".join(c.choices[0].delta.content or "" for c in _chat(client, stream=True, **kw)
+                       if c.choices)
+
+    before = len(api.batch_sizes)
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(streamed, asks * 2))
+    assert together == alone * 2
+    assert max(api.batch_sizes[before:]) > 1  # some were decoded together
+
+
 def test_budget_stop_seed_and_n(chat_api):
     client = chat_api["client"]
     r = _chat(client, temperature=0, max_tokens=2)
@@ -295,10 +319,10 @@ def test_other_errors_models_and_saturation(chat_api, embed_api):
             model="enc", messages=[{"role": "user", "content": "x"}])
     assert [m.id for m in chat_api["client"].models.list()] == ["mt"]
     assert chat_api["client"].models.retrieve("mt").owned_by == "tfllm"
-    # One request holds the model, two may wait (max_waiting=2): the fourth is 503 at once.
+    # A batch of requests may run, two more wait (max_waiting=2): the next is 503 at once.
     body = {"model": "mt", "messages": [{"role": "user", "content": "hi"}], "stream": True,
             "max_tokens": 2}
-    held = [api.chat_completions(dict(body)) for _ in range(3)]
+    held = [api.chat_completions(dict(body)) for _ in range(api.max_batch + 2)]
     with pytest.raises(ApiError) as e:
         api.chat_completions(dict(body))
     assert e.value.status == 503 and e.value.code == "overloaded"
@@ -320,13 +344,14 @@ def test_stream_never_splits_a_character():
         def decode(self, ids):
             return bytes(ids).decode("utf-8", errors="replace")
 
-    class OneByteAtATime:
-        def stream_ids(self, prompt, params, constraint=None, first_chunk=None):
-            for b in raw:
-                yield [b]
+    class OneByteAtATime(OpenAIService):
+        def __init__(self):  # no model: the decoding loop gives one byte per chunk
+            self.tokenizer = ByteTokenizer()
 
-    api = object.__new__(OpenAIService)
-    api.tokenizer, api.generator = ByteTokenizer(), OneByteAtATime()
+        def token_chunks(self, ids, params, constraint):
+            return ([b] for b in raw)
+
+    api = OneByteAtATime()
     reply = {}
     pieces = list(api.stream_text([1], GenerationParams(100), None, [], reply))
     assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)

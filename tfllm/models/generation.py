@@ -466,19 +466,48 @@ class Generator:
         """Generate for one prompt, yielding new token ids `chunk` at a time (`constraint`:
         a `TokenAutomaton` the output must match, as in `generate_ids`; `first_chunk`: the
         size of the first, e.g. 1 for the shortest time to the first token)."""
-        ids, lens, args = self._pack([prompt], params)
-        logits, caches, valid, pad = self._prefill(ids, lens)
+        for rows, _ in self.stream_rows([prompt], [params], chunk, constraint, first_chunk):
+            if rows[0]:
+                yield rows[0]
+
+    def stream_rows(self, prompts: Sequence[Sequence[int]], params: Sequence[GenerationParams],
+                    chunk: int = 4, constraint=None, first_chunk: int | None = None):
+        """Generate for several prompts in one decoding loop, each row with its own
+        sampling and budget (`params`, one per prompt; rows stop at their end token as
+        the first's `stop_at_end` says), yielding per chunk `(new ids, finished)`: a list
+        per prompt of its new token ids (the end token left out) and whether it is done.
+        A row samples what `stream_ids` samples for it alone (its own seeds).
+
+        Example:
+            >>> for new, done in gen.stream_rows([a, b], [p, p]): ...  # doctest: +SKIP
+        """
+        n = len(prompts)
+        if len(params) != n:
+            raise GenerationError(f"{len(params)} parameter sets for {n} prompts")
+        budget = max(p.max_new_tokens for p in params)
+        ids, lens, args = self._pack(prompts, dataclasses.replace(params[0],
+                                                                  max_new_tokens=budget))
         batch = ids.shape[0]
+        rows = list(params) + [params[0]] * (batch - n)  # filler rows: row 0's
+        args.update(
+            max_new=tf.constant([p.max_new_tokens for p in rows], tf.int32),
+            temperature=tf.constant([float(p.temperature) for p in rows], tf.float32),
+            top_k=tf.constant([int(p.top_k or 0) for p in rows], tf.int32),
+            top_p=tf.constant([float(p.top_p or 1.0) for p in rows], tf.float32),
+            seeds=tf.constant([row_seeds(p.seed, 1)[0] for p in rows], tf.int32))
+        logits, caches, valid, pad = self._prefill(ids, lens)
         state = (logits, caches, tf.constant(ids.shape[1]), tf.constant(0),
                  tf.zeros([batch], tf.bool),
                  tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32)),
                  tf.zeros([batch], tf.int32))
         follow = {}
         if constraint is not None:
-            check_constraint(constraint, params)
+            for p in params:
+                check_constraint(constraint, p)
             follow = {"constraint": constraint_tensors(constraint, batch)}
             state += (tf.broadcast_to(follow["constraint"]["initial"], [batch]),)
-        emitted, steps = 0, first_chunk or chunk
+        emitted, steps = [0] * n, first_chunk or chunk
+        stop_at_end = params[0].stop_at_end
         while True:
             logits, caches, slot, step, done, out, n_gen = state[:7]
             if constraint is not None:
@@ -488,14 +517,19 @@ class Generator:
                                  args["seeds"], args["stop_at_end"], tf.constant(steps),
                                  **follow)
             steps = chunk
-            n = int(state[6][0])
-            new = state[5][0, emitted:n].numpy().tolist()
-            if params.stop_at_end and new and new[-1] in self.end_token_ids:
-                new = new[:-1]
-            if new:
-                yield new
-            emitted = n
-            if bool(state[4][0]) or int(state[3]) >= params.max_new_tokens:
+            counts, done = state[6].numpy()[:n], state[4].numpy()[:n]
+            out = state[5].numpy()
+            news = []
+            for r in range(n):
+                new = out[r, emitted[r]:counts[r]].tolist()
+                if stop_at_end and new and new[-1] in self.end_token_ids:
+                    new = new[:-1]
+                news.append(new)
+                emitted[r] = int(counts[r])
+            finished = [bool(d) or int(c) >= p.max_new_tokens
+                        for d, c, p in zip(done, counts, params)]
+            yield news, finished
+            if all(finished) or int(state[3]) >= budget:
                 return
 
     def tracing_count(self) -> int:
