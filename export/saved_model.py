@@ -26,6 +26,7 @@ import argparse
 import os
 import sys
 
+from .archive import write_archive
 from .options import DEFAULT_MAX_BATCH, add_max_len, error_prog, prog
 
 
@@ -162,18 +163,6 @@ def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_bat
     archive.track(model.tokenizer.tf_tokenizer)
     for resource in (resources[0] if resources else ()):
         archive.track(resource)
-    traced = {}
-    for sig_name, (fn, spec) in signatures.items():
-        endpoint = archive.add_endpoint(sig_name, fn, input_signature=spec)
-        # Each function traced once, kept as the endpoint's concrete function: left a
-        # tf.function, Keras traces it to list its variables and tf.saved_model.save
-        # traces it again (its save context is part of TF's trace cache key), which was
-        # 2-3 s per signature on the tiny test model; names sharing a function
-        # (serving_default and generate) share one trace.
-        key = (id(fn), tuple(spec))
-        if key not in traced:
-            traced[key] = endpoint.get_concrete_function()
-        setattr(archive._tf_trackable, sig_name, traced[key])
     # The tokenizer files travel as assets too, for clients that tokenize themselves.
     files = tokenizer_files(config.get("tokenizer", runs.TOKENIZER))
     archive._tf_trackable.tokenizer_assets = [
@@ -182,7 +171,7 @@ def _export(run_dir, out, name, version, jit_compile, verify, overwrite, max_bat
     # readable to the server's user, then swapped in: a server polling the base path sees
     # the old version or the new one, never a half-written or missing one.
     with output.staging() as tmp:
-        archive.write_out(tmp, verbose=False)
+        write_archive(archive, signatures, tmp)
         verified = check(tmp, run_dir) if verify else None
     return target, verified
 

@@ -52,6 +52,7 @@ import shutil
 import sys
 import tempfile
 
+from .archive import write_archive
 from .block_offsets import part_blocks
 from .options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
                       add_gate_options, add_max_len, add_overwrite, add_part_options,
@@ -296,12 +297,10 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
                               head_split_block(quantize, parts, offsets)) as (offset_tables,
                                                                               holders):
             archive.track(holders)
-            archive.add_endpoint("decode", _step_fn(model, True),
-                                 input_signature=_signature(model, 1))
+            endpoints = {"decode": (_step_fn(model, True), _signature(model, 1))}
             for n in lengths:
-                archive.add_endpoint(f"prefill_{n}", _step_fn(model, False),
-                                     input_signature=_signature(model, n))
-            archive.write_out(tmp, verbose=False)
+                endpoints[f"prefill_{n}"] = (_step_fn(model, False), _signature(model, n))
+            write_archive(archive, endpoints, tmp)
         by_quantizer = quantize in QUANTIZER_MODES
         converter = tflite_converter(tmp, ["decode"] + [f"prefill_{n}" for n in lengths],
                                      "float32" if by_quantizer else quantize)
@@ -657,9 +656,8 @@ def convert_classifier_model(model, seq_len, quantize="float32", calibration_ids
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-")
     try:
         with export_hooks.tracing(mask_fill=fill):
-            archive.add_endpoint("classify", classify_pair if token_types else classify,
-                                 input_signature=spec)
-            archive.write_out(tmp, verbose=False)
+            write_archive(archive, {"classify": (classify_pair if token_types else classify,
+                                                 spec)}, tmp)
         converter = tflite_converter(tmp, ["classify"], quantize)
         if quantize == "int8":
             rows = (calibration_ids if isinstance(calibration_ids, dict)

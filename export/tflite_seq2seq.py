@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from .archive import write_archive
 from .tflite_converter import convert_or_raise, tflite_converter
 from tfllm import runs
 from tfllm.errors import TfllmError
@@ -87,9 +88,8 @@ def convert_seq2seq(model, quantize="float32"):
     tmp = tempfile.mkdtemp(prefix="tfllm-tflite-s2s-")
     try:
         with export_hooks.tracing(decode_read="after_write"):  # TFLite's faster form (see export.tflite)
-            archive.add_endpoint("encode", encode, input_signature=[{"source_ids": source_spec}])
-            archive.add_endpoint("decode", decode, input_signature=[decode_spec])
-            archive.write_out(tmp, verbose=False)
+            write_archive(archive, {"encode": (encode, [{"source_ids": source_spec}]),
+                                    "decode": (decode, [decode_spec])}, tmp)
         return convert_or_raise(tflite_converter(tmp, ["encode", "decode"], quantize),
                                 Seq2SeqTFLiteError)
     finally:
