@@ -49,9 +49,9 @@ def build_parser():
     parser.add_argument("--template", help="with --run: chat template (chatml or a Jinja "
                         "file) for a causal run without its own")
     parser.add_argument("--max-waiting", type=int, default=16,
-                        help="with --run: OpenAI requests that may wait while the model "
-                             "answers others (up to 8 unconstrained replies decode together); "
-                             "more get 503 (default 16)")
+                        help="with --run: OpenAI requests that may wait beyond a batch of "
+                             "8 (up to 8 unconstrained replies decode together); more get 503 "
+                             "(default 16)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
     parser.add_argument("--grpc-port", type=int, default=8500,

@@ -41,8 +41,8 @@ class OpenAIService:
             (embeddings).
         name: the model id clients name (default: the run directory's name).
         template: Jinja text of a chat template, for a causal run without its own.
-        max_waiting: requests that may wait for the model while others run; more are
-            answered 503 at once.
+        max_waiting: requests that may wait beyond `max_batch` (at most max_batch +
+            max_waiting are running or waiting at once); more are answered 503 at once.
         max_batch: unconstrained replies decoded together in one loop: requests that
             arrive while a batch decodes wait for the next (a constrained reply, under a
             JSON schema or tools, has the model to itself).

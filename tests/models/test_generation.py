@@ -138,6 +138,28 @@ def test_bad_arguments(lm):
         lm.generate(kept, max_new_tokens=5, stop_at_end=False)
 
 
+def test_stream_rows_decode_each_row_as_alone(lm):
+    """Several prompts in one streamed loop, each its own budget and sampling: each row's
+    tokens are those it streams alone; rows that disagree on stop_at_end are refused."""
+    from tfllm.models.generation import get_generator
+
+    gen = get_generator(lm)
+    prompts = [lm.tokenizer.encode(p) for p in PROMPTS]
+    params = [GenerationParams(6, stop_at_end=False),
+              GenerationParams(3, temperature=1.0, top_k=20, seed=4, stop_at_end=False),
+              GenerationParams(9, temperature=0.8, seed=9, stop_at_end=False)]
+    together = [[] for _ in prompts]
+    for news, finished in gen.stream_rows(prompts, params):
+        for row, new in zip(together, news):
+            row += new
+    alone = [sum(gen.stream_ids(ids, p), []) for ids, p in zip(prompts, params)]
+    assert together == alone and [len(r) for r in together] == [6, 3, 9]
+    assert finished == [True, True, True]
+    with pytest.raises(GenerationError, match="share stop_at_end"):
+        next(gen.stream_rows(prompts[:2], [GenerationParams(4),
+                                           GenerationParams(4, stop_at_end=False)]))
+
+
 def test_empty_prompt_starts_from_bos(lm):
     _, ids = lm.generate("", max_new_tokens=5, stop_at_end=False, return_ids=True)
     bos = lm.tokenizer.bos_id

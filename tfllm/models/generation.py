@@ -473,8 +473,8 @@ class Generator:
     def stream_rows(self, prompts: Sequence[Sequence[int]], params: Sequence[GenerationParams],
                     chunk: int = 4, constraint=None, first_chunk: int | None = None):
         """Generate for several prompts in one decoding loop, each row with its own
-        sampling and budget (`params`, one per prompt; rows stop at their end token as
-        the first's `stop_at_end` says), yielding per chunk `(new ids, finished)`: a list
+        sampling and budget (`params`, one per prompt; `stop_at_end` is one flag of the
+        loop, so all rows must agree on it), yielding per chunk `(new ids, finished)`: a list
         per prompt of its new token ids (the end token left out) and whether it is done.
         A row samples what `stream_ids` samples for it alone (its own seeds).
 
@@ -484,6 +484,9 @@ class Generator:
         n = len(prompts)
         if len(params) != n:
             raise GenerationError(f"{len(params)} parameter sets for {n} prompts")
+        if len({bool(p.stop_at_end) for p in params}) > 1:
+            raise GenerationError("rows of one loop share stop_at_end: give every row the "
+                                  "same value, or decode them in separate calls")
         budget = max(p.max_new_tokens for p in params)
         ids, lens, args = self._pack(prompts, dataclasses.replace(params[0],
                                                                   max_new_tokens=budget))
