@@ -14,11 +14,14 @@ SHARED_DATA = os.environ.get("TFLLM_SHARED_DATA", os.path.join(REPO, "..", "shar
 SHAKESPEARE = os.path.join(SHARED_DATA, "tiny_shakespeare")
 os.environ.setdefault("TFDS_MANUAL_DIR", SHAKESPEARE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# XLA compiles without LLVM's optimizations (same results, slower code): the test models
-# are tiny, so compiling costs far more than running; each new decode-loop shape took
-# 3.1 s to compile at the default level and 2.1 s at 0 (tests/models/test_generation.py +
-# tests/export/test_saved_model.py: 303 -> 225 CPU seconds). Fresh processes inherit it.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# XLA compiles without LLVM's optimizations and with its classic elemental emitters (same
+# results, slower code): the test models are tiny, so compiling costs far more than
+# running. The default fusion emitters build MLIR contexts for every compile: a new
+# decode-loop shape of the tiny model took 3.1 s to compile by default, 2.1 s at level 0
+# and 0.9 s with both (generation + SavedModel tests at level 0 alone: 303 -> 225 CPU s).
+# Fresh processes inherit it.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
+                      "--xla_cpu_use_fusion_emitters=false")
 # In-process `tfllm.cli.main` calls must leave pytest's own capture of fd 2 alone; tests of
 # the quiet terminal run their command in a subprocess without this variable.
 os.environ.setdefault("TFLLM_LOG_LEVEL", "info")
