@@ -67,7 +67,7 @@ from tfllm import runs, tasks  # noqa: E402
 from tfllm.models.chat_session import ChatSession  # noqa: E402
 from tfllm.tokenizers.chat_encoding import encode_text  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
-from tfllm.models.generation import new_token_room  # noqa: E402
+from tfllm.models.generation import encode_prompt, new_token_room  # noqa: E402
 
 CHAT_CHECK_MESSAGE = "Translate to French: Open the file"
 
@@ -268,20 +268,31 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
         except Exception as e:  # the builder validates with many exception types
             raise LiteRtLmExportError(f"building the bundle failed: {e}") from e
         got, chat_sample = _check_bundle(staging, model, chat, stop_ids, check_prompt,
-                                         max_new_tokens, quantize)
+                                         max_new_tokens, quantize, tflite)
         size = os.path.getsize(staging)
     return {**report, "path": out, "bytes": size, "sample": got, "prompt": check_prompt,
             "chat_sample": chat_sample}
 
 
-def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, quantize):
+def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, quantize,
+                  tflite):
     """Greedy text and a chat reply of the bundle in the runtime, checked against tfllm's
-    (equal in float32); returns `(text, chat reply or None)`."""
+    (equal in float32); returns `(text, chat reply or None)`. A quantized bundle's greedy
+    text must equal that of its own TFLite model (`tflite`) in the LiteRT interpreter."""
+    from .tflite import TFLiteRunner
+
     tok = model.tokenizer
     # The prompt's tokens and the BOS that generate puts before them.
     n = min(max_new_tokens, new_token_room(model.backbone.max_len,
                                            len(tok.encode(check_prompt)) + 1))
-    _, (ids,) = model.generate([check_prompt], max_new_tokens=n, return_ids=True)
+    if quantize == "float32":
+        _, (ids,) = model.generate([check_prompt], max_new_tokens=n, return_ids=True)
+        source = "CausalLM.generate"
+    else:
+        # Quantized weights may change a greedy choice (export.tflite held them to the
+        # held-out accuracy bar): the runtime must run exactly the model that was checked.
+        ids = TFLiteRunner(tflite).generate(encode_prompt(tok, check_prompt), n)
+        source = "the LiteRT interpreter on the bundle's TFLite model"
     # The runtime also stops at a chat template's end-of-turn token.
     cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
     expected = tok.decode(ids[:cut])
@@ -289,11 +300,9 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
         got = engine_generate(path, check_prompt, n)
     except Exception as e:
         raise LiteRtLmExportError(f"litert_lm.Engine could not run the bundle: {e}") from e
-    # Quantized weights may change a greedy choice; export.tflite already held them to the
-    # held-out accuracy bar, so only float32 must match token for token.
-    if quantize == "float32" and got != expected:
+    if got != expected:
         raise LiteRtLmExportError(f"LiteRT-LM greedy output {got!r} differs from "
-                                  f"CausalLM.generate {expected!r}")
+                                  f"{source}: {expected!r}")
     if chat is None:
         return got, None
     message = CHAT_CHECK_MESSAGE
@@ -324,8 +333,10 @@ def _main(args):
     if "top1_agreement" in report:
         print(gate_line(report))
     same = "the same as" if report["quantize"] == "float32" else "checked against"
+    reference = "CausalLM.generate" if report["quantize"] == "float32" else \
+        "the LiteRT interpreter on its TFLite model"
     print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "
-          f"{same} CausalLM.generate")
+          f"the same as {reference}")
     if report.get("chat_sample") is not None:
         print(f"its conversation answers {CHAT_CHECK_MESSAGE!r} with "
               f"{report['chat_sample']!r}, {same} tfllm chat")

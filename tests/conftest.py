@@ -14,9 +14,10 @@ SHARED_DATA = os.environ.get("TFLLM_SHARED_DATA", os.path.join(REPO, "..", "shar
 SHAKESPEARE = os.path.join(SHARED_DATA, "tiny_shakespeare")
 os.environ.setdefault("TFDS_MANUAL_DIR", SHAKESPEARE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# XLA compiles without LLVM's optimizations and with its classic elemental emitters (same
-# results, slower code): the test models are tiny, so compiling costs far more than
-# running. The default fusion emitters build MLIR contexts for every compile: a new
+# XLA compiles without LLVM's optimizations and with its classic elemental emitters (the
+# same computations, slower code; float rounding may differ in the last bits, so a model
+# trained here differs slightly from one trained with the defaults): the test models are
+# tiny, so compiling costs far more than running. The default fusion emitters build MLIR contexts for every compile: a new
 # decode-loop shape of the tiny model took 3.1 s to compile by default, 2.1 s at level 0
 # and 0.9 s with both (generation + SavedModel tests at level 0 alone: 303 -> 225 CPU s).
 # Fresh processes inherit it.
