@@ -263,6 +263,33 @@ def test_bounded_mask_fill_equals_constant_fill():
             pass
 
 
+def test_trace_settings_belong_to_the_thread_that_set_them():
+    """A thread inside `tracing` (an export) leaves another thread's traces (a server's
+    generation in the same process) at the defaults, and each thread sees its own."""
+    import threading
+
+    from tfllm.layers import export_hooks
+
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def export():
+        with export_hooks.tracing(cache_write="one_hot", norm_scale={"norm": "per_token"}):
+            seen["export"] = export_hooks.setting("cache_write")
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=export)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        seen["other"] = export_hooks.setting("cache_write")
+        seen["other_norm"] = export_hooks.norm_scale("norm")
+    finally:
+        release.set()
+        thread.join(10)
+    assert seen == {"export": "one_hot", "other": "slice", "other_norm": "folded"}
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_decode_step_reads_before_write_equal_after_write(padded):
     """Both forms of the one-token cached step give the same output and new caches."""

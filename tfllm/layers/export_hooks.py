@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 
 SETTINGS = {"cache_write": ("slice", "one_hot"), "mask_fill": ("constant", "bounded"),
             "decode_read": ("before_write", "after_write"),
@@ -54,7 +55,18 @@ class _Hooks:
     layers: list  # keeps the layers of the ids alive for the trace
 
 
-_stack: list[_Hooks] = []
+class _Local(threading.local):
+    def __init__(self):
+        self.stack: list[_Hooks] = []
+
+
+# Per thread: a trace runs in the thread that asked for it, and a server thread tracing a
+# generation while another thread exports must trace with the defaults.
+_local = _Local()
+
+
+def _current():
+    return _local.stack[-1] if _local.stack else None
 
 
 @contextlib.contextmanager
@@ -72,7 +84,7 @@ def tracing(replace=None, norm_scale=None, observe=None, **settings):
             raise ValueError(f"unknown trace setting {name!r}; known: {sorted(SETTINGS)}")
         if value not in SETTINGS[name]:
             raise ValueError(f"{name} must be one of {SETTINGS[name]}, got {value!r}")
-    outer = _stack[-1] if _stack else _Hooks({}, {}, {}, None, [])
+    outer = _current() or _Hooks({}, {}, {}, None, [])
     hooks = _Hooks({**outer.settings, **settings}, dict(outer.replace),
                    dict(outer.norm_scale), observe or outer.observe, list(outer.layers))
     for layer, steps in (replace or {}).items():
@@ -83,31 +95,33 @@ def tracing(replace=None, norm_scale=None, observe=None, **settings):
             raise ValueError(f"norm_scale must be 'per_token', got {mode!r}")
         hooks.norm_scale[id(layer)] = mode
         hooks.layers.append(layer)
-    _stack.append(hooks)
+    _local.stack.append(hooks)
     try:
         yield hooks
     finally:
-        _stack.pop()
+        _local.stack.pop()
 
 
 def setting(name: str) -> str:
     """The value of a trace setting now (its default outside `tracing`)."""
-    if _stack and name in _stack[-1].settings:
-        return _stack[-1].settings[name]
+    hooks = _current()
+    if hooks is not None and name in hooks.settings:
+        return hooks.settings[name]
     return SETTINGS[name][0]
 
 
 def norm_scale(layer) -> str:
     """"per_token" where `tracing` asks it of this norm, else "folded"."""
-    return _stack[-1].norm_scale.get(id(layer), "folded") if _stack else "folded"
+    hooks = _current()
+    return "folded" if hooks is None else hooks.norm_scale.get(id(layer), "folded")
 
 
 def through(layer, step: str, default, *args, **kwargs):
     """`default(*args, **kwargs)`, `layer`'s own `step`, or the function `tracing` put in
     its place; an observer sees the step's first input either way."""
-    if not _stack:
+    hooks = _current()
+    if hooks is None:
         return default(*args, **kwargs)
-    hooks = _stack[-1]
     if hooks.observe is not None:
         hooks.observe(layer, step, args[0])
     fn = hooks.replace.get(id(layer), {}).get(step)
