@@ -23,19 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Fresh processes inherit it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                       "--xla_cpu_use_fusion_emitters=false")
-# One XLA compilation cache for the whole run (TensorFlow's persistent cache, keyed by the
-# computation's fingerprint): the same decode loop is compiled again by every process that
-# loads the same run (an exporter's fresh-process check, the dev server, a CLI subprocess)
-# and by every new `Generator` of the same model in one process. The pytest process that
-# starts the run makes the folder; its xdist workers and their subprocesses inherit the
-# variable; the folder goes when that process ends (`pytest_unconfigure`).
-if not os.environ.get("PYTEST_XDIST_WORKER") and "TF_XLA_FLAGS" not in os.environ:
-    import tempfile
-
-    _XLA_CACHE = tempfile.mkdtemp(prefix="tfllm-tests-xla-")
-    os.environ["TF_XLA_FLAGS"] = f"--tf_xla_persistent_cache_directory={_XLA_CACHE}"
-else:
-    _XLA_CACHE = None
 # In-process `tfllm.cli.main` calls must leave pytest's own capture of fd 2 alone; tests of
 # the quiet terminal run their command in a subprocess without this variable.
 os.environ.setdefault("TFLLM_LOG_LEVEL", "info")
@@ -268,11 +255,3 @@ def pytest_collection_modifyitems(session, config, items):
     slow = collections.Counter(str(item.fspath) for item in items
                                if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow[str(item.fspath)])
-
-
-def pytest_unconfigure(config):
-    """Remove the run's XLA compilation cache (made by this process, see the top)."""
-    if _XLA_CACHE is not None:
-        import shutil
-
-        shutil.rmtree(_XLA_CACHE, ignore_errors=True)
