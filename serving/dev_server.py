@@ -48,10 +48,13 @@ def build_parser():
                              "name)")
     parser.add_argument("--template", help="with --run: chat template (chatml or a Jinja "
                         "file) for a causal run without its own")
+    parser.add_argument("--decode-batch", type=int, default=8,
+                        help="with --run: unconstrained replies decoded together in one loop; "
+                             "requests arriving while a batch decodes form the next (default "
+                             "8; each power-of-two batch size compiles once, on first use)")
     parser.add_argument("--max-waiting", type=int, default=16,
-                        help="with --run: OpenAI requests that may wait beyond a batch of "
-                             "8 (up to 8 unconstrained replies decode together); more get 503 "
-                             "(default 16)")
+                        help="with --run: OpenAI requests that may wait beyond a decoding "
+                             "batch (--decode-batch); more get 503 at once (default 16)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
     parser.add_argument("--grpc-port", type=int, default=8500,
@@ -77,7 +80,8 @@ def parse_args(argv=None):
     if not args.model_dir and not args.run:
         parser.error("give --model-dir (SavedModels over TF Serving's APIs), --run (a run "
                      "over the OpenAI API) or both")
-    for name in ("max_batch", "max_body_bytes", "max_connections", "max_waiting"):
+    for name in ("max_batch", "max_body_bytes", "max_connections", "max_waiting",
+                 "decode_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.idle_timeout < 86400:
@@ -727,7 +731,8 @@ def _serve(args):
         if not runs.is_run_dir(args.run):
             raise ServerStartError(f"{args.run} is not a run directory (no config.json)")
         template = read_template_arg(args.template) if args.template else None
-        api = OpenAIService(args.run, args.model_name, template, args.max_waiting)
+        api = OpenAIService(args.run, args.model_name, template, args.max_waiting,
+                            args.decode_batch)
         api.warm_up()
     http = make_http_server(model, args.host, args.port, args.max_body_bytes,
                             args.idle_timeout, args.max_connections, api)

@@ -366,3 +366,27 @@ def test_serve_needs_a_model_dir_or_a_run(capsys):
         parse_args([])
     assert e.value.code == 2 and "give --model-dir" in capsys.readouterr().err
     assert parse_args(["--run", "runs/x"]).model_dir is None
+    assert parse_args(["--run", "runs/x"]).decode_batch == 8
+    with pytest.raises(SystemExit):
+        parse_args(["--run", "runs/x", "--decode-batch", "0"])
+    assert "--decode-batch must be positive" in capsys.readouterr().err
+
+
+def test_serve_decodes_in_batches_of_decode_batch(monkeypatch, tmp_path, capsys):
+    """`--decode-batch` and `--max-waiting` reach the OpenAI service `tfllm serve --run`
+    builds (its batching itself: test_concurrent_requests_decode_in_one_batch_as_alone)."""
+    import serving.openai_api
+    from serving.dev_server import ServerStartError, main
+
+    built = []
+
+    class Recorder:
+        def __init__(self, *args):
+            built.append(args)
+            raise ServerStartError("recorded")
+
+    monkeypatch.setattr(serving.openai_api, "OpenAIService", Recorder)
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    assert main(["--run", str(tmp_path), "--decode-batch", "3", "--max-waiting", "5"]) != 0
+    assert built == [(str(tmp_path), None, None, 5, 3)]
+    assert "recorded" in capsys.readouterr().err
