@@ -278,7 +278,8 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
                   tflite):
     """Greedy text and a chat reply of the bundle in the runtime, checked against tfllm's
     (equal in float32); returns `(text, chat reply or None)`. A quantized bundle's greedy
-    text must equal that of its own TFLite model (`tflite`) in the LiteRT interpreter."""
+    text and chat reply must equal those of its own TFLite model (`tflite`) in the LiteRT
+    interpreter, on the prompt ids tfllm chat renders."""
     from .tflite import TFLiteRunner
 
     tok = model.tokenizer
@@ -306,14 +307,25 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
     if chat is None:
         return got, None
     message = CHAT_CHECK_MESSAGE
-    expected_reply = ChatSession(model, chat, max_new_tokens=n).reply(message)
+    session = ChatSession(model, chat, max_new_tokens=n)
+    if quantize == "float32":
+        expected_reply = session.reply(message)
+        source = "tfllm chat"
+    else:
+        prompt, _ = session.prompt_ids([{"role": "user", "content": message}])
+        ids = TFLiteRunner(tflite).generate(prompt, n)
+        cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+        expected_reply = tok.decode(ids[:cut])
+        # An end of turn of several tokens ends the reply as text (as tfllm chat cuts it).
+        ends = [expected_reply.find(t) for t in session.end_of_turn if t in expected_reply]
+        expected_reply = expected_reply[:min(ends)] if ends else expected_reply
     try:
         chat_sample = engine_chat(path, message, n)
     except Exception as e:
         raise LiteRtLmExportError(f"litert_lm conversation failed on the bundle: {e}") from e
-    if quantize == "float32" and chat_sample != expected_reply:
+    if chat_sample != expected_reply:
         raise LiteRtLmExportError(f"LiteRT-LM conversation reply {chat_sample!r} differs "
-                                  f"from tfllm chat's {expected_reply!r}")
+                                  f"from the reply of {source}: {expected_reply!r}")
     return got, chat_sample
 
 
@@ -332,14 +344,14 @@ def _main(args):
     print(f"LiteRT-LM bundle written to {report['path']} ({report['bytes'] / 1e6:.2f} MB)")
     if "top1_agreement" in report:
         print(gate_line(report))
-    same = "the same as" if report["quantize"] == "float32" else "checked against"
-    reference = "CausalLM.generate" if report["quantize"] == "float32" else \
-        "the LiteRT interpreter on its TFLite model"
+    quantized = report["quantize"] != "float32"
+    interpreter = "the LiteRT interpreter on its TFLite model"
     print(f"litert_lm.Engine continues {report['prompt']!r} with {report['sample']!r}, "
-          f"the same as {reference}")
+          f"the same as {interpreter if quantized else 'CausalLM.generate'}")
     if report.get("chat_sample") is not None:
+        reference = f"{interpreter} after tfllm chat's prompt" if quantized else "tfllm chat"
         print(f"its conversation answers {CHAT_CHECK_MESSAGE!r} with "
-              f"{report['chat_sample']!r}, {same} tfllm chat")
+              f"{report['chat_sample']!r}, the same as {reference}")
     return 0
 
 

@@ -139,6 +139,31 @@ def test_litertlm_conversation_replies_as_tfllm_chat(chat_runs, tmp_path):
         ChatSession(model, chat, max_new_tokens=12).reply(message)
 
 
+@pytest.mark.slow
+def test_quantized_litertlm_conversation_replies_as_its_tflite_model(chat_runs, tmp_path):
+    """A quantized bundle's conversation reply is held to its own TFLite model in the
+    LiteRT interpreter, after the prompt tfllm chat renders (quantized weights may change
+    a greedy choice, so not to the float model's reply); an app gets that reply again."""
+    import ast
+
+    from export.litertlm import CHAT_CHECK_MESSAGE, engine_chat
+    from tfllm import runs
+    from tfllm.models.generation import new_token_room
+
+    out = str(tmp_path / "chat-int8.litertlm")
+    r = call_module("export.litertlm", "--run", chat_runs["full"], "--out", out,
+                    "--prefill-lengths", "32", "--quantize", "int8-weight")
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if l.startswith("its conversation answers"))
+    assert line.endswith(", the same as the LiteRT interpreter on its TFLite model after "
+                         "tfllm chat's prompt"), line
+    reply = ast.literal_eval(line.split(" with ", 1)[1].rsplit(", the same as", 1)[0])
+    model = runs.load(chat_runs["full"])
+    n = min(16, new_token_room(model.backbone.max_len,
+                               len(model.tokenizer.encode("ROMEO:")) + 1))
+    assert reply and engine_chat(out, CHAT_CHECK_MESSAGE, n) == reply
+
+
 def test_runtime_template_renders_list_content_as_the_template_renders_strings():
     """LiteRT-LM passes content as parts; the bundle's preamble joins them first."""
     from export.litertlm import runtime_template
