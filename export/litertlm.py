@@ -64,7 +64,7 @@ if __name__ == "__main__":  # --help and bad arguments answer before TensorFlow 
     parse_then_quiet(build_parser().parse_args)
 
 from tfllm import runs, tasks  # noqa: E402
-from tfllm.models.chat_session import ChatSession  # noqa: E402
+from tfllm.models.chat_session import ChatSession, end_of_turn_at  # noqa: E402
 from tfllm.tokenizers.chat_encoding import encode_text  # noqa: E402
 from tfllm.errors import TfllmError, run_main  # noqa: E402
 from tfllm.models.generation import encode_prompt, new_token_room  # noqa: E402
@@ -283,6 +283,12 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
     from .tflite import TFLiteRunner
 
     tok = model.tokenizer
+    runner = None if quantize == "float32" else TFLiteRunner(tflite)
+
+    def until_stop(ids):  # the runtime also stops at a chat template's end-of-turn token
+        return tok.decode(ids[:next((i for i, t in enumerate(ids) if t in stop_ids),
+                                    len(ids))])
+
     # The prompt's tokens and the BOS that generate puts before them.
     n = min(max_new_tokens, new_token_room(model.backbone.max_len,
                                            len(tok.encode(check_prompt)) + 1))
@@ -292,11 +298,9 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
     else:
         # Quantized weights may change a greedy choice (export.tflite held them to the
         # held-out accuracy bar): the runtime must run exactly the model that was checked.
-        ids = TFLiteRunner(tflite).generate(encode_prompt(tok, check_prompt), n)
+        ids = runner.generate(encode_prompt(tok, check_prompt), n)
         source = "the LiteRT interpreter on the bundle's TFLite model"
-    # The runtime also stops at a chat template's end-of-turn token.
-    cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
-    expected = tok.decode(ids[:cut])
+    expected = until_stop(ids)
     try:
         got = engine_generate(path, check_prompt, n)
     except Exception as e:
@@ -313,12 +317,10 @@ def _check_bundle(path, model, chat, stop_ids, check_prompt, max_new_tokens, qua
         source = "tfllm chat"
     else:
         prompt, _ = session.prompt_ids([{"role": "user", "content": message}])
-        ids = TFLiteRunner(tflite).generate(prompt, n)
-        cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
-        expected_reply = tok.decode(ids[:cut])
-        # An end of turn of several tokens ends the reply as text (as tfllm chat cuts it).
-        ends = [expected_reply.find(t) for t in session.end_of_turn if t in expected_reply]
-        expected_reply = expected_reply[:min(ends)] if ends else expected_reply
+        expected_reply = until_stop(runner.generate(prompt, n))
+        # An end of turn of several tokens ends the reply as text, as tfllm chat cuts it.
+        cut = end_of_turn_at(expected_reply, session.end_of_turn)
+        expected_reply = expected_reply if cut < 0 else expected_reply[:cut]
     try:
         chat_sample = engine_chat(path, message, n)
     except Exception as e:

@@ -17,9 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # XLA compiles without LLVM's optimizations and with its classic elemental emitters (the
 # same computations, slower code; float rounding may differ in the last bits, so a model
 # trained here differs slightly from one trained with the defaults): the test models are
-# tiny, so compiling costs far more than running. The default fusion emitters build MLIR contexts for every compile: a new
-# decode-loop shape of the tiny model took 3.1 s to compile by default, 2.1 s at level 0
-# and 0.9 s with both (generation + SavedModel tests at level 0 alone: 303 -> 225 CPU s).
+# tiny, so compiling costs far more than running. The default fusion emitters build MLIR
+# contexts for every compile: a new decode-loop shape of the tiny model took 3.1 s to
+# compile by default, 2.1 s at level 0 and 0.9 s with both (generation + SavedModel tests
+# at level 0 alone: 303 -> 225 CPU s).
 # Fresh processes inherit it.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 "
                       "--xla_cpu_use_fusion_emitters=false")

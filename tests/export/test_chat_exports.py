@@ -140,19 +140,30 @@ def test_litertlm_conversation_replies_as_tfllm_chat(chat_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_quantized_litertlm_conversation_replies_as_its_tflite_model(chat_runs, tmp_path):
+def test_quantized_litertlm_conversation_replies_as_its_tflite_model(chat_runs, tmp_path,
+                                                                     monkeypatch):
     """A quantized bundle's conversation reply is held to its own TFLite model in the
     LiteRT interpreter, after the prompt tfllm chat renders (quantized weights may change
     a greedy choice, so not to the float model's reply); an app gets that reply again."""
     import ast
 
+    import export.litertlm
     from export.litertlm import CHAT_CHECK_MESSAGE, engine_chat
     from tfllm import runs
     from tfllm.models.generation import new_token_room
 
+    args = ["--run", chat_runs["full"], "--prefill-lengths", "32", "--quantize",
+            "int8-weight"]
+    # A runtime whose conversation answers otherwise is refused, and nothing is written.
+    refused = str(tmp_path / "refused.litertlm")
+    with monkeypatch.context() as m:
+        m.setattr(export.litertlm, "engine_chat", lambda *a, **k: "not its reply")
+        r = call_module("export.litertlm", *args, "--out", refused)
+    assert r.returncode != 0 and "LiteRT-LM conversation reply 'not its reply' differs from " \
+        "the reply of the LiteRT interpreter on the bundle's TFLite model" in r.stderr, r.stderr
+    assert not os.path.exists(refused)
     out = str(tmp_path / "chat-int8.litertlm")
-    r = call_module("export.litertlm", "--run", chat_runs["full"], "--out", out,
-                    "--prefill-lengths", "32", "--quantize", "int8-weight")
+    r = call_module("export.litertlm", *args, "--out", out)
     assert r.returncode == 0, r.stderr
     line = next(l for l in r.stdout.splitlines() if l.startswith("its conversation answers"))
     assert line.endswith(", the same as the LiteRT interpreter on its TFLite model after "

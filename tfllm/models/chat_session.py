@@ -16,6 +16,17 @@ from tfllm.tokenizers.chat_encoding import chat_pieces, encode_pieces
 from tfllm.errors import TfllmError
 
 
+
+def end_of_turn_at(text: str, markers) -> int:
+    """Where the first end-of-turn marker (of `markers`) begins in `text`; -1 where none
+    does. A reply ends there, whatever a marker of several tokens was decoded from.
+
+    Example:
+        >>> end_of_turn_at("oui<|im_end|>", ["<|im_end|>"])
+        3
+    """
+    return min((text.find(t) for t in markers if t in text), default=-1)
+
 class ChatSession:
     """A conversation with a model: `send(message)` yields the reply's text as it comes.
 
@@ -139,7 +150,7 @@ class ChatSession:
         for chunk in self.generator.stream_ids(ids, self.params, constraint=self.constraint):
             reply_ids += chunk
             reply = self.tokenizer.decode(reply_ids)
-            cut = min((reply.find(t) for t in self.end_of_turn if t in reply), default=-1)
+            cut = end_of_turn_at(reply, self.end_of_turn)
             if cut >= 0:
                 reply = reply[:cut]
                 break
