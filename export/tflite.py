@@ -425,7 +425,8 @@ def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=No
                     split="val"):
     """Up to `count` windows of `length` tokens from the run's validation text, or that of
     the data spec `data` (its `text_column`); None when there is none. `split="train"`
-    reads the training text instead (calibration, kept apart from the gate's windows)."""
+    reads the training text instead (calibration, kept apart from the gate's windows).
+    Each window starts with the model's BOS where its tokenizer adds one."""
     from tfllm.data import Corpus, lm_windows
 
     if data is not None:
@@ -443,7 +444,10 @@ def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=No
         else:
             corpus = Corpus(stored["spec"], stored.get("text_feature"))
             texts = corpus.train_texts() if split == "train" else corpus.val_texts()
-    ds = lm_windows(texts, tokenizer, length - 1).take(count)
+    # Every prompt the runtime decodes starts with BOS where the tokenizer adds one; windows
+    # cut mid-text without it put such models (Gemma) out of their regime.
+    start = tokenizer.bos_id if getattr(tokenizer, "add_bos", False) else None
+    ds = lm_windows(texts, tokenizer, length - 1, start_id=start).take(count)
     return [w.numpy().tolist() for w in ds] or None
 
 

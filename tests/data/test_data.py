@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from tests.conftest import SHAKESPEARE, shakespeare_text
 from tfllm.data import Corpus, check_nonempty, parse_data_spec
-from tfllm.data.windows import make_lm_dataset
+from tfllm.data.windows import lm_windows, make_lm_dataset
 from tfllm.errors import DataError
 from tfllm.tokenizers import SentencePieceTokenizer
 
@@ -60,6 +60,25 @@ def test_eval_dataset_covers_validation_in_order(tmp_path, tok):
     n_tokens = len(tok.encode(text[9_000:])) + 1  # + EOS
     assert sum(len(x) for x, _ in batches) == n_tokens // 17
     assert tok.decode(batches[0][0][0].numpy()) == text[9_000:9_016]
+
+
+def test_windows_can_each_start_with_bos(tmp_path, tok):
+    """Scoring windows for models that only see prompts after BOS (Gemma): each window is
+    BOS then text, the documents' own BOS dropped, the text cut as without it."""
+    bos_tok = SentencePieceTokenizer(tok.proto, add_bos=True)
+    texts = tf.data.Dataset.from_tensor_slices([shakespeare_text(300), shakespeare_text(200)])
+    plain = [w.tolist() for w in lm_windows(texts, tok, 16).as_numpy_iterator()]
+    started = [w.tolist() for w in
+               lm_windows(texts, bos_tok, 16, start_id=bos_tok.bos_id).as_numpy_iterator()]
+    stream = tok.encode(shakespeare_text(300)) + [tok.eos_id] + \
+        tok.encode(shakespeare_text(200)) + [tok.eos_id]
+    assert [len(w) for w in started] == [17] * (len(stream) // 16)
+    assert all(w[0] == bos_tok.bos_id for w in started)
+    assert sum((w[1:] for w in started), []) == stream[:16 * len(started)]
+    # Without start_id nothing changes: the documents' own BOS stay in the stream.
+    assert sum(plain, []) == stream[:17 * len(plain)]
+    own = [w.tolist() for w in lm_windows(texts, bos_tok, 16).as_numpy_iterator()]
+    assert sum(own, [])[:1] == [bos_tok.bos_id] and sum(own, []).count(bos_tok.bos_id) == 2
 
 
 def test_tfds_tiny_shakespeare_offline(tok):

@@ -436,3 +436,23 @@ def test_tied_token_table_is_stored_once(tmp_path):
                   if list(t.shape) == [vocab, width]
                   and model.buffers[t.buffer].data is not None}
         assert len(tables) == 1, (mode, tables)
+
+
+def test_accuracy_windows_start_with_bos_where_the_tokenizer_adds_it(tmp_path):
+    """The gate scores (and int4-asym calibrates on) windows in the regime the runtime
+    decodes: after BOS for tokenizers that add it (Gemma); as cut for the rest."""
+    from export.tflite import heldout_windows
+    from tests.conftest import shakespeare_text
+    from tfllm.tokenizers import SentencePieceTokenizer
+
+    (tmp_path / "t.txt").write_text(shakespeare_text(5_000))
+    plain = SentencePieceTokenizer.train([shakespeare_text(20_000)], model_type="char")
+    with_bos = SentencePieceTokenizer(plain.proto, add_bos=True)
+    data = f"text:{tmp_path}/t.txt"
+    for split in ("val", "train"):
+        cut = heldout_windows(None, plain, 16, 3, data, split=split)
+        started = heldout_windows(None, with_bos, 16, 3, data, split=split)
+        assert [len(w) for w in cut] == [len(w) for w in started] == [16] * 3
+        assert [w[0] for w in started] == [with_bos.bos_id] * 3
+        assert plain.bos_id not in sum(cut, [])
+        assert sum((w[1:] for w in started), []) == sum(cut, [])[:15 * 3]

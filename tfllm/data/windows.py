@@ -35,7 +35,8 @@ def training_options() -> tf.data.Options:
     return options
 
 
-def lm_windows(texts: tf.data.Dataset, tokenizer, max_len: int, offset=0) -> tf.data.Dataset:
+def lm_windows(texts: tf.data.Dataset, tokenizer, max_len: int, offset=0,
+               start_id: int | None = None) -> tf.data.Dataset:
     """Tokenize documents in-graph, join them (EOS between), cut into (max_len + 1,) windows.
 
     Args:
@@ -43,14 +44,26 @@ def lm_windows(texts: tf.data.Dataset, tokenizer, max_len: int, offset=0) -> tf.
         tokenizer: a `SentencePieceTokenizer`.
         max_len: model context; windows hold one extra token for the shifted targets.
         offset: tokens to drop from the start (varies the window phase between passes).
+        start_id: when set, every window is this id then `max_len` tokens of text (still
+            max_len + 1 in all), and documents lose the BOS their tokenizer adds. For
+            scoring a model that only ever sees prompts starting with BOS: Gemma 3 270M's
+            loss on tiny Shakespeare is 6.76 on windows cut mid-text, 4.35 on the same text
+            after a BOS.
     """
     eos = tf.constant([tokenizer.eos_id], tf.int32)
+    own_bos = start_id is not None and getattr(tokenizer, "add_bos", False)
 
     def tokenize(text):
-        return tf.concat([tokenizer.tokenize(text), eos], axis=0)
+        ids = tokenizer.tokenize(text)
+        return tf.concat([ids[1:] if own_bos else ids, eos], axis=0)
 
     tokens = texts.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
-    return tokens.skip(tf.cast(offset, tf.int64)).batch(max_len + 1, drop_remainder=True)
+    tokens = tokens.skip(tf.cast(offset, tf.int64))
+    if start_id is None:
+        return tokens.batch(max_len + 1, drop_remainder=True)
+    start = tf.constant([start_id], tf.int32)
+    return tokens.batch(max_len, drop_remainder=True).map(
+        lambda window: tf.concat([start, window], axis=0))
 
 
 def check_nonempty(texts: tf.data.Dataset, tokenizer, max_len: int, what: str) -> None:
