@@ -138,15 +138,19 @@ def _step_fn(model, with_logits):
 
 
 def _signature(model, length):
-    from tfllm.layers import export_hooks
-
     bb = model.backbone
     spec = {"tokens": tf.TensorSpec([1, length], tf.int32, name="tokens"),
             "input_pos": tf.TensorSpec([length], tf.int32, name="input_pos")}
-    with export_hooks.tracing(window_cache="full"):  # as the export traces (above)
-        lengths = [n for n in bb.cache_lengths() for _ in "kv"]
+    lengths = [n for n in bb.cache_lengths() for _ in "kv"]
     for name, n in zip(_cache_names(bb.num_layers), lengths):
         spec[name] = tf.TensorSpec([1, bb.kv_heads, n, bb.head_dim], tf.float32, name=name)
+    if min(lengths) < bb.max_len:
+        # Sliding-window layers keep window-long rings (Gemma 3 270M at 2,048: 15 of 18
+        # layers hold 512 slots). The LiteRT-LM runtime takes a bundle's context from a
+        # `mask` input's last dimension where a signature has one, otherwise from a cache
+        # input's length, which a ring cuts to the window (it refused longer prompts). The
+        # runtime fills the mask; the graph ignores it and masks by `input_pos` itself.
+        spec["mask"] = tf.TensorSpec([1, 1, length, bb.max_len], tf.float32, name="mask")
     return [spec]
 
 
@@ -288,11 +292,8 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
             # 3 270M: 45% top-1 agreement). Activations stay float, so nothing is lost.
             tied_norm = {layer: "per_token" for layer in model._flatten_layers()
                          if isinstance(layer, RMSNorm)}
-        # Full-length caches for sliding-window layers too: the LiteRT-LM runtime takes a
-        # bundle's context from a cache input's length (kv_cache_v_9 of Gemma 3's 18
-        # layers is a 512-slot ring: prompts over 512 tokens were refused).
         with export_hooks.tracing(decode_read="after_write", token_lookup="embedding_lookup",
-                                  norm_scale=tied_norm, window_cache="full"), \
+                                  norm_scale=tied_norm), \
                 block_offsets(model, offsets, calibration,
                               head_split_block(quantize, parts, offsets)) as (offset_tables,
                                                                               holders):
@@ -357,9 +358,12 @@ class TFLiteRunner:
         details = self.decode.get_input_details()
         self.cache_names = sorted((k for k in details if k.startswith("kv_cache_")),
                                   key=lambda k: (int(k.rsplit("_", 1)[1]), k))
-        # A sliding-window layer's cache is a ring of window slots: shapes differ.
+        # A sliding-window layer's cache is a ring of window slots: shapes differ, and a
+        # `mask` input then carries the context length (as the LiteRT-LM runtime reads it).
         self.cache_shapes = {k: tuple(details[k]["shape"]) for k in self.cache_names}
-        self.max_len = max(shape[2] for shape in self.cache_shapes.values())
+        self.has_mask = "mask" in details
+        self.max_len = int(details["mask"]["shape"][3]) if self.has_mask else \
+            max(shape[2] for shape in self.cache_shapes.values())
 
     def empty_cache(self):
         return {k: np.zeros(shape, np.float32) for k, shape in self.cache_shapes.items()}
@@ -374,15 +378,27 @@ class TFLiteRunner:
             positions = np.zeros((n,), np.int32)
             tokens[0, :len(chunk)] = chunk
             positions[:len(chunk)] = np.arange(pos, pos + len(chunk))
-            out = self.prefills[n](tokens=tokens, input_pos=positions, **cache)
+            out = self.prefills[n](tokens=tokens, input_pos=positions,
+                                   **self._mask(pos, len(chunk), n), **cache)
             cache = {k: out[k] for k in self.cache_names}
             pos += len(chunk)
         return cache
 
     def step(self, token, position, cache):
         out = self.decode(tokens=np.array([[token]], np.int32),
-                          input_pos=np.array([position], np.int32), **cache)
+                          input_pos=np.array([position], np.int32),
+                          **self._mask(position, 1, 1), **cache)
         return out["logits"][0, -1], {k: out[k] for k in self.cache_names}
+
+    def _mask(self, start, steps, length):
+        """{"mask": ...} as the LiteRT-LM runtime fills it (0 where a query row sees a
+        position, a large negative value elsewhere; padded rows see nothing), or {}."""
+        if not self.has_mask:
+            return {}
+        mask = np.full((1, 1, length, self.max_len), np.finfo(np.float32).min, np.float32)
+        for i in range(steps):
+            mask[0, 0, i, :start + i + 1] = 0.0
+        return {"mask": mask}
 
     def generate(self, prompt_ids, max_new_tokens, end_token_id=None, temperature=0.0,
                  top_k=None, top_p=None, seed=None):

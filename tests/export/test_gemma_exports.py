@@ -2,8 +2,8 @@
 layer, QK-norm, post-norms, scaled embeddings, one key/value head, a SentencePiece
 tokenizer.model that adds BOS, `<end_of_turn>` among the EOS ids) through every exporter,
 with prompts and continuations longer than its window: each one's greedy decoding equals
-CausalLM.generate token for token. ONNX and the SavedModel keep window-long ring caches
-for the sliding layers; TFLite/LiteRT-LM full-length ones (the runtime's contract)."""
+CausalLM.generate token for token. Every exporter keeps window-long ring caches for the
+sliding layers."""
 
 import json
 import subprocess
@@ -48,9 +48,12 @@ def test_tflite_runner_equals_generate(gemma_run, lm, tmp_path):
     path = str(tmp_path / "gemma.tflite")
     _export("export.tflite", "--run", gemma_run, "--out", path, "--prefill-lengths", "8", "32")
     runner = TFLiteRunner(path)
-    # Every cache input holds the whole context: the LiteRT-LM runtime reads a bundle's
-    # context from one of them (a window-long ring made it refuse longer prompts).
-    assert set(runner.cache_shapes.values()) == {(1, 1, 96, 32)}
+    # The sliding layers keep window-long rings; the `mask` input carries the context (the
+    # LiteRT-LM runtime reads it there; without one, from a cache: a ring's window).
+    assert [runner.cache_shapes[f"kv_cache_{kv}_{i}"][2] for i in range(3) for kv in "kv"] \
+        == [WINDOW] * 4 + [96] * 2
+    inputs = runner.prefills[32].get_input_details()
+    assert tuple(inputs["mask"]["shape"]) == (1, 1, 32, 96) and runner.max_len == 96
     for prompt in PROMPTS:
         ids = runner.generate(lm.tokenizer.encode(prompt), NEW, end_token_id=None)
         assert lm.tokenizer.decode(ids) == lm.generate(prompt, max_new_tokens=NEW,
@@ -102,5 +105,8 @@ def test_litertlm_bundle_names_gemma3_and_equals_generate(gemma_run, lm, tmp_pat
     listing = io.StringIO()
     peek_litertlm_file(path, None, listing)
     assert re.search(r"llm_model_type \{\s*gemma3 \{", listing.getvalue())
-    for prompt in PROMPTS:
+    # The last prompt spans three prefills and twelve windows of the rings.
+    long = PROMPTS[1] + ", the patricians good. What authority surfeits"
+    assert len(lm.tokenizer.encode(long)) > 2 * 32
+    for prompt in PROMPTS + [long]:
         assert engine_generate(path, prompt, NEW) == lm.generate(prompt, max_new_tokens=NEW)

@@ -15,10 +15,6 @@ Settings (each defaults to what training and Python generation use):
                   TFLite). Same results.
     token_lookup  "take" (GATHER) or "embedding_lookup" (TFLite's EMBEDDING_LOOKUP, which
                   weight quantizers reach; one table shared with a tied output projection).
-    window_cache  "ring" (a sliding-window layer caches its window, a ring) or "full"
-                  (every layer caches the whole context): the LiteRT-LM runtime reads a
-                  bundle's context from one cache input's length, which a ring cuts to
-                  the window.
 
 Per-layer hooks:
     replace       {layer: {step: fn}}: `fn(default, *args, **kwargs)` is traced instead of
@@ -43,7 +39,7 @@ import threading
 
 SETTINGS = {"cache_write": ("slice", "one_hot"), "mask_fill": ("constant", "bounded"),
             "decode_read": ("before_write", "after_write"),
-            "token_lookup": ("take", "embedding_lookup"), "window_cache": ("ring", "full")}
+            "token_lookup": ("take", "embedding_lookup")}
 
 
 @dataclasses.dataclass

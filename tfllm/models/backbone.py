@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from tfllm.config import ModelConfig, attention_types
-from tfllm.layers import export_hooks
 from tfllm.layers.attention import (causal_mask, empty_cache, merge_masks, ring_masks,
                                     sliding_window_mask)
 from tfllm.layers.embedding import TokenAndPositionEmbedding
@@ -178,11 +177,9 @@ class TransformerBackbone(keras.layers.Layer):
 
     def cache_lengths(self) -> list[int]:
         """Each layer's KV cache length: `max_len`, or for a sliding-window layer whose
-        window is shorter, the window (a ring: index i in slot i mod window; every layer
-        `max_len` where an exporter traces with `window_cache="full"`)."""
+        window is shorter, the window (a ring: index i in slot i mod window)."""
         ring = self.sliding_window if self.sliding_window and \
-            self.sliding_window < self.max_len and \
-            export_hooks.setting("window_cache") == "ring" else self.max_len
+            self.sliding_window < self.max_len else self.max_len
         return [ring if kind == "sliding_attention" else self.max_len
                 for kind in self.attention_types]
 
