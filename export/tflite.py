@@ -444,6 +444,7 @@ def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=No
     reads the training text instead (calibration, kept apart from the gate's windows).
     Each window starts with the model's BOS where its tokenizer adds one."""
     from tfllm.data import Corpus, lm_windows
+    from tfllm.data.windows import bos_start
 
     if data is not None:
         corpus = Corpus(data, text_column)
@@ -460,10 +461,7 @@ def heldout_windows(run_dir, tokenizer, length, count, data=None, text_column=No
         else:
             corpus = Corpus(stored["spec"], stored.get("text_feature"))
             texts = corpus.train_texts() if split == "train" else corpus.val_texts()
-    # Every prompt the runtime decodes starts with BOS where the tokenizer adds one; windows
-    # cut mid-text without it put such models (Gemma) out of their regime.
-    start = tokenizer.bos_id if getattr(tokenizer, "add_bos", False) else None
-    ds = lm_windows(texts, tokenizer, length - 1, start_id=start).take(count)
+    ds = lm_windows(texts, tokenizer, length - 1, start_id=bos_start(tokenizer)).take(count)
     return [w.numpy().tolist() for w in ds] or None
 
 

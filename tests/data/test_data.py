@@ -81,6 +81,19 @@ def test_windows_can_each_start_with_bos(tmp_path, tok):
     assert sum(own, [])[:1] == [bos_tok.bos_id] and sum(own, []).count(bos_tok.bos_id) == 2
 
 
+def test_lm_batches_start_with_bos_where_the_tokenizer_adds_it(tmp_path, tok):
+    (tmp_path / "t.txt").write_text(shakespeare_text(20_000))
+    c = Corpus(f"text:{tmp_path}/t.txt")
+    bos_tok = SentencePieceTokenizer(tok.proto, add_bos=True)
+    for training, texts in ((True, c.train_texts()), (False, c.val_texts())):
+        x, y = next(iter(make_lm_dataset(texts, bos_tok, 16, 4, training, seed=3)))
+        assert x.shape == (4, 16) and (x[:, 0].numpy() == bos_tok.bos_id).all()
+        np.testing.assert_array_equal(x[:, 2:], y[:, 1:-1])
+        assert bos_tok.bos_id not in y.numpy()
+        plain = next(iter(make_lm_dataset(texts, tok, 16, 4, training, seed=3)))[0]
+        assert tok.bos_id not in plain.numpy()
+
+
 def test_tfds_tiny_shakespeare_offline(tok):
     c = Corpus("tfds:tiny_shakespeare", tfds_manual_dir=SHAKESPEARE)
     assert c.describe() == {"spec": "tfds:tiny_shakespeare", "text_feature": "text",

@@ -45,10 +45,10 @@ def lm_windows(texts: tf.data.Dataset, tokenizer, max_len: int, offset=0,
         max_len: model context; windows hold one extra token for the shifted targets.
         offset: tokens to drop from the start (varies the window phase between passes).
         start_id: when set, every window is this id then `max_len` tokens of text (still
-            max_len + 1 in all), and documents lose the BOS their tokenizer adds. For
-            scoring a model that only ever sees prompts starting with BOS: Gemma 3 270M's
-            loss on tiny Shakespeare is 6.76 on windows cut mid-text, 4.35 on the same text
-            after a BOS.
+            max_len + 1 in all), and documents lose the BOS their tokenizer adds. For a
+            model that only ever sees prompts starting with BOS (`bos_start`): Gemma 3
+            270M's loss on tiny Shakespeare is 6.76 on windows cut mid-text, 4.35 on the
+            same text after a BOS.
     """
     eos = tf.constant([tokenizer.eos_id], tf.int32)
     own_bos = start_id is not None and getattr(tokenizer, "add_bos", False)
@@ -66,6 +66,11 @@ def lm_windows(texts: tf.data.Dataset, tokenizer, max_len: int, offset=0,
         lambda window: tf.concat([start, window], axis=0))
 
 
+def bos_start(tokenizer) -> int | None:
+    """The `start_id` for a tokenizer's windows: its BOS where it adds one, else None."""
+    return tokenizer.bos_id if getattr(tokenizer, "add_bos", False) else None
+
+
 def check_nonempty(texts: tf.data.Dataset, tokenizer, max_len: int, what: str) -> None:
     """Raise DataError if `texts` yields no full window of max_len + 1 tokens."""
     for _ in lm_windows(texts, tokenizer, max_len).take(1):
@@ -75,13 +80,14 @@ def check_nonempty(texts: tf.data.Dataset, tokenizer, max_len: int, what: str) -
 
 
 def shifted_passes(texts: tf.data.Dataset, tokenizer, window: int, max_len: int,
-                   seed: int) -> tf.data.Dataset:
+                   seed: int, start_id: int | None = None) -> tf.data.Dataset:
     """Windows of `window` (+1) tokens of endless passes over `texts`, each pass starting
-    at a seeded random offset below `max_len`, so windows differ between passes."""
+    at a seeded random offset below `max_len`, so windows differ between passes
+    (`start_id`: as `lm_windows` takes it)."""
     def one_pass(epoch):
         offset = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64), epoch]),
                                              maxval=max_len, dtype=tf.int64)
-        return lm_windows(texts, tokenizer, window, offset)
+        return lm_windows(texts, tokenizer, window, offset, start_id)
 
     return tf.data.Dataset.range(1 << 62).flat_map(one_pass)
 
@@ -96,7 +102,9 @@ def make_lm_dataset(texts: tf.data.Dataset, tokenizer, max_len: int, batch_size:
 
     Training data repeats forever; each pass starts at a seeded random offset below
     `max_len` and is shuffled, so windows differ between passes. Evaluation data is one
-    ordered pass (the last partial batch kept).
+    ordered pass (the last partial batch kept). Where the tokenizer adds BOS (imported
+    Llama, Mistral, Gemma), every window starts with it, as every prompt the model sees
+    does (`lm_windows`'s `start_id`).
 
     Args:
         texts: dataset of scalar strings (see `Corpus`).
@@ -106,10 +114,11 @@ def make_lm_dataset(texts: tf.data.Dataset, tokenizer, max_len: int, batch_size:
         training: repeat, offset and shuffle when True.
         seed: seed for offsets and shuffling.
     """
+    start = bos_start(tokenizer)
     if training:
-        ds = shifted_passes(texts, tokenizer, max_len, max_len, seed)
+        ds = shifted_passes(texts, tokenizer, max_len, max_len, seed, start)
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed).batch(batch_size, drop_remainder=True)
     else:
-        ds = lm_windows(texts, tokenizer, max_len).batch(batch_size)
+        ds = lm_windows(texts, tokenizer, max_len, start_id=start).batch(batch_size)
     ds = ds.map(_split_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(training_options())
