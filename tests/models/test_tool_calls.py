@@ -76,6 +76,76 @@ def test_call_format_and_regex():
                         '{"name":"add","parameters":{"a":1,"b":2}}')
 
 
+def _gemma_call(name, args):
+    return f"<start_function_call>call:{name}{{{args}}}<end_function_call>"
+
+
+def test_functiongemma_calls_are_constrained_to_the_schemas():
+    """FunctionGemma's syntax (not JSON) as a regex of the tools: what it admits parses into
+    arguments the schema validates; what the schema forbids it does not admit."""
+    E = "<escape>"
+    params = {"type": "object", "properties": {
+        "q": {"type": "string", "minLength": 1},
+        "n": {"type": "integer"}, "w": {"type": ["number", "null"]},
+        "tags": {"type": "array", "items": {"enum": ["a b", 3, True]}, "maxItems": 2},
+        "opt": {"type": "object", "properties": {"on": {"type": "boolean"}},
+                "required": ["on"]}}, "required": ["q"]}
+    tools = check_tools(TOOLS + [{"type": "function", "function": {"name": "find",
+                                                                   "parameters": params}}])
+    regex = call_regex(tools, "gemma")
+    admitted = [
+        _gemma_call("add", "a:1,b:-2"),
+        _gemma_call("get_weather", f"city:{E}Lon, \"UK\"{E},unit:{E}fahrenheit{E}"),
+        _gemma_call("find", f"q:{E}x{E}"),
+        _gemma_call("find", f"q:{E}x{E},w:null,opt:{{on:false}}"),
+        _gemma_call("find", f"q:{E}x\ny{E},n:0,w:-2.5e3,tags:[{E}a b{E},true]"),
+        _gemma_call("find", f"q:{E}x{E},tags:[]"),
+    ]
+    for text in admitted:
+        assert re.fullmatch(regex, text), text
+        (call,) = parse_tool_calls(text, "gemma")
+        name = call["function"]["name"]
+        schema = params if name == "find" else \
+            {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}[name]
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    refused = [
+        _gemma_call("add", "a:1"),  # b is required
+        _gemma_call("add", "b:2,a:1"),  # declared order
+        _gemma_call("sub", "a:1,b:2"),  # not a tool
+        _gemma_call("get_weather", f"city:{E}Copenhagen!{E},unit:{E}celsius{E}"),  # > 10
+        _gemma_call("find", f"q:{E}{E}"),  # minLength 1
+        _gemma_call("find", f"n:1,q:{E}x{E}"),
+        _gemma_call("find", f"q:{E}x{E},n:1.5"),  # not an integer
+        _gemma_call("find", f"q:{E}x{E},tags:[3,3,3]"),  # maxItems 2
+        _gemma_call("find", f"q:{E}x{E},opt:{{}}"),  # opt.on is required
+        _gemma_call("find", f"q:{E}x{E},,n:1"),
+        _gemma_call("find", f"q:{E}x{E},"),
+    ]
+    for text in refused:
+        assert not re.fullmatch(regex, text), text
+    auto = choice_regex(tools, "gemma", "auto")
+    assert re.fullmatch(auto, admitted[0]) and re.fullmatch(auto, "Hello.")
+    assert not re.fullmatch(auto, "<b>")
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"type": "object", "properties": {"q": {"type": "string", "pattern": "a+"}}},
+     "tool 'f''s parameters/q: the JSON schema keyword 'pattern' is not supported in "
+     "FunctionGemma's call format"),
+    ({"type": "object", "properties": {"q": {"enum": ["<b>"]}}}, "holds '<'"),
+    ({"type": "object", "properties": {"a b": {"type": "integer"}}},
+     "the property name 'a b' cannot be written bare"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(9)}},
+     "9 optional properties (at most 8"),
+], ids=["pattern", "angle-bracket", "key", "optional"])
+def test_functiongemma_constraints_refuse_what_they_cannot_hold(parameters, message):
+    tools = check_tools([{"type": "function", "function": {"name": "f",
+                                                           "parameters": parameters}}])
+    assert call_regex(tools, "hermes")  # the JSON formats take them
+    with pytest.raises(ToolError, match=re.escape(message)):
+        call_regex(tools, "gemma")
+
+
 @pytest.mark.parametrize("tools, message", [
     ({"name": "x"}, "non-empty list of function specs"),
     ([], "non-empty list"),
@@ -99,21 +169,28 @@ def test_the_template_renders_the_tools_it_is_given():
         ChatTemplate(DEFAULT_TEMPLATE).render(turns, True)
 
 
-@pytest.mark.parametrize("template", [DEFAULT_TEMPLATE, QWEN_LIKE, LLAMA3_LIKE],
-                         ids=["chatml-system-turn", "renders-tools", "llama3"])
+# A ChatML template that FunctionGemma's call format is recognised in (call_format).
+GEMMA_CALLS = "{#<start_function_call>#}" + DEFAULT_TEMPLATE
+
+
+@pytest.mark.parametrize("template", [DEFAULT_TEMPLATE, QWEN_LIKE, LLAMA3_LIKE, GEMMA_CALLS],
+                         ids=["chatml-system-turn", "renders-tools", "llama3",
+                              "functiongemma"])
 def test_every_reply_is_a_valid_call(llama, template):
     from tfllm.models.chat_session import ChatSession
 
     _, lm = llama
     chat = {"template": template, "end_of_turn": ["<|im_end|>"]}
+    opener = {LLAMA3_LIKE: "{", GEMMA_CALLS: "<start_function_call>call:"}.get(
+        template, "<tool_call>")
     for kwargs in ({}, {"temperature": 1.0, "seed": 3}):
-        session = ChatSession(lm, chat, max_new_tokens=80, tools=TOOLS,
+        session = ChatSession(lm, chat, max_new_tokens=160, tools=TOOLS,
                               tool_choice="required", **kwargs)
         for message in ("What is the weather in Paris?", "Add 2 and 3"):
             reply = session.reply(message)
             (call,) = session.last_tool_calls
             _valid(call)
-            assert reply.startswith("<tool_call>") == (template != LLAMA3_LIKE)
+            assert reply.startswith(opener), reply
     if template == DEFAULT_TEMPLATE:  # a template without tools: a system turn lists them
         assert session.history[0]["role"] == "system"
         assert '"name": "add"' in session.history[0]["content"]
@@ -198,6 +275,16 @@ def test_conversations_with_calls_and_results_train_on_the_calls(tmp_path):
     trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert "<tool_call>" in trained and "It is -3 C in Oslo." in trained
     assert "temp" not in trained and "Weather in Oslo?" not in trained
+
+
+def test_saved_model_tool_signatures_refuse_functiongemma_calls():
+    """Their tool_arguments output is JSON text the graph cuts out of a JSON call; FunctionGemma
+    writes none, so its template is refused by name before anything is compiled."""
+    from tfllm.signatures.causal import stored_tool_sets
+
+    with pytest.raises(ToolError, match="tools 'w': the template's gemma call format is not "
+                                        "JSON"):
+        stored_tool_sets(None, {"template": GEMMA_CALLS}, {"w": TOOLS})
 
 
 @pytest.mark.parametrize("option, message", [

@@ -11,7 +11,8 @@ A family's chat template teaches its model one way to write a call:
 
 The call is decoded under a constraint: a regex of the format around the JSON of a schema
 that is `anyOf` the tools, each `{"name": const, "arguments": its parameters}`; so the
-name is one of the tools' and the arguments are valid under that tool's schema. A template
+name is one of the tools' and the arguments are valid under that tool's schema
+(FunctionGemma's non-JSON syntax: gemma_call_regex.py). A template
 that does not render `tools` itself (SmolLM2-135M's) gets them as a system turn in the
 hermes wording Qwen2.5's template uses.
 
@@ -185,8 +186,12 @@ def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
     from outlines_core.json_schema import build_regex_from_schema
 
     if fmt == "gemma":
-        raise ToolError("FunctionGemma's call format is read (parse_tool_calls) but not yet "
-                        "constrained: its values are not JSON")
+        from tfllm.models.gemma_call_regex import gemma_call_regex
+
+        try:
+            return gemma_call_regex(tools)
+        except ConstraintError as e:
+            raise ToolError(str(e)) from None
     try:
         body = build_regex_from_schema(json.dumps(call_schema(tools, fmt)))
     except (ValueError, RuntimeError, TypeError) as e:

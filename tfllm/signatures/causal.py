@@ -312,6 +312,7 @@ def stored_tool_sets(model, chat, tools: dict) -> dict:
     the model's tokenizer; ToolError names the set and what is wrong with it."""
     from tfllm.models import tool_calls
     from tfllm.models.token_automaton import ConstraintError
+    from tfllm.signatures.chat import GRAPH_CALL_FORMATS
 
     sets = {}
     for name, specs in tools.items():
@@ -321,9 +322,15 @@ def stored_tool_sets(model, chat, tools: dict) -> dict:
         if chat is None:
             raise tool_calls.ToolError(f"--tools {name}= needs a chat template: this run has "
                                        "none the SavedModel can apply")
+        fmt = tool_calls.call_format(chat["template"])
+        if fmt not in GRAPH_CALL_FORMATS:
+            raise tool_calls.ToolError(
+                f"tools {name!r}: the template's {fmt} call format is not JSON, and the "
+                "signatures' tool_arguments are JSON text the graph writes from a JSON call "
+                "(formats: " + ", ".join(GRAPH_CALL_FORMATS) + "); tfllm chat --tools and "
+                "tfllm serve --run constrain and parse it")
         try:
             specs = tool_calls.check_tools(specs)
-            fmt = tool_calls.call_format(chat["template"])
             automaton = constraint_of(model, regex=[
                 tool_calls.choice_regex(specs, fmt, c) for c in tool_calls.TOOL_CHOICES])
         except (tool_calls.ToolError, ConstraintError) as e:

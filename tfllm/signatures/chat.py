@@ -151,6 +151,10 @@ _CALL_PARTS = {fmt: "(?s)" + pattern.replace("~", r"[ \t\n\r]*") for fmt, patter
 }.items()}
 
 
+# The call formats whose arguments the graph reads as JSON text (FunctionGemma's are not JSON).
+GRAPH_CALL_FORMATS = tuple(_CALL_PARTS)
+
+
 def call_parts(text: str, fmt: str) -> tuple[str, str]:
     """`(name, arguments JSON text)` of a reply that is one call in `fmt`, else ("", "")
     (what the tools signatures' tool_name and tool_arguments outputs hold)."""
