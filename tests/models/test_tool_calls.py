@@ -130,7 +130,7 @@ def test_functiongemma_calls_are_constrained_to_the_schemas():
 
 @pytest.mark.parametrize("parameters, message", [
     ({"type": "object", "properties": {"q": {"type": "string", "pattern": "a+"}}},
-     "tool 'f''s parameters/q: the JSON schema keyword 'pattern' is not supported in "
+     "tool 'f' parameters/q: the JSON schema keyword 'pattern' is not supported in "
      "FunctionGemma's call format"),
     ({"type": "object", "properties": {"q": {"enum": ["<b>"]}}}, "holds '<'"),
     ({"type": "object", "properties": {"a b": {"type": "integer"}}},

@@ -41,7 +41,7 @@ def gemma_call_regex(tools: list[dict]) -> str:
     arguments valid under its parameters. ConstraintError names what it cannot hold."""
     calls = [re.escape(t["function"]["name"]) +
              value_regex(t["function"]["parameters"],
-                         f"tool {t['function']['name']!r}'s parameters") for t in tools]
+                         f"tool {t['function']['name']!r} parameters") for t in tools]
     return "<start_function_call>call:(" + "|".join(calls) + ")<end_function_call>"
 
 
