@@ -180,20 +180,20 @@ class OpenAIService:
 
     def _chat_prompt(self, body):
         """(sessions, prompt ids, stop strings, sampling) of a chat request."""
-        from tfllm.models.tool_calls import ToolError, plain_turns
+        from tfllm.models.tool_calls import ToolError, call_format, plain_turns
 
         common = read_sampling(body)
         turns, system = read_conversation(body.get("messages"))
-        try:  # tool calls and results as ChatSession writes them
-            turns = plain_turns(turns)
-        except ToolError as e:
-            raise ApiError(str(e), "messages") from None
         tools, tool_choice = _tools(body)
         schema = read_response_format(body.get("response_format"))
         if tools is not None and schema is not None:
             raise ApiError("give tools or a response_format, not both", "response_format")
         sessions = [self._session(system, common, seed, schema, tools, tool_choice)
                     for seed in common["seeds"]]
+        try:  # tool calls and results as ChatSession writes them, in its template's format
+            turns = plain_turns(turns, fmt=call_format(sessions[0].template.source))
+        except ToolError as e:
+            raise ApiError(str(e), "messages") from None
         ids = sessions[0].encode(sessions[0].history + turns)
         self._budget(sessions, len(ids), common)
         return sessions, ids, sessions[0].end_of_turn + common["stop"], common

@@ -76,12 +76,12 @@ def make_tools_run(out):
     long enough for a tools system turn, and a SentencePiece vocabulary that learned the
     tools' text (byte pieces spell the rest)."""
     from tfllm import runs
-    from tfllm.models.tool_calls import check_tools, hermes_call_text, tools_system_prompt
+    from tfllm.models.tool_calls import call_text, check_tools, tools_system_prompt
     from tfllm.tokenizers.chat_template import chat_config_of
 
     texts = [tools_system_prompt(check_tools(TOOLS)),
-             hermes_call_text("get_weather", {"city": "Paris", "unit": "celsius"}),
-             hermes_call_text("add", {"a": 2, "b": 3})]
+             call_text("get_weather", {"city": "Paris", "unit": "celsius"}),
+             call_text("add", {"a": 2, "b": 3})]
     run = make_base_run(out, max_len=1024, extra_texts=texts)
     config = runs.read_run_config(run)
     config["chat"] = chat_config_of(config, runs.load(run).tokenizer, DEFAULT_TEMPLATE)

@@ -277,6 +277,61 @@ def test_conversations_with_calls_and_results_train_on_the_calls(tmp_path):
     assert "temp" not in trained and "Weather in Oslo?" not in trained
 
 
+def test_call_text_reads_back_in_each_format():
+    from tfllm.models.tool_calls import call_text
+
+    args = {"city": 'Lon{d}on, "UK"', "days": 3, "opts": {"metric": True, "tags": ["a", -2.5]},
+            "none": None}
+    for fmt in ("hermes", "llama3", "gemma"):
+        (call,) = parse_tool_calls(call_text("get_weather", json.dumps(args), fmt), fmt)
+        assert call["function"]["name"] == "get_weather"
+        assert json.loads(call["function"]["arguments"]) == args, fmt
+    with pytest.raises(ToolError, match="FunctionGemma's strings cannot hold '<escape>'"):
+        call_text("f", {"q": "a<escape>b"}, "gemma")
+
+
+@pytest.mark.parametrize("template", [DEFAULT_TEMPLATE, QWEN_LIKE, LLAMA3_LIKE, GEMMA_CALLS],
+                         ids=["chatml-listed", "qwen-rendered", "llama3-rendered",
+                              "functiongemma"])
+def test_tool_rows_are_tuned_on_what_chat_session_renders_and_reads(llama, tmp_path, template):
+    """A fine-tuning row with tools is written as ChatSession(tools=) has the same
+    conversation: the text before the call is the session's prompt, character for
+    character (tools rendered by a template that renders them, else listed in a system
+    turn), and the call is in the format the session constrains its replies to and parses
+    (hermes, Llama 3's JSON, FunctionGemma's). A Llama 3 turn of two calls is refused."""
+    from tfllm.models.chat_session import ChatSession
+    from tfllm.models.tool_calls import plain_turns
+    from tfllm.tasks.chat.data import ChatData
+
+    _, lm = llama
+    call = {"id": "call_0", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius"}'}}
+    user = {"role": "user", "content": "Weather in Oslo?"}
+    row = {"tools": TOOLS, "messages": [
+        user, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": '{"temp": -3}'},
+        {"role": "assistant", "content": "It is -3 C in Oslo."}]}
+    two = {"tools": TOOLS, "messages": [
+        user, {"role": "assistant", "content": None, "tool_calls": [call, call]}]}
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [row] * 12 + [two]) + "\n")
+    data = ChatData(f"jsonl:{path}", template=template)
+    assert data.skipped["bad_tool"] == (1 if template == LLAMA3_LIKE else 0)
+    pieces = ChatTemplate(template).segments(data.all[0])
+    first_reply = next(n for n, (_, reply) in enumerate(pieces) if reply)
+    session = ChatSession(lm, {"template": template}, tools=TOOLS, max_new_tokens=8)
+    prompt = session.template.render(session.history + [user], add_generation_prompt=True)
+    assert "".join(text for text, _ in pieces[:first_reply]) == prompt
+    reply = pieces[first_reply][0].split("<|im_end|>")[0]
+    assert re.fullmatch(choice_regex(session.tools, session.tool_format), reply), reply
+    (parsed,) = parse_tool_calls(reply, session.tool_format)
+    assert parsed["function"]["name"] == "get_weather"
+    assert json.loads(parsed["function"]["arguments"]) == {"city": "Oslo", "unit": "celsius"}
+    # The tool's result: the user turn ChatSession.send_tool_results sends.
+    sent = plain_turns([{"role": "tool", "content": '{"temp": -3}'}])[0]
+    assert sent["role"] == "user" and sent["content"] in pieces[first_reply + 1][0]
+
+
 def test_saved_model_tool_signatures_refuse_functiongemma_calls():
     """Their tool_arguments output is JSON text the graph cuts out of a JSON call; FunctionGemma
     writes none, so its template is refused by name before anything is compiled."""

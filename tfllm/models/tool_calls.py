@@ -112,30 +112,54 @@ def tools_system_prompt(tools: list[dict]) -> str:
             "</tool_call>")
 
 
-def hermes_call_text(name: str, arguments) -> str:
-    """One call as the hermes format writes it (`arguments`: a dict, or its JSON text)."""
+def call_text(name: str, arguments, fmt: str = "hermes") -> str:
+    """One call as `fmt` writes it: the text a constrained reply holds and `parse_tool_calls`
+    reads back (`arguments`: a dict, or its JSON text).
+
+    Example:
+        >>> call_text("add", {"a": 1}, "gemma")
+        '<start_function_call>call:add{a:1}<end_function_call>'
+    """
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError as e:
             raise ToolError(f"the arguments of a call of {name!r} are not valid JSON: "
                             f"{e}") from None
+    if fmt == "gemma":
+        return f"<start_function_call>call:{name}{_gemma_text(arguments, name)}<end_function_call>"
+    if fmt == "llama3":
+        return json.dumps({"name": name, "parameters": arguments}, ensure_ascii=False)
     body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
     return f"<tool_call>\n{body}\n</tool_call>"
 
 
-def plain_turns(messages, tools=None) -> list:
-    """OpenAI-style messages with tools as plain system/user/assistant turns in the hermes
-    wording (what `ChatSession(tools=)` reads and writes on a template without tools of
-    its own): `tools` a system turn listing them, an assistant turn's `tool_calls` its
-    `<tool_call>` text after its content, and each run of `tool` results one user turn
-    of `<tool_response>` blocks, as Qwen2.5's template renders them. Turns without tool
-    fields pass as they are (for `check_messages` to judge); ToolError for a malformed
-    call."""
+def _gemma_text(value, name) -> str:
+    """A JSON value in FunctionGemma's syntax (what `_gemma_value` reads)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_gemma_text(v, name)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_gemma_text(v, name) for v in value) + "]"
+    if isinstance(value, str):
+        if _ESCAPE in value:
+            raise ToolError(f"a call of {name!r}: FunctionGemma's strings cannot hold "
+                            f"{_ESCAPE!r}")
+        return f"{_ESCAPE}{value}{_ESCAPE}"
+    return json.dumps(value)
+
+
+def plain_turns(messages, tools=None, fmt: str = "hermes", list_tools: bool = True) -> list:
+    """OpenAI-style messages with tools as plain system/user/assistant turns, as
+    `ChatSession(tools=)` reads and writes them: `tools` a system turn listing them in the
+    hermes wording Qwen2.5's template uses (unless `list_tools` is False: a template that
+    renders tools itself gets them as `tools`), an assistant turn's `tool_calls` its call
+    text in `fmt` (`call_text`) after its content, and each run of `tool` results one user
+    turn of `<tool_response>` blocks. Turns without tool fields pass as they are (for
+    `check_messages` to judge); ToolError for a malformed call."""
     if not isinstance(messages, list):
         return messages
     out = []
-    if tools is not None:
+    if tools is not None and list_tools:
         listed = tools_system_prompt(check_tools(tools))
         if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
             first, messages = messages[0], messages[1:]
@@ -154,13 +178,16 @@ def plain_turns(messages, tools=None) -> list:
             calls = m["tool_calls"]
             if not isinstance(calls, list):
                 raise ToolError("an assistant turn's tool_calls must be a list")
+            if fmt == "llama3" and len(calls) > 1:
+                raise ToolError("Llama 3's format writes one call a turn; this turn has "
+                                f"{len(calls)}")
             texts = []
             for call in calls:
                 fn = call.get("function") if isinstance(call, dict) else None
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                     raise ToolError("a tool call must be {\"type\": \"function\", "
                                     "\"function\": {\"name\": ..., \"arguments\": ...}}")
-                texts.append(hermes_call_text(fn["name"], fn.get("arguments", {})))
+                texts.append(call_text(fn["name"], fn.get("arguments", {}), fmt))
             content = m.get("content") or ""
             out.append({"role": "assistant",
                         "content": "\n".join(([content] if content else []) + texts)})

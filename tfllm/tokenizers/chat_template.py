@@ -114,6 +114,20 @@ class _Sandbox:
 _SANDBOX = _Sandbox()
 
 
+class Conversation(list):
+    """A conversation's turns and the tools offered in it: a `ChatTemplate` renders these
+    tools in place of its own (a fine-tuning row's tools, for a template that renders tools
+    itself, as `ChatSession(tools=)` has it render them).
+
+    Example:
+        >>> turns = Conversation([{"role": "user", "content": "Hi"}], tools=[])
+    """
+
+    def __init__(self, turns=(), tools=None):
+        super().__init__(turns)
+        self.tools = tools
+
+
 def check_messages(messages) -> list[dict]:
     """`messages` as a list of {"role", "content"} dicts; a ChatTemplateError naming the
     turn when a role is unknown or content is not text."""
@@ -158,8 +172,10 @@ class ChatTemplate:
         _SANDBOX.call({"op": "compile", "source": self.source})
 
     def _ask(self, op: str, messages, check: bool = True, **extra):
+        tools = getattr(messages, "tools", None)
         return _SANDBOX.call({"op": op, "source": self.source, "bos": self.bos_token,
-                              "eos": self.eos_token, "tools": self.tools,
+                              "eos": self.eos_token,
+                              "tools": self.tools if tools is None else tools,
                               "messages": check_messages(messages) if check else messages,
                               **extra})
 

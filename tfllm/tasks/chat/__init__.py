@@ -59,7 +59,8 @@ class ChatTask(Task):
             return None
         chats = ChatData(config["data"]["spec"], d["prompt_column"], d["response_column"],
                          d["prompt_template"], d["system"],
-                         seed=(config.get("finetune") or {}).get("seed", 0))
+                         seed=(config.get("finetune") or {}).get("seed", 0),
+                         template=config["chat"]["template"])
         template = template_of(config["chat"])
         # Exporters read a few dozen windows: 512 conversations hold them many times over,
         # and each render is a call into the template's sandbox. Windows are plain text:

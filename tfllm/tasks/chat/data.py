@@ -4,8 +4,10 @@ that covers exactly the assistant replies.
 Two layouts are read: JSONL rows with `messages` (`[{"role": "system"|"user"|"assistant",
 "content": ...}]`, what users already have; OpenAI's tool fields too: a row's `tools`, an
 assistant turn's `tool_calls`, `tool` results, written as `tfllm.models.tool_calls.plain_turns`
-does), or prompt/response columns of a tsv, csv or jsonl file, the prompt optionally formatted by a template such as
-`"Translate to French: {en}"` (any column of the row may be named).
+does for the run's template, so the model is tuned on the text `ChatSession(tools=)` gives it
+and reads back), or prompt/response columns of a tsv, csv or jsonl file, the prompt
+optionally formatted by a template such as `"Translate to French: {en}"` (any column of the
+row may be named).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 
 from tfllm.tokenizers.chat_encoding import (encode_plain, encode_text, segment_pieces,
                                             tokenize_text)
-from tfllm.tokenizers.chat_template import ChatTemplateError, check_messages
+from tfllm.tokenizers.chat_template import ChatTemplateError, Conversation, check_messages
 from tfllm.data.tables import cell, read_rows, split_rows
 from tfllm.errors import DataError
 
@@ -30,6 +32,11 @@ class ChatData:
             default the prompt column as it is.
         system: a system turn put first in every conversation that has none.
         seed: seed of the held-out split.
+        template: the source of the chat template the conversations will be rendered by.
+            It decides how a row's tools and calls are written, as `ChatSession(tools=)`
+            writes them: the tools given to a template that renders tools (a
+            `Conversation`'s tools), else listed in a system turn; calls in the format the
+            template teaches (`tool_calls.call_format`). None: listed, hermes calls.
 
     Attributes:
         train, val: lists of conversations (lists of {"role", "content"}).
@@ -41,8 +48,12 @@ class ChatData:
     """
 
     def __init__(self, spec, prompt_column=None, response_column=None, prompt_template=None,
-                 system=None, seed=0):
+                 system=None, seed=0, template=None):
+        from tfllm.models.tool_calls import call_format, renders_tools
+
         self.spec = spec
+        self.call_format = call_format(template) if template else "hermes"
+        self.renders_tools = bool(template) and renders_tools(template)
         kind, _, rest = spec.partition(":")
         if kind not in ("tsv", "csv", "jsonl") or not rest:
             raise DataError(f"bad chat data spec {spec!r}: use jsonl:PATH (rows with "
@@ -70,7 +81,8 @@ class ChatData:
         chats = [c for c in chats if c is not None]
         if system is not None:
             chats = [c if c[0]["role"] == "system"
-                     else [{"role": "system", "content": system}] + c for c in chats]
+                     else Conversation([{"role": "system", "content": system}] + c,
+                                       getattr(c, "tools", None)) for c in chats]
         if not chats:
             raise DataError(f"{self.path}: no usable conversation (skipped: {self.skipped})")
         self.all = chats
@@ -93,10 +105,13 @@ class ChatData:
                 {"role": "assistant", "content": response}]
 
     def _from_messages(self, messages, tools=None):
-        from tfllm.models.tool_calls import ToolError, plain_turns
+        from tfllm.models.tool_calls import ToolError, check_tools, plain_turns
 
         try:
-            messages = check_messages(plain_turns(messages, tools))
+            if tools is not None:
+                tools = check_tools(tools)
+            messages = check_messages(plain_turns(messages, tools, self.call_format,
+                                                  list_tools=not self.renders_tools))
         except ToolError:
             self.skipped["bad_tool"] += 1
             return None
@@ -106,6 +121,8 @@ class ChatData:
         if not any(m["role"] == "assistant" for m in messages):
             self.skipped["no_assistant"] += 1
             return None
+        if tools is not None and self.renders_tools:
+            return Conversation(messages, tools)
         return messages
 
     def describe(self) -> dict:

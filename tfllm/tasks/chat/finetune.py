@@ -293,15 +293,16 @@ def finetune_chat(out: str, data: str, run: str, settings: ChatSettings | None =
                         "finetune")
     keras.utils.set_random_seed(settings.seed)
 
-    chats = ChatData(data, prompt_column, response_column, prompt_template, system,
-                     seed=settings.seed)
-    if not chats.val:
-        raise DataError(f"{data} has too few conversations to hold some out for validation")
     with strategy.scope():
         model = runs.load(run)
     tokenizer = model.tokenizer
     chat = chat_config_of(stored, tokenizer, template, allow_default=True)
     chat_template = template_of(chat)
+    # The template decides how rows with tools are written (as ChatSession writes them).
+    chats = ChatData(data, prompt_column, response_column, prompt_template, system,
+                     seed=settings.seed, template=chat["template"])
+    if not chats.val:
+        raise DataError(f"{data} has too few conversations to hold some out for validation")
     max_len = int(model.backbone.max_len)
     train, too_long = encode_conversations(chats.train, chat_template, tokenizer, max_len)
     val, val_too_long = encode_conversations(chats.val, chat_template, tokenizer, max_len)
