@@ -304,7 +304,8 @@ def _massive_activation_lm():
     into its attention and far more into its down projections)."""
     import keras
 
-    from export.block_offsets import _bf16, _dense_layers
+    from export.block_offsets import _dense_layers
+    from export.gptq import bf16 as _bf16
     from tfllm.config import ModelConfig
     from tfllm.models import CausalLM
 
@@ -348,7 +349,18 @@ def test_int4_asym_gives_outlier_blocks_their_own_activation_scale(tmp_path, mon
     lm, ids, calibration = _massive_activation_lm()
     keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
     qkv, out = bo._dense_layers(lm.backbone.blocks[0].attention)
-    peaks = bo.input_peaks(lm, [qkv, out], calibration)
+    hessians = {}
+    peaks = bo.input_peaks(lm, [qkv, out], calibration, hessians)
+    # GPTQ's statistics from the same pass: X^T X per layer, whose diagonal (each channel's
+    # sum of squares over the calibration tokens) lies between its peak squared and the
+    # token count times that.
+    tokens = sum(len(w) for w in calibration)
+    for layer in (qkv, out):
+        h, peak2 = hessians[id(layer)], peaks[id(layer)] ** 2
+        assert h.dtype == np.float64 and h.shape == (peak2.size,) * 2
+        np.testing.assert_allclose(h, h.T, rtol=1e-6)
+        assert (np.diag(h) >= peak2 * (1 - 1e-5)).all()
+        assert (np.diag(h) <= tokens * peak2 * (1 + 1e-5)).all()
     chosen = bo.outlier_blocks(peaks[id(qkv)], 32)  # channel 77: block 2, 28x the median
     assert len(chosen) == bo.OUTLIER_BLOCKS and 2 in chosen, chosen
     assert bo.outlier_blocks(peaks[id(out)], 32) == []  # no block over 4x the median
