@@ -103,17 +103,10 @@ def test_calibrated_int4_asym_trace_moves_a_float_models_logits_less():
     """Through `block_offsets` (what the exporter traces): a model with float weights, its
     layers on int4-asym grids, with calibration text (GPTQ's levels) and without (nearest):
     the logits on other text move less with it; the model's own weights are put back."""
-    import keras
-
     import export.block_offsets as bo
-    from tfllm.config import ModelConfig
-    from tfllm.models import CausalLM
+    from tests.export.tiny_models import tiny_llama
 
-    keras.utils.set_random_seed(0)
-    lm = CausalLM.from_model_config(ModelConfig(
-        vocab_size=96, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2, ffn_dim=128,
-        max_len=32, dropout=0.0, position_embedding="rope", norm="rmsnorm", ffn="gated",
-        activation="silu", qkv_bias=False, proj_bias=False, layer_norm_epsilon=1e-6))
+    lm = tiny_llama(d_model=64, ffn_dim=128)
     rng = np.random.default_rng(0)
     calibration = [rng.integers(0, 96, 32).tolist() for _ in range(24)]
     held_out = np.array([rng.integers(0, 96, 32) for _ in range(4)], np.int32)

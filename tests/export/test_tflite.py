@@ -302,12 +302,9 @@ def _massive_activation_lm():
     with bfloat16 scales), whose tokens all carry a massive activation in channel 77 (50
     against N(0, 1): real LMs have a few such channels, SmolLM2-135M's reach 50x the median
     into its attention and far more into its down projections)."""
-    import keras
-
     from export.block_offsets import _dense_layers
     from export.gptq import bf16 as _bf16
-    from tfllm.config import ModelConfig
-    from tfllm.models import CausalLM
+    from tests.export.tiny_models import tiny_llama
 
     def on_grid(w):  # (out, in)
         blocks = w.reshape(w.shape[0], -1, 32)
@@ -317,11 +314,7 @@ def _massive_activation_lm():
         q[..., 0], q[..., 1] = 0, 15
         return (d * q + low).reshape(w.shape).astype(np.float32)
 
-    keras.utils.set_random_seed(0)
-    lm = CausalLM.from_model_config(ModelConfig(
-        vocab_size=96, num_layers=2, d_model=128, num_heads=4, num_kv_heads=2, ffn_dim=256,
-        max_len=32, dropout=0.0, position_embedding="rope", norm="rmsnorm", ffn="gated",
-        activation="silu", qkv_bias=False, proj_bias=False, layer_norm_epsilon=1e-6))
+    lm = tiny_llama()
     rng = np.random.default_rng(0)
     table = rng.normal(0, 1, (96, 128)).astype(np.float32)
     table[:, 77] = 100.0
