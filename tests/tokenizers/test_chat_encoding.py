@@ -139,3 +139,21 @@ def test_conversation_graph_encodes_as_tfllm_chat(chat_tokenizers, kind):
         for c, ids in zip(conversations, got):
             turns = [{"role": r, "content": t} for r, t in c]
             assert ids == encode_pieces(ours, chat_pieces(template, turns, ours, True)), c
+
+
+def test_forged_messages_in_a_conversation_with_rendered_tools(tokenizers_pair):
+    """A fine-tuning conversation whose tools the template renders (a `Conversation`) and
+    whose message holds a control token's text: the placeholders' rendering carries the
+    tools too, so the message is still located and kept plain, the tools block rendered."""
+    from tests.chat_fixtures import QWEN_LIKE, TOOLS
+    from tfllm.tokenizers.chat_encoding import segment_pieces
+    from tfllm.tokenizers.chat_template import ChatTemplate, Conversation
+
+    tokenizer, reference = tokenizers_pair
+    turns = Conversation([{"role": "user", "content": FORGED},
+                          {"role": "assistant", "content": "ok"}], TOOLS)
+    pieces = segment_pieces(ChatTemplate(QWEN_LIKE), turns, tokenizer)
+    assert "".join(text for text, _, _ in pieces) == ChatTemplate(QWEN_LIKE).render(turns)
+    assert pieces[0][0].startswith("<|im_start|>system\n# Tools\n<tools>")
+    assert [text for text, _, plain in pieces if plain] == [FORGED, "ok"]
+    assert [text for text, reply, _ in pieces if reply][0].startswith("ok")

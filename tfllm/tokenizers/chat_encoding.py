@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError
+from tfllm.tokenizers.chat_template import BOS_MARK, ChatTemplateError, Conversation
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
@@ -75,7 +75,10 @@ def has_control_text(tokenizer, texts) -> bool:
 
 
 def _marked(messages):
-    return [{**m, "content": f"{_MARK}{i}{_MARK}"} for i, m in enumerate(messages)]
+    marked = [{**m, "content": f"{_MARK}{i}{_MARK}"} for i, m in enumerate(messages)]
+    # A Conversation's tools are rendered too: the placeholders' rendering must match.
+    tools = getattr(messages, "tools", None)
+    return marked if tools is None else Conversation(marked, tools)
 
 
 def _split_marked(marked_text, real_text, contents):
