@@ -639,6 +639,13 @@ def make_http_server(model: ServedModel | None, host="127.0.0.1", port=8501, max
             finally:
                 self.slots.release()
 
+        def handle_error(self, request, client_address):
+            # A client that resets its connection before its request line (a probe, a
+            # client giving up under load) is no server error: no traceback in the log.
+            if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+                return
+            super().handle_error(request, client_address)
+
     try:
         return Server((host, port), Handler)
     except OSError as e:

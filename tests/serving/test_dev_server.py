@@ -327,3 +327,30 @@ def test_a_damaged_version_is_reported_and_the_others_serve(exported, tmp_path, 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_client_resetting_mid_request_line_leaves_no_traceback(capsys):
+    """A client that resets its connection halfway through a request line (a probe, a
+    client giving up) is not a server error: nothing in the server's log, and it serves on."""
+    import socket
+    import struct
+    import threading
+    import time
+
+    from serving.dev_server import make_http_server
+
+    server = make_http_server(None, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s = socket.create_connection(server.server_address)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.send(b"GET /v1/mo")
+        s.close()  # with a zero linger: a reset
+        time.sleep(0.5)
+        with socket.create_connection(server.server_address) as s:
+            s.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capsys.readouterr().err
