@@ -354,7 +354,8 @@ def run(args):
                    "--gguf", gguf, "--job", job]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if proc.returncode:
-            rows[peer] = {"error": proc.stderr[-600:]}
+            # A crash's stderr ends with whatever it logged last: the exit status says why.
+            rows[peer] = {"error": f"exit status {proc.returncode}: {proc.stderr[-500:]}"}
         else:
             got = last_json(proc.stdout)
             rows[peer] = {"bytes": os.path.getsize(gguf),
