@@ -12,7 +12,7 @@ LiteRT-LM engine running a float32 `.litertlm` bundle.
     python benchmarks/edge.py --model smollm2-135m --reps 3 --work /tmp/edge \\
         --llamacpp-python /tmp/llvenv/bin/python --litert-torch-python /tmp/ltvenv/bin/python
     python benchmarks/edge.py --model gemma3-270m --reps 3 --work /tmp/edge-gemma \
-        --llamacpp-python /tmp/llvenv/bin/python
+        --llamacpp-python /tmp/llvenv/bin/python --litert-torch-python /tmp/ltvenv/bin/python
 
 The last line of output is one JSON object with the figures.
 """
@@ -98,12 +98,9 @@ def main():
                         "files (kept, reused by a rerun; default a new temporary folder)")
     parser.add_argument("--llamacpp-python", help="real models: a Python with "
                         "llama-cpp-python (its own venv)")
-    parser.add_argument("--litert-torch-python", help="smollm2-135m: a Python with "
+    parser.add_argument("--litert-torch-python", help="real models: a Python with "
                         "litert-torch (its own venv)")
     args = parser.parse_args()
-    if args.model == "gemma3-270m" and args.litert_torch_python:
-        parser.error("--litert-torch-python: litert-torch's Gemma 3 conversion is not wired "
-                     "into this benchmark yet (smollm2-135m only)")
     if args.model in ("smollm2-135m", "gemma3-270m"):
         from benchmarks.edge_smollm2 import run
 

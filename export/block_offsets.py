@@ -83,6 +83,17 @@ OUTLIER_RATIO = 4.0
 # under OUTLIER_RATIO; split anyway, next-token agreement with float 90.5% -> 92.5% (loss
 # 4.1363 -> 4.1226, float's 4.1242), same size, decode graph within 2% (call by call).
 HEAD_OUTLIER_RATIO = 1.0
+# Name scope of the int4-mixed modes' int8 matmuls and token-table lookups (see
+# `block_offsets`), which the quantizer's recipe gives dynamic int8 per channel.
+INT8_SCOPE = "int8_chunks"
+# Input values per int8 matmul of the int4-mixed modes: each chunk gets its own per-token
+# activation scale (XNNPACK quantizes a matmul's input per row) and its own per-channel
+# weight scales. Simulated on Gemma 3 270M (Keras, weights and activations rounded as the
+# kernels do; Q4_K layers exact): one chunk per matmul 89.5%, 320 90.3%, 128 92.5%, 64
+# 93.9% next-token agreement with float. Exported (the gate's windows): 128 90.3%, 282 MB,
+# decode step 15.6 ms on 2 threads; 64 92.7%, 305 MB (a scale and an int64 zero point per
+# row and chunk of the 262k-row table), 18.7 ms: each chunk is an op of every step.
+INT8_CHUNK = 128
 
 
 def asymmetric_blocks(weights, block, hessian=None):
@@ -107,14 +118,9 @@ def asymmetric_blocks(weights, block, hessian=None):
     w = np.asarray(weights, np.float64)
     out, width = w.shape
     shape = (out, width // block, block)  # (out, blocks, block)
-    codes, low, scale = round_blocks(w, block)
-    codes, scale = codes.reshape(shape), scale[..., None]
-    grid = scale * (codes - 8)
-    # The least-squares offset given the grid (= m + 8 d for a Q4_1 block).
-    offsets = (w.reshape(shape) - grid).mean(-1)
-    # Weights on a grid already (a Q4_1 GGUF's) are kept to within the scale's bfloat16
-    # rounding; GPTQ has nothing to gain there (and its time is spared).
-    on_grid = (np.abs(w.reshape(shape) - grid - offsets[..., None]) <= 0.1 * scale).all()
+    grid, offsets, on_grid = _nearest_grid(w, block)
+    # Weights on a grid already (a GGUF's Q4_1 or Q4_K) are kept to within the scale's
+    # bfloat16 rounding; GPTQ has nothing to gain there (and its time is spared).
     if hessian is not None and not on_grid:
         g_codes, g_low, g_scale = gptq_blocks(w, hessian, block)
         g_codes, g_scale = g_codes.reshape(shape), g_scale[..., None]
@@ -135,6 +141,27 @@ def asymmetric_blocks(weights, block, hessian=None):
     return grid.astype(np.float32).reshape(out, width), offsets.astype(np.float32)
 
 
+def _nearest_grid(w, block):
+    """(grid [out, blocks, block], least-squares offsets [out, blocks], whether every
+    weight lies within a tenth of a step of its level) of float64 `w` [out, in]."""
+    out, width = w.shape
+    shape = (out, width // block, block)  # (out, blocks, block)
+    codes, low, scale = round_blocks(w, block)
+    codes, scale = codes.reshape(shape), scale[..., None]
+    grid = scale * (codes - 8)
+    # The least-squares offset given the grid (= m + 8 d for a Q4_1 block).
+    offsets = (w.reshape(shape) - grid).mean(-1)
+    on_grid = bool((np.abs(w.reshape(shape) - grid - offsets[..., None]) <= 0.1 * scale).all())
+    return grid, offsets, on_grid
+
+
+def on_int4_grid(weights, block):
+    """Whether every block of `block` input values of `weights` [out, in] lies on 16 evenly
+    spaced levels (a GGUF's Q4_0, Q4_1 or Q4_K tensor), which int4-asym stores exactly."""
+    w = np.asarray(weights, np.float64)
+    return w.shape[1] % block == 0 and _nearest_grid(w, block)[2]
+
+
 def _output_error(weights, grid, offsets, hessian):
     """`||X (weights - stored)^T||^2` for the calibration inputs `X` (`hessian` = X^T X):
     how far the stored grid-plus-offsets moves the layer's output on that text."""
@@ -152,13 +179,14 @@ def block_sums(x, block):
     return ops.sum(ops.reshape(x, (*shape[:-1], shape[-1] // block, block)), axis=-1)
 
 
-def input_peaks(model, layers, windows, hessians=None):
+def input_peaks(model, layers, windows, hessians=None, hessian_ids=None):
     """Per input channel, the largest |activation| each layer in `layers` (and the output
     projection, key "head") sees while `model` reads `windows` (token id lists).
 
     Args:
         hessians: a dict to add each layer's `X^T X` [in, in] (float64) to, keyed by
             `id(layer)`, from the same pass (GPTQ's statistics); None adds none.
+        hessian_ids: the `id(layer)`s whose `X^T X` is wanted (None: every layer's).
 
     Returns:
         {id(layer): float array [in]} and "head": [d_model].
@@ -179,7 +207,7 @@ def input_peaks(model, layers, windows, hessians=None):
     def observe(layer, step, x):
         if step == "call" and id(layer) in wanted:
             record(id(layer), x)
-            if hessians is not None:
+            if hessians is not None and (hessian_ids is None or id(layer) in hessian_ids):
                 rows = np.asarray(ops.convert_to_numpy(x), np.float32).reshape(-1, x.shape[-1])
                 # float32 products (BLAS), summed in float64 across batches.
                 product = (rows.T @ rows).astype(np.float64)
@@ -243,18 +271,25 @@ def _dense_layers(layer):
 
 def part_blocks(mode, parts=None):
     """{"embedding" | "attention" | "ffn": block size} of the parts whose mode (`parts`'s,
-    else `mode`) is an int4-asym one; {} when none is."""
+    else `mode`) is an int4-asym or int4-mixed one; {} when none is."""
     parts = parts or {}
     blocks = {}
     for part in ("embedding", "attention", "ffn"):
         part_mode = parts.get(part) or mode
-        if part_mode.startswith("int4-asym-block"):
+        if part_mode.startswith(("int4-asym-block", "int4-mixed-block")):
             blocks[part] = int(part_mode.rsplit("block", 1)[1])
     return blocks
 
 
+def mixed_parts(mode, parts=None):
+    """The parts (a frozenset) whose mode (`parts`'s, else `mode`) is an int4-mixed one."""
+    parts = parts or {}
+    return frozenset(part for part in ("embedding", "attention", "ffn")
+                     if (parts.get(part) or mode).startswith("int4-mixed-block"))
+
+
 @contextlib.contextmanager
-def block_offsets(model, blocks, calibration=None, head_block=None):
+def block_offsets(model, blocks, calibration=None, head_block=None, mixed=frozenset()):
     """While tracing a causal LM for export, run its weights as int4 grids plus offsets.
 
     The Dense layers of each transformer block's attention and feed-forward, and the token
@@ -265,6 +300,13 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
     output projection's when `head_block` is given (the token table not int4-asym). Any
     weight changed is restored on exit.
 
+    The parts in `mixed` (int4-mixed modes) keep each weight at the precision it has: a
+    Dense layer whose weights lie on 4-bit grids already (`on_int4_grid`: a GGUF's Q4_K
+    tensors) is traced as a grid, as above; any other (Q5_0, Q6_K, Q8_0, float), which 4
+    bits would move, as matmuls of `INT8_CHUNK` input values each, named into `INT8_SCOPE`
+    (dynamic int8 per channel). A mixed embedding's token table is always int8 in chunks:
+    lookup and output projection.
+
     Args:
         model: a tfllm CausalLM.
         blocks: {"embedding" | "attention" | "ffn": block size}, e.g. `part_blocks(mode)`.
@@ -272,9 +314,11 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
             outlier blocks; None splits nothing.
         head_block: the channel block the output projection's outliers are cut in (the
             table's quantization block, 32 for per-channel modes); None splits nothing.
+        mixed: the parts of `blocks` in an int4-mixed mode, e.g. `mixed_parts(mode)`.
 
     Yields:
-        (the shapes of the token-offset tables, for `weight_quantization.quantize_weights`;
+        ({shape: name scope} of the token tables the lookups of this trace read besides
+        the model's own (offsets, int8 chunks), for `weight_quantization.quantize_weights`;
         a tf.Module holding the grids' and offsets' variables, which the caller's export
         archive must track).
 
@@ -301,11 +345,11 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
     for blk in model.backbone.blocks:
         for part, layer in (("attention", blk.attention), ("ffn", blk.ffn)):
             if part in blocks:
-                dense += [(layer, blocks[part]) for layer in _dense_layers(layer)]
+                dense += [(layer, blocks[part], part in mixed) for layer in _dense_layers(layer)]
         ffn = blk.ffn
         if ("ffn" in blocks and isinstance(ffn, GatedFeedForward)
                 and ffn.gate.kernel.shape[0] % blocks["ffn"] == 0):
-            gated.append((ffn, blocks["ffn"]))
+            gated.append((ffn, blocks["ffn"], "ffn" in mixed))
             fused |= {id(ffn.gate), id(ffn.up)}
         if dense:
             norms += [n for n in blk._flatten_layers(include_self=False) if isinstance(n, RMSNorm)]
@@ -313,16 +357,26 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
         norms.append(model.backbone.norm)
     peaks, hessians = {}, {}
     if calibration and (dense or head_block):
-        peaks = input_peaks(model, [layer for layer, _ in dense], calibration, hessians)
+        # GPTQ's statistics only where it may round: mixed parts keep off-grid weights
+        # in int8 and on-grid ones where they are.
+        # (A fused gate/up pair's X^T X is its gate's: one input.)
+        up = {id(ffn.up) for ffn, _, _ in gated}
+        peaks = input_peaks(model, [layer for layer, _, _ in dense], calibration, hessians,
+                            {id(layer) for layer, _, mix in dense
+                             if not mix and id(layer) not in up})
+    lookup_scopes = {}
     try:
-        for layer, block in dense:
+        for layer, block, mix in dense:
             if id(layer) in fused:
                 continue
             kernel = np.array(layer.kernel.numpy())  # (in, out)
             if kernel.shape[0] % block:
                 continue
-            matmul = _grid_matmul(kernel, block, peaks.get(id(layer)), layer.name, variable,
-                                  hessians.get(id(layer)))
+            if mix and not on_int4_grid(kernel.T, block):
+                matmul = _int8_chunks(kernel, layer.name, variable)
+            else:
+                matmul = _grid_matmul(kernel, block, peaks.get(id(layer)), layer.name,
+                                      variable, hessians.get(id(layer)))
 
             def call(default, inputs, *args, _layer=layer, _matmul=matmul, **kwargs):
                 y = _matmul(inputs)
@@ -332,14 +386,18 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
 
             replace[layer] = {"call": call}
 
-        for ffn, block in gated:
+        for ffn, block, mix in gated:
             # gate and up read the same input: one grid matmul (per group) and one offsets
             # matmul for both, split after; each would otherwise quantize the same input
             # and run its own small offsets path (a few microseconds an op per token).
             kernel = np.concatenate([ffn.gate.kernel.numpy(), ffn.up.kernel.numpy()], 1)
-            # One input, so one H: GPTQ rounds each output row on its own.
-            matmul = _grid_matmul(kernel, block, peaks.get(id(ffn.gate)), ffn.name + "_gate_up",
-                                  variable, hessians.get(id(ffn.gate)))
+            if mix and not on_int4_grid(kernel.T, block):
+                matmul = _int8_chunks(kernel, ffn.name + "_gate_up", variable)
+            else:
+                # One input, so one H: GPTQ rounds each output row on its own.
+                matmul = _grid_matmul(kernel, block, peaks.get(id(ffn.gate)),
+                                      ffn.name + "_gate_up", variable,
+                                      hessians.get(id(ffn.gate)))
 
             def gate_up(default, x, _ffn=ffn, _matmul=matmul):
                 y = _matmul(x)  # (..., 2 * ffn_dim): [gate | up]
@@ -352,6 +410,10 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
 
         emb = model.backbone.embedding
         block = blocks.get("embedding")
+        if "embedding" in mixed:
+            replace[emb], chunk_widths = _int8_tables(emb, variable)
+            lookup_scopes.update({(emb.vocab_size, w): INT8_SCOPE for w in chunk_widths})
+            block = None
         tables = [] if block is None else [emb.token_embeddings]
         if tables and not emb.tie_embeddings:
             tables.append(emb.output_embeddings)
@@ -389,8 +451,10 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
                                           ops.transpose(ops.cast(head_offsets, y.dtype)))
 
             replace[emb] = {"call": emb_call, "logits": logits}
-        elif head_block and "head" in peaks and not (emb.type_vocab_size or emb.learned_positions):
+        elif (head_block and "head" in peaks and emb not in replace
+              and not (emb.type_vocab_size or emb.learned_positions)):
             replace[emb] = _split_head(emb, peaks["head"], head_block, variable)
+        lookup_scopes.update({tuple(v.shape): OFFSET_SCOPE for v in grids.values()})
         # The export archive saves what it tracks: the caller tracks these variables.
         module = tf.Module()
         module.tables = holders
@@ -398,7 +462,7 @@ def block_offsets(model, blocks, calibration=None, head_block=None):
         # would take them off their grid: the scale is applied per token instead.
         with export_hooks.tracing(replace={k: v for k, v in replace.items() if v},
                                   norm_scale={norm: "per_token" for norm in norms}):
-            yield [tuple(v.shape) for v in grids.values()], module
+            yield lookup_scopes, module
     finally:
         for var, original in restore:
             var.assign(original)
@@ -476,3 +540,67 @@ def _split_head(emb, peaks, block, variable):
         return take_runs(ops.concatenate(parts, axis=-1), back, width)
 
     return {"logits": logits, **({"call": emb_call} if emb.tie_embeddings else {})}
+
+
+def _int8_chunks(kernel, name, variable):
+    """`x -> x @ kernel` ([in, out]) as one matmul per `INT8_CHUNK` input values, named into
+    `INT8_SCOPE` (the recipe's dynamic int8 per channel): each chunk's activations and
+    weights get scales of their own."""
+    import tensorflow as tf
+    from keras import ops
+
+    width = kernel.shape[0]
+    cuts = [(a, min(a + INT8_CHUNK, width)) for a in range(0, width, INT8_CHUNK)]
+    chunks = [variable(kernel[a:b], f"{name}_int8_{n}") for n, (a, b) in enumerate(cuts)]
+
+    def matmul(inputs):
+        with tf.name_scope(INT8_SCOPE):
+            y = 0
+            for (a, b), chunk in zip(cuts, chunks):
+                part = inputs if (a, b) == (0, width) else inputs[..., a:b]
+                y = y + ops.matmul(part, ops.cast(chunk, inputs.dtype))
+            return y
+
+    return matmul
+
+
+def _int8_tables(emb, variable):
+    """The token embedding's steps with its table(s) in column chunks of `INT8_CHUNK`
+    (int4-mixed: int8 per row and chunk), and the chunks' widths: the output projection
+    sums a matmul per chunk, and the lookup of a tied table reads the chunks (one copy of
+    the table) and joins them. A lookup that adds type or learned position embeddings keeps
+    the model's own table (a second copy, int8 per row)."""
+    import tensorflow as tf
+    from keras import ops
+
+    from tfllm.layers import embedding_lookup
+
+    def chunked(var, name):
+        table = np.array(var.numpy())  # (vocab, d)
+        width = table.shape[1]
+        cuts = [(a, min(a + INT8_CHUNK, width)) for a in range(0, width, INT8_CHUNK)]
+        return cuts, [variable(table[:, a:b], f"{name}_int8_{n}") for n, (a, b) in
+                      enumerate(cuts)]
+
+    head = emb.token_embeddings if emb.tie_embeddings else emb.output_embeddings
+    cuts, head_chunks = chunked(head, "head")
+
+    def logits(default, hidden):
+        with tf.name_scope(INT8_SCOPE):
+            y = 0
+            for (a, b), chunk in zip(cuts, head_chunks):
+                y = y + ops.matmul(hidden[..., a:b], ops.transpose(ops.cast(chunk, hidden.dtype)))
+            return y
+
+    steps = {"logits": logits}
+    if not (emb.type_vocab_size or emb.learned_positions):
+        lookup_chunks = head_chunks if emb.tie_embeddings else chunked(emb.token_embeddings,
+                                                                       "lookup")[1]
+
+        def emb_call(default, token_ids, *args, **kwargs):
+            dtype = emb.compute_dtype
+            parts = [embedding_lookup(ops.cast(t, dtype), token_ids) for t in lookup_chunks]
+            return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+
+        steps["call"] = emb_call
+    return steps, sorted({b - a for a, b in cuts})

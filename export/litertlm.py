@@ -17,7 +17,8 @@ so that `engine.create_conversation().send_message(...)` applies it in the runti
 exporter checks that a conversation's greedy reply equals `tfllm chat`'s.
 
 `--quantize` takes the TFLite exporter's weight modes for causal LMs (float32, float16,
-dynamic-int8, int8-weight, int4-block32, int4-block128, int4-asym-block32/128) and its per-part modes, each held
+dynamic-int8, int8-weight, int4-block32, int4-block128, int4-asym-block32/128,
+int4-mixed-block32) and its per-part modes, each held
 to the same accuracy gate (`python -m export.tflite --help`); `--data` gives an imported
 model held-out text to check on.
 """
@@ -50,7 +51,8 @@ def build_parser():
     add_gate_options(parser)
     parser.add_argument("--data", help="text to check a quantized model's accuracy on "
                         "(default: the run's own validation text, which imported runs lack; "
-                        "int4-asym modes calibrate on its training part): a data spec such "
+                        "int4-asym/mixed modes calibrate on its training part): a data "
+                        "spec such "
                         "as text:PATH or tsv:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")

@@ -20,10 +20,11 @@ DEFAULT_PREFILL = (32, 128)
 # converter does float16 and dynamic-int8 (channelwise); ai-edge-quantizer the others
 # (export/weight_quantization.py): int8 weights dequantized to float before each matmul,
 # and int4 weights in blocks of 32 / 128 input values, one scale each, or (int4-asym) one
-# scale and one float offset each, as GGUF's Q4_1 has (causal LMs only; see
-# export/block_offsets.py).
+# scale and one float offset each, as GGUF's Q4_1 has, or (int4-mixed) int4-asym for the
+# weights on a 4-bit grid already and dynamic int8 in chunks of 128 input values for the
+# rest and the token table (causal LMs only; see export/block_offsets.py).
 QUANTIZER_MODES = ("int8-weight", "int4-block32", "int4-block128", "int4-asym-block32",
-                   "int4-asym-block128")
+                   "int4-asym-block128", "int4-mixed-block32")
 QUANTIZE_MODES = ("float32", "float16", "dynamic-int8", "int8") + QUANTIZER_MODES
 # What one part (embedding + output projection, attention, feed-forward) may take.
 PART_MODES = ("float32", "dynamic-int8") + QUANTIZER_MODES
@@ -33,11 +34,11 @@ PART_MODES = ("float32", "dynamic-int8") + QUANTIZER_MODES
 # miss about one token in ten at almost the same loss), so the 8-bit gates leave room for
 # that; figures in benchmarks/README.md ("On-device at real scale"). int4-asym holds the same
 # weights more closely than int4 (SmolLM2's Q4_1 layers exactly) but keeps its per-token
-# int8 activations, so it gets the same gates.
+# int8 activations, so it gets the same gates, and so does int4-mixed.
 ACCURACY_GATES = {"float16": (0.95, 0.02), "dynamic-int8": (0.80, 0.02),
                   "int8-weight": (0.85, 0.02), "int4-block32": (0.80, 0.05),
                   "int4-block128": (0.75, 0.08), "int4-asym-block32": (0.80, 0.05),
-                  "int4-asym-block128": (0.75, 0.08)}
+                  "int4-asym-block128": (0.75, 0.08), "int4-mixed-block32": (0.80, 0.05)}
 # Most rows one SavedModel request may carry (the cache and the loop's state scale with it).
 DEFAULT_MAX_BATCH = 64
 

@@ -15,7 +15,10 @@ ai-edge-litert and compared with the Keras model before success is reported.
 `int8-weight` (int8 weights, float matmuls), `int4-block32` and `int4-block128` (4-bit
 weights in blocks of 32/128 with one scale each, activations quantized per token at run
 time) and `int4-asym-block32` / `int4-asym-block128` (the same int4 kernels plus one float
-offset per block, as GGUF's Q4_1: export/block_offsets.py) are done by ai-edge-quantizer,
+offset per block, as GGUF's Q4_1: export/block_offsets.py) and `int4-mixed-block32`
+(int4-asym for the weights already on a 4-bit grid, a GGUF's Q4_K and Q4_1 tensors; dynamic
+int8 in chunks of 128 input values for the rest and the token table: a GGUF held at its own
+precision) are done by ai-edge-quantizer,
 with per-part modes (`--quantize-embedding`,
 `--quantize-attention`, `--quantize-ffn`). Every mode must pass an accuracy gate before a
 file is written: next-token top-1 agreement with the float model and held-out loss, on
@@ -29,6 +32,7 @@ the run's validation text or `--data` (thresholds per mode, printed):
     int4-block128   >= 75%      <= 8%
     int4-asym-block32   >= 80%  <= 5%
     int4-asym-block128  >= 75%  <= 8%
+    int4-mixed-block32  >= 80%  <= 5%
 
 `--min-agreement` / `--max-loss-increase` set another gate (the figures are printed
 either way).
@@ -53,7 +57,7 @@ import sys
 import tempfile
 
 from .archive import write_archive
-from .block_offsets import part_blocks
+from .block_offsets import mixed_parts, part_blocks
 from .options import (ACCURACY_GATES, DEFAULT_PREFILL, QUANTIZE_MODES, QUANTIZER_MODES,
                       add_gate_options, add_max_len, add_overwrite, add_part_options,
                       error_prog, prog)
@@ -73,13 +77,14 @@ def build_parser():
     parser.add_argument("--quantize", default="float32", choices=QUANTIZE_MODES,
                         help="float32 (default), float16 or dynamic-int8 weights; int8-weight, "
                              "int4-block32, int4-block128, int4-asym-block32, "
-                             "int4-asym-block128 (causal LMs); int8 (full integer: "
+                             "int4-asym-block128, int4-mixed-block32 (causal LMs); int8 "
+                             "(full integer: "
                              "classifiers only; refused for causal LMs)")
     add_part_options(parser)
     add_gate_options(parser)
     parser.add_argument("--data", help="text to check a quantized causal LM's accuracy on "
                         "(default: the run's own validation text, which imported runs lack; "
-                        "int4-asym modes calibrate on its training part), "
+                        "int4-asym/mixed modes calibrate on its training part), "
                         "or a classifier's texts to calibrate int8 on and check with: a data "
                         "spec such as tsv:PATH or text:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
@@ -226,7 +231,8 @@ def convert(run_dir, prefill_lengths=DEFAULT_PREFILL, quantize="float32", strip_
     Args:
         quantize: "float32"; "float16" (weights stored in float16); "dynamic-int8" (int8
             weights, float activations); "int8-weight", "int4-block32", "int4-block128",
-            "int4-asym-block32", "int4-asym-block128" (export/weight_quantization.py).
+            "int4-asym-block32", "int4-asym-block128", "int4-mixed-block32"
+            (export/weight_quantization.py).
             Full-integer "int8" is refused for causal LMs: the KV cache passes through the
             signatures as float tensors.
         strip_names: drop internal tensor names (see `compact_tflite`).
@@ -284,7 +290,8 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
     try:
         # TFLite runs the write-then-attend decode step faster than XLA's in-place form;
         # EMBEDDING_LOOKUP (not GATHER) lets the weight quantizer reach the token table.
-        # int4-asym modes trace the weights as int4 grids plus per-block offsets.
+        # int4-asym modes trace the weights as int4 grids plus per-block offsets (int4-mixed
+        # those on a grid; the rest as int8 chunks).
         offsets = part_blocks(quantize, parts) if quantize in QUANTIZER_MODES else {}
         # A tied output projection keeps the token table's weights (one copy, not a second
         # with the final norm's scale folded in).
@@ -301,8 +308,8 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
         with export_hooks.tracing(decode_read="after_write", token_lookup="embedding_lookup",
                                   norm_scale=tied_norm), \
                 block_offsets(model, offsets, calibration,
-                              head_split_block(quantize, parts, offsets)) as (offset_tables,
-                                                                              holders):
+                              head_split_block(quantize, parts, offsets),
+                              mixed_parts(quantize, parts)) as (lookup_scopes, holders):
             archive.track(holders)
             endpoints = {"decode": (_step_fn(model, True), _signature(model, 1))}
             for n in lengths:
@@ -314,7 +321,7 @@ def convert_model(model, prefill_lengths=DEFAULT_PREFILL, quantize="float32", st
         data = convert_or_raise(converter, TFLiteExportError)
         if by_quantizer:  # on the float model, whose tensor names the quantizer needs
             try:
-                data = quantize_weights(data, quantize, offset_tables=offset_tables,
+                data = quantize_weights(data, quantize, lookup_scopes=lookup_scopes,
                                         **(parts or {}))
             except WeightQuantizationError as e:
                 raise TFLiteExportError(str(e)) from e

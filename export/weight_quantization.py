@@ -15,7 +15,9 @@ which ops get which recipe:
 Each part defaults to the model-wide mode; "float32" keeps a part in float. The int4-asym
 modes quantize grids that `export.block_offsets` traced in place of the weights, with the
 quantizer's dequantized-weight-recovery algorithm (exact on a grid), and their per-block
-offsets (ops named into `OFFSET_SCOPE`) to int8 per channel.
+offsets (ops named into `OFFSET_SCOPE`) to int8 per channel. The int4-mixed modes do the
+same for the weights on a 4-bit grid and give the matmuls and lookups `block_offsets` named
+into `INT8_SCOPE` (the rest) dynamic int8 per channel.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 
 import numpy as np
 
-from .block_offsets import OFFSET_SCOPE
+from .block_offsets import INT8_SCOPE, OFFSET_SCOPE
 from .options import PART_MODES, QUANTIZER_MODES
 
 # Op output names carry the Keras layer path (".../block_3/attention/qkv/..."); the
@@ -36,6 +38,9 @@ OUTSIDE_BLOCKS = rf"^(?!.*({ATTENTION}|{FFN}))"
 # channel, dequantized once (an eighth of the float32 table's bytes; their error is about
 # 1% of one int4 step).
 OFFSETS = rf"(^|/){OFFSET_SCOPE}(_\d+)?/"
+# The int4-mixed modes' int8 chunks (weights off a 4-bit grid, and the token table):
+# dynamic int8 per channel.
+INT8_CHUNKS = rf"(^|/){INT8_SCOPE}(_\d+)?/"
 
 
 class WeightQuantizationError(ValueError):
@@ -62,6 +67,10 @@ def parts_recipe(mode: str, embedding: str | None = None, attention: str | None 
     manager = recipe_manager.RecipeManager()
 
     def add(regex, op, part_mode):
+        if part_mode.startswith("int4-mixed-block"):
+            # Grids where block_offsets traced them; the token table is int8 chunks.
+            part_mode = ("dynamic-int8" if op == ops.EMBEDDING_LOOKUP
+                         else part_mode.replace("-mixed-", "-asym-"))
         if part_mode == "float32":
             manager.add_quantization_config(regex, op, qtyping.OpQuantizationConfig(),
                                             algorithm_manager.AlgorithmName.NO_QUANTIZE)
@@ -89,29 +98,35 @@ def parts_recipe(mode: str, embedding: str | None = None, attention: str | None 
     add(FFN, ops.FULLY_CONNECTED, ffn or mode)
     add(OUTSIDE_BLOCKS, ops.FULLY_CONNECTED, embedding or mode)
     add(".*", ops.EMBEDDING_LOOKUP, embedding or mode)
+    if any(m.startswith("int4-mixed-block") for m in (mode, embedding or mode,
+                                                      attention or mode, ffn or mode)):
+        add(INT8_CHUNKS, ops.FULLY_CONNECTED, "dynamic-int8")
+        add(INT8_CHUNKS, ops.EMBEDDING_LOOKUP, "dynamic-int8")
     add(OFFSETS, ops.FULLY_CONNECTED, "int8-weight")
     add(OFFSETS, ops.EMBEDDING_LOOKUP, "int8-weight")
     return manager.get_quantization_recipe()
 
 
-def mark_offset_lookups(data: bytes, shapes) -> bytes:
-    """`data` with the EMBEDDING_LOOKUP ops that read a block-offsets table (their table's
-    shape in `shapes`, from `block_offsets`) named into OFFSET_SCOPE: the converter names
-    every lookup `tfl.embedding_lookup<N>`, whatever its scope, and the quantizer's recipe
-    tells ops apart by their output names."""
+def mark_lookups(data: bytes, scopes) -> bytes:
+    """`data` with the EMBEDDING_LOOKUP ops that read a table `block_offsets` added (its
+    shape a key of `scopes`, {shape: scope}) named into that scope (block offsets, int8
+    chunks): the converter names every lookup `tfl.embedding_lookup<N>`, whatever its
+    scope, and the quantizer's recipe tells ops apart by their output names."""
     from ai_edge_litert.tools import flatbuffer_utils
 
-    shapes = {tuple(s) for s in shapes}
-    if not shapes:
+    scopes = {tuple(k): v for k, v in dict(scopes or {}).items()}
+    if not scopes:
         return data
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(data))
     codes = {i: max(c.builtinCode, c.deprecatedBuiltinCode)
              for i, c in enumerate(model.operatorCodes)}
     for graph in model.subgraphs:
         for op in graph.operators:
-            if codes[op.opcodeIndex] == 7 and tuple(graph.tensors[op.inputs[1]].shape) in shapes:
+            if codes[op.opcodeIndex] != 7:
+                continue
+            if scope := scopes.get(tuple(graph.tensors[op.inputs[1]].shape)):
                 out = graph.tensors[op.outputs[0]]
-                out.name = f"tfllm/{OFFSET_SCOPE}/{(out.name or b'').decode()}".encode()
+                out.name = f"tfllm/{scope}/{(out.name or b'').decode()}".encode()
     buffers_as_arrays(model)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
@@ -151,7 +166,8 @@ def block_size_problems(data: bytes, modes: dict) -> list[str]:
             if code not in (9, 7) or len(op.inputs) < 2:
                 continue
             out_name = (graph.tensors[op.outputs[0]].name or b"").decode()
-            if re.search(OFFSETS, out_name):  # int8 per channel: any width
+            if re.search(OFFSETS, out_name) or re.search(INT8_CHUNKS, out_name):
+                # int8 per channel: any width
                 continue
             mode = modes[part_of(out_name, code)]
             block = re.search(r"block(\d+)$", mode)
@@ -165,10 +181,11 @@ def block_size_problems(data: bytes, modes: dict) -> list[str]:
 
 def quantize_weights(data: bytes, mode: str, embedding: str | None = None,
                      attention: str | None = None, ffn: str | None = None,
-                     offset_tables=()) -> bytes:
+                     lookup_scopes=None) -> bytes:
     """`data` (a float TFLite model with its tensor names) with quantized weights.
 
-    `offset_tables`: the shapes of the token-offset tables `block_offsets` added (int4-asym).
+    `lookup_scopes`: {shape: name scope} of the tables `block_offsets` added (int4-asym
+    token offsets, int4-mixed table chunks).
 
     Example:
         >>> small = quantize_weights(float_bytes, "int4-block32",  # doctest: +SKIP
@@ -181,7 +198,7 @@ def quantize_weights(data: bytes, mode: str, embedding: str | None = None,
     from ai_edge_quantizer import quantizer
 
     recipe = parts_recipe(mode, embedding, attention, ffn)
-    data = mark_offset_lookups(data, offset_tables)
+    data = mark_lookups(data, lookup_scopes)
     modes = {"embedding": embedding or mode, "attention": attention or mode,
              "ffn": ffn or mode}
     if bad := block_size_problems(data, modes):

@@ -117,3 +117,32 @@ def test_calibrated_int4_asym_trace_moves_a_float_models_logits_less():
             errors[name] = float(np.sqrt(np.mean((lm(held_out).numpy() - exact) ** 2)))
     assert errors["gptq"] < 0.85 * errors["nearest"], errors
     np.testing.assert_array_equal(lm(held_out).numpy(), exact)
+
+
+def test_q4_k_blocks_that_use_part_of_their_levels_stay_exact():
+    """A GGUF's Q4_K blocks (scale and minimum fitted by search) often leave levels 0 or 15
+    unused: the grid keeps the block's own spacing (not its range over 15), so the weights
+    stay where they are, and GPTQ is skipped; 17 levels or random floats are off any grid."""
+    from export.block_offsets import on_int4_grid
+    from export.gptq import lattice_steps
+
+    rng = np.random.default_rng(4)
+    d = rng.uniform(0.002, 0.05, (24, 4, 1)).astype(np.float16).astype(np.float64)
+    m = rng.uniform(0, 0.3, d.shape).astype(np.float16).astype(np.float64)
+    q = rng.integers(2, 14, (24, 4, 32))  # levels 2..13 only
+    q[..., 0], q[..., 1] = 2, 13
+    q4_k = (d * q - m).reshape(24, 128)
+    np.testing.assert_allclose(lattice_steps(q4_k.reshape(24, 4, 32)), d, rtol=1e-9)
+    assert on_int4_grid(q4_k, 32)
+    grid, offsets = asymmetric_blocks(q4_k, 32)
+    stored = grid + np.repeat(offsets, 32, 1)
+    # Within the scale's bfloat16 rounding (2^-9 of a step per level), not half a step.
+    assert np.abs(stored - q4_k).max() <= 0.06 * d.max(), np.abs(stored - q4_k).max() / d.max()
+    x = _correlated_inputs(rng, 1024, 128)
+    np.testing.assert_array_equal(asymmetric_blocks(q4_k, 32, x.T @ x)[0], grid)
+    # A block spanning 17 levels, and float weights, are not on a 4-bit grid.
+    wide = q4_k.copy()
+    wide[0, :17] = d[0, 0, 0] * np.arange(17)
+    assert not on_int4_grid(wide, 32)
+    assert not on_int4_grid(rng.normal(0, 0.05, (24, 128)), 32)
+    assert np.isinf(lattice_steps(rng.normal(0, 0.05, (24, 4, 32)))).all()

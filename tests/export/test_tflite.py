@@ -127,7 +127,8 @@ def test_quantized_modes_are_held_to_the_accuracy_bar(demo_shape_run, tmp_path):
     # By the function: the CLI's printed line is checked once below.
     sizes = {}
     for mode in ("float32", "dynamic-int8", "float16", "int8-weight", "int4-block32",
-                 "int4-block128", "int4-asym-block32", "int4-asym-block128"):
+                 "int4-block128", "int4-asym-block32", "int4-asym-block128",
+                 "int4-mixed-block32"):
         out = str(tmp_path / f"{mode}.tflite")
         report = export_tflite(demo_shape_run, out, (8,), mode)
         if mode != "float32":
@@ -145,6 +146,8 @@ def test_quantized_modes_are_held_to_the_accuracy_bar(demo_shape_run, tmp_path):
     # + one int8 offset per block (1/4 bit per weight at block 32) and the offsets' graph.
     assert sizes["int4-block32"] < sizes["int4-asym-block32"] <= 0.25 * sizes["float32"], sizes
     assert sizes["int4-asym-block128"] < sizes["int4-asym-block32"], sizes
+    # Float weights are on no 4-bit grid: int4-mixed holds them all in int8.
+    assert sizes["int4-asym-block32"] < sizes["int4-mixed-block32"] <= 0.31 * sizes["float32"]
     # The token table is quantized too (EMBEDDING_LOOKUP): keeping it float costs size.
     # Through the CLI, which prints the figures and the thresholds they were held to.
     out = str(tmp_path / "parts.tflite")
