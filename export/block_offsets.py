@@ -348,7 +348,7 @@ def block_offsets(model, blocks, calibration=None, head_block=None, mixed=frozen
                 dense += [(layer, blocks[part], part in mixed) for layer in _dense_layers(layer)]
         ffn = blk.ffn
         if ("ffn" in blocks and isinstance(ffn, GatedFeedForward)
-                and ffn.gate.kernel.shape[0] % blocks["ffn"] == 0):
+                and (ffn.gate.kernel.shape[0] % blocks["ffn"] == 0 or "ffn" in mixed)):
             gated.append((ffn, blocks["ffn"], "ffn" in mixed))
             fused |= {id(ffn.gate), id(ffn.up)}
         if dense:
@@ -370,10 +370,10 @@ def block_offsets(model, blocks, calibration=None, head_block=None, mixed=frozen
             if id(layer) in fused:
                 continue
             kernel = np.array(layer.kernel.numpy())  # (in, out)
-            if kernel.shape[0] % block:
-                continue
-            if mix and not on_int4_grid(kernel.T, block):
+            if mix and not on_int4_grid(kernel.T, block):  # int8: any width
                 matmul = _int8_chunks(kernel, layer.name, variable)
+            elif kernel.shape[0] % block:
+                continue
             else:
                 matmul = _grid_matmul(kernel, block, peaks.get(id(layer)), layer.name,
                                       variable, hessians.get(id(layer)))

@@ -109,3 +109,20 @@ def test_int4_mixed_untied_tables_with_a_narrow_last_chunk(tmp_path, positions):
     assert head == [(96, 64), (96, 128)], head
     lookups = sorted(shape for code, shape, kind, _ in _weights(data) if code == 7)
     assert lookups == ([(96, 192)] if positions == "learned" else [(96, 64), (96, 128)]), lookups
+
+
+@pytest.mark.slow
+def test_int4_mixed_takes_widths_that_int4_blocks_do_not_divide(tmp_path):
+    """80 wide: no int4 block of 32 fits (int4-asym refuses, naming the weights), while
+    int8 chunks take any width, so int4-mixed holds every float weight in int8."""
+    from export.tflite import TFLiteExportError
+    from tests.export.tiny_models import tiny_llama
+
+    lm = tiny_llama(d_model=80, ffn_dim=160)
+    ids = list(range(3, 27))
+    keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
+    error, data = _tflite_logit_error(lm, ids, keras_logits, tmp_path, "int4-mixed-block32")
+    assert error < 0.01, error  # 0.0016 here (mean |logit| 0.15)
+    assert {kind for _, _, kind, _ in _weights(data)} == {INT8}, _weights(data)
+    with pytest.raises(TFLiteExportError, match="int4 blocks must divide"):
+        _tflite_logit_error(lm, ids, keras_logits, tmp_path, "int4-asym-block32")
