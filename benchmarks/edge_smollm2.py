@@ -56,7 +56,7 @@ TFLLM_MODES = (("int4-block32", ["--quantize", "int4-block32"]),
                ("float16", ["--quantize", "float16"]))
 LITERT_TORCH_MODES = ("dynamic_int4_block32", "dynamic_int8")
 # litert-torch's converter module per model (its example for the family), its flags, and
-# the modes run (Gemma: int4 only, what #35 compares; each conversion takes minutes).
+# the modes run (each conversion takes minutes).
 LITERT_TORCH = {
     "smollm2-135m": ("litert_torch.generative.examples.smollm.convert_v2_to_tflite",
                      ["--output_name_prefix=smollm2"], LITERT_TORCH_MODES),
@@ -64,7 +64,7 @@ LITERT_TORCH = {
     # default (what the LiteRT-LM runtime reads).
     "gemma3-270m": ("litert_torch.generative.examples.gemma3.convert_gemma3_to_tflite",
                     ["--output_name_prefix=gemma3", "--model_size=270m"],
-                    ("dynamic_int4_block32",)),
+                    LITERT_TORCH_MODES),
 }
 # Gemma 3 270M: its GGUF keeps most weights at 5 and 8 bits (benchmarks/README.md, "Gemma 3
 # 270M"): int4-mixed (its Q4_K tensors at int4, the rest at int8, as the GGUF holds them),
