@@ -55,16 +55,14 @@ TFLLM_MODES = (("int4-block32", ["--quantize", "int4-block32"]),
                ("dynamic-int8", ["--quantize", "dynamic-int8"]),
                ("float16", ["--quantize", "float16"]))
 LITERT_TORCH_MODES = ("dynamic_int4_block32", "dynamic_int8")
-# litert-torch's converter module per model (its example for the family), its flags, and
-# the modes run (each conversion takes minutes).
+# litert-torch's converter module per model (its example for the family) and its flags.
 LITERT_TORCH = {
     "smollm2-135m": ("litert_torch.generative.examples.smollm.convert_v2_to_tflite",
-                     ["--output_name_prefix=smollm2"], LITERT_TORCH_MODES),
+                     ["--output_name_prefix=smollm2"]),
     # Its Gemma 3 converter takes the causal mask as an input and the transposed cache by
     # default (what the LiteRT-LM runtime reads).
     "gemma3-270m": ("litert_torch.generative.examples.gemma3.convert_gemma3_to_tflite",
-                    ["--output_name_prefix=gemma3", "--model_size=270m"],
-                    LITERT_TORCH_MODES),
+                    ["--output_name_prefix=gemma3", "--model_size=270m"]),
 }
 # Gemma 3 270M: its GGUF keeps most weights at 5 and 8 bits (benchmarks/README.md, "Gemma 3
 # 270M"): int4-mixed (its Q4_K tensors at int4, the rest at int8, as the GGUF holds them),
@@ -305,7 +303,7 @@ def litert_torch_bundle(python, hf_dir, quantize, work, run_dir, model_name="smo
     out_dir = os.path.join(work, f"litert-torch-{quantize}-transposed")
     os.makedirs(out_dir, exist_ok=True)
     if not glob.glob(os.path.join(out_dir, "*.tflite")):
-        module, flags, _ = LITERT_TORCH[model_name]
+        module, flags = LITERT_TORCH[model_name]
         proc = subprocess.run(
             [python, "-m", module, *flags,
              f"--checkpoint_path={hf_dir}", f"--output_path={out_dir}",
@@ -381,7 +379,7 @@ def run(args):
         print(f"{peer}: {rows[peer]}", flush=True)
 
     if args.litert_torch_python:
-        for quantize in LITERT_TORCH[args.model][2]:
+        for quantize in LITERT_TORCH_MODES:
             name = f"litert-torch {quantize}"
             try:
                 bundle, tflite = litert_torch_bundle(args.litert_torch_python, hf_dir,

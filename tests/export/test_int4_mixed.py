@@ -89,17 +89,10 @@ def test_int4_mixed_untied_tables_with_a_narrow_last_chunk(tmp_path, positions):
     """An untied output projection and a table 192 wide (chunks of 128 and 64); with
     learned positions the lookup keeps the model's own table. Float weights: all int8, the
     logits within a few hundredths of Keras's (mean |logit| 0.25)."""
-    import keras
+    from tests.export.tiny_models import tiny_llama
 
-    from tfllm.config import ModelConfig
-    from tfllm.models import CausalLM
-
-    keras.utils.set_random_seed(0)
-    lm = CausalLM.from_model_config(ModelConfig(
-        vocab_size=96, num_layers=1, d_model=192, num_heads=4, num_kv_heads=2, ffn_dim=256,
-        max_len=32, dropout=0.0, position_embedding=positions, norm="rmsnorm", ffn="gated",
-        activation="silu", qkv_bias=False, proj_bias=False, layer_norm_epsilon=1e-6,
-        tie_embeddings=False))
+    lm = tiny_llama(d_model=192, num_layers=1, position_embedding=positions,
+                    tie_embeddings=False)
     ids = list(range(3, 27))
     keras_logits = lm(np.array([ids], np.int32)).numpy()[0]
     error, data = _tflite_logit_error(lm, ids, keras_logits, tmp_path, "int4-mixed-block32")

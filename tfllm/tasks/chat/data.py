@@ -108,7 +108,7 @@ class ChatData:
         from tfllm.models.tool_calls import ToolError, check_tools, plain_turns
 
         try:
-            if tools is not None:
+            if tools is not None and self.renders_tools:  # (plain_turns checks listed ones)
                 tools = check_tools(tools)
             messages = check_messages(plain_turns(messages, tools, self.call_format,
                                                   list_tools=not self.renders_tools))
