@@ -11,7 +11,9 @@ RUN --model-dir EXPORTED` (the run in process, streaming) and `tfllm gateway` in
 that server's TF Serving emulation (the exported `chat` signature; a stream is one chunk),
 1 and --clients concurrent streaming chat completions of the same message: time to the
 first content chunk and completion tokens per second of wall time per client, medians over
---reps rounds (the first round, which compiles, is not counted).
+--reps rounds (the first round, which compiles, is not counted). With --distinct every
+request asks a message not asked before (another country's capital), so no server can
+reuse an earlier prompt's prefill.
 
     python benchmarks/serving_latency.py --openai --run runs/smollm2 --model-dir models/smollm2
 
@@ -37,6 +39,14 @@ import tensorflow as tf  # noqa: E402
 
 import tfllm  # noqa: E402
 from export.saved_model import export_saved_model  # noqa: E402
+
+# --distinct: a message per client and round, none asked twice (no prefill is reused).
+COUNTRIES = ["France", "Germany", "Italy", "Spain", "Portugal", "Japan", "Canada", "Brazil",
+             "Egypt", "Kenya", "India", "China", "Mexico", "Peru", "Chile", "Norway",
+             "Sweden", "Finland", "Poland", "Greece", "Turkey", "Iran", "Thailand", "Vietnam",
+             "Australia", "Argentina", "Colombia", "Nigeria", "Morocco", "Ireland", "Austria",
+             "Hungary", "Denmark", "Belgium", "Cuba", "Nepal", "Russia", "Ukraine",
+             "Romania", "Iceland"]
 
 PROMPTS = ["ROMEO:", "First Citizen:\n", "KING HENRY:\nWhat", "O", "JULIET:\nAy", "Thou art",
            "MENENIUS:\n", "Good"]
@@ -81,13 +91,20 @@ def openai_latency(args):
         procs.append(_start_llamacpp(args, name, paths))
     if args.paths:
         paths = [(label, url) for label, url in paths if label in args.paths.split(",")]
-    message = [{"role": "user", "content": args.message}]
+    asked = iter(range(10**9))
+
+    def message():
+        if not args.distinct:
+            return [{"role": "user", "content": args.message}]
+        k = next(asked)
+        return [{"role": "user", "content": f"What is the capital of "
+                 f"{COUNTRIES[k % len(COUNTRIES)]}?" + " Answer briefly." * (k // len(COUNTRIES))}]
 
     def one(url):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
         start, first, text, usage, chunks = time.perf_counter(), None, "", None, 0
         for chunk in client.chat.completions.create(
-                model=name, messages=message, temperature=0, max_tokens=args.max_new_tokens,
+                model=name, messages=message(), temperature=0, max_tokens=args.max_new_tokens,
                 stream=True, stream_options={"include_usage": True}):
             if chunk.choices and chunk.choices[0].delta.content:
                 first = first or time.perf_counter() - start
@@ -104,6 +121,7 @@ def openai_latency(args):
     try:
         for label, url in paths:
             for clients in (1, args.clients):
+                asked = iter(range(10**9))  # every path is asked the same messages
                 rounds = []
                 with ThreadPoolExecutor(max_workers=clients) as pool:
                     for _ in range(args.reps + 1):
@@ -111,12 +129,15 @@ def openai_latency(args):
                 if any(f is None for r in rounds for f, _, _ in r):
                     raise SystemExit(f"{label}: a stream with no content")
                 texts = {t for r in rounds for _, _, t in r}
+                replies = [t for r in rounds for _, _, t in r]
                 ttft = statistics.median(f for r in rounds[1:] for f, _, _ in r)
                 tps = statistics.median(t for r in rounds[1:] for _, t, _ in r)
                 results[f"{label}_{clients}"] = {"ttft_s": round(ttft, 3),
                                                  "tokens_per_s_per_client": round(tps, 2),
                                                  "same_text": len(texts) == 1,
                                                  "text": sorted(texts)[0]}
+                if args.distinct:
+                    results[f"{label}_{clients}"]["replies"] = replies
                 print(f"{label}, {clients} client(s): time to first token {ttft:.3f} s, "
                       f"{tps:.2f} tokens/s per client", flush=True)
     finally:
@@ -124,7 +145,8 @@ def openai_latency(args):
             proc.terminate()
             proc.wait(timeout=60)
     print(json.dumps({"benchmark": "serving_latency_openai", "run": args.run,
-                      "max_new_tokens": args.max_new_tokens, "reps": args.reps, **results}))
+                      "max_new_tokens": args.max_new_tokens, "reps": args.reps,
+                      "distinct": args.distinct, **results}))
 
 
 def _start_llamacpp(args, name, paths):
@@ -168,6 +190,10 @@ def main():
     parser.add_argument("--clients", type=int, default=8,
                         help="with --openai: concurrent clients (besides 1; default 8)")
     parser.add_argument("--message", default="What is the capital of France?")
+    parser.add_argument("--distinct", action="store_true",
+                        help="with --openai: each client and round asks another country's "
+                             "capital instead of --message (no prompt is asked twice, so "
+                             "no server reuses a prefill)")
     parser.add_argument("--llamacpp-python",
                         help="with --openai: a Python with llama-cpp-python[server] installed; "
                         "its server on --gguf is measured too")

@@ -50,8 +50,14 @@ def build_parser():
                         "file) for a causal run without its own")
     parser.add_argument("--decode-batch", type=int, default=8,
                         help="with --run: unconstrained replies decoded together in one loop; "
-                             "requests arriving while a batch decodes form the next (default "
-                             "8; each power-of-two batch size compiles once, on first use)")
+                             "a request arriving while it decodes joins it between two "
+                             "chunks of steps (default 8; each power-of-two batch size "
+                             "compiles once, on first use)")
+    parser.add_argument("--prefill-cache", type=int, default=16,
+                        help="with --run: prompts whose prefill (KV caches) is kept: the "
+                             "same prompt again decodes at once, one that begins like it "
+                             "computes only its new tokens (default 16, at most 256 MB; 0: "
+                             "none)")
     parser.add_argument("--max-waiting", type=int, default=16,
                         help="with --run: OpenAI requests that may wait beyond a decoding "
                              "batch (--decode-batch); more get 503 at once (default 16)")
@@ -84,6 +90,8 @@ def parse_args(argv=None):
                  "decode_batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.prefill_cache < 0:
+        parser.error("--prefill-cache must be 0 or more")
     if not 0 < args.idle_timeout < 86400:
         parser.error("--idle-timeout must be a positive number of seconds")
     if not 0 <= args.poll_seconds < 86400:
@@ -739,7 +747,7 @@ def _serve(args):
             raise ServerStartError(f"{args.run} is not a run directory (no config.json)")
         template = read_template_arg(args.template) if args.template else None
         api = OpenAIService(args.run, args.model_name, template, args.max_waiting,
-                            args.decode_batch)
+                            args.decode_batch, args.prefill_cache)
         api.warm_up()
     http = make_http_server(model, args.host, args.port, args.max_body_bytes,
                             args.idle_timeout, args.max_connections, api)

@@ -112,7 +112,8 @@ def test_chat_greedy_is_tfllm_chat_and_the_stream_is_the_same(chat_api, chat_run
 
 def test_concurrent_requests_decode_in_one_batch_as_alone(chat_api):
     """Streams that arrive together decode in one loop (each row its own budget and
-    sampling) and answer what each answers alone: greedy replies and seeded samples."""
+    sampling) and answer what each answers alone: greedy replies and seeded samples;
+    prompts seen before are not prefilled again."""
     from concurrent.futures import ThreadPoolExecutor
 
     client, api = chat_api["client"], chat_api["api"]
@@ -127,11 +128,40 @@ def test_concurrent_requests_decode_in_one_batch_as_alone(chat_api):
         return "".join(c.choices[0].delta.content or "" for c in _chat(client, stream=True, **kw)
                        if c.choices)
 
-    before = len(api.batch_sizes)
+    before, hits = len(api.batch_sizes), api.decode_batch.prefill_hits
     with ThreadPoolExecutor(len(asks)) as pool:
         together = list(pool.map(streamed, asks * 2))
     assert together == alone * 2
     assert max(api.batch_sizes[before:]) > 1  # some were decoded together
+    # The prompts were seen alone first: none is prefilled again.
+    assert api.decode_batch.prefill_hits - hits == len(asks) * 2
+
+
+def test_a_conversation_that_goes_on_computes_only_its_new_turn(chat_api):
+    """The second request of a conversation begins with the first's prompt: its prefill
+    extends the kept one, and the reply is the whole-prefill loop's."""
+    from tfllm.models.chat_session import ChatSession
+    from tfllm.models.generation import GenerationParams
+
+    client, api = chat_api["client"], chat_api["api"]
+    first = [{"role": "user", "content": "Translate to French: water"}]
+    reply = _chat(client, messages=first, temperature=0, max_tokens=6).choices[0]
+    more = first + [{"role": "assistant", "content": reply.message.content},
+                    {"role": "user", "content": "cat"}]
+    extends = api.decode_batch.prefill_extends
+    got = _chat(client, messages=more, temperature=0, max_tokens=6).choices[0].message
+    assert api.decode_batch.prefill_extends == extends + 1
+    session = ChatSession(api.model, api.chat, max_new_tokens=6)
+    ids, dropped = session.prompt_ids(more)
+    assert dropped == 0
+    whole = api.generator.generate_ids([ids], GenerationParams(6))[0]
+    assert got.content == _reply_text(api, whole, session.end_of_turn)
+
+
+def _reply_text(api, ids, stops):
+    text = api.tokenizer.decode(ids)
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def test_budget_stop_seed_and_n(chat_api):
@@ -370,10 +400,14 @@ def test_serve_needs_a_model_dir_or_a_run(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--run", "runs/x", "--decode-batch", "0"])
     assert "--decode-batch must be positive" in capsys.readouterr().err
+    assert parse_args(["--run", "runs/x"]).prefill_cache == 16
+    with pytest.raises(SystemExit):
+        parse_args(["--run", "runs/x", "--prefill-cache", "-1"])
+    assert "--prefill-cache must be 0 or more" in capsys.readouterr().err
 
 
 def test_serve_decodes_in_batches_of_decode_batch(monkeypatch, tmp_path, capsys):
-    """`--decode-batch` and `--max-waiting` reach the OpenAI service `tfllm serve --run`
+    """`--decode-batch`, `--max-waiting` and `--prefill-cache` reach the OpenAI service `tfllm serve --run`
     builds (its batching itself: test_concurrent_requests_decode_in_one_batch_as_alone)."""
     import serving.openai_api
     from serving.dev_server import ServerStartError, main
@@ -387,6 +421,7 @@ def test_serve_decodes_in_batches_of_decode_batch(monkeypatch, tmp_path, capsys)
 
     monkeypatch.setattr(serving.openai_api, "OpenAIService", Recorder)
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")
-    assert main(["--run", str(tmp_path), "--decode-batch", "3", "--max-waiting", "5"]) != 0
-    assert built == [(str(tmp_path), None, None, 5, 3)]
+    assert main(["--run", str(tmp_path), "--decode-batch", "3", "--max-waiting", "5",
+                 "--prefill-cache", "0"]) != 0
+    assert built == [(str(tmp_path), None, None, 5, 3, 0)]
     assert "recorded" in capsys.readouterr().err

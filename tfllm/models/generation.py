@@ -116,14 +116,15 @@ def _hash32(x):
 
 
 def _row_uniform(seeds, step, vocab):
-    """Uniform noise (batch, vocab) in (0, 1), row b a pure function of (seeds[b], step).
+    """Uniform noise (batch, vocab) in (0, 1), row b a pure function of (seeds[b], step)
+    (`step`: a scalar, or one per row).
 
     Integer hashing, not tf.random's stateless ops: those draw other numbers under XLA than
     in TensorFlow's kernels (whatever `alg`), so one seed sampled different tokens in the
     XLA loop, a --no-jit SavedModel and the TFLite runner. These ops agree everywhere.
     """
     row = _hash32(tf.cast(seeds, tf.uint32)[:, None])  # (batch, 1)
-    row = _hash32(row + tf.cast(step, tf.uint32))
+    row = _hash32(row + tf.reshape(tf.cast(step, tf.uint32), [-1, 1]))
     x = _hash32(row + tf.cast(tf.range(vocab), tf.uint32)[None, :])  # (batch, vocab)
     # The top 24 bits, centred in their interval: exact in float32, never 0 or 1.
     return (tf.cast(tf.bitwise.right_shift(x, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))
@@ -151,7 +152,8 @@ def sample_next(logits, temperature, top_k, top_p, seeds, step):
         top_k: int (batch,); <= 0 disables.
         top_p: float (batch,); 1.0 disables.
         seeds: int (batch,) per-row seeds.
-        step: int scalar, the decoding step (varies the noise between steps).
+        step: int scalar or (batch,): the row's decoding step, its index among its own
+            new tokens (varies the noise between steps).
 
     Returns:
         int32 (batch,).
@@ -304,6 +306,8 @@ class Generator:
                                                  jit_compile=jit_compile)
         self._prefill = tf.function(self._prefill_graph, jit_compile=jit_compile)
         self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
+        self._widen = tf.function(self._widen_graph, jit_compile=jit_compile)
+        self._prefill_tail = tf.function(self._prefill_tail_graph, jit_compile=jit_compile)
 
     # The graph functions. Shapes: ids (batch, P) left-padded, lengths (batch,).
     def _prefill_graph(self, ids, lengths):
@@ -338,7 +342,10 @@ class Generator:
         def body(logits, caches, slot, step, done, out, n_gen, fsm):
             if constraint is not None:
                 logits = constrain_logits(logits, fsm, constraint, self.end_token_ids)
-            token = sample_next(logits, temperature, top_k, top_p, seeds, step)
+            # Each row's noise follows its own token count (equal to `step` for a row
+            # that started with the loop), so a row that joins a running loop
+            # (`DecodeBatch`) samples what it samples alone.
+            token = sample_next(logits, temperature, top_k, top_p, seeds, n_gen)
             if constraint is not None:
                 token, fsm = follow_constraint(token, fsm, max_new - n_gen, constraint,
                                                tf.shape(logits)[-1])
@@ -411,10 +418,7 @@ class Generator:
         longest = max(lengths)
         if min(lengths) < 1:
             raise GenerationError("empty prompt: give at least one token (e.g. BOS)")
-        check_fits(longest, params.max_new_tokens, self.max_len)
-        # Buckets bound the number of compiled shapes; the prompt bucket must leave room.
-        prompt_len = max(longest, min(_bucket(longest, _MIN_PROMPT_BUCKET, self.max_len),
-                                      prompt_room(self.max_len, params.max_new_tokens)))
+        prompt_len = self.prompt_bucket(longest, params.max_new_tokens)
         batch = 1 << (len(prompts) - 1).bit_length()  # batch bucket: next power of two
         ids = np.zeros((batch, prompt_len), np.int32)
         lens = np.ones((batch,), np.int32)
@@ -534,6 +538,108 @@ class Generator:
             yield news, finished
             if all(finished) or int(state[3]) >= budget:
                 return
+
+    # -- for loops that rows join (`tfllm.models.decode_batch.DecodeBatch`) -------------
+    def prompt_bucket(self, prompt_tokens: int, max_new_tokens: int) -> int:
+        """The slots a prompt is left-padded to: buckets bound the number of compiled
+        shapes, and the bucket must leave room for the new tokens."""
+        check_fits(prompt_tokens, max_new_tokens, self.max_len)
+        return max(prompt_tokens, min(_bucket(prompt_tokens, _MIN_PROMPT_BUCKET, self.max_len),
+                                      prompt_room(self.max_len, max_new_tokens)))
+
+    def prefill(self, prompts: Sequence[Sequence[int]], prompt_len: int):
+        """`(logits (batch, vocab), caches)` after prompts left-padded to `prompt_len`
+        slots (the compiled prefill `generate_ids` runs)."""
+        ids = np.zeros((len(prompts), prompt_len), np.int32)
+        for i, p in enumerate(prompts):
+            ids[i, prompt_len - len(p):] = p
+        logits, caches, _, _ = self._prefill(tf.constant(ids),
+                                             tf.constant([len(p) for p in prompts], tf.int32))
+        return logits, caches
+
+    def _widen_graph(self, prefix, shift):
+        """Batch-1 caches cut to their first slots, back to full width and moved `shift`
+        slots later."""
+        return [tuple(tf.roll(tf.pad(x, [[0, 0], [0, 0], [0, self.max_len - x.shape[2]],
+                                         [0, 0]]), shift, axis=2) for x in kv)
+                for kv in prefix]
+
+    def _prefill_tail_graph(self, ids, caches, pad, offset):
+        """The slots from `offset` of a prefill whose earlier slots are in `caches`: rows
+        left-padded (`pad` slots each), all ending at the same slot."""
+        slots = offset + tf.range(tf.shape(ids)[1])[None, :]  # (1, count)
+        positions = tf.maximum(slots - pad[:, None], 0)  # (batch, count)
+        valid = tf.range(self.max_len)[None, :] >= pad[:, None]  # (batch, max_len)
+        logits, caches = self.model.call_with_cache(ids, caches, offset, padding_mask=valid,
+                                                    positions=positions)
+        return logits[:, -1, :], caches
+
+    def prefill_rows(self, prompts: Sequence[Sequence[int]], prompt_len: int,
+                     prefixes=None, count: int | None = None):
+        """`(logits (batch, vocab), caches)` after prompts left-padded to `prompt_len`
+        slots, as `prefill` gives them (to rounding), computing only the last `count`
+        slots: a row's earlier slots come from `prefixes[r]`, `(caches, pad)` of an
+        earlier prompt that began with the same tokens (its batch-1 caches cut to its
+        own slots, where it began at slot `pad`), or are padding (None). Rows are padded
+        to a power of two (copies of row 0) and the count to a bucket, so that few shapes
+        compile. Only for models without ring caches (a ring may have dropped the shared
+        tokens).
+
+        Example:
+            >>> logits, caches = gen.prefill_rows([ids], 64, [(kept, 20)], 16)  # doctest: +SKIP
+        """
+        if count is None or count >= prompt_len:
+            return self.prefill(prompts, prompt_len)
+        backbone = self.model.backbone
+        if min(backbone.cache_lengths()) < self.max_len:
+            raise GenerationError("prefill_rows with prefixes needs full-length caches "
+                                  "(this model keeps rings)")
+        count = _bucket(count, _MIN_PROMPT_BUCKET, prompt_len)
+        start = prompt_len - count  # the first slot computed
+        n = len(prompts)
+        order = list(range(n)) + [0] * ((1 << (n - 1).bit_length()) - n)
+        ids = np.zeros((len(order), count), np.int32)
+        pads = np.zeros((len(order),), np.int32)
+        parts = []
+        for r, src in enumerate(order):
+            prompt = list(prompts[src])
+            prefix = prefixes[src] if prefixes else None
+            pads[r] = prompt_len - len(prompt)
+            if prefix is None and pads[r] < start:
+                raise GenerationError(f"prompt {src}: {len(prompt)} tokens with no prefix, "
+                                      f"but only the last {count} slots are computed")
+            tail = prompt[max(0, start - int(pads[r])):]  # its tokens in slots start..
+            ids[r, count - len(tail):] = tail
+            parts.append(backbone.empty_caches(1, dtype=backbone.compute_dtype)
+                         if prefix is None else
+                         self._widen(prefix[0], tf.constant(int(pads[r]) - prefix[1])))
+        caches = [tuple(tf.concat([part[i][j] for part in parts], 0) for j in (0, 1))
+                  for i in range(len(parts[0]))]
+        logits, caches = self._prefill_tail(tf.constant(ids), caches, tf.constant(pads),
+                                            tf.constant(start, tf.int32))
+        return logits[:n], caches
+
+    def decode_steps(self, logits, caches, pad, slot, max_new, done, n_gen, temperature,
+                     top_k, top_p, seeds, n_steps, stop_at_end=True):
+        """Up to `n_steps` steps of the compiled decoding loop on a batch's state, every
+        row writing at `slot` (its positions: `slot - pad`; slots before `pad` hidden).
+        Per-row arrays: `pad`, `max_new` (budget), `done`, `n_gen` (tokens so far),
+        sampling. Returns `(logits, caches, slot', new (batch, n) ids: row r's tokens of
+        these steps in its first `n_gen' - n_gen` columns, n_gen', done')`."""
+        batch = len(pad)
+        pad = tf.constant(pad, tf.int32)
+        valid = tf.range(self.max_len)[None, :] >= pad[:, None]  # (batch, max_len)
+        state = self._decode(
+            logits, caches, valid, pad, tf.constant(slot, tf.int32), tf.constant(0),
+            tf.constant(max_new, tf.int32), tf.constant(done, tf.bool),
+            tf.fill([batch, self.max_len], tf.constant(self.end_token_id, tf.int32)),
+            tf.constant(n_gen, tf.int32), tf.constant(temperature, tf.float32),
+            tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32),
+            tf.constant(seeds, tf.int32), tf.constant(bool(stop_at_end)),
+            tf.constant(n_steps))
+        logits, caches, slot, _, done, out, n_gen = state
+        return (logits, caches, int(slot), out.numpy()[:, :n_steps], n_gen.numpy(),
+                done.numpy())
 
     def tracing_count(self) -> int:
         """How many times the whole-generation function has been traced (for tests)."""

@@ -1,0 +1,320 @@
+"""A decoding loop that requests join and leave: continuous batching for servers.
+
+`Generator.stream_rows` decodes a fixed set of rows from one prefill; a server's
+requests arrive while others decode. Here a request joins the running loop between two
+chunks of steps: its prompt is prefilled alone and its caches are shifted along the slot
+axis so that the prompt ends at the slot the loop writes next. Every row writes into the
+same slot each step (the layout of `generation.py`: left-padded rows, per-row positions
+and a mask hiding each row's slots before its prompt); a shift keeps positions, which
+are `slot - pad`, and is exact for ring caches too (index i moves to i + d, its ring
+slot to (i + d) mod ring). A prompt longer than the loop's slot shifts the whole batch
+instead. A row that finishes frees its place for the next request; the batch grows by
+powers of two up to `max_rows`.
+
+Prefills are kept (the last `prefill_cache` prompts), as llama.cpp's server keeps a
+slot's cache: the same prompt again costs no prefill, and a prompt that begins with a
+kept one's tokens (the same system prompt, the conversation so far) computes only its
+new tokens (`Generator.extend`; not for models with ring caches, whose rings may have
+dropped the shared tokens).
+
+A row's tokens are what it gets alone: its own sampling, budget and seeds (the noise
+follows each row's own token count), the same prefill; only the arithmetic differs
+(matmuls of another batch size; an extended prompt's new tokens computed apart).
+
+Example:
+    >>> batch = DecodeBatch(get_generator(lm))  # doctest: +SKIP
+    >>> row = batch.admit(ids, GenerationParams(32))  # doctest: +SKIP
+    >>> news = batch.step(4)  # {row: (new ids, finished)}  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from tfllm.models.generation import GenerationError, GenerationParams, row_seeds
+
+
+# Shared tokens from which a kept prompt is extended rather than a prompt prefilled.
+MIN_SHARED = 8
+
+
+class DecodeBatch:
+    """The state of a decoding loop whose rows are requests (see the module docstring).
+
+    Args:
+        generator: the model's `Generator`.
+        max_rows: rows decoded at once at most.
+        prefill_cache: prompts whose prefill is kept for reuse (0: none).
+        prefill_cache_mb: at most this many megabytes of kept prefills.
+    """
+
+    def __init__(self, generator, max_rows: int = 8, prefill_cache: int = 16,
+                 prefill_cache_mb: float = 256.0):
+        self.generator = generator
+        self.max_rows = int(max_rows)
+        self.max_len = generator.max_len
+        # (ids, prompt_len) -> (logits, caches cut to prompt_len slots, bytes)
+        self._kept = collections.OrderedDict()
+        self._kept_entries = int(prefill_cache)
+        self._kept_bytes = int(prefill_cache_mb * 2**20)
+        # Prompts prefilled whole, taken as kept, extended from a kept one.
+        self.prefills = self.prefill_hits = self.prefill_extends = 0
+        self.computed = 0  # the slots the last admitted prompt will compute
+        self._extendable = min(generator.model.backbone.cache_lengths()) == self.max_len
+        self._place = tf.function(self._place_graph, jit_compile=True)
+        self._reset()
+
+    def _reset(self):
+        self.rows = 0  # rows of the loop (a power of two), 0: no loop
+        self.live = {}  # row -> GenerationParams of a request still decoding
+        self.slot = 0
+        # The batch's tensors, and what changed since they were last built: a shift of
+        # every row, rows added, requests to place (row -> prefill). Applied together
+        # before the next step, so admitting several requests copies the caches once.
+        self.logits = self.caches = None
+        self._moved, self._incoming = 0, {}
+
+    # -- the prefill cache ----------------------------------------------------------------
+    def _source(self, ids, prompt_len):
+        """Where a prompt's prefill comes from: `("kept", (logits, caches))`, `("extend",
+        ((caches, pad) of a kept prompt that began with the same tokens, slots to
+        compute))` or `("fresh", None)`; sets `computed`, the slots it will compute."""
+        hit = self._kept.get((ids, prompt_len))
+        if hit is not None:
+            self._kept.move_to_end((ids, prompt_len))
+            self.computed = 0
+            return "kept", hit[:2]
+        base = self._longest_shared(ids, prompt_len)
+        if base is not None:
+            key, kept = base
+            self._kept.move_to_end(key)
+            self.computed = self.generator.prompt_bucket(len(ids) - kept, 1)
+            return "extend", ((self._kept[key][1], key[1] - len(key[0])),
+                              len(ids) - kept)
+        self.computed = prompt_len
+        return "fresh", None
+
+    def _keep(self, ids, prompt_len, logits, caches):
+        size = sum(int(np.prod(k.shape)) * k.dtype.size * 2 for k, _ in caches)
+        if not self._kept_entries or size > self._kept_bytes:
+            return
+        self._kept[(ids, prompt_len)] = (logits, caches, size)
+        while len(self._kept) > self._kept_entries or \
+                sum(e[2] for e in self._kept.values()) > self._kept_bytes:
+            self._kept.popitem(last=False)
+
+    def _longest_shared(self, ids, prompt_len):
+        """(key of a kept prompt, tokens it shares with `ids`) worth extending, or None:
+        at least `MIN_SHARED` shared tokens, fewer slots to compute than a prefill; never
+        for models with ring caches."""
+        if not self._extendable:
+            return None
+        best, best_kept = None, 0
+        for key in self._kept:
+            kept = 0
+            for a, b in zip(key[0], ids):
+                if a != b:
+                    break
+                kept += 1
+            kept = min(kept, len(ids) - 1)  # the last token's logits are computed anew
+            if kept > best_kept:
+                best, best_kept = key, kept
+        if best is None or best_kept < MIN_SHARED or \
+                self.generator.prompt_bucket(len(ids) - best_kept, 1) >= prompt_len:
+            return None
+        return best, best_kept
+
+    def _prefill_incoming(self):
+        """Compute the new rows' prefills, one call per prompt length and kind (whole,
+        or extended from kept prompts), and keep them."""
+        groups = {}
+        for row, (ids, prompt_len, kind, source) in sorted(self._incoming.items()):
+            if kind != "kept":
+                groups.setdefault((prompt_len, kind), []).append((row, ids, source))
+        for (prompt_len, kind), rows in groups.items():
+            unique = {}  # the same prompt twice is computed once
+            for _, ids, source in rows:
+                unique.setdefault(ids, source)
+            prompts = list(unique)
+            if kind == "fresh":
+                logits, caches = self.generator.prefill(prompts, prompt_len)
+                self.prefills += len(prompts)
+            else:
+                logits, caches = self.generator.prefill_rows(
+                    prompts, prompt_len, [unique[ids][0] for ids in prompts],
+                    max(source[1] for source in unique.values()))
+                self.prefill_extends += len(prompts)
+            done = {}
+            for j, ids in enumerate(prompts):
+                # Slots after the prompt are empty or hold nothing a later step reads.
+                mine = [(k[j:j + 1, :, :prompt_len], v[j:j + 1, :, :prompt_len])
+                        for k, v in caches]
+                self._keep(ids, prompt_len, logits[j:j + 1], mine)
+                done[ids] = (logits[j:j + 1], mine)
+            for row, ids, _ in rows:
+                self._incoming[row] = (ids, prompt_len, "kept", done[ids])
+
+    # -- joining ------------------------------------------------------------------------
+    def admit(self, ids, params: GenerationParams) -> int | None:
+        """Add a request (prompt token ids, its parameters) to the loop; returns its row,
+        or None when it cannot join now (every row busy, or the slots left cannot hold it
+        and the replies in progress: retry once rows finish). Its first token comes with
+        the next `step`."""
+        if not params.stop_at_end:
+            raise GenerationError("a DecodeBatch's rows stop at the end token: decode "
+                                  "stop_at_end=False requests with Generator.stream_rows")
+        prompt_len = self.generator.prompt_bucket(len(ids), params.max_new_tokens)
+        slot = max(self.slot, prompt_len) if self.live else prompt_len
+        need = [slot + p.max_new_tokens - int(self._n_gen[r]) for r, p in self.live.items()]
+        if max(need + [slot + params.max_new_tokens]) > self.max_len:
+            return None
+        free = [r for r in range(self.rows) if r not in self.live]
+        if not free and self.rows >= self.max_rows:
+            return None
+        ids = tuple(ids)
+        kind, source = self._source(ids, prompt_len)
+        if kind == "kept":
+            self.prefill_hits += 1
+        if not self.live:
+            self._start(prompt_len)
+            row = 0
+        else:
+            if slot > self.slot:  # every row moves later, its positions unchanged
+                self._moved += slot - self.slot
+                self._pad += slot - self.slot
+                self.slot = slot
+            row = free[0] if free else self._grow()
+        self._incoming[row] = (ids, prompt_len, kind, source)
+        self._pad[row] = self.slot - len(ids)
+        self._max_new[row] = params.max_new_tokens
+        self._n_gen[row] = 0
+        self._done[row] = False
+        self._temperature[row] = params.temperature
+        self._top_k[row] = params.top_k or 0
+        self._top_p[row] = params.top_p or 1.0
+        self._seeds[row] = row_seeds(params.seed, 1)[0]
+        self.live[row] = params
+        return row
+
+    def _start(self, slot):
+        self._reset()
+        self.rows, self.slot = 1, slot
+        self._pad = np.full(1, slot, np.int32)
+        self._max_new = np.ones(1, np.int32)
+        self._n_gen = np.zeros(1, np.int32)
+        self._done = np.ones(1, bool)
+        self._temperature = np.zeros(1, np.float32)
+        self._top_k = np.zeros(1, np.int32)
+        self._top_p = np.ones(1, np.float32)
+        self._seeds = np.zeros(1, np.int32)
+
+    def _grow(self) -> int:
+        """Double the rows (new rows empty: done, every slot before the next one hidden);
+        returns the first new row."""
+        n = self.rows
+        for name, empty in (("_pad", self.slot), ("_max_new", 1), ("_n_gen", 0),
+                            ("_done", True), ("_temperature", 0), ("_top_k", 0),
+                            ("_top_p", 1), ("_seeds", 0)):
+            old = getattr(self, name)
+            setattr(self, name, np.concatenate([old, np.full(n, empty, old.dtype)]))
+        self.rows = 2 * n
+        return n
+
+    def _build(self):
+        """Bring the batch's tensors up to date: shift, grow, place the new rows."""
+        backbone = self.generator.model.backbone
+        if self.caches is None:
+            self.caches = backbone.empty_caches(self.rows, dtype=backbone.compute_dtype)
+            self.logits = tf.zeros([self.rows, backbone.vocab_size], tf.float32)
+            self._moved = 0
+        if not self._incoming and not self._moved and int(self.logits.shape[0]) == self.rows:
+            return
+        self._prefill_incoming()
+        # One compiled call per prompt length among the new rows (usually one).
+        groups = {}
+        for row, (_, prompt_len, _, (logits, caches)) in sorted(self._incoming.items()):
+            groups.setdefault(prompt_len, []).append((row, logits, caches))
+        for prompt_len, new in (groups or {0: []}).items():
+            # Always `rows` entries (the first repeated: the same write twice; none: no
+            # write), so that one trace serves each (rows, prompt length).
+            new = new + [new[0]] * (self.rows - len(new)) if new else []
+            self.caches, self.logits = self._place(
+                self.caches, self.logits, [c for _, _, c in new], [g for _, g, _ in new],
+                tf.constant([r for r, _, _ in new], tf.int32, [len(new)]),
+                tf.constant(self.slot - prompt_len, tf.int32), tf.constant(self._moved),
+                self.rows)
+            self._moved = 0
+        self._incoming = {}
+
+    @staticmethod
+    def _place_graph(caches, logits, parts, part_logits, rows, shift, moved, total):
+        """The batch's tensors moved `moved` slots later and grown to `total` rows, with
+        new rows' prefills written in: `parts[j]`, row `rows[j]`'s caches (1, kv_heads,
+        prompt slots, head_dim) per layer, end at the loop's next slot (moved `shift`
+        slots). A ring's index i is in slot i mod its width, and moves alike."""
+        more = total - logits.shape[0]
+        where = rows[:, None]
+
+        def grown(x):
+            x = tf.concat([x, tf.zeros([more] + x.shape[1:], x.dtype)], 0) if more else x
+            return tf.roll(x, moved, axis=2) if x.shape.rank == 4 else x
+
+        placed = []
+        for i, (k, v) in enumerate(caches):
+            width = k.shape[2]
+
+            def fit(part):
+                part = part[:, :, :width]
+                part = tf.pad(part, [[0, 0], [0, 0], [0, width - part.shape[2]], [0, 0]])
+                return tf.roll(part, shift, axis=2)  # (1, kv_heads, width, head_dim)
+
+            placed.append(tuple(
+                tf.tensor_scatter_nd_update(
+                    grown(old), where, tf.concat([fit(p[i][j]) for p in parts], 0))
+                if parts else grown(old) for j, old in enumerate((k, v))))
+        logits = grown(logits)
+        if parts:
+            logits = tf.tensor_scatter_nd_update(logits, where, tf.concat(part_logits, 0))
+        return placed, logits
+
+    def drop(self, row):
+        """Stop decoding a row (its request went away)."""
+        if self.live.pop(row, None) is not None:
+            self._done[row] = True
+            self._incoming.pop(row, None)
+        if not self.live:
+            self._reset()
+
+    def drop_all(self):
+        """End the loop (every row dropped; kept prefills stay)."""
+        self._reset()
+
+    # -- decoding -----------------------------------------------------------------------
+    def step(self, n: int) -> dict:
+        """Decode up to `n` steps; returns `{row: (new token ids, finished)}` for every
+        live row (the end token left out). A finished row leaves the loop."""
+        if not self.live:
+            return {}
+        gen = self.generator
+        self._build()
+        before = self._n_gen.copy()
+        self.logits, self.caches, self.slot, out, n_gen, done = gen.decode_steps(
+            self.logits, self.caches, self._pad, self.slot, self._max_new, self._done,
+            self._n_gen, self._temperature, self._top_k, self._top_p, self._seeds, n)
+        self._n_gen, self._done = n_gen.copy(), done.copy()
+        news = {}
+        for row, params in list(self.live.items()):
+            new = out[row, :n_gen[row] - before[row]].tolist()
+            if done[row] and new and new[-1] in gen.end_token_ids:
+                new = new[:-1]
+            finished = bool(done[row]) or int(n_gen[row]) >= params.max_new_tokens
+            news[row] = (new, finished)
+            if finished:
+                self.live.pop(row)
+                self._done[row] = True
+        if not self.live:
+            self._reset()
+        return news
