@@ -549,13 +549,16 @@ class Generator:
 
     def prefill(self, prompts: Sequence[Sequence[int]], prompt_len: int):
         """`(logits (batch, vocab), caches)` after prompts left-padded to `prompt_len`
-        slots (the compiled prefill `generate_ids` runs)."""
-        ids = np.zeros((len(prompts), prompt_len), np.int32)
-        for i, p in enumerate(prompts):
+        slots (the compiled prefill `generate_ids` runs; rows padded to a power of two
+        with copies of the first, which the caches keep and the logits do not)."""
+        n = len(prompts)
+        rows = list(prompts) + [prompts[0]] * ((1 << (n - 1).bit_length()) - n)
+        ids = np.zeros((len(rows), prompt_len), np.int32)
+        for i, p in enumerate(rows):
             ids[i, prompt_len - len(p):] = p
         logits, caches, _, _ = self._prefill(tf.constant(ids),
-                                             tf.constant([len(p) for p in prompts], tf.int32))
-        return logits, caches
+                                             tf.constant([len(p) for p in rows], tf.int32))
+        return logits[:n], caches
 
     def _widen_graph(self, prefix, shift):
         """Batch-1 caches cut to their first slots, back to full width and moved `shift`
