@@ -204,11 +204,18 @@ class OpenAIService:
         return sessions, ids, sessions[0].end_of_turn + common["stop"], common
 
     def _chat_whole(self, sessions, ids, stops):
-        for session in sessions:
+        for session, chunks in zip(sessions, self._submit_all(
+                [(ids, s.params, s.constraint) for s in sessions])):
             reply = {}
             text = "".join(self.stream_text(ids, session.params, session.constraint, stops,
-                                            reply))
+                                            reply, chunks))
             yield text, reply
+
+    def _submit_all(self, jobs):
+        """Token chunk iterators of (ids, params, constraint) jobs; the unconstrained ones
+        submitted at once, so that `n` choices or several prompts decode in one batch
+        (and one prompt is prefilled once)."""
+        return [self.token_chunks(*job) if job[2] is None else None for job in jobs]
 
     def _chat_stream(self, sessions, ids, stops, meta, common):
         def chunk(index, delta, finish=None):
@@ -216,10 +223,12 @@ class OpenAIService:
                 {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}])
 
         used = 0
+        submitted = self._submit_all([(ids, s.params, s.constraint) for s in sessions])
         for index, session in enumerate(sessions):
             yield chunk(index, {"role": "assistant", "content": ""})
             reply = {}
-            pieces = self.stream_text(ids, session.params, session.constraint, stops, reply)
+            pieces = self.stream_text(ids, session.params, session.constraint, stops, reply,
+                                      submitted[index])
             if session.tools:  # a call is known only once whole: one delta at the end
                 text = "".join(pieces)
                 message, finish = _assistant_message(session, text, reply)
@@ -264,9 +273,10 @@ class OpenAIService:
 
         def run():
             used = 0
-            for index, prompt, ids, params in jobs:
+            submitted = self._submit_all([(ids, params, None) for _, _, ids, params in jobs])
+            for (index, prompt, ids, params), chunks in zip(jobs, submitted):
                 reply = {}
-                pieces = self.stream_text(ids, params, None, stops, reply)
+                pieces = self.stream_text(ids, params, None, stops, reply, chunks)
                 yield index, prompt, pieces, reply
                 used += reply["tokens"]
             if common["stream"] and common["include_usage"]:
@@ -299,19 +309,29 @@ class OpenAIService:
                     usage=usage(prompt_tokens, used))
 
     # -- decoding ----------------------------------------------------------------------------
-    def stream_text(self, ids, params, constraint, stops, reply):
+    def stream_text(self, ids, params, constraint, stops, reply, chunks=None):
         """Yield the reply's text as the decoding loop produces it, ending at the first of
         `stops` (not included), the end token or the budget. Fills `reply`: `tokens` (the
         tokens the text took: up to the one completing a stop, without the end token) and
         `finish_reason` ("stop" or "length"). Text that may begin a stop (a suffix that is a
         stop's prefix), or that ends inside a character (U+FFFD of a partial byte sequence),
         waits for the next chunk."""
+        reply.update(tokens=0, finish_reason="length")
+        # `chunks`: the reply's token chunks if already submitted (`_submit_all`). The
+        # first chunk is one token: the time to the first token is the prefill and one
+        # step; later chunks of 4 spread the cost of a call over more tokens.
+        source = chunks if chunks is not None else self.token_chunks(ids, params, constraint)
+        try:
+            yield from self._text_of(source, stops, reply, params)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a reply cut at a stop: its row need not go on
+                close()
+
+    def _text_of(self, source, stops, reply, params):
         tok = self.tokenizer
         out, shown = [], 0
-        reply.update(tokens=0, finish_reason="length")
-        # The first chunk is one token: the time to the first token is the prefill and one
-        # step; later chunks of 4 spread the cost of a call over more tokens.
-        for new in self.token_chunks(ids, params, constraint):
+        for new in source:
             before = len(out)
             out += new
             text = tok.decode(out)
@@ -469,20 +489,7 @@ class _Batcher:
 
         job = {"ids": ids, "params": params, "out": queue.Queue(), "left": False}
         self.jobs.put(job)
-
-        def chunks():
-            try:
-                while True:
-                    item = job["out"].get()
-                    if item is None:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-            finally:
-                job["left"] = True  # a client gone: its row is dropped at the next chunk
-
-        return chunks()
+        return _Reply(job)
 
     def _loop(self):
         import queue
@@ -498,10 +505,10 @@ class _Batcher:
                     break
             try:
                 with self.lock:
-                    joined = self._admit(waiting, rows)
                     for row in [r for r, job in rows.items() if job["left"]]:
                         self.batch.drop(row)
                         rows.pop(row)
+                    joined = self._admit(waiting, rows)
                     # A reply that just joined gets its first token after one step.
                     news = self.batch.step(1 if joined else self.chunk)
             except BaseException as e:  # every reply in the loop fails with it, none hangs
@@ -542,6 +549,35 @@ class _Batcher:
             joined = True
             computed += self.batch.computed
         return joined
+
+
+class _Reply:
+    """The token chunks of a reply submitted to the batcher. Closed (or dropped, even
+    before its first chunk) it tells the loop that nobody reads it: its row is dropped
+    at the next chunk."""
+
+    def __init__(self, job):
+        self._job = job
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._job["left"]:
+            raise StopIteration
+        item = self._job["out"].get()
+        if item is None or isinstance(item, BaseException):
+            self.close()
+            if item is None:
+                raise StopIteration
+            raise item
+        return item
+
+    def close(self):
+        self._job["left"] = True
+
+    def __del__(self):
+        self.close()
 
 
 def _stop_prefix(text, stops) -> int:

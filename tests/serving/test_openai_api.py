@@ -137,6 +137,25 @@ def test_concurrent_requests_decode_in_one_batch_as_alone(chat_api):
     assert api.decode_batch.prefill_hits - hits == len(asks) * 2
 
 
+def test_n_choices_decode_together_from_one_prefill(chat_api):
+    """The `n` choices of a request are submitted at once: they share the decoding loop
+    and one prefill, and each samples what it samples alone (choice i: seed + i)."""
+    client, api = chat_api["client"], chat_api["api"]
+    msg = [{"role": "user", "content": "Translate to French: the red house"}]
+    batch = api.decode_batch
+
+    def computed():  # prompts prefilled, whole or from a kept one's start
+        return batch.prefills + batch.prefill_extends
+
+    before, prefills = len(api.batch_sizes), computed()
+    r = _chat(client, messages=msg, temperature=1.0, seed=5, n=3, max_tokens=8)
+    assert computed() == prefills + 1
+    assert max(api.batch_sizes[before:]) >= 2
+    alone = [_chat(client, messages=msg, temperature=1.0, seed=5 + i, max_tokens=8)
+             .choices[0].message.content for i in range(3)]
+    assert [c.message.content for c in r.choices] == alone
+
+
 def test_a_conversation_that_goes_on_computes_only_its_new_turn(chat_api):
     """The second request of a conversation begins with the first's prompt: its prefill
     extends the kept one, and the reply is the whole-prefill loop's."""
