@@ -2,8 +2,8 @@
 
 `Generator.stream_rows` decodes a fixed set of rows from one prefill; a server's
 requests arrive while others decode. Here a request joins the running loop between two
-chunks of steps: its prompt is prefilled alone and its caches are shifted along the slot
-axis so that the prompt ends at the slot the loop writes next. Every row writes into the
+chunks of steps: its prompt is prefilled (with the others joining at once) and its caches
+are shifted along the slot axis so that the prompt ends at the slot the loop writes next. Every row writes into the
 same slot each step (the layout of `generation.py`: left-padded rows, per-row positions
 and a mask hiding each row's slots before its prompt); a shift keeps positions, which
 are `slot - pad`, and is exact for ring caches too (index i moves to i + d, its ring
@@ -14,8 +14,8 @@ powers of two up to `max_rows`.
 Prefills are kept (the last `prefill_cache` prompts), as llama.cpp's server keeps a
 slot's cache: the same prompt again costs no prefill, and a prompt that begins with a
 kept one's tokens (the same system prompt, the conversation so far) computes only its
-new tokens (`Generator.extend`; not for models with ring caches, whose rings may have
-dropped the shared tokens).
+new tokens (`Generator.prefill_rows`; not for models with ring caches, whose rings may
+have dropped the shared tokens).
 
 A row's tokens are what it gets alone: its own sampling, budget and seeds (the noise
 follows each row's own token count), the same prefill; only the arithmetic differs
@@ -34,7 +34,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from tfllm.models.generation import GenerationError, GenerationParams, row_seeds
+from tfllm.models.generation import GenerationError, GenerationParams, row_seeds, widen_cache
 
 
 # Shared tokens from which a kept prompt is extended rather than a prompt prefilled.
@@ -91,7 +91,7 @@ class DecodeBatch:
         if base is not None:
             key, kept = base
             self._kept.move_to_end(key)
-            self.computed = self.generator.prompt_bucket(len(ids) - kept, 1)
+            self.computed = self.generator.tail_bucket(len(ids) - kept, prompt_len)
             return "extend", ((self._kept[key][1], key[1] - len(key[0])),
                               len(ids) - kept)
         self.computed = prompt_len
@@ -123,7 +123,7 @@ class DecodeBatch:
             if kept > best_kept:
                 best, best_kept = key, kept
         if best is None or best_kept < MIN_SHARED or \
-                self.generator.prompt_bucket(len(ids) - best_kept, 1) >= prompt_len:
+                self.generator.tail_bucket(len(ids) - best_kept, prompt_len) >= prompt_len:
             return None
         return best, best_kept
 
@@ -265,15 +265,9 @@ class DecodeBatch:
         placed = []
         for i, (k, v) in enumerate(caches):
             width = k.shape[2]
-
-            def fit(part):
-                part = part[:, :, :width]
-                part = tf.pad(part, [[0, 0], [0, 0], [0, width - part.shape[2]], [0, 0]])
-                return tf.roll(part, shift, axis=2)  # (1, kv_heads, width, head_dim)
-
             placed.append(tuple(
-                tf.tensor_scatter_nd_update(
-                    grown(old), where, tf.concat([fit(p[i][j]) for p in parts], 0))
+                tf.tensor_scatter_nd_update(grown(old), where, tf.concat(
+                    [widen_cache(p[i][j], width, shift) for p in parts], 0))
                 if parts else grown(old) for j, old in enumerate((k, v))))
         logits = grown(logits)
         if parts:
@@ -312,9 +306,8 @@ class DecodeBatch:
                 new = new[:-1]
             finished = bool(done[row]) or int(n_gen[row]) >= params.max_new_tokens
             news[row] = (new, finished)
-            if finished:
+            if finished:  # the loop marked it done too
                 self.live.pop(row)
-                self._done[row] = True
         if not self.live:
             self._reset()
         return news

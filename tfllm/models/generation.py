@@ -563,9 +563,12 @@ class Generator:
     def _widen_graph(self, prefix, shift):
         """Batch-1 caches cut to their first slots, back to full width and moved `shift`
         slots later."""
-        return [tuple(tf.roll(tf.pad(x, [[0, 0], [0, 0], [0, self.max_len - x.shape[2]],
-                                         [0, 0]]), shift, axis=2) for x in kv)
-                for kv in prefix]
+        return [tuple(widen_cache(x, self.max_len, shift) for x in kv) for kv in prefix]
+
+    def tail_bucket(self, new_tokens: int, prompt_len: int) -> int:
+        """The slots `prefill_rows` computes for `new_tokens` new tokens of a prompt
+        left-padded to `prompt_len` (a bucket, so that few shapes compile)."""
+        return _bucket(new_tokens, _MIN_PROMPT_BUCKET, prompt_len)
 
     def _prefill_tail_graph(self, ids, caches, pad, offset):
         """The slots from `offset` of a prefill whose earlier slots are in `caches`: rows
@@ -597,7 +600,7 @@ class Generator:
         if min(backbone.cache_lengths()) < self.max_len:
             raise GenerationError("prefill_rows with prefixes needs full-length caches "
                                   "(this model keeps rings)")
-        count = _bucket(count, _MIN_PROMPT_BUCKET, prompt_len)
+        count = self.tail_bucket(count, prompt_len)
         start = prompt_len - count  # the first slot computed
         n = len(prompts)
         order = list(range(n)) + [0] * ((1 << (n - 1).bit_length()) - n)
@@ -769,6 +772,15 @@ def constraint_tensors(automaton, rows: int | None = None) -> dict:
             "closer": tf.constant(automaton.closer),
             "initial": tf.constant(initial),
             "end_ids": tf.constant(automaton.end_ids, tf.int32)}
+
+
+def widen_cache(x, width, shift):
+    """A cache (batch, kv_heads, slots, head_dim) cut to its first slots, back to `width`
+    slots (zeros after) and moved `shift` slots later; a ring's index i is in slot i mod
+    its width, and moves alike."""
+    x = x[:, :, :width]
+    x = tf.pad(x, [[0, 0], [0, 0], [0, width - x.shape[2]], [0, 0]])
+    return tf.roll(x, shift, axis=2)
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
