@@ -748,7 +748,9 @@ def _serve(args):
         template = read_template_arg(args.template) if args.template else None
         api = OpenAIService(args.run, args.model_name, template, args.max_waiting,
                             args.decode_batch, args.prefill_cache)
-        api.warm_up()
+        started = time.perf_counter()
+        api.warm_up(lambda line: print(f"warming up: {line}", flush=True))
+        print(f"warmed up in {time.perf_counter() - started:.1f} s", flush=True)
     http = make_http_server(model, args.host, args.port, args.max_body_bytes,
                             args.idle_timeout, args.max_connections, api)
     grpc_server = None

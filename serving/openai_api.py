@@ -364,12 +364,19 @@ class OpenAIService:
             return self._batcher.submit(ids, params)
         return self.generator.stream_ids(ids, params, constraint=constraint, first_chunk=1)
 
-    def warm_up(self):
-        """Compile the decoding loop (a one-token reply) or the encoder, so that the first
-        request does not wait for it."""
+    def warm_up(self, report=None):
+        """Compile the decoding loop for each batch size and trace the prefills
+        (`DecodeBatch.warm_up`), then decode a short reply; or run the encoder once: so
+        that no request waits for a compile.
+
+        Args:
+            report: called with a line of progress before each compile.
+        """
         from tfllm.models.generation import GenerationParams
 
         if self.causal:
+            with self._model_lock:
+                self.decode_batch.warm_up(report)
             ids = self.tokenizer.encode("Hello") or [self.tokenizer.bos_id]
             for _ in self.stream_text(ids, GenerationParams(2), None, [], {}):
                 pass

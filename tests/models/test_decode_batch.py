@@ -183,3 +183,36 @@ def test_ring_caches_are_never_extended():
     assert (batch.prefills, batch.prefill_extends) == (2, 0)
     with pytest.raises(GenerationError, match="full-length caches"):
         gen.prefill_rows([ids], 16, [None], 8)
+
+
+def test_after_warm_up_no_request_waits_for_a_compile(lm):
+    """`warm_up` compiles the loop for every batch size and traces the graphs of any
+    shape: prompts of other lengths, rows joining in any number, growth to `max_rows`,
+    an extended prefill trace nothing more."""
+    gen = get_generator(lm)
+    batch = DecodeBatch(gen, max_rows=8)
+    assert batch.batch_sizes() == [1, 2, 4, 8]
+    lines = []
+    batch.warm_up(lines.append)
+    assert lines == [f"compiling the decoding loop for {n} row(s)" for n in (1, 2, 4, 8)]
+    assert (batch.prefills, batch.prefill_hits, batch.prefill_extends) == (0, 0, 0)
+    warm = batch.traces()
+    texts = ["O", "ROMEO:", "Q", "First Citizen:", "JULIET:", "Ay", "KING HENRY:", "Go",
+             "ROMEO:\nI am", "ROMEO:\nI am here", "What, ho!"]
+    reqs = _requests(lm.tokenizer, texts, [GenerationParams(4 + k % 5, temperature=k % 2,
+                                                            seed=k) for k in range(11)])
+    got = _drive(batch, {0: reqs[:1], 1: reqs[1:3], 2: reqs[3:8], 5: reqs[8:9],
+                         7: reqs[9:]})
+    assert batch.prefill_extends == 1 and max(b for _, _, b in batch.joins) > 10
+    assert batch.traces() == warm
+    for key, ids, p in reqs:
+        assert got[key] == _alone(gen, ids, p), key
+    # A model with ring caches has no extended prefill to trace.
+    from tests.models.test_gemma_architecture import _model
+
+    ring = DecodeBatch(get_generator(_model("gemma3")), max_rows=2)
+    ring.warm_up()
+    warm = ring.traces()
+    _drive(ring, {0: [(0, [5, 6, 7], GenerationParams(3))], 1: [(1, [8] * 11,
+                                                                  GenerationParams(4))]})
+    assert ring.traces() == warm

@@ -34,7 +34,8 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from tfllm.models.generation import GenerationError, GenerationParams, row_seeds, widen_cache
+from tfllm.models.generation import (GenerationError, GenerationParams, cache_signature,
+                                     row_seeds, widen_cache)
 
 
 # Shared tokens from which a kept prompt is extended rather than a prompt prefilled.
@@ -64,7 +65,15 @@ class DecodeBatch:
         self.prefills = self.prefill_hits = self.prefill_extends = 0
         self.computed = 0  # the slots the last admitted prompt will compute
         self._extendable = min(generator.model.backbone.cache_lengths()) == self.max_len
-        self._place = tf.function(self._place_graph, jit_compile=True)
+        # A graph of any rows and slots, traced once: placement runs with whatever
+        # requests join, and an XLA function would compile for each (rows, prompt
+        # length) met (`Generator.prefill` says more).
+        backbone = generator.model.backbone
+        caches, logits = cache_signature(backbone), tf.TensorSpec([None, None], tf.float32)
+        one = tf.TensorSpec([], tf.int32)
+        self._place = tf.function(self._place_graph, input_signature=[
+            caches, logits, cache_signature(backbone, True), logits,
+            tf.TensorSpec([None], tf.int32), one, one, one])
         self._reset()
 
     def _reset(self):
@@ -233,46 +242,89 @@ class DecodeBatch:
         if not self._incoming and not self._moved and int(self.logits.shape[0]) == self.rows:
             return
         self._prefill_incoming()
-        # One compiled call per prompt length among the new rows (usually one).
+        # One call per prompt length among the new rows (usually one).
         groups = {}
         for row, (_, prompt_len, _, (logits, caches)) in sorted(self._incoming.items()):
             groups.setdefault(prompt_len, []).append((row, logits, caches))
+        backbone = self.generator.model.backbone
         for prompt_len, new in (groups or {0: []}).items():
-            # Always `rows` entries (the first repeated: the same write twice; none: no
-            # write), so that one trace serves each (rows, prompt length).
-            new = new + [new[0]] * (self.rows - len(new)) if new else []
+            if new:  # (new rows, kv_heads, prompt_len, head_dim) per layer
+                parts = [tuple(tf.concat([c[i][j] for _, _, c in new], 0) for j in (0, 1))
+                         for i in range(len(new[0][2]))]
+                part_logits = tf.concat([g for _, g, _ in new], 0)
+            else:  # only a shift or growth
+                parts = [tuple(x[:0, :, :0] for x in kv) for kv in self.caches]
+                part_logits = tf.zeros([0, backbone.vocab_size], tf.float32)
             self.caches, self.logits = self._place(
-                self.caches, self.logits, [c for _, _, c in new], [g for _, g, _ in new],
+                self.caches, self.logits, parts, part_logits,
                 tf.constant([r for r, _, _ in new], tf.int32, [len(new)]),
-                tf.constant(self.slot - prompt_len, tf.int32), tf.constant(self._moved),
-                self.rows)
+                tf.constant(self.slot - prompt_len, tf.int32),
+                tf.constant(self._moved, tf.int32), tf.constant(self.rows, tf.int32))
             self._moved = 0
         self._incoming = {}
 
     @staticmethod
     def _place_graph(caches, logits, parts, part_logits, rows, shift, moved, total):
         """The batch's tensors moved `moved` slots later and grown to `total` rows, with
-        new rows' prefills written in: `parts[j]`, row `rows[j]`'s caches (1, kv_heads,
-        prompt slots, head_dim) per layer, end at the loop's next slot (moved `shift`
-        slots). A ring's index i is in slot i mod its width, and moves alike."""
-        more = total - logits.shape[0]
+        new rows' prefills written in: row `rows[j]`'s caches are `parts`' row j (per
+        layer (new rows, kv_heads, prompt slots, head_dim)), ending at the loop's next
+        slot (moved `shift` slots), its logits `part_logits[j]`. A ring's index i is in
+        slot i mod its width, and moves alike."""
+        more = total - tf.shape(logits)[0]
         where = rows[:, None]
 
         def grown(x):
-            x = tf.concat([x, tf.zeros([more] + x.shape[1:], x.dtype)], 0) if more else x
-            return tf.roll(x, moved, axis=2) if x.shape.rank == 4 else x
+            # (Graph mode copies in each op: skip those with nothing to do.)
+            x = tf.cond(more > 0, lambda: tf.concat(
+                [x, tf.zeros(tf.concat([[more], tf.shape(x)[1:]], 0), x.dtype)], 0),
+                lambda: x)
+            if x.shape.rank == 4:
+                x = tf.cond(moved != 0, lambda: tf.roll(x, moved, axis=2), lambda: x)
+            return x
 
-        placed = []
-        for i, (k, v) in enumerate(caches):
-            width = k.shape[2]
-            placed.append(tuple(
-                tf.tensor_scatter_nd_update(grown(old), where, tf.concat(
-                    [widen_cache(p[i][j], width, shift) for p in parts], 0))
-                if parts else grown(old) for j, old in enumerate((k, v))))
-        logits = grown(logits)
-        if parts:
-            logits = tf.tensor_scatter_nd_update(logits, where, tf.concat(part_logits, 0))
-        return placed, logits
+        placed = [tuple(tf.tensor_scatter_nd_update(
+                      grown(old), where, widen_cache(new, old.shape[2], shift))
+                      for old, new in zip(kv, part_kv))
+                  for kv, part_kv in zip(caches, parts)]
+        return placed, tf.tensor_scatter_nd_update(grown(logits), where, part_logits)
+
+    def batch_sizes(self) -> list[int]:
+        """The numbers of rows the loop decodes at (it grows by doubling)."""
+        sizes = [1]
+        while sizes[-1] < self.max_rows:
+            sizes.append(2 * sizes[-1])
+        return sizes
+
+    def warm_up(self, report=None):
+        """Compile and trace all the loop runs, so that no request waits for it: the
+        XLA decoding loop for each of `batch_sizes()` (a compile each, seconds for a
+        135M model on 2 cores), and the graphs of any shape (prefills, an extended
+        prefill, placement). Kept prefills and counters are untouched.
+
+        Args:
+            report: called with a line of progress before each compile.
+        """
+        gen, backbone = self.generator, self.generator.model.backbone
+        ids = [gen.end_token_id] * MIN_SHARED
+        logits, caches = gen.prefill([ids], MIN_SHARED)
+        cut = [(k[:, :, :MIN_SHARED], v[:, :, :MIN_SHARED]) for k, v in caches]
+        if self._extendable:
+            gen.prefill_rows([ids * 2], 2 * MIN_SHARED, [(cut, 0)], MIN_SHARED)
+        for rows in self.batch_sizes():
+            if report:
+                report(f"compiling the decoding loop for {rows} row(s)")
+            caches = backbone.empty_caches(rows, dtype=backbone.compute_dtype)
+            out = self._place(caches, tf.zeros([rows, backbone.vocab_size], tf.float32),
+                              cut, logits, tf.constant([0]), tf.constant(0),
+                              tf.constant(0), tf.constant(rows))
+            z = np.zeros(rows, np.int32)
+            # Every row done: the loop compiles and runs no step.
+            gen.decode_steps(out[1], out[0], z, MIN_SHARED, z + 1, np.ones(rows, bool), z,
+                             np.zeros(rows, np.float32), z, np.ones(rows, np.float32), z, 1)
+
+    def traces(self) -> int:
+        """Traces of everything the loop runs (for tests: none more after `warm_up`)."""
+        return self.generator.joining_traces() + self._place.experimental_get_tracing_count()
 
     def drop(self, row):
         """Stop decoding a row (its request went away)."""

@@ -306,8 +306,13 @@ class Generator:
                                                  jit_compile=jit_compile)
         self._prefill = tf.function(self._prefill_graph, jit_compile=jit_compile)
         self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
-        self._widen = tf.function(self._widen_graph, jit_compile=jit_compile)
-        self._prefill_tail = tf.function(self._prefill_tail_graph, jit_compile=jit_compile)
+        # The joining path's functions (`prefill`, `prefill_rows`), traced once with
+        # unknown rows and slots: a server's prompts come in any number and length, and
+        # an XLA function compiles once per shape (4-6 s each for SmolLM2-135M on 2
+        # cores, a stall in some request's first token), while one graph serves every
+        # shape at the XLA prefill's speed to within ~15% (benchmarks/README). Built on
+        # first use: their signatures follow the model's caches.
+        self._joining = None
 
     # The graph functions. Shapes: ids (batch, P) left-padded, lengths (batch,).
     def _prefill_graph(self, ids, lengths):
@@ -547,18 +552,28 @@ class Generator:
         return max(prompt_tokens, min(_bucket(prompt_tokens, _MIN_PROMPT_BUCKET, self.max_len),
                                       prompt_room(self.max_len, max_new_tokens)))
 
+    def _joining_functions(self):
+        """(prefill, widen, prefill_tail): graph functions of any rows and slots."""
+        if self._joining is None:
+            ids, rows = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
+            one = tf.TensorSpec([], tf.int32)
+            self._joining = (
+                tf.function(self._prefill_graph, input_signature=[ids, rows]),
+                tf.function(self._widen_graph,
+                            input_signature=[cache_signature(self.model.backbone, True), one]),
+                tf.function(self._prefill_tail_graph, input_signature=[
+                    ids, cache_signature(self.model.backbone), rows, one]))
+        return self._joining
+
     def prefill(self, prompts: Sequence[Sequence[int]], prompt_len: int):
         """`(logits (batch, vocab), caches)` after prompts left-padded to `prompt_len`
-        slots (the compiled prefill `generate_ids` runs; rows padded to a power of two
-        with copies of the first, which the caches keep and the logits do not)."""
-        n = len(prompts)
-        rows = list(prompts) + [prompts[0]] * ((1 << (n - 1).bit_length()) - n)
-        ids = np.zeros((len(rows), prompt_len), np.int32)
-        for i, p in enumerate(rows):
+        slots (the prefill `generate_ids` runs, in a graph of any shape)."""
+        ids = np.zeros((len(prompts), prompt_len), np.int32)
+        for i, p in enumerate(prompts):
             ids[i, prompt_len - len(p):] = p
-        logits, caches, _, _ = self._prefill(tf.constant(ids),
-                                             tf.constant([len(p) for p in rows], tf.int32))
-        return logits[:n], caches
+        logits, caches, _, _ = self._joining_functions()[0](
+            tf.constant(ids), tf.constant([len(p) for p in prompts], tf.int32))
+        return logits, caches
 
     def _widen_graph(self, prefix, shift):
         """Batch-1 caches cut to their first slots, back to full width and moved `shift`
@@ -586,9 +601,8 @@ class Generator:
         slots, as `prefill` gives them (to rounding), computing only the last `count`
         slots: a row's earlier slots come from `prefixes[r]`, `(caches, pad)` of an
         earlier prompt that began with the same tokens (its batch-1 caches cut to its
-        own slots, where it began at slot `pad`), or are padding (None). Rows are padded
-        to a power of two (copies of row 0) and the count to a bucket, so that few shapes
-        compile. Only for models without ring caches (a ring may have dropped the shared
+        own slots, where it began at slot `pad`), or are padding (None). The count is
+        rounded up to a bucket (`tail_bucket`). Only for models without ring caches (a ring may have dropped the shared
         tokens).
 
         Example:
@@ -602,28 +616,26 @@ class Generator:
                                   "(this model keeps rings)")
         count = self.tail_bucket(count, prompt_len)
         start = prompt_len - count  # the first slot computed
-        n = len(prompts)
-        order = list(range(n)) + [0] * ((1 << (n - 1).bit_length()) - n)
-        ids = np.zeros((len(order), count), np.int32)
-        pads = np.zeros((len(order),), np.int32)
+        _, widen, tail_prefill = self._joining_functions()
+        ids = np.zeros((len(prompts), count), np.int32)
+        pads = np.zeros((len(prompts),), np.int32)
         parts = []
-        for r, src in enumerate(order):
-            prompt = list(prompts[src])
-            prefix = prefixes[src] if prefixes else None
+        for r, prompt in enumerate(prompts):
+            prompt = list(prompt)
+            prefix = prefixes[r] if prefixes else None
             pads[r] = prompt_len - len(prompt)
             if prefix is None and pads[r] < start:
-                raise GenerationError(f"prompt {src}: {len(prompt)} tokens with no prefix, "
+                raise GenerationError(f"prompt {r}: {len(prompt)} tokens with no prefix, "
                                       f"but only the last {count} slots are computed")
             tail = prompt[max(0, start - int(pads[r])):]  # its tokens in slots start..
             ids[r, count - len(tail):] = tail
             parts.append(backbone.empty_caches(1, dtype=backbone.compute_dtype)
                          if prefix is None else
-                         self._widen(prefix[0], tf.constant(int(pads[r]) - prefix[1])))
+                         widen(prefix[0], tf.constant(int(pads[r]) - prefix[1])))
         caches = [tuple(tf.concat([part[i][j] for part in parts], 0) for j in (0, 1))
                   for i in range(len(parts[0]))]
-        logits, caches = self._prefill_tail(tf.constant(ids), caches, tf.constant(pads),
-                                            tf.constant(start, tf.int32))
-        return logits[:n], caches
+        return tail_prefill(tf.constant(ids), caches, tf.constant(pads),
+                            tf.constant(start, tf.int32))
 
     def decode_steps(self, logits, caches, pad, slot, max_new, done, n_gen, temperature,
                      top_k, top_p, seeds, n_steps, stop_at_end=True):
@@ -650,6 +662,12 @@ class Generator:
     def tracing_count(self) -> int:
         """How many times the whole-generation function has been traced (for tests)."""
         return self._generate.experimental_get_tracing_count()
+
+    def joining_traces(self) -> int:
+        """Traces of what `DecodeBatch` runs: the XLA decoding loop (one per batch size,
+        each a compile) and the joining path's graphs (for tests)."""
+        return self._decode.experimental_get_tracing_count() + sum(
+            f.experimental_get_tracing_count() for f in self._joining or ())
 
 
 def check_constraint(constraint, params: GenerationParams) -> None:
@@ -779,8 +797,16 @@ def widen_cache(x, width, shift):
     slots (zeros after) and moved `shift` slots later; a ring's index i is in slot i mod
     its width, and moves alike."""
     x = x[:, :, :width]
-    x = tf.pad(x, [[0, 0], [0, 0], [0, width - x.shape[2]], [0, 0]])
+    x = tf.pad(x, [[0, 0], [0, 0], [0, width - tf.shape(x)[2]], [0, 0]])
     return tf.roll(x, shift, axis=2)
+
+
+def cache_signature(backbone, cut: bool = False):
+    """`tf.TensorSpec`s of the backbone's caches, any number of rows; `cut`: any number
+    of slots too (caches cut to a prompt's slots)."""
+    return [tuple(tf.TensorSpec([None, x.shape[1], None if cut else x.shape[2], x.shape[3]],
+                                x.dtype) for x in kv)
+            for kv in backbone.empty_caches(1, dtype=backbone.compute_dtype)]
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
