@@ -60,13 +60,15 @@ def test_rows_that_join_a_running_loop_decode_as_alone(lm):
               GenerationParams(5), GenerationParams(6, temperature=0.8, seed=9),
               GenerationParams(3), GenerationParams(4)]
     reqs = _requests(lm.tokenizer, texts, params)
-    # One alone, then two while it decodes, then a prompt longer than the loop's slot
-    # (the whole batch shifts), then two more than the free rows.
+    # One alone, then two while it decodes (the first longer than the loop's slot: the
+    # whole batch shifts; the second not), then a longer prompt again, then two more
+    # than the free rows.
     got = _drive(batch, {0: reqs[:1], 1: reqs[1:3], 2: reqs[3:4], 3: reqs[4:]})
     for key, ids, p in reqs:
         assert got[key] == _alone(gen, ids, p), key
     joins = {key: (before, after) for key, before, after in batch.joins}
-    assert joins["ROMEO:"] == (10, 10) and joins["First Citizen:"] == (12, 16)
+    assert joins["ROMEO:"] == (3, 6) and joins["Q"] == (6, 6)
+    assert joins["First Citizen:"] == (8, 14) and joins["JULIET:"] == (18, 18)
     assert batch.rows == 0 and batch.live == {}  # the loop ended with its last row
 
 
@@ -99,7 +101,8 @@ def test_a_request_that_does_not_fit_waits(lm):
         batch.admit(ids, GenerationParams(4, stop_at_end=False))
     wide = DecodeBatch(gen, max_rows=4)
     assert wide.admit(ids, GenerationParams(4)) == 0
-    # The loop's slot plus this budget passes the context.
+    wide.step(1)
+    # The loop's slot (one past the prompt) plus this budget passes the context.
     assert wide.admit(ids, GenerationParams(gen.max_len - len(ids))) is None
     wide.drop(0)
     assert wide.rows == 0
@@ -134,7 +137,7 @@ def test_a_prompt_that_begins_like_a_kept_one_computes_only_its_new_tokens(lm):
     assert batch.admit(first, GenerationParams(4)) == 0
     batch.step(1)  # the first prompt is prefilled (and kept)
     rows = [batch.admit(second, sampled)]
-    assert batch.computed == 16  # 9 new tokens in a bucket of 16, not 24 slots
+    assert batch.computed == 9  # its new tokens, not its 21
     rows.append(batch.admit(third, GenerationParams(8)))
     assert batch.computed == 8 and None not in rows
     got = {0: [], rows[0]: [], rows[1]: []}

@@ -187,7 +187,8 @@ class CausalLM(LanguageModelTask, keras.Model):
         hidden = self.backbone(token_ids, padding_mask=padding_mask, training=training)
         return ops.cast(self.backbone.embedding.logits(hidden), "float32")
 
-    def call_with_cache(self, token_ids, caches, cache_index, padding_mask=None, positions=None):
+    def call_with_cache(self, token_ids, caches, cache_index, padding_mask=None, positions=None,
+                        last_only=False):
         """One cached step: logits for `token_ids` written at `cache_index`, and new caches.
 
         Args:
@@ -196,12 +197,16 @@ class CausalLM(LanguageModelTask, keras.Model):
             cache_index: absolute slot of the first new token.
             padding_mask: optional bool (batch, max_len) marking slots that hold real tokens.
             positions: optional position ids (seq,) or (batch, seq).
+            last_only: the last token's logits only, (batch, 1, vocab): all a prefill
+                needs (the vocabulary projection is ~1/6 of a 135M model's prompt compute).
 
         Returns:
             (logits (batch, seq, vocab) float32, new caches).
         """
         hidden, caches = self.backbone(token_ids, padding_mask=padding_mask, positions=positions,
                                        caches=caches, cache_index=cache_index)
+        if last_only:
+            hidden = hidden[:, -1:, :]
         return ops.cast(self.backbone.embedding.logits(hidden), "float32"), caches
 
     def generate(self, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top_p=None,

@@ -3,8 +3,8 @@
 `Generator.stream_rows` decodes a fixed set of rows from one prefill; a server's
 requests arrive while others decode. Here a request joins the running loop between two
 chunks of steps: its prompt is prefilled (with the others joining at once) and its caches
-are shifted along the slot axis so that the prompt ends at the slot the loop writes next. Every row writes into the
-same slot each step (the layout of `generation.py`: left-padded rows, per-row positions
+are shifted along the slot axis so that the prompt ends at the slot the loop writes next.
+Every row writes into the same slot each step (the layout of `generation.py`: left-padded rows, per-row positions
 and a mask hiding each row's slots before its prompt); a shift keeps positions, which
 are `slot - pad`, and is exact for ring caches too (index i moves to i + d, its ring
 slot to (i + d) mod ring). A prompt longer than the loop's slot shifts the whole batch
@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfllm.models.generation import (GenerationError, GenerationParams, cache_signature,
-                                     row_seeds, widen_cache)
+                                     check_fits, row_seeds, widen_cache)
 
 
 # Shared tokens from which a kept prompt is extended rather than a prompt prefilled.
@@ -57,7 +57,8 @@ class DecodeBatch:
         self.generator = generator
         self.max_rows = int(max_rows)
         self.max_len = generator.max_len
-        # (ids, prompt_len) -> (logits, caches cut to prompt_len slots, bytes)
+        # ids -> (logits, caches cut to the P slots of its prefill, P, bytes): the prompt
+        # ends at slot P (it was left-padded to the longest prompt prefilled with it).
         self._kept = collections.OrderedDict()
         self._kept_entries = int(prefill_cache)
         self._kept_bytes = int(prefill_cache_mb * 2**20)
@@ -70,10 +71,9 @@ class DecodeBatch:
         # length) met (`Generator.prefill` says more).
         backbone = generator.model.backbone
         caches, logits = cache_signature(backbone), tf.TensorSpec([None, None], tf.float32)
-        one = tf.TensorSpec([], tf.int32)
+        one, rows = tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.int32)
         self._place = tf.function(self._place_graph, input_signature=[
-            caches, logits, cache_signature(backbone, True), logits,
-            tf.TensorSpec([None], tf.int32), one, one, one])
+            caches, logits, cache_signature(backbone, True), logits, rows, rows, one, one])
         self._reset()
 
     def _reset(self):
@@ -87,84 +87,86 @@ class DecodeBatch:
         self._moved, self._incoming = 0, {}
 
     # -- the prefill cache ----------------------------------------------------------------
-    def _source(self, ids, prompt_len):
-        """Where a prompt's prefill comes from: `("kept", (logits, caches))`, `("extend",
-        ((caches, pad) of a kept prompt that began with the same tokens, slots to
-        compute))` or `("fresh", None)`; sets `computed`, the slots it will compute."""
-        hit = self._kept.get((ids, prompt_len))
+    def _source(self, ids):
+        """Where a prompt's prefill comes from: `("kept", (logits, caches, P))`,
+        `("extend", ((caches, pad) of a kept prompt that began with the same tokens, its
+        new tokens))` or `("fresh", None)`; sets `computed`, the tokens it will compute."""
+        hit = self._kept.get(ids)
         if hit is not None:
-            self._kept.move_to_end((ids, prompt_len))
+            self._kept.move_to_end(ids)
             self.computed = 0
-            return "kept", hit[:2]
-        base = self._longest_shared(ids, prompt_len)
+            return "kept", hit[:3]
+        base = self._longest_shared(ids)
         if base is not None:
             key, kept = base
             self._kept.move_to_end(key)
-            self.computed = self.generator.tail_bucket(len(ids) - kept, prompt_len)
-            return "extend", ((self._kept[key][1], key[1] - len(key[0])),
-                              len(ids) - kept)
-        self.computed = prompt_len
+            self.computed = len(ids) - kept
+            _, caches, slots, _ = self._kept[key]
+            return "extend", ((caches, slots - len(key)), len(ids) - kept)
+        self.computed = len(ids)
         return "fresh", None
 
-    def _keep(self, ids, prompt_len, logits, caches):
+    def _keep(self, ids, logits, caches, slots):
         size = sum(int(np.prod(k.shape)) * k.dtype.size * 2 for k, _ in caches)
         if not self._kept_entries or size > self._kept_bytes:
             return
-        self._kept[(ids, prompt_len)] = (logits, caches, size)
+        self._kept[ids] = (logits, caches, slots, size)
         while len(self._kept) > self._kept_entries or \
-                sum(e[2] for e in self._kept.values()) > self._kept_bytes:
+                sum(e[3] for e in self._kept.values()) > self._kept_bytes:
             self._kept.popitem(last=False)
 
-    def _longest_shared(self, ids, prompt_len):
-        """(key of a kept prompt, tokens it shares with `ids`) worth extending, or None:
-        at least `MIN_SHARED` shared tokens, fewer slots to compute than a prefill; never
-        for models with ring caches."""
+    def _longest_shared(self, ids):
+        """(a kept prompt, tokens it shares with `ids`) to extend, or None: at least
+        `MIN_SHARED` shared tokens; never for models with ring caches."""
         if not self._extendable:
             return None
         best, best_kept = None, 0
         for key in self._kept:
             kept = 0
-            for a, b in zip(key[0], ids):
+            for a, b in zip(key, ids):
                 if a != b:
                     break
                 kept += 1
             kept = min(kept, len(ids) - 1)  # the last token's logits are computed anew
             if kept > best_kept:
                 best, best_kept = key, kept
-        if best is None or best_kept < MIN_SHARED or \
-                self.generator.tail_bucket(len(ids) - best_kept, prompt_len) >= prompt_len:
+        if best is None or best_kept < MIN_SHARED:
             return None
         return best, best_kept
 
     def _prefill_incoming(self):
-        """Compute the new rows' prefills, one call per prompt length and kind (whole,
-        or extended from kept prompts), and keep them."""
+        """Compute the new rows' prefills, one call per kind (whole, or extended from kept
+        prompts; every prompt left-padded to the longest), and keep them."""
         groups = {}
-        for row, (ids, prompt_len, kind, source) in sorted(self._incoming.items()):
+        for row, (ids, kind, source) in sorted(self._incoming.items()):
             if kind != "kept":
-                groups.setdefault((prompt_len, kind), []).append((row, ids, source))
-        for (prompt_len, kind), rows in groups.items():
+                groups.setdefault(kind, []).append((row, ids, source))
+        for kind, rows in groups.items():
             unique = {}  # the same prompt twice is computed once
             for _, ids, source in rows:
                 unique.setdefault(ids, source)
             prompts = list(unique)
+            slots = max(len(ids) for ids in prompts)
             if kind == "fresh":
-                logits, caches = self.generator.prefill(prompts, prompt_len)
+                logits, caches = self.generator.prefill(prompts, slots)
                 self.prefills += len(prompts)
             else:
                 logits, caches = self.generator.prefill_rows(
-                    prompts, prompt_len, [unique[ids][0] for ids in prompts],
+                    prompts, slots, [unique[ids][0] for ids in prompts],
                     max(source[1] for source in unique.values()))
                 self.prefill_extends += len(prompts)
+            # Each prompt's caches, cut to the prefill's slots: those after it are empty
+            # or hold nothing a later step reads, those before it are hidden by its pad.
+            # (A split per layer: a slice per row and layer costs more in eager ops.)
+            split = [tuple(tf.split(x[:, :, :slots], len(prompts)) for x in kv)
+                     for kv in caches]
             done = {}
             for j, ids in enumerate(prompts):
-                # Slots after the prompt are empty or hold nothing a later step reads.
-                mine = [(k[j:j + 1, :, :prompt_len], v[j:j + 1, :, :prompt_len])
-                        for k, v in caches]
-                self._keep(ids, prompt_len, logits[j:j + 1], mine)
-                done[ids] = (logits[j:j + 1], mine)
+                mine = [(k[j], v[j]) for k, v in split]
+                self._keep(ids, logits[j:j + 1], mine, slots)
+                done[ids] = (logits[j:j + 1], mine, slots)
             for row, ids, _ in rows:
-                self._incoming[row] = (ids, prompt_len, "kept", done[ids])
+                self._incoming[row] = (ids, "kept", done[ids])
 
     # -- joining ------------------------------------------------------------------------
     def admit(self, ids, params: GenerationParams) -> int | None:
@@ -175,8 +177,8 @@ class DecodeBatch:
         if not params.stop_at_end:
             raise GenerationError("a DecodeBatch's rows stop at the end token: decode "
                                   "stop_at_end=False requests with Generator.stream_rows")
-        prompt_len = self.generator.prompt_bucket(len(ids), params.max_new_tokens)
-        slot = max(self.slot, prompt_len) if self.live else prompt_len
+        check_fits(len(ids), params.max_new_tokens, self.max_len)
+        slot = max(self.slot, len(ids)) if self.live else len(ids)
         need = [slot + p.max_new_tokens - int(self._n_gen[r]) for r, p in self.live.items()]
         if max(need + [slot + params.max_new_tokens]) > self.max_len:
             return None
@@ -184,11 +186,11 @@ class DecodeBatch:
         if not free and self.rows >= self.max_rows:
             return None
         ids = tuple(ids)
-        kind, source = self._source(ids, prompt_len)
+        kind, source = self._source(ids)
         if kind == "kept":
             self.prefill_hits += 1
         if not self.live:
-            self._start(prompt_len)
+            self._start(slot)
             row = 0
         else:
             if slot > self.slot:  # every row moves later, its positions unchanged
@@ -196,7 +198,7 @@ class DecodeBatch:
                 self._pad += slot - self.slot
                 self.slot = slot
             row = free[0] if free else self._grow()
-        self._incoming[row] = (ids, prompt_len, kind, source)
+        self._incoming[row] = (ids, kind, source)
         self._pad[row] = self.slot - len(ids)
         self._max_new[row] = params.max_new_tokens
         self._n_gen[row] = 0
@@ -242,33 +244,36 @@ class DecodeBatch:
         if not self._incoming and not self._moved and int(self.logits.shape[0]) == self.rows:
             return
         self._prefill_incoming()
-        # One call per prompt length among the new rows (usually one).
-        groups = {}
-        for row, (_, prompt_len, _, (logits, caches)) in sorted(self._incoming.items()):
-            groups.setdefault(prompt_len, []).append((row, logits, caches))
-        backbone = self.generator.model.backbone
-        for prompt_len, new in (groups or {0: []}).items():
-            if new:  # (new rows, kv_heads, prompt_len, head_dim) per layer
-                parts = [tuple(tf.concat([c[i][j] for _, _, c in new], 0) for j in (0, 1))
-                         for i in range(len(new[0][2]))]
-                part_logits = tf.concat([g for _, g, _ in new], 0)
-            else:  # only a shift or growth
-                parts = [tuple(x[:0, :, :0] for x in kv) for kv in self.caches]
-                part_logits = tf.zeros([0, backbone.vocab_size], tf.float32)
-            self.caches, self.logits = self._place(
-                self.caches, self.logits, parts, part_logits,
-                tf.constant([r for r, _, _ in new], tf.int32, [len(new)]),
-                tf.constant(self.slot - prompt_len, tf.int32),
-                tf.constant(self._moved, tf.int32), tf.constant(self.rows, tf.int32))
-            self._moved = 0
+        new = [(row, logits, caches, slots)
+               for row, (_, _, (logits, caches, slots)) in sorted(self._incoming.items())]
+        # Each new row's caches, (new rows, kv_heads, slots, head_dim) per layer: its
+        # prefill's slots and zeros after them, up to the longest prefill's.
+        parts = []
+        for i, kv in enumerate(self.caches):
+            layer = []
+            for j, old in enumerate(kv):
+                width = min(max([c[i][j].shape[2] for _, _, c, _ in new] + [0]),
+                            old.shape[2])
+                layer.append(tf.concat([
+                    tf.pad(c[i][j], [[0, 0], [0, 0], [0, width - c[i][j].shape[2]], [0, 0]])
+                    if c[i][j].shape[2] != width else c[i][j] for _, _, c, _ in new], 0)
+                    if new else old[:0, :, :0])
+            parts.append(tuple(layer))
+        self.caches, self.logits = self._place(
+            self.caches, self.logits, parts,
+            tf.concat([g for _, g, _, _ in new], 0) if new else self.logits[:0],
+            tf.constant([r for r, _, _, _ in new], tf.int32, [len(new)]),
+            tf.constant([self.slot - slots for _, _, _, slots in new], tf.int32, [len(new)]),
+            tf.constant(self._moved, tf.int32), tf.constant(self.rows, tf.int32))
+        self._moved = 0
         self._incoming = {}
 
     @staticmethod
-    def _place_graph(caches, logits, parts, part_logits, rows, shift, moved, total):
+    def _place_graph(caches, logits, parts, part_logits, rows, shifts, moved, total):
         """The batch's tensors moved `moved` slots later and grown to `total` rows, with
         new rows' prefills written in: row `rows[j]`'s caches are `parts`' row j (per
-        layer (new rows, kv_heads, prompt slots, head_dim)), ending at the loop's next
-        slot (moved `shift` slots), its logits `part_logits[j]`. A ring's index i is in
+        layer (new rows, kv_heads, prefill slots, head_dim)) moved `shifts[j]` slots, to
+        end at the loop's next slot; its logits `part_logits[j]`. A ring's index i is in
         slot i mod its width, and moves alike."""
         more = total - tf.shape(logits)[0]
         where = rows[:, None]
@@ -283,7 +288,7 @@ class DecodeBatch:
             return x
 
         placed = [tuple(tf.tensor_scatter_nd_update(
-                      grown(old), where, widen_cache(new, old.shape[2], shift))
+                      grown(old), where, widen_cache(new, old.shape[2], shifts))
                       for old, new in zip(kv, part_kv))
                   for kv, part_kv in zip(caches, parts)]
         return placed, tf.tensor_scatter_nd_update(grown(logits), where, part_logits)
@@ -315,7 +320,7 @@ class DecodeBatch:
                 report(f"compiling the decoding loop for {rows} row(s)")
             caches = backbone.empty_caches(rows, dtype=backbone.compute_dtype)
             out = self._place(caches, tf.zeros([rows, backbone.vocab_size], tf.float32),
-                              cut, logits, tf.constant([0]), tf.constant(0),
+                              cut, logits, tf.constant([0]), tf.constant([0]),
                               tf.constant(0), tf.constant(rows))
             z = np.zeros(rows, np.int32)
             # Every row done: the loop compiles and runs no step.

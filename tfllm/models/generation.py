@@ -7,7 +7,9 @@ hides its padding. The prompt is processed in one prefill call, then a `tf.while
 decodes one token per step until every row has stopped or `max_new_tokens` is reached.
 
 Every argument that may change between calls is a tensor, so one traced (XLA-compiled)
-function serves each (batch bucket, prompt bucket) pair and is never retraced.
+function serves each (batch bucket, prompt bucket) pair and is never retraced. The
+functions a server's continuous batching runs on prompts of any number and length
+(`prefill`, `prefill_rows`) are plain graphs of unknown shape instead, traced once.
 """
 
 from __future__ import annotations
@@ -323,7 +325,7 @@ class Generator:
         positions = tf.maximum(tf.range(prompt_len)[None, :] - pad[:, None], 0)
         caches = self.model.backbone.empty_caches(batch, dtype=self.model.backbone.compute_dtype)
         logits, caches = self.model.call_with_cache(ids, caches, 0, padding_mask=valid,
-                                                    positions=positions)
+                                                    positions=positions, last_only=True)
         return logits[:, -1, :], caches, valid, pad
 
     def _decode_graph(self, logits, caches, valid, pad, slot, step, max_new, done, out,
@@ -544,25 +546,23 @@ class Generator:
             if all(finished) or int(state[3]) >= budget:
                 return
 
-    # -- for loops that rows join (`tfllm.models.decode_batch.DecodeBatch`) -------------
     def prompt_bucket(self, prompt_tokens: int, max_new_tokens: int) -> int:
-        """The slots a prompt is left-padded to: buckets bound the number of compiled
-        shapes, and the bucket must leave room for the new tokens."""
+        """The slots a prompt is left-padded to in the compiled loop: buckets bound the
+        number of compiled shapes, and the bucket must leave room for the new tokens."""
         check_fits(prompt_tokens, max_new_tokens, self.max_len)
         return max(prompt_tokens, min(_bucket(prompt_tokens, _MIN_PROMPT_BUCKET, self.max_len),
                                       prompt_room(self.max_len, max_new_tokens)))
 
+    # -- for loops that rows join (`tfllm.models.decode_batch.DecodeBatch`) -------------
     def _joining_functions(self):
-        """(prefill, widen, prefill_tail): graph functions of any rows and slots."""
+        """(prefill, prefill_tail): graph functions of any rows and slots."""
         if self._joining is None:
             ids, rows = tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32)
-            one = tf.TensorSpec([], tf.int32)
             self._joining = (
                 tf.function(self._prefill_graph, input_signature=[ids, rows]),
-                tf.function(self._widen_graph,
-                            input_signature=[cache_signature(self.model.backbone, True), one]),
                 tf.function(self._prefill_tail_graph, input_signature=[
-                    ids, cache_signature(self.model.backbone), rows, one]))
+                    ids, cache_signature(self.model.backbone, True), rows, rows,
+                    tf.TensorSpec([], tf.int32)]))
         return self._joining
 
     def prefill(self, prompts: Sequence[Sequence[int]], prompt_len: int):
@@ -575,24 +575,16 @@ class Generator:
             tf.constant(ids), tf.constant([len(p) for p in prompts], tf.int32))
         return logits, caches
 
-    def _widen_graph(self, prefix, shift):
-        """Batch-1 caches cut to their first slots, back to full width and moved `shift`
-        slots later."""
-        return [tuple(widen_cache(x, self.max_len, shift) for x in kv) for kv in prefix]
-
-    def tail_bucket(self, new_tokens: int, prompt_len: int) -> int:
-        """The slots `prefill_rows` computes for `new_tokens` new tokens of a prompt
-        left-padded to `prompt_len` (a bucket, so that few shapes compile)."""
-        return _bucket(new_tokens, _MIN_PROMPT_BUCKET, prompt_len)
-
-    def _prefill_tail_graph(self, ids, caches, pad, offset):
-        """The slots from `offset` of a prefill whose earlier slots are in `caches`: rows
-        left-padded (`pad` slots each), all ending at the same slot."""
+    def _prefill_tail_graph(self, ids, prefix, shifts, pad, offset):
+        """The slots from `offset` of a prefill whose earlier slots are `prefix`'s (caches
+        cut to their first slots, row r's moved `shifts[r]` slots later): rows left-padded
+        (`pad` slots each), all ending at the same slot."""
+        caches = [tuple(widen_cache(x, self.max_len, shifts) for x in kv) for kv in prefix]
         slots = offset + tf.range(tf.shape(ids)[1])[None, :]  # (1, count)
         positions = tf.maximum(slots - pad[:, None], 0)  # (batch, count)
         valid = tf.range(self.max_len)[None, :] >= pad[:, None]  # (batch, max_len)
         logits, caches = self.model.call_with_cache(ids, caches, offset, padding_mask=valid,
-                                                    positions=positions)
+                                                    positions=positions, last_only=True)
         return logits[:, -1, :], caches
 
     def prefill_rows(self, prompts: Sequence[Sequence[int]], prompt_len: int,
@@ -601,9 +593,8 @@ class Generator:
         slots, as `prefill` gives them (to rounding), computing only the last `count`
         slots: a row's earlier slots come from `prefixes[r]`, `(caches, pad)` of an
         earlier prompt that began with the same tokens (its batch-1 caches cut to its
-        own slots, where it began at slot `pad`), or are padding (None). The count is
-        rounded up to a bucket (`tail_bucket`). Only for models without ring caches (a ring may have dropped the shared
-        tokens).
+        own slots, where it began at slot `pad`), or are padding (None). Only for
+        models without ring caches (a ring may have dropped the shared tokens).
 
         Example:
             >>> logits, caches = gen.prefill_rows([ids], 64, [(kept, 20)], 16)  # doctest: +SKIP
@@ -614,12 +605,11 @@ class Generator:
         if min(backbone.cache_lengths()) < self.max_len:
             raise GenerationError("prefill_rows with prefixes needs full-length caches "
                                   "(this model keeps rings)")
-        count = self.tail_bucket(count, prompt_len)
         start = prompt_len - count  # the first slot computed
-        _, widen, tail_prefill = self._joining_functions()
         ids = np.zeros((len(prompts), count), np.int32)
         pads = np.zeros((len(prompts),), np.int32)
-        parts = []
+        shifts = np.zeros((len(prompts),), np.int32)
+        sources, which = [], []  # the distinct prefixes (usually one), each row's
         for r, prompt in enumerate(prompts):
             prompt = list(prompt)
             prefix = prefixes[r] if prefixes else None
@@ -629,13 +619,28 @@ class Generator:
                                       f"but only the last {count} slots are computed")
             tail = prompt[max(0, start - int(pads[r])):]  # its tokens in slots start..
             ids[r, count - len(tail):] = tail
-            parts.append(backbone.empty_caches(1, dtype=backbone.compute_dtype)
-                         if prefix is None else
-                         widen(prefix[0], tf.constant(int(pads[r]) - prefix[1])))
-        caches = [tuple(tf.concat([part[i][j] for part in parts], 0) for j in (0, 1))
-                  for i in range(len(parts[0]))]
-        return tail_prefill(tf.constant(ids), caches, tf.constant(pads),
-                            tf.constant(start, tf.int32))
+            caches = prefix[0] if prefix else None
+            if not any(caches is s for s in sources):
+                sources.append(caches)
+            which.append(next(i for i, s in enumerate(sources) if s is caches))
+            shifts[r] = int(pads[r]) - prefix[1] if prefix else 0
+        # (rows, kv_heads, the longest prefix's slots, head_dim) per layer; a row with no
+        # prefix gets zeros.
+        width = max([s[0][0].shape[2] for s in sources if s is not None] + [1])
+        empty = [tuple(x[:, :, :0] for x in kv)
+                 for kv in backbone.empty_caches(1, dtype=backbone.compute_dtype)]
+        stacked = []
+        for i, kv in enumerate(empty):
+            layer = []
+            for j in (0, 1):
+                parts = [kv[j] if s is None else s[i][j] for s in sources]
+                parts = [tf.pad(x, [[0, 0], [0, 0], [0, width - x.shape[2]], [0, 0]])
+                         if x.shape[2] != width else x for x in parts]
+                layer.append(tf.gather(tf.concat(parts, 0) if len(parts) > 1 else parts[0],
+                                       which))
+            stacked.append(tuple(layer))
+        return self._joining_functions()[1](tf.constant(ids), stacked, tf.constant(shifts),
+                                            tf.constant(pads), tf.constant(start, tf.int32))
 
     def decode_steps(self, logits, caches, pad, slot, max_new, done, n_gen, temperature,
                      top_k, top_p, seeds, n_steps, stop_at_end=True):
@@ -794,11 +799,14 @@ def constraint_tensors(automaton, rows: int | None = None) -> dict:
 
 def widen_cache(x, width, shift):
     """A cache (batch, kv_heads, slots, head_dim) cut to its first slots, back to `width`
-    slots (zeros after) and moved `shift` slots later; a ring's index i is in slot i mod
-    its width, and moves alike."""
+    slots (zeros after) and moved `shift` slots later (one shift, or one per row); a
+    ring's index i is in slot i mod its width, and moves alike."""
     x = x[:, :, :width]
     x = tf.pad(x, [[0, 0], [0, 0], [0, width - tf.shape(x)[2]], [0, 0]])
-    return tf.roll(x, shift, axis=2)
+    shift = tf.broadcast_to(shift, tf.shape(x)[:1])  # (batch,)
+    # Row r's slot s comes from its slot (s - shift[r]) mod width.
+    source = tf.math.floormod(tf.range(width)[None, :] - shift[:, None], width)
+    return tf.gather(x, source, axis=2, batch_dims=1)
 
 
 def cache_signature(backbone, cut: bool = False):
