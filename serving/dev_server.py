@@ -51,8 +51,8 @@ def build_parser():
     parser.add_argument("--decode-batch", type=int, default=8,
                         help="with --run: unconstrained replies decoded together in one loop; "
                              "a request arriving while it decodes joins it between two "
-                             "chunks of steps (default 8; each power-of-two batch size "
-                             "compiles once, on first use)")
+                             "chunks of steps (default 8; the loop compiles for each "
+                             "power-of-two batch size up to it at start-up)")
     parser.add_argument("--prefill-cache", type=int, default=16,
                         help="with --run: prompts whose prefill (KV caches) is kept: the "
                              "same prompt again decodes at once, one that begins like it "
