@@ -444,3 +444,34 @@ def test_serve_decodes_in_batches_of_decode_batch(monkeypatch, tmp_path, capsys)
                  "--prefill-cache", "0"]) != 0
     assert built == [(str(tmp_path), None, None, 5, 3, 0)]
     assert "recorded" in capsys.readouterr().err
+
+
+def test_a_reply_nobody_reads_leaves_the_loop(chat_api):
+    """A stream closed after its first chunk (a client that went away) stops decoding at
+    the next chunk instead of running to its budget."""
+    import time
+
+    from tfllm.models.generation import GenerationParams
+
+    api = chat_api["api"]
+    batch = api.decode_batch
+    ids = api.tokenizer.encode("Translate to French: the long road")
+    budget = 24
+    # A seed whose reply alone runs the whole budget, so only the drop can end it early.
+    seed = next((s for s in range(40) if len(sum(api.generator.stream_ids(
+        ids, GenerationParams(budget, temperature=1.5, seed=s)), [])) == budget), None)
+    assert seed is not None
+    params = GenerationParams(budget, temperature=1.5, seed=seed)
+    steps = batch.steps
+    reply = api.token_chunks(ids, params, None)
+    assert len(next(reply)) == 1
+    reply.close()
+    deadline = time.monotonic() + 60
+    while batch.live and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not batch.live
+    assert batch.steps - steps < budget // 2
+    # Read to the end, the same reply runs its budget.
+    steps = batch.steps
+    assert len(sum(api.token_chunks(ids, params, None), [])) == budget
+    assert batch.steps - steps == budget

@@ -65,6 +65,7 @@ class DecodeBatch:
         # Prompts prefilled whole, taken as kept, extended from a kept one.
         self.prefills = self.prefill_hits = self.prefill_extends = 0
         self.computed = 0  # the slots the last admitted prompt will compute
+        self.steps = 0  # decoding steps run (monitoring, tests)
         self._extendable = min(generator.model.backbone.cache_lengths()) == self.max_len
         # A graph of any rows and slots, traced once: placement runs with whatever
         # requests join, and an XLA function would compile for each (rows, prompt
@@ -351,11 +352,12 @@ class DecodeBatch:
             return {}
         gen = self.generator
         self._build()
-        before = self._n_gen.copy()
+        before, slot = self._n_gen.copy(), self.slot
         self.logits, self.caches, self.slot, out, n_gen, done = gen.decode_steps(
             self.logits, self.caches, self._pad, self.slot, self._max_new, self._done,
             self._n_gen, self._temperature, self._top_k, self._top_p, self._seeds, n)
         self._n_gen, self._done = n_gen.copy(), done.copy()
+        self.steps += self.slot - slot
         news = {}
         for row, params in list(self.live.items()):
             new = out[row, :n_gen[row] - before[row]].tolist()
