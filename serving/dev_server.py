@@ -749,8 +749,10 @@ def _serve(args):
         api = OpenAIService(args.run, args.model_name, template, args.max_waiting,
                             args.decode_batch, args.prefill_cache)
         started = time.perf_counter()
-        api.warm_up(lambda line: print(f"warming up: {line}", flush=True))
-        print(f"warmed up in {time.perf_counter() - started:.1f} s", flush=True)
+        # Progress on stderr: stdout's first line says the server is serving.
+        api.warm_up(lambda line: print(f"warming up: {line}", file=sys.stderr, flush=True))
+        print(f"warmed up in {time.perf_counter() - started:.1f} s", file=sys.stderr,
+              flush=True)
     http = make_http_server(model, args.host, args.port, args.max_body_bytes,
                             args.idle_timeout, args.max_connections, api)
     grpc_server = None

@@ -3,13 +3,17 @@
 `Generator.stream_rows` decodes a fixed set of rows from one prefill; a server's
 requests arrive while others decode. Here a request joins the running loop between two
 chunks of steps: its prompt is prefilled (with the others joining at once) and its caches
-are shifted along the slot axis so that the prompt ends at the slot the loop writes next.
-Every row writes into the same slot each step (the layout of `generation.py`: left-padded rows, per-row positions
-and a mask hiding each row's slots before its prompt); a shift keeps positions, which
-are `slot - pad`, and is exact for ring caches too (index i moves to i + d, its ring
-slot to (i + d) mod ring). A prompt longer than the loop's slot shifts the whole batch
-instead. A row that finishes frees its place for the next request; the batch grows by
-powers of two up to `max_rows`.
+are shifted along the slot axis so that the prompt ends at the slot the loop writes
+next. Every row writes into the same slot each step (the layout of `generation.py`:
+left-padded rows, per-row positions and a mask hiding each row's slots before its
+prompt); a shift keeps positions, which are `slot - pad`, and is exact for ring caches
+too (index i moves to i + d, its ring slot to (i + d) mod ring). A prompt longer than the
+loop's slot shifts the whole batch instead. A row that finishes frees its place for the
+next request; the batch grows by powers of two up to `max_rows`.
+
+Nothing here compiles while requests wait: the decoding step is XLA-compiled per batch
+size by `warm_up`, and what takes a joining prompt's shape (prefills, placement) is a
+graph of any shape, traced once.
 
 Prefills are kept (the last `prefill_cache` prompts), as llama.cpp's server keeps a
 slot's cache: the same prompt again costs no prefill, and a prompt that begins with a
