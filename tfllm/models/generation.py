@@ -312,8 +312,8 @@ class Generator:
         # unknown rows and slots: a server's prompts come in any number and length, and
         # an XLA function compiles once per shape (4-6 s each for SmolLM2-135M on 2
         # cores, a stall in some request's first token), while one graph serves every
-        # shape at the XLA prefill's speed to within ~15% (benchmarks/README). Built on
-        # first use: their signatures follow the model's caches.
+        # shape, 5-35% slower than XLA for that shape (benchmarks/README). Built on first
+        # use: their signatures follow the model's caches.
         self._joining = None
 
     # The graph functions. Shapes: ids (batch, P) left-padded, lengths (batch,).
