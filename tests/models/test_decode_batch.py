@@ -184,8 +184,10 @@ def test_ring_caches_are_never_extended():
     batch.admit(ids[:10] + [40, 41], GenerationParams(4))
     batch.step(1)
     assert (batch.prefills, batch.prefill_extends) == (2, 0)
+    _, caches = gen.prefill([ids[:8]], 8)
+    prefix = ([(k[:, :, :8], v[:, :, :8]) for k, v in caches], 0)
     with pytest.raises(GenerationError, match="full-length caches"):
-        gen.prefill_rows([ids], 16, [None], 8)
+        gen.prefill_rows([ids], 16, [prefix], 8)
 
 
 def test_after_warm_up_no_request_waits_for_a_compile(lm):
@@ -219,3 +221,27 @@ def test_after_warm_up_no_request_waits_for_a_compile(lm):
     _drive(ring, {0: [(0, [5, 6, 7], GenerationParams(3))], 1: [(1, [8] * 11,
                                                                   GenerationParams(4))]})
     assert ring.traces() == warm
+
+
+def test_kept_prefills_count_the_buffer_they_share(lm):
+    """Prompts prefilled in one call keep views of that call's caches, which live until
+    the last of them goes: the cap counts the whole buffer once, and evicts whole
+    groups' oldest prompts when it is passed."""
+    gen = get_generator(lm)
+    backbone = lm.backbone
+    per_slot = sum(x.shape[1] * x.shape[3] * x.dtype.size
+                   for kv in backbone.empty_caches(1) for x in kv)  # bytes per row and slot
+    first = [lm.tokenizer.encode(t) for t in ("ROMEO:", "JULIET: Ay", "O")]
+    second = [lm.tokenizer.encode(t) for t in ("KING:", "QUEEN: Nay", "Go")]
+    group = 3 * max(len(p) for p in first) * per_slot
+    assert max(len(p) for p in second) == max(len(p) for p in first)
+    # Room for one group of three, not two (counted per prompt's share, both would fit).
+    batch = DecodeBatch(gen, prefill_cache_mb=1.5 * group / 2**20)
+    _drive(batch, {0: [(i, p, GenerationParams(2)) for i, p in enumerate(first)]})
+    assert batch.prefills == 3 and batch.kept_bytes() == group
+    _drive(batch, {0: [(i, p, GenerationParams(2)) for i, p in enumerate(second)]})
+    assert batch.prefills == 6 and batch.kept_bytes() == group
+    _drive(batch, {0: [(0, second[1], GenerationParams(2))]})
+    assert (batch.prefills, batch.prefill_hits) == (6, 1)
+    _drive(batch, {0: [(0, first[1], GenerationParams(2))]})
+    assert batch.prefills == 7  # evicted with its group

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import itertools
 
 import numpy as np
 import tensorflow as tf
@@ -61,9 +62,13 @@ class DecodeBatch:
         self.generator = generator
         self.max_rows = int(max_rows)
         self.max_len = generator.max_len
-        # ids -> (logits, caches cut to the P slots of its prefill, P, bytes): the prompt
+        # ids -> (logits, caches cut to the P slots of its prefill, P, buffer): the prompt
         # ends at slot P (it was left-padded to the longest prompt prefilled with it).
+        # Its caches are views of the buffer its whole prefill call wrote (a split along
+        # the rows shares it), `(id, bytes)`, which lives until its last prompt goes: a
+        # buffer is counted once, whole.
         self._kept = collections.OrderedDict()
+        self._buffers = itertools.count()
         self._kept_entries = int(prefill_cache)
         self._kept_bytes = int(prefill_cache_mb * 2**20)
         # Prompts prefilled whole, taken as kept, extended from a kept one.
@@ -111,14 +116,16 @@ class DecodeBatch:
         self.computed = len(ids)
         return "fresh", None
 
-    def _keep(self, ids, logits, caches, slots):
-        size = sum(int(np.prod(k.shape)) * k.dtype.size * 2 for k, _ in caches)
-        if not self._kept_entries or size > self._kept_bytes:
+    def _keep(self, ids, logits, caches, slots, buffer):
+        if not self._kept_entries or buffer[1] > self._kept_bytes:
             return
-        self._kept[ids] = (logits, caches, slots, size)
-        while len(self._kept) > self._kept_entries or \
-                sum(e[3] for e in self._kept.values()) > self._kept_bytes:
+        self._kept[ids] = (logits, caches, slots, buffer)
+        while len(self._kept) > self._kept_entries or self.kept_bytes() > self._kept_bytes:
             self._kept.popitem(last=False)
+
+    def kept_bytes(self) -> int:
+        """The memory the kept prefills hold."""
+        return sum(dict(entry[3] for entry in self._kept.values()).values())
 
     def _longest_shared(self, ids):
         """(a kept prompt, tokens it shares with `ids`) to extend, or None: at least
@@ -163,12 +170,14 @@ class DecodeBatch:
             # Each prompt's caches, cut to the prefill's slots: those after it are empty
             # or hold nothing a later step reads, those before it are hidden by its pad.
             # (A split per layer: a slice per row and layer costs more in eager ops.)
-            split = [tuple(tf.split(x[:, :, :slots], len(prompts)) for x in kv)
-                     for kv in caches]
+            cut = [tuple(x[:, :, :slots] for x in kv) for kv in caches]
+            split = [tuple(tf.split(x, len(prompts)) for x in kv) for kv in cut]
+            buffer = (next(self._buffers),
+                      sum(int(np.prod(x.shape)) * x.dtype.size for kv in cut for x in kv))
             done = {}
             for j, ids in enumerate(prompts):
                 mine = [(k[j], v[j]) for k, v in split]
-                self._keep(ids, logits[j:j + 1], mine, slots)
+                self._keep(ids, logits[j:j + 1], mine, slots, buffer)
                 done[ids] = (logits[j:j + 1], mine, slots)
             for row, ids, _ in rows:
                 self._incoming[row] = (ids, "kept", done[ids])

@@ -587,19 +587,20 @@ class Generator:
                                                     positions=positions, last_only=True)
         return logits[:, -1, :], caches
 
-    def prefill_rows(self, prompts: Sequence[Sequence[int]], prompt_len: int,
-                     prefixes=None, count: int | None = None):
+    def prefill_rows(self, prompts: Sequence[Sequence[int]], prompt_len: int, prefixes,
+                     count: int):
         """`(logits (batch, vocab), caches)` after prompts left-padded to `prompt_len`
         slots, as `prefill` gives them (to rounding), computing only the last `count`
         slots: a row's earlier slots come from `prefixes[r]`, `(caches, pad)` of an
         earlier prompt that began with the same tokens (its batch-1 caches cut to its
-        own slots, where it began at slot `pad`), or are padding (None). Only for
-        models without ring caches (a ring may have dropped the shared tokens).
+        own slots, where it began at slot `pad`; they must cover the row's slots up to
+        the last `count`). Only for models without ring caches (a ring may have dropped
+        the shared tokens).
 
         Example:
             >>> logits, caches = gen.prefill_rows([ids], 64, [(kept, 20)], 16)  # doctest: +SKIP
         """
-        if count is None or count >= prompt_len:
+        if count >= prompt_len:
             return self.prefill(prompts, prompt_len)
         backbone = self.model.backbone
         if min(backbone.cache_lengths()) < self.max_len:
@@ -607,35 +608,25 @@ class Generator:
                                   "(this model keeps rings)")
         start = prompt_len - count  # the first slot computed
         ids = np.zeros((len(prompts), count), np.int32)
-        pads = np.zeros((len(prompts),), np.int32)
+        pads = np.array([prompt_len - len(p) for p in prompts], np.int32)
         shifts = np.zeros((len(prompts),), np.int32)
         sources, which = [], []  # the distinct prefixes (usually one), each row's
-        for r, prompt in enumerate(prompts):
-            prompt = list(prompt)
-            prefix = prefixes[r] if prefixes else None
-            pads[r] = prompt_len - len(prompt)
-            if prefix is None and pads[r] < start:
-                raise GenerationError(f"prompt {r}: {len(prompt)} tokens with no prefix, "
-                                      f"but only the last {count} slots are computed")
-            tail = prompt[max(0, start - int(pads[r])):]  # its tokens in slots start..
+        for r, (prompt, (caches, pad)) in enumerate(zip(prompts, prefixes)):
+            tail = list(prompt)[max(0, start - int(pads[r])):]  # its tokens in slots start..
             ids[r, count - len(tail):] = tail
-            caches = prefix[0] if prefix else None
             if not any(caches is s for s in sources):
                 sources.append(caches)
             which.append(next(i for i, s in enumerate(sources) if s is caches))
-            shifts[r] = int(pads[r]) - prefix[1] if prefix else 0
-        # (rows, kv_heads, the longest prefix's slots, head_dim) per layer; a row with no
-        # prefix gets zeros.
-        width = max([s[0][0].shape[2] for s in sources if s is not None] + [1])
-        empty = [tuple(x[:, :, :0] for x in kv)
-                 for kv in backbone.empty_caches(1, dtype=backbone.compute_dtype)]
+            shifts[r] = int(pads[r]) - pad
+        # (rows, kv_heads, the longest prefix's slots, head_dim) per layer.
+        width = max(s[0][0].shape[2] for s in sources)
         stacked = []
-        for i, kv in enumerate(empty):
+        for i in range(len(sources[0])):
             layer = []
             for j in (0, 1):
-                parts = [kv[j] if s is None else s[i][j] for s in sources]
-                parts = [tf.pad(x, [[0, 0], [0, 0], [0, width - x.shape[2]], [0, 0]])
-                         if x.shape[2] != width else x for x in parts]
+                parts = [s[i][j] if s[i][j].shape[2] == width else tf.pad(
+                    s[i][j], [[0, 0], [0, 0], [0, width - s[i][j].shape[2]], [0, 0]])
+                    for s in sources]
                 layer.append(tf.gather(tf.concat(parts, 0) if len(parts) > 1 else parts[0],
                                        which))
             stacked.append(tuple(layer))
