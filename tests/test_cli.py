@@ -78,3 +78,17 @@ def test_export_and_serve_errors_name_the_command_the_user_typed(argv, prog, tmp
     assert proc.stderr.startswith(f"{prog}: error: ") and proc.stderr.count("\n") == 1, \
         proc.stderr
     assert str(tmp_path / "none") in proc.stderr
+
+
+def test_import_help_names_every_family_the_importers_take():
+    from tfllm.checkpoints import IMPORTERS
+    from tfllm.checkpoints.gguf import ARCHITECTURES
+    from tfllm.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    hf_help = " ".join(commands["import-hf"].format_help().split())
+    gguf_help = " ".join(commands["import-gguf"].format_help().split())
+    # Written out as well, so a help that forgot a family the importers grew still fails.
+    assert {"gemma3", "bert", "qwen3"} <= set(IMPORTERS)
+    assert all(t in hf_help for t in IMPORTERS)
+    assert all(a in gguf_help for a in ARCHITECTURES) and "SentencePiece" in gguf_help

@@ -205,23 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="one JSON object per line")
     tr.add_argument("--weights", choices=("final", "best"), default="final")
 
+    # The families are the importers' own lists, so the help cannot fall behind them.
+    from tfllm.checkpoints import FAMILY_NAMES, IMPORTERS
+    from tfllm.checkpoints.gguf import ARCHITECTURES as GGUF_ARCHITECTURES
+
+    families = ", ".join(dict.fromkeys(FAMILY_NAMES[t] for t in IMPORTERS))
     h = sub.add_parser(
         "import-hf", parents=[common],
-        help="import a Hugging Face checkpoint (GPT-2, Llama, Mistral, Qwen2, Qwen3) as a run",
+        help=f"import a Hugging Face checkpoint ({families}) as a run",
         description="Import a checkpoint saved by Hugging Face (a directory with "
                     "config.json, model.safetensors or its shards, and the tokenizer: "
-                    "tokenizer.json, tokenizer.model, or GPT-2's vocab.json + merges.txt) "
-                    "into a run directory that generate, evaluate, finetune and the "
-                    "exporters accept. config.json's model_type picks the family: gpt2, "
-                    "llama, mistral, qwen2, qwen3.")
+                    "tokenizer.json, tokenizer.model, vocab.txt, or GPT-2's vocab.json + "
+                    "merges.txt) into a run directory that generate, evaluate, finetune "
+                    "and the exporters accept. config.json's model_type picks the family: "
+                    f"{', '.join(IMPORTERS)}.")
     h.add_argument("--checkpoint", required=True, help="checkpoint directory")
     _add_import_args(h, "gpt2")
     g = sub.add_parser(
         "import-gguf", parents=[common],
-        help="import a llama.cpp GGUF file (llama, qwen2, qwen3) as a run",
+        help=f"import a llama.cpp GGUF file ({', '.join(GGUF_ARCHITECTURES)}) as a run",
         description="Import a GGUF file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf): weights "
-                    "dequantized to float, hyper-parameters, byte-level BPE tokenizer and "
-                    "chat template from its metadata.")
+                    "dequantized to float, hyper-parameters, tokenizer (byte-level BPE or "
+                    "SentencePiece) and chat template from its metadata. "
+                    f"Architectures: {', '.join(GGUF_ARCHITECTURES)}.")
     g.add_argument("--gguf", required=True, help="the .gguf file")
     _add_import_args(g, "smollm2")
 
