@@ -36,6 +36,8 @@ from .options import (DEFAULT_PREFILL, QUANTIZE_MODES, add_gate_options, add_max
 
 
 def build_parser():
+    from tfllm.untrusted import utf8_argument
+
     parser = argparse.ArgumentParser(prog=prog("litertlm"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verbose", action="store_true",
@@ -55,7 +57,8 @@ def build_parser():
                         "spec such "
                         "as text:PATH or tsv:PATH")
     parser.add_argument("--text-column", help="with --data: the text field")
-    parser.add_argument("--prompt", default="ROMEO:", help="prompt of the runtime check")
+    parser.add_argument("--prompt", default="ROMEO:", type=utf8_argument,
+                        help="prompt of the runtime check")
     add_overwrite(parser)
     return parser
 

@@ -109,6 +109,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers the SentencePiece ops)
 
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.untrusted import parse_json  # noqa: E402
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(?::(predict))?$")
 _METADATA = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?/metadata$")
@@ -529,7 +530,7 @@ def make_http_server(model: ServedModel | None, host="127.0.0.1", port=8501, max
                 if path.startswith("/v1/models"):
                     raise ApiError(f"use GET for {path}", status=405)
                 try:
-                    body = json.loads(raw)
+                    body = parse_json(raw)
                 except (ValueError, UnicodeDecodeError, RecursionError) as e:
                     raise ApiError(f"We could not parse the JSON body of your request ({e})"
                                    ) from None
@@ -609,7 +610,7 @@ def make_http_server(model: ServedModel | None, host="127.0.0.1", port=8501, max
                     raise RequestError(f"Malformed request: POST {self.path}", 404)
                 self._model(m.group(1))
                 try:
-                    body = json.loads(raw)
+                    body = parse_json(raw)
                 except (ValueError, UnicodeDecodeError) as e:
                     raise RequestError(f"JSON Parse error: {e}") from None
                 except RecursionError:

@@ -89,8 +89,9 @@ except ImportError:  # pragma: no cover - an install without the extra
              "aiohttp: pip install 'tfllm[gateway]'")
 
 from tfllm.errors import TfllmError, run_main  # noqa: E402
+from tfllm.untrusted import parse_json  # noqa: E402
 
-from .openai_requests import (ApiError, read_conversation, read_prompts,  # noqa: E402
+from .openai_requests import (ApiError, check_model, read_conversation, read_prompts,  # noqa: E402
                               read_response_format, read_sampling, read_texts, usage)
 
 
@@ -191,12 +192,7 @@ class Gateway:
 
     # -- the OpenAI API ------------------------------------------------------------------
     def _check_model(self, body):
-        if not isinstance(body, dict):
-            raise ApiError("the request body must be a JSON object")
-        if body.get("model") != self.model_id:
-            raise ApiError(f"The model `{str(body.get('model'))[:100]}` does not exist; this "
-                           f"gateway serves `{self.model_id}`", "model", 404,
-                           code="model_not_found")
+        check_model(body, self.model_id, "gateway")
 
     def _seeds(self, common):
         # A request without a seed samples with fresh ones (the signature needs a value).
@@ -376,7 +372,7 @@ def make_app(gateway: Gateway, max_body=1 << 20, verbose=False) -> web.Applicati
 
     async def read_json(request):
         try:
-            return json.loads(await request.read())
+            return parse_json(await request.read())
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise ApiError(f"We could not parse the JSON body of your request ({e})") \
                 from None

@@ -30,8 +30,8 @@ import numpy as np
 
 from tfllm.errors import TfllmError
 
-from .openai_requests import (ApiError, read_conversation, read_prompts, read_response_format,
-                              read_sampling, read_texts, usage)
+from .openai_requests import (ApiError, check_model, read_conversation, read_prompts,
+                              read_response_format, read_sampling, read_texts, usage)
 
 class OpenAIService:
     """The OpenAI endpoints for one run.
@@ -101,12 +101,7 @@ class OpenAIService:
         return {"object": "list", "data": [self.model_object()]}
 
     def _check_model(self, body):
-        if not isinstance(body, dict):
-            raise ApiError("the request body must be a JSON object")
-        model = body.get("model")
-        if model != self.name:
-            raise ApiError(f"The model `{str(model)[:100]}` does not exist; this server "
-                           f"serves `{self.name}`", "model", 404, code="model_not_found")
+        check_model(body, self.name, "server")
 
     # -- the model: exclusive (constrained replies) or batched -----------------------------
     def _hold(self, work, exclusive=True):

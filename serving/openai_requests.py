@@ -35,6 +35,21 @@ class ApiError(Exception):
                           "code": self.code}}
 
 
+def check_model(body, name, served_by):
+    """ApiError unless `body` is a JSON object whose `model` is `name`: OpenAI's 400 for a
+    missing model (not a 404 naming `None`), its 404 `model_not_found` for another one.
+    `served_by` names the answering process in the message ("server", "gateway")."""
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise ApiError(f"you must provide a model parameter (this {served_by} serves "
+                       f"`{name}`)", "model")
+    if model != name:
+        raise ApiError(f"The model `{str(model)[:100]}` does not exist; this {served_by} "
+                       f"serves `{name}`", "model", 404, code="model_not_found")
+
+
 def usage(prompt, completion):
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}

@@ -25,6 +25,7 @@ print("loaded", "tensorflow" in sys.modules, "keras" in sys.modules)
     (["export-nothing"], 2),
     (["train", "--out", "x", "--steps", "0"], 2),
     (["generate", "--run", "x", "--temperature", "nan"], 2),
+    (["generate", "--run", "x", "--prompt", b"RO\xffMEO"], 2),  # argv that is not UTF-8
 ])
 def test_help_and_argument_errors_do_not_load_tensorflow(argv, code):
     proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True,
@@ -92,3 +93,13 @@ def test_import_help_names_every_family_the_importers_take():
     assert {"gemma3", "bert", "qwen3"} <= set(IMPORTERS)
     assert all(t in hf_help for t in IMPORTERS)
     assert all(a in gguf_help for a in ARCHITECTURES) and "SentencePiece" in gguf_help
+
+
+def test_text_options_that_are_not_utf8_are_refused_by_name():
+    proc = subprocess.run([sys.executable, "-m", "tfllm.cli", "chat", "--run", "x",
+                           "--message", b"caf\xe9"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120, env=quiet_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "tfllm chat: error: argument --message: not UTF-8 text (byte 0xe9 at character 3); "
+        "give UTF-8 text")

@@ -47,6 +47,8 @@ HF_CASES = [
     ("tokenizer.json", {"model": []}, "is not a byte-level BPE tokenizer"),
     ("tokenizer_config.json", "{oops", "tokenizer_config.json is not valid JSON"),
     ("tokenizer_config.json", DEEP, "nested too deeply"),
+    # Valid JSON syntax, but no text: the template would fail deep inside when encoded.
+    ("tokenizer_config.json", '{"chat_template": "{{ x }}\\ud800"}', "lone UTF-16 surrogate"),
     ("generation_config.json", "nan nan", "generation_config.json is not valid JSON"),
 ]
 

@@ -20,6 +20,7 @@ from tfllm import tasks
 from tfllm.config import PRECISIONS, PRESETS, STRATEGIES
 from tfllm.errors import TfllmError, run_main
 from tfllm.tasks.chat import commands as chat_cli
+from tfllm.untrusted import utf8_argument
 
 
 def _number(cast, accept, what):
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "'-' for stdin) or piped stdin; an empty prompt starts from "
                     "BOS. One prompt streams to the terminal as it is produced.")
     g.add_argument("--run", required=True, help="run directory")
-    g.add_argument("--prompt", action="append", help="prompt text (repeatable); \\n is a newline")
+    g.add_argument("--prompt", action="append", type=utf8_argument, help="prompt text (repeatable); \\n is a newline")
     g.add_argument("--prompt-file", help="file with one prompt per line ('-' for stdin)")
     g.add_argument("--max-new-tokens", type=_positive_int,
                    help="tokens to generate (default: fill the model's context)")
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     constrain.add_argument("--json-schema", metavar="FILE",
                            help="a JSON schema file: every output is JSON valid under it, "
                                 "printed alone, one per line")
-    constrain.add_argument("--regex", metavar="PATTERN",
+    constrain.add_argument("--regex", metavar="PATTERN", type=utf8_argument,
                            help="a regular expression every output matches in full, printed "
                                 "alone, one per line")
 
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "decoder loop; beam search with --num-beams > 1. Prints one "
                     "translation per line (--json: {\"source\", \"translation\"}).")
     tr.add_argument("--run", required=True, help="seq2seq run directory")
-    tr.add_argument("--text", action="append", help="source text (repeatable)")
+    tr.add_argument("--text", action="append", type=utf8_argument,
+                    help="source text (repeatable)")
     tr.add_argument("--num-beams", type=int, default=4,
                     help="beam width (default 4); 1 decodes greedily or samples")
     tr.add_argument("--length-penalty", type=_finite_float, default=1.0,
@@ -305,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "text: from --text (repeatable) or one per line of stdin. "
                     "--json prints one JSON object per text instead.")
     c.add_argument("--run", required=True, help="classifier run directory")
-    c.add_argument("--text", action="append", help="text to classify (repeatable)")
-    c.add_argument("--text-pair", action="append",
+    c.add_argument("--text", action="append", type=utf8_argument,
+                   help="text to classify (repeatable)")
+    c.add_argument("--text-pair", action="append", type=utf8_argument,
                    help="sentence-pair classifiers: the second text of each --text, in the "
                         "same order (stdin lines: text<TAB>pair)")
     c.add_argument("--json", action="store_true", help="one JSON object per line, with "
@@ -322,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "encoder classifier run). Texts from --text (repeatable) or one per "
                     "line of stdin. Cosine similarity is the dot product of two vectors.")
     m.add_argument("--run", required=True, help="encoder run directory")
-    m.add_argument("--text", action="append", help="text to embed (repeatable)")
+    m.add_argument("--text", action="append", type=utf8_argument,
+                   help="text to embed (repeatable)")
     m.add_argument("--pooling", choices=("mean", "cls"),
                    help="average the real tokens (mean) or take [CLS] (cls); default: the "
                         "run's own, else mean")
@@ -497,8 +501,10 @@ def _read_prompts(args) -> list[str]:
     if source is None and not prompts and not sys.stdin.isatty():
         source = "-"
     if source:
-        if source != "-" and not os.path.isfile(source):
-            raise TfllmError(f"prompt file {source} does not exist")
+        # Not isfile: a pipe (`--prompt-file <(...)`) is a prompt file too.
+        if source != "-" and (not os.path.exists(source) or os.path.isdir(source)):
+            raise TfllmError(f"prompt file {source} "
+                             f"{'is a directory' if os.path.isdir(source) else 'does not exist'}")
         lines = _read_text(source).splitlines()
         prompts += [line.replace("\\n", "\n") for line in lines if line.strip()]
     return prompts or [""]

@@ -10,9 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import re
 
 from tfllm.config import TfllmError
 
@@ -43,6 +45,56 @@ def in_range(value, low=None, high=None, low_open: bool = False) -> bool:
     return ok and (high is None or value <= high)
 
 
+# A JSON escape of a UTF-16 surrogate: `\ud83d\ude00` (a pair) is an emoji, a lone one is
+# valid JSON syntax but no Unicode text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def parse_json(text: str | bytes):
+    r"""`json.loads(text)`, refusing also strings that hold a lone UTF-16 surrogate: JSON's
+    syntax admits `"\ud800"`, but such a string cannot be encoded as UTF-8, so a tokenizer
+    (or TensorFlow's string tensors) would fail on it deep inside; here it is a ValueError
+    like any other malformed JSON. A surrogate pair is one character, as JSON means it.
+
+    Example:
+        >>> parse_json(r'"\ud83d\ude00"') == "\U0001F600"
+        True
+    """
+    value = json.loads(text)
+    raw = text.decode("utf-8", "replace") if isinstance(text, (bytes, bytearray)) else text
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            escape = f"\\u{ord(e.object[e.start]):04x}"
+            at = next((m.start() for m in _SURROGATE_ESCAPE.finditer(raw)
+                       if m.group(0).lower() == escape), 0)
+            # JSONDecodeError, so callers' handlers of malformed JSON take it as they are.
+            raise json.JSONDecodeError(f"a string holds the lone UTF-16 surrogate {escape}, "
+                                       "which is not Unicode text", raw, at) from None
+    return value
+
+
+def utf8_argument(text: str) -> str:
+    """An argparse type for a text option (a prompt, a message): `text` unless the bytes the
+    user typed were not UTF-8, which Python hands over as lone surrogates
+    (`surrogateescape`) that no tokenizer can encode.
+
+    Example:
+        >>> utf8_argument("caf\u00e9")
+        'café'
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else \
+            f"U+{ord(bad):04X}"
+        raise argparse.ArgumentTypeError(f"not UTF-8 text ({byte} at character {e.start}); "
+                                         "give UTF-8 text") from None
+    return text
+
+
 def read_json(path: str, error=TfllmError, max_bytes: int = MAX_JSON_BYTES):
     """The parsed JSON file `path`; `error` (an exception type) names the file when it is
     missing, larger than `max_bytes`, not UTF-8, not JSON or nested too deeply."""
@@ -52,7 +104,7 @@ def read_json(path: str, error=TfllmError, max_bytes: int = MAX_JSON_BYTES):
             raise error(f"{path} is {size:,} bytes, more than the {max_bytes:,} such a file "
                         "may have")
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
+            return parse_json(f.read().decode("utf-8"))
     except UnicodeDecodeError as e:
         raise error(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     except RecursionError:

@@ -117,6 +117,13 @@ def test_data_errors(tmp_path, tok):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(DataError, match="not UTF-8"):
         Corpus(f"text:{tmp_path}/bin.txt")
+    from tfllm.data.tables import read_rows
+
+    (tmp_path / "chat.jsonl").write_text('{"text": "fine"}\n{"text": "a\\ud800b"}\n')
+    with pytest.raises(DataError, match=r"line 2 is not JSON: .*lone UTF-16 surrogate \\ud800"):
+        read_rows("jsonl", str(tmp_path / "chat.jsonl"))
+    (tmp_path / "pair.jsonl").write_text('{"text": "\\ud83d\\ude00 \\\\ud800"}\n')
+    assert read_rows("jsonl", str(tmp_path / "pair.jsonl"))[1] == [{"text": "\U0001F600 \\ud800"}]
     (tmp_path / "short.txt").write_text("x" * 50)
     c = Corpus(f"text:{tmp_path}/short.txt")
     with pytest.raises(DataError, match="shorter than one window of 65 tokens"):

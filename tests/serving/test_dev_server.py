@@ -255,6 +255,7 @@ def _generate_row(**overrides):
     (_generate_row(top_p=0.0), "top_p must be > 0 and <= 1"),
     (_generate_row(top_k=-3), "top_k must be >= 0"),
     (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
+    (_generate_row(prompt="RO\ud800"), "lone UTF-16 surrogate \\ud800"),
     (json.dumps({"signature_name": "score", "inputs": {"text": [{"b64": "***"}]}}).encode(),
      "input 'text'"),
 ])

@@ -90,6 +90,20 @@ def test_errors_probes_and_models(gateway):
         urllib.request.urlopen(req, timeout=30)
     assert e.value.code == 400 and "could not parse" in json.loads(e.value.read())[
         "error"]["message"]
+    req = urllib.request.Request(url + "/v1/completions", data=b'{"prompt": "x"}',
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    error = json.loads(e.value.read())["error"]
+    assert e.value.code == 400 and error["param"] == "model"
+    assert error["message"].startswith("you must provide a model parameter")
+    req = urllib.request.Request(url + "/v1/completions", data=json.dumps(
+        {"model": "tiny-lm", "prompt": "x\udc80"}).encode(),
+        headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 400 and "lone UTF-16 surrogate \\udc80" in json.loads(
+        e.value.read())["error"]["message"]
     assert _get(url + "/v1/nothing")[0] == 404
     assert [m.id for m in client.models.list()] == ["tiny-lm"]
     assert _get(url + "/healthz") == (200, {"status": "ok"})

@@ -15,6 +15,7 @@ import random
 
 from tfllm.data.spec import HOLDOUTS, LABEL_COLUMN, MAX_LONGEST_VAL, TEXT_COLUMNS, VAL_FRACTION
 from tfllm.errors import DataError
+from tfllm.untrusted import parse_json
 
 
 def read_rows(kind: str, path: str) -> tuple[list[str], list[dict]]:
@@ -29,7 +30,7 @@ def read_rows(kind: str, path: str) -> tuple[list[str], list[dict]]:
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = parse_json(line)
                     except json.JSONDecodeError as e:
                         raise DataError(f"{path} line {n} is not JSON: {e.msg}") from e
                     if not isinstance(row, dict):

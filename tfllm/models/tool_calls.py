@@ -31,6 +31,7 @@ import json
 import re
 
 from tfllm.models.token_automaton import ConstraintError, check_schema
+from tfllm.untrusted import parse_json
 
 FORMATS = ("hermes", "llama3", "gemma")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -122,7 +123,7 @@ def call_text(name: str, arguments, fmt: str = "hermes") -> str:
     """
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
+            arguments = parse_json(arguments)
         except json.JSONDecodeError as e:
             raise ToolError(f"the arguments of a call of {name!r} are not valid JSON: "
                             f"{e}") from None

@@ -8,6 +8,7 @@ import os
 import sys
 
 from tfllm.errors import TfllmError
+from tfllm.untrusted import utf8_argument
 
 
 def add_finetune_arguments(f, positive_int, positive_float):
@@ -20,10 +21,10 @@ def add_finetune_arguments(f, positive_int, positive_float):
         "renders them (an imported checkpoint's own, else ChatML).")
     g.add_argument("--prompt-column", help="column of the prompt (with --response-column)")
     g.add_argument("--response-column", help="column of the reply")
-    g.add_argument("--prompt-template",
+    g.add_argument("--prompt-template", type=utf8_argument,
                    help='format of the prompt from a row\'s columns, e.g. '
                         '"Translate to French: {en}"')
-    g.add_argument("--system", help="a system turn put first in every conversation")
+    g.add_argument("--system", type=utf8_argument, help="a system turn put first in every conversation")
     g.add_argument("--template", help="chat template: chatml, or a file holding a Jinja "
                    "template (default: the run's own, else chatml)")
     g.add_argument("--lora-rank", type=int,
@@ -104,9 +105,9 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
                     "answers one message and exits.")
     c.add_argument("--run", required=True, help="run directory (a chat run, or any causal "
                    "LM run with --template)")
-    c.add_argument("--message", action="append",
+    c.add_argument("--message", action="append", type=utf8_argument,
                    help="answer this message and exit (repeat for several turns)")
-    c.add_argument("--system", help="system prompt (default: the template's own, if any)")
+    c.add_argument("--system", type=utf8_argument, help="system prompt (default: the template's own, if any)")
     c.add_argument("--template", help="chat template: chatml or a Jinja file (default: the "
                    "run's own)")
     c.add_argument("--max-new-tokens", type=positive_int, default=256,
@@ -123,7 +124,7 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
     constrain = c.add_mutually_exclusive_group()
     constrain.add_argument("--json-schema", metavar="FILE",
                            help="a JSON schema file: every reply is JSON valid under it")
-    constrain.add_argument("--regex", metavar="PATTERN",
+    constrain.add_argument("--regex", metavar="PATTERN", type=utf8_argument,
                            help="a regular expression every reply matches in full")
     constrain.add_argument("--tools", metavar="FILE",
                            help="a JSON file listing function specs (OpenAI's tools form): "
