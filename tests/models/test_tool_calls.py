@@ -288,6 +288,10 @@ def test_call_text_reads_back_in_each_format():
         assert json.loads(call["function"]["arguments"]) == args, fmt
     with pytest.raises(ToolError, match="FunctionGemma's strings cannot hold '<escape>'"):
         call_text("f", {"q": "a<escape>b"}, "gemma")
+    # A client's arguments are JSON text: a lone surrogate in them is no text to render.
+    with pytest.raises(ToolError, match=r"not valid JSON: a string holds the lone UTF-16 "
+                                        r"surrogate \\ud800"):
+        call_text("f", '{"q": "a\\ud800"}', "hermes")
 
 
 @pytest.mark.parametrize("template", [DEFAULT_TEMPLATE, QWEN_LIKE, LLAMA3_LIKE, GEMMA_CALLS],
