@@ -66,7 +66,7 @@ def run_main(prog: str, fn, *args) -> int:
         if line is None:
             raise
         print(f"{prog}: error: {line}", file=sys.stderr)
-        if not isinstance(e, TfllmError):
+        if not isinstance(e, (TfllmError, UnicodeError)):  # input, not the native side
             from tfllm.logs import native_log_tail
 
             tail = native_log_tail()

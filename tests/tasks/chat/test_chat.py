@@ -116,7 +116,7 @@ def test_history_is_trimmed_to_the_context(chat_runs):
     assert len(ids) + 24 <= 64
 
 
-def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path):
+def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path, monkeypatch):
     proc = call_cli(["chat", "--run", chat_runs["full"], "--message",
                     "Translate to French: cat", "--max-new-tokens", "12"])
     assert proc.returncode == 0, proc.stderr
@@ -135,6 +135,14 @@ def test_chat_cli_answers_and_refuses_bad_input(chat_runs, tmp_path):
     proc = call_cli(["chat", "--run", chat_runs["base"], "--template", "chatml", "--message",
                     "hi", "--max-new-tokens", "4"])
     assert proc.returncode == 0, proc.stderr
+    # Piped messages: bytes that are not UTF-8 arrive as surrogates (a C locale's stdin).
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\ncaf\udce9\n"))
+    proc = call_cli(["chat", "--run", chat_runs["full"], "--max-new-tokens", "4"])
+    assert proc.returncode == 2 and proc.stdout.endswith("\n")  # the first message answered
+    assert proc.stderr.strip() == ("tfllm chat: error: standard input: this message is not "
+                                   "UTF-8 text (byte 0xe9 at character 3); give UTF-8 text")
     # --lora-rank below 1; a classifier option with --task chat; merging a plain run.
     common = ["finetune", "--task", "chat", "--run", chat_runs["base"], "--data",
               chat_runs["data"], "--prompt-column", "en", "--response-column", "fr"]

@@ -3,6 +3,7 @@ and `chat`. Like `tfllm.cli`, nothing here imports TensorFlow until a command ru
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -221,6 +222,14 @@ def chat(args):
         if message.strip() == "/reset":
             first = session.history[:1]  # the system turn (--system, --tools) stays
             session.history = first if first and first[0]["role"] == "system" else []
+            continue
+        try:
+            # Bytes that are not UTF-8 reach `input` as surrogates (a C locale's stdin).
+            utf8_argument(message)
+        except argparse.ArgumentTypeError as e:
+            if not interactive:
+                raise TfllmError(f"standard input: this message is {e}") from None
+            print(f"(this message is {e}; it was not sent)", file=sys.stderr)
             continue
         if message.strip():
             answer(message)
