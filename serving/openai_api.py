@@ -252,10 +252,13 @@ class OpenAIService:
             raise ApiError(f"`{self.name}` is a {self.kind} model: it answers "
                            "/v1/embeddings, not completions", "model")
         common = read_sampling(body, default_max=16)
-        prompts, echo = read_prompts(body, len(common["seeds"]))
+        prompts, echo = read_prompts(body, len(common["seeds"]), self.model.config.vocab_size)
         jobs = []  # (index, prompt text, ids, params)
         for p, prompt in enumerate(prompts):
-            ids = encode_prompt(self.tokenizer, prompt)
+            if isinstance(prompt, list):  # token ids, already checked against the vocabulary
+                ids, prompt = prompt, self.tokenizer.decode(prompt)
+            else:
+                ids = encode_prompt(self.tokenizer, prompt)
             self._budget([], len(ids), common)
             for j, seed in enumerate(common["seeds"]):
                 params = GenerationParams(common["max_new"], common["temperature"], None,

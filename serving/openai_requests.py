@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from tfllm.untrusted import excerpt
+
 # Largest `n` (choices per request) and `stop` list accepted: OpenAI's own limits (stop) and
 # a bound on the work one request may ask for (n).
 MAX_CHOICES = 8
@@ -168,9 +170,34 @@ def read_response_format(fmt):
                    "response_format")
 
 
-def read_prompts(body, choices_each) -> tuple:
-    """(prompts, echo) of a text completion request; `choices_each`: its `n`."""
-    prompts = read_texts(body.get("prompt"), "prompt")
+def _is_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def read_prompts(body, choices_each, vocab_size=None) -> tuple:
+    """(prompts, echo) of a text completion request; `choices_each`: its `n`.
+
+    A prompt is a string, or (as in OpenAI's API) a list of token ids: `prompt` may be a
+    string, a list of strings, a list of ids or a list of such lists. Token ids are taken
+    only where `vocab_size` is given (the model is at hand to check them against)."""
+    value = body.get("prompt")
+    if _is_ids(value) or (isinstance(value, list) and value and all(map(_is_ids, value))):
+        prompts = [value] if _is_ids(value) else value
+        if vocab_size is None:
+            raise ApiError("token-id prompts are not taken here: the SavedModel's signatures "
+                           "take text; send the prompt as a string", "prompt")
+        for ids in prompts:
+            bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+            if bad is not None:
+                raise ApiError(f"prompt token id {excerpt(bad)} is outside the vocabulary "
+                               f"(0 to {vocab_size - 1})", "prompt")
+    elif isinstance(value, str) or (isinstance(value, list) and value and all(
+            isinstance(t, str) for t in value)):
+        prompts = [value] if isinstance(value, str) else value
+    else:
+        raise ApiError("prompt must be a string, a non-empty list of strings, a list of token "
+                       "ids or a list of such lists", "prompt")
     if len(prompts) * choices_each > MAX_CHOICES:
         raise ApiError(f"at most {MAX_CHOICES} completions per request (prompts x n)", "n")
     echo = body.get("echo", False)

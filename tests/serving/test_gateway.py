@@ -72,6 +72,8 @@ def test_errors_probes_and_models(gateway):
     assert e.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError, match="temperature must be"):
         client.completions.create(model="tiny-lm", prompt="x", temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="token-id prompts are not taken here"):
+        client.completions.create(model="tiny-lm", prompt=[1, 2], max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="stop strings are not applied"):
         client.completions.create(model="tiny-lm", prompt="x", stop=["\n"])
     # A run without a chat template has no chat signature: said, not a 5xx.

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
@@ -288,6 +289,21 @@ def test_completions_are_tfllm_generate(chat_api, chat_runs):
     pieces = [c.choices[0].text for c in client.completions.create(
         model="mt", prompt="chat", max_tokens=6, temperature=0, stream=True) if c.choices]
     assert "".join(pieces) == r.choices[0].text
+    # Token ids as the prompt (OpenAI's other form; lm-eval's tokenized requests): the
+    # same continuation as the text they encode, one prompt or a list of them.
+    ids = tok.encode("chat")
+    t = client.completions.create(model="mt", prompt=ids, max_tokens=6, temperature=0)
+    assert t.choices[0].text == r.choices[0].text and t.usage.prompt_tokens == len(ids)
+    t = client.completions.create(model="mt", prompt=[ids, ids], max_tokens=6, temperature=0,
+                                  echo=True)
+    assert [c.text for c in t.choices] == [tok.decode(ids) + r.choices[0].text] * 2
+    vocab = chat_api["api"].model.config.vocab_size
+    for bad, match in [([vocab], f"token id {vocab} is outside the vocabulary (0 to "
+                                 f"{vocab - 1})"),
+                       ([[1], [-1]], "token id -1 is outside"),
+                       ([True], "a list of token ids"), (["a", [1]], "a list of token ids")]:
+        with pytest.raises(openai.BadRequestError, match=re.escape(match)):
+            client.completions.create(model="mt", prompt=bad, max_tokens=2)
 
 
 def test_embeddings_are_tfllm_embed(embed_api, tiny_classifier):
