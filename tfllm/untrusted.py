@@ -1,6 +1,8 @@
 """Reading what a download brings (config.json, tokenizer files, GGUF metadata): JSON within
 size and depth limits, values checked for type, finiteness and range before anything is
-allocated, and error messages that quote at most a short excerpt of a value.
+allocated, and error messages that quote at most a short excerpt of a value. Requests to
+the servers and command-line texts are untrusted too: `parse_json` and `utf8_argument`
+refuse text that no tokenizer can encode.
 
 Example:
     >>> fields = Fields("config.json", {"hidden_size": 64, "rms_norm_eps": 1e-6}, ValueError)
