@@ -248,6 +248,10 @@ def export_litertlm(run_dir, out, prefill_lengths=DEFAULT_PREFILL, check_prompt=
     An existing `out` is replaced only with `overwrite`, and only when this exporter wrote
     it (`tfllm.publish`).
     """
+    if not isinstance(check_prompt, str) or not check_prompt:
+        # The runtime prefills the text as given (no BOS of its own): nothing to prefill.
+        raise LiteRtLmExportError(f"--prompt {check_prompt!r} is empty: the runtime check "
+                                  "needs at least one character to prefill")
     output = runs.export_output(out, "litertlm", overwrite, run_dir, data, "export litertlm")
     config = runs.read_run_config(run_dir)
     task = tasks.of_config(config)

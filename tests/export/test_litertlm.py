@@ -32,6 +32,16 @@ def test_engine_greedy_equals_causal_lm_generate(bundle, tiny_run):
     assert not os.path.exists(bundle + ".partial.litertlm")
 
 
+def test_an_empty_check_prompt_is_refused_before_any_work(tiny_run, tmp_path):
+    from tests.conftest import call_module
+
+    out = str(tmp_path / "x.litertlm")
+    r = call_module("export.litertlm", "--run", tiny_run, "--out", out, "--prompt", "")
+    assert r.returncode == 2 and not os.path.exists(out)
+    assert r.stderr.strip().endswith("error: --prompt '' is empty: the runtime check needs at "
+                                     "least one character to prefill")
+
+
 def test_metadata_names_stop_token_and_cache_length():
     text = llm_metadata(3, 256)
     assert "stop_tokens { token_ids { ids: 3 } }" in text and "start_token" not in text
