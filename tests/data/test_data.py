@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,8 +22,14 @@ def test_parse_specs():
                                                 "tfds:tiny_shakespeare:train")
     assert parse_data_spec("text:a/*.txt").name == "a/*.txt"
     for bad in ("tiny_shakespeare", "hf:x", "text:", "tfds:"):
-        with pytest.raises(DataError, match="bad data spec"):
+        with pytest.raises(DataError, match="bad data spec") as e:
             parse_data_spec(bad)
+        assert "did you mean" not in str(e.value)
+    # A bare path names its kind by its extension: the message says the spec to write.
+    for bare, meant in (("data/input.txt", "text:data/input.txt"), ("x.JSONL", "jsonl:x.JSONL"),
+                        ("glue/train.tsv", "tsv:glue/train.tsv")):
+        with pytest.raises(DataError, match=f"; did you mean {re.escape(meant)}[?]$"):
+            parse_data_spec(bare)
 
 
 def test_text_corpus_holds_out_the_tail(tmp_path):

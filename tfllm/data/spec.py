@@ -41,6 +41,19 @@ class DataSpec:
         return f"{self.kind}:{self.name}"
 
 
+def spec_hint(spec: str, kinds=("text",) + FILE_KINDS) -> str:
+    """"; did you mean KIND:PATH?" for a bare path whose extension names one of `kinds` of
+    `--data` (`train.jsonl` -> `jsonl:train.jsonl`, `input.txt` -> `text:input.txt`), else "".
+
+    Example:
+        >>> spec_hint("data/train.tsv")
+        '; did you mean tsv:data/train.tsv?'
+    """
+    extension = os.path.splitext(spec)[1].lower().lstrip(".")
+    kind = {"txt": "text", "text": "text"}.get(extension, extension)
+    return f"; did you mean {kind}:{spec}?" if kind in kinds else ""
+
+
 def parse_data_spec(spec: str) -> DataSpec:
     """Parse `tfds:NAME[:SPLIT]`, `text:GLOB`, or `tsv:|csv:|jsonl:PATH`.
 
@@ -51,7 +64,7 @@ def parse_data_spec(spec: str) -> DataSpec:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest or kind not in ("tfds", "text") + FILE_KINDS:
         raise DataError(f"bad data spec {spec!r}: use tfds:NAME[:SPLIT], text:GLOB, "
-                        "tsv:PATH, csv:PATH or jsonl:PATH")
+                        f"tsv:PATH, csv:PATH or jsonl:PATH{spec_hint(spec)}")
     if kind == "tfds":
         name, _, split = rest.partition(":")
         return DataSpec("tfds", name, split or None)

@@ -238,3 +238,14 @@ def test_exporters_hold_a_chat_run_to_its_own_rendered_conversations(chat_runs):
     assert val[0][0]["content"] in text  # the validation split, in its order
     train = tok.decode(heldout_windows(chat_runs["lora"], tok, 32, 1, split="train")[0])
     assert train != text
+
+
+def test_a_bare_chat_data_path_is_refused_with_the_spec_to_write():
+    from tfllm.errors import DataError
+    from tfllm.tasks.chat.data import ChatData
+
+    with pytest.raises(DataError, match="bad chat data spec 'chats.jsonl'.*; did you mean "
+                                        "jsonl:chats.jsonl[?]$"):
+        ChatData("chats.jsonl")
+    with pytest.raises(DataError, match="bad chat data spec 'input.txt'.*--response-column$"):
+        ChatData("input.txt")  # chat data is a table: no text: hint

@@ -17,6 +17,7 @@ import os
 from tfllm.tokenizers.chat_encoding import (encode_plain, encode_text, segment_pieces,
                                             tokenize_text)
 from tfllm.tokenizers.chat_template import ChatTemplateError, Conversation, check_messages
+from tfllm.data.spec import FILE_KINDS, spec_hint
 from tfllm.data.tables import cell, read_rows, split_rows
 from tfllm.errors import DataError
 
@@ -58,7 +59,7 @@ class ChatData:
         if kind not in ("tsv", "csv", "jsonl") or not rest:
             raise DataError(f"bad chat data spec {spec!r}: use jsonl:PATH (rows with "
                             "messages) or tsv:|csv:|jsonl:PATH with --prompt-column and "
-                            "--response-column")
+                            f"--response-column{spec_hint(spec, FILE_KINDS)}")
         if bool(prompt_column) != bool(response_column):
             raise DataError("give both --prompt-column and --response-column, or neither "
                             "(JSONL rows with messages)")
