@@ -92,6 +92,10 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.prefill_cache < 0:
         parser.error("--prefill-cache must be 0 or more")
+    for name, zero in (("port", "any free port"), ("grpc_port", "no gRPC")):
+        if not 0 <= getattr(args, name) <= 65535:
+            parser.error(f"--{name.replace('_', '-')} must be from 0 ({zero}) to 65535, got "
+                         f"{getattr(args, name)}")
     if not 0 < args.idle_timeout < 86400:
         parser.error("--idle-timeout must be a positive number of seconds")
     if not 0 <= args.poll_seconds < 86400:
@@ -756,6 +760,7 @@ def _serve(args):
               flush=True)
     http = make_http_server(model, args.host, args.port, args.max_body_bytes,
                             args.idle_timeout, args.max_connections, api)
+    port = http.server_address[1]  # --port 0: the free port the system gave
     grpc_server = None
     if args.grpc_port and model is not None:
         grpc_server = make_grpc_server(model, args.host, args.grpc_port, args.max_body_bytes)
@@ -764,12 +769,12 @@ def _serve(args):
         failed = "".join(f"; version {v} failed to load: {e}"
                          for v, e in sorted(model.failed.items()))
         print(f"serving {model.name} versions {sorted(model.versions)} on "
-              f"http://{args.host}:{args.port}"
+              f"http://{args.host}:{port}"
               + (f" and grpc {args.host}:{args.grpc_port}" if grpc_server else "") + failed,
               flush=True)
     if api is not None:
         print(f"serving {args.run} as model {api.name!r} over the OpenAI API at "
-              f"http://{args.host}:{args.port}/v1", flush=True)
+              f"http://{args.host}:{port}/v1", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     thread = threading.Thread(target=http.serve_forever, daemon=True)

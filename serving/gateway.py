@@ -71,6 +71,8 @@ def parse_args(argv=None):
                 "default_max_tokens"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be positive")
+    if args.port > 65535:
+        parser.error(f"--port must be from 1 to 65535, got {args.port}")
     if not 0 < args.timeout < 86400:
         parser.error("--timeout must be a positive number of seconds")
     if not args.tf_serving.startswith(("http://", "https://")):

@@ -136,3 +136,12 @@ def test_gateway_command_refuses_bad_options():
                           cwd=REPO, env=quiet_env(), timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].startswith("tfllm gateway: error: --tf-serving must")
+
+
+def test_a_port_past_65535_is_an_argument_error(capsys):
+    from serving.gateway import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--tf-serving", "http://x", "--model", "m", "--port", "70000"])
+    assert e.value.code == 2
+    assert "--port must be from 1 to 65535, got 70000" in capsys.readouterr().err

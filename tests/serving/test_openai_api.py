@@ -444,6 +444,14 @@ def test_serve_needs_a_model_dir_or_a_run(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--run", "runs/x", "--prefill-cache", "-1"])
     assert "--prefill-cache must be 0 or more" in capsys.readouterr().err
+    # A port past 65535 was an OverflowError traceback from bind().
+    for flag, value, message in (("--port", "99999", "--port must be from 0 (any free port) "
+                                  "to 65535, got 99999"),
+                                 ("--grpc-port", "-1", "--grpc-port must be from 0 (no gRPC) "
+                                  "to 65535, got -1")):
+        with pytest.raises(SystemExit):
+            parse_args(["--run", "runs/x", flag, value])
+        assert message in capsys.readouterr().err
 
 
 def test_serve_decodes_in_batches_of_decode_batch(monkeypatch, tmp_path, capsys):
