@@ -132,6 +132,59 @@ def test_bad_constraints_are_refused(llama, kwargs, message):
         lm.generate("x", max_new_tokens=8, **kwargs)
 
 
+def test_a_constraint_past_the_limits_is_refused_not_compiled_for_hours(llama, monkeypatch):
+    """A pattern is untrusted input (a request's response_format): one whose counted
+    repetitions are hopeless is refused at once, one whose DFA blows up is stopped at the
+    time limit, and neither holds the caller longer."""
+    import time
+
+    from tfllm.models import token_automaton
+
+    _, lm = llama
+    started = time.monotonic()
+    with pytest.raises(ConstraintError, match=r"\{0,1000000\}\"' needs about [\d,]+ automaton "
+                                              r"states over a 400-token vocabulary, about "
+                                              r"[\d,]+ s to compile, past the 120 s limit: "
+                                              r"lower"):
+        lm.generate("x", max_new_tokens=8, json_schema={"type": "string",
+                                                         "maxLength": 1_000_000})
+    assert time.monotonic() - started < 5
+    # 2^40 states: never finishes; stopped at the (here shortened) time limit.
+    monkeypatch.setattr(token_automaton, "COMPILE_TIME_LIMIT_S", 3.0)
+    started = time.monotonic()
+    with pytest.raises(ConstraintError, match=r"took longer than 3 s .* it was stopped"):
+        TokenAutomaton.from_regex("[ab]*a[ab]{40}", lm.tokenizer)
+    assert time.monotonic() - started < 10
+    # A child that dies (its memory cap) is said too, not a crash of the caller.
+    monkeypatch.setattr(token_automaton, "COMPILE_MEMORY_BYTES", 64 << 20)
+    with pytest.raises(ConstraintError, match="needed more than 64 MiB"):
+        TokenAutomaton.from_regex("(yes|no)", lm.tokenizer)
+
+
+def test_estimated_states_write_out_counted_repetitions():
+    from tfllm.models.token_automaton import estimated_states
+
+    assert estimated_states("a{3}") == 3 and estimated_states("(ab){2,5}") == 10
+    assert estimated_states("x*") == 1 and estimated_states("(yes|no)") == 5
+    assert estimated_states("(a{10}){10}b") == 101
+    assert estimated_states(r"\p{L}+") is None  # Rust syntax Python does not read
+
+
+def test_the_constraint_cache_keeps_the_recently_used(llama, monkeypatch):
+    from tfllm.models import generation
+
+    _, lm = llama
+    monkeypatch.setattr(generation, "CONSTRAINT_CACHE_ENTRIES", 3)
+    first = generation.constraint_of(lm, regex="a")
+    for word in ("b", "c", "d"):
+        generation.constraint_of(lm, regex=word)
+    cache = generation._CONSTRAINTS[lm]
+    assert [k for _, k in cache] == ["b", "c", "d"]  # "a", least recently used, left
+    assert generation.constraint_of(lm, regex="c") is cache[("regex", "c")]
+    assert [k for _, k in cache] == ["b", "d", "c"]
+    assert generation.constraint_of(lm, regex="a") is not first  # compiled again
+
+
 def test_cli_prints_the_outputs_alone(llama, tmp_path):
     run, _ = llama
     path = tmp_path / "schema.json"

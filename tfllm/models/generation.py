@@ -14,8 +14,11 @@ functions a server's continuous batching runs on prompts of any number and lengt
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import threading
+import weakref
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -732,10 +735,19 @@ def generate(model, prompts, max_new_tokens=64, temperature=0.0, top_k=None, top
     return texts
 
 
+# Compiled constraints kept per model (a server's clients send their own schemas): the most
+# recently used, at most this many and this many bytes of automata.
+CONSTRAINT_CACHE_ENTRIES = 32
+CONSTRAINT_CACHE_BYTES = 1 << 30
+_CONSTRAINTS = weakref.WeakKeyDictionary()  # model -> OrderedDict(key -> TokenAutomaton)
+_CONSTRAINTS_LOCK = threading.Lock()
+
+
 def constraint_of(model, json_schema=None, regex=None):
     """The `TokenAutomaton` of a JSON schema or a regex over `model`'s tokenizer (None for
-    neither), compiled once per model and pattern. A list of schemas (or regexes) gives one
-    per row: their union, each row starting in its own (`TokenAutomaton.union`)."""
+    neither), compiled once per model and pattern while it stays among the recently used
+    (`CONSTRAINT_CACHE_ENTRIES`, `CONSTRAINT_CACHE_BYTES`). A list of schemas (or regexes)
+    gives one per row: their union, each row starting in its own (`TokenAutomaton.union`)."""
     from tfllm.models.token_automaton import ConstraintError, TokenAutomaton
 
     if json_schema is None and regex is None:
@@ -756,11 +768,20 @@ def constraint_of(model, json_schema=None, regex=None):
         parts = [constraint_of(model, **{kind: per_row[keys.index(k)]}) for k in distinct]
         return TokenAutomaton.union(parts, [distinct.index(k) for k in keys])
     key = _constraint_key(json_schema, regex)
-    cache = model.__dict__.setdefault("_constraints", {})
-    if key not in cache:
-        cache[key] = TokenAutomaton.from_regex(regex, tokenizer) if regex is not None \
-            else TokenAutomaton.from_json_schema(json_schema, tokenizer)
-    return cache[key]
+    with _CONSTRAINTS_LOCK:
+        cache = _CONSTRAINTS.setdefault(model, collections.OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    # Compiled outside the lock: one request's long compile does not hold up another's.
+    automaton = TokenAutomaton.from_regex(regex, tokenizer) if regex is not None \
+        else TokenAutomaton.from_json_schema(json_schema, tokenizer)
+    with _CONSTRAINTS_LOCK:
+        cache[key] = automaton
+        while len(cache) > 1 and (len(cache) > CONSTRAINT_CACHE_ENTRIES or sum(
+                a.nbytes for a in cache.values()) > CONSTRAINT_CACHE_BYTES):
+            cache.popitem(last=False)
+    return automaton
 
 
 def _constraint_key(json_schema=None, regex=None):

@@ -38,6 +38,19 @@ from tfllm.config import TfllmError
 # Compiling walks every token through the DFA: a bound on the automaton we keep in memory
 # and in a SavedModel (transitions x 12 bytes).
 MAX_TRANSITIONS = 50_000_000
+# The compile runs in a child process (tfllm/models/automaton_worker.py) killed past this
+# many seconds, its address space capped at COMPILE_MEMORY_BYTES: a pattern is untrusted
+# input (a request's response_format) and outlines-core's Rust cannot be stopped in-thread.
+COMPILE_TIME_LIMIT_S = 120.0
+COMPILE_MEMORY_BYTES = 6 << 30
+
+
+def compile_seconds(states: int, vocab_size: int) -> float:
+    """About how long a pattern of `states` states compiles over `vocab_size` tokens here
+    (2 cores), fitted to: SmolLM2's 49,152 tokens, `[a-z ]{0,1000}` (1,001 states) 32 s; a
+    65-token vocabulary, `a{10000}` 0.9 s and `a{100000}` 83 s (the states' own cost grows
+    with their square). A pattern estimated past twice the time limit is refused at once."""
+    return states * vocab_size * 7e-7 + states ** 2 * 8e-9
 
 
 class ConstraintError(TfllmError, ValueError):
@@ -78,8 +91,6 @@ class TokenAutomaton:
                 back-references) the whole output must match.
             tokenizer: a tfllm tokenizer (`token_bytes()`, `eos_ids`).
         """
-        from outlines_core import Index, Vocabulary
-
         if not isinstance(regex, str) or not regex:
             raise ConstraintError(f"a regular expression must be a non-empty string, got "
                                   f"{regex!r}")
@@ -90,20 +101,39 @@ class TokenAutomaton:
         for i, piece in enumerate(pieces):
             if piece and i not in end_ids:
                 by_bytes.setdefault(piece, []).append(i)
+        states = estimated_states(regex)
+        if states is not None and \
+                compile_seconds(states, vocab_size) > 2 * COMPILE_TIME_LIMIT_S:
+            raise ConstraintError(
+                f"the constraint {_excerpt(regex)} needs about {states:,} automaton states "
+                f"over a {vocab_size:,}-token vocabulary, about "
+                f"{compile_seconds(states, vocab_size):,.0f} s to compile, past the "
+                f"{COMPILE_TIME_LIMIT_S:g} s limit: lower its repetition counts (a string's "
+                "maxLength, an array's maxItems, {m,n} in a pattern)")
         # outlines-core marks a complete match by its end token: we give it one id past the
         # vocabulary and map it to the model's end tokens below.
-        vocabulary = Vocabulary(vocab_size, by_bytes)
-        try:
-            index = Index(regex, vocabulary)
-        except (ValueError, RuntimeError) as e:
-            missing = re.search(r"following characters: (\[.*?\])", str(e))
+        answer = _compile_in_child({"regex": regex, "vocab_size": vocab_size,
+                                    "by_bytes": by_bytes, "max_transitions": MAX_TRANSITIONS,
+                                    "memory_bytes": COMPILE_MEMORY_BYTES}, regex)
+        if answer.get("kind") == "size":
+            raise ConstraintError(f"the constraint {_excerpt(regex)} compiles to "
+                                  f"{answer['error']} token transitions, more than "
+                                  f"{MAX_TRANSITIONS:,}: simplify it (shorter alternatives, "
+                                  "bounded repetition)")
+        if "error" in answer:
+            missing = re.search(r"following characters: (\[.*?\])", answer["error"])
             if missing:  # the vocabulary cannot spell a character every answer needs
                 raise ConstraintError(f"the model's vocabulary has no token for any of "
                                       f"{missing.group(1)}, which {_excerpt(regex)} needs "
-                                      "there: no output of this model can match it") from None
+                                      "there: no output of this model can match it")
             raise ConstraintError(f"the regular expression {_excerpt(regex)} cannot be used: "
-                                  f"{e} (no look-around or back-references)") from None
-        return cls._of_index(index, vocab_size, end_ids, regex)
+                                  f"{answer['error']} (no look-around or back-references)")
+        allowed, keys, targets, final, initial = answer["ok"]
+        distance, closer = _distances(keys, targets, final, vocab_size, end_ids[0])
+        if distance[initial] < 0:
+            raise ConstraintError(f"no text of this vocabulary matches {_excerpt(regex)}")
+        return cls(allowed, keys, targets, final, distance, closer, initial, vocab_size,
+                   end_ids, regex)
 
     @classmethod
     def from_json_schema(cls, schema, tokenizer) -> "TokenAutomaton":
@@ -128,42 +158,6 @@ class TokenAutomaton:
         except (ValueError, RuntimeError, TypeError) as e:
             raise ConstraintError(f"the JSON schema cannot be used: {e}") from None
         return cls.from_regex(regex, tokenizer)
-
-    @classmethod
-    def _of_index(cls, index, vocab_size, end_ids, pattern):
-        transitions = index.get_transitions()  # {state: {token: next state}}
-        finals = index.get_final_states()
-        states = sorted(transitions.keys() | finals | {index.get_initial_state()})
-        number = {s: n for n, s in enumerate(states)}
-        total = sum(len(t) for t in transitions.values())
-        if total > MAX_TRANSITIONS:
-            raise ConstraintError(f"the constraint {_excerpt(pattern)} compiles to {total:,} "
-                                  f"token transitions, more than {MAX_TRANSITIONS:,}: simplify "
-                                  "it (shorter alternatives, bounded repetition)")
-        words = -(-vocab_size // 32)
-        allowed = np.zeros((len(states), words), np.uint32)
-        keys = np.empty(total, np.int64)
-        targets = np.empty(total, np.int32)
-        final = np.zeros(len(states), bool)
-        at = 0
-        for state, moves in transitions.items():
-            n = number[state]
-            tokens = np.fromiter((t for t in moves if t < vocab_size), np.int64)
-            nexts = np.fromiter((number[moves[t]] for t in moves if t < vocab_size), np.int32)
-            np.bitwise_or.at(allowed[n], tokens // 32, (1 << (tokens % 32)).astype(np.uint32))
-            keys[at:at + len(tokens)] = n * vocab_size + tokens
-            targets[at:at + len(tokens)] = nexts
-            at += len(tokens)
-        for state in finals:
-            final[number[state]] = True
-        order = np.argsort(keys[:at], kind="stable")
-        keys, targets = keys[:at][order], targets[:at][order]
-        initial = number[index.get_initial_state()]
-        distance, closer = _distances(keys, targets, final, vocab_size, end_ids[0])
-        if distance[initial] < 0:
-            raise ConstraintError(f"no text of this vocabulary matches {_excerpt(pattern)}")
-        return cls(allowed.view(np.int32), keys, targets, final, distance, closer, initial,
-                   vocab_size, end_ids, pattern)
 
     # -- following it, in Python (the graph does the same on tensors) -----------------------
     def allowed_tokens(self, state: int) -> np.ndarray:
@@ -205,6 +199,74 @@ class TokenAutomaton:
                    join([p.closer for p in parts]),
                    np.array([offsets[i] + parts[i].initial for i in rows], np.int32),
                    vocab, parts[0].end_ids, " | ".join(p.pattern for p in parts))
+
+
+def estimated_states(regex: str) -> int | None:
+    """An upper bound on the positions of `regex` with its counted repetitions written out
+    (`a{3}` is 3, `(ab){2,5}` 10, `x*` 2): about the states of its DFA when none blows up.
+    None where Python's parser does not read the pattern (Rust's syntax differs in places);
+    the compile's time limit still holds then.
+
+    Example:
+        >>> estimated_states("[a-z ]{0,1000}")
+        1000
+    """
+    import re._constants as c
+    import re._parser as parser
+
+    try:
+        tree = parser.parse(regex)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return None
+
+    def size(items) -> int:
+        total = 0
+        for op, arg in items:
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                low, high, sub = arg
+                total += size(sub) * (high if high != c.MAXREPEAT else low + 1)
+            elif op is c.SUBPATTERN:
+                total += size(arg[-1])
+            elif op is c.BRANCH:
+                total += sum(size(branch) for branch in arg[1])
+            elif op is c.ATOMIC_GROUP:
+                total += size(arg)
+            else:
+                total += 1
+        return total
+
+    try:
+        return size(tree)
+    except RecursionError:
+        return None
+
+
+def _compile_in_child(request: dict, pattern: str) -> dict:
+    """The answer of tfllm/models/automaton_worker.py to `request`, run in a child process
+    killed past COMPILE_TIME_LIMIT_S; ConstraintError when it is, or dies (its memory cap)."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "automaton_worker.py")
+    try:
+        done = subprocess.run([sys.executable, "-I", worker], input=pickle.dumps(request),
+                              capture_output=True, timeout=COMPILE_TIME_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        raise ConstraintError(f"compiling the constraint {_excerpt(pattern)} took longer than "
+                              f"{COMPILE_TIME_LIMIT_S:g} s (its automaton blows up, or its "
+                              "repetition counts are large); it was stopped: simplify it") \
+            from None
+    if done.returncode != 0 or not done.stdout:
+        raise ConstraintError(f"compiling the constraint {_excerpt(pattern)} needed more than "
+                              f"{COMPILE_MEMORY_BYTES >> 20:,} MiB (its automaton blows up, or "
+                              "its repetition counts are large): simplify it")
+    answer = pickle.loads(done.stdout)  # our own child's answer
+    if answer.get("kind") == "memory":
+        raise ConstraintError(f"compiling the constraint {_excerpt(pattern)} needed more than "
+                              f"{COMPILE_MEMORY_BYTES >> 20:,} MiB: simplify it")
+    return answer
 
 
 def _distances(keys, targets, final, vocab_size, end_id):
