@@ -142,7 +142,7 @@ def test_a_constraint_past_the_limits_is_refused_not_compiled_for_hours(llama, m
 
     _, lm = llama
     started = time.monotonic()
-    with pytest.raises(ConstraintError, match=r"\{0,1000000\}\"' needs about [\d,]+ automaton "
+    with pytest.raises(ConstraintError, match=r"the JSON schema needs about [\d,]+ automaton "
                                               r"states over a 400-token vocabulary, about "
                                               r"[\d,]+ s to compile, past the 120 s limit: "
                                               r"lower"):
@@ -155,6 +155,18 @@ def test_a_constraint_past_the_limits_is_refused_not_compiled_for_hours(llama, m
     with pytest.raises(ConstraintError, match=r"took longer than 3 s .* it was stopped"):
         TokenAutomaton.from_regex("[ab]*a[ab]{40}", lm.tokenizer)
     assert time.monotonic() - started < 10
+    # Nesting doubles a schema's regex at each level (78 MB at 20): refused by its length
+    # (or, deeper, by the child's memory), never built in this process.
+    deep = {"type": "string"}
+    for _ in range(18):
+        deep = {"type": "array", "items": deep, "maxItems": 1}
+    with pytest.raises(ConstraintError, match=r"becomes a regular expression of 19,398,625 "
+                                              r"characters, more than 1,048,576: .* nesting"):
+        TokenAutomaton.from_json_schema(deep, lm.tokenizer)
+    for _ in range(60):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(ConstraintError, match="nests more than 64 levels"):
+        TokenAutomaton.from_json_schema(deep, lm.tokenizer)
     # A child that dies (its memory cap) is said too, not a crash of the caller.
     monkeypatch.setattr(token_automaton, "COMPILE_MEMORY_BYTES", 64 << 20)
     with pytest.raises(ConstraintError, match="needed more than 64 MiB"):
@@ -162,7 +174,7 @@ def test_a_constraint_past_the_limits_is_refused_not_compiled_for_hours(llama, m
 
 
 def test_estimated_states_write_out_counted_repetitions():
-    from tfllm.models.token_automaton import estimated_states
+    from tfllm.models.automaton_worker import estimated_states
 
     assert estimated_states("a{3}") == 3 and estimated_states("(ab){2,5}") == 10
     assert estimated_states("x*") == 1 and estimated_states("(yes|no)") == 5

@@ -60,6 +60,20 @@ def test_parse_each_format():
         parse_tool_calls("<tool_call>{oops</tool_call>", "hermes")
 
 
+def test_tools_whose_regex_nesting_multiplies_are_refused():
+    """A request's tools are untrusted: a parameter nested 18 levels deep, each level
+    optional, writes a 19 MB regex (2^depth) and 50 levels all the memory; it is built in
+    the compile's child process and refused by its length."""
+    deep = {"type": "string"}
+    for _ in range(18):
+        deep = {"type": "array", "items": deep, "maxItems": 1}
+    tools = check_tools([{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"x": deep}}}}])
+    with pytest.raises(ToolError, match=r"the tools' parameters cannot be used: the JSON schema "
+                                        r"becomes a regular expression of [\d,]+ characters"):
+        call_regex(tools, "hermes")
+
+
 def test_call_format_and_regex():
     assert call_format(QWEN_LIKE) == "hermes" and call_format(DEFAULT_TEMPLATE) == "hermes"
     assert call_format(LLAMA3_LIKE) == "llama3"

@@ -43,14 +43,11 @@ MAX_TRANSITIONS = 50_000_000
 # input (a request's response_format) and outlines-core's Rust cannot be stopped in-thread.
 COMPILE_TIME_LIMIT_S = 120.0
 COMPILE_MEMORY_BYTES = 6 << 30
-
-
-def compile_seconds(states: int, vocab_size: int) -> float:
-    """About how long a pattern of `states` states compiles over `vocab_size` tokens here
-    (2 cores), fitted to: SmolLM2's 49,152 tokens, `[a-z ]{0,1000}` (1,001 states) 32 s; a
-    65-token vocabulary, `a{10000}` 0.9 s and `a{100000}` 83 s (the states' own cost grows
-    with their square). A pattern estimated past twice the time limit is refused at once."""
-    return states * vocab_size * 7e-7 + states ** 2 * 8e-9
+# The longest regular expression compiled, a JSON schema's included (the docs' schemas and
+# tools come to a few kB).
+MAX_REGEX_CHARS = 1 << 20
+# The deepest nesting of objects and lists in a JSON schema (the validators recurse).
+MAX_SCHEMA_DEPTH = 64
 
 
 class ConstraintError(TfllmError, ValueError):
@@ -94,46 +91,7 @@ class TokenAutomaton:
         if not isinstance(regex, str) or not regex:
             raise ConstraintError(f"a regular expression must be a non-empty string, got "
                                   f"{regex!r}")
-        pieces = tokenizer.token_bytes()
-        vocab_size = len(pieces)
-        end_ids = tuple(int(i) for i in tokenizer.eos_ids)
-        by_bytes: dict[bytes, list[int]] = {}
-        for i, piece in enumerate(pieces):
-            if piece and i not in end_ids:
-                by_bytes.setdefault(piece, []).append(i)
-        states = estimated_states(regex)
-        if states is not None and \
-                compile_seconds(states, vocab_size) > 2 * COMPILE_TIME_LIMIT_S:
-            raise ConstraintError(
-                f"the constraint {_excerpt(regex)} needs about {states:,} automaton states "
-                f"over a {vocab_size:,}-token vocabulary, about "
-                f"{compile_seconds(states, vocab_size):,.0f} s to compile, past the "
-                f"{COMPILE_TIME_LIMIT_S:g} s limit: lower its repetition counts (a string's "
-                "maxLength, an array's maxItems, {m,n} in a pattern)")
-        # outlines-core marks a complete match by its end token: we give it one id past the
-        # vocabulary and map it to the model's end tokens below.
-        answer = _compile_in_child({"regex": regex, "vocab_size": vocab_size,
-                                    "by_bytes": by_bytes, "max_transitions": MAX_TRANSITIONS,
-                                    "memory_bytes": COMPILE_MEMORY_BYTES}, regex)
-        if answer.get("kind") == "size":
-            raise ConstraintError(f"the constraint {_excerpt(regex)} compiles to "
-                                  f"{answer['error']} token transitions, more than "
-                                  f"{MAX_TRANSITIONS:,}: simplify it (shorter alternatives, "
-                                  "bounded repetition)")
-        if "error" in answer:
-            missing = re.search(r"following characters: (\[.*?\])", answer["error"])
-            if missing:  # the vocabulary cannot spell a character every answer needs
-                raise ConstraintError(f"the model's vocabulary has no token for any of "
-                                      f"{missing.group(1)}, which {_excerpt(regex)} needs "
-                                      "there: no output of this model can match it")
-            raise ConstraintError(f"the regular expression {_excerpt(regex)} cannot be used: "
-                                  f"{answer['error']} (no look-around or back-references)")
-        allowed, keys, targets, final, initial = answer["ok"]
-        distance, closer = _distances(keys, targets, final, vocab_size, end_ids[0])
-        if distance[initial] < 0:
-            raise ConstraintError(f"no text of this vocabulary matches {_excerpt(regex)}")
-        return cls(allowed, keys, targets, final, distance, closer, initial, vocab_size,
-                   end_ids, regex)
+        return cls._compile(tokenizer, regex=regex)
 
     @classmethod
     def from_json_schema(cls, schema, tokenizer) -> "TokenAutomaton":
@@ -145,19 +103,60 @@ class TokenAutomaton:
                 format), numbers, integers, booleans, null, anyOf/oneOf/allOf, $ref.
             tokenizer: a tfllm tokenizer.
         """
-        from outlines_core.json_schema import build_regex_from_schema
-
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
             except json.JSONDecodeError as e:
                 raise ConstraintError(f"the JSON schema is not valid JSON: {e}") from None
         check_schema(schema)
-        try:
-            regex = build_regex_from_schema(json.dumps(schema))
-        except (ValueError, RuntimeError, TypeError) as e:
-            raise ConstraintError(f"the JSON schema cannot be used: {e}") from None
-        return cls.from_regex(regex, tokenizer)
+        return cls._compile(tokenizer, schema=json.dumps(schema))
+
+    @classmethod
+    def _compile(cls, tokenizer, regex=None, schema=None) -> "TokenAutomaton":
+        """`regex` (or the JSON text `schema`, through its regex) compiled in a child
+        process (tfllm/models/automaton_worker.py), within the limits above."""
+        pieces = tokenizer.token_bytes()
+        vocab_size = len(pieces)
+        end_ids = tuple(int(i) for i in tokenizer.eos_ids)
+        by_bytes: dict[bytes, list[int]] = {}
+        for i, piece in enumerate(pieces):
+            if piece and i not in end_ids:
+                by_bytes.setdefault(piece, []).append(i)
+        # outlines-core marks a complete match by its end token: we give it one id past the
+        # vocabulary and map it to the model's end tokens below.
+        what = f"the constraint {_excerpt(regex)}" if regex is not None else "the JSON schema"
+        answer = _compile_in_child({"regex": regex, "schema": schema, "vocab_size": vocab_size,
+                                    "by_bytes": by_bytes}, what)
+        kind, error = answer.get("kind"), answer.get("error")
+        regex = answer.get("regex", regex)
+        if kind == "estimate":
+            states, seconds = error
+            raise ConstraintError(
+                f"{what} needs about {states:,} automaton states over a {vocab_size:,}-token "
+                f"vocabulary, about {seconds:,.0f} s to compile, past the "
+                f"{COMPILE_TIME_LIMIT_S:g} s limit: lower its repetition counts (a string's "
+                "maxLength, an array's maxItems, {m,n} in a pattern)")
+        if kind == "size":
+            raise ConstraintError(f"{what} compiles to {error} token transitions, more than "
+                                  f"{MAX_TRANSITIONS:,}: simplify it (shorter alternatives, "
+                                  "bounded repetition)")
+        if kind == "memory":
+            raise ConstraintError(f"compiling {what} needed more than "
+                                  f"{COMPILE_MEMORY_BYTES >> 20:,} MiB: simplify it")
+        if error is not None:
+            missing = re.search(r"following characters: (\[.*?\])", error)
+            if missing:  # the vocabulary cannot spell a character every answer needs
+                raise ConstraintError(f"the model's vocabulary has no token for any of "
+                                      f"{missing.group(1)}, which {_excerpt(regex)} needs "
+                                      "there: no output of this model can match it")
+            raise ConstraintError(f"the regular expression {_excerpt(regex)} cannot be used: "
+                                  f"{error} (no look-around or back-references)")
+        allowed, keys, targets, final, initial = answer["ok"]
+        distance, closer = _distances(keys, targets, final, vocab_size, end_ids[0])
+        if distance[initial] < 0:
+            raise ConstraintError(f"no text of this vocabulary matches {_excerpt(regex)}")
+        return cls(allowed, keys, targets, final, distance, closer, initial, vocab_size,
+                   end_ids, regex)
 
     # -- following it, in Python (the graph does the same on tensors) -----------------------
     def allowed_tokens(self, state: int) -> np.ndarray:
@@ -201,71 +200,52 @@ class TokenAutomaton:
                    vocab, parts[0].end_ids, " | ".join(p.pattern for p in parts))
 
 
-def estimated_states(regex: str) -> int | None:
-    """An upper bound on the positions of `regex` with its counted repetitions written out
-    (`a{3}` is 3, `(ab){2,5}` 10, `x*` 2): about the states of its DFA when none blows up.
-    None where Python's parser does not read the pattern (Rust's syntax differs in places);
-    the compile's time limit still holds then.
+def regex_of_schema(schema) -> str:
+    """The regular expression outlines-core writes for the JSON schema `schema` (checked
+    first), built in the child process too: nesting can multiply its length.
 
     Example:
-        >>> estimated_states("[a-z ]{0,1000}")
-        1000
+        >>> regex_of_schema({"type": "boolean"})
+        '(true|false)'
     """
-    import re._constants as c
-    import re._parser as parser
-
-    try:
-        tree = parser.parse(regex)
-    except (re.error, RecursionError, OverflowError, ValueError):
-        return None
-
-    def size(items) -> int:
-        total = 0
-        for op, arg in items:
-            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
-                low, high, sub = arg
-                total += size(sub) * (high if high != c.MAXREPEAT else low + 1)
-            elif op is c.SUBPATTERN:
-                total += size(arg[-1])
-            elif op is c.BRANCH:
-                total += sum(size(branch) for branch in arg[1])
-            elif op is c.ATOMIC_GROUP:
-                total += size(arg)
-            else:
-                total += 1
-        return total
-
-    try:
-        return size(tree)
-    except RecursionError:
-        return None
+    check_schema(schema)
+    return _compile_in_child({"schema": json.dumps(schema), "regex_only": True},
+                             "the JSON schema")["regex"]
 
 
-def _compile_in_child(request: dict, pattern: str) -> dict:
-    """The answer of tfllm/models/automaton_worker.py to `request`, run in a child process
-    killed past COMPILE_TIME_LIMIT_S; ConstraintError when it is, or dies (its memory cap)."""
+def _compile_in_child(request: dict, what: str) -> dict:
+    """The answer of tfllm/models/automaton_worker.py to `request` (the limits added), run in
+    a child process killed past COMPILE_TIME_LIMIT_S; ConstraintError when it is, when it
+    dies (its memory cap), or when a schema cannot be used or its regex is too long."""
     import os
     import pickle
     import subprocess
     import sys
 
+    request = {"regex": None, "max_transitions": MAX_TRANSITIONS,
+               "max_regex_chars": MAX_REGEX_CHARS, "time_limit": COMPILE_TIME_LIMIT_S,
+               "memory_bytes": COMPILE_MEMORY_BYTES, **request}
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "automaton_worker.py")
     try:
         done = subprocess.run([sys.executable, "-I", worker], input=pickle.dumps(request),
                               capture_output=True, timeout=COMPILE_TIME_LIMIT_S)
     except subprocess.TimeoutExpired:
-        raise ConstraintError(f"compiling the constraint {_excerpt(pattern)} took longer than "
-                              f"{COMPILE_TIME_LIMIT_S:g} s (its automaton blows up, or its "
-                              "repetition counts are large); it was stopped: simplify it") \
-            from None
+        raise ConstraintError(f"compiling {what} took longer than {COMPILE_TIME_LIMIT_S:g} s "
+                              "(its automaton blows up, or its repetition counts are large); "
+                              "it was stopped: simplify it") from None
     if done.returncode != 0 or not done.stdout:
-        raise ConstraintError(f"compiling the constraint {_excerpt(pattern)} needed more than "
+        raise ConstraintError(f"compiling {what} needed more than "
                               f"{COMPILE_MEMORY_BYTES >> 20:,} MiB (its automaton blows up, or "
                               "its repetition counts are large): simplify it")
     answer = pickle.loads(done.stdout)  # our own child's answer
-    if answer.get("kind") == "memory":
-        raise ConstraintError(f"compiling the constraint {_excerpt(pattern)} needed more than "
-                              f"{COMPILE_MEMORY_BYTES >> 20:,} MiB: simplify it")
+    kind, error = answer.get("kind"), answer.get("error")
+    if kind == "schema":
+        raise ConstraintError(f"the JSON schema cannot be used: {error}")
+    if kind == "long":
+        raise ConstraintError(
+            f"{what} becomes a regular expression of {error} characters, more than "
+            f"{MAX_REGEX_CHARS:,}: each optional or bounded part is written once per way it "
+            "can appear, so nesting multiplies it; flatten the schema or drop bounds")
     return answer
 
 
@@ -326,6 +306,14 @@ def check_schema(schema) -> None:
 
     if not isinstance(schema, dict):
         raise ConstraintError(f"a JSON schema must be an object, got {type(schema).__name__}")
+    depth, level = 0, [schema]
+    while level:  # breadth first: the check itself must not recurse
+        depth += 1
+        if depth > MAX_SCHEMA_DEPTH:
+            raise ConstraintError(f"the JSON schema nests more than {MAX_SCHEMA_DEPTH} levels "
+                                  "of objects and lists: flatten it")
+        level = [v for node in level for v in (node.values() if isinstance(node, dict)
+                                               else node) if isinstance(v, (dict, list))]
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:

@@ -211,7 +211,7 @@ def call_schema(tools: list[dict], fmt: str = "hermes") -> dict:
 
 def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
     """The regular expression of one call in `fmt` (what the reply is constrained to)."""
-    from outlines_core.json_schema import build_regex_from_schema
+    from tfllm.models.token_automaton import regex_of_schema
 
     if fmt == "gemma":
         from tfllm.models.gemma_call_regex import gemma_call_regex
@@ -221,8 +221,8 @@ def call_regex(tools: list[dict], fmt: str = "hermes") -> str:
         except ConstraintError as e:
             raise ToolError(str(e)) from None
     try:
-        body = build_regex_from_schema(json.dumps(call_schema(tools, fmt)))
-    except (ValueError, RuntimeError, TypeError) as e:
+        body = regex_of_schema(call_schema(tools, fmt))
+    except ConstraintError as e:
         raise ToolError(f"the tools' parameters cannot be used: {e}") from None
     if fmt == "llama3":
         return body
