@@ -173,6 +173,38 @@ def test_a_constraint_past_the_limits_is_refused_not_compiled_for_hours(llama, m
         TokenAutomaton.from_regex("(yes|no)", lm.tokenizer)
 
 
+def test_compiles_run_one_at_a_time(llama, monkeypatch):
+    """Concurrent requests' compiles wait their turn: their children's memory never adds up."""
+    import subprocess
+    import threading
+    import time
+
+    _, lm = llama
+    real, active, most = subprocess.run, [0], [0]
+    lock = threading.Lock()
+
+    def run(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.3)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(subprocess, "run", run)
+    threads = [threading.Thread(target=TokenAutomaton.from_regex, args=(f"(yes|no){i}",
+                                                                        lm.tokenizer))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1
+
+
 def test_estimated_states_write_out_counted_repetitions():
     from tfllm.models.automaton_worker import estimated_states
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
 
 import numpy as np
 
@@ -43,6 +44,9 @@ MAX_TRANSITIONS = 50_000_000
 # input (a request's response_format) and outlines-core's Rust cannot be stopped in-thread.
 COMPILE_TIME_LIMIT_S = 120.0
 COMPILE_MEMORY_BYTES = 6 << 30
+# One compile at a time per process: a server's concurrent requests cannot add up to more
+# than one child's memory (they wait their turn instead).
+_COMPILING = threading.Lock()
 # The longest regular expression compiled, a JSON schema's included (the docs' schemas and
 # tools come to a few kB).
 MAX_REGEX_CHARS = 1 << 20
@@ -227,8 +231,9 @@ def _compile_in_child(request: dict, what: str) -> dict:
                "memory_bytes": COMPILE_MEMORY_BYTES, **request}
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "automaton_worker.py")
     try:
-        done = subprocess.run([sys.executable, "-I", worker], input=pickle.dumps(request),
-                              capture_output=True, timeout=COMPILE_TIME_LIMIT_S)
+        with _COMPILING:
+            done = subprocess.run([sys.executable, "-I", worker], input=pickle.dumps(request),
+                                  capture_output=True, timeout=COMPILE_TIME_LIMIT_S)
     except subprocess.TimeoutExpired:
         raise ConstraintError(f"compiling {what} took longer than {COMPILE_TIME_LIMIT_S:g} s "
                               "(its automaton blows up, or its repetition counts are large); "
