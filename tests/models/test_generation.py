@@ -70,6 +70,9 @@ def test_filters_keep_exactly_the_right_tokens():
     np.testing.assert_array_equal(kept, [[0, 1, 0, 1, 0]])
     kept = filter_top_p(logits[:1], tf.constant([0.01])).numpy() > -1e8
     np.testing.assert_array_equal(kept, [[0, 1, 0, 0, 0]])  # the top token always stays
+    # A top_p that float32 rounds to 0 (1e-300 from an API request) keeps it too.
+    kept = filter_top_p(logits[:1], tf.constant([1e-300], tf.float32)).numpy() > -1e8
+    np.testing.assert_array_equal(kept, [[0, 1, 0, 0, 0]])
 
 
 def test_sampling_follows_the_filtered_distribution():

@@ -106,8 +106,11 @@ def filter_top_p(logits, top_p):
     # Mass strictly before each sorted token: keep it while that mass is below top_p.
     before = tf.cumsum(probs, axis=-1, exclusive=True)
     keep = before < top_p[:, None]
-    # The smallest kept logit is the row's threshold.
-    threshold = tf.reduce_min(tf.where(keep, sorted_desc, np.float32(np.inf)), axis=-1)
+    # The smallest kept logit is the row's threshold; never above the top logit (a top_p
+    # that underflows to 0 in float32, 1e-300 from a request, keeps no token otherwise).
+    threshold = tf.minimum(
+        tf.reduce_min(tf.where(keep, sorted_desc, np.float32(np.inf)), axis=-1),
+        sorted_desc[:, 0])
     filtered = tf.where(logits >= threshold[:, None], logits, _NEG_INF)
     return tf.where((top_p >= 1.0)[:, None], logits, filtered)
 
