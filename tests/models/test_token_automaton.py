@@ -167,9 +167,15 @@ def test_a_constraint_past_the_limits_is_refused_not_compiled_for_hours(llama, m
         deep = {"type": "array", "items": deep}
     with pytest.raises(ConstraintError, match="nests more than 64 levels"):
         TokenAutomaton.from_json_schema(deep, lm.tokenizer)
-    # A child that dies (its memory cap) is said too, not a crash of the caller.
-    monkeypatch.setattr(token_automaton, "COMPILE_MEMORY_BYTES", 64 << 20)
-    with pytest.raises(ConstraintError, match="needed more than 64 MiB"):
+    # A child that reaches its memory cap is said too, not a crash of the caller (2^24
+    # states pass 512 MiB in ~3 s, before the 60 s limit).
+    monkeypatch.setattr(token_automaton, "COMPILE_TIME_LIMIT_S", 60.0)
+    monkeypatch.setattr(token_automaton, "COMPILE_MEMORY_BYTES", 512 << 20)
+    with pytest.raises(ConstraintError, match="needed more than 512 MiB"):
+        TokenAutomaton.from_regex("[ab]*a[ab]{24}", lm.tokenizer)
+    # Any other failure of the worker says its last line.
+    monkeypatch.setattr(token_automaton, "COMPILE_MEMORY_BYTES", 16 << 20)
+    with pytest.raises(ConstraintError, match="failed in its worker process: .+"):
         TokenAutomaton.from_regex("(yes|no)", lm.tokenizer)
 
 

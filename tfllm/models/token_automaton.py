@@ -239,9 +239,16 @@ def _compile_in_child(request: dict, what: str) -> dict:
                               "(its automaton blows up, or its repetition counts are large); "
                               "it was stopped: simplify it") from None
     if done.returncode != 0 or not done.stdout:
-        raise ConstraintError(f"compiling {what} needed more than "
-                              f"{COMPILE_MEMORY_BYTES >> 20:,} MiB (its automaton blows up, or "
-                              "its repetition counts are large): simplify it")
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        # Killed by a signal, or Rust's "memory allocation of N bytes failed" (an abort),
+        # or Python's MemoryError: the address-space cap.
+        if done.returncode < 0 or any("memory allocation" in s or "MemoryError" in s
+                                      for s in said[-3:]):
+            raise ConstraintError(f"compiling {what} needed more than "
+                                  f"{COMPILE_MEMORY_BYTES >> 20:,} MiB (its automaton blows up, "
+                                  "or its repetition counts are large): simplify it")
+        raise ConstraintError(f"compiling {what} failed in its worker process: "
+                              f"{said[-1] if said else f'exit status {done.returncode}'}")
     answer = pickle.loads(done.stdout)  # our own child's answer
     kind, error = answer.get("kind"), answer.get("error")
     if kind == "schema":
