@@ -211,6 +211,22 @@ def test_compiles_run_one_at_a_time(llama, monkeypatch):
     assert most[0] == 1
 
 
+def test_schema_files_that_are_no_text_or_too_deep_are_refused(tmp_path):
+    from tfllm.models.token_automaton import read_schema_file
+
+    path = tmp_path / "s.json"
+    path.write_text('{"type": "string", "const": "a\\ud800"}')
+    with pytest.raises(ConstraintError, match=r"s.json is not valid JSON: a string holds the "
+                                              r"lone UTF-16 surrogate \\ud800"):
+        read_schema_file(str(path))
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConstraintError, match="is not valid JSON: nested too deeply"):
+        read_schema_file(str(path))
+    path.write_text('{"type": "array", "items": ' * 70 + '{"type": "string"}' + "}" * 70)
+    with pytest.raises(ConstraintError, match="nests more than 64 levels"):
+        read_schema_file(str(path))
+
+
 def test_estimated_states_write_out_counted_repetitions():
     from tfllm.models.automaton_worker import estimated_states
 

@@ -35,6 +35,7 @@ import threading
 import numpy as np
 
 from tfllm.config import TfllmError
+from tfllm.untrusted import parse_json
 
 # Compiling walks every token through the DFA: a bound on the automaton we keep in memory
 # and in a SavedModel (transitions x 12 bytes).
@@ -299,11 +300,12 @@ def read_checked_json(path: str, what: str, check, error=ConstraintError):
     returns a value to use instead); every failure an `error` starting with `what`."""
     try:
         with open(path, encoding="utf-8") as f:
-            value = json.load(f)
+            value = parse_json(f.read())
     except OSError as e:
         raise error(f"{what}: cannot read it ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{what} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise error(f"{what} is not valid JSON: {reason}") from None
     try:
         checked = check(value)
     except error as e:
