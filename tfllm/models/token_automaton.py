@@ -110,7 +110,7 @@ class TokenAutomaton:
         """
         if isinstance(schema, str):
             try:
-                schema = json.loads(schema)
+                schema = parse_json(schema)
             except json.JSONDecodeError as e:
                 raise ConstraintError(f"the JSON schema is not valid JSON: {e}") from None
         check_schema(schema)
@@ -128,7 +128,8 @@ class TokenAutomaton:
             if piece and i not in end_ids:
                 by_bytes.setdefault(piece, []).append(i)
         # outlines-core marks a complete match by its end token: we give it one id past the
-        # vocabulary and map it to the model's end tokens below.
+        # vocabulary (the worker leaves it out of the transitions); the model's end tokens
+        # follow the final states instead.
         what = f"the constraint {_excerpt(regex)}" if regex is not None else "the JSON schema"
         answer = _compile_in_child({"regex": regex, "schema": schema, "vocab_size": vocab_size,
                                     "by_bytes": by_bytes}, what)
