@@ -26,6 +26,10 @@ print("loaded", "tensorflow" in sys.modules, "keras" in sys.modules)
     (["train", "--out", "x", "--steps", "0"], 2),
     (["generate", "--run", "x", "--temperature", "nan"], 2),
     (["generate", "--run", "x", "--prompt", b"RO\xffMEO"], 2),  # argv that is not UTF-8
+    # Integers past what they feed were tracebacks (OverflowError, NumPy's seed range).
+    (["generate", "--run", "x", "--seed", "99999999999999999999"], 2),
+    (["train", "--out", "x", "--seed", "-1"], 2),
+    (["generate", "--run", "x", "--top-k", "-1" + "0" * 400], 2),
 ])
 def test_help_and_argument_errors_do_not_load_tensorflow(argv, code):
     proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True,
@@ -103,3 +107,19 @@ def test_text_options_that_are_not_utf8_are_refused_by_name():
     assert proc.stderr.strip().splitlines()[-1] == (
         "tfllm chat: error: argument --message: not UTF-8 text (byte 0xe9 at character 3); "
         "give UTF-8 text")
+
+
+def test_numbers_past_their_range_are_named_in_one_line(capsys):
+    from tfllm.cli import main
+
+    for argv, message in [
+            (["generate", "--run", "x", "--seed", "99999999999999999999"],
+             "argument --seed: must be a 64-bit integer, got 99999999999999999999"),
+            (["finetune", "--run", "x", "--data", "tsv:x", "--out", "y", "--seed", "4294967296"],
+             "argument --seed: must be an integer from 0 to 4294967295, got 4294967296"),
+            (["generate", "--run", "x", "--top-k", "-1" + "0" * 400],
+             "argument --top-k: must be a positive integer, got an integer of 1329 bits")]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

@@ -20,7 +20,7 @@ from tfllm import tasks
 from tfllm.config import PRECISIONS, PRESETS, STRATEGIES
 from tfllm.errors import TfllmError, run_main
 from tfllm.tasks.chat import commands as chat_cli
-from tfllm.untrusted import utf8_argument
+from tfllm.untrusted import excerpt, utf8_argument
 
 
 def _number(cast, accept, what):
@@ -29,9 +29,10 @@ def _number(cast, accept, what):
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        if not math.isfinite(value) or not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {excerpt(text)}")
+        # An int of 400 digits is no float: math.isfinite would raise OverflowError.
+        if (isinstance(value, float) and not math.isfinite(value)) or not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {excerpt(value)}")
         return value
     return parse
 
@@ -40,6 +41,9 @@ _positive_int = _number(int, lambda v: v > 0, "a positive integer")
 _non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive finite number")
 _finite_float = _number(float, lambda v: True, "a finite number")
+# Sampling seeds are hashed per row from an int64; training seeds go to NumPy's (32 bits).
+_sampling_seed = _number(int, lambda v: -2 ** 63 <= v < 2 ** 63, "a 64-bit integer")
+_training_seed = _number(int, lambda v: 0 <= v < 2 ** 32, "an integer from 0 to 4294967295")
 
 
 def _add_data_args(p, required):
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps between evaluations and checkpoints (default 250)")
     t.add_argument("--eval-steps", type=_positive_int,
                    help="max validation batches per evaluation (default 100)")
-    t.add_argument("--seed", type=int, help="random seed (default 1337)")
+    t.add_argument("--seed", type=_training_seed, help="random seed (default 1337)")
     t.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy "
                    "(default auto: TPU if --tpu/TPU_NAME, multiworker if TF_CONFIG has "
                    "several workers, mirrored with >1 GPU, else default)")
@@ -162,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to generate (default: fill the model's context)")
     g.add_argument("--temperature", type=_finite_float, default=0.0,
                    help="0 for greedy decoding (default), > 0 to sample")
-    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (k >= 1)")
+    g.add_argument("--top-k", type=_positive_int,
+                   help="sample among the k most likely tokens (k >= 1)")
     g.add_argument("--top-p", type=_positive_float,
                    help="nucleus sampling: smallest set with mass >= p (0 < p <= 1)")
-    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--seed", type=_sampling_seed, help="seed for reproducible sampling")
     g.add_argument("--num-samples", type=_positive_int, default=1,
                    help="continuations per prompt (default 1)")
     g.add_argument("--truncate", choices=("error", "left"), default="error",
@@ -189,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run", required=True, help="seq2seq run directory")
     tr.add_argument("--text", action="append", type=utf8_argument,
                     help="source text (repeatable)")
-    tr.add_argument("--num-beams", type=int, default=4,
+    tr.add_argument("--num-beams", type=_positive_int, default=4,
                     help="beam width (default 4); 1 decodes greedily or samples")
     tr.add_argument("--length-penalty", type=_finite_float, default=1.0,
                     help="beam scores are log p / length ** this (default 1.0)")
@@ -197,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="target tokens at most (default: the model's context)")
     tr.add_argument("--temperature", type=_finite_float, default=0.0,
                     help="with --num-beams 1: 0 greedy (default), > 0 sample")
-    tr.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    tr.add_argument("--top-k", type=_positive_int, help="sample among the k most likely tokens")
     tr.add_argument("--top-p", type=_positive_float, help="nucleus sampling mass")
-    tr.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    tr.add_argument("--seed", type=_sampling_seed, help="seed for reproducible sampling")
     tr.add_argument("--batch-size", type=_positive_int, default=32,
                     help="sources decoded together (default 32)")
     tr.add_argument("--truncate", action="store_true",
@@ -280,11 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validations without improvement before stopping (default 3)")
     f.add_argument("--max-len", type=_positive_int,
                    help="with --from-scratch: override the preset's context length")
-    f.add_argument("--seed", type=int, help="random seed (default 1337)")
+    f.add_argument("--seed", type=_training_seed, help="random seed (default 1337)")
     f.add_argument("--no-jit", action="store_true", help="do not compile steps with XLA")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    chat_cli.add_parsers(sub, common, _positive_int, _positive_float, _finite_float)
+    chat_cli.add_parsers(sub, common, _positive_int, _positive_float, _finite_float,
+                         _sampling_seed)
 
     # Listed here for `tfllm --help`; `main` hands their arguments to the exporter or the
     # server unparsed (see `_passthrough`).
@@ -354,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "run's own)")
     e.add_argument("--target-column", help="seq2seq runs: the reference translation's field "
                    "(default: the run's own)")
-    e.add_argument("--num-beams", type=int, default=4,
+    e.add_argument("--num-beams", type=_positive_int, default=4,
                    help="seq2seq runs: beam width for BLEU/chrF (default 4)")
     e.add_argument("--length-penalty", type=_finite_float, default=1.0,
                    help="seq2seq runs: beam length penalty (default 1.0)")

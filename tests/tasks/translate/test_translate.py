@@ -122,7 +122,8 @@ def test_translate_and_evaluate_cli(mt_run, tmp_path):
     assert result["loss"] < 0.2 and "BLEU" in done.stdout
     # Bad input: one line each, exit 2.
     for args, message in (
-            (["translate", "--run", out, "--text", "x", "--num-beams", "0"], "num_beams"),
+            (["translate", "--run", out, "--text", "x", "--num-beams", "0"],
+             "argument --num-beams: must be a positive integer, got 0"),
             (["generate", "--run", out, "--prompt", "x"], "tfllm translate"),
             (["translate", "--run", out, "--text", " ".join(["house"] * 40)],
              "--truncate")):

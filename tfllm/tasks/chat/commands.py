@@ -87,7 +87,7 @@ def finetune_chat(args):
     print(json.dumps(result))
 
 
-def add_parsers(sub, common, positive_int, positive_float, finite_float):
+def add_parsers(sub, common, positive_int, positive_float, finite_float, sampling_seed=int):
     m = sub.add_parser(
         "merge", parents=[common], help="write a LoRA run as a plain run",
         description="Add a LoRA chat run's adapter into its base run's weights and write "
@@ -117,7 +117,7 @@ def add_parsers(sub, common, positive_int, positive_float, finite_float):
                    help="0 for greedy (default), > 0 to sample")
     c.add_argument("--top-k", type=positive_int, help="sample among the k likeliest")
     c.add_argument("--top-p", type=finite_float, help="nucleus sampling, 0 < p <= 1")
-    c.add_argument("--seed", type=int, help="seed of sampling")
+    c.add_argument("--seed", type=sampling_seed, help="seed of sampling")
     c.add_argument("--allow-control-tokens", action="store_true",
                    help="read control tokens' text in messages (e.g. <|im_start|>) as control "
                         "tokens; default: as plain characters, so a message cannot forge "
