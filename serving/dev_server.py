@@ -32,6 +32,9 @@ import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# The largest --decode-batch: its warm-up compiles every power of two up to it.
+MAX_DECODE_BATCH = 1024
+
 
 def build_parser():
     name = os.environ.get("TFLLM_PROG") or "python -m serving.dev_server"
@@ -92,6 +95,10 @@ def parse_args(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.prefill_cache < 0:
         parser.error("--prefill-cache must be 0 or more")
+    if args.decode_batch > MAX_DECODE_BATCH:
+        # The warm-up compiles every power of two up to it: a typo would run until OOM.
+        parser.error(f"--decode-batch must be at most {MAX_DECODE_BATCH}, got "
+                     f"{excerpt(args.decode_batch)}")
     for name, zero in (("port", "any free port"), ("grpc_port", "no gRPC")):
         if not 0 <= getattr(args, name) <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be from 0 ({zero}) to 65535, got "
@@ -113,7 +120,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_text  # noqa: E402,F401  (registers the SentencePiece ops)
 
 from tfllm.errors import TfllmError, run_main  # noqa: E402
-from tfllm.untrusted import parse_json  # noqa: E402
+from tfllm.untrusted import excerpt, parse_json  # noqa: E402
 
 _PREDICT = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(?::(predict))?$")
 _METADATA = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?/metadata$")

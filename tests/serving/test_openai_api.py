@@ -447,6 +447,9 @@ def test_serve_needs_a_model_dir_or_a_run(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--run", "runs/x", "--prefill-cache", "-1"])
     assert "--prefill-cache must be 0 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the warm-up would compile sizes until out of memory
+        parse_args(["--run", "runs/x", "--decode-batch", "4096"])
+    assert "--decode-batch must be at most 1024, got 4096" in capsys.readouterr().err
     # A port past 65535 was an OverflowError traceback from bind().
     for flag, value, message in (("--port", "99999", "--port must be from 0 (any free port) "
                                   "to 65535, got 99999"),
