@@ -192,12 +192,8 @@ def read_prompts(body, choices_each, vocab_size=None) -> tuple:
             if bad is not None:
                 raise ApiError(f"prompt token id {excerpt(bad)} is outside the vocabulary "
                                f"(0 to {vocab_size - 1})", "prompt")
-    elif isinstance(value, str) or (isinstance(value, list) and value and all(
-            isinstance(t, str) for t in value)):
-        prompts = [value] if isinstance(value, str) else value
     else:
-        raise ApiError("prompt must be a string, a non-empty list of strings, a list of token "
-                       "ids or a list of such lists", "prompt")
+        prompts = read_texts(value, "prompt", "a list of token ids or a list of such lists")
     if len(prompts) * choices_each > MAX_CHOICES:
         raise ApiError(f"at most {MAX_CHOICES} completions per request (prompts x n)", "n")
     echo = body.get("echo", False)
@@ -206,10 +202,13 @@ def read_prompts(body, choices_each, vocab_size=None) -> tuple:
     return prompts, echo
 
 
-def read_texts(value, param) -> list:
-    """A string or a non-empty list of strings (`prompt`, `input`) as a list."""
+def read_texts(value, param, other_forms=None) -> list:
+    """A string or a non-empty list of strings (`prompt`, `input`) as a list; the error
+    names `other_forms` too where the field has more."""
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(f"{param} must be a string or a non-empty list of strings", param)
+        forms = f", a non-empty list of strings, {other_forms}" if other_forms else \
+            " or a non-empty list of strings"
+        raise ApiError(f"{param} must be a string{forms}", param)
     return texts
 

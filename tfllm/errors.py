@@ -32,8 +32,10 @@ def error_line(error: BaseException) -> str | None:
                 "save it as UTF-8")
     if isinstance(error, UnicodeEncodeError) and error.encoding in ("utf-8", "utf8"):
         # Text that came in undecodable (argv, a file name) reached an encoder as surrogates.
-        return (f"the input holds text that is not UTF-8 (U+{ord(error.object[error.start]):04X} "
-                f"at character {error.start}); give UTF-8 text")
+        from tfllm.untrusted import utf8_problem
+
+        return (f"the input holds text that is not UTF-8 ({utf8_problem(error.object)}); "
+                "give UTF-8 text")
     if isinstance(error, MemoryError):
         return "out of memory; use a smaller batch, model or input"
     if isinstance(error, OSError):

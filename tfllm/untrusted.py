@@ -77,23 +77,30 @@ def parse_json(text: str | bytes):
     return value
 
 
-def utf8_argument(text: str) -> str:
-    """An argparse type for a text option (a prompt, a message): `text` unless the bytes the
-    user typed were not UTF-8, which Python hands over as lone surrogates
-    (`surrogateescape`) that no tokenizer can encode.
+def utf8_problem(text: str) -> str | None:
+    r"""Where `text` cannot be encoded as UTF-8, e.g. "byte 0xe9 at character 3", or None.
+    Bytes that were not UTF-8 reach Python as lone surrogates (`surrogateescape`: argv, a
+    C locale's stdin), which no tokenizer can encode.
 
     Example:
-        >>> utf8_argument("caf\u00e9")
-        'café'
+        >>> utf8_problem("caf\udce9"), utf8_problem("caf\u00e9")
+        ('byte 0xe9 at character 3', None)
     """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        bad = e.object[e.start]
-        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else \
-            f"U+{ord(bad):04X}"
-        raise argparse.ArgumentTypeError(f"not UTF-8 text ({byte} at character {e.start}); "
-                                         "give UTF-8 text") from None
+        bad = ord(e.object[e.start])
+        what = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+        return f"{what} at character {e.start}"
+    return None
+
+
+def utf8_argument(text: str) -> str:
+    """An argparse type for a text option (a prompt, a message): `text`, unless it is not
+    UTF-8 (`utf8_problem`)."""
+    problem = utf8_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text ({problem}); give UTF-8 text")
     return text
 
 

@@ -46,9 +46,11 @@ def estimated_states(regex: str) -> int | None:
         >>> estimated_states("[a-z ]{0,1000}")
         1000
     """
-    import re._constants as c
-    import re._parser as parser
-
+    try:  # CPython's own parser (private: a Python that moves it gets no estimate)
+        import re._constants as c
+        import re._parser as parser
+    except ImportError:
+        return None
     try:
         tree = parser.parse(regex)
     except (re.error, RecursionError, OverflowError, ValueError):

@@ -3,13 +3,12 @@ and `chat`. Like `tfllm.cli`, nothing here imports TensorFlow until a command ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 from tfllm.errors import TfllmError
-from tfllm.untrusted import utf8_argument
+from tfllm.untrusted import utf8_argument, utf8_problem
 
 
 def add_finetune_arguments(f, positive_int, positive_float):
@@ -223,13 +222,12 @@ def chat(args):
             first = session.history[:1]  # the system turn (--system, --tools) stays
             session.history = first if first and first[0]["role"] == "system" else []
             continue
-        try:
-            # Bytes that are not UTF-8 reach `input` as surrogates (a C locale's stdin).
-            utf8_argument(message)
-        except argparse.ArgumentTypeError as e:
+        problem = utf8_problem(message)  # bytes that are not UTF-8 reach `input` as surrogates
+        if problem:
+            said = f"this message is not UTF-8 text ({problem}); give UTF-8 text"
             if not interactive:
-                raise TfllmError(f"standard input: this message is {e}") from None
-            print(f"(this message is {e}; it was not sent)", file=sys.stderr)
+                raise TfllmError(f"standard input: {said}")
+            print(f"({said}; it was not sent)", file=sys.stderr)
             continue
         if message.strip():
             answer(message)
